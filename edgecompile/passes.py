@@ -1,0 +1,302 @@
+"""Relax passes: graph rewrites from the imported model to fused TIR kernel calls.
+
+Each pass is a function IRModule -> IRModule. `lower_to_kernels` runs the whole sequence:
+
+1. `fold_constants`   evaluate constant sub-expressions with numpy (weights never go through
+                      TVM's per-operator JIT, which is what makes FoldConstant slow);
+2. `fold_affine_into_conv`  BatchNorm folding: per-output-channel scale/shift chains after a
+                      convolution (BatchNorm decomposed, explicit scales, bias adds) become the
+                      convolution's weights and one bias;
+3. `to_nhwc`          channels-last activations and HWIO weights, the layout our ARM schedules
+                      vectorise over (TFLite, CMSIS-NN and TinyEngine use it too);
+4. legalize to TIR, annotate patterns, fuse elementwise epilogues into their producers, fuse TIR.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import UnsupportedModelError
+
+
+def _tvm():
+    import tvm
+    from tvm import relax
+
+    return tvm, relax
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _is_const(e: Any) -> bool:
+    import tvm
+
+    return isinstance(e, tvm.ir.expr.Constant)
+
+
+def _np(e: Any) -> np.ndarray:
+    return e.value.numpy()
+
+
+def _shape(e: Any) -> tuple[int, ...]:
+    return tuple(int(d) for d in e.ty.shape)
+
+
+def _attr_axes(attrs: Any, name: str) -> list[int] | None:
+    value = getattr(attrs, name, None)
+    return None if value is None else [int(a) for a in value]
+
+
+def _fold_permute(a: list[np.ndarray], attrs: Any, out: Any) -> np.ndarray:
+    axes = _attr_axes(attrs, "axes")
+    return np.transpose(a[0], axes) if axes is not None else a[0].T
+
+
+def _reshape_to_out(a: list[np.ndarray], attrs: Any, out: Any) -> np.ndarray:
+    return a[0].reshape(_shape(out))
+
+
+# op name -> f(args as numpy, attrs, binding var) -> numpy value. Only ops whose result does not
+# depend on anything but their inputs' values; shapes come from the bound var's type.
+_NUMPY_OPS: dict[str, Callable[[list[np.ndarray], Any, Any], np.ndarray]] = {
+    "relax.permute_dims": _fold_permute,
+    "relax.reshape": _reshape_to_out,
+    "relax.expand_dims": _reshape_to_out,
+    "relax.squeeze": _reshape_to_out,
+    "relax.flatten": _reshape_to_out,
+    "relax.add": lambda a, at, o: a[0] + a[1],
+    "relax.subtract": lambda a, at, o: a[0] - a[1],
+    "relax.multiply": lambda a, at, o: a[0] * a[1],
+    "relax.divide": lambda a, at, o: a[0] / a[1],
+    "relax.maximum": lambda a, at, o: np.maximum(a[0], a[1]),
+    "relax.minimum": lambda a, at, o: np.minimum(a[0], a[1]),
+    "relax.negative": lambda a, at, o: -a[0],
+    "relax.sqrt": lambda a, at, o: np.sqrt(a[0]),
+    "relax.rsqrt": lambda a, at, o: 1.0 / np.sqrt(a[0]),
+    "relax.exp": lambda a, at, o: np.exp(a[0]),
+    "relax.isnan": lambda a, at, o: np.isnan(a[0]),
+    "relax.where": lambda a, at, o: np.where(a[0], a[1], a[2]),
+    "relax.astype": lambda a, at, o: a[0].astype(str(at.dtype)),
+}
+
+
+def _rebuild_main(mod: Any, rewrite: Callable[[Any, Any, dict, Callable], Any]) -> Any:
+    """Rebuild `main` binding by binding. `rewrite(var, value, env, emit)` returns the new value
+    for the binding (an Expr to bind to `var`), or None when it handled the binding itself
+    (recorded a replacement in `env` or emitted through `emit`)."""
+    tvm, relax = _tvm()
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class _Rebuilder(PyExprMutator):
+        def __init__(self, mod: Any) -> None:
+            super().__init__(mod)
+            self.env: dict[Any, Any] = {}
+
+        def visit_var_(self, var: Any) -> Any:  # noqa: N802 - TVM visitor name
+            return self.env.get(var, var)
+
+        def visit_dataflow_var_(self, var: Any) -> Any:  # noqa: N802
+            return self.env.get(var, var)
+
+        def visit_var_binding_(self, binding: Any) -> None:  # noqa: N802
+            value = self.visit_expr(binding.value)
+
+            def emit(expr: Any, name: str = "v") -> Any:
+                return self.builder_.emit(expr, name)
+
+            new = rewrite(binding.var, value, self.env, emit)
+            if new is not None:
+                if not new.same_as(value):
+                    new = self.builder_.normalize(new)
+                self.builder_.emit_normalized(relax.VarBinding(binding.var, new))
+
+    rb = _Rebuilder(mod)
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            rb.builder_.update_func(gv, rb.visit_expr(func))
+    return relax.transform.DeadCodeElimination()(rb.builder_.get())
+
+
+# ----------------------------------------------------------------------------- passes
+
+
+def fold_constants(mod: Any) -> Any:
+    """Evaluate calls whose arguments are all constants with numpy (then TVM's FoldConstant for
+    anything numpy does not know, which is normally nothing)."""
+    tvm, relax = _tvm()
+
+    def rewrite(var: Any, value: Any, env: dict, emit: Callable) -> Any:
+        if _is_const(value):
+            env[var] = value
+            return None
+        if isinstance(value, relax.Tuple) and all(_is_const(f) for f in value.fields):
+            return value
+        if isinstance(value, relax.TupleGetItem) and isinstance(value.tuple_value, relax.Tuple):
+            item = value.tuple_value.fields[value.index]
+            if _is_const(item):
+                env[var] = item
+                return None
+        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+            fold = _NUMPY_OPS.get(value.op.name)
+            args = list(value.args)
+            if fold is not None and args and all(_is_const(a) for a in args):
+                result = fold([_np(a) for a in args], value.attrs, var)
+                dtype = str(var.ty.dtype)
+                env[var] = relax.const(np.ascontiguousarray(result).astype(dtype, copy=False), dtype)
+                return None
+        return value
+
+    mod = _rebuild_main(mod, rewrite)
+    return relax.transform.FoldConstant()(mod)
+
+
+def fold_affine_into_conv(mod: Any) -> Any:
+    """Fold per-output-channel multiply/divide/add/subtract by constants that follow a conv2d
+    (NCHW, constant weights) into the conv's weights and a single bias add.
+
+    This is BatchNorm folding in its general form: after `DecomposeOpsForInference`, an inference
+    BatchNorm is `(x - mean) / sqrt(var + eps) * gamma + beta`, which becomes per-channel
+    constants that this pass absorbs. A conv output used more than once is never folded into.
+    """
+    tvm, relax = _tvm()
+    uses = _use_counts(mod["main"])
+    pending: dict[Any, dict[str, Any]] = {}  # var -> {"x", "w", "attrs", "bias", "ty"}
+
+    def channel_vector(c: Any, channels: int) -> np.ndarray | None:
+        if not _is_const(c):
+            return None
+        v = _np(c)
+        if v.size == 1:
+            return np.full(channels, v.reshape(()), dtype=np.float32)
+        if v.ndim >= 2 and v.shape[-3:] == (channels, 1, 1) and v.size == channels:
+            return v.reshape(channels)
+        return None
+
+    def materialize(p: dict[str, Any], emit: Callable) -> Any:
+        w = relax.const(np.ascontiguousarray(p["w"]), "float32")
+        conv = relax.Call(p["op"], [p["x"], w], p["attrs"], p["ty_args"])
+        if p["bias"] is None:
+            return conv
+        out = emit(conv, "conv")
+        bias = relax.const(p["bias"].reshape(1, -1, 1, 1).astype(np.float32))
+        return relax.op.add(out, bias)
+
+    def rewrite(var: Any, value: Any, env: dict, emit: Callable) -> Any:
+        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+            name = value.op.name
+            args = list(value.args)
+            if (name == "relax.nn.conv2d" and len(args) == 2 and _is_const(args[1])
+                    and str(value.attrs.data_layout) == "NCHW" and str(value.attrs.kernel_layout) == "OIHW"
+                    and str(var.ty.dtype) == "float32" and uses.get(var, 0) == 1):
+                pending[var] = {"op": value.op, "x": args[0], "w": _np(args[1]).astype(np.float32),
+                                "attrs": value.attrs, "ty_args": value.ty_args, "bias": None}
+                return None
+            if name in ("relax.multiply", "relax.divide", "relax.add", "relax.subtract") and len(args) == 2:
+                src, const = args
+                if src not in pending and name in ("relax.multiply", "relax.add") and args[1] in pending:
+                    src, const = args[1], args[0]
+                p = pending.get(src)
+                cout = p["w"].shape[0] if p is not None else 0
+                vec = channel_vector(const, cout) if p is not None else None
+                if p is not None and vec is not None and _shape(var) == _shape(src):
+                    del pending[src]
+                    q = dict(p)
+                    if name in ("relax.multiply", "relax.divide"):
+                        scale = vec if name == "relax.multiply" else 1.0 / vec
+                        q["w"] = p["w"] * scale.reshape(-1, 1, 1, 1)
+                        q["bias"] = None if p["bias"] is None else p["bias"] * scale
+                    else:
+                        shift = vec if name == "relax.add" else -vec
+                        q["bias"] = shift if p["bias"] is None else p["bias"] + shift
+                    if uses.get(var, 0) == 1:
+                        pending[var] = q
+                        return None
+                    return materialize(q, emit)
+        # any other use of a pending conv output: emit the conv first
+        for arg in _call_args(value):
+            if arg in pending:
+                env[arg] = emit(materialize(pending.pop(arg), emit), "conv_out")
+        if isinstance(value, relax.Call):
+            return relax.Call(value.op, [env.get(a, a) for a in value.args], value.attrs, value.ty_args)
+        if isinstance(value, relax.Tuple):
+            return relax.Tuple([env.get(a, a) for a in value.fields])
+        return env.get(value, value)
+
+    return _rebuild_main(mod, rewrite)
+
+
+def _call_args(value: Any) -> list[Any]:
+    _, relax = _tvm()
+    if isinstance(value, relax.Call):
+        return list(value.args)
+    if isinstance(value, relax.Tuple):
+        return list(value.fields)
+    if isinstance(value, relax.TupleGetItem):
+        return [value.tuple_value]
+    return [value]
+
+
+def _use_counts(func: Any) -> dict[Any, int]:
+    _, relax = _tvm()
+    counts: dict[Any, int] = {}
+
+    def visit(e: Any) -> None:
+        if isinstance(e, relax.Var):
+            counts[e] = counts.get(e, 0) + 1
+
+    relax.analysis.post_order_visit(func.body, visit)
+    return counts
+
+
+def to_nhwc(mod: Any) -> Any:
+    _, relax = _tvm()
+    layouts = {
+        "relax.nn.conv2d": ["NHWC", "HWIO"],
+        "relax.nn.max_pool2d": ["NHWC"],
+        "relax.nn.avg_pool2d": ["NHWC"],
+        "relax.nn.adaptive_avg_pool2d": ["NHWC"],
+    }
+    mod = relax.transform.ConvertLayout(layouts)(mod)
+    return relax.transform.CanonicalizeBindings()(mod)
+
+
+def lower_to_kernels(mod: Any) -> Any:
+    """The whole Relax pipeline: returns a module whose `main` calls only fused PrimFuncs."""
+    tvm, relax = _tvm()
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    mod = relax.transform.CanonicalizeBindings()(mod)
+    mod = fold_constants(mod)
+    mod = fold_affine_into_conv(mod)
+    mod = to_nhwc(mod)
+    mod = fold_constants(mod)
+    seq = tvm.transform.Sequential([
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+        relax.transform.RewriteDataflowReshape(),
+        relax.transform.CanonicalizeBindings(),
+    ])
+    mod = seq(mod)
+    _check_lowered(mod)
+    return mod
+
+
+def _check_lowered(mod: Any) -> None:
+    """Every binding must now be a kernel call, a view (reshape) or a tuple access."""
+    tvm, relax = _tvm()
+    main = mod["main"]
+    for block in main.body.blocks:
+        for b in block.bindings:
+            v = b.value
+            if isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op):
+                if v.op.name in ("relax.call_tir", "relax.reshape", "relax.memory.view"):
+                    continue
+                raise UnsupportedModelError(
+                    f"operator {v.op.name} (result '{b.var.name}') has no TIR lowering for our C backend"
+                )
