@@ -146,12 +146,33 @@ def fold_constants(mod: Any) -> Any:
             if fold is not None and args and all(_is_const(a) for a in args):
                 result = fold([_np(a) for a in args], value.attrs, var)
                 dtype = str(var.ty.dtype)
-                env[var] = relax.const(np.ascontiguousarray(result).astype(dtype, copy=False), dtype)
+                env[var] = relax.const(np.array(result, dtype=dtype, order="C"), dtype)
                 return None
         return value
 
     mod = _rebuild_main(mod, rewrite)
     return relax.transform.FoldConstant()(mod)
+
+
+def clip_calls_to_relax_ops(mod: Any) -> Any:
+    """TVM's ONNX importer lowers Clip straight to `call_tir(maximum/minimum, (x, scalar))`.
+    Opaque calls block layout conversion and fusion, so turn them back into Relax
+    `maximum`/`minimum` ops (which fuse into the producing convolution's epilogue)."""
+    tvm, relax = _tvm()
+    import re
+
+    def rewrite(var: Any, value: Any, env: dict, emit: Callable) -> Any:
+        if (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
+                and value.op.name == "relax.call_tir"):
+            callee = value.args[0].name_hint
+            args = list(value.args[1].fields)
+            kind = re.sub(r"\d+$", "", callee)
+            if kind in ("maximum", "minimum") and len(args) == 2 and _is_const(args[1]) and _np(args[1]).size == 1:
+                op = relax.op.maximum if kind == "maximum" else relax.op.minimum
+                return op(args[0], args[1])
+        return value
+
+    return relax.transform.DeadCodeElimination()(_rebuild_main(mod, rewrite))
 
 
 def fold_affine_into_conv(mod: Any) -> Any:
@@ -177,7 +198,7 @@ def fold_affine_into_conv(mod: Any) -> Any:
         return None
 
     def materialize(p: dict[str, Any], emit: Callable) -> Any:
-        w = relax.const(np.ascontiguousarray(p["w"]), "float32")
+        w = relax.const(np.array(p["w"], dtype=np.float32, order="C"), "float32")
         conv = relax.Call(p["op"], [p["x"], w], p["attrs"], p["ty_args"])
         if p["bias"] is None:
             return conv
@@ -192,7 +213,10 @@ def fold_affine_into_conv(mod: Any) -> Any:
             if (name == "relax.nn.conv2d" and len(args) == 2 and _is_const(args[1])
                     and str(value.attrs.data_layout) == "NCHW" and str(value.attrs.kernel_layout) == "OIHW"
                     and str(var.ty.dtype) == "float32" and uses.get(var, 0) == 1):
-                pending[var] = {"op": value.op, "x": args[0], "w": _np(args[1]).astype(np.float32),
+                x = args[0]
+                if x in pending:   # a folded conv feeding this one
+                    env[x] = emit(materialize(pending.pop(x), emit), "conv_out")
+                pending[var] = {"op": value.op, "x": env.get(x, x), "w": _np(args[1]).astype(np.float32),
                                 "attrs": value.attrs, "ty_args": value.ty_args, "bias": None}
                 return None
             if name in ("relax.multiply", "relax.divide", "relax.add", "relax.subtract") and len(args) == 2:
@@ -217,27 +241,39 @@ def fold_affine_into_conv(mod: Any) -> Any:
                         return None
                     return materialize(q, emit)
         # any other use of a pending conv output: emit the conv first
-        for arg in _call_args(value):
+        for arg in _free_uses(value):
             if arg in pending:
                 env[arg] = emit(materialize(pending.pop(arg), emit), "conv_out")
-        if isinstance(value, relax.Call):
-            return relax.Call(value.op, [env.get(a, a) for a in value.args], value.attrs, value.ty_args)
-        if isinstance(value, relax.Tuple):
-            return relax.Tuple([env.get(a, a) for a in value.fields])
-        return env.get(value, value)
+        return _substitute(value, env)
 
     return _rebuild_main(mod, rewrite)
 
 
-def _call_args(value: Any) -> list[Any]:
+def _free_uses(value: Any) -> list[Any]:
+    """Vars used directly by a binding value, looking inside tuples."""
     _, relax = _tvm()
+    if isinstance(value, relax.Var):
+        return [value]
     if isinstance(value, relax.Call):
-        return list(value.args)
+        return [v for a in value.args for v in _free_uses(a)]
     if isinstance(value, relax.Tuple):
-        return list(value.fields)
+        return [v for f in value.fields for v in _free_uses(f)]
     if isinstance(value, relax.TupleGetItem):
-        return [value.tuple_value]
-    return [value]
+        return _free_uses(value.tuple_value)
+    return []
+
+
+def _substitute(value: Any, env: dict) -> Any:
+    _, relax = _tvm()
+    if isinstance(value, relax.Var):
+        return env.get(value, value)
+    if isinstance(value, relax.Call):
+        return relax.Call(value.op, [_substitute(a, env) for a in value.args], value.attrs, value.ty_args)
+    if isinstance(value, relax.Tuple):
+        return relax.Tuple([_substitute(f, env) for f in value.fields])
+    if isinstance(value, relax.TupleGetItem):
+        return relax.TupleGetItem(_substitute(value.tuple_value, env), value.index)
+    return value
 
 
 def _use_counts(func: Any) -> dict[Any, int]:
@@ -254,12 +290,8 @@ def _use_counts(func: Any) -> dict[Any, int]:
 
 def to_nhwc(mod: Any) -> Any:
     _, relax = _tvm()
-    layouts = {
-        "relax.nn.conv2d": ["NHWC", "HWIO"],
-        "relax.nn.max_pool2d": ["NHWC"],
-        "relax.nn.avg_pool2d": ["NHWC"],
-        "relax.nn.adaptive_avg_pool2d": ["NHWC"],
-    }
+    # Pooling and elementwise ops follow their input's layout.
+    layouts = {"relax.nn.conv2d": ["NHWC", "HWIO"]}
     mod = relax.transform.ConvertLayout(layouts)(mod)
     return relax.transform.CanonicalizeBindings()(mod)
 
@@ -270,6 +302,7 @@ def lower_to_kernels(mod: Any) -> Any:
     mod = relax.transform.DecomposeOpsForInference()(mod)
     mod = relax.transform.CanonicalizeBindings()(mod)
     mod = fold_constants(mod)
+    mod = clip_calls_to_relax_ops(mod)
     mod = fold_affine_into_conv(mod)
     mod = to_nhwc(mod)
     mod = fold_constants(mod)

@@ -93,7 +93,7 @@ def extract_program(mod: Any) -> Program:
         env[p] = name
 
     def weight(c: Any) -> str:
-        arr = np.ascontiguousarray(c.value.numpy())
+        arr = np.array(c.value.numpy(), order="C")
         key = hashlib.sha256(arr.dtype.str.encode() + str(arr.shape).encode() + arr.tobytes()).digest()
         if key in weight_by_hash:
             return weight_by_hash[key]

@@ -58,4 +58,7 @@ def init_weights(model: nn.Module) -> nn.Module:
             # unit-variance logits for unit-variance features: errors show up at the 1e-4 level
             nn.init.normal_(m.weight, 0, m.in_features ** -0.5)
             nn.init.uniform_(m.bias, -0.1, 0.1)
+    after = getattr(model, "after_init", None)
+    if after is not None:
+        after()
     return model

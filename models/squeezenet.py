@@ -49,5 +49,11 @@ class SqueezeNet(nn.Module):
             nn.AdaptiveAvgPool2d(1),
         )
 
+    def after_init(self) -> None:
+        # As in the reference implementation: a small final conv keeps logits O(1) without BN.
+        final = self.classifier[1]
+        nn.init.normal_(final.weight, 0.0, 0.01)
+        nn.init.zeros_(final.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.classifier(self.features(x)), 1)

@@ -28,11 +28,13 @@ def inline_producers_and_epilogues(sch: Any, info: Any) -> None:
         if not _is_reduction(sch, b):
             _try(sch.compute_inline, b)
     after = blocks[a + 1:]
-    # first epilogue block stays; the later ones are folded into it
-    for b in after[1:]:
+    # Intermediate epilogue blocks are inlined forward into their consumers, leaving one block
+    # that writes the kernel output. (Forward inlining copes with diamonds such as SiLU,
+    # x * sigmoid(x), where reverse inlining would have to read a removed buffer.)
+    for b in after[:-1]:
         if _is_reduction(sch, b):
             break
-        _try(sch.reverse_compute_inline, b)
+        _try(sch.compute_inline, b)
 
 
 def _try(fn: Any, *args: Any) -> bool:

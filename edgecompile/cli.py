@@ -1,0 +1,214 @@
+"""The `edgecompile` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import EdgeCompileError
+
+MODEL_HELP = """MODEL is one of:
+  a zoo name          mobilenet_v1, mobilenet_v2, shufflenet_v1, shufflenet_v2, squeezenet1_0,
+                      squeezenet1_1, xception, efficientnet_b0 ... efficientnet_b7
+  an ONNX file        path/to/model.onnx (use --input-shape for dynamic inputs)
+  a factory           package.module:function returning an nn.Module (needs --input-shape)
+"""
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="zoo name, .onnx file, or package.module:factory")
+    g = p.add_argument_group("model options")
+    g.add_argument("--width-mult", type=float, metavar="A",
+                   help="width multiplier α (MobileNet V1/V2, ShuffleNet V1; ShuffleNet V2: 0.5/1.0/1.5/2.0)")
+    g.add_argument("--resolution", type=int, metavar="R",
+                   help="input resolution (ρ·224): 224, 192, 160, 128 or any multiple of 32 from 32")
+    g.add_argument("--num-classes", type=int, default=1000, metavar="N", help="classifier outputs (default 1000)")
+    g.add_argument("--groups", type=int, metavar="G", help="ShuffleNet V1 group count (1, 2, 3, 4, 8)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the deterministic random initialisation")
+    g.add_argument("--weights", metavar="FILE.pt", help="load a PyTorch state_dict instead of random weights")
+    g.add_argument("--input-shape", metavar="N,C,H,W", help="input shape for ONNX files and nn.Module factories")
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from .frontend import ModelOptions, load_model, parse_shape
+
+    opts = ModelOptions(
+        width_mult=args.width_mult,
+        resolution=args.resolution,
+        num_classes=args.num_classes,
+        seed=args.seed,
+        weights=args.weights,
+        groups=args.groups,
+        input_shape=parse_shape(args.input_shape) if args.input_shape else None,
+    )
+    return load_model(args.model, opts)
+
+
+def _default_out(source: Any, target: str) -> Path:
+    return Path("build") / f"{source.name}-{target}"
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspection import format_inspection, inspect_model
+
+    info = inspect_model(_load(args))
+    print(json.dumps(info, indent=2) if args.json else format_inspection(info))
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .pipeline import BuildOptions, Progress, write_build
+    from .targets import load_target
+
+    target = load_target(args.target, args.targets_dir)
+    source = _load(args)
+    out = Path(args.out) if args.out else _default_out(source, target.name)
+    report = write_build(source, target, out, BuildOptions(external_io=args.external_io, compile=not args.no_compile),
+                         Progress(args.quiet))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{out}: {report['kernels']} kernel calls ({report['kernel_functions']} kernels), "
+              f"{report['macs']:,} MACs, weights {report['weights_bytes']:,} B, arena {report['arena_bytes']:,} B")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .hostrun import HostModel
+
+    try:
+        x = np.load(args.input)
+    except (OSError, ValueError) as err:
+        raise EdgeCompileError(f"{args.input}: cannot read .npy input: {err}") from None
+    model = HostModel(args.dir)
+    y = model.run(x.astype(np.float32))[0]
+    if args.output:
+        np.save(args.output, y)
+        print(f"wrote {args.output}: shape {list(y.shape)}")
+    else:
+        np.set_printoptions(precision=6, suppress=True, threshold=64)
+        print(f"output shape {list(y.shape)}")
+        print(y)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .bench import bench, format_bench
+    from .pipeline import BuildOptions, Progress, write_build
+    from .targets import load_target
+
+    target = load_target(args.target, args.targets_dir)
+    if target.family != "host":
+        raise EdgeCompileError("bench measures wall-clock latency on this machine: use --target host")
+    source = _load(args)
+    with tempfile.TemporaryDirectory(prefix="ec-bench-") as tmp:
+        out = Path(tmp) / "build"
+        write_build(source, target, out, BuildOptions(), Progress(args.quiet or args.json))
+        peers = [p for p in args.against.split(",") if p]
+        res = bench(source, str(out), peers, runs=args.runs, warmup=args.warmup)
+    print(json.dumps(res, indent=2) if args.json else format_bench(res))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "targets":
+        from .targets import list_targets
+
+        for t in list_targets(args.targets_dir):
+            print(f"{t.name:20} {t.family:9} {t.cpu:12} {t.description}")
+    else:
+        from edgecompile.models import ZOO
+
+        for e in ZOO.values():
+            print(f"{e.name:16} {e.default_resolution:4}px  {e.description}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgecompile",
+        description="Compile small convolutional networks (PyTorch, ONNX) to standalone C for ARM "
+                    "edge devices through Apache TVM: fused kernels, one static arena, no runtime.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `edgecompile COMMAND --help` for each command's options.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    raw = argparse.RawDescriptionHelpFormatter
+
+    s = sub.add_parser("inspect", help="per-layer MACs, parameters and activation sizes",
+                       description="Per-layer cost of a model and the share of each layer kind "
+                                   "(conv, conv_dw, conv_pw, conv_group, fc, pool, other).",
+                       epilog=MODEL_HELP, formatter_class=raw)
+    _model_args(s)
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(fn=cmd_inspect)
+
+    s = sub.add_parser("build", help="compile a model to C (and firmware) for a target",
+                       description="Compile MODEL for TARGET into DIR: model.h (API), model.c (kernels + "
+                                   "executor), weights, compiled artifacts and report.json. The directory is "
+                                   "replaced only when the whole build succeeds.",
+                       epilog=MODEL_HELP, formatter_class=raw)
+    _model_args(s)
+    s.add_argument("--target", default="host", help="target name (see `edgecompile list targets`; default host)")
+    s.add_argument("--targets-dir", metavar="DIR", help="extra directory of target .toml files "
+                                                        "(also $EDGECOMPILE_TARGETS)")
+    s.add_argument("--out", metavar="DIR", help="output directory (default build/<model>-<target>)")
+    s.add_argument("--external-io", action="store_true",
+                   help="keep the graph input/output in caller buffers instead of the arena")
+    s.add_argument("--no-compile", action="store_true", help="write sources and report only")
+    s.add_argument("--json", action="store_true", help="print report.json")
+    s.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    s.set_defaults(fn=cmd_build)
+
+    s = sub.add_parser("run", help="run a host build on an input .npy",
+                       description="Run a model built with --target host on INPUT (.npy, the model's input "
+                                   "shape) and print or save the output.")
+    s.add_argument("dir", metavar="DIR", help="build directory")
+    s.add_argument("--input", required=True, metavar="X.npy")
+    s.add_argument("--output", metavar="Y.npy", help="save the output instead of printing it")
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("bench", help="latency of the generated C vs peer runtimes (host)",
+                       description="Build MODEL for the host, then time it and each peer runtime in this "
+                                   "process on the same input, one thread, median of --runs after --warmup.",
+                       epilog=MODEL_HELP, formatter_class=raw)
+    _model_args(s)
+    s.add_argument("--target", default="host")
+    s.add_argument("--targets-dir", metavar="DIR")
+    s.add_argument("--against", default="onnxruntime", help="comma-separated peers: onnxruntime, torch")
+    s.add_argument("--runs", type=int, default=50)
+    s.add_argument("--warmup", type=int, default=10)
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--quiet", "-q", action="store_true")
+    s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("list", help="list targets or zoo models")
+    s.add_argument("what", choices=["targets", "models"])
+    s.add_argument("--targets-dir", metavar="DIR")
+    s.set_defaults(fn=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except EdgeCompileError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
