@@ -1,10 +1,11 @@
 """Static memory planner: every activation, graph input/output and kernel scratch buffer gets an
 offset inside one arena, computed from liveness.
 
-Buffers whose lifetimes overlap never share bytes; the others may. Placement is greedy by size
-(largest first, lowest offset that fits between already placed, simultaneously live buffers), the
-strategy TFLite Micro and most static planners use; on chain-like CNN graphs it reaches the lower
-bound (the largest set of simultaneously live bytes) or comes close.
+Buffers whose lifetimes overlap never share bytes; the others may. Placement is first fit (lowest
+offset that fits between already placed, simultaneously live buffers) under several orderings,
+greedy-by-size among them (the strategy TFLite Micro uses); the smallest arena wins. On
+chain-like CNN graphs this reaches the lower bound (the largest set of simultaneously live
+bytes) or comes close.
 """
 
 from __future__ import annotations
@@ -51,9 +52,19 @@ def _align(n: int, a: int = ALIGN) -> int:
     return (n + a - 1) // a * a
 
 
-def plan_buffers(buffers: list[Buffer]) -> MemoryPlan:
-    """Assign offsets to buffers. Deterministic: ties are broken by start step and name."""
-    order = sorted(buffers, key=lambda b: (-b.size, b.start, b.name))
+_ORDERS = {
+    # the classic: largest first
+    "size": lambda b: (-b.size, b.start, b.name),
+    # long-lived large buffers first: they constrain the most
+    "area": lambda b: (-b.size * (b.end - b.start + 1), b.start, b.name),
+    # in program order: what a linear scan would do
+    "start": lambda b: (b.start, -b.size, b.name),
+    # longest-lived first
+    "lifetime": lambda b: (-(b.end - b.start), -b.size, b.name),
+}
+
+
+def _first_fit(order: list[Buffer]) -> tuple[dict[str, int], int]:
     placed: list[tuple[int, int, Buffer]] = []   # (offset, aligned size, buffer)
     offsets: dict[str, int] = {}
     for buf in order:
@@ -68,7 +79,20 @@ def plan_buffers(buffers: list[Buffer]) -> MemoryPlan:
             offset = max(offset, off + sz)
         offsets[buf.name] = offset
         placed.append((offset, size, buf))
-    arena = max((off + sz for off, sz, _ in placed), default=0)
+    return offsets, max((off + sz for off, sz, _ in placed), default=0)
+
+
+def plan_buffers(buffers: list[Buffer]) -> MemoryPlan:
+    """Assign offsets to buffers: first-fit placement under a few orderings (largest first,
+    largest size x lifetime first, program order, longest-lived first); the smallest arena wins.
+    Deterministic: ties are broken by fixed keys and the ordering's name."""
+    best: tuple[int, str, dict[str, int]] | None = None
+    for name, key in sorted(_ORDERS.items()):
+        offsets, arena = _first_fit(sorted(buffers, key=key))
+        if best is None or (arena, name) < (best[0], best[1]):
+            best = (arena, name, offsets)
+    assert best is not None
+    arena, _, offsets = best
     steps = sorted({b.start for b in buffers} | {b.end for b in buffers})
     peak = max((sum(_align(max(b.size, 1)) for b in buffers if b.start <= s <= b.end) for s in steps), default=0)
     return MemoryPlan(

@@ -119,6 +119,7 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
             "index": i,
             "name": sym,
             "kind": info.kind,
+            "schedule": info.schedule,
             "macs": info.macs,
             "output": call.outputs[0],
             "output_shape": list(out.shape),
@@ -133,7 +134,8 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
     else:
         files["weights.bin"] = codegen.weights_blob(prog)
         files["weights.S"] = codegen.emit_weights_asm(prog).encode()
-    body = codegen.emit_model_c(source.name, prog, plan, kernels, call_symbols, docs, options.external_io)
+    body = codegen.emit_model_c(source.name, prog, plan, kernels, call_symbols, docs, options.external_io,
+                                lanes=max(1, target.vector_bytes // 4))
     digest = hashlib.sha256(body.encode() + b"".join(files[k] for k in sorted(files))).hexdigest()[:16]
     files["model.h"] = codegen.emit_model_h(source.name, prog, plan, options.external_io, target.name, digest).encode()
     files["model.c"] = body.encode()

@@ -26,6 +26,8 @@ class KernelInfo:
     kernel: tuple[int, int] = (1, 1)   # conv window
     stride: tuple[int, int] = (1, 1)
     channels: tuple[int, int] = (0, 0)  # (in per group, out) for conv/fc
+    schedule: str = ""                 # which schedule rule ran
+    note: str = ""                     # why a rule fell back, if it did
 
     def describe(self) -> str:
         if self.kind.startswith("conv"):
@@ -110,14 +112,16 @@ def family_module(family: str) -> Any:
 
 
 def schedule(func: Any, family: str) -> tuple[Any, KernelInfo]:
-    """Schedule one fused kernel for a target family. Returns (scheduled PrimFunc, info)."""
+    """Schedule one fused kernel for a target family. Returns (scheduled PrimFunc, info).
+
+    The family's rule runs first; if it declines (returns False) or a schedule primitive
+    rejects the kernel, the kernel falls back to the portable untiled schedule, and
+    `info.schedule` says which one ran."""
     from tvm import s_tir
 
     from . import generic
 
     info = analyze(func)
-    sch = s_tir.Schedule(func)
-    generic.inline_producers_and_epilogues(sch, info)
     mod = family_module(family)
     rule = {
         "conv": mod.schedule_conv,
@@ -129,5 +133,17 @@ def schedule(func: Any, family: str) -> tuple[Any, KernelInfo]:
         "mean": mod.schedule_pool,
         "elementwise": mod.schedule_elementwise,
     }[info.kind]
-    rule(sch, info)
+    sch = s_tir.Schedule(func)
+    generic.inline_producers_and_epilogues(sch, info, keep_pad=info.kind in ("conv", "conv_dw"))
+    try:
+        ok = bool(rule(sch, info))
+    except Exception as err:  # noqa: BLE001 - ScheduleError and friends: fall back
+        ok = False
+        info.note = f"{rule.__name__} failed: {str(err).strip().splitlines()[-1][:160]}"
+    if ok:
+        info.schedule = f"{family}.{rule.__name__}"
+        return sch.mod["main"], info
+    sch = s_tir.Schedule(func)
+    generic.inline_producers_and_epilogues(sch, info)
+    info.schedule = "generic.untiled"
     return sch.mod["main"], info

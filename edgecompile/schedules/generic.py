@@ -13,9 +13,10 @@ def _is_reduction(sch: Any, block: Any) -> bool:
     return any(int(iv.iter_type) == 2 for iv in sch.get(block).iter_vars)
 
 
-def inline_producers_and_epilogues(sch: Any, info: Any) -> None:
+def inline_producers_and_epilogues(sch: Any, info: Any, keep_pad: bool = False) -> None:
     """Inline padding / elementwise producers into their consumers and collapse the epilogue
-    (bias, activation, residual add...) after the anchor into one block."""
+    (bias, activation, residual add...) after the anchor into one block. With `keep_pad`, a
+    padding block feeding the anchor stays (tiled schedules compute it per output row)."""
     blocks = _children(sch)
     names = [sch.get(b).name_hint for b in blocks]
     if info.anchor is None:
@@ -25,6 +26,8 @@ def inline_producers_and_epilogues(sch: Any, info: Any) -> None:
         return
     a = names.index(info.anchor)
     for b in blocks[:a]:
+        if keep_pad and "pad" in sch.get(b).name_hint.lower():
+            continue
         if not _is_reduction(sch, b):
             _try(sch.compute_inline, b)
     after = blocks[a + 1:]
@@ -53,3 +56,133 @@ def epilogue_block(sch: Any, info: Any) -> Any | None:
         return None
     a = names.index(info.anchor)
     return blocks[a + 1] if a + 1 < len(blocks) else None
+
+
+# ----------------------------------------------------------------------------- tiling rules
+
+
+def extent(sch: Any, loop: Any) -> int:
+    return int(sch.get(loop).extent)
+
+
+def largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
+
+
+def first_dividing(n: int, options: list[int]) -> int | None:
+    return next((o for o in options if o <= n and n % o == 0), None)
+
+
+def choose_tile(width: int, channels: int, lanes: int, acc_budget: int, max_m: int) -> tuple[int, int] | None:
+    """(M, N): M output pixels (dividing `width`) x N channels (a multiple of `lanes` dividing
+    `channels`) with at most `acc_budget` vector accumulators. Most accumulators wins, then the
+    most balanced tile (per reduction step it loads M scalars and N/lanes vectors for M*N/lanes
+    FMAs). None when no multiple of `lanes` divides `channels`."""
+    best = None
+    for vectors in range(1, acc_budget + 1):
+        n = vectors * lanes
+        if channels % n:
+            continue
+        for m in range(1, min(width, max_m) + 1):
+            if width % m or m * vectors > acc_budget:
+                continue
+            key = (m * vectors, min(m, vectors), n)
+            if best is None or key > best[0]:
+                best = (key, (m, n))
+    return None if best is None else best[1]
+
+
+def _split_pixels(sch: Any, w: Any, m: int) -> tuple[Any, list[Any]]:
+    """Split the output-width loop into (outer, [inner]); a one-pixel tile keeps no inner loop."""
+    if m == 1:
+        return w, []
+    wo, wi = sch.split(w, [None, m])
+    return wo, [wi]
+
+
+def producers_in_kernel(sch: Any, block: Any) -> list[Any]:
+    return list(sch.get_producers(block))
+
+
+def tile_conv_gemm(sch: Any, info: Any, lanes: int, acc_budget: int, max_m: int = 8) -> bool:
+    """Convolution (1x1 or KxK, groups=1) as GEMM tiles: M output pixels of one row x N output
+    channels, the reduction over input channels in the `ec_gemm_f32_MxN` micro-kernel. A KxK
+    convolution's padding is computed per output row (KH padded rows in a small buffer)."""
+    from .ukernels import gemm_intrin
+
+    conv = sch.get_sblock(info.anchor)
+    loops = sch.get_loops(conv)
+    if len(loops) != 7:
+        return False
+    n, h, w, co, ry, rx, ci = loops
+    tile = choose_tile(extent(sch, w), extent(sch, co), lanes, acc_budget, max_m)
+    if tile is None:
+        return False
+    m, nn = tile
+    k = extent(sch, ci)
+    wo, wi = _split_pixels(sch, w, m)
+    coo, coi = sch.split(co, [None, nn])
+    sch.reorder(n, h, wo, coo, ry, rx, ci, *wi, coi)
+    epi = epilogue_block(sch, info)
+    if epi is not None:
+        sch.reverse_compute_at(epi, coo)
+    for p in producers_in_kernel(sch, conv):   # padding kept for KxK: one row window per h
+        sch.compute_at(p, h)
+    sch.decompose_reduction(conv, ry)
+    sch.tensorize(ci, gemm_intrin(m, nn, k, info.stride[1]))
+    return True
+
+
+def tile_depthwise(sch: Any, info: Any, lanes: int, acc_budget: int, max_m: int = 8) -> bool:
+    """Depthwise convolution: M pixels x N channels per `ec_dw_f32` micro-kernel call over a
+    padded row window computed per output row."""
+    from .ukernels import dw_intrin
+
+    conv = sch.get_sblock(info.anchor)
+    loops = sch.get_loops(conv)
+    if len(loops) != 7:
+        return False
+    n, h, w, co, ry, rx, rc = loops
+    if extent(sch, rc) != 1:
+        return False
+    tile = choose_tile(extent(sch, w), extent(sch, co), lanes, acc_budget, max_m)
+    if tile is None:
+        return False
+    m, nn = tile
+    (kh, kw), (s, _) = info.kernel, info.stride
+    wo, wi = _split_pixels(sch, w, m)
+    coo, coi = sch.split(co, [None, nn])
+    sch.reorder(n, h, wo, coo, rc, ry, rx, *wi, coi)   # the unit channel loop stays outside
+    epi = epilogue_block(sch, info)
+    if epi is not None:
+        sch.reverse_compute_at(epi, coo)
+    for p in producers_in_kernel(sch, conv):
+        sch.compute_at(p, h)
+    sch.decompose_reduction(conv, rc)
+    sch.tensorize(ry, dw_intrin(m, nn, kh, kw, s))
+    return True
+
+
+def tile_dense(sch: Any, info: Any, lanes: int, acc_budget: int) -> bool:
+    """[1, K] x [K, N]: a 1 x N micro-kernel tile per N output features."""
+    from .ukernels import gemm_intrin
+
+    block = sch.get_sblock(info.anchor)
+    loops = sch.get_loops(block)
+    if len(loops) != 3:
+        return False
+    i, j, k = loops
+    if extent(sch, i) != 1:
+        return False
+    tile = choose_tile(1, extent(sch, j), lanes, acc_budget, 1)
+    if tile is None:
+        return False
+    nn = tile[1]
+    jo, ji = sch.split(j, [None, nn])
+    sch.reorder(i, jo, k, ji)
+    epi = epilogue_block(sch, info)
+    if epi is not None:
+        sch.reverse_compute_at(epi, jo)
+    sch.decompose_reduction(block, k)
+    sch.tensorize(k, gemm_intrin(1, nn, extent(sch, k)))
+    return True

@@ -1,0 +1,32 @@
+"""Shared fixtures: builds are cached per test session, keyed by model and options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgecompile.frontend import ModelOptions, load_model
+from edgecompile.pipeline import BuildOptions, Progress, write_build
+from edgecompile.targets import load_target
+
+
+
+@pytest.fixture(scope="session")
+def build_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("builds")
+    cache: dict = {}
+
+    def get(model: str, target: str = "host", external_io: bool = False, **opts):
+        key = (model, target, external_io, tuple(sorted(opts.items())))
+        if key not in cache:
+            source = load_model(model, ModelOptions(**opts))
+            out = root / f"b{len(cache)}-{source.name}-{target}"
+            report = write_build(source, load_target(target), out, BuildOptions(external_io=external_io),
+                                 Progress(quiet=True))
+            cache[key] = (source, out, report)
+        return cache[key]
+
+    return get
+
+

@@ -1,0 +1,88 @@
+"""Every zoo family through the real pipeline (ONNX -> Relax -> TVM kernels -> C -> gcc), run
+from the generated C and compared with PyTorch."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgecompile.hostrun import HostModel
+
+from helpers import random_input
+
+# Reduced resolutions keep the suite fast; every block type of each family is still exercised.
+FAMILIES = [
+    ("mobilenet_v1", dict(width_mult=0.25, resolution=96, num_classes=10)),
+    ("mobilenet_v2", dict(width_mult=0.35, resolution=64, num_classes=10)),
+    ("shufflenet_v1", dict(groups=3, width_mult=0.5, resolution=64, num_classes=10)),
+    ("shufflenet_v2", dict(width_mult=0.5, resolution=64, num_classes=10)),
+    ("squeezenet1_0", dict(resolution=64, num_classes=10)),
+    ("squeezenet1_1", dict(resolution=64, num_classes=10)),
+    ("xception", dict(resolution=64, num_classes=10)),
+    ("efficientnet_b0", dict(resolution=64, num_classes=10)),
+]
+
+ABS_TOL = 1e-4   # absolute, on logits of random-weight nets with a fixed seed
+
+
+@pytest.mark.parametrize("name,opts", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_generated_c_matches_pytorch(build_cache, name, opts):
+    source, out, report = build_cache(name, **opts)
+    model = HostModel(out)
+    for seed in range(3):
+        x = random_input(source.inputs[0].shape, seed)
+        got = model.run(x)[0]
+        ref = source.reference(x)[0]
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).max() <= ABS_TOL, f"max abs error {np.abs(got - ref).max()}"
+        assert got.argmax() == ref.argmax()
+    assert report["kernels"] == len(report["calls"]) > 0
+    assert report["arena_bytes"] >= report["arena_lower_bound_bytes"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["efficientnet_b3", "efficientnet_b7"])
+def test_scaled_efficientnets(build_cache, name):
+    source, out, _ = build_cache(name, resolution=64, num_classes=10)
+    x = random_input(source.inputs[0].shape)
+    assert np.abs(HostModel(out).run(x)[0] - source.reference(x)[0]).max() <= ABS_TOL
+
+
+def test_report_contents(build_cache):
+    source, out, report = build_cache("mobilenet_v1", width_mult=0.25, resolution=96, num_classes=10)
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    for key in ("model", "target", "macs", "params", "weights_bytes", "arena_bytes", "kernels"):
+        assert key in report
+    assert report["model"] == "mobilenet_v1" and report["target"] == "host"
+    for call in report["calls"]:
+        assert {"name", "macs", "arena_offset", "arena_size"} <= set(call)
+        assert call["name"].startswith("ec_")
+    # the conv/fc MACs of the compiled graph are the model's MACs
+    from edgecompile.inspection import inspect_model
+
+    assert report["macs"] == inspect_model(source)["macs"]
+    # every conv/fc weight is in the C (BatchNorm folded away: fewer parameters than PyTorch)
+    assert 0 < report["params"] < sum(p.numel() for p in source.torch_module.parameters())
+    header = (out / "model.h").read_text()
+    assert f"#define EC_ARENA_BYTES {report['arena_bytes']}" in header
+    assert "ec_model_run(" in header
+    for artifact in ("model.c", "weights.c", "libmodel.so", "runner"):
+        assert (out / artifact).exists(), artifact
+
+
+def test_no_tvm_runtime_and_no_malloc_in_generated_c(build_cache):
+    _, out, _ = build_cache("mobilenet_v2", width_mult=0.35, resolution=64, num_classes=10)
+    code = (out / "model.c").read_text()
+    for forbidden in ("malloc", "TVMBackend", "DLTensor", "tvm/", "TVMFFI", "calloc", "free("):
+        assert forbidden not in code, forbidden
+
+
+def test_external_io_build_runs_from_caller_buffers(build_cache):
+    source, out, report = build_cache("mobilenet_v1", external_io=True, width_mult=0.25, resolution=64,
+                                      num_classes=10)
+    source2, out2, report2 = build_cache("mobilenet_v1", width_mult=0.25, resolution=64, num_classes=10)
+    assert report["arena_bytes"] <= report2["arena_bytes"] and report["external_io"]
+    assert "#define EC_EXTERNAL_IO 1" in (out / "model.h").read_text()
+    x = random_input(source.inputs[0].shape)
+    assert np.abs(HostModel(out).run(x)[0] - source.reference(x)[0]).max() <= ABS_TOL

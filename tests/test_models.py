@@ -1,0 +1,117 @@
+"""The zoo matches the papers' reference configurations (parameter and MAC counts)."""
+
+import pytest
+import torch
+
+from edgecompile.frontend import ModelOptions, load_model
+from edgecompile.inspection import inspect_model
+from edgecompile.models import ModelOptionError, ZOO, build_model
+from edgecompile.models.efficientnet import compound_coefficients
+
+# Parameter counts at 1000 classes of the reference implementations (torchvision / Keras Xception).
+REFERENCE_PARAMS = {
+    "mobilenet_v1": 4_231_976,
+    "mobilenet_v2": 3_504_872,
+    "shufflenet_v2": 2_278_604,
+    "squeezenet1_0": 1_248_424,
+    "squeezenet1_1": 1_235_496,
+    "xception": 22_855_952,
+    "efficientnet_b0": 5_288_548,
+    "efficientnet_b1": 7_794_184,
+    "efficientnet_b2": 9_109_994,
+    "efficientnet_b3": 12_233_232,
+    "efficientnet_b4": 19_341_616,
+    "efficientnet_b5": 30_389_784,
+    "efficientnet_b6": 43_040_704,
+    "efficientnet_b7": 66_347_960,
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_PARAMS))
+def test_parameter_count_matches_reference(name):
+    model, _ = build_model(name)
+    assert sum(p.numel() for p in model.parameters()) == REFERENCE_PARAMS[name]
+
+
+# MobileNet V1 paper, Tables 6 and 7: MACs (millions) by width multiplier at 224, and by resolution.
+@pytest.mark.parametrize("alpha,res,mmacs,mparams", [
+    (1.0, 224, 569, 4.2), (0.75, 224, 325, 2.6), (0.5, 224, 149, 1.3), (0.25, 224, 41, 0.5),
+    (1.0, 192, 418, 4.2), (1.0, 160, 290, 4.2), (1.0, 128, 186, 4.2),
+])
+def test_mobilenet_v1_paper_tables(alpha, res, mmacs, mparams):
+    info = inspect_model(load_model("mobilenet_v1", ModelOptions(width_mult=alpha, resolution=res)))
+    assert info["macs"] / 1e6 == pytest.approx(mmacs, rel=0.02)
+    # the paper's counts exclude BatchNorm
+    convfc = info["params"] - info["by_kind"]["other"]["params"]
+    assert convfc / 1e6 == pytest.approx(mparams, abs=0.06)
+
+
+def test_mobilenet_v1_table2_breakdown():
+    info = inspect_model(load_model("mobilenet_v1"))
+    k = info["by_kind"]
+    assert k["conv_pw"]["macs_share"] == pytest.approx(0.9486, abs=0.001)
+    assert k["conv_dw"]["macs_share"] == pytest.approx(0.0306, abs=0.001)
+    assert k["fc"]["macs_share"] == pytest.approx(0.0018, abs=0.0005)
+
+
+@pytest.mark.parametrize("name,mmacs", [
+    ("mobilenet_v2", 300), ("efficientnet_b0", 390), ("shufflenet_v2", 146), ("shufflenet_v1", 140),
+])
+def test_published_mac_counts(name, mmacs):
+    info = inspect_model(load_model(name))
+    assert info["macs"] / 1e6 == pytest.approx(mmacs, rel=0.06)
+
+
+def test_shufflenet_v1_groups_keep_cost_budget():
+    # Table 1 of the ShuffleNet paper: channel counts are chosen so every g costs ~140 MFLOPs.
+    for g in (1, 2, 3, 4, 8):
+        info = inspect_model(load_model("shufflenet_v1", ModelOptions(groups=g)))
+        assert info["macs"] / 1e6 == pytest.approx(140, rel=0.1), g
+
+
+def test_efficientnet_compound_scaling_coefficients():
+    depth, width, res = compound_coefficients(1)
+    assert (depth, width, res) == (1.2, 1.1, 1.15)
+    # the released B-variants follow the rule: more depth than width at each step
+    from edgecompile.models.efficientnet import VARIANTS
+
+    for v in range(1, 8):
+        w, d, r, _ = VARIANTS[v]
+        assert d >= w and r > VARIANTS[v - 1][2]
+
+
+def test_seed_is_deterministic_and_matters():
+    a, _ = build_model("mobilenet_v1", width_mult=0.25, seed=1)
+    b, _ = build_model("mobilenet_v1", width_mult=0.25, seed=1)
+    c, _ = build_model("mobilenet_v1", width_mult=0.25, seed=2)
+    pa, pb, pc = (torch.cat([p.flatten() for p in m.parameters()]) for m in (a, b, c))
+    assert torch.equal(pa, pb) and not torch.equal(pa, pc)
+
+
+def test_weights_file_round_trip(tmp_path):
+    a, _ = build_model("mobilenet_v1", width_mult=0.25, seed=5, num_classes=10)
+    torch.save(a.state_dict(), tmp_path / "w.pt")
+    b, _ = build_model("mobilenet_v1", width_mult=0.25, seed=6, num_classes=10, weights=str(tmp_path / "w.pt"))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    ({"name": "mobilenet_v1", "resolution": 100}, "multiple of 32"),
+    ({"name": "mobilenet_v1", "width_mult": -1.0}, "--width-mult"),
+    ({"name": "squeezenet1_0", "width_mult": 0.5}, "does not take --width-mult"),
+    ({"name": "shufflenet_v2", "width_mult": 0.7}, "must be one of"),
+    ({"name": "shufflenet_v1", "groups": 5}, "groups"),
+    ({"name": "mobilenet_v1", "num_classes": 0}, "--num-classes"),
+])
+def test_option_out_of_range(kwargs, msg):
+    name = kwargs.pop("name")
+    with pytest.raises(ModelOptionError, match=msg):
+        build_model(name, **kwargs)
+
+
+def test_zoo_lists_every_family():
+    assert {"mobilenet_v1", "mobilenet_v2", "shufflenet_v1", "shufflenet_v2", "squeezenet1_0",
+            "squeezenet1_1", "xception"} <= set(ZOO)
+    assert all(f"efficientnet_b{i}" in ZOO for i in range(8))
