@@ -269,6 +269,9 @@ def emit_weights_asm(prog: Program) -> str:
     ]
     for name in prog.weights:
         lines += [f"    .global ec_{name}", f"    .set ec_{name}, ec_weights_blob + {offsets[name]}"]
+    lines += ["#if defined(__linux__) && defined(__ELF__)",
+              '    .section .note.GNU-stack,"",%progbits   /* no executable stack */',
+              "#endif"]
     return "\n".join(lines) + "\n"
 
 

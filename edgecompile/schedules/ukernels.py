@@ -214,8 +214,8 @@ def emit_prelude(lanes: int) -> str:
         f"/* {lanes}-lane float vectors (GCC/Clang vector extensions: AVX, NEON or Helium) */",
         f"typedef float ec_f32v __attribute__((vector_size({lanes * 4})));",
         f"typedef float ec_f32v_u __attribute__((vector_size({lanes * 4}), aligned(4)));",
-        "static inline ec_f32v ec_f32v_load(const float *p) { return *(const ec_f32v_u *)p; }",
-        "static inline void ec_f32v_store(float *p, ec_f32v v) { *(ec_f32v_u *)p = v; }",
+        "#define ec_f32v_load(p) (*(const ec_f32v_u *)(p))",
+        "#define ec_f32v_store(p, v) (*(ec_f32v_u *)(p) = (v))",
     ])
 
 
