@@ -253,7 +253,7 @@ def emit_weights_c(prog: Program) -> str:
         parts.append(f"/* {name}: {t.dtype}{list(t.shape)} */")
         parts.append(
             f"const union {{ {_UINT[width]} bits[{n}]; {C_TYPES[t.dtype]} v[{n}]; }} ec_{name} "
-            f"__attribute__((aligned(16))) = {{{{\n    {body}\n}}}};"
+            f'__attribute__((aligned(16), section(".rodata.ec_weights"))) = {{{{\n    {body}\n}}}};'
         )
     return "\n".join(parts) + "\n"
 

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from . import codegen, passes, schedules, toolchain
+from . import codegen, firmware, passes, schedules, toolchain
 from .errors import EdgeCompileError
 from .frontend import ModelSource, to_relax
 from .memory import MemoryPlan, plan_program
@@ -135,7 +135,7 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
         files["weights.bin"] = codegen.weights_blob(prog)
         files["weights.S"] = codegen.emit_weights_asm(prog).encode()
     body = codegen.emit_model_c(source.name, prog, plan, kernels, call_symbols, docs, options.external_io,
-                                lanes=max(1, target.vector_bytes // 4))
+                                lanes=schedules.family_module(target.family).LANES)
     digest = hashlib.sha256(body.encode() + b"".join(files[k] for k in sorted(files))).hexdigest()[:16]
     files["model.h"] = codegen.emit_model_h(source.name, prog, plan, options.external_io, target.name, digest).encode()
     files["model.c"] = body.encode()
@@ -177,14 +177,21 @@ def write_build(source: ModelSource, target: Target, out_dir: Path, options: Bui
     try:
         for name, data in compiled.files.items():
             (tmp / name).write_bytes(data)
+        (tmp / "model.onnx").write_bytes(source.onnx_model.SerializeToString())
         if options.compile:
-            sources = ["model.c", "weights.c" if "weights.c" in compiled.files else "weights.S"]
-            if target.family == "host":
+            weights_src = "weights.c" if "weights.c" in compiled.files else "weights.S"
+            if target.firmware == "host":
                 progress(f"compiling with {target.cc}")
-                toolchain.compile_host(tmp, target.cc, target.cflags, target.ldflags, sources,
+                toolchain.compile_host(tmp, target.cc, target.cflags, target.ldflags, ["model.c", weights_src],
                                        template_dir("host") / "runner.c")
             else:
-                raise EdgeCompileError(f"target family '{target.family}' has no firmware builder yet")
+                results = firmware.build_firmware(tmp, target, report, weights_src, template_dir(""), progress)
+                main = results.get("board") or results["linux"]
+                if main["arena_bytes"] != report["arena_bytes"]:
+                    raise EdgeCompileError(
+                        f"linked arena is {main['arena_bytes']} B, the plan says {report['arena_bytes']} B")
+                report.update({k: main[k] for k in ("flash_bytes", "ram_bytes", "stack_reserved_bytes")})
+                report["firmware"] = results
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         _replace_dir(tmp, out_dir)
     except BaseException:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,12 +19,16 @@ from .errors import TargetError
 FAMILIES = ("host", "cortex_a", "cortex_m", "helium")
 
 
+SECTION_ROLES = ("text", "weights", "data", "bss", "arena", "stack")
+
+
 @dataclass(frozen=True)
 class MemoryRegion:
     name: str          # e.g. FLASH, RAM
     origin: int
     size: int
     kind: str          # "flash" (read-only, holds code/weights) or "ram"
+    holds: tuple[str, ...] = ()   # which of SECTION_ROLES the linker script places here
 
 
 @dataclass(frozen=True)
@@ -49,15 +53,43 @@ class Target:
     firmware: str                    # firmware template name under firmware_templates/
     clock_hz: int = 0
     default_quant: str = "fp32"
-    vector_bytes: int = 16           # SIMD register width the schedules tile for
     memory: tuple[MemoryRegion, ...] = ()
     caches: tuple[CacheLevel, ...] = ()
     emulator: dict[str, Any] = field(default_factory=dict)
     flash: dict[str, Any] = field(default_factory=dict)
+    uart: dict[str, Any] = field(default_factory=dict)
+    tuning: dict[str, Any] = field(default_factory=dict)
+    stack_bytes: int = 8192
+    enable_icache: bool = False
     source: str = ""                 # file the target was read from
 
     def region(self, kind: str) -> MemoryRegion | None:
         return next((r for r in self.memory if r.kind == kind), None)
+
+    def region_for(self, role: str) -> MemoryRegion:
+        for r in self.memory:
+            if role in r.holds:
+                return r
+        raise TargetError(f"{self.source}: no memory region holds '{role}'")
+
+    @property
+    def emulated_elsewhere(self) -> bool:
+        """True when the emulator is a different machine that needs its own firmware variant."""
+        emu = self.emulator
+        return bool(emu.get("relocate") or emu.get("uart") or emu.get("clock_hz"))
+
+    def for_emulator(self) -> "Target":
+        """This board as the emulator runs it: memories relocated to the emulated machine's
+        addresses (sizes, i.e. the budget, unchanged), the emulated machine's UART and clock."""
+        if not self.emulated_elsewhere:
+            return self
+        emu = self.emulator
+        reloc = emu.get("relocate", {})
+        memory = tuple(
+            MemoryRegion(r.name, int(reloc.get(r.name, r.origin)), r.size, r.kind, r.holds) for r in self.memory
+        )
+        return replace(self, memory=memory, uart=dict(emu.get("uart", self.uart)),
+                       clock_hz=int(emu.get("clock_hz", self.clock_hz)), enable_icache=False)
 
 
 def _search_dirs(extra: str | os.PathLike | None) -> list[Path]:
@@ -103,9 +135,15 @@ def parse_target(data: dict[str, Any], source: str) -> Target:
             origin=_size(need("origin", r, "memory."), source),
             size=_size(need("size", r, "memory."), source),
             kind=need("kind", r, "memory."),
+            holds=tuple(r.get("holds", [])),
         )
         for r in data.get("memory", [])
     )
+    for r in memory:
+        bad = set(r.holds) - set(SECTION_ROLES)
+        if bad:
+            raise TargetError(f"{source}: memory region {r.name} holds unknown {sorted(bad)}; "
+                              f"use {', '.join(SECTION_ROLES)}")
     caches = tuple(
         CacheLevel(c["name"], _size(c["size"], source), int(c["ways"]), _size(c["line"], source))
         for c in data.get("cache", [])
@@ -123,11 +161,14 @@ def parse_target(data: dict[str, Any], source: str) -> Target:
         firmware=need("firmware"),
         clock_hz=int(data.get("clock_hz", 0)),
         default_quant=data.get("default_quant", "fp32"),
-        vector_bytes=int(data.get("vector_bytes", 16)),
         memory=memory,
         caches=caches,
         emulator=dict(data.get("emulator", {})),
         flash=dict(data.get("flash", {})),
+        uart=dict(data.get("uart", {})),
+        tuning=dict(data.get("tuning", {})),
+        stack_bytes=int(data.get("stack_bytes", 8192)),
+        enable_icache=bool(data.get("enable_icache", False)),
         source=source,
     )
 

@@ -186,3 +186,30 @@ def tile_dense(sch: Any, info: Any, lanes: int, acc_budget: int) -> bool:
     sch.decompose_reduction(block, k)
     sch.tensorize(k, gemm_intrin(1, nn, extent(sch, k)))
     return True
+
+
+class TiledRules:
+    """The schedule rules of a family that tiles for `lanes`-wide vectors (1 = scalar FPU) with
+    a register budget for accumulators. A family module instantiates it with its numbers and
+    exposes the bound methods under the standard names; a family that needs a different rule
+    for one kind defines that function itself."""
+
+    def __init__(self, lanes: int, conv_acc: int, dw_acc: int, fc_acc: int) -> None:
+        self.lanes, self.conv_acc, self.dw_acc, self.fc_acc = lanes, conv_acc, dw_acc, fc_acc
+
+    def schedule_conv(self, sch: Any, info: Any) -> bool:
+        if info.kind not in ("conv", "conv_pw"):
+            return False
+        return tile_conv_gemm(sch, info, self.lanes, self.conv_acc)
+
+    def schedule_depthwise(self, sch: Any, info: Any) -> bool:
+        return tile_depthwise(sch, info, self.lanes, self.dw_acc)
+
+    def schedule_dense(self, sch: Any, info: Any) -> bool:
+        return tile_dense(sch, info, self.lanes, self.fc_acc)
+
+    def schedule_pool(self, sch: Any, info: Any) -> bool:
+        return False
+
+    def schedule_elementwise(self, sch: Any, info: Any) -> bool:
+        return False

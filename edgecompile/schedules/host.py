@@ -1,32 +1,12 @@
-"""Schedules for the development host (x86-64: AVX2 / AVX-512 through 8-lane vectors)."""
+"""Schedules for the development host: 8-lane (32-byte) vectors, AVX2's 16 registers (12 for accumulators); AVX-512 machines run them too."""
 
-from __future__ import annotations
+from .generic import TiledRules
 
-from typing import Any
+LANES = 8
+RULES = TiledRules(lanes=LANES, conv_acc=12, dw_acc=8, fc_acc=4)
 
-from . import generic
-
-LANES = 8          # 32-byte vectors (AVX2; AVX-512 machines run them too)
-ACCUMULATORS = 12  # of 16 vector registers: the rest hold B rows and the broadcast A value
-
-
-def schedule_conv(sch: Any, info: Any) -> bool:
-    if info.kind not in ("conv", "conv_pw"):
-        return False
-    return generic.tile_conv_gemm(sch, info, LANES, ACCUMULATORS)
-
-
-def schedule_depthwise(sch: Any, info: Any) -> bool:
-    return generic.tile_depthwise(sch, info, LANES, 8)
-
-
-def schedule_dense(sch: Any, info: Any) -> bool:
-    return generic.tile_dense(sch, info, LANES, 4)
-
-
-def schedule_pool(sch: Any, info: Any) -> bool:
-    return False
-
-
-def schedule_elementwise(sch: Any, info: Any) -> bool:
-    return False
+schedule_conv = RULES.schedule_conv
+schedule_depthwise = RULES.schedule_depthwise
+schedule_dense = RULES.schedule_dense
+schedule_pool = RULES.schedule_pool
+schedule_elementwise = RULES.schedule_elementwise

@@ -1,0 +1,12 @@
+"""Schedules for Cortex-A (A72 in the Raspberry Pi 4): 128-bit NEON, 32 vector registers."""
+
+from .generic import TiledRules
+
+LANES = 4
+RULES = TiledRules(lanes=LANES, conv_acc=20, dw_acc=12, fc_acc=8)
+
+schedule_conv = RULES.schedule_conv
+schedule_depthwise = RULES.schedule_depthwise
+schedule_dense = RULES.schedule_dense
+schedule_pool = RULES.schedule_pool
+schedule_elementwise = RULES.schedule_elementwise

@@ -1,0 +1,150 @@
+/* The device side of `edgecompile test`: answers PING, INFO and INFER frames over the serial
+ * line. The same file runs on bare-metal Cortex-M and on Linux (Raspberry Pi); only ec_hal_*
+ * differ. */
+#include <string.h>
+
+#include "ec_build_info.h"
+#include "ec_hal.h"
+#include "ec_protocol.h"
+#include "model.h"
+
+#if EC_NUM_INPUTS != 1 || EC_NUM_OUTPUTS != 1
+#error "the device loop serves single-input, single-output models"
+#endif
+
+#define EC_INPUT_BYTES ((uint32_t)EC_INPUT_SIZE * (uint32_t)sizeof(float))
+#define EC_OUTPUT_BYTES ((uint32_t)EC_OUTPUT_SIZE * (uint32_t)sizeof(float))
+#define EC_BYTE_TIMEOUT_MS 500u
+
+#if EC_EXTERNAL_IO
+static float ec_io_input[EC_INPUT_SIZE];
+static float ec_io_output[EC_OUTPUT_SIZE];
+static float *input_buffer(void) { return ec_io_input; }
+static const float *output_buffer(void) { return ec_io_output; }
+#else
+static float *input_buffer(void) { return ec_model_input(0); }
+static const float *output_buffer(void) { return ec_model_output(0); }
+#endif
+
+static uint8_t small_payload[EC_SMALL_PAYLOAD_MAX];
+
+static uint8_t *payload_sink(void *ctx, uint8_t type, uint32_t length) {
+  (void)ctx;
+  if (type == EC_MSG_INFER) return length == EC_INPUT_BYTES ? (uint8_t *)input_buffer() : 0;
+  return length <= EC_SMALL_PAYLOAD_MAX ? small_payload : 0;
+}
+
+static void send_frame2(uint8_t type, uint8_t seq, const uint8_t *a, uint32_t na, const uint8_t *b,
+                        uint32_t nb) {
+  uint8_t head[EC_HEADER_BYTES], tail[4];
+  ec_frame_header(head, type, seq, na + nb);
+  uint32_t crc = ec_crc32_update(0, head + 2, 6);
+  crc = ec_crc32_update(crc, a, na);
+  crc = ec_crc32_update(crc, b, nb);
+  for (int i = 0; i < 4; ++i) tail[i] = (uint8_t)(crc >> (8 * i));
+  ec_hal_write(head, sizeof head);
+  if (na) ec_hal_write(a, na);
+  if (nb) ec_hal_write(b, nb);
+  ec_hal_write(tail, sizeof tail);
+}
+
+static void put_u32(uint8_t *p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static size_t append(char *dst, size_t at, size_t cap, const char *s) {
+  while (*s && at + 1 < cap) dst[at++] = *s++;
+  dst[at] = 0;
+  return at;
+}
+
+static size_t append_u32(char *dst, size_t at, size_t cap, uint32_t v) {
+  char tmp[11];
+  int n = 0;
+  do {
+    tmp[n++] = (char)('0' + v % 10u);
+    v /= 10u;
+  } while (v);
+  while (n && at + 1 < cap) dst[at++] = tmp[--n];
+  dst[at] = 0;
+  return at;
+}
+
+/* The build-time description (EC_INFO_JSON, an object without its closing brace) completed
+ * with what the running firmware measures about itself. */
+static uint32_t info_json(char *out, size_t cap) {
+  size_t n = append(out, 0, cap, EC_INFO_JSON);
+  n = append(out, n, cap, ",\"arena_bytes\":");
+  n = append_u32(out, n, cap, ec_hal_arena_bytes());
+  n = append(out, n, cap, ",\"stack_reserved_bytes\":");
+  n = append_u32(out, n, cap, ec_hal_stack_bytes());
+  n = append(out, n, cap, ",\"stack_used_bytes\":");
+  n = append_u32(out, n, cap, ec_hal_stack_used());
+  n = append(out, n, cap, ",\"tick_hz\":");
+  n = append_u32(out, n, cap, ec_hal_tick_hz());
+  n = append(out, n, cap, ",\"tick_unit\":\"");
+  n = append(out, n, cap, ec_hal_tick_unit());
+  n = append(out, n, cap, "\"}");
+  return (uint32_t)n;
+}
+
+static void infer(uint8_t seq) {
+  uint8_t head[24];
+  ec_hal_stack_paint();
+  uint64_t t0 = ec_hal_ticks();
+#if EC_EXTERNAL_IO
+  int rc = ec_model_run(ec_io_input, ec_io_output);
+#else
+  int rc = ec_model_run(0, 0);
+#endif
+  uint64_t t1 = ec_hal_ticks();
+  uint64_t dt = t1 - t0;
+  put_u32(head + 0, (uint32_t)rc);
+  put_u32(head + 4, (uint32_t)dt);
+  put_u32(head + 8, (uint32_t)(dt >> 32));
+  put_u32(head + 12, ec_hal_tick_hz());
+  put_u32(head + 16, ec_hal_stack_used());
+  put_u32(head + 20, ec_hal_arena_bytes());
+  send_frame2(EC_MSG_RESULT, seq, head, sizeof head, rc == 0 ? (const uint8_t *)output_buffer() : 0,
+              rc == 0 ? EC_OUTPUT_BYTES : 0);
+}
+
+int ec_device_main(int argc, char **argv) {
+  static char json[EC_SMALL_PAYLOAD_MAX + 256];
+  ec_parser parser;
+  ec_hal_init(argc, argv);
+  ec_hal_stack_paint();
+  ec_parser_init(&parser, payload_sink, 0);
+  send_frame2(EC_MSG_READY, 0, (const uint8_t *)json, info_json(json, sizeof json), 0, 0);
+  for (;;) {
+    int c = ec_hal_getc(ec_parser_busy(&parser) ? EC_BYTE_TIMEOUT_MS : 0);
+    uint8_t reason = 0;
+    if (c < 0) {
+      if (ec_parser_busy(&parser)) {        /* a frame stopped half-way: drop it */
+        uint8_t nak[2] = {EC_NAK_TIMEOUT, parser.seq};
+        ec_parser_reset(&parser);
+        send_frame2(EC_MSG_NAK, 0, nak, 2, 0, 0);
+      }
+      continue;
+    }
+    ec_parse_result r = ec_parser_feed(&parser, (uint8_t)c, &reason);
+    if (r == EC_PARSE_ERROR) {
+      uint8_t nak[2] = {reason, parser.seq};
+      send_frame2(EC_MSG_NAK, 0, nak, 2, 0, 0);
+    } else if (r == EC_PARSE_FRAME) {
+      switch (parser.type) {
+      case EC_MSG_PING:
+        send_frame2(EC_MSG_PONG, parser.seq, parser.payload, parser.length, 0, 0);
+        break;
+      case EC_MSG_INFO:
+        send_frame2(EC_MSG_INFO_RESP, parser.seq, (const uint8_t *)json, info_json(json, sizeof json), 0, 0);
+        break;
+      case EC_MSG_INFER:
+        infer(parser.seq);
+        break;
+      default:
+        break;
+      }
+    }
+  }
+}
