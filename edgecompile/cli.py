@@ -120,6 +120,53 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_flash(args: argparse.Namespace) -> int:
+    from . import device
+    from .evaluation import read_build
+    from .targets import load_target
+
+    build = Path(args.dir)
+    report = read_build(build)
+    if args.stop:
+        print("stopped the emulator" if device.stop_detached(build) else "no emulator was running for this build")
+        return 0
+    target = load_target(report["target"], args.targets_dir)
+    if args.device == "emu":
+        device.stop_detached(build)
+        state = device.start_detached(target, build, report)
+        print(f"{target.name} emulator running; serial port: {state['port']}")
+        print(f"  edgecompile test {build} --port {state['port']}")
+        print(f"  edgecompile flash {build} --stop     (when done)")
+        return 0
+    cmds = device.flash_real(args.device, target, build, report)
+    for c in cmds:
+        print("ran:", " ".join(c))
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from .evaluation import format_result, run_test
+
+    quiet = args.json or args.quiet
+    result = run_test(Path(args.dir), port=args.port, samples=args.samples, dataset=args.dataset,
+                      min_agreement=args.min_agreement, max_abs_error=args.max_abs_error, timeout=args.timeout,
+                      targets_dir=args.targets_dir,
+                      progress=(lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
+    print(json.dumps(result, indent=2) if args.json else format_result(result))
+    return 0 if result["passed"] else 3
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    source = _load(args)
+    res = train(source, args.dataset, Path(args.out), epochs=args.epochs, seed=args.seed,
+                progress=lambda m: print(m, file=sys.stderr, flush=True))
+    print(json.dumps(res, indent=2) if args.json else
+          f"wrote {res['weights']}: test accuracy {res['test_accuracy']:.3f} on {res['test_samples']} {args.dataset} images")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "targets":
         from .targets import list_targets
@@ -194,6 +241,47 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--quiet", "-q", action="store_true")
     s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("flash", help="put a build on a device (emulator by default)",
+                       description="Flash DIR's firmware. --device emu (default) starts the target's emulator in "
+                                   "the background and prints the serial URL to talk to it; pyocd and openocd "
+                                   "program a real board through its debug probe; ssh://user@host copies the "
+                                   "Raspberry Pi program with scp and starts it on the Pi's serial device.")
+    s.add_argument("dir", metavar="DIR", help="build directory (from `edgecompile build --target ...`)")
+    s.add_argument("--device", default="emu", help="emu | pyocd | openocd | ssh://user@host (default emu)")
+    s.add_argument("--stop", action="store_true", help="stop the emulator started for DIR")
+    s.add_argument("--targets-dir", metavar="DIR")
+    s.set_defaults(fn=cmd_flash)
+
+    s = sub.add_parser("test", help="accuracy of a build on the device, over serial",
+                       description="Stream N inputs to the device over the serial protocol, compare each output "
+                                   "with the host reference (PyTorch for zoo models, onnxruntime otherwise), and "
+                                   "report top-1 agreement, max abs error, accuracy on labels, instruction counts. "
+                                   "Without --port the emulator is started and stopped around the test. "
+                                   "Exit status 3 when a threshold is missed.")
+    s.add_argument("dir", metavar="DIR")
+    s.add_argument("--port", metavar="URL", help="pyserial URL: socket://host:port, /dev/ttyACM0, rfc2217://...")
+    s.add_argument("--samples", type=int, default=20)
+    s.add_argument("--dataset", default="random", help="random (no labels) or digits (labeled, scikit-learn)")
+    s.add_argument("--min-agreement", type=float, default=0.99, help="minimum top-1 agreement (default 0.99)")
+    s.add_argument("--max-abs-error", type=float, help="fail above this max |device - host|")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each answer")
+    s.add_argument("--targets-dir", metavar="DIR")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--quiet", "-q", action="store_true")
+    s.set_defaults(fn=cmd_test)
+
+    s = sub.add_parser("train", help="train a zoo model on a packaged dataset (seeded recipe)",
+                       description="Train MODEL on DATASET (the digits set, upsampled to the model resolution) "
+                                   "with a fixed seed and save its state_dict for `build --weights`. About half "
+                                   "a minute for mobilenet_v1 --width-mult 0.25 --resolution 32 on 2 cores.",
+                       epilog=MODEL_HELP, formatter_class=raw)
+    _model_args(s)
+    s.add_argument("--dataset", default="digits")
+    s.add_argument("--epochs", type=int, default=30)
+    s.add_argument("--out", required=True, metavar="FILE.pt")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("list", help="list targets or zoo models")
     s.add_argument("what", choices=["targets", "models"])

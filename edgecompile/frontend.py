@@ -36,7 +36,13 @@ class ModelOptions:
     input_shape: tuple[int, ...] | None = None
 
     def describe(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        """The options as recorded in report.json (enough to rebuild the reference model)."""
+        out = {k: v for k, v in self.__dict__.items() if v is not None}
+        if self.weights:
+            out["weights"] = str(Path(self.weights).resolve())
+        if self.input_shape:
+            out["input_shape"] = list(self.input_shape)
+        return out
 
 
 @dataclass(frozen=True)

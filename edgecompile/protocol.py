@@ -22,7 +22,7 @@ from .errors import DeviceError
 
 SYNC = b"\xec\x5a"
 HEADER = struct.Struct("<2sBBI")
-MAX_FRAME_PAYLOAD = 64 << 20
+MAX_FRAME_PAYLOAD = 1 << 20    # default bound on a device frame; Link raises it for big outputs
 
 PING, INFO, INFER = 0x01, 0x02, 0x03
 READY, PONG, INFO_RESP, RESULT = 0x80, 0x81, 0x82, 0x83
@@ -48,9 +48,18 @@ class Frame:
 class FrameDecoder:
     """Incremental decoder: bytes in, frames out. Skips noise and frames with a bad CRC."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_payload: int = MAX_FRAME_PAYLOAD) -> None:
         self.buf = bytearray()
+        self.max_payload = max_payload
         self.dropped = 0   # frames discarded for a bad CRC or an absurd length
+
+    def skip_partial(self) -> list[Frame]:
+        """Give up on the incomplete frame at the head of the buffer (a sync pattern inside noise
+        whose 'length' never arrives) and look for frames after it."""
+        if self.buf.startswith(SYNC):
+            self.dropped += 1
+            del self.buf[:2]
+        return self.feed(b"")
 
     def feed(self, data: bytes) -> list[Frame]:
         self.buf += data
@@ -64,7 +73,7 @@ class FrameDecoder:
             if len(self.buf) < HEADER.size:
                 return frames
             _, kind, seq, length = HEADER.unpack_from(self.buf)
-            if length > MAX_FRAME_PAYLOAD:
+            if length > self.max_payload:
                 self.dropped += 1
                 del self.buf[:2]
                 continue
@@ -131,7 +140,12 @@ class Link:
         try:
             data = self.port.read(max(1, getattr(self.port, "in_waiting", 0) or 1))
         except OSError as err:
-            reason = self.alive() if self.alive else None
+            reason = None
+            if self.alive is not None:   # a dying emulator closes the line before it is reaped
+                deadline = time.monotonic() + 1.0
+                while reason is None and time.monotonic() < deadline:
+                    reason = self.alive()
+                    time.sleep(0.02)
             raise DeviceError(reason or f"serial read failed: {err}") from None
         if data:
             self.pending += self.decoder.feed(data)
@@ -143,6 +157,9 @@ class Link:
     def receive(self, deadline: float) -> Frame:
         while not self.pending:
             if time.monotonic() > deadline:
+                self.pending += self.decoder.skip_partial()
+                if self.pending:
+                    break
                 raise DeviceError("timed out waiting for the device")
             self._read_some()
         frame = self.pending.pop(0)
@@ -191,6 +208,7 @@ class Link:
 
     def infer(self, x: np.ndarray, out_shape: tuple[int, ...], timeout: float | None = None) -> InferResult:
         data = np.ascontiguousarray(x, dtype="<f4").tobytes()
+        self.decoder.max_payload = max(self.decoder.max_payload, 4 * int(np.prod(out_shape)) + 64)
         t = timeout if timeout is not None else self.timeout + len(data) / 2000.0
         frame = self.request(INFER, data, RESULT, timeout=t)
         status, lo, hi, tick_hz, stack, arena = struct.unpack_from("<6I", frame.payload)

@@ -14,7 +14,7 @@
 
 #define EC_INPUT_BYTES ((uint32_t)EC_INPUT_SIZE * (uint32_t)sizeof(float))
 #define EC_OUTPUT_BYTES ((uint32_t)EC_OUTPUT_SIZE * (uint32_t)sizeof(float))
-#define EC_BYTE_TIMEOUT_MS 500u
+#define EC_BYTE_TIMEOUT_MS 100u   /* inter-byte gap that abandons a frame (emulators: virtual time) */
 
 #if EC_EXTERNAL_IO
 static float ec_io_input[EC_INPUT_SIZE];
