@@ -31,10 +31,22 @@ toolchains:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# The main job: train a small MobileNet V1 on the digits set, build it for a Raspberry Pi 4,
+# flash it and test its accuracy over a serial line. By default the Pi is emulated
+# (qemu-aarch64 -cpu cortex-a72 + a pty pair). For a real Pi:
+#   make demo PI=pi@raspberrypi.local PORT=/dev/ttyUSB0
+DEMO_MODEL := mobilenet_v1 --width-mult 0.25 --resolution 32 --num-classes 10
+DEMO_DIR   := build/demo-rpi4
+
 demo: setup
-	$(VENV)/bin/edgecompile build mobilenet_v1 --width-mult 0.25 --resolution 96 --num-classes 10 --target host --out build/demo-host
-	$(PY) -c "import numpy as np; np.save('build/demo-input.npy', np.random.default_rng(0).standard_normal((1,3,96,96)).astype('float32'))"
-	$(VENV)/bin/edgecompile run build/demo-host --input build/demo-input.npy
+	@test -f build/demo-digits.pt || $(VENV)/bin/edgecompile train $(DEMO_MODEL) --dataset digits --out build/demo-digits.pt
+	$(VENV)/bin/edgecompile build $(DEMO_MODEL) --weights build/demo-digits.pt --target rpi4 --out $(DEMO_DIR)
+ifdef PI
+	$(VENV)/bin/edgecompile flash $(DEMO_DIR) --device ssh://$(PI)
+	$(VENV)/bin/edgecompile test $(DEMO_DIR) --port $(PORT) --dataset digits --samples 100
+else
+	$(VENV)/bin/edgecompile test $(DEMO_DIR) --dataset digits --samples 100
+endif
 
 # The default run: everything except tests marked slow.
 test: setup

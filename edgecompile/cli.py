@@ -148,10 +148,19 @@ def cmd_test(args: argparse.Namespace) -> int:
     from .evaluation import format_result, run_test
 
     quiet = args.json or args.quiet
+    tty = sys.stderr.isatty()
+
+    def progress(msg: str) -> None:
+        if tty:
+            print("\r" + msg[:120].ljust(120), end="", file=sys.stderr, flush=True)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
     result = run_test(Path(args.dir), port=args.port, samples=args.samples, dataset=args.dataset,
                       min_agreement=args.min_agreement, max_abs_error=args.max_abs_error, timeout=args.timeout,
-                      targets_dir=args.targets_dir,
-                      progress=(lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
+                      targets_dir=args.targets_dir, progress=(lambda m: None) if quiet else progress)
+    if tty and not quiet:
+        print(file=sys.stderr)
     print(json.dumps(result, indent=2) if args.json else format_result(result))
     return 0 if result["passed"] else 3
 

@@ -119,7 +119,8 @@ def run_test(build: Path, port: str | None = None, samples: int = 20, dataset: s
         "host_accuracy": None if data.labels is None else float((ref_top1 == data.labels).mean()),
         "instructions_per_inference": None if instructions is None else int(statistics.median(instructions)),
         "instructions": instructions,
-        "counter_unit": "emulator instructions" if instructions is not None else unit,
+        "counter_unit": ("emulator instructions" if instructions is not None
+                         else "ns of emulated wall-clock time (not Pi time)" if emulated and unit == "ns" else unit),
         "counter_per_inference": int(statistics.median(ticks)),
         "arena_bytes": rows[0][0].arena_bytes,
         "stack_used_bytes": max(r.stack_used_bytes for r, _ in rows),
