@@ -66,10 +66,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .pipeline import BuildOptions, Progress, write_build
     from .targets import load_target
 
+    if args.dwpw_rows is not None and args.dwpw_rows < 1:
+        raise EdgeCompileError(f"--dwpw-rows must be at least 1, got {args.dwpw_rows}")
     target = load_target(args.target, args.targets_dir)
     source = _load(args)
     out = Path(args.out) if args.out else _default_out(source, target.name)
-    report = write_build(source, target, out, BuildOptions(external_io=args.external_io, compile=not args.no_compile),
+    report = write_build(source, target, out, BuildOptions(external_io=args.external_io, compile=not args.no_compile, fuse=not args.no_fuse,
+                                       in_place=not args.no_in_place, dwpw_rows=args.dwpw_rows),
                          Progress(args.quiet))
     if args.json:
         print(json.dumps(report, indent=2))
@@ -225,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--external-io", action="store_true",
                    help="keep the graph input/output in caller buffers instead of the arena")
     s.add_argument("--no-compile", action="store_true", help="write sources and report only")
+    s.add_argument("--no-fuse", action="store_true",
+                   help="keep depthwise and pointwise convolutions as separate kernels (for comparison)")
+    s.add_argument("--no-in-place", action="store_true",
+                   help="never let a fused kernel's output overlap the input it consumes")
+    s.add_argument("--dwpw-rows", type=int, metavar="R",
+                   help="output rows per tile of fused depthwise+pointwise kernels (default: per target family)")
     s.add_argument("--json", action="store_true", help="print report.json")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     s.set_defaults(fn=cmd_build)

@@ -158,8 +158,11 @@ _PREAMBLE_LINES = re.compile(
 )
 
 
-def lower_kernels(funcs: dict[str, Any], target_dict: dict[str, Any]) -> dict[str, KernelSource]:
-    """Lower scheduled PrimFuncs (symbol -> PrimFunc) to C function definitions."""
+def lower_kernels(funcs: dict[str, Any], target_dict: dict[str, Any],
+                  streaming: set[str] = frozenset()) -> dict[str, KernelSource]:
+    """Lower scheduled PrimFuncs (symbol -> PrimFunc) to C function definitions. Kernels in
+    `streaming` may run in place (output overlapping their first input): those two pointers are
+    not declared `restrict`."""
     import tvm
     from tvm import tirx
 
@@ -175,10 +178,11 @@ def lower_kernels(funcs: dict[str, Any], target_dict: dict[str, Any]) -> dict[st
     for gv, f in lowered.functions.items():
         sym = gv.name_hint
         infos[sym] = ([int(n) for n in f.attrs["ec.scratch_bytes"]], int(f.attrs["ec.stack_bytes"]))
-    return _split_c_source(source, infos)
+    return _split_c_source(source, infos, streaming)
 
 
-def _split_c_source(source: str, infos: dict[str, tuple[list[int], int]]) -> dict[str, KernelSource]:
+def _split_c_source(source: str, infos: dict[str, tuple[list[int], int]],
+                    streaming: set[str] = frozenset()) -> dict[str, KernelSource]:
     for bad in ("TVMBackendAllocWorkspace", "TVMFFI", "__tvm_ffi_"):
         kept = [ln for ln in source.splitlines() if bad in ln and "__tvm_ffi__library_ctx" not in ln]
         if kept:
@@ -205,7 +209,8 @@ def _split_c_source(source: str, infos: dict[str, tuple[list[int], int]]) -> dic
         for p in m.group(1).split(","):
             ctype, name = p.strip().rsplit(" ", 1)
             params.append((ctype.rstrip("*").strip() + "*", name.lstrip("*")))
-        sig = ", ".join(f"{t} restrict {n}" for t, n in params)
+        loose = {0, len(params) - 1 - len(scratch)} if sym in streaming else set()
+        sig = ", ".join(f"{t} {'' if i in loose else 'restrict '}{n}" for i, (t, n) in enumerate(params))
         code = f"static int32_t {sym}({sig}) {body}"
         out[sym] = KernelSource(sym, params, scratch, stack, code)
         del start

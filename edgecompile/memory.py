@@ -10,6 +10,7 @@ bytes) or comes close.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from .program import Program
@@ -25,6 +26,32 @@ class Buffer:
     end: int             # last step at which it is read (inclusive)
 
 
+@dataclass(frozen=True)
+class Overlap:
+    """`out` may share bytes with `inp` (whose last use is the same kernel call) as long as
+    offset(out) - offset(inp) <= max_delta: the kernel streams rows, consuming input rows before
+    it overwrites them (MCUNet/TinyEngine-style in-place execution)."""
+
+    out: str
+    inp: str
+    max_delta: int
+
+
+def streaming_max_delta(in_rows: int, in_row_bytes: int, out_rows: int, out_row_bytes: int,
+                        tile_rows: int, stride: int, kernel: int) -> int:
+    """Largest offset(out) - offset(in) that never overwrites input still to be read, for a
+    kernel that produces `tile_rows` output rows at a time after reading the input rows of that
+    tile's window. Conservative in the padding: assumes the top padding is kernel - 1 rows."""
+    pad = kernel - 1
+    best = math.inf
+    for t in range(out_rows // tile_rows):
+        need = (t + 1) * tile_rows * stride - pad   # first input row a later tile reads
+        if need >= in_rows:
+            break
+        best = min(best, max(need, 0) * in_row_bytes - (t + 1) * tile_rows * out_row_bytes)
+    return int(best) if best != math.inf else 1 << 40
+
+
 @dataclass
 class MemoryPlan:
     offsets: dict[str, int]          # buffer (storage root) name -> arena offset
@@ -33,18 +60,18 @@ class MemoryPlan:
     arena_bytes: int
     peak_live_bytes: int             # lower bound: max over steps of bytes live at that step
     external: list[str] = field(default_factory=list)   # roots kept outside the arena (user I/O)
+    in_place: list[Overlap] = field(default_factory=list)  # overlaps the plan actually uses
 
     def overlaps(self) -> list[tuple[str, str]]:
-        """Pairs of simultaneously live buffers whose byte ranges intersect (must be empty)."""
+        """Pairs of simultaneously live buffers whose byte ranges intersect beyond what an
+        allowed in-place overlap permits (must be empty)."""
+        allowed = {(o.out, o.inp): o.max_delta for o in self.in_place}
         bad = []
         names = sorted(self.offsets)
         for i, a in enumerate(names):
             for b in names[i + 1:]:
-                (s1, e1), (s2, e2) = self.lifetimes[a], self.lifetimes[b]
-                if s1 <= e2 and s2 <= e1:
-                    o1, o2 = self.offsets[a], self.offsets[b]
-                    if o1 < o2 + self.sizes[b] and o2 < o1 + self.sizes[a]:
-                        bad.append((a, b))
+                if not _compatible(a, self.offsets[a], b, self.offsets[b], self.sizes, self.lifetimes, allowed):
+                    bad.append((a, b))
         return bad
 
 
@@ -64,43 +91,71 @@ _ORDERS = {
 }
 
 
-def _first_fit(order: list[Buffer]) -> tuple[dict[str, int], int]:
-    placed: list[tuple[int, int, Buffer]] = []   # (offset, aligned size, buffer)
+def _compatible(a: str, oa: int, b: str, ob: int, sizes: dict[str, int], life: dict[str, tuple[int, int]],
+                allowed: dict[tuple[str, str], int]) -> bool:
+    (s1, e1), (s2, e2) = life[a], life[b]
+    if s1 > e2 or s2 > e1:
+        return True                                    # never live together
+    if oa >= ob + sizes[b] or ob >= oa + sizes[a]:
+        return True                                    # disjoint bytes
+    if (a, b) in allowed:
+        return oa - ob <= allowed[(a, b)]
+    if (b, a) in allowed:
+        return ob - oa <= allowed[(b, a)]
+    return False
+
+
+def _first_fit(order: list[Buffer], allowed: dict[tuple[str, str], int]) -> tuple[dict[str, int], int]:
+    sizes = {b.name: _align(max(b.size, 1)) for b in order}
+    life = {b.name: (b.start, b.end) for b in order}
+    partners: dict[str, list[tuple[str, int, int]]] = {}
+    for (out, inp), delta in allowed.items():
+        partners.setdefault(out, []).append((inp, delta, +1))
+        partners.setdefault(inp, []).append((out, delta, -1))
     offsets: dict[str, int] = {}
     for buf in order:
-        size = _align(max(buf.size, 1))
-        conflicts = sorted(
-            (off, sz) for off, sz, other in placed if other.start <= buf.end and buf.start <= other.end
-        )
-        offset = 0
-        for off, sz in conflicts:
-            if offset + size <= off:
+        live = [(n, offsets[n]) for n in offsets if life[n][0] <= buf.end and buf.start <= life[n][1]]
+        candidates = {0} | {off + sizes[n] for n, off in live}
+        for other, delta, sign in partners.get(buf.name, []):
+            if other in offsets:
+                # as far into the partner as the streaming order allows
+                cand = offsets[other] + delta if sign > 0 else offsets[other] - delta
+                cand = cand // ALIGN * ALIGN if sign > 0 else -(-cand // ALIGN) * ALIGN
+                if cand >= 0:
+                    candidates.add(cand)
+        for cand in sorted(candidates):
+            if all(_compatible(buf.name, cand, n, off, sizes, life, allowed) for n, off in live):
+                offsets[buf.name] = cand
                 break
-            offset = max(offset, off + sz)
-        offsets[buf.name] = offset
-        placed.append((offset, size, buf))
-    return offsets, max((off + sz for off, sz, _ in placed), default=0)
+    return offsets, max((offsets[n] + sizes[n] for n in offsets), default=0)
 
 
-def plan_buffers(buffers: list[Buffer]) -> MemoryPlan:
+def plan_buffers(buffers: list[Buffer], overlaps: list[Overlap] = ()) -> MemoryPlan:
     """Assign offsets to buffers: first-fit placement under a few orderings (largest first,
     largest size x lifetime first, program order, longest-lived first); the smallest arena wins.
-    Deterministic: ties are broken by fixed keys and the ordering's name."""
+    `overlaps` lists in-place pairs the planner may overlap. Deterministic: ties are broken by
+    fixed keys and the ordering's name."""
+    names = {b.name for b in buffers}
+    allowed = {(o.out, o.inp): o.max_delta for o in overlaps if o.out in names and o.inp in names}
     best: tuple[int, str, dict[str, int]] | None = None
     for name, key in sorted(_ORDERS.items()):
-        offsets, arena = _first_fit(sorted(buffers, key=key))
+        offsets, arena = _first_fit(sorted(buffers, key=key), allowed)
         if best is None or (arena, name) < (best[0], best[1]):
             best = (arena, name, offsets)
     assert best is not None
     arena, _, offsets = best
     steps = sorted({b.start for b in buffers} | {b.end for b in buffers})
     peak = max((sum(_align(max(b.size, 1)) for b in buffers if b.start <= s <= b.end) for s in steps), default=0)
+    sizes = {b.name: b.size for b in buffers}
+    used = [o for o in overlaps if (o.out, o.inp) in allowed
+            and offsets[o.out] < offsets[o.inp] + sizes[o.inp] and offsets[o.inp] < offsets[o.out] + sizes[o.out]]
     return MemoryPlan(
         offsets=offsets,
-        sizes={b.name: b.size for b in buffers},
+        sizes=sizes,
         lifetimes={b.name: (b.start, b.end) for b in buffers},
         arena_bytes=arena,
         peak_live_bytes=peak,
+        in_place=used,
     )
 
 
@@ -135,8 +190,13 @@ def program_buffers(prog: Program, external_io: bool = False) -> tuple[list[Buff
     return buffers, external
 
 
-def plan_program(prog: Program, external_io: bool = False) -> MemoryPlan:
+def plan_program(prog: Program, external_io: bool = False, overlaps: list[Overlap] = ()) -> MemoryPlan:
     buffers, external = program_buffers(prog, external_io)
-    plan = plan_buffers(buffers)
+    ends = {b.name: b.end for b in buffers}
+    starts = {b.name: b.start for b in buffers}
+    # an in-place pair is valid only where the input dies at the call that creates the output
+    valid = [o for o in overlaps if o.inp in ends and o.out in starts and ends[o.inp] == starts[o.out]
+             and prog.tensors[o.inp].kind not in ("output",)]
+    plan = plan_buffers(buffers, valid)
     plan.external = external
     return plan

@@ -296,7 +296,164 @@ def to_nhwc(mod: Any) -> Any:
     return relax.transform.CanonicalizeBindings()(mod)
 
 
-def lower_to_kernels(mod: Any) -> Any:
+def _group_anchor(mod: Any, func: Any) -> Any:
+    """The anchor (first reduction) of a FuseOps group, analysed: None if it has none."""
+    from .schedules import analyze
+
+    _, relax = _tvm()
+    for block in func.body.blocks:
+        for b in block.bindings:
+            v = b.value
+            if isinstance(v, relax.Call) and getattr(v.op, "name", "") == "relax.call_tir":
+                info = analyze(mod[v.args[0]])
+                if info.anchor is not None:
+                    return info
+    return None
+
+
+def _merge_groups(mod: Any, mergeable: Callable[[Any, Any], bool]) -> Any:
+    """Merge FuseOps groups: each group whose result is used only by another group, where
+    `mergeable(producer_info, consumer_info)` holds, is merged into that consumer (so FuseTIR
+    makes one kernel of both). Infos are `schedules.analyze` of the groups' anchors (None for a
+    group without a reduction)."""
+    tvm, relax = _tvm()
+    main = mod["main"]
+    uses = _use_counts(main)
+    groups = {gv: f for gv, f in mod.functions.items()
+              if isinstance(f, relax.Function) and f.attrs is not None and "Primitive" in f.attrs}
+    kinds = {gv: _group_anchor(mod, f) for gv, f in groups.items()}
+    bindings = [b for block in main.body.blocks for b in block.bindings]
+    # operators that FuseOps left alone (a bare call_tir: an elementwise op, a conv without
+    # epilogue) are groups of one
+    from .schedules import analyze
+
+    for b in bindings:
+        v = b.value
+        if isinstance(v, relax.Call) and getattr(v.op, "name", "") == "relax.call_tir":
+            groups[b.var] = _single_call_group(v)
+            info = analyze(mod[v.args[0]])
+            kinds[b.var] = info if info.anchor is not None else None
+
+    def group_key(binding: Any) -> Any:
+        if binding.var in groups:
+            return binding.var
+        if isinstance(binding.value, relax.Call) and binding.value.op in groups:
+            return binding.value.op
+        return None
+    producer = {b.var: b for b in bindings}
+    pairs: dict[Any, tuple[Any, Any, int]] = {}   # consumer var -> (producer binding, consumer binding, arg)
+    taken: set[Any] = set()
+    for b in bindings:
+        ckey = group_key(b)
+        if ckey is None or b.var in taken:
+            continue
+        for j, arg in enumerate(_group_args(b, groups)):
+            prev = producer.get(arg)
+            if prev is None or uses.get(arg, 0) != 1 or prev.var in pairs or prev.var in taken:
+                continue
+            pkey = group_key(prev)
+            if pkey is None:
+                continue
+            if mergeable(kinds[pkey], kinds[ckey]):
+                pairs[b.var] = (prev, b, j)
+                taken |= {prev.var, b.var}
+                break
+    if not pairs:
+        return mod
+
+    bb = relax.BlockBuilder(mod)
+    merged: dict[Any, Any] = {}
+    for var, (pb_, cb, j) in pairs.items():
+        fa, fb = groups[group_key(pb_)], groups[group_key(cb)]
+        pa = [relax.Var(p.name, p.ty) for p in fa.params]
+        pb = [relax.Var(p.name, p.ty) for k, p in enumerate(fb.params) if k != j]
+        name = f"{_group_name(pb_, groups)}__{_group_name(cb, groups)}"
+        with bb.function(name, pa + pb, attrs={"Primitive": True}, private=True):
+            with bb.dataflow():
+                a_out = _inline_group(bb, fa, dict(zip(fa.params, pa)))
+                env = {p: v for p, v in zip([p for k, p in enumerate(fb.params) if k != j], pb)}
+                env[fb.params[j]] = a_out
+                out = bb.emit_output(_inline_group(bb, fb, env))
+            gv = bb.emit_func_output(out)
+        merged[var] = gv
+    mod = bb.get()
+    drop = {p.var for p, _, _ in pairs.values()}
+
+    def rewrite(var: Any, value: Any, env: dict, emit: Callable) -> Any:
+        if var in drop:
+            return None
+        if var in pairs:
+            pb_, cb, j = pairs[var]
+            args = _group_args(pb_, groups) + [a for k, a in enumerate(_group_args(cb, groups)) if k != j]
+            return relax.Call(merged[var], [_substitute(a, env) for a in args])
+        return _substitute(value, env)
+
+    return _rebuild_main(mod, rewrite)
+
+
+def fuse_depthwise_pointwise(mod: Any) -> Any:
+    """Merge each depthwise-conv group (with its bias/activation epilogue) with the 1x1
+    convolution group that is its only consumer (with its epilogue, residual add included) into
+    one group, so that FuseTIR makes one kernel of them. The kernel's schedule then computes the
+    depthwise output a few rows at a time into a small scratch buffer that the pointwise part
+    consumes: the depthwise output tensor never exists in full.
+
+    Runs between FuseOps and FuseTIR. Catches MobileNet V1 blocks, the dw->project part of
+    MobileNet V2 / EfficientNet inverted residuals, Xception separable convolutions and
+    ShuffleNet V2 branches."""
+    return _merge_groups(mod, lambda a, b: a is not None and b is not None and a.kind == "conv_dw"
+                         and b.kind == "conv_pw" and b.stride == (1, 1))
+
+
+def fuse_input_transforms(mod: Any) -> Any:
+    """Merge a purely elementwise group (the NCHW->NHWC transpose of the model input, above all)
+    into the convolution that consumes it: the convolution then reads its padded row window
+    straight from the untransformed tensor and the transformed copy never exists."""
+    return _merge_groups(mod, lambda a, b: a is None and b is not None and b.kind in ("conv", "conv_pw", "conv_dw"))
+
+
+def _group_args(binding: Any, groups: dict) -> list[Any]:
+    """The tensors a group call (or a bare call_tir seen as a group) takes."""
+    if binding.var in groups:
+        return list(binding.value.args[1].fields)
+    return list(binding.value.args)
+
+
+def _group_name(binding: Any, groups: dict) -> str:
+    return binding.value.args[0].name_hint if binding.var in groups else binding.value.op.name_hint
+
+
+class _SingleCall:
+    """A bare call_tir seen as a one-binding group (params = its tensor arguments)."""
+
+    def __init__(self, call: Any) -> None:
+        _, relax = _tvm()
+        self.call = call
+        # every argument, weights included, becomes a parameter (FuseTIR takes no constants)
+        self.params = [relax.Var(a.name if isinstance(a, relax.Var) else f"w{i}", a.ty)
+                       for i, a in enumerate(call.args[1].fields)]
+
+
+def _single_call_group(call: Any) -> _SingleCall:
+    return _SingleCall(call)
+
+
+def _inline_group(bb: Any, func: Any, env: dict) -> Any:
+    """Emit a FuseOps group's bindings into the current dataflow block; returns its result."""
+    _, relax = _tvm()
+    if isinstance(func, _SingleCall):
+        c = func.call
+        args = [env.get(p, p) for p in func.params]
+        return bb.emit(relax.Call(c.op, [c.args[0], relax.Tuple(args)], c.attrs, c.ty_args), "elementwise")
+    env = dict(env)
+    for block in func.body.blocks:
+        for b in block.bindings:
+            env[b.var] = bb.emit(_substitute(b.value, env), b.var.name)
+    result = func.body.body
+    return env.get(result, result)
+
+
+def lower_to_kernels(mod: Any, fuse_dwpw: bool = True) -> Any:
     """The whole Relax pipeline: returns a module whose `main` calls only fused PrimFuncs."""
     tvm, relax = _tvm()
     mod = relax.transform.DecomposeOpsForInference()(mod)
@@ -306,10 +463,15 @@ def lower_to_kernels(mod: Any) -> Any:
     mod = fold_affine_into_conv(mod)
     mod = to_nhwc(mod)
     mod = fold_constants(mod)
-    seq = tvm.transform.Sequential([
+    mod = tvm.transform.Sequential([
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FuseOps(),
+    ])(mod)
+    mod = fuse_input_transforms(mod)
+    if fuse_dwpw:
+        mod = fuse_depthwise_pointwise(mod)
+    seq = tvm.transform.Sequential([
         relax.transform.FuseTIR(),
         relax.transform.DeadCodeElimination(),
         relax.transform.RewriteDataflowReshape(),

@@ -13,7 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +21,7 @@ from typing import Any, Callable
 from . import codegen, firmware, passes, schedules, toolchain
 from .errors import EdgeCompileError
 from .frontend import ModelSource, to_relax
-from .memory import MemoryPlan, plan_program
+from .memory import MemoryPlan, Overlap, plan_program, streaming_max_delta
 from .program import Program, Tensor, extract_program
 from .targets import Target
 
@@ -30,6 +30,9 @@ from .targets import Target
 class BuildOptions:
     external_io: bool = False       # graph input/output live in caller buffers, not the arena
     compile: bool = True            # run the target toolchain (False: sources and report only)
+    fuse: bool = True               # fused depthwise+pointwise kernels (False: the unfused path)
+    in_place: bool = True           # let streaming kernels overwrite their consumed input
+    dwpw_rows: int | None = None    # row-tile height of fused kernels (None: the family's default)
 
 
 @dataclass
@@ -42,6 +45,7 @@ class Compiled:
     calls: list[dict[str, Any]]
     kernel_infos: dict[str, schedules.KernelInfo]
     digest: str
+    fusion: dict[str, Any]
 
 
 def template_dir(name: str) -> Path:
@@ -76,17 +80,20 @@ def _symbol_for(info: schedules.KernelInfo, out: Tensor, taken: set[str]) -> str
     return name
 
 
-def compile_model(source: ModelSource, target: Target, options: BuildOptions = BuildOptions(),
-                  progress: Callable[[str], None] = Progress()) -> Compiled:
-    progress(f"importing {source.name} into Relax")
-    mod = to_relax(source)
-    progress("Relax passes: fold constants and BatchNorm, NHWC layout, legalize, fuse")
-    mod = passes.lower_to_kernels(mod)
+@dataclass
+class _Lowered:
+    program: Program
+    plan: MemoryPlan
+    kernels: dict[str, codegen.KernelSource]
+    infos: dict[str, schedules.KernelInfo]
+    symbol_of: dict[str, str]
+
+
+def _lower(relax_mod: Any, target: Target, options: BuildOptions, progress: Callable[[str], None]) -> _Lowered:
+    """Relax passes -> scheduled kernels -> C functions -> memory plan."""
+    mod = passes.lower_to_kernels(relax_mod, fuse_dwpw=options.fuse)
     prog = extract_program(mod)
-    names = []
-    for call in prog.calls:
-        if call.kernel not in names:
-            names.append(call.kernel)
+    names = list(dict.fromkeys(c.kernel for c in prog.calls))
     progress(f"scheduling {len(names)} kernels for family '{target.family}' ({len(prog.calls)} calls)")
     scheduled: dict[str, Any] = {}
     infos: dict[str, schedules.KernelInfo] = {}
@@ -94,20 +101,48 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
     taken: set[str] = set()
     for name in names:
         first = next(c for c in prog.calls if c.kernel == name)
-        func, info = schedules.schedule(mod[name], target.family)
+        func, info = schedules.schedule(mod[name], target.family, options.dwpw_rows)
         sym = _symbol_for(info, prog.tensors[first.outputs[0]], taken)
         symbol_of[name] = sym
         scheduled[sym] = func
         infos[sym] = info
     progress("generating C for the kernels (TVM C codegen, unpacked ABI)")
-    kernels = codegen.lower_kernels(scheduled, target.tvm)
+    streaming = {sym for sym, info in infos.items() if info.kind == "dwpw" and info.rows}
+    kernels = codegen.lower_kernels(scheduled, target.tvm, streaming)
     for i, call in enumerate(prog.calls):
         for j, nbytes in enumerate(kernels[symbol_of[call.kernel]].scratch_bytes):
             sname = f"scratch_{i}_{j}"
             prog.tensors[sname] = Tensor(sname, (nbytes,), "uint8", "scratch")
             call.scratch.append(sname)
-    plan = plan_program(prog, external_io=options.external_io)
-    progress(f"memory plan: arena {plan.arena_bytes} B (live-set lower bound {plan.peak_live_bytes} B)")
+    overlaps = []
+    for call in prog.calls:
+        info = infos[symbol_of[call.kernel]]
+        if info.kind == "dwpw" and info.rows:
+            inp, out = prog.tensors[call.inputs[0]], prog.tensors[call.outputs[0]]
+            _, hin, win, cin = inp.shape
+            _, h, w, cout = out.shape
+            delta = streaming_max_delta(hin, win * cin * 4, h, w * cout * 4, info.rows, info.stride[0], info.kernel[0])
+            overlaps.append(Overlap(prog.storage_root(call.outputs[0]), prog.storage_root(call.inputs[0]), delta))
+    plan = plan_program(prog, external_io=options.external_io, overlaps=overlaps if options.in_place else [])
+    return _Lowered(prog, plan, kernels, infos, symbol_of)
+
+
+def compile_model(source: ModelSource, target: Target, options: BuildOptions = BuildOptions(),
+                  progress: Callable[[str], None] = Progress()) -> Compiled:
+    progress(f"importing {source.name} into Relax")
+    relax_mod = to_relax(source)
+    progress("Relax passes: fold constants and BatchNorm, NHWC layout, legalize, fuse")
+    low = _lower(relax_mod, target, options, progress)
+    prog, plan, kernels, infos, symbol_of = low.program, low.plan, low.kernels, low.infos, low.symbol_of
+    progress(f"memory plan: arena {plan.arena_bytes} B ({len(plan.in_place)} in-place overlaps; "
+             f"largest live set without overlap {plan.peak_live_bytes} B)")
+    fusion: dict[str, Any] = {"fused": options.fuse, "arena_bytes": plan.arena_bytes}
+    if options.fuse and any(i.kind == "dwpw" for i in infos.values()):
+        progress("measuring the unfused plan for comparison")
+        plain = _lower(relax_mod, target, replace(options, fuse=False, in_place=False), lambda m: None)
+        fusion["arena_bytes_unfused"] = plain.plan.arena_bytes
+        fusion["kernel_calls_unfused"] = len(plain.program.calls)
+    in_place_outputs = {o.out for o in plan.in_place}
     call_symbols = [symbol_of[c.kernel] for c in prog.calls]
     docs, calls = [], []
     for i, (call, sym) in enumerate(zip(prog.calls, call_symbols)):
@@ -119,6 +154,9 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
             "index": i,
             "name": sym,
             "kind": info.kind,
+            "path": (f"fused depthwise+pointwise, {info.rows} output rows per tile" if info.kind == "dwpw" and info.rows
+                     else "fused depthwise+pointwise, untiled" if info.kind == "dwpw" else "single kernel"),
+            "in_place": root in in_place_outputs,
             "schedule": info.schedule,
             "macs": info.macs,
             "output": call.outputs[0],
@@ -139,7 +177,7 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
     digest = hashlib.sha256(body.encode() + b"".join(files[k] for k in sorted(files))).hexdigest()[:16]
     files["model.h"] = codegen.emit_model_h(source.name, prog, plan, options.external_io, target.name, digest).encode()
     files["model.c"] = body.encode()
-    return Compiled(prog, plan, files, calls, infos, digest)
+    return Compiled(prog, plan, files, calls, infos, digest, fusion)
 
 
 def build_report(source: ModelSource, target: Target, compiled: Compiled) -> dict[str, Any]:
@@ -162,6 +200,7 @@ def build_report(source: ModelSource, target: Target, compiled: Compiled) -> dic
         "external_io": bool(plan.external),
         "kernels": len(compiled.calls),
         "kernel_functions": len(compiled.kernel_infos),
+        "fusion": compiled.fusion,
         "calls": compiled.calls,
     }
 

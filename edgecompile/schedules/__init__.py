@@ -14,7 +14,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("conv", "conv_dw", "conv_pw", "conv_group", "fc", "pool", "mean", "elementwise")
+KINDS = ("conv", "conv_dw", "conv_pw", "conv_group", "dwpw", "fc", "pool", "mean", "elementwise")
 
 
 @dataclass
@@ -28,8 +28,15 @@ class KernelInfo:
     channels: tuple[int, int] = (0, 0)  # (in per group, out) for conv/fc
     schedule: str = ""                 # which schedule rule ran
     note: str = ""                     # why a rule fell back, if it did
+    dw_anchor: str | None = None       # dwpw: the depthwise reduction block
+    dw_channels: int = 0               # dwpw: channels of the depthwise part
+    out_rows: int = 0                  # output height (rows of the NHWC output)
+    rows: int = 0                      # dwpw: output rows per tile of the tiled schedule (0: untiled)
 
     def describe(self) -> str:
+        if self.kind == "dwpw":
+            (kh, kw), (sh, _) = self.kernel, self.stride
+            return f"{self.kind} {kh}x{kw}/{sh} dw {self.dw_channels} -> pw {self.channels[1]}"
         if self.kind.startswith("conv"):
             (kh, kw), (sh, sw) = self.kernel, self.stride
             return f"{self.kind} {kh}x{kw}/{sh} {self.channels[0]}->{self.channels[1]}"
@@ -51,29 +58,24 @@ def analyze(func: Any) -> KernelInfo:
     if not reductions:
         return KernelInfo("elementwise", 0, None, names)
     anchor = reductions[0]
+    if len(reductions) == 2:
+        first, second = _conv(reductions[0]), _conv(reductions[1])
+        if first and second and first[0] == "conv_dw" and second[0] == "conv_pw" and second[3] == (1, 1):
+            info = KernelInfo("dwpw", first[1] + second[1], reductions[1].name_hint, names, first[2], first[3],
+                              second[4], dw_anchor=reductions[0].name_hint, dw_channels=first[4][1])
+            info.out_rows = _spatial(reductions[1])[1]
+            return info
+    conv = _conv(anchor)
+    if conv is not None:
+        kind, macs, kernel, stride, channels = conv
+        info = KernelInfo(kind, macs, anchor.name_hint, names, kernel, stride, channels)
+        info.out_rows = _spatial(anchor)[1]
+        return info
     name = anchor.name_hint
     extents = _iter_extents(anchor)
     total = 1
     for _, e in extents:
         total *= e
-    if "conv2d" in name:
-        # NHWC conv: spatial (n, h, w, c) and reduction (kh, kw, ci)
-        sp = [e for t, e in extents if t == 0]
-        red = [e for t, e in extents if t == 2]
-        kh, kw, cin_g = red[0], red[1], red[2]
-        cout = sp[-1]
-        stride = _conv_stride(anchor)
-        groups = 1 if name.startswith("conv2d") else None
-        if cin_g == 1 and name.startswith("group_conv2d"):
-            kind = "conv_dw"
-        elif name.startswith("group_conv2d"):
-            kind = "conv_group"
-        elif kh == 1 and kw == 1:
-            kind = "conv_pw"
-        else:
-            kind = "conv"
-        del groups
-        return KernelInfo(kind, total, name, names, (kh, kw), stride, (cin_g, cout))
     if "matmul" in name or "dense" in name:
         sp = [e for t, e in extents if t == 0]
         red = [e for t, e in extents if t == 2]
@@ -81,6 +83,32 @@ def analyze(func: Any) -> KernelInfo:
     if "pool" in name:
         return KernelInfo("pool", 0, name, names)
     return KernelInfo("mean", 0, name, names)
+
+
+def _spatial(block: Any) -> list[int]:
+    return [e for t, e in _iter_extents(block) if t == 0]
+
+
+def _conv(block: Any) -> tuple[str, int, tuple[int, int], tuple[int, int], tuple[int, int]] | None:
+    """(kind, MACs, kernel, stride, (in channels per group, out channels)) of an NHWC conv block."""
+    name = block.name_hint
+    if "conv2d" not in name:
+        return None
+    extents = _iter_extents(block)
+    total = 1
+    for _, e in extents:
+        total *= e
+    sp = [e for t, e in extents if t == 0]
+    red = [e for t, e in extents if t == 2]
+    kh, kw, cin_g = red[0], red[1], red[2]
+    cout = sp[-1]
+    if name.startswith("group_conv2d"):
+        kind = "conv_dw" if cin_g == 1 else "conv_group"
+    elif kh == 1 and kw == 1:
+        kind = "conv_pw"
+    else:
+        kind = "conv"
+    return kind, total, (kh, kw), _conv_stride(block), (cin_g, cout)
 
 
 def _has_root(sch: Any) -> bool:
@@ -111,12 +139,13 @@ def family_module(family: str) -> Any:
     return importlib.import_module(f"{__name__}.{family}")
 
 
-def schedule(func: Any, family: str) -> tuple[Any, KernelInfo]:
+def schedule(func: Any, family: str, dwpw_rows: int | None = None) -> tuple[Any, KernelInfo]:
     """Schedule one fused kernel for a target family. Returns (scheduled PrimFunc, info).
 
     The family's rule runs first; if it declines (returns False) or a schedule primitive
     rejects the kernel, the kernel falls back to the portable untiled schedule, and
-    `info.schedule` says which one ran."""
+    `info.schedule` says which one ran. `dwpw_rows` overrides the family's row-tile height of
+    fused depthwise+pointwise kernels."""
     from tvm import s_tir
 
     from . import generic
@@ -128,15 +157,19 @@ def schedule(func: Any, family: str) -> tuple[Any, KernelInfo]:
         "conv_pw": mod.schedule_conv,
         "conv_group": mod.schedule_conv,
         "conv_dw": mod.schedule_depthwise,
+        "dwpw": mod.schedule_dwpw,
         "fc": mod.schedule_dense,
         "pool": mod.schedule_pool,
         "mean": mod.schedule_pool,
         "elementwise": mod.schedule_elementwise,
     }[info.kind]
     sch = s_tir.Schedule(func)
-    generic.inline_producers_and_epilogues(sch, info, keep_pad=info.kind in ("conv", "conv_dw"))
+    if info.kind == "dwpw":
+        generic.inline_dwpw(sch, info)
+    else:
+        generic.inline_producers_and_epilogues(sch, info, keep_pad=info.kind in ("conv", "conv_dw"))
     try:
-        ok = bool(rule(sch, info))
+        ok = bool(rule(sch, info, rows=dwpw_rows) if info.kind == "dwpw" else rule(sch, info))
     except Exception as err:  # noqa: BLE001 - ScheduleError and friends: fall back
         ok = False
         info.note = f"{rule.__name__} failed: {str(err).strip().splitlines()[-1][:160]}"
@@ -144,6 +177,9 @@ def schedule(func: Any, family: str) -> tuple[Any, KernelInfo]:
         info.schedule = f"{family}.{rule.__name__}"
         return sch.mod["main"], info
     sch = s_tir.Schedule(func)
-    generic.inline_producers_and_epilogues(sch, info)
+    if info.kind == "dwpw":
+        generic.inline_dwpw(sch, info)
+    else:
+        generic.inline_producers_and_epilogues(sch, info)
     info.schedule = "generic.untiled"
     return sch.mod["main"], info

@@ -7,6 +7,7 @@ RULES = TiledRules(lanes=LANES, conv_acc=20, dw_acc=12, fc_acc=8)
 
 schedule_conv = RULES.schedule_conv
 schedule_depthwise = RULES.schedule_depthwise
+schedule_dwpw = RULES.schedule_dwpw
 schedule_dense = RULES.schedule_dense
 schedule_pool = RULES.schedule_pool
 schedule_elementwise = RULES.schedule_elementwise

@@ -89,6 +89,10 @@ def choose_tile(width: int, channels: int, lanes: int, acc_budget: int, max_m: i
             key = (m * vectors, min(m, vectors), n)
             if best is None or key > best[0]:
                 best = (key, (m, n))
+    if best is None and lanes > 1:
+        # no multiple of the vector width divides the channels (10 classes, 3 channels...):
+        # a scalar tile over a divisor of the channels
+        return choose_tile(width, channels, 1, min(acc_budget, 8), max_m)
     return None if best is None else best[1]
 
 
@@ -188,14 +192,106 @@ def tile_dense(sch: Any, info: Any, lanes: int, acc_budget: int) -> bool:
     return True
 
 
+def inline_dwpw(sch: Any, info: Any) -> None:
+    """Fused depthwise + pointwise kernel: keep the depthwise padding, one depthwise epilogue
+    block (bias + activation) and one pointwise epilogue block (bias, activation, residual)."""
+    blocks = _children(sch)
+    names = [sch.get(b).name_hint for b in blocks]
+    ia, ib = names.index(info.dw_anchor), names.index(info.anchor)
+    for b in blocks[:ia]:
+        if "pad" not in sch.get(b).name_hint.lower():
+            _try(sch.compute_inline, b)
+    between = blocks[ia + 1:ib]
+    pads = [b for b in between if "pad" in sch.get(b).name_hint.lower()]
+    epi1 = [b for b in between if b not in pads]
+    for b in pads:                # the pointwise conv's (empty) padding reads the dw epilogue
+        _try(sch.compute_inline, b)
+    for b in epi1[:-1]:
+        _try(sch.compute_inline, b)
+    for b in blocks[ib + 1:-1]:
+        _try(sch.compute_inline, b)
+
+
+def tile_dwpw(sch: Any, info: Any, lanes: int, pw_acc: int, dw_acc: int, rows: int) -> bool:
+    """The fused kernel: for each tile of `rows` output rows, compute the depthwise output for
+    those rows (padding window, micro-kernel, bias + activation) into a rows x W x C scratch
+    buffer, then the pointwise GEMM tiles over it. The depthwise tensor never exists in full."""
+    from .ukernels import dw_intrin, gemm_intrin
+
+    blocks = _children(sch)
+    names = [sch.get(b).name_hint for b in blocks]
+    ia, ib = names.index(info.dw_anchor), names.index(info.anchor)
+    dw_pad = [b for b in blocks[:ia] if "pad" in sch.get(b).name_hint.lower()]
+    e1 = blocks[ib - 1] if ib - 1 > ia else None   # None: the depthwise conv has no epilogue
+    e2 = blocks[ib + 1] if ib + 1 < len(blocks) else None
+    pw = sch.get_sblock(info.anchor)
+    dw = sch.get_sblock(info.dw_anchor)
+    loops = sch.get_loops(pw)
+    if len(loops) != 7:
+        return False
+    n, h, w, co, ry, rx, ci = loops
+    r = largest_divisor(extent(sch, h), rows)
+    tile = choose_tile(extent(sch, w), extent(sch, co), lanes, pw_acc, 8)
+    if tile is None:
+        return False
+    m, nn = tile
+    k = extent(sch, ci)
+    ho, hi = sch.split(h, [None, r])
+    wo, wi = _split_pixels(sch, w, m)
+    coo, coi = sch.split(co, [None, nn])
+    sch.reorder(n, ho, hi, wo, coo, ry, rx, ci, *wi, coi)
+    if e2 is not None:
+        sch.reverse_compute_at(e2, coo)
+    if e1 is not None:
+        sch.compute_at(e1, ho)
+    sch.compute_at(dw, ho)
+    for p in dw_pad:
+        sch.compute_at(p, ho)
+    sch.decompose_reduction(pw, ry)
+    sch.tensorize(ci, gemm_intrin(m, nn, k, 1))
+    # the depthwise part, now a loop nest inside `ho`
+    dloops = list(sch.get_loops(dw))
+    inner = dloops[[str(sch.get(x).loop_var) for x in dloops].index(str(sch.get(ho).loop_var)) + 1:]
+    (kh, kw), (s, _) = info.kernel, info.stride
+    # compute_at does not materialise unit loops: match what is there to what is expected
+    expected = [("h", r), ("w", extent(sch, wo) * m), ("c", info.dw_channels), ("ry", kh), ("rx", kw), ("rc", 1)]
+    if len(inner) < len(expected):
+        expected = [e for e in expected if e[1] != 1] if len(inner) == len([e for e in expected if e[1] != 1]) \
+            else expected[:len(inner)]
+    if len(inner) != len(expected) or any(extent(sch, lp) != e for lp, (_, e) in zip(inner, expected)):
+        return False
+    found = {name: lp for (name, _), lp in zip(expected, inner)}
+    dh, dwl, dc, dry, drx, drc = (found.get(k) for k in ("h", "w", "c", "ry", "rx", "rc"))
+    if dwl is None or dc is None or dry is None or drx is None:
+        return False
+    dtile = choose_tile(extent(sch, dwl), extent(sch, dc), lanes, dw_acc, 8)
+    if dtile is None:
+        return False
+    dm, dn = dtile
+    dwo, dwi = _split_pixels(sch, dwl, dm)
+    dco, dci = sch.split(dc, [None, dn])
+    sch.reorder(*([dh] if dh is not None else []), dwo, dco, *([drc] if drc is not None else []), dry, drx,
+                *dwi, dci)
+    if e1 is not None:
+        sch.reverse_compute_at(e1, dco)
+    sch.decompose_reduction(dw, drc if drc is not None else dry)
+    sch.tensorize(dry, dw_intrin(dm, dn, kh, kw, s))
+    info.rows = r
+    return True
+
+
 class TiledRules:
     """The schedule rules of a family that tiles for `lanes`-wide vectors (1 = scalar FPU) with
     a register budget for accumulators. A family module instantiates it with its numbers and
     exposes the bound methods under the standard names; a family that needs a different rule
     for one kind defines that function itself."""
 
-    def __init__(self, lanes: int, conv_acc: int, dw_acc: int, fc_acc: int) -> None:
+    def __init__(self, lanes: int, conv_acc: int, dw_acc: int, fc_acc: int, dwpw_rows: int = 2) -> None:
         self.lanes, self.conv_acc, self.dw_acc, self.fc_acc = lanes, conv_acc, dw_acc, fc_acc
+        self.dwpw_rows = dwpw_rows
+
+    def schedule_dwpw(self, sch: Any, info: Any, rows: int | None = None) -> bool:
+        return tile_dwpw(sch, info, self.lanes, self.conv_acc, self.dw_acc, rows or self.dwpw_rows)
 
     def schedule_conv(self, sch: Any, info: Any) -> bool:
         if info.kind not in ("conv", "conv_pw"):

@@ -1,0 +1,157 @@
+"""Fused depthwise+pointwise kernels and in-place memory planning."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgecompile.device import EmulatorSession, firmware_path
+from edgecompile.frontend import ModelOptions, load_model
+from edgecompile.hostrun import HostModel
+from edgecompile.memory import Buffer, Overlap, plan_buffers, streaming_max_delta
+from edgecompile.pipeline import BuildOptions, Progress, write_build
+from edgecompile.protocol import Link
+from edgecompile.targets import load_target
+from helpers import random_input
+
+FUSED_FAMILIES = [
+    ("mobilenet_v1", dict(width_mult=0.25, resolution=64, num_classes=10)),
+    ("mobilenet_v2", dict(width_mult=0.35, resolution=64, num_classes=10)),
+    ("shufflenet_v2", dict(width_mult=0.5, resolution=64, num_classes=10)),
+    ("xception", dict(resolution=64, num_classes=10)),
+]
+
+
+def _build(source, out, target="host", **opts):
+    return write_build(source, load_target(target), out, BuildOptions(**opts), Progress(quiet=True))
+
+
+@pytest.mark.parametrize("name,opts", FUSED_FAMILIES, ids=[f[0] for f in FUSED_FAMILIES])
+def test_fused_matches_unfused_on_host(tmp_path, name, opts):
+    source = load_model(name, ModelOptions(**opts))
+    fused = _build(source, tmp_path / "fused")
+    plain = _build(source, tmp_path / "plain", fuse=False)
+    assert any(c["kind"] == "dwpw" for c in fused["calls"]), "no block was fused"
+    assert not any(c["kind"] == "dwpw" for c in plain["calls"])
+    assert fused["kernels"] < plain["kernels"]
+    assert fused["fusion"]["arena_bytes_unfused"] == plain["arena_bytes"]
+    a, b = HostModel(tmp_path / "fused"), HostModel(tmp_path / "plain")
+    for seed in range(2):
+        x = random_input(source.inputs[0].shape, seed)
+        ya, yb = a.run(x)[0], b.run(x)[0]
+        assert np.abs(ya - yb).max() <= 1e-5
+        assert np.abs(ya - source.reference(x)[0]).max() <= 1e-4
+
+
+def test_in_place_lowers_the_arena(tmp_path):
+    source = load_model("mobilenet_v1", ModelOptions(width_mult=0.25, resolution=96, num_classes=10))
+    rep = _build(source, tmp_path / "f", compile=False)
+    assert any(c["in_place"] for c in rep["calls"])
+    assert rep["arena_bytes"] < rep["fusion"]["arena_bytes_unfused"]
+    no_overlap = _build(source, tmp_path / "n", compile=False, in_place=False)
+    assert rep["arena_bytes"] < no_overlap["arena_bytes"]
+
+
+ODD_NET = """
+import torch
+from torch import nn
+def make(stride={stride}):
+    return nn.Sequential(
+        nn.Conv2d(3, 12, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(12, 12, 3, stride=stride, padding=1, groups=12), nn.BatchNorm2d(12), nn.ReLU6(),
+        nn.Conv2d(12, 20, 1), nn.BatchNorm2d(20), nn.ReLU(),
+        nn.Conv2d(20, 20, 5, stride=1, padding=2, groups=20), nn.ReLU(),
+        nn.Conv2d(20, 7, 1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(7, 5))
+"""
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5])
+def test_odd_sizes_strides_and_row_tiles(tmp_path, monkeypatch, stride, rows):
+    (tmp_path / "oddnet.py").write_text(ODD_NET.format(stride=stride))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = load_model("oddnet:make", ModelOptions(input_shape=(1, 3, 13, 11), seed=rows))
+    fused = _build(source, tmp_path / "f", dwpw_rows=rows)
+    _build(source, tmp_path / "p", fuse=False)
+    tiled = [c for c in fused["calls"] if c["kind"] == "dwpw"]
+    assert len(tiled) == 2 and all("rows per tile" in c["path"] for c in tiled)
+    a, b = HostModel(tmp_path / "f"), HostModel(tmp_path / "p")
+    x = random_input((1, 3, 13, 11), rows)
+    assert np.abs(a.run(x)[0] - b.run(x)[0]).max() <= 1e-5
+    assert np.abs(a.run(x)[0] - source.reference(x)[0]).max() <= 1e-4
+
+
+@pytest.mark.parametrize("target", ["mps2-an386", "rpi4"])
+def test_fused_matches_unfused_on_device(tmp_path, target):
+    source = load_model("mobilenet_v1", ModelOptions(width_mult=0.25, resolution=32, num_classes=10))
+    outs = []
+    for fuse in (True, False):
+        out = tmp_path / f"b{fuse}"
+        rep = _build(source, out, target=target, fuse=fuse)
+        with EmulatorSession(load_target(target), firmware_path(out, rep, True)).start() as s:
+            port = s.open_port()
+            link = Link(port, timeout=30, alive=s.alive)
+            link.connect()
+            outs.append([link.infer(random_input((1, 3, 32, 32), k), (1, 10)).output for k in range(3)])
+            port.close()
+    for fused, plain in zip(*outs):
+        assert np.abs(fused - plain).max() <= 1e-5
+
+
+# ----------------------------------------------------------------------------- in-place planning
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 16), st.integers(1, 64), st.integers(1, 64), st.sampled_from([1, 2]),
+       st.sampled_from([1, 3, 5]), st.integers(1, 6), st.data())
+def test_streaming_overlap_never_overwrites_unread_input(hout, width, cin, cout, stride, k, rows, data):
+    """Replay a fused kernel's order (read a tile's input window, then write its output rows)
+    with the output placed as far into the input as streaming_max_delta allows."""
+    rows = min(rows, hout)
+    while hout % rows:
+        rows -= 1
+    pad = data.draw(st.integers(0, k - 1))
+    hin = (hout - 1) * stride + k - 2 * pad if k > 1 else hout * stride
+    hin = max(hin, 1)
+    ri, ro = width * cin * 4, width * cout * 4
+    delta = streaming_max_delta(hin, ri, hout, ro, rows, stride, k)
+    d = min(delta, hin * ri)            # as deep into the input as allowed (or just after it)
+    clobbered_upto = -1                 # input bytes below this offset hold output data
+    lowest_write = None
+    for t in range(hout // rows):
+        first = max(0, t * rows * stride - pad)
+        last = min(hin, t * rows * stride - pad + (rows - 1) * stride + k)
+        for r in range(first, last):    # the window is read before the tile writes
+            start, end = r * ri, (r + 1) * ri
+            if lowest_write is not None:
+                assert not (start < clobbered_upto and end > lowest_write), (t, r)
+        w0, w1 = d + t * rows * ro, d + (t + 1) * rows * ro
+        lowest_write = w0 if lowest_write is None else min(lowest_write, w0)
+        clobbered_upto = max(clobbered_upto, w1)
+
+
+@st.composite
+def buffers_with_overlaps(draw):
+    n = draw(st.integers(2, 30))
+    bufs, overlaps = [], []
+    for i in range(n):
+        start = draw(st.integers(0, 20))
+        bufs.append(Buffer(f"b{i}", draw(st.integers(1, 4000)), start, draw(st.integers(start, 25))))
+    for _ in range(draw(st.integers(0, 8))):
+        a, b = draw(st.sampled_from(bufs)), draw(st.sampled_from(bufs))
+        if a.name != b.name and b.end == a.start:      # input dies where the output is born
+            overlaps.append(Overlap(a.name, b.name, draw(st.integers(-4000, 4000))))
+    return bufs, overlaps
+
+
+@settings(max_examples=300, deadline=None)
+@given(buffers_with_overlaps())
+def test_planner_respects_in_place_limits(case):
+    bufs, overlaps = case
+    plan = plan_buffers(bufs, overlaps)
+    assert plan.overlaps() == []      # overlapping live pairs are exactly the allowed in-place ones
+    allowed = {(o.out, o.inp): o.max_delta for o in overlaps}
+    for o in plan.in_place:
+        assert plan.offsets[o.out] - plan.offsets[o.inp] <= allowed[(o.out, o.inp)]
+    assert plan.arena_bytes <= sum((b.size + 15) // 16 * 16 for b in bufs)
