@@ -38,6 +38,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def plugin_path() -> Path | None:
+    """The instruction-counting QEMU plugin, built from firmware_templates/qemu_plugins on first
+    use into the user's cache directory (None if no host compiler)."""
+    import hashlib
+    import shutil as _shutil
+
+    from .pipeline import template_dir
+
+    src = template_dir("qemu_plugins") / "ec_insn.c"
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgecompile" / "qemu-plugins"
+    lib = cache / f"libec_insn-{digest}.so"
+    if lib.exists():
+        return lib
+    cc = _shutil.which("gcc") or _shutil.which("cc")
+    if cc is None:
+        return None
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = lib.with_suffix(f".tmp{os.getpid()}")
+    proc = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(tmp), str(src)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        import sys
+
+        print(f"warning: cannot build the QEMU instruction-count plugin: {proc.stderr.strip()[:200]}", file=sys.stderr)
+        return None
+    tmp.rename(lib)
+    return lib
+
+
 def firmware_path(build: Path, report: dict[str, Any], emulated: bool) -> Path:
     fw = report.get("firmware")
     if not fw:
@@ -55,7 +84,9 @@ class EmulatorSession:
 
     target: Target
     firmware: Path
+    mark_address: int | None = None     # Linux programs: count instructions between marker calls
     port_url: str = ""
+    counts_path: Path | None = None
     procs: list[subprocess.Popen] = field(default_factory=list)
     tmp: tempfile.TemporaryDirectory | None = None
     log_path: Path | None = None
@@ -128,8 +159,20 @@ class EmulatorSession:
             if time.monotonic() > deadline or self.procs[0].poll() is not None:
                 raise DeviceError(f"socat did not create the pty pair: {self.log_tail()}")
             time.sleep(0.02)
-        self._spawn([emu["program"], "-cpu", emu.get("cpu", "max"), str(self.firmware), str(dev_end)], detach)
+        cmd = [emu["program"], "-cpu", emu.get("cpu", "max")]
+        plugin = plugin_path() if self.mark_address else None
+        if plugin is not None:
+            self.counts_path = tmp / "instructions.txt"
+            cmd += ["-plugin", f"{plugin},mark={self.mark_address:#x},out={self.counts_path}"]
+        self._spawn([*cmd, str(self.firmware), str(dev_end)], detach)
         self.port_url = str(host_end)
+
+    def instruction_counts(self) -> list[int]:
+        """Instructions of each inference so far (from the plugin; [] without it)."""
+        if self.counts_path is None or not self.counts_path.exists():
+            return []
+        lines = [int(x) for x in self.counts_path.read_text().split()]
+        return lines[1::2]
 
     def alive(self) -> str | None:
         """None while every process runs, else why not (for the protocol's error messages)."""
@@ -242,8 +285,14 @@ def flash_real(method: str, target: Target, build: Path, report: dict[str, Any])
 # ----------------------------------------------------------------------------- detached emulators
 
 
+def session_for(target: Target, build: Path, report: dict[str, Any]) -> EmulatorSession:
+    fw = report.get("firmware", {})
+    mark = fw.get("linux", {}).get("mark_address")
+    return EmulatorSession(target, firmware_path(build, report, emulated=True), mark_address=mark)
+
+
 def start_detached(target: Target, build: Path, report: dict[str, Any]) -> dict[str, Any]:
-    session = EmulatorSession(target, firmware_path(build, report, emulated=True)).start(detach=True)
+    session = session_for(target, build, report).start(detach=True)
     state = {"port": session.port_url, "pids": [p.pid for p in session.procs],
              "workdir": session.tmp.name if session.tmp else None, "target": target.name}
     session.tmp = None   # the detached emulator keeps its directory until --stop

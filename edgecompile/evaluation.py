@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .datasets import load_dataset
-from .device import EmulatorSession, firmware_path, open_port
+from .device import open_port, session_for
 from .errors import DeviceError, EdgeCompileError
 from .frontend import ModelOptions, load_model, run_onnxruntime
 from .protocol import Link
@@ -62,10 +62,12 @@ def device_link(build: Path, report: dict[str, Any], target: Target, port: str |
         finally:
             serial_port.close()
         return
-    with EmulatorSession(target, firmware_path(build, report, emulated=True)).start() as session:
+    with session_for(target, build, report).start() as session:
         serial_port = session.open_port()
         try:
-            yield Link(serial_port, timeout=timeout, alive=session.alive), True
+            link = Link(serial_port, timeout=timeout, alive=session.alive)
+            link.instruction_counts = session.instruction_counts   # type: ignore[attr-defined]
+            yield link, True
         finally:
             serial_port.close()
 
@@ -93,6 +95,7 @@ def run_test(build: Path, port: str | None = None, samples: int = 20, dataset: s
             progress(f"sample {i + 1}/{len(data.images)}: device top-1 {int(res.output.argmax())}, "
                      f"host {int(ref.argmax())}, max |diff| {float(np.abs(res.output - ref).max()):.2e}")
         naks = link.naks
+        plugin_counts = link.instruction_counts() if hasattr(link, "instruction_counts") else []
     outs = np.stack([r.output for r, _ in rows])
     refs = np.stack([f for _, f in rows])
     dev_top1 = outs.reshape(len(rows), -1).argmax(1)
@@ -105,6 +108,8 @@ def run_test(build: Path, port: str | None = None, samples: int = 20, dataset: s
     if emulated and unit == "cycles" and shift is not None:
         per_tick = 1e9 / (tick_hz * 2 ** int(shift))
         instructions = [int(round(t * per_tick)) for t in ticks]
+    elif emulated and len(plugin_counts) >= len(rows):
+        instructions = plugin_counts[-len(rows):]     # counted by our QEMU plugin
     result = {
         "build": str(build),
         "model": report["model"],

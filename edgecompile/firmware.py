@@ -70,6 +70,34 @@ def elf_sections(path: Path) -> list[Section]:
     return out
 
 
+def elf_symbol(path: Path, name: str) -> int | None:
+    """Address of a symbol from the ELF symbol table (None if absent)."""
+    data = path.read_bytes()
+    is64 = data[4] == 2
+    if is64:
+        shoff, = struct.unpack_from("<Q", data, 0x28)
+        shentsize, shnum, _ = struct.unpack_from("<HHH", data, 0x3A)
+        fmt, symfmt, symsize = "<IIQQQQIIQQ", "<IBBHQQ", 24
+    else:
+        shoff, = struct.unpack_from("<I", data, 0x20)
+        shentsize, shnum, _ = struct.unpack_from("<HHH", data, 0x2E)
+        fmt, symfmt, symsize = "<IIIIIIIIII", "<IIIBBH", 16
+    headers = [struct.unpack_from(fmt, data, shoff + i * shentsize) for i in range(shnum)]
+    want = name.encode()
+    for h in headers:
+        if h[1] != 2:      # SHT_SYMTAB
+            continue
+        off, size, link = h[4], h[5], h[6]
+        str_off = headers[link][4]
+        for i in range(size // symsize):
+            fields = struct.unpack_from(symfmt, data, off + i * symsize)
+            name_off, value = (fields[0], fields[4]) if is64 else (fields[0], fields[1])
+            end = data.index(b"\0", str_off + name_off)
+            if data[str_off + name_off:end] == want:
+                return value
+    return None
+
+
 def footprint(path: Path, target: Target) -> dict[str, Any]:
     """Flash and RAM use of a linked program, by section and by memory region.
 
@@ -302,7 +330,8 @@ def build_linux(build: Path, target: Target, report: dict[str, Any], weights_src
     progress(f"compiling and linking app with {cc}")
     srcs = ["model.c", weights_src, *COMMON_SOURCES, "hal_linux.c"]
     toolchain.run([cc, *target.cflags, *defs, "-o", "app", *srcs, *target.ldflags], build, f"{cc}: building app")
-    return {"linux": {"elf": "app", **footprint(build / "app", target)}}
+    return {"linux": {"elf": "app", "mark_address": elf_symbol(build / "app", "ec_hal_mark"),
+                      **footprint(build / "app", target)}}
 
 
 def build_firmware(build: Path, target: Target, report: dict[str, Any], weights_src: str, templates: Path,

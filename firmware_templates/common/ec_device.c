@@ -91,6 +91,7 @@ static uint32_t info_json(char *out, size_t cap) {
 static void infer(uint8_t seq) {
   uint8_t head[24];
   ec_hal_stack_paint();
+  ec_hal_mark();
   uint64_t t0 = ec_hal_ticks();
 #if EC_EXTERNAL_IO
   int rc = ec_model_run(ec_io_input, ec_io_output);
@@ -98,6 +99,7 @@ static void infer(uint8_t seq) {
   int rc = ec_model_run(0, 0);
 #endif
   uint64_t t1 = ec_hal_ticks();
+  ec_hal_mark();
   uint64_t dt = t1 - t0;
   put_u32(head + 0, (uint32_t)rc);
   put_u32(head + 4, (uint32_t)dt);

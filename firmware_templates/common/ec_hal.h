@@ -16,5 +16,7 @@ void ec_hal_stack_paint(void);                   /* fill the unused stack with a
 uint32_t ec_hal_stack_used(void);                /* deepest stack use since the last paint, bytes */
 uint32_t ec_hal_arena_bytes(void);               /* size of the arena as linked */
 uint32_t ec_hal_stack_bytes(void);               /* stack reserved for the program (0 = OS managed) */
+void ec_hal_mark(void);                          /* called right before and after each inference:
+                                                    an emulator plugin counts instructions between */
 
 #endif

@@ -105,3 +105,5 @@ uint32_t ec_hal_stack_bytes(void) { return 0; }
 
 extern unsigned char __start_ec_arena_mem[], __stop_ec_arena_mem[];
 uint32_t ec_hal_arena_bytes(void) { return (uint32_t)(__stop_ec_arena_mem - __start_ec_arena_mem); }
+
+__attribute__((noinline, used)) void ec_hal_mark(void) { __asm__ volatile("" ::: "memory"); }
