@@ -235,8 +235,10 @@ def render_linker_script(target: Target) -> str:
 _OVERFLOW = re.compile(r"region `([^']+)' overflowed by (\d+) bytes")
 
 
-def _link(cc: str, flags: list[str], objects: list[str], script: str, out: str, build: Path) -> subprocess.CompletedProcess:
-    cmd = [cc, *flags, "-T", script, "-o", out, *objects, "-Wl,-Map," + out + ".map"]
+def _link(cc: str, flags: list[str], objects: list[str], script: str, out: str, build: Path,
+          libs: list[str] = ()) -> subprocess.CompletedProcess:
+    """Link; `libs` (the target's ldflags: -lm, specs) go after the objects that need them."""
+    cmd = [cc, *flags, "-T", script, "-o", out, *objects, *libs, "-Wl,-Map," + out + ".map"]
     return subprocess.run(cmd, cwd=build, capture_output=True, text=True)
 
 
@@ -249,7 +251,8 @@ def _fit_error(target: Target, stderr: str, needs: dict[str, int]) -> FitError:
     return FitError(f"model does not fit {target.name}: " + "; ".join(parts))
 
 
-def _measure_needs(target: Target, cc: str, flags: list[str], objects: list[str], build: Path) -> dict[str, int]:
+def _measure_needs(target: Target, cc: str, flags: list[str], objects: list[str], build: Path,
+                   libs: list[str] = ()) -> dict[str, int]:
     """Link once more with every region 256 MB large to learn what each one would need."""
     from dataclasses import replace
 
@@ -260,7 +263,7 @@ def _measure_needs(target: Target, cc: str, flags: list[str], objects: list[str]
         spread.append(replace(r, origin=base + i * (1 << 28)))
     roomy = replace(roomy, memory=tuple(spread))
     (build / "measure.ld").write_text(render_linker_script(roomy))
-    proc = _link(cc, flags, objects, "measure.ld", "measure.elf", build)
+    proc = _link(cc, flags, objects, "measure.ld", "measure.elf", build, list(libs))
     if proc.returncode != 0:
         return {}
     fp = footprint(build / "measure.elf", roomy)
@@ -303,12 +306,12 @@ def build_cortex_m(build: Path, target: Target, report: dict[str, Any], weights_
         script = f"{stem}.ld"
         (build / script).write_text(render_linker_script(t))
         progress(f"linking {stem}.elf for {t.name} ({variant})")
-        link_flags = [*flags, *target.ldflags]
-        proc = _link(cc, link_flags, objs, script, f"{stem}.elf", build)
+        proc = _link(cc, flags, objs, script, f"{stem}.elf", build, list(target.ldflags))
         if proc.returncode != 0:
             if _OVERFLOW.search(proc.stderr):
-                raise _fit_error(t, proc.stderr, _measure_needs(t, cc, link_flags, objs, build))
-            first = next((ln for ln in proc.stderr.splitlines() if "error" in ln.lower()), proc.stderr.strip()[:300])
+                raise _fit_error(t, proc.stderr, _measure_needs(t, cc, flags, objs, build, list(target.ldflags)))
+            lines = [ln for ln in proc.stderr.splitlines() if "collect2" not in ln]
+            first = next((ln for ln in lines if "error" in ln.lower() or "undefined" in ln), proc.stderr.strip()[:300])
             raise ToolchainError(f"{cc}: linking {stem}.elf failed: {first}")
         results[variant] = {"elf": f"{stem}.elf", **footprint(build / f"{stem}.elf", t)}
     for p in build.glob("measure.*"):

@@ -160,7 +160,7 @@ def test_hardfault_is_reported_over_the_uart(tmp_path, an386):
                     "-o", "model.o"], cwd=work, check=True)
     objs = ["model.o", "weights.o"] + [f"firmware-objs/{f}" for f in
                                         ("ec_protocol.o", "ec_device.o", "startup.o", "hal_cortex_m.o")]
-    subprocess.run([cc, *t.cflags, *t.ldflags, "-T", "firmware.ld", "-o", "crash.elf", *objs], cwd=work, check=True)
+    subprocess.run([cc, *t.cflags, "-T", "firmware.ld", "-o", "crash.elf", *objs, *t.ldflags], cwd=work, check=True)
     with EmulatorSession(t, work / "crash.elf").start() as s:
         link = Link(s.open_port(), timeout=5, alive=s.alive)
         link.connect()
