@@ -72,7 +72,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     source = _load(args)
     out = Path(args.out) if args.out else _default_out(source, target.name)
     report = write_build(source, target, out, BuildOptions(external_io=args.external_io, compile=not args.no_compile, fuse=not args.no_fuse,
-                                       in_place=not args.no_in_place, dwpw_rows=args.dwpw_rows),
+                                       in_place=not args.no_in_place, dwpw_rows=args.dwpw_rows,
+                                       quant=args.quant, calibration=args.calibration,
+                                       calibration_samples=args.calibration_samples,
+                                       calibration_method=args.calibration_method),
                          Progress(args.quiet))
     if args.json:
         print(json.dumps(report, indent=2))
@@ -232,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep depthwise and pointwise convolutions as separate kernels (for comparison)")
     s.add_argument("--no-in-place", action="store_true",
                    help="never let a fused kernel's output overlap the input it consumes")
+    s.add_argument("--quant", choices=["fp32", "int8"],
+                   help="number format (default: the target's, int8 on Cortex-M, fp32 on rpi4 and host)")
+    s.add_argument("--calibration", default="digits", metavar="DATASET|FILE.npy",
+                   help="int8 calibration inputs: a dataset (digits, random) or an .npy of inputs")
+    s.add_argument("--calibration-samples", type=int, default=100, metavar="N")
+    s.add_argument("--calibration-method", choices=["minmax", "percentile"], default="minmax")
     s.add_argument("--dwpw-rows", type=int, metavar="R",
                    help="output rows per tile of fused depthwise+pointwise kernels (default: per target family)")
     s.add_argument("--json", action="store_true", help="print report.json")

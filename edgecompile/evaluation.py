@@ -87,9 +87,16 @@ def run_test(build: Path, port: str | None = None, samples: int = 20, dataset: s
         if info.get("model_hash") != report["model_hash"]:
             raise DeviceError(f"the device runs build {info.get('model_hash')}, this directory holds "
                               f"{report['model_hash']}: flash it first")
+        quant = report.get("quant", {})
+        in_dtype, out_dtype = report["inputs"][0]["dtype"], report["outputs"][0]["dtype"]
+        raw_outputs = []
         for i, x in enumerate(data.images):
             x = x[None].astype(np.float32)
-            res = link.infer(x, out_shape)
+            xin = _quantize(x, quant["input"]) if quant.get("dtype") == "int8" else x
+            res = link.infer(xin, out_shape, in_dtype=in_dtype, out_dtype=out_dtype)
+            raw_outputs.append(res.output)
+            if quant.get("dtype") == "int8":
+                res.output = _dequantize(res.output, quant["output"])
             ref = reference(x)
             rows.append((res, ref))
             progress(f"sample {i + 1}/{len(data.images)}: device top-1 {int(res.output.argmax())}, "
@@ -131,6 +138,8 @@ def run_test(build: Path, port: str | None = None, samples: int = 20, dataset: s
         "stack_used_bytes": max(r.stack_used_bytes for r, _ in rows),
         "naks": naks,
         "device_info": info,
+        "quant": quant.get("dtype", "fp32"),
+        "raw_outputs": [o.reshape(-1).tolist() for o in raw_outputs] if quant.get("dtype") == "int8" else None,
     }
     checks = [result["agreement"] >= min_agreement]
     if max_abs_error is not None:
@@ -139,6 +148,14 @@ def run_test(build: Path, port: str | None = None, samples: int = 20, dataset: s
     result["thresholds"] = {"min_agreement": min_agreement, "max_abs_error": max_abs_error}
     _record(build, report, result)
     return result
+
+
+def _quantize(x: np.ndarray, qp: dict[str, Any]) -> np.ndarray:
+    return np.clip(np.round(x / qp["scale"]) + qp["zero_point"], -128, 127).astype(np.int8)
+
+
+def _dequantize(q: np.ndarray, qp: dict[str, Any]) -> np.ndarray:
+    return (q.astype(np.float32) - qp["zero_point"]) * np.float32(qp["scale"])
 
 
 def _record(build: Path, report: dict[str, Any], result: dict[str, Any]) -> None:
@@ -153,7 +170,8 @@ def _record(build: Path, report: dict[str, Any], result: dict[str, Any]) -> None
 
 def format_result(r: dict[str, Any]) -> str:
     lines = [
-        f"{r['model']} on {r['target']} ({r['device']}), {r['samples']} samples of {r['dataset']}, reference {r['reference']}",
+        f"{r['model']} ({r['quant']}) on {r['target']} ({r['device']}), {r['samples']} samples of {r['dataset']}, "
+        f"reference {r['reference']} (fp32)",
         f"  top-1 agreement with host: {r['agreement']:.3f}   max |device - host|: {r['max_abs_error']:.3e}",
     ]
     if r["accuracy"] is not None:

@@ -453,22 +453,41 @@ def _inline_group(bb: Any, func: Any, env: dict) -> Any:
     return env.get(result, result)
 
 
-def lower_to_kernels(mod: Any, fuse_dwpw: bool = True) -> Any:
-    """The whole Relax pipeline: returns a module whose `main` calls only fused PrimFuncs."""
-    tvm, relax = _tvm()
+def prepare_graph(mod: Any) -> Any:
+    """Float graph rewrites: constants and BatchNorm folded, Clip canonical, NHWC. The result is
+    still high-level Relax (conv2d, add, ...): what calibration runs and quantization rewrites."""
+    _, relax = _tvm()
     mod = relax.transform.DecomposeOpsForInference()(mod)
     mod = relax.transform.CanonicalizeBindings()(mod)
     mod = fold_constants(mod)
     mod = clip_calls_to_relax_ops(mod)
     mod = fold_affine_into_conv(mod)
     mod = to_nhwc(mod)
-    mod = fold_constants(mod)
-    mod = tvm.transform.Sequential([
-        relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FuseOps(),
-    ])(mod)
-    mod = fuse_input_transforms(mod)
+    return fold_constants(mod)
+
+
+def _pin_to_consumers(mod: Any) -> Any:
+    """Functions marked `ec.fuse_into_consumer` become opaque to FuseOps (op_pattern 8), so they
+    stay separate calls that `fuse_input_transforms` then merges into the consuming conv."""
+    from tvm import tirx
+
+    for gv, f in list(mod.functions.items()):
+        if isinstance(f, tirx.PrimFunc) and f.attrs is not None and "ec.fuse_into_consumer" in f.attrs:
+            mod[gv] = f.with_attr("op_pattern", 8)
+    return mod
+
+
+def lower_graph(mod: Any, fuse_dwpw: bool = True) -> Any:
+    """High-level Relax -> a `main` that calls only fused PrimFuncs (legalize, fuse, FuseTIR)."""
+    tvm, relax = _tvm()
+    mod = tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern()])(mod)
+    mod = _pin_to_consumers(mod)
+    mod = relax.transform.FuseOps()(mod)
+    while True:   # chains of elementwise producers (transpose -> zero-point shift -> conv)
+        before = len(mod.functions)
+        mod = fuse_input_transforms(mod)
+        if len(mod.functions) == before:
+            break
     if fuse_dwpw:
         mod = fuse_depthwise_pointwise(mod)
     seq = tvm.transform.Sequential([
@@ -480,6 +499,11 @@ def lower_to_kernels(mod: Any, fuse_dwpw: bool = True) -> Any:
     mod = seq(mod)
     _check_lowered(mod)
     return mod
+
+
+def lower_to_kernels(mod: Any, fuse_dwpw: bool = True) -> Any:
+    """The whole float pipeline: returns a module whose `main` calls only fused PrimFuncs."""
+    return lower_graph(prepare_graph(mod), fuse_dwpw)
 
 
 def _check_lowered(mod: Any) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+
+import numpy as np
 import os
 import shutil
 import sys
@@ -33,6 +35,10 @@ class BuildOptions:
     fuse: bool = True               # fused depthwise+pointwise kernels (False: the unfused path)
     in_place: bool = True           # let streaming kernels overwrite their consumed input
     dwpw_rows: int | None = None    # row-tile height of fused kernels (None: the family's default)
+    quant: str | None = None        # "fp32" or "int8" (None: the target's default_quant)
+    calibration: str = "digits"     # int8: a dataset name or a .npy file of inputs
+    calibration_samples: int = 100
+    calibration_method: str = "minmax"   # or "percentile"
 
 
 @dataclass
@@ -46,6 +52,7 @@ class Compiled:
     kernel_infos: dict[str, schedules.KernelInfo]
     digest: str
     fusion: dict[str, Any]
+    quant: dict[str, Any] | None = None
 
 
 def template_dir(name: str) -> Path:
@@ -89,9 +96,9 @@ class _Lowered:
     symbol_of: dict[str, str]
 
 
-def _lower(relax_mod: Any, target: Target, options: BuildOptions, progress: Callable[[str], None]) -> _Lowered:
-    """Relax passes -> scheduled kernels -> C functions -> memory plan."""
-    mod = passes.lower_to_kernels(relax_mod, fuse_dwpw=options.fuse)
+def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable[[str], None]) -> _Lowered:
+    """High-level graph -> fused kernels -> scheduled kernels -> C functions -> memory plan."""
+    mod = passes.lower_graph(graph, fuse_dwpw=options.fuse)
     prog = extract_program(mod)
     names = list(dict.fromkeys(c.kernel for c in prog.calls))
     progress(f"scheduling {len(names)} kernels for family '{target.family}' ({len(prog.calls)} calls)")
@@ -131,15 +138,23 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
                   progress: Callable[[str], None] = Progress()) -> Compiled:
     progress(f"importing {source.name} into Relax")
     relax_mod = to_relax(source)
-    progress("Relax passes: fold constants and BatchNorm, NHWC layout, legalize, fuse")
-    low = _lower(relax_mod, target, options, progress)
+    progress("Relax passes: fold constants and BatchNorm, NHWC layout")
+    graph = passes.prepare_graph(relax_mod)
+    quant_mode = options.quant or target.default_quant
+    quant: dict[str, Any] | None = None
+    if quant_mode == "int8":
+        graph, quant = _quantize(graph, source, options, progress)
+    elif quant_mode != "fp32":
+        raise EdgeCompileError(f"--quant must be fp32 or int8, got {quant_mode!r}")
+    progress("legalize, fuse, schedule")
+    low = _lower(graph, target, options, progress)
     prog, plan, kernels, infos, symbol_of = low.program, low.plan, low.kernels, low.infos, low.symbol_of
     progress(f"memory plan: arena {plan.arena_bytes} B ({len(plan.in_place)} in-place overlaps; "
              f"largest live set without overlap {plan.peak_live_bytes} B)")
     fusion: dict[str, Any] = {"fused": options.fuse, "arena_bytes": plan.arena_bytes}
     if options.fuse and any(i.kind == "dwpw" for i in infos.values()):
         progress("measuring the unfused plan for comparison")
-        plain = _lower(relax_mod, target, replace(options, fuse=False, in_place=False), lambda m: None)
+        plain = _lower(graph, target, replace(options, fuse=False, in_place=False), lambda m: None)
         fusion["arena_bytes_unfused"] = plain.plan.arena_bytes
         fusion["kernel_calls_unfused"] = len(plain.program.calls)
     in_place_outputs = {o.out for o in plan.in_place}
@@ -175,9 +190,49 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
     body = codegen.emit_model_c(source.name, prog, plan, kernels, call_symbols, docs, options.external_io,
                                 lanes=schedules.family_module(target.family).LANES)
     digest = hashlib.sha256(body.encode() + b"".join(files[k] for k in sorted(files))).hexdigest()[:16]
-    files["model.h"] = codegen.emit_model_h(source.name, prog, plan, options.external_io, target.name, digest).encode()
+    files["model.h"] = codegen.emit_model_h(source.name, prog, plan, options.external_io, target.name, digest,
+                                            quant).encode()
     files["model.c"] = body.encode()
-    return Compiled(prog, plan, files, calls, infos, digest, fusion)
+    return Compiled(prog, plan, files, calls, infos, digest, fusion, quant)
+
+
+def calibration_inputs(source: ModelSource, spec: str, count: int) -> np.ndarray:
+    """Calibration inputs: a dataset name (see datasets.py) or an .npy file (N x input shape)."""
+    from .datasets import load_dataset
+
+    shape = source.inputs[0].shape
+    if spec.endswith(".npy"):
+        try:
+            data = np.load(spec).astype(np.float32)
+        except (OSError, ValueError) as err:
+            raise EdgeCompileError(f"{spec}: cannot read calibration data: {err}") from None
+        if data.shape[1:] != tuple(shape[1:]):
+            raise EdgeCompileError(f"{spec}: calibration inputs have shape {data.shape[1:]}, the model takes "
+                                   f"{tuple(shape[1:])}")
+        return data[:count]
+    if len(shape) != 4:
+        spec = "random"
+    ds = load_dataset(spec, shape, "train", min(count, 1437) if spec == "digits" else count)
+    return ds.images
+
+
+def _quantize(graph: Any, source: ModelSource, options: BuildOptions,
+              progress: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+    from . import quantize
+
+    data = calibration_inputs(source, options.calibration, options.calibration_samples)
+    progress(f"int8: calibrating on {len(data)} {options.calibration} inputs ({options.calibration_method})")
+    ranges = quantize.calibrate(graph, data, options.calibration_method)
+    qgraph, in_qp, out_qp = quantize.quantize_graph(graph, ranges)
+    info = {
+        "dtype": "int8",
+        "input": {"scale": in_qp.scale, "zero_point": in_qp.zero_point},
+        "output": {"scale": out_qp.scale, "zero_point": out_qp.zero_point},
+        "calibration": {"data": options.calibration, "samples": len(data), "method": options.calibration_method},
+        "scheme": "int8 per-channel symmetric weights, per-tensor asymmetric activations, int32 bias, "
+                  "fixed-point requantization",
+    }
+    return qgraph, info
 
 
 def build_report(source: ModelSource, target: Target, compiled: Compiled) -> dict[str, Any]:
@@ -201,6 +256,7 @@ def build_report(source: ModelSource, target: Target, compiled: Compiled) -> dic
         "kernels": len(compiled.calls),
         "kernel_functions": len(compiled.kernel_infos),
         "fusion": compiled.fusion,
+        "quant": compiled.quant or {"dtype": "fp32"},
         "calls": compiled.calls,
     }
 

@@ -206,15 +206,17 @@ class Link:
     def info(self) -> dict[str, Any]:
         return _json(self.request(INFO, b"", INFO_RESP).payload)
 
-    def infer(self, x: np.ndarray, out_shape: tuple[int, ...], timeout: float | None = None) -> InferResult:
-        data = np.ascontiguousarray(x, dtype="<f4").tobytes()
-        self.decoder.max_payload = max(self.decoder.max_payload, 4 * int(np.prod(out_shape)) + 64)
+    def infer(self, x: np.ndarray, out_shape: tuple[int, ...], timeout: float | None = None,
+              in_dtype: str = "float32", out_dtype: str = "float32") -> InferResult:
+        data = np.ascontiguousarray(x, dtype=np.dtype(in_dtype).newbyteorder("<")).tobytes()
+        out_t = np.dtype(out_dtype).newbyteorder("<")
+        self.decoder.max_payload = max(self.decoder.max_payload, out_t.itemsize * int(np.prod(out_shape)) + 64)
         t = timeout if timeout is not None else self.timeout + len(data) / 2000.0
         frame = self.request(INFER, data, RESULT, timeout=t)
         status, lo, hi, tick_hz, stack, arena = struct.unpack_from("<6I", frame.payload)
         if status != 0:
             raise DeviceError(f"the model failed on the device at kernel call {status}")
-        out = np.frombuffer(frame.payload[24:], dtype="<f4").astype(np.float32)
+        out = np.frombuffer(frame.payload[24:], dtype=out_t).astype(np.dtype(out_dtype))
         if out.size != int(np.prod(out_shape)):
             raise DeviceError(f"device returned {out.size} values, expected {int(np.prod(out_shape))}")
         return InferResult(out.reshape(out_shape), lo | (hi << 32), tick_hz, stack, arena)

@@ -17,12 +17,14 @@ def build_cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("builds")
     cache: dict = {}
 
-    def get(model: str, target: str = "host", external_io: bool = False, **opts):
-        key = (model, target, external_io, tuple(sorted(opts.items())))
+    def get(model: str, target: str = "host", external_io: bool = False, quant: str | None = None,
+            calibration: str = "digits", **opts):
+        key = (model, target, external_io, quant, calibration, tuple(sorted(opts.items())))
         if key not in cache:
             source = load_model(model, ModelOptions(**opts))
             out = root / f"b{len(cache)}-{source.name}-{target}"
-            report = write_build(source, load_target(target), out, BuildOptions(external_io=external_io),
+            report = write_build(source, load_target(target), out,
+                                 BuildOptions(external_io=external_io, quant=quant, calibration=calibration),
                                  Progress(quiet=True))
             cache[key] = (source, out, report)
         return cache[key]

@@ -19,6 +19,7 @@ from helpers import REPO, random_input, run_cli
 
 EMULATED = ["mps2-an386", "mps3-an547", "netduinoplus2", "stm32f746g-disco", "nucleo-h743zi", "rpi4"]
 SMALL = dict(width_mult=0.25, resolution=32, num_classes=10)
+FP32 = dict(quant="fp32", **SMALL)     # these tests check the float path against PyTorch
 
 
 def test_every_required_target_is_listed():
@@ -30,7 +31,7 @@ def test_every_required_target_is_listed():
 
 @pytest.mark.parametrize("target", EMULATED)
 def test_board_runs_model_over_serial(build_cache, target):
-    source, out, report = build_cache("mobilenet_v1", target=target, **SMALL)
+    source, out, report = build_cache("mobilenet_v1", target=target, **FP32)
     # footprints measured from the linked binary
     assert report["flash_bytes"] > report["weights_bytes"] and report["ram_bytes"] >= report["arena_bytes"]
     result = run_test(out, samples=20, dataset="digits")
@@ -58,7 +59,7 @@ def test_trained_model_accuracy_equal_on_device_and_host(tmp_path, build_cache):
     weights = tmp_path / "digits.pt"
     run_cli("train", "mobilenet_v1", "--width-mult", "0.25", "--resolution", "32", "--num-classes", "10",
             "--epochs", "12", "--out", str(weights), check=True)
-    source, out, _ = build_cache("mobilenet_v1", target="mps2-an386", weights=str(weights), **SMALL)
+    source, out, _ = build_cache("mobilenet_v1", target="mps2-an386", weights=str(weights), **FP32)
     result = run_test(out, samples=40, dataset="digits")
     assert result["accuracy"] == result["host_accuracy"]
     assert result["accuracy"] > 0.5          # trained, not chance (0.1)
@@ -68,7 +69,7 @@ def test_trained_model_accuracy_equal_on_device_and_host(tmp_path, build_cache):
 def test_model_too_large_is_refused_with_the_numbers(tmp_path):
     out = tmp_path / "big"
     proc = run_cli("build", "mobilenet_v1", "--width-mult", "0.5", "--resolution", "96", "--num-classes", "10",
-                   "--target", "stm32f746g-disco", "--out", str(out), "-q")
+                   "--target", "stm32f746g-disco", "--quant", "fp32", "--out", str(out), "-q")
     assert proc.returncode != 0
     err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")][0]
     assert "does not fit stm32f746g-disco" in err
@@ -86,7 +87,7 @@ def _running(pid: int) -> bool:
 
 @pytest.fixture
 def an386(build_cache):
-    return build_cache("mobilenet_v1", target="mps2-an386", **SMALL)
+    return build_cache("mobilenet_v1", target="mps2-an386", **FP32)
 
 
 def _session(out, report):
@@ -209,7 +210,7 @@ def test_wrong_port_is_a_clean_error(an386):
 ])
 def test_real_hardware_flash_commands(tmp_path, build_cache, method, expected):
     """The real-hardware backends with only the external tool replaced by a recorder."""
-    _, out, _ = build_cache("mobilenet_v1", target="stm32f746g-disco", **SMALL)
+    _, out, _ = build_cache("mobilenet_v1", target="stm32f746g-disco", **FP32)
     bindir = tmp_path / "bin"
     bindir.mkdir()
     log = tmp_path / "calls.log"
@@ -262,6 +263,6 @@ def test_user_target_from_a_directory(tmp_path):
                                         capture_output=True, text=True, env={**os.environ, **env}).stdout
     out = tmp_path / "b"
     proc = run_cli("build", "mobilenet_v1", "--width-mult", "0.25", "--resolution", "32", "--num-classes", "10",
-                   "--target", "my-board", "--targets-dir", str(d), "--out", str(out), "-q")
+                   "--target", "my-board", "--targets-dir", str(d), "--quant", "fp32", "--out", str(out), "-q")
     # 20 KB of RAM cannot hold the 24 KB arena plus the stack: refused at link time
     assert proc.returncode == 1 and "RAM needs" in proc.stderr and "budget 20,480 B" in proc.stderr

@@ -88,7 +88,7 @@ def test_fused_matches_unfused_on_device(tmp_path, target):
     outs = []
     for fuse in (True, False):
         out = tmp_path / f"b{fuse}"
-        rep = _build(source, out, target=target, fuse=fuse)
+        rep = _build(source, out, target=target, fuse=fuse, quant="fp32")
         with EmulatorSession(load_target(target), firmware_path(out, rep, True)).start() as s:
             port = s.open_port()
             link = Link(port, timeout=30, alive=s.alive)

@@ -104,6 +104,18 @@ def _split_pixels(sch: Any, w: Any, m: int) -> tuple[Any, list[Any]]:
     return wo, [wi]
 
 
+def operand_types(sch: Any, block: Any) -> Any:
+    """The micro-kernel operand types of a conv/matmul block (None if no micro-kernel fits)."""
+    from .ukernels import types_for
+
+    b = sch.get(block)
+    out = b.writes[0].source
+    reads = [r.source for r in b.reads if not r.source.same_as(out)]
+    if len(reads) < 2:
+        return None
+    return types_for(str(reads[0].ty.dtype), str(reads[1].ty.dtype), str(out.ty.dtype))
+
+
 def producers_in_kernel(sch: Any, block: Any) -> list[Any]:
     return list(sch.get_producers(block))
 
@@ -115,8 +127,9 @@ def tile_conv_gemm(sch: Any, info: Any, lanes: int, acc_budget: int, max_m: int 
     from .ukernels import gemm_intrin
 
     conv = sch.get_sblock(info.anchor)
+    types = operand_types(sch, conv)
     loops = sch.get_loops(conv)
-    if len(loops) != 7:
+    if len(loops) != 7 or types is None:
         return False
     n, h, w, co, ry, rx, ci = loops
     tile = choose_tile(extent(sch, w), extent(sch, co), lanes, acc_budget, max_m)
@@ -133,7 +146,7 @@ def tile_conv_gemm(sch: Any, info: Any, lanes: int, acc_budget: int, max_m: int 
     for p in producers_in_kernel(sch, conv):   # padding kept for KxK: one row window per h
         sch.compute_at(p, h)
     sch.decompose_reduction(conv, ry)
-    sch.tensorize(ci, gemm_intrin(m, nn, k, info.stride[1]))
+    sch.tensorize(ci, gemm_intrin(m, nn, k, info.stride[1], types))
     return True
 
 
@@ -143,8 +156,9 @@ def tile_depthwise(sch: Any, info: Any, lanes: int, acc_budget: int, max_m: int 
     from .ukernels import dw_intrin
 
     conv = sch.get_sblock(info.anchor)
+    types = operand_types(sch, conv)
     loops = sch.get_loops(conv)
-    if len(loops) != 7:
+    if len(loops) != 7 or types is None:
         return False
     n, h, w, co, ry, rx, rc = loops
     if extent(sch, rc) != 1:
@@ -163,7 +177,7 @@ def tile_depthwise(sch: Any, info: Any, lanes: int, acc_budget: int, max_m: int 
     for p in producers_in_kernel(sch, conv):
         sch.compute_at(p, h)
     sch.decompose_reduction(conv, rc)
-    sch.tensorize(ry, dw_intrin(m, nn, kh, kw, s))
+    sch.tensorize(ry, dw_intrin(m, nn, kh, kw, s, types))
     return True
 
 
@@ -172,8 +186,9 @@ def tile_dense(sch: Any, info: Any, lanes: int, acc_budget: int) -> bool:
     from .ukernels import gemm_intrin
 
     block = sch.get_sblock(info.anchor)
+    types = operand_types(sch, block)
     loops = sch.get_loops(block)
-    if len(loops) != 3:
+    if len(loops) != 3 or types is None:
         return False
     i, j, k = loops
     if extent(sch, i) != 1:
@@ -188,7 +203,7 @@ def tile_dense(sch: Any, info: Any, lanes: int, acc_budget: int) -> bool:
     if epi is not None:
         sch.reverse_compute_at(epi, jo)
     sch.decompose_reduction(block, k)
-    sch.tensorize(k, gemm_intrin(1, nn, extent(sch, k)))
+    sch.tensorize(k, gemm_intrin(1, nn, extent(sch, k), 1, types))
     return True
 
 
@@ -226,8 +241,9 @@ def tile_dwpw(sch: Any, info: Any, lanes: int, pw_acc: int, dw_acc: int, rows: i
     e2 = blocks[ib + 1] if ib + 1 < len(blocks) else None
     pw = sch.get_sblock(info.anchor)
     dw = sch.get_sblock(info.dw_anchor)
+    pw_types, dw_types = operand_types(sch, pw), operand_types(sch, dw)
     loops = sch.get_loops(pw)
-    if len(loops) != 7:
+    if len(loops) != 7 or pw_types is None or dw_types is None:
         return False
     n, h, w, co, ry, rx, ci = loops
     r = largest_divisor(extent(sch, h), rows)
@@ -248,7 +264,7 @@ def tile_dwpw(sch: Any, info: Any, lanes: int, pw_acc: int, dw_acc: int, rows: i
     for p in dw_pad:
         sch.compute_at(p, ho)
     sch.decompose_reduction(pw, ry)
-    sch.tensorize(ci, gemm_intrin(m, nn, k, 1))
+    sch.tensorize(ci, gemm_intrin(m, nn, k, 1, pw_types))
     # the depthwise part, now a loop nest inside `ho`
     dloops = list(sch.get_loops(dw))
     inner = dloops[[str(sch.get(x).loop_var) for x in dloops].index(str(sch.get(ho).loop_var)) + 1:]
@@ -275,7 +291,7 @@ def tile_dwpw(sch: Any, info: Any, lanes: int, pw_acc: int, dw_acc: int, rows: i
     if e1 is not None:
         sch.reverse_compute_at(e1, dco)
     sch.decompose_reduction(dw, drc if drc is not None else dry)
-    sch.tensorize(dry, dw_intrin(dm, dn, kh, kw, s))
+    sch.tensorize(dry, dw_intrin(dm, dn, kh, kw, s, dw_types))
     info.rows = r
     return True
 

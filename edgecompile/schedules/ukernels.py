@@ -3,44 +3,73 @@ by tensorization.
 
 A scheduled convolution or dense layer tiles its output into M x N blocks (M output pixels of
 one row, N output channels) and hands the whole reduction over the input channels to
-`ec_gemm_f32_MxN(C, A, B, K, lda, ldb, ldc)`:
 
-    C[m][n] += sum_k A[m*lda + k] * B[k*ldb + n]      (m < M, n < N, k < K)
+    ec_gemm_<t>_MxN(C, A, B, K, lda, ldb, ldc):   C[m][n] += sum_k A[m*lda + k] * B[k*ldb + n]
 
-The C body is generated per (M, N) for the target's SIMD width with GCC/Clang vector
+and a depthwise convolution hands a KH x KW window to `ec_dw_<t>_MxN_kKHxKWsS`. <t> names the
+operand types: `f32` (float32 everything), `s8` (int8 activations x int8 weights -> int32),
+`s16` (int16 zero-point-shifted activations x int8 weights -> int32).
+
+The C bodies are generated per tile shape for the target's SIMD width with GCC/Clang vector
 extensions, so one source serves AVX2/AVX-512 (host), NEON (Cortex-A), Helium (Cortex-M55) and
-plain FPU registers (lanes = 1, Cortex-M4/M7). Keeping the accumulators in named vector
-variables is what makes the compiler keep them in registers; plain loops over a local array do
-not reliably get there (measured: 1.2 vs 48 GMAC/s on the same pointwise layer with gcc 12).
+plain registers (lanes = 1, Cortex-M4/M7). Keeping the accumulators in named vector variables
+is what makes the compiler keep them in registers; plain loops over a local array do not
+reliably get there (measured: 1.2 vs 48 GMAC/s on the same pointwise layer with gcc 12).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 _REGISTERED: set[str] = set()
-CALL_RE = re.compile(r"\bec_gemm_f32_(\d+)x(\d+)\(")
-DW_CALL_RE = re.compile(r"\bec_dw_f32_(\d+)x(\d+)_k(\d+)x(\d+)s(\d+)\(")
+GEMM_CALL_RE = re.compile(r"\bec_gemm_(f32|s8|s16)_(\d+)x(\d+)\(")
+DW_CALL_RE = re.compile(r"\bec_dw_(f32|s8|s16)_(\d+)x(\d+)_k(\d+)x(\d+)s(\d+)\(")
 
 
-def gemm_intrin(m: int, n: int, k: int, stride: int = 1) -> str:
+@dataclass(frozen=True)
+class Types:
+    """Operand types of a micro-kernel: activations a, weights b, accumulator c."""
+
+    a: str
+    b: str
+    c: str
+
+    @property
+    def tag(self) -> str:
+        if self.c == "float32":
+            return "f32"
+        return {"int8": "s8", "int16": "s16"}[self.a]
+
+
+F32 = Types("float32", "float32", "float32")
+TYPES = {"f32": F32, "s8": Types("int8", "int8", "int32"), "s16": Types("int16", "int8", "int32")}
+
+
+def types_for(a: str, b: str, c: str) -> Types | None:
+    t = Types(a, b, c)
+    return t if t in TYPES.values() else None
+
+
+def gemm_intrin(m: int, n: int, k: int, stride: int = 1, types: Types = F32) -> str:
     """Register (once) and return the name of the TensorIntrin for an M x N tile over K.
     `stride` is the distance, in A rows, between consecutive output pixels (a strided conv)."""
-    name = f"ec_gemm_f32_{m}x{n}_k{k}_s{stride}"
+    name = f"ec_gemm_{types.tag}_{m}x{n}_k{k}_s{stride}"
     if name in _REGISTERED:
         return name
     M, N, K, S = T.int64(m), T.int64(n), T.int64(k), T.int64(stride)
     AM = T.int64((m - 1) * stride + 1)
-    symbol = f"ec_gemm_f32_{m}x{n}"
+    symbol = f"ec_gemm_{types.tag}_{m}x{n}"
+    ta, tb, tc = types.a, types.b, types.c
 
     @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (AM, K), "float32", offset_factor=1, strides=[T.int64(), T.int64(1)])
-        B = T.match_buffer(b, (K, N), "float32", offset_factor=1, strides=[T.int64(), T.int64(1)])
-        C = T.match_buffer(c, (M, N), "float32", offset_factor=1, strides=[T.int64(), T.int64(1)])
+    def desc_float(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (AM, K), ta, offset_factor=1, strides=[T.int64(), T.int64(1)])
+        B = T.match_buffer(b, (K, N), tb, offset_factor=1, strides=[T.int64(), T.int64(1)])
+        C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), T.int64(1)])
         with T.sblock("root"):
             T.reads(C[0:M, 0:N], A[0:AM, 0:K], B[0:K, 0:N])
             T.writes(C[0:M, 0:N])
@@ -49,12 +78,25 @@ def gemm_intrin(m: int, n: int, k: int, stride: int = 1) -> str:
                     vm, vn, vk = T.axis.remap("SSR", [mm, nn, kk])
                     C[vm, vn] = C[vm, vn] + A[vm * S, vk] * B[vk, vn]
 
+    @T.prim_func(s_tir=True)
+    def desc_int(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (AM, K), ta, offset_factor=1, strides=[T.int64(), T.int64(1)])
+        B = T.match_buffer(b, (K, N), tb, offset_factor=1, strides=[T.int64(), T.int64(1)])
+        C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), T.int64(1)])
+        with T.sblock("root"):
+            T.reads(C[0:M, 0:N], A[0:AM, 0:K], B[0:K, 0:N])
+            T.writes(C[0:M, 0:N])
+            for kk, mm, nn in T.grid(K, M, N):
+                with T.sblock("update"):
+                    vm, vn, vk = T.axis.remap("SSR", [mm, nn, kk])
+                    C[vm, vn] = C[vm, vn] + T.Cast(tc, A[vm * S, vk]) * T.Cast(tc, B[vk, vn])
+
     # A one-pixel tile has no pixel loop left in the scheduled kernel: describe it without one.
     @T.prim_func(s_tir=True)
-    def desc1(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (AM, K), "float32", offset_factor=1, strides=[T.int64(), T.int64(1)])
-        B = T.match_buffer(b, (K, N), "float32", offset_factor=1, strides=[T.int64(), T.int64(1)])
-        C = T.match_buffer(c, (M, N), "float32", offset_factor=1, strides=[T.int64(), T.int64(1)])
+    def desc1_float(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (AM, K), ta, offset_factor=1, strides=[T.int64(), T.int64(1)])
+        B = T.match_buffer(b, (K, N), tb, offset_factor=1, strides=[T.int64(), T.int64(1)])
+        C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), T.int64(1)])
         with T.sblock("root"):
             T.reads(C[0:M, 0:N], A[0:AM, 0:K], B[0:K, 0:N])
             T.writes(C[0:M, 0:N])
@@ -63,169 +105,238 @@ def gemm_intrin(m: int, n: int, k: int, stride: int = 1) -> str:
                     vn, vk = T.axis.remap("SR", [nn, kk])
                     C[0, vn] = C[0, vn] + A[0, vk] * B[vk, vn]
 
-    if m == 1:
-        desc = desc1
+    @T.prim_func(s_tir=True)
+    def desc1_int(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (AM, K), ta, offset_factor=1, strides=[T.int64(), T.int64(1)])
+        B = T.match_buffer(b, (K, N), tb, offset_factor=1, strides=[T.int64(), T.int64(1)])
+        C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), T.int64(1)])
+        with T.sblock("root"):
+            T.reads(C[0:M, 0:N], A[0:AM, 0:K], B[0:K, 0:N])
+            T.writes(C[0:M, 0:N])
+            for kk, nn in T.grid(K, N):
+                with T.sblock("update"):
+                    vn, vk = T.axis.remap("SR", [nn, kk])
+                    C[0, vn] = C[0, vn] + T.Cast(tc, A[0, vk]) * T.Cast(tc, B[vk, vn])
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (AM, K), "float32", offset_factor=1, strides=[T.int64(), T.int64(1)])
-        B = T.match_buffer(b, (K, N), "float32", offset_factor=1, strides=[T.int64(), T.int64(1)])
-        C = T.match_buffer(c, (M, N), "float32", offset_factor=1, strides=[T.int64(), T.int64(1)])
+        A = T.match_buffer(a, (AM, K), ta, offset_factor=1, strides=[T.int64(), T.int64(1)])
+        B = T.match_buffer(b, (K, N), tb, offset_factor=1, strides=[T.int64(), T.int64(1)])
+        C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), T.int64(1)])
         with T.sblock("root"):
             T.reads(C[0:M, 0:N], A[0:AM, 0:K], B[0:K, 0:N])
             T.writes(C[0:M, 0:N])
             T.evaluate(T.call_extern("int32", symbol, C.access_ptr("rw"), A.access_ptr("r"),
                                      B.access_ptr("r"), k, A.strides[0] * S, B.strides[0], C.strides[0]))
 
+    is_int = types.c != "float32"
+    desc = (desc1_int if is_int else desc1_float) if m == 1 else (desc_int if is_int else desc_float)
     TensorIntrin.register(name, desc, impl, override=True)
     _REGISTERED.add(name)
     return name
 
 
-def dw_intrin(m: int, n: int, kh: int, kw: int, s: int) -> str:
+def dw_intrin(m: int, n: int, kh: int, kw: int, s: int, types: Types = F32) -> str:
     """TensorIntrin for a depthwise M x N output tile (M pixels of a row, N channels) computed from
     an already padded input window."""
-    name = f"ec_dw_f32_{m}x{n}_k{kh}x{kw}s{s}"
+    name = f"ec_dw_{types.tag}_{m}x{n}_k{kh}x{kw}s{s}"
     if name in _REGISTERED:
         return name
     M, N, KH, KW, S = T.int64(m), T.int64(n), T.int64(kh), T.int64(kw), T.int64(s)
     XW = T.int64((m - 1) * s + kw)
-    one = T.int64(1)
+    one, zero = T.int64(1), T.int64(0)
+    ta, tb, tc = types.a, types.b, types.c
+    symbol = f"ec_dw_{types.tag}_{m}x{n}_k{kh}x{kw}s{s}"
 
     @T.prim_func(s_tir=True)
-    def desc(x: T.handle, w: T.handle, c: T.handle) -> None:
-        X = T.match_buffer(x, (KH, XW, N), "float32", offset_factor=1, strides=[T.int64(), T.int64(), one])
-        W = T.match_buffer(w, (KH, KW, one, N), "float32", offset_factor=1,
-                           strides=[T.int64(), T.int64(), T.int64(), one])
-        C = T.match_buffer(c, (M, N), "float32", offset_factor=1, strides=[T.int64(), one])
+    def desc_float(x: T.handle, w: T.handle, c: T.handle) -> None:
+        X = T.match_buffer(x, (KH, XW, N), ta, offset_factor=1, strides=[T.int64(), T.int64(), one])
+        W = T.match_buffer(w, (KH, KW, one, N), tb, offset_factor=1, strides=[T.int64(), T.int64(), T.int64(), one])
+        C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), one])
         with T.sblock("root"):
             T.reads(C[0:M, 0:N], X[0:KH, 0:XW, 0:N], W[0:KH, 0:KW, 0:1, 0:N])
             T.writes(C[0:M, 0:N])
             for ry, rx, mm, nn in T.grid(KH, KW, M, N):
                 with T.sblock("update"):
                     vm, vn, vry, vrx = T.axis.remap("SSRR", [mm, nn, ry, rx])
-                    C[vm, vn] = C[vm, vn] + X[vry, vm * S + vrx, vn] * W[vry, vrx, T.int64(0), vn]
+                    C[vm, vn] = C[vm, vn] + X[vry, vm * S + vrx, vn] * W[vry, vrx, zero, vn]
 
     @T.prim_func(s_tir=True)
-    def desc1(x: T.handle, w: T.handle, c: T.handle) -> None:
-        X = T.match_buffer(x, (KH, XW, N), "float32", offset_factor=1, strides=[T.int64(), T.int64(), one])
-        W = T.match_buffer(w, (KH, KW, one, N), "float32", offset_factor=1,
-                           strides=[T.int64(), T.int64(), T.int64(), one])
-        C = T.match_buffer(c, (M, N), "float32", offset_factor=1, strides=[T.int64(), one])
+    def desc_int(x: T.handle, w: T.handle, c: T.handle) -> None:
+        X = T.match_buffer(x, (KH, XW, N), ta, offset_factor=1, strides=[T.int64(), T.int64(), one])
+        W = T.match_buffer(w, (KH, KW, one, N), tb, offset_factor=1, strides=[T.int64(), T.int64(), T.int64(), one])
+        C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), one])
+        with T.sblock("root"):
+            T.reads(C[0:M, 0:N], X[0:KH, 0:XW, 0:N], W[0:KH, 0:KW, 0:1, 0:N])
+            T.writes(C[0:M, 0:N])
+            for ry, rx, mm, nn in T.grid(KH, KW, M, N):
+                with T.sblock("update"):
+                    vm, vn, vry, vrx = T.axis.remap("SSRR", [mm, nn, ry, rx])
+                    C[vm, vn] = C[vm, vn] + T.Cast(tc, X[vry, vm * S + vrx, vn]) * T.Cast(tc, W[vry, vrx, zero, vn])
+
+    @T.prim_func(s_tir=True)
+    def desc1_float(x: T.handle, w: T.handle, c: T.handle) -> None:
+        X = T.match_buffer(x, (KH, XW, N), ta, offset_factor=1, strides=[T.int64(), T.int64(), one])
+        W = T.match_buffer(w, (KH, KW, one, N), tb, offset_factor=1, strides=[T.int64(), T.int64(), T.int64(), one])
+        C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), one])
         with T.sblock("root"):
             T.reads(C[0:M, 0:N], X[0:KH, 0:XW, 0:N], W[0:KH, 0:KW, 0:1, 0:N])
             T.writes(C[0:M, 0:N])
             for ry, rx, nn in T.grid(KH, KW, N):
                 with T.sblock("update"):
                     vn, vry, vrx = T.axis.remap("SRR", [nn, ry, rx])
-                    C[0, vn] = C[0, vn] + X[vry, vrx, vn] * W[vry, vrx, T.int64(0), vn]
-
-    if m == 1:
-        desc = desc1
+                    C[0, vn] = C[0, vn] + X[vry, vrx, vn] * W[vry, vrx, zero, vn]
 
     @T.prim_func(s_tir=True)
-    def impl(x: T.handle, w: T.handle, c: T.handle) -> None:
-        X = T.match_buffer(x, (KH, XW, N), "float32", offset_factor=1, strides=[T.int64(), T.int64(), one])
-        W = T.match_buffer(w, (KH, KW, one, N), "float32", offset_factor=1,
-                           strides=[T.int64(), T.int64(), T.int64(), one])
-        C = T.match_buffer(c, (M, N), "float32", offset_factor=1, strides=[T.int64(), one])
+    def desc1_int(x: T.handle, w: T.handle, c: T.handle) -> None:
+        X = T.match_buffer(x, (KH, XW, N), ta, offset_factor=1, strides=[T.int64(), T.int64(), one])
+        W = T.match_buffer(w, (KH, KW, one, N), tb, offset_factor=1, strides=[T.int64(), T.int64(), T.int64(), one])
+        C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), one])
         with T.sblock("root"):
             T.reads(C[0:M, 0:N], X[0:KH, 0:XW, 0:N], W[0:KH, 0:KW, 0:1, 0:N])
             T.writes(C[0:M, 0:N])
-            T.evaluate(T.call_extern("int32", f"ec_dw_f32_{m}x{n}_k{kh}x{kw}s{s}", C.access_ptr("rw"),
-                                     X.access_ptr("r"), W.access_ptr("r"), X.strides[0], X.strides[1],
-                                     W.strides[0], W.strides[1], C.strides[0]))
+            for ry, rx, nn in T.grid(KH, KW, N):
+                with T.sblock("update"):
+                    vn, vry, vrx = T.axis.remap("SRR", [nn, ry, rx])
+                    C[0, vn] = C[0, vn] + T.Cast(tc, X[vry, vrx, vn]) * T.Cast(tc, W[vry, vrx, zero, vn])
 
+    @T.prim_func(s_tir=True)
+    def impl(x: T.handle, w: T.handle, c: T.handle) -> None:
+        X = T.match_buffer(x, (KH, XW, N), ta, offset_factor=1, strides=[T.int64(), T.int64(), one])
+        W = T.match_buffer(w, (KH, KW, one, N), tb, offset_factor=1, strides=[T.int64(), T.int64(), T.int64(), one])
+        C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), one])
+        with T.sblock("root"):
+            T.reads(C[0:M, 0:N], X[0:KH, 0:XW, 0:N], W[0:KH, 0:KW, 0:1, 0:N])
+            T.writes(C[0:M, 0:N])
+            T.evaluate(T.call_extern("int32", symbol, C.access_ptr("rw"), X.access_ptr("r"), W.access_ptr("r"),
+                                     X.strides[0], X.strides[1], W.strides[0], W.strides[1], C.strides[0]))
+
+    is_int = types.c != "float32"
+    desc = (desc1_int if is_int else desc1_float) if m == 1 else (desc_int if is_int else desc_float)
     TensorIntrin.register(name, desc, impl, override=True)
     _REGISTERED.add(name)
     return name
 
 
-def emit_dw_c(m: int, n: int, kh: int, kw: int, s: int, lanes: int) -> str:
+# ----------------------------------------------------------------------------- C source
+
+_C = {"float32": "float", "int8": "int8_t", "int16": "int16_t", "int32": "int32_t"}
+
+
+class _Emit:
+    """Loads and stores for one operand-type set and vector width."""
+
+    def __init__(self, types: Types, lanes: int) -> None:
+        self.t, self.lanes = types, lanes
+        self.acc = "ec_f32v" if types.c == "float32" else "ec_i32v"
+
+    def acc_type(self) -> str:
+        return self.acc if self.lanes > 1 else _C[self.t.c]
+
+    def load_acc(self, p: str) -> str:
+        return f"{self.acc}_load({p})" if self.lanes > 1 else f"*({p})"
+
+    def store_acc(self, p: str, v: str) -> str:
+        return f"{self.acc}_store({p}, {v});" if self.lanes > 1 else f"*({p}) = {v};"
+
+    def load(self, p: str, dtype: str) -> str:
+        """`lanes` elements of `dtype` at p, as an accumulator-typed vector (widened)."""
+        if self.lanes == 1:
+            return f"({_C[self.t.c]})*({p})"
+        if dtype == "float32":
+            return f"ec_f32v_load({p})"
+        return {"int8": "ec_i8v_widen", "int16": "ec_i16v_widen", "int32": "ec_i32v_load"}[dtype] + f"({p})"
+
+    def scalar(self, expr: str) -> str:
+        return f"({_C[self.t.c]})({expr})"
+
+
+def emit_gemm_c(m: int, n: int, lanes: int, types: Types = F32) -> str:
     if n % lanes:
         lanes = 1
+    e = _Emit(types, lanes)
     nv = n // lanes
-    vt = "ec_f32v" if lanes > 1 else "float"
-    ld = (lambda p: f"ec_f32v_load({p})") if lanes > 1 else (lambda p: f"*({p})")
-    st = (lambda p, v: f"ec_f32v_store({p}, {v});") if lanes > 1 else (lambda p, v: f"*({p}) = {v};")
     lines = [
-        f"/* depthwise {kh}x{kw}/{s}: C[{m}x{n}] += sum X[ry][m*{s}+rx][n] * W[ry][rx][n] over a padded window */",
-        f"static inline int32_t ec_dw_f32_{m}x{n}_k{kh}x{kw}s{s}(float *restrict C, const float *restrict X, "
-        "const float *restrict W, int64_t ldx_row, int64_t ldx_px, int64_t ldw_row, int64_t ldw_px, "
-        "int64_t ldc) {",
+        f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] ({types.a} x {types.b} -> {types.c}); {lanes}-lane vectors, "
+        f"{m * nv} accumulators in registers */",
+        f"static inline int32_t ec_gemm_{types.tag}_{m}x{n}({_C[types.c]} *restrict C, const {_C[types.a]} *restrict A, "
+        f"const {_C[types.b]} *restrict B, int32_t K, int64_t lda, int64_t ldb, int64_t ldc) {{",
     ]
     for i in range(m):
-        lines.append(f"  {vt} " + ", ".join(f"c{i}_{j} = {ld(f'C + {i} * ldc + {j * lanes}')}" for j in range(nv)) + ";")
-    lines.append(f"  for (int32_t ry = 0; ry < {kh}; ++ry) {{")
-    lines.append(f"    for (int32_t rx = 0; rx < {kw}; ++rx) {{")
-    lines.append("      const float *x = X + ry * ldx_row + rx * ldx_px;")
-    lines.append("      const float *w = W + ry * ldw_row + rx * ldw_px;")
-    lines.append(f"      const {vt} " + ", ".join(f"w{j} = {ld(f'w + {j * lanes}')}" for j in range(nv)) + ";")
-    for i in range(m):
-        lines.append("      " + " ".join(
-            f"c{i}_{j} += {ld(f'x + {i * s} * ldx_px + {j * lanes}')} * w{j};" for j in range(nv)))
-    lines.append("    }")
-    lines.append("  }")
-    for i in range(m):
-        lines.append("  " + " ".join(st(f"C + {i} * ldc + {j * lanes}", f"c{i}_{j}") for j in range(nv)))
-    lines.append("  return 0;")
-    lines.append("}")
-    return "\n".join(lines)
-
-
-def used_gemm_shapes(c_code: str) -> set[tuple[int, int]]:
-    return {(int(a), int(b)) for a, b in CALL_RE.findall(c_code)}
-
-
-def emit_gemm_c(m: int, n: int, lanes: int) -> str:
-    """C source of ec_gemm_f32_MxN for vectors of `lanes` floats (1 = scalar registers)."""
-    if n % lanes:
-        lanes = 1
-    nv = n // lanes
-    vt = "ec_f32v" if lanes > 1 else "float"
-    ld = (lambda p: f"ec_f32v_load({p})") if lanes > 1 else (lambda p: f"*({p})")
-    st = (lambda p, v: f"ec_f32v_store({p}, {v});") if lanes > 1 else (lambda p, v: f"*({p}) = {v};")
-    lines = [
-        f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}]; {lanes}-lane vectors, {m * nv} accumulators in registers */",
-        f"static inline int32_t ec_gemm_f32_{m}x{n}(float *restrict C, const float *restrict A, "
-        "const float *restrict B, int32_t K, int64_t lda, int64_t ldb, int64_t ldc) {",
-    ]
-    for i in range(m):
-        accs = ", ".join(f"c{i}_{j} = {ld(f'C + {i} * ldc + {j * lanes}')}" for j in range(nv))
-        lines.append(f"  {vt} {accs};")
+        lines.append(f"  {e.acc_type()} " + ", ".join(
+            f"c{i}_{j} = {e.load_acc(f'C + {i} * ldc + {j * lanes}')}" for j in range(nv)) + ";")
     lines.append("  for (int32_t k = 0; k < K; ++k) {")
-    bs = ", ".join(f"b{j} = {ld(f'B + k * ldb + {j * lanes}')}" for j in range(nv))
-    lines.append(f"    const {vt} {bs};")
+    lines.append(f"    const {e.acc_type()} " + ", ".join(
+        f"b{j} = {e.load(f'B + k * ldb + {j * lanes}', types.b)}" for j in range(nv)) + ";")
     for i in range(m):
-        lines.append(f"    const float a{i} = A[{i} * lda + k];")
+        lines.append(f"    const {_C[types.c]} a{i} = {e.scalar(f'A[{i} * lda + k]')};")
         lines.append("    " + " ".join(f"c{i}_{j} += a{i} * b{j};" for j in range(nv)))
     lines.append("  }")
     for i in range(m):
-        lines.append("  " + " ".join(st(f"C + {i} * ldc + {j * lanes}", f"c{i}_{j}") for j in range(nv)))
-    lines.append("  return 0;")
-    lines.append("}")
+        lines.append("  " + " ".join(e.store_acc(f"C + {i} * ldc + {j * lanes}", f"c{i}_{j}") for j in range(nv)))
+    lines += ["  return 0;", "}"]
+    return "\n".join(lines)
+
+
+def emit_dw_c(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types = F32) -> str:
+    if n % lanes:
+        lanes = 1
+    e = _Emit(types, lanes)
+    nv = n // lanes
+    lines = [
+        f"/* depthwise {kh}x{kw}/{s} ({types.a} x {types.b} -> {types.c}): "
+        f"C[{m}x{n}] += sum X[ry][m*{s}+rx][n] * W[ry][rx][n] over a padded window */",
+        f"static inline int32_t ec_dw_{types.tag}_{m}x{n}_k{kh}x{kw}s{s}({_C[types.c]} *restrict C, "
+        f"const {_C[types.a]} *restrict X, const {_C[types.b]} *restrict W, int64_t ldx_row, int64_t ldx_px, "
+        "int64_t ldw_row, int64_t ldw_px, int64_t ldc) {",
+    ]
+    for i in range(m):
+        lines.append(f"  {e.acc_type()} " + ", ".join(
+            f"c{i}_{j} = {e.load_acc(f'C + {i} * ldc + {j * lanes}')}" for j in range(nv)) + ";")
+    lines.append(f"  for (int32_t ry = 0; ry < {kh}; ++ry) {{")
+    lines.append(f"    for (int32_t rx = 0; rx < {kw}; ++rx) {{")
+    lines.append(f"      const {_C[types.a]} *x = X + ry * ldx_row + rx * ldx_px;")
+    lines.append(f"      const {_C[types.b]} *w = W + ry * ldw_row + rx * ldw_px;")
+    lines.append(f"      const {e.acc_type()} " + ", ".join(
+        f"w{j} = {e.load(f'w + {j * lanes}', types.b)}" for j in range(nv)) + ";")
+    for i in range(m):
+        lines.append("      " + " ".join(
+            f"c{i}_{j} += {e.load(f'x + {i * s} * ldx_px + {j * lanes}', types.a)} * w{j};" for j in range(nv)))
+    lines += ["    }", "  }"]
+    for i in range(m):
+        lines.append("  " + " ".join(e.store_acc(f"C + {i} * ldc + {j * lanes}", f"c{i}_{j}") for j in range(nv)))
+    lines += ["  return 0;", "}"]
     return "\n".join(lines)
 
 
 def emit_prelude(lanes: int) -> str:
     if lanes <= 1:
-        return "/* micro-kernels use scalar float registers (no FP SIMD on this target) */"
+        return "/* micro-kernels use scalar registers (no SIMD used on this target) */"
+    b = lanes * 4
     return "\n".join([
-        f"/* {lanes}-lane float vectors (GCC/Clang vector extensions: AVX, NEON or Helium) */",
-        f"typedef float ec_f32v __attribute__((vector_size({lanes * 4})));",
-        f"typedef float ec_f32v_u __attribute__((vector_size({lanes * 4}), aligned(4)));",
+        f"/* {lanes}-lane vectors (GCC/Clang vector extensions: AVX, NEON or Helium) */",
+        f"typedef float ec_f32v __attribute__((vector_size({b})));",
+        f"typedef float ec_f32v_u __attribute__((vector_size({b}), aligned(4)));",
+        f"typedef int32_t ec_i32v __attribute__((vector_size({b})));",
+        f"typedef int32_t ec_i32v_u __attribute__((vector_size({b}), aligned(4)));",
+        f"typedef int16_t ec_i16v_u __attribute__((vector_size({lanes * 2}), aligned(2)));",
+        f"typedef int8_t ec_i8v_u __attribute__((vector_size({lanes}), aligned(1)));",
         "#define ec_f32v_load(p) (*(const ec_f32v_u *)(p))",
         "#define ec_f32v_store(p, v) (*(ec_f32v_u *)(p) = (v))",
+        "#define ec_i32v_load(p) (*(const ec_i32v_u *)(p))",
+        "#define ec_i32v_store(p, v) (*(ec_i32v_u *)(p) = (v))",
+        "#define ec_i16v_widen(p) __builtin_convertvector(*(const ec_i16v_u *)(p), ec_i32v)",
+        "#define ec_i8v_widen(p) __builtin_convertvector(*(const ec_i8v_u *)(p), ec_i32v)",
     ])
 
 
 def emit_ukernels(kernel_code: str, lanes: int) -> str:
     """C definitions of every micro-kernel that `kernel_code` calls (sorted: deterministic)."""
-    gemms = sorted(used_gemm_shapes(kernel_code))
-    dws = sorted({tuple(int(v) for v in t) for t in DW_CALL_RE.findall(kernel_code)})
+    gemms = sorted({(t, int(m), int(n)) for t, m, n in GEMM_CALL_RE.findall(kernel_code)})
+    dws = sorted({(t, *(int(v) for v in rest)) for t, *rest in DW_CALL_RE.findall(kernel_code)})
     if not gemms and not dws:
         return ""
     parts = [emit_prelude(lanes)]
-    parts += [emit_gemm_c(m, n, lanes) for m, n in gemms]
-    parts += [emit_dw_c(m, n, kh, kw, s, lanes) for m, n, kh, kw, s in dws]
+    parts += [emit_gemm_c(m, n, lanes, TYPES[t]) for t, m, n in gemms]
+    parts += [emit_dw_c(m, n, kh, kw, s, lanes, TYPES[t]) for t, m, n, kh, kw, s in dws]
     return "\n\n".join(parts) + "\n"

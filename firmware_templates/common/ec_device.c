@@ -12,18 +12,18 @@
 #error "the device loop serves single-input, single-output models"
 #endif
 
-#define EC_INPUT_BYTES ((uint32_t)EC_INPUT_SIZE * (uint32_t)sizeof(float))
-#define EC_OUTPUT_BYTES ((uint32_t)EC_OUTPUT_SIZE * (uint32_t)sizeof(float))
+#define EC_INPUT_BYTES ((uint32_t)EC_INPUT_SIZE * (uint32_t)sizeof(ec_input_t))
+#define EC_OUTPUT_BYTES ((uint32_t)EC_OUTPUT_SIZE * (uint32_t)sizeof(ec_output_t))
 #define EC_BYTE_TIMEOUT_MS 100u   /* inter-byte gap that abandons a frame (emulators: virtual time) */
 
 #if EC_EXTERNAL_IO
-static float ec_io_input[EC_INPUT_SIZE];
-static float ec_io_output[EC_OUTPUT_SIZE];
-static float *input_buffer(void) { return ec_io_input; }
-static const float *output_buffer(void) { return ec_io_output; }
+static ec_input_t ec_io_input[EC_INPUT_SIZE];
+static ec_output_t ec_io_output[EC_OUTPUT_SIZE];
+static ec_input_t *input_buffer(void) { return ec_io_input; }
+static const ec_output_t *output_buffer(void) { return ec_io_output; }
 #else
-static float *input_buffer(void) { return ec_model_input(0); }
-static const float *output_buffer(void) { return ec_model_output(0); }
+static ec_input_t *input_buffer(void) { return ec_model_input(0); }
+static const ec_output_t *output_buffer(void) { return ec_model_output(0); }
 #endif
 
 static uint8_t small_payload[EC_SMALL_PAYLOAD_MAX];

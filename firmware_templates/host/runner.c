@@ -1,9 +1,10 @@
-/* edgecompile host runner: runs the generated model on raw float32 files.
+/* edgecompile host runner: runs the generated model on raw tensor files.
  *
  *   runner INPUT.bin OUTPUT.bin        one inference
  *   runner --bench N INPUT.bin         N timed inferences, prints per-run nanoseconds
  *
- * Input/output are the model's first input/output, little-endian float32, in the model's layout.
+ * Input/output are the model's first input/output as raw little-endian elements of its type
+ * (ec_input_t / ec_output_t: float32, or int8 for int8 builds), in the model's layout.
  */
 #define _POSIX_C_SOURCE 199309L
 #include <stdio.h>
@@ -13,8 +14,8 @@
 
 #include "model.h"
 
-static float input[EC_INPUT_SIZE];
-static float output[EC_OUTPUT_SIZE];
+static ec_input_t input[EC_INPUT_SIZE];
+static ec_output_t output[EC_OUTPUT_SIZE];
 
 static int read_all(const char *path, void *dst, size_t n) {
   FILE *f = fopen(path, "rb");
@@ -23,7 +24,7 @@ static int read_all(const char *path, void *dst, size_t n) {
   int extra = fgetc(f);
   fclose(f);
   if (got != n || extra != EOF) {
-    fprintf(stderr, "%s: expected %zu bytes of float32 input\n", path, n);
+    fprintf(stderr, "%s: expected %zu bytes of input\n", path, n);
     return -1;
   }
   return 0;
