@@ -58,12 +58,12 @@ def main() -> None:
             for fuse in (True, False):
                 tag = "fused" if fuse else "unfused"
                 rep = write_build(source, load_target("host"), Path(tmp) / f"{name}-host-{tag}",
-                                  BuildOptions(fuse=fuse), Progress(quiet=True))
+                                  BuildOptions(fuse=fuse, quant="fp32"), Progress(quiet=True))
                 row[f"arena_{tag}"] = rep["arena_bytes"]
                 row[f"kernels_{tag}"] = rep["kernels"]
                 for target in TARGETS:
                     out = Path(tmp) / f"{name}-{target}-{tag}"
-                    write_build(source, load_target(target), out, BuildOptions(fuse=fuse), Progress(quiet=True))
+                    write_build(source, load_target(target), out, BuildOptions(fuse=fuse, quant="fp32"), Progress(quiet=True))
                     res = run_test(out, samples=args.samples)
                     row[f"{target}_{tag}"] = res["instructions_per_inference"]
             row["host_ms_fused"], row["host_ms_unfused"] = host_latency(

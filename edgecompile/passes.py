@@ -453,9 +453,11 @@ def _inline_group(bb: Any, func: Any, env: dict) -> Any:
     return env.get(result, result)
 
 
-def prepare_graph(mod: Any) -> Any:
-    """Float graph rewrites: constants and BatchNorm folded, Clip canonical, NHWC. The result is
-    still high-level Relax (conv2d, add, ...): what calibration runs and quantization rewrites."""
+def prepare_graph(mod: Any) -> tuple[Any, dict[Any, tuple[float, int]]]:
+    """Float graph rewrites: constants and BatchNorm folded, Clip canonical, NHWC, the
+    quantize/dequantize pairs of a QDQ model removed. The result is still high-level Relax
+    (conv2d, add, ...): what calibration runs and quantization rewrites. Also returns the
+    (scale, zero point) a QDQ model gave its activations, by Relax var."""
     _, relax = _tvm()
     mod = relax.transform.DecomposeOpsForInference()(mod)
     mod = relax.transform.CanonicalizeBindings()(mod)
@@ -463,7 +465,57 @@ def prepare_graph(mod: Any) -> Any:
     mod = clip_calls_to_relax_ops(mod)
     mod = fold_affine_into_conv(mod)
     mod = to_nhwc(mod)
-    return fold_constants(mod)
+    mod = fold_constants(mod)
+    mod, given = strip_qdq(mod)
+    return mod, given
+
+
+_SHAPE_OPS = ("relax.permute_dims", "relax.reshape")
+
+
+def strip_qdq(mod: Any) -> tuple[Any, dict[Any, tuple[float, int]]]:
+    """Remove `dequantize(quantize(x, s, z), s, z)` pairs (a QDQ model's activations): the
+    float graph continues with x, and (s, z) is recorded for x and for the tensors x is a
+    transposed/reshaped view of (layout conversion puts transposes around the pairs). Then
+    back-to-back transposes that cancel are removed."""
+    tvm, relax = _tvm()
+    given: dict[Any, tuple[float, int]] = {}
+    producer: dict[Any, Any] = {}
+    quantized: dict[Any, Any] = {}     # quantize result var -> its input
+    perms: dict[Any, tuple[Any, list[int]]] = {}
+
+    def rewrite(var: Any, value: Any, env: dict, emit: Callable) -> Any:
+        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+            name = value.op.name
+            if name == "relax.quantize" and all(_is_const(a) for a in value.args[1:]):
+                if _np(value.args[1]).size == 1:
+                    quantized[var] = (value.args[0], float(_np(value.args[1]).reshape(())),
+                                      int(_np(value.args[2]).reshape(())))
+                    return value
+            if name == "relax.dequantize" and value.args[0] in quantized:
+                src, scale, zp = quantized[value.args[0]]
+                x = src
+                while True:     # the qparams hold for the views of x too
+                    given[x] = (scale, zp)
+                    p = producer.get(x)
+                    if p is None or not (isinstance(p, relax.Call) and p.op.name in _SHAPE_OPS):
+                        break
+                    x = p.args[0]
+                env[var] = src
+                return None
+            if name == "relax.permute_dims" and value.args[0] in perms:
+                inner, axes = perms[value.args[0]]
+                outer = _attr_axes(value.attrs, "axes")
+                if outer is not None and [axes[a] for a in outer] == list(range(len(axes))):
+                    env[var] = inner
+                    return None
+            if name == "relax.permute_dims" and _attr_axes(value.attrs, "axes") is not None:
+                perms[var] = (value.args[0], _attr_axes(value.attrs, "axes"))
+        producer[var] = value
+        return value
+
+    mod = _rebuild_main(mod, rewrite)
+    return relax.transform.DeadCodeElimination()(mod), given
 
 
 def _pin_to_consumers(mod: Any) -> Any:
@@ -503,7 +555,7 @@ def lower_graph(mod: Any, fuse_dwpw: bool = True) -> Any:
 
 def lower_to_kernels(mod: Any, fuse_dwpw: bool = True) -> Any:
     """The whole float pipeline: returns a module whose `main` calls only fused PrimFuncs."""
-    return lower_graph(prepare_graph(mod), fuse_dwpw)
+    return lower_graph(prepare_graph(mod)[0], fuse_dwpw)
 
 
 def _check_lowered(mod: Any) -> None:

@@ -39,6 +39,7 @@ class BuildOptions:
     calibration: str = "digits"     # int8: a dataset name or a .npy file of inputs
     calibration_samples: int = 100
     calibration_method: str = "minmax"   # or "percentile"
+    compare_unfused: bool = True    # also plan the unfused program, for the report (costs a 2nd lowering)
 
 
 @dataclass
@@ -139,11 +140,11 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
     progress(f"importing {source.name} into Relax")
     relax_mod = to_relax(source)
     progress("Relax passes: fold constants and BatchNorm, NHWC layout")
-    graph = passes.prepare_graph(relax_mod)
+    graph, given = passes.prepare_graph(relax_mod)
     quant_mode = options.quant or target.default_quant
     quant: dict[str, Any] | None = None
     if quant_mode == "int8":
-        graph, quant = _quantize(graph, source, options, progress)
+        graph, quant = _quantize(graph, source, options, given, progress)
     elif quant_mode != "fp32":
         raise EdgeCompileError(f"--quant must be fp32 or int8, got {quant_mode!r}")
     progress("legalize, fuse, schedule")
@@ -152,7 +153,7 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
     progress(f"memory plan: arena {plan.arena_bytes} B ({len(plan.in_place)} in-place overlaps; "
              f"largest live set without overlap {plan.peak_live_bytes} B)")
     fusion: dict[str, Any] = {"fused": options.fuse, "arena_bytes": plan.arena_bytes}
-    if options.fuse and any(i.kind == "dwpw" for i in infos.values()):
+    if options.fuse and options.compare_unfused and any(i.kind == "dwpw" for i in infos.values()):
         progress("measuring the unfused plan for comparison")
         plain = _lower(graph, target, replace(options, fuse=False, in_place=False), lambda m: None)
         fusion["arena_bytes_unfused"] = plain.plan.arena_bytes
@@ -216,19 +217,22 @@ def calibration_inputs(source: ModelSource, spec: str, count: int) -> np.ndarray
     return ds.images
 
 
-def _quantize(graph: Any, source: ModelSource, options: BuildOptions,
+def _quantize(graph: Any, source: ModelSource, options: BuildOptions, given: dict[Any, tuple[float, int]],
               progress: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
     from . import quantize
 
     data = calibration_inputs(source, options.calibration, options.calibration_samples)
     progress(f"int8: calibrating on {len(data)} {options.calibration} inputs ({options.calibration_method})")
     ranges = quantize.calibrate(graph, data, options.calibration_method)
-    qgraph, in_qp, out_qp = quantize.quantize_graph(graph, ranges)
+    if given:
+        progress(f"int8: the model is quantized already (QDQ): {len(given)} activation scales used as given")
+    qgraph, in_qp, out_qp = quantize.quantize_graph(graph, ranges, given)
     info = {
         "dtype": "int8",
         "input": {"scale": in_qp.scale, "zero_point": in_qp.zero_point},
         "output": {"scale": out_qp.scale, "zero_point": out_qp.zero_point},
-        "calibration": {"data": options.calibration, "samples": len(data), "method": options.calibration_method},
+        "calibration": {"data": options.calibration, "samples": len(data), "method": options.calibration_method,
+                        "given_by_model": len(given)},
         "scheme": "int8 per-channel symmetric weights, per-tensor asymmetric activations, int32 bias, "
                   "fixed-point requantization",
     }

@@ -154,17 +154,22 @@ def _const(value: Any, dtype: str) -> Any:
 
 
 class _Quantizer:
-    def __init__(self, mod: Any, ranges: dict[Any, tuple[float, float]]) -> None:
+    def __init__(self, mod: Any, ranges: dict[Any, tuple[float, float]],
+                 given: dict[Any, tuple[float, int]] | None = None) -> None:
         from tvm import relax
 
         self.relax = relax
         self.mod = mod
         self.ranges = ranges
+        self.given = given or {}
         self.bb = relax.BlockBuilder()
         self.env: dict[Any, Any] = {}
         self.pinned: set[str] = set()
 
     def qp(self, var: Any) -> QParams:
+        if var in self.given:                      # a QDQ model's own scale and zero point
+            scale, zp = self.given[var]
+            return QParams(scale, zp)
         if var not in self.ranges:
             raise EdgeCompileError(f"int8: no calibration range for '{var.name}'")
         return qparams_from_range(*self.ranges[var])
@@ -435,6 +440,8 @@ class _Quantizer:
         return _Q(self.emit(op.concat(parts, axis=int(value.attrs.axis))), out_qp)
 
 
-def quantize_graph(mod: Any, ranges: dict[Any, tuple[float, float]]) -> tuple[Any, QParams, QParams]:
-    """The float high-level graph -> the int8 graph; returns it with the input/output qparams."""
-    return _Quantizer(mod, ranges).run()
+def quantize_graph(mod: Any, ranges: dict[Any, tuple[float, float]],
+                   given: dict[Any, tuple[float, int]] | None = None) -> tuple[Any, QParams, QParams]:
+    """The float high-level graph -> the int8 graph; returns it with the input/output qparams.
+    `given` (by var) overrides calibration: the scales of an already-quantized model."""
+    return _Quantizer(mod, ranges, given).run()
