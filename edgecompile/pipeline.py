@@ -255,7 +255,7 @@ def build_report(source: ModelSource, target: Target, compiled: Compiled) -> dic
         "params": int(sum(prog.weights[w].size for w in prog.weights)),
         "weights_bytes": sum(prog.tensors[w].nbytes for w in prog.weights),
         "arena_bytes": plan.arena_bytes,
-        "arena_lower_bound_bytes": plan.peak_live_bytes,
+        "largest_live_set_bytes": plan.peak_live_bytes,   # without in-place overlaps
         "external_io": bool(plan.external),
         "kernels": len(compiled.calls),
         "kernel_functions": len(compiled.kernel_infos),

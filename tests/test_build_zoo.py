@@ -37,7 +37,10 @@ def test_generated_c_matches_pytorch(build_cache, name, opts):
         assert np.abs(got - ref).max() <= ABS_TOL, f"max abs error {np.abs(got - ref).max()}"
         assert got.argmax() == ref.argmax()
     assert report["kernels"] == len(report["calls"]) > 0
-    assert report["arena_bytes"] >= report["arena_lower_bound_bytes"] > 0
+    # without in-place overlaps no plan can beat the largest set of simultaneously live bytes
+    if not any(c["in_place"] for c in report["calls"]):
+        assert report["arena_bytes"] >= report["largest_live_set_bytes"] > 0
+    assert report["arena_bytes"] > 0
 
 
 @pytest.mark.slow

@@ -146,7 +146,7 @@ def test_parser_survives_fuzzing(tmp_path):
     subprocess.run([clang, "-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all",
                     f"-I{COMMON}", str(REPO / "tests" / "fuzz" / "fuzz_ec_protocol.c"), str(COMMON / "ec_protocol.c"),
                     "-o", str(exe)], check=True, capture_output=True)
-    proc = subprocess.run([str(exe), "-max_total_time=15", "-max_len=4096", "-seed=1"], cwd=tmp_path,
+    proc = subprocess.run([str(exe), "-max_total_time=15", "-max_len=1024", "-seed=1", "-rss_limit_mb=8192"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Done" in proc.stderr and "ERROR" not in proc.stderr

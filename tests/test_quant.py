@@ -131,7 +131,8 @@ def test_percentile_calibration_and_npy_file(tmp_path):
     a = write_build(source, load_target("host"), tmp_path / "a",
                     BuildOptions(quant="int8", calibration=str(tmp_path / "cal.npy"), calibration_method="percentile"),
                     Progress(quiet=True))
-    assert a["quant"]["calibration"] == {"data": str(tmp_path / "cal.npy"), "samples": 30, "method": "percentile"}
+    assert a["quant"]["calibration"] == {"data": str(tmp_path / "cal.npy"), "samples": 30, "method": "percentile",
+                                         "given_by_model": 0}
     proc = run_cli("build", "mobilenet_v1", "--width-mult", "0.25", "--resolution", "32", "--quant", "int8",
                    "--calibration", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "x"))
     assert proc.returncode == 1 and "missing.npy" in proc.stderr
