@@ -182,6 +182,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import report as rep
+    from .evaluation import read_build
+    from .targets import load_target
+
+    build = Path(args.dir)
+    meta = read_build(build)
+    target = load_target(meta["target"], args.targets_dir)
+    profile = cache = None
+    if not args.no_profile:
+        if target.firmware == "host":
+            profile = rep.profile_host(build, meta)
+        elif target.firmware == "cortex_m":
+            profile = rep.profile_device(build, meta, args.targets_dir)
+    if args.cache:
+        cache = rep.cache_host(build, meta) if target.firmware == "host" else rep.cache_device(build, meta, args.targets_dir)
+    data = rep.collect(build, profile, cache)
+    if args.html:
+        written = rep.write_html(data, Path(args.html))
+        print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    print(json.dumps(data, indent=2) if args.json else rep.format_text(data))
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "targets":
         from .targets import list_targets
@@ -309,6 +333,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, metavar="FILE.pt")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("report", help="measured footprint, memory plan, per-kernel costs and cache behaviour",
+                       description="Everything measured about build DIR: flash/RAM by section and symbol group "
+                                   "(linked binary), the memory plan, per-kernel instruction counts on the emulated "
+                                   "device (Cortex-M: SysTick under QEMU -icount) or wall-clock time (host), cache "
+                                   "misses per kernel by simulation with the target's cache geometry (--cache: our "
+                                   "QEMU plugin on ARM, valgrind cachegrind on the host), the device's stack "
+                                   "high-water mark (after `edgecompile test`).")
+    s.add_argument("dir", metavar="DIR")
+    s.add_argument("--html", metavar="OUT.html", help="write an HTML report with plots (PNGs beside it)")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--cache", action="store_true", help="simulate the caches (slower: 25x emulation)")
+    s.add_argument("--no-profile", action="store_true", help="skip the per-kernel profiling run")
+    s.add_argument("--targets-dir", metavar="DIR")
+    s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("list", help="list targets or zoo models")
     s.add_argument("what", choices=["targets", "models"])

@@ -210,7 +210,8 @@ def _split_c_source(source: str, infos: dict[str, tuple[list[int], int]],
             params.append((ctype.rstrip("*").strip() + "*", name.lstrip("*")))
         loose = {0, len(params) - 1 - len(scratch)} if sym in streaming else set()
         sig = ", ".join(f"{t} {'' if i in loose else 'restrict '}{n}" for i, (t, n) in enumerate(params))
-        code = f"static int32_t {sym}({sig}) {body}"
+        # noinline: each kernel keeps its own symbol (footprint by kernel, per-kernel profiles)
+        code = f"static __attribute__((noinline)) int32_t {sym}({sig}) {body}"
         out[sym] = KernelSource(sym, params, scratch, stack, code)
         del start
     return out

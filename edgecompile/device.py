@@ -39,30 +39,35 @@ def _free_port() -> int:
 
 
 def plugin_path() -> Path | None:
-    """The instruction-counting QEMU plugin, built from firmware_templates/qemu_plugins on first
-    use into the user's cache directory (None if no host compiler)."""
+    """The instruction-counting QEMU plugin (None if it cannot be built here)."""
+    try:
+        return build_plugin("ec_insn")
+    except ToolchainError:
+        return None
+
+
+def build_plugin(name: str) -> Path:
+    """A QEMU plugin of ours (firmware_templates/qemu_plugins/NAME.c), built with the host
+    compiler on first use into the user's cache directory."""
     import hashlib
     import shutil as _shutil
 
     from .pipeline import template_dir
 
-    src = template_dir("qemu_plugins") / "ec_insn.c"
+    src = template_dir("qemu_plugins") / f"{name}.c"
     digest = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgecompile" / "qemu-plugins"
-    lib = cache / f"libec_insn-{digest}.so"
+    lib = cache / f"lib{name}-{digest}.so"
     if lib.exists():
         return lib
     cc = _shutil.which("gcc") or _shutil.which("cc")
     if cc is None:
-        return None
+        raise ToolchainError("no host C compiler to build the QEMU plugin")
     cache.mkdir(parents=True, exist_ok=True)
     tmp = lib.with_suffix(f".tmp{os.getpid()}")
     proc = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(tmp), str(src)], capture_output=True, text=True)
     if proc.returncode != 0:
-        import sys
-
-        print(f"warning: cannot build the QEMU instruction-count plugin: {proc.stderr.strip()[:200]}", file=sys.stderr)
-        return None
+        raise ToolchainError(f"cannot build the QEMU plugin {name}: {proc.stderr.strip()[:200]}")
     tmp.rename(lib)
     return lib
 
@@ -85,6 +90,7 @@ class EmulatorSession:
     target: Target
     firmware: Path
     mark_address: int | None = None     # Linux programs: count instructions between marker calls
+    extra_plugin: str | None = None     # "lib.so,arg=...": another QEMU plugin (cache simulation)
     port_url: str = ""
     counts_path: Path | None = None
     procs: list[subprocess.Popen] = field(default_factory=list)
@@ -121,6 +127,8 @@ class EmulatorSession:
                    "-kernel", str(self.firmware), "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on"]
             if "icount_shift" in emu:
                 cmd += ["-icount", f"shift={int(emu['icount_shift'])}"]
+            if self.extra_plugin:
+                cmd += ["-plugin", self.extra_plugin]
             cmd += list(emu.get("args", []))
             proc = self._spawn(cmd, detach)
             self.port_url = f"socket://127.0.0.1:{port}"
@@ -160,10 +168,12 @@ class EmulatorSession:
                 raise DeviceError(f"socat did not create the pty pair: {self.log_tail()}")
             time.sleep(0.02)
         cmd = [emu["program"], "-cpu", emu.get("cpu", "max")]
-        plugin = plugin_path() if self.mark_address else None
+        plugin = plugin_path() if self.mark_address and not self.extra_plugin else None
         if plugin is not None:
             self.counts_path = tmp / "instructions.txt"
             cmd += ["-plugin", f"{plugin},mark={self.mark_address:#x},out={self.counts_path}"]
+        if self.extra_plugin:
+            cmd += ["-plugin", self.extra_plugin]
         self._spawn([*cmd, str(self.firmware), str(dev_end)], detach)
         self.port_url = str(host_end)
 

@@ -281,7 +281,7 @@ def build_cortex_m(build: Path, target: Target, report: dict[str, Any], weights_
     shutil.copy(templates / "common" / "ec_hal.h", build / "ec_hal.h")
     for name in ("startup.c", "hal_cortex_m.c"):
         shutil.copy(templates / "cortex_m" / name, build / name)
-    defs = ['-DEC_ARENA_ATTR=__attribute__((section(".ec_arena")))', "-I."]
+    defs = ['-DEC_ARENA_ATTR=__attribute__((section(".ec_arena")))', "-DEC_PROFILE", "-I."]
     variants = [("board", target, "firmware")]
     if target.emulated_elsewhere:
         variants.append(("emu", target.for_emulator(), "firmware-emu"))
@@ -329,7 +329,7 @@ def build_linux(build: Path, target: Target, report: dict[str, Any], weights_src
         shutil.copy(templates / "common" / name, build / name)
     shutil.copy(templates / "linux" / "hal_linux.c", build / "hal_linux.c")
     (build / "ec_build_info.h").write_text(render_info_header(report, target, "linux"))
-    defs = ['-DEC_ARENA_ATTR=__attribute__((section("ec_arena_mem")))', "-I."]
+    defs = ['-DEC_ARENA_ATTR=__attribute__((section("ec_arena_mem")))', "-DEC_PROFILE", "-I."]
     progress(f"compiling and linking app with {cc}")
     srcs = ["model.c", weights_src, *COMMON_SOURCES, "hal_linux.c"]
     toolchain.run([cc, *target.cflags, *defs, "-o", "app", *srcs, *target.ldflags], build, f"{cc}: building app")

@@ -258,6 +258,11 @@ def build_report(source: ModelSource, target: Target, compiled: Compiled) -> dic
         "largest_live_set_bytes": plan.peak_live_bytes,   # without in-place overlaps
         "external_io": bool(plan.external),
         "kernels": len(compiled.calls),
+        "memory_plan": [
+            {"name": n, "kind": prog.tensors[n].kind, "offset": plan.offsets[n], "size": plan.sizes[n],
+             "start": plan.lifetimes[n][0], "end": plan.lifetimes[n][1]}
+            for n in sorted(plan.offsets, key=lambda n: (plan.offsets[n], n))
+        ],
         "kernel_functions": len(compiled.kernel_infos),
         "fusion": compiled.fusion,
         "quant": compiled.quant or {"dtype": "fp32"},

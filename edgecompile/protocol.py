@@ -24,8 +24,8 @@ SYNC = b"\xec\x5a"
 HEADER = struct.Struct("<2sBBI")
 MAX_FRAME_PAYLOAD = 1 << 20    # default bound on a device frame; Link raises it for big outputs
 
-PING, INFO, INFER = 0x01, 0x02, 0x03
-READY, PONG, INFO_RESP, RESULT = 0x80, 0x81, 0x82, 0x83
+PING, INFO, INFER, PROFILE = 0x01, 0x02, 0x03, 0x04
+READY, PONG, INFO_RESP, RESULT, PROFILE_RESP = 0x80, 0x81, 0x82, 0x83, 0x84
 NAK, FAULT, ERROR = 0xE0, 0xE1, 0xE2
 NAK_REASONS = {1: "bad CRC", 2: "payload too long", 3: "bad payload length", 4: "unknown message type",
                5: "frame timed out"}

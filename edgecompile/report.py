@@ -64,7 +64,9 @@ def elf_symbols(path: Path) -> list[dict[str, Any]]:
             if kind not in (1, 2) or shndx == 0 or sz == 0:     # OBJECT, FUNC; defined; sized
                 continue
             end = data.index(b"\0", str_off + name_off)
-            out.append({"name": data[str_off + name_off:end].decode(errors="replace"), "address": value & ~1,
+            name = data[str_off + name_off:end].decode(errors="replace")
+            # compiler clones keep the function's name before the first dot (f.constprop.0, f.isra.0)
+            out.append({"name": name.split(".")[0] if not name.startswith(".") else name, "address": value & ~1,
                         "size": sz, "type": "func" if kind == 2 else "object"})
     return out
 
@@ -232,7 +234,9 @@ def cache_device(build: Path, report: dict[str, Any], targets_dir: str | None = 
     geometry = _geometry(target)
     if "l1i" not in geometry or "l1d" not in geometry:
         raise EdgeCompileError(f"target {target.name} declares no L1I/L1D caches ([[cache]] in its .toml)")
-    elf = main_elf(build, report)
+    from .device import firmware_path
+
+    elf = firmware_path(build, report, emulated=True)    # the image the emulator runs
     names = sorted({c["name"] for c in report["calls"]})
     syms = {s["name"]: s for s in elf_symbols(elf) if s["type"] == "func"}
     missing = [n for n in names if n not in syms]

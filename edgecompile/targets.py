@@ -73,6 +73,11 @@ class Target:
         raise TargetError(f"{self.source}: no memory region holds '{role}'")
 
     @property
+    def clock_hz_emulated(self) -> int:
+        """The clock the firmware's SysTick runs at in the emulator."""
+        return int(self.emulator.get("clock_hz", self.clock_hz))
+
+    @property
     def emulated_elsewhere(self) -> bool:
         """True when the emulator is a different machine that needs its own firmware variant."""
         emu = self.emulator

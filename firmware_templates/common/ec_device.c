@@ -28,6 +28,15 @@ static const ec_output_t *output_buffer(void) { return ec_model_output(0); }
 
 static uint8_t small_payload[EC_SMALL_PAYLOAD_MAX];
 
+#ifdef EC_PROFILE
+/* Per-kernel-call counters filled by the executor (model.c, built with -DEC_PROFILE). */
+extern uint64_t ec_profile_ticks[EC_NUM_CALLS];
+uint64_t ec_profile_clock(void) { return ec_hal_ticks(); }
+
+/* PROFILE: the counters accumulated since the previous PROFILE (u64 each), then reset. */
+static void send_profile(uint8_t seq);
+#endif
+
 static uint8_t *payload_sink(void *ctx, uint8_t type, uint32_t length) {
   (void)ctx;
   if (type == EC_MSG_INFER) return length == EC_INPUT_BYTES ? (uint8_t *)input_buffer() : 0;
@@ -111,6 +120,18 @@ static void infer(uint8_t seq) {
               rc == 0 ? EC_OUTPUT_BYTES : 0);
 }
 
+#ifdef EC_PROFILE
+static void send_profile(uint8_t seq) {
+  uint8_t buf[8 * EC_NUM_CALLS];
+  for (uint32_t i = 0; i < EC_NUM_CALLS; ++i) {
+    put_u32(buf + 8 * i, (uint32_t)ec_profile_ticks[i]);
+    put_u32(buf + 8 * i + 4, (uint32_t)(ec_profile_ticks[i] >> 32));
+    ec_profile_ticks[i] = 0;
+  }
+  send_frame2(EC_MSG_PROFILE_RESP, seq, buf, sizeof buf, 0, 0);
+}
+#endif
+
 int ec_device_main(int argc, char **argv) {
   static char json[EC_SMALL_PAYLOAD_MAX + 256];
   ec_parser parser;
@@ -144,6 +165,11 @@ int ec_device_main(int argc, char **argv) {
       case EC_MSG_INFER:
         infer(parser.seq);
         break;
+#ifdef EC_PROFILE
+      case EC_MSG_PROFILE:
+        send_profile(parser.seq);
+        break;
+#endif
       default:
         break;
       }
