@@ -7,7 +7,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.edgecompile-installed
 APT_PKGS := qemu-system-arm qemu-user gcc-arm-none-eabi libnewlib-arm-none-eabi \
-            gcc-aarch64-linux-gnu libc6-dev-arm64-cross socat clang libclang-rt-14-dev
+            gcc-aarch64-linux-gnu libc6-dev-arm64-cross socat clang libclang-rt-14-dev valgrind
 PYTEST_ARGS ?=
 
 .PHONY: setup toolchains venv demo test test-all bench clean

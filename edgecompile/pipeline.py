@@ -263,6 +263,7 @@ def build_report(source: ModelSource, target: Target, compiled: Compiled) -> dic
              "start": plan.lifetimes[n][0], "end": plan.lifetimes[n][1]}
             for n in sorted(plan.offsets, key=lambda n: (plan.offsets[n], n))
         ],
+        "memory_in_place": [[o.out, o.inp] for o in plan.in_place],   # overlapping on purpose
         "kernel_functions": len(compiled.kernel_infos),
         "fusion": compiled.fusion,
         "quant": compiled.quant or {"dtype": "fp32"},

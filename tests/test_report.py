@@ -1,0 +1,123 @@
+"""`edgecompile report`: the numbers agree with the linked binary and the memory plan, the
+emulator counts are deterministic, and the cache model gives what a hand calculation predicts."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from edgecompile import report as rep
+from edgecompile.device import build_plugin
+from edgecompile.evaluation import read_build
+from helpers import REPO, run_cli
+
+FP32 = dict(quant="fp32", width_mult=0.25, resolution=32, num_classes=10)
+
+
+def _size_sections(elf):
+    """`arm-none-eabi-size -A`: {section: size} for allocated sections."""
+    out = subprocess.run(["arm-none-eabi-size", "-A", str(elf)], capture_output=True, text=True, check=True).stdout
+    sizes = {}
+    for line in out.splitlines()[2:]:
+        parts = line.split()
+        if len(parts) == 3 and parts[1].isdigit():
+            sizes[parts[0]] = int(parts[1])
+    return sizes
+
+
+def test_footprint_matches_the_binary_and_the_plan(build_cache):
+    _, out, report = build_cache("mobilenet_v1", target="mps2-an386", **FP32)
+    data = rep.collect(out)
+    elf = out / report["firmware"]["board"]["elf"]
+    size = _size_sections(elf)
+    assert data["sections"] and all(size[name] == n for name, n in data["sections"].items())
+    # flash = everything loaded from flash; RAM = everything resident in RAM
+    groups = data["symbol_groups"]
+    assert groups["weights"]["bytes"] == report["weights_bytes"]
+    assert groups["arena"]["bytes"] == report["arena_bytes"]
+    assert groups["kernels"]["symbols"] == len({c["name"] for c in report["calls"]})
+    assert sum(g["bytes"] for g in groups.values()) <= sum(data["sections"].values())
+    assert data["footprint"]["flash_bytes"] >= groups["weights"]["bytes"] + groups["kernels"]["bytes"]
+    # the arena is exactly the plan's extent
+    plan = data["memory_plan"]
+    assert plan and max(b["offset"] + b["size"] for b in plan) == report["arena_bytes"]
+    assert data["footprint"]["arena_bytes"] == report["arena_bytes"]
+    # no two buffers that are live together share bytes, except the in-place pairs the plan lists
+    in_place = {frozenset(p) for p in report["memory_in_place"]}
+    for i, a in enumerate(plan):
+        for b in plan[i + 1:]:
+            live = a["start"] <= b["end"] and b["start"] <= a["end"]
+            disjoint = a["offset"] + a["size"] <= b["offset"] or b["offset"] + b["size"] <= a["offset"]
+            assert not live or disjoint or frozenset((a["name"], b["name"])) in in_place, (a, b)
+
+
+def test_device_profile_is_deterministic(build_cache):
+    _, out, report = build_cache("mobilenet_v1", target="mps2-an386", **FP32)
+    first = rep.profile_device(out, report, runs=2)
+    second = rep.profile_device(out, report, runs=2)
+    # SysTick under -icount: exact up to one timer period (its phase depends on input arrival)
+    assert all(abs(a - b) <= first["resolution"] for a, b in zip(first["per_call"], second["per_call"]))
+    assert len(first["per_call"]) == len(report["calls"])
+    convs = [c["index"] for c in report["calls"] if c["macs"] > 0]
+    assert all(first["per_call"][i] > 0 for i in convs)
+    assert "not cycles" in first["unit"]
+
+
+def test_device_cache_simulation_is_deterministic(build_cache):
+    _, out, report = build_cache("mobilenet_v1", target="rpi4", **FP32)
+    a = rep.cache_device(out, report, runs=1)
+    b = rep.cache_device(out, report, runs=1)
+    assert a["per_kernel"] == b["per_kernel"]
+    assert a["geometry"]["l1d"] == "32768:2:64"
+    for name, stats in a["per_kernel"].items():
+        assert stats["instructions"] > 0 and stats["l1d_misses"] <= stats["loads"] + stats["stores"], name
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None, reason="needs the aarch64 cross compiler")
+def test_cache_model_matches_a_hand_calculation(tmp_path):
+    """tests/cache/stride_walk.c: 3 passes over 64 KB with one load per 64-byte line.
+    32 KB 2-way L1D, LRU: a 64 KB sequential walk evicts every line before its reuse, so all
+    3 x 1024 loads miss. 1 MB L2: only the first pass misses (1024), plus the one code line."""
+    exe = tmp_path / "walk"
+    subprocess.run(["aarch64-linux-gnu-gcc", "-O2", "-static", "-o", str(exe), str(REPO / "tests/cache/stride_walk.c")],
+                   check=True)
+    walk = next(s for s in rep.elf_symbols(exe) if s["name"] == "walk")
+    ranges = tmp_path / "ranges.txt"
+    ranges.write_text(f"{walk['address']:x} {walk['address'] + walk['size']:x} 0\n")
+    out = tmp_path / "cache.txt"
+    plugin = build_plugin("ec_cache")
+    args = f"ranges={ranges},out={out},l1i=49152:3:64,l1d=32768:2:64,l2=1048576:16:64"
+    subprocess.run(["qemu-aarch64", "-cpu", "cortex-a72", "-plugin", f"{plugin},{args}", str(exe)], check=True)
+    rows = {int(r[0]): [int(v) for v in r[1:]] for r in (ln.split() for ln in out.read_text().splitlines())}
+    insns, l1i_misses, loads, stores, l1d_misses, l2_accesses, l2_misses = rows[0]
+    assert loads == 3 * 1024 and stores == 0
+    assert l1d_misses == 3 * 1024
+    assert l1i_misses == 1                       # the loop fits in one cache line
+    assert l2_accesses == l1d_misses + l1i_misses
+    assert l2_misses == 1024 + 1
+    # a cache that holds the whole buffer: only the first pass misses in L1D too
+    args = f"ranges={ranges},out={out},l1i=49152:3:64,l1d=131072:2:64"
+    subprocess.run(["qemu-aarch64", "-cpu", "cortex-a72", "-plugin", f"{plugin},{args}", str(exe)], check=True)
+    rows = {int(r[0]): [int(v) for v in r[1:]] for r in (ln.split() for ln in out.read_text().splitlines())}
+    assert rows[0][4] == 1024
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
+def test_report_cli_host_html_json_and_cachegrind(build_cache, tmp_path):
+    _, out, report = build_cache("mobilenet_v1", **{k: v for k, v in FP32.items() if k != "quant"})
+    html = tmp_path / "r" / "report.html"
+    proc = run_cli("report", str(out), "--html", str(html), "--json", "--cache")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["arena_bytes"] == read_build(out)["arena_bytes"]
+    assert data["profile"]["unit"].startswith("ns")
+    assert "cachegrind" in data["cache"]["method"]
+    kernels = [c for c in data["calls"] if c["macs"] > 0]
+    assert kernels and all(c["cache"]["instructions"] > 0 for c in kernels)
+    # cachegrind's instructions of the first conv are in the ballpark of its MACs (fp32, vectorised)
+    assert sum(c["cache"]["instructions"] for c in kernels) < 4 * report["macs"]
+    for png in ("memory_plan.png", "kernels.png"):
+        assert (html.parent / png).stat().st_size > 1000
+    text = html.read_text()
+    assert "<img" in text and "memory plan" in text.lower()
