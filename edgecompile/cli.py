@@ -75,13 +75,64 @@ def cmd_build(args: argparse.Namespace) -> int:
                                        in_place=not args.no_in_place, dwpw_rows=args.dwpw_rows,
                                        quant=args.quant, calibration=args.calibration,
                                        calibration_samples=args.calibration_samples,
-                                       calibration_method=args.calibration_method),
+                                       calibration_method=args.calibration_method,
+                                       tuning=_tuning(args, target)),
                          Progress(args.quiet))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(f"{out}: {report['kernels']} kernel calls ({report['kernel_functions']} kernels), "
               f"{report['macs']:,} MACs, weights {report['weights_bytes']:,} B, arena {report['arena_bytes']:,} B")
+    return 0
+
+
+def _tuning(args: argparse.Namespace, target: Any) -> Any:
+    """The tuning records a build uses: --db DIR, else the default database; none with --no-tuning."""
+    if getattr(args, "no_tuning", False):
+        return None
+    from .tuning import TuningRecords, default_db
+
+    db = Path(args.db) if getattr(args, "db", None) else default_db()
+    if args.db and not (db / target.name).is_dir():
+        raise EdgeCompileError(f"--db {db}: no tuning records for target {target.name} (expected {db / target.name}/)")
+    return TuningRecords(db, target)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .pipeline import BuildOptions, Progress, model_kernels
+    from .targets import load_target
+    from .tuning import default_db, parse_runner, tune
+
+    target = load_target(args.target, args.targets_dir)
+    runner = parse_runner(args.runner or ("host" if target.family == "host" else "emu"), target)
+    if args.trials is not None and args.trials < 1:
+        raise EdgeCompileError(f"--trials must be at least 1, got {args.trials}")
+    source = _load(args)
+    progress = Progress(args.quiet)
+    kernels = model_kernels(source, target, BuildOptions(quant=args.quant, calibration=args.calibration), progress)
+    if args.kernel:
+        kernels = [k for k in kernels if args.kernel in k[0]]
+        if not kernels:
+            raise EdgeCompileError(f"--kernel {args.kernel!r} matches no kernel of {source.name}")
+    db = Path(args.db) if args.db else default_db()
+    try:
+        summary = tune(kernels, target, runner, db, trials=args.trials, resume=args.resume,
+                       log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
+    except KeyboardInterrupt:
+        print(f"interrupted: the records measured so far are in {db / target.name}; --resume continues",
+              file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    unit = summary["unit"]
+    print(f"tuned {len(summary['kernels'])} kernels for {target.name} in {summary['seconds']} s "
+          f"(runner {summary['runner']}; costs in {unit}); records in {summary['db']}")
+    for k in summary["kernels"]:
+        d, b = k["default_cost"], k["best_cost"]
+        gain = f"{d / b:.2f}x" if d and b else "-"
+        print(f"  {k['kernel'][:56]:56} {k['configurations']:3} configs  rule {d or 0:>12,.2f}  "
+              f"best {b or 0:>12,.2f}  {gain}  {json.dumps(k['best_config'])}")
     return 0
 
 
@@ -109,21 +160,37 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import tempfile
 
-    from .bench import bench, format_bench
+    from .bench import bench, check_peers, format_bench
     from .pipeline import BuildOptions, Progress, write_build
     from .targets import load_target
 
     target = load_target(args.target, args.targets_dir)
     if target.family != "host":
         raise EdgeCompileError("bench measures wall-clock latency on this machine: use --target host")
+    peers = [p for p in args.against.split(",") if p]
+    check_peers(peers)
     source = _load(args)
+    tuning = _tuning(args, target)
     with tempfile.TemporaryDirectory(prefix="ec-bench-") as tmp:
         out = Path(tmp) / "build"
-        write_build(source, target, out, BuildOptions(), Progress(args.quiet or args.json))
-        peers = [p for p in args.against.split(",") if p]
-        res = bench(source, str(out), peers, runs=args.runs, warmup=args.warmup)
+        report = write_build(source, target, out, BuildOptions(tuning=tuning), Progress(args.quiet or args.json))
+        variants = {}
+        if report["tuning"]["kernels_tuned"]:     # tuned: time the rules' own build beside it
+            write_build(source, target, Path(tmp) / "untuned", BuildOptions(), Progress(True))
+            variants["edgecompile-untuned"] = str(Path(tmp) / "untuned")
+        res = bench(source, str(out), peers, runs=args.runs, warmup=args.warmup, variants=variants)
+        res["tuned_kernels"] = report["tuning"]["kernels_tuned"]
+    if args.out:
+        _write_atomic(Path(args.out), json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2) if args.json else format_bench(res))
     return 0
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def cmd_flash(args: argparse.Namespace) -> int:
@@ -267,9 +334,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--calibration-method", choices=["minmax", "percentile"], default="minmax")
     s.add_argument("--dwpw-rows", type=int, metavar="R",
                    help="output rows per tile of fused depthwise+pointwise kernels (default: per target family)")
+    s.add_argument("--db", metavar="DIR", help="tuning database (default: $EDGECOMPILE_TUNING_DB or "
+                                               "~/.cache/edgecompile/tuning); kernels with records use them")
+    s.add_argument("--no-tuning", action="store_true", help="ignore tuning records: the rules' own schedules")
     s.add_argument("--json", action="store_true", help="print report.json")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     s.set_defaults(fn=cmd_build)
+
+    s = sub.add_parser(
+        "tune", help="auto-tune the model's kernels with MetaSchedule; build then uses the records",
+        description="Measure every configuration of every distinct kernel of MODEL (tile sizes, loop order, "
+                    "rows per fused tile, untiled) with TVM MetaSchedule and record the results in a "
+                    "tuning database keyed by target and kernel workload. Runners: host (wall clock on this "
+                    "machine, median, 1 thread; --target host), emu (instruction counts under the target's "
+                    "user-mode QEMU with our plugin: deterministic emulator counts, not cycles; Linux "
+                    "targets such as rpi4), rpc://HOST:PORT/KEY (TVM RPC tracker; devices running "
+                    "`python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY` measure in parallel). "
+                    "Interrupting keeps what was measured; --resume skips it next time.",
+        epilog=MODEL_HELP, formatter_class=raw)
+    _model_args(s)
+    s.add_argument("--target", default="host")
+    s.add_argument("--targets-dir", metavar="DIR")
+    s.add_argument("--runner", metavar="host|emu|rpc://HOST:PORT/KEY",
+                   help="where candidates are measured (default: host for --target host, else emu)")
+    s.add_argument("--trials", type=int, metavar="N", help="at most N configurations per kernel (default: all)")
+    s.add_argument("--kernel", metavar="SUBSTRING", help="tune only kernels whose name contains this")
+    s.add_argument("--db", metavar="DIR", help="tuning database directory (default: $EDGECOMPILE_TUNING_DB or "
+                                               "~/.cache/edgecompile/tuning)")
+    s.add_argument("--resume", action="store_true", help="skip configurations already in the database")
+    s.add_argument("--quant", choices=["fp32", "int8"], help="number format (default: the target's)")
+    s.add_argument("--calibration", default="digits", metavar="DATASET|FILE.npy")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--quiet", "-q", action="store_true")
+    s.set_defaults(fn=cmd_tune)
 
     s = sub.add_parser("run", help="run a host build on an input .npy",
                        description="Run a model built with --target host on INPUT (.npy, the model's input "
@@ -286,10 +383,16 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(s)
     s.add_argument("--target", default="host")
     s.add_argument("--targets-dir", metavar="DIR")
-    s.add_argument("--against", default="onnxruntime", help="comma-separated peers: onnxruntime, torch")
+    s.add_argument("--against", default="onnxruntime", help="comma-separated peers: onnxruntime, torch, tvm-vm (TVM's stock Relax VM); "
+                        "with the benchmark extras (benchmarks/run.sh): litert (TFLite + XNNPACK), tflm "
+                        "(TFLite Micro reference kernels), executorch (XNNPACK backend)")
     s.add_argument("--runs", type=int, default=50)
     s.add_argument("--warmup", type=int, default=10)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--out", metavar="FILE.json", help="also write the results as JSON")
+    s.add_argument("--db", metavar="DIR", help="tuning database (default: the default one); when records "
+                                               "apply, the untuned build is timed too")
+    s.add_argument("--no-tuning", action="store_true", help="ignore tuning records")
     s.add_argument("--quiet", "-q", action="store_true")
     s.set_defaults(fn=cmd_bench)
 

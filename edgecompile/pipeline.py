@@ -40,6 +40,7 @@ class BuildOptions:
     calibration_samples: int = 100
     calibration_method: str = "minmax"   # or "percentile"
     compare_unfused: bool = True    # also plan the unfused program, for the report (costs a 2nd lowering)
+    tuning: Any = None              # tuning.TuningRecords: tuned configurations to use (None: the rules')
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Compiled:
     digest: str
     fusion: dict[str, Any]
     quant: dict[str, Any] | None = None
+    tuning: dict[str, Any] | None = None
 
 
 def template_dir(name: str) -> Path:
@@ -109,7 +111,8 @@ def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable
     taken: set[str] = set()
     for name in names:
         first = next(c for c in prog.calls if c.kernel == name)
-        func, info = schedules.schedule(mod[name], target.family, options.dwpw_rows)
+        config = options.tuning.config_for(mod[name], name) if options.tuning is not None else None
+        func, info = schedules.schedule(mod[name], target.family, options.dwpw_rows, config)
         sym = _symbol_for(info, prog.tensors[first.outputs[0]], taken)
         symbol_of[name] = sym
         scheduled[sym] = func
@@ -135,8 +138,8 @@ def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable
     return _Lowered(prog, plan, kernels, infos, symbol_of)
 
 
-def compile_model(source: ModelSource, target: Target, options: BuildOptions = BuildOptions(),
-                  progress: Callable[[str], None] = Progress()) -> Compiled:
+def _graph(source: ModelSource, target: Target, options: BuildOptions,
+           progress: Callable[[str], None]) -> tuple[Any, dict[str, Any] | None]:
     progress(f"importing {source.name} into Relax")
     relax_mod = to_relax(source)
     progress("Relax passes: fold constants and BatchNorm, NHWC layout")
@@ -147,9 +150,32 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
         graph, quant = _quantize(graph, source, options, given, progress)
     elif quant_mode != "fp32":
         raise EdgeCompileError(f"--quant must be fp32 or int8, got {quant_mode!r}")
+    return graph, quant
+
+
+def model_kernels(source: ModelSource, target: Target, options: BuildOptions = BuildOptions(),
+                  progress: Callable[[str], None] = Progress()) -> list[tuple[str, Any, int]]:
+    """The distinct fused kernels a build of `source` for `target` schedules, unscheduled:
+    [(name, PrimFunc, calls)] in call order (what `edgecompile tune` tunes)."""
+    graph, _ = _graph(source, target, options, progress)
+    progress("legalize and fuse")
+    mod = passes.lower_graph(graph, fuse_dwpw=options.fuse)
+    prog = extract_program(mod)
+    names = list(dict.fromkeys(c.kernel for c in prog.calls))
+    return [(n, mod[n], sum(c.kernel == n for c in prog.calls)) for n in names]
+
+
+def compile_model(source: ModelSource, target: Target, options: BuildOptions = BuildOptions(),
+                  progress: Callable[[str], None] = Progress()) -> Compiled:
+    graph, quant = _graph(source, target, options, progress)
     progress("legalize, fuse, schedule")
     low = _lower(graph, target, options, progress)
     prog, plan, kernels, infos, symbol_of = low.program, low.plan, low.kernels, low.infos, low.symbol_of
+    tuning = None
+    if options.tuning is not None:
+        hits = dict(options.tuning.hits)
+        tuning = {"db": str(options.tuning.db / target.name), "kernels_tuned": len(hits), "configs": hits}
+        progress(f"tuning records: {len(hits)} of {len(infos)} kernels use tuned configurations")
     progress(f"memory plan: arena {plan.arena_bytes} B ({len(plan.in_place)} in-place overlaps; "
              f"largest live set without overlap {plan.peak_live_bytes} B)")
     fusion: dict[str, Any] = {"fused": options.fuse, "arena_bytes": plan.arena_bytes}
@@ -194,7 +220,7 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
     files["model.h"] = codegen.emit_model_h(source.name, prog, plan, options.external_io, target.name, digest,
                                             quant).encode()
     files["model.c"] = body.encode()
-    return Compiled(prog, plan, files, calls, infos, digest, fusion, quant)
+    return Compiled(prog, plan, files, calls, infos, digest, fusion, quant, tuning)
 
 
 def calibration_inputs(source: ModelSource, spec: str, count: int) -> np.ndarray:
@@ -266,6 +292,7 @@ def build_report(source: ModelSource, target: Target, compiled: Compiled) -> dic
         "memory_in_place": [[o.out, o.inp] for o in plan.in_place],   # overlapping on purpose
         "kernel_functions": len(compiled.kernel_infos),
         "fusion": compiled.fusion,
+        "tuning": compiled.tuning or {"kernels_tuned": 0},
         "quant": compiled.quant or {"dtype": "fp32"},
         "calls": compiled.calls,
     }

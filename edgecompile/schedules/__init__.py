@@ -11,6 +11,7 @@ expose the same functions: `schedule_conv`, `schedule_depthwise`, `schedule_dens
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,18 +140,74 @@ def family_module(family: str) -> Any:
     return importlib.import_module(f"{__name__}.{family}")
 
 
-def schedule(func: Any, family: str, dwpw_rows: int | None = None) -> tuple[Any, KernelInfo]:
+def _prepared(func: Any, info: KernelInfo, keep_pad: bool) -> Any:
+    from tvm import s_tir
+
+    from . import generic
+
+    sch = s_tir.Schedule(func)
+    if info.kind == "dwpw":
+        generic.inline_dwpw(sch, info)
+    else:
+        generic.inline_producers_and_epilogues(sch, info, keep_pad=keep_pad)
+    return sch
+
+
+def space(func: Any, family: str) -> tuple[list[dict], KernelInfo]:
+    """The tuner's search space for one kernel: the family rule's configurations (its own choice
+    first) plus the portable untiled schedule. One entry = the untiled schedule only."""
+    info = analyze(func)
+    mod = family_module(family)
+    configs: list[dict] = []
+    if hasattr(mod, "space"):
+        try:
+            configs = mod.space(_prepared(func, info, keep_pad=info.kind in ("conv", "conv_dw")), info)
+        except Exception:  # noqa: BLE001 - a kernel the rule cannot read has no tiled space
+            configs = []
+    return configs + [{"untiled": True}], info
+
+
+def apply_config(sch: Any, info: KernelInfo, family: str, config: dict) -> bool:
+    """Schedule `sch` (a fresh Schedule of the kernel) with one configuration of `space`. False
+    (and `sch` unusable) when the family's rule rejects it."""
+    from . import generic
+
+    if info.kind == "dwpw":
+        generic.inline_dwpw(sch, info)
+    else:
+        generic.inline_producers_and_epilogues(sch, info, keep_pad=not config.get("untiled")
+                                               and info.kind in ("conv", "conv_dw"))
+    if config.get("untiled"):
+        return True
+    mod = family_module(family)
+    rule = {"conv": mod.schedule_conv, "conv_pw": mod.schedule_conv, "conv_group": mod.schedule_conv,
+            "conv_dw": mod.schedule_depthwise, "dwpw": mod.schedule_dwpw, "fc": mod.schedule_dense}.get(info.kind)
+    if rule is None:
+        return False
+    try:
+        return bool(rule(sch, info, cfg=config))
+    except Exception:  # noqa: BLE001 - ScheduleError and friends: the configuration does not fit
+        return False
+
+
+def schedule(func: Any, family: str, dwpw_rows: int | None = None,
+             config: dict | None = None) -> tuple[Any, KernelInfo]:
     """Schedule one fused kernel for a target family. Returns (scheduled PrimFunc, info).
 
     The family's rule runs first; if it declines (returns False) or a schedule primitive
     rejects the kernel, the kernel falls back to the portable untiled schedule, and
     `info.schedule` says which one ran. `dwpw_rows` overrides the family's row-tile height of
-    fused depthwise+pointwise kernels."""
+    fused depthwise+pointwise kernels. `config` (from the tuner, see `space`) fixes the rule's
+    choices (tile sizes, loop order, rows) or asks for the untiled schedule."""
     from tvm import s_tir
 
     from . import generic
 
     info = analyze(func)
+    if config and config.get("untiled"):
+        sch = _prepared(func, info, keep_pad=False)
+        info.schedule = "generic.untiled (tuned)"
+        return sch.mod["main"], info
     mod = family_module(family)
     rule = {
         "conv": mod.schedule_conv,
@@ -169,12 +226,15 @@ def schedule(func: Any, family: str, dwpw_rows: int | None = None) -> tuple[Any,
     else:
         generic.inline_producers_and_epilogues(sch, info, keep_pad=info.kind in ("conv", "conv_dw"))
     try:
-        ok = bool(rule(sch, info, rows=dwpw_rows) if info.kind == "dwpw" else rule(sch, info))
+        if config:
+            ok = bool(rule(sch, info, cfg=config))
+        else:
+            ok = bool(rule(sch, info, rows=dwpw_rows) if info.kind == "dwpw" else rule(sch, info))
     except Exception as err:  # noqa: BLE001 - ScheduleError and friends: fall back
         ok = False
         info.note = f"{rule.__name__} failed: {str(err).strip().splitlines()[-1][:160]}"
     if ok:
-        info.schedule = f"{family}.{rule.__name__}"
+        info.schedule = f"{family}.{rule.__name__}" + (f" {json.dumps(config, sort_keys=True)}" if config else "")
         return sch.mod["main"], info
     sch = s_tir.Schedule(func)
     if info.kind == "dwpw":

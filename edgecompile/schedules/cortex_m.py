@@ -11,3 +11,4 @@ schedule_dwpw = RULES.schedule_dwpw
 schedule_dense = RULES.schedule_dense
 schedule_pool = RULES.schedule_pool
 schedule_elementwise = RULES.schedule_elementwise
+space = RULES.space

@@ -96,6 +96,30 @@ def choose_tile(width: int, channels: int, lanes: int, acc_budget: int, max_m: i
     return None if best is None else best[1]
 
 
+def tile_candidates(width: int, channels: int, lanes: int, acc_budget: int, max_m: int) -> list[tuple[int, int]]:
+    """Every (M, N) tile `choose_tile` could pick from, best first by its own ranking: the search
+    space of the tuner."""
+    out = []
+    for vectors in range(1, acc_budget + 1):
+        n = vectors * lanes
+        if channels % n:
+            continue
+        for m in range(1, min(width, max_m) + 1):
+            if width % m or m * vectors > acc_budget:
+                continue
+            out.append(((m * vectors, min(m, vectors), n), (m, n)))
+    if not out and lanes > 1:
+        return tile_candidates(width, channels, 1, min(acc_budget, 8), max_m)
+    return [t for _, t in sorted(out, reverse=True)]
+
+
+def _pick(cfg: dict | None, key: str, default: Any) -> Any:
+    if cfg and key in cfg:
+        v = cfg[key]
+        return tuple(v) if isinstance(v, list) else v
+    return default
+
+
 def _split_pixels(sch: Any, w: Any, m: int) -> tuple[Any, list[Any]]:
     """Split the output-width loop into (outer, [inner]); a one-pixel tile keeps no inner loop."""
     if m == 1:
@@ -120,7 +144,7 @@ def producers_in_kernel(sch: Any, block: Any) -> list[Any]:
     return list(sch.get_producers(block))
 
 
-def tile_conv_gemm(sch: Any, info: Any, lanes: int, acc_budget: int, max_m: int = 8) -> bool:
+def tile_conv_gemm(sch: Any, info: Any, lanes: int, acc_budget: int, max_m: int = 8, cfg: dict | None = None) -> bool:
     """Convolution (1x1 or KxK, groups=1) as GEMM tiles: M output pixels of one row x N output
     channels, the reduction over input channels in the `ec_gemm_f32_MxN` micro-kernel. A KxK
     convolution's padding is computed per output row (KH padded rows in a small buffer)."""
@@ -132,17 +156,18 @@ def tile_conv_gemm(sch: Any, info: Any, lanes: int, acc_budget: int, max_m: int 
     if len(loops) != 7 or types is None:
         return False
     n, h, w, co, ry, rx, ci = loops
-    tile = choose_tile(extent(sch, w), extent(sch, co), lanes, acc_budget, max_m)
+    tile = _pick(cfg, "tile", None) or choose_tile(extent(sch, w), extent(sch, co), lanes, acc_budget, max_m)
     if tile is None:
         return False
     m, nn = tile
     k = extent(sch, ci)
     wo, wi = _split_pixels(sch, w, m)
     coo, coi = sch.split(co, [None, nn])
-    sch.reorder(n, h, wo, coo, ry, rx, ci, *wi, coi)
+    outer, inner = (coo, wo) if _pick(cfg, "order", "pixels") == "channels" else (wo, coo)
+    sch.reorder(n, h, outer, inner, ry, rx, ci, *wi, coi)
     epi = epilogue_block(sch, info)
     if epi is not None:
-        sch.reverse_compute_at(epi, coo)
+        sch.reverse_compute_at(epi, inner)
     for p in producers_in_kernel(sch, conv):   # padding kept for KxK: one row window per h
         sch.compute_at(p, h)
     sch.decompose_reduction(conv, ry)
@@ -150,7 +175,7 @@ def tile_conv_gemm(sch: Any, info: Any, lanes: int, acc_budget: int, max_m: int 
     return True
 
 
-def tile_depthwise(sch: Any, info: Any, lanes: int, acc_budget: int, max_m: int = 8) -> bool:
+def tile_depthwise(sch: Any, info: Any, lanes: int, acc_budget: int, max_m: int = 8, cfg: dict | None = None) -> bool:
     """Depthwise convolution: M pixels x N channels per `ec_dw_f32` micro-kernel call over a
     padded row window computed per output row."""
     from .ukernels import dw_intrin
@@ -163,17 +188,18 @@ def tile_depthwise(sch: Any, info: Any, lanes: int, acc_budget: int, max_m: int 
     n, h, w, co, ry, rx, rc = loops
     if extent(sch, rc) != 1:
         return False
-    tile = choose_tile(extent(sch, w), extent(sch, co), lanes, acc_budget, max_m)
+    tile = _pick(cfg, "tile", None) or choose_tile(extent(sch, w), extent(sch, co), lanes, acc_budget, max_m)
     if tile is None:
         return False
     m, nn = tile
     (kh, kw), (s, _) = info.kernel, info.stride
     wo, wi = _split_pixels(sch, w, m)
     coo, coi = sch.split(co, [None, nn])
-    sch.reorder(n, h, wo, coo, rc, ry, rx, *wi, coi)   # the unit channel loop stays outside
+    outer, inner = (coo, wo) if _pick(cfg, "order", "pixels") == "channels" else (wo, coo)
+    sch.reorder(n, h, outer, inner, rc, ry, rx, *wi, coi)   # the unit channel loop stays outside
     epi = epilogue_block(sch, info)
     if epi is not None:
-        sch.reverse_compute_at(epi, coo)
+        sch.reverse_compute_at(epi, inner)
     for p in producers_in_kernel(sch, conv):
         sch.compute_at(p, h)
     sch.decompose_reduction(conv, rc)
@@ -181,7 +207,7 @@ def tile_depthwise(sch: Any, info: Any, lanes: int, acc_budget: int, max_m: int 
     return True
 
 
-def tile_dense(sch: Any, info: Any, lanes: int, acc_budget: int) -> bool:
+def tile_dense(sch: Any, info: Any, lanes: int, acc_budget: int, cfg: dict | None = None) -> bool:
     """[1, K] x [K, N]: a 1 x N micro-kernel tile per N output features."""
     from .ukernels import gemm_intrin
 
@@ -193,7 +219,7 @@ def tile_dense(sch: Any, info: Any, lanes: int, acc_budget: int) -> bool:
     i, j, k = loops
     if extent(sch, i) != 1:
         return False
-    tile = choose_tile(1, extent(sch, j), lanes, acc_budget, 1)
+    tile = _pick(cfg, "tile", None) or choose_tile(1, extent(sch, j), lanes, acc_budget, 1)
     if tile is None:
         return False
     nn = tile[1]
@@ -227,7 +253,7 @@ def inline_dwpw(sch: Any, info: Any) -> None:
         _try(sch.compute_inline, b)
 
 
-def tile_dwpw(sch: Any, info: Any, lanes: int, pw_acc: int, dw_acc: int, rows: int) -> bool:
+def tile_dwpw(sch: Any, info: Any, lanes: int, pw_acc: int, dw_acc: int, rows: int, cfg: dict | None = None) -> bool:
     """The fused kernel: for each tile of `rows` output rows, compute the depthwise output for
     those rows (padding window, micro-kernel, bias + activation) into a rows x W x C scratch
     buffer, then the pointwise GEMM tiles over it. The depthwise tensor never exists in full."""
@@ -246,8 +272,8 @@ def tile_dwpw(sch: Any, info: Any, lanes: int, pw_acc: int, dw_acc: int, rows: i
     if len(loops) != 7 or pw_types is None or dw_types is None:
         return False
     n, h, w, co, ry, rx, ci = loops
-    r = largest_divisor(extent(sch, h), rows)
-    tile = choose_tile(extent(sch, w), extent(sch, co), lanes, pw_acc, 8)
+    r = largest_divisor(extent(sch, h), _pick(cfg, "rows", rows))
+    tile = _pick(cfg, "tile", None) or choose_tile(extent(sch, w), extent(sch, co), lanes, pw_acc, 8)
     if tile is None:
         return False
     m, nn = tile
@@ -280,7 +306,7 @@ def tile_dwpw(sch: Any, info: Any, lanes: int, pw_acc: int, dw_acc: int, rows: i
     dh, dwl, dc, dry, drx, drc = (found.get(k) for k in ("h", "w", "c", "ry", "rx", "rc"))
     if dwl is None or dc is None or dry is None or drx is None:
         return False
-    dtile = choose_tile(extent(sch, dwl), extent(sch, dc), lanes, dw_acc, 8)
+    dtile = _pick(cfg, "dw_tile", None) or choose_tile(extent(sch, dwl), extent(sch, dc), lanes, dw_acc, 8)
     if dtile is None:
         return False
     dm, dn = dtile
@@ -306,22 +332,54 @@ class TiledRules:
         self.lanes, self.conv_acc, self.dw_acc, self.fc_acc = lanes, conv_acc, dw_acc, fc_acc
         self.dwpw_rows = dwpw_rows
 
-    def schedule_dwpw(self, sch: Any, info: Any, rows: int | None = None) -> bool:
-        return tile_dwpw(sch, info, self.lanes, self.conv_acc, self.dw_acc, rows or self.dwpw_rows)
+    def schedule_dwpw(self, sch: Any, info: Any, rows: int | None = None, cfg: dict | None = None) -> bool:
+        return tile_dwpw(sch, info, self.lanes, self.conv_acc, self.dw_acc, rows or self.dwpw_rows, cfg)
 
-    def schedule_conv(self, sch: Any, info: Any) -> bool:
+    def schedule_conv(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
         if info.kind not in ("conv", "conv_pw"):
             return False
-        return tile_conv_gemm(sch, info, self.lanes, self.conv_acc)
+        return tile_conv_gemm(sch, info, self.lanes, self.conv_acc, cfg=cfg)
 
-    def schedule_depthwise(self, sch: Any, info: Any) -> bool:
-        return tile_depthwise(sch, info, self.lanes, self.dw_acc)
+    def schedule_depthwise(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
+        return tile_depthwise(sch, info, self.lanes, self.dw_acc, cfg=cfg)
 
-    def schedule_dense(self, sch: Any, info: Any) -> bool:
-        return tile_dense(sch, info, self.lanes, self.fc_acc)
+    def schedule_dense(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
+        return tile_dense(sch, info, self.lanes, self.fc_acc, cfg=cfg)
 
-    def schedule_pool(self, sch: Any, info: Any) -> bool:
+    def space(self, sch: Any, info: Any, limit: int = 24) -> list[dict]:
+        """The tuner's search space for one kernel (after the generic inlining): configurations
+        this family's rule accepts, the rule's own choice first. Empty if the rule does not tile
+        this kind."""
+        def loops_of(name: str) -> list[int]:
+            return [extent(sch, lp) for lp in sch.get_loops(sch.get_sblock(name))]
+
+        out: list[dict] = []
+        if info.kind in ("conv", "conv_pw", "conv_dw"):
+            ext = loops_of(info.anchor)
+            if len(ext) != 7:
+                return []
+            acc = self.dw_acc if info.kind == "conv_dw" else self.conv_acc
+            for t in tile_candidates(ext[2], ext[3], self.lanes, acc, 8)[:limit // 2]:
+                out += [{"tile": list(t), "order": "pixels"}, {"tile": list(t), "order": "channels"}]
+        elif info.kind == "fc":
+            ext = loops_of(info.anchor)
+            if len(ext) != 3:
+                return []
+            out = [{"tile": list(t)} for t in tile_candidates(1, ext[1], self.lanes, self.fc_acc, 1)[:limit]]
+        elif info.kind == "dwpw":
+            ext = loops_of(info.anchor)
+            if len(ext) != 7:
+                return []
+            h, w = ext[1], ext[2]
+            default = largest_divisor(h, self.dwpw_rows)
+            rows = [default] + sorted({largest_divisor(h, r) for r in (1, 2, 4, 8)} - {default})
+            pw = tile_candidates(w, ext[3], self.lanes, self.conv_acc, 8)[:4]
+            dw = tile_candidates(w, info.dw_channels, self.lanes, self.dw_acc, 8)[:3]
+            out = [{"rows": r, "tile": list(t), "dw_tile": list(d)} for r in rows for t in pw for d in dw]
+        return out[:limit]
+
+    def schedule_pool(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
         return False
 
-    def schedule_elementwise(self, sch: Any, info: Any) -> bool:
+    def schedule_elementwise(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
         return False

@@ -1,0 +1,208 @@
+"""Side-by-side host latency of the zoo: our generated C against the runtimes users pick today.
+
+    benchmarks/run.sh            # sets up .venv-bench with the optional peers, then runs this
+    python benchmarks/zoo.py [--peers onnxruntime,litert,...] [--quick] [--out benchmarks/RESULTS.md]
+
+For every network: one process run, the same input, one thread each, median after warm-up
+(edgecompile.bench). Writes RESULTS.md (tables of medians and ratios), RESULTS.json and plots
+(latency bars, and a roofline: our achieved FLOP rate against this machine's measured peak FMA
+rate and streaming bandwidth from benchmarks/peak.c). Peers whose packages are missing are
+skipped and named in the output. ARM results (instruction counts under QEMU, TFLite+XNNPACK vs our
+rpi4 build) come from benchmarks/arm_xnnpack.py's JSON when present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from edgecompile.bench import OPTIONAL, bench  # noqa: E402
+from edgecompile.errors import EdgeCompileError  # noqa: E402
+from edgecompile.frontend import ModelOptions, load_model  # noqa: E402
+from edgecompile.pipeline import BuildOptions, Progress, write_build  # noqa: E402
+from edgecompile.targets import load_target  # noqa: E402
+
+MODELS = [
+    ("mobilenet_v1", dict(width_mult=0.25, resolution=96), "MobileNet V1 0.25 / 96"),
+    ("mobilenet_v1", dict(width_mult=1.0, resolution=224), "MobileNet V1 1.0 / 224"),
+    ("mobilenet_v2", dict(width_mult=1.0, resolution=224), "MobileNet V2 1.0 / 224"),
+    ("mobilenet_v2", dict(width_mult=0.35, resolution=96), "MobileNet V2 0.35 / 96"),
+    ("squeezenet1_1", dict(resolution=224), "SqueezeNet 1.1 / 224"),
+    ("shufflenet_v2", dict(resolution=224), "ShuffleNet V2 1.0x / 224"),
+    ("efficientnet_b0", dict(resolution=224), "EfficientNet-B0 / 224"),
+]
+ALL_PEERS = ["onnxruntime", "litert", "executorch", "tvm-vm", "torch", "tflm"]
+SLOW_PEERS = {"tflm": 2e8}     # reference kernels: only for networks under this many MACs
+
+
+def machine_peak() -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = Path(tmp) / "peak"
+        subprocess.run(["gcc", "-O3", "-march=native", "-o", str(exe), str(HERE / "peak.c")], check=True)
+        out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+    vals = dict(line.split() for line in out.splitlines())
+    return {"gflops": float(vals["gflops"]), "bandwidth_gbs": float(vals["bandwidth_gbs"]),
+            "vector_lanes": int(vals["vector_lanes"])}
+
+
+def available(peers: list[str]) -> tuple[list[str], list[str]]:
+    ok, skipped = [], []
+    for p in peers:
+        mods = OPTIONAL.get(p, ())
+        (ok if all(importlib.util.find_spec(m) for m in mods) else skipped).append(p)
+    return ok, skipped
+
+
+def run_one(name: str, opts: dict, peers: list[str], runs: int, warmup: int) -> dict:
+    source = load_model(name, ModelOptions(num_classes=1000, **opts))
+    with tempfile.TemporaryDirectory(prefix="ec-zoo-") as tmp:
+        out = Path(tmp) / "build"
+        report = write_build(source, load_target("host"), out, BuildOptions(compare_unfused=False),
+                             Progress(quiet=True))
+        use = [p for p in peers if report["macs"] < SLOW_PEERS.get(p, float("inf"))]
+        res: dict = {"results": {}}
+        try:
+            res = bench(source, str(out), use, runs=runs, warmup=warmup)
+        except EdgeCompileError as err:     # one peer failing to convert must not lose the others
+            print(f"  {name}: {err}; retrying without the failing peer", file=sys.stderr)
+            for p in list(use):
+                try:
+                    bench(source, str(out), [p], runs=1, warmup=0)
+                except Exception:  # noqa: BLE001
+                    use.remove(p)
+            res = bench(source, str(out), use, runs=runs, warmup=warmup)
+    res["macs"], res["arena_bytes"], res["weights_bytes"] = report["macs"], report["arena_bytes"], report["weights_bytes"]
+    return res
+
+
+def plots(rows: list[dict], peak: dict, out_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = [r["label"] for r in rows]
+    peers = sorted({p for r in rows for p in r["results"]}, key=lambda p: (p != "edgecompile", p))
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    width = 0.8 / len(peers)
+    for i, p in enumerate(peers):
+        vals = [r["results"].get(p, {}).get("median_ms", np.nan) for r in rows]
+        ax.bar(np.arange(len(rows)) + i * width, vals, width, label=p)
+    ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, names, rotation=15, ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("median latency (ms, log scale), 1 thread")
+    ax.legend(fontsize=8, ncol=3)
+    ax.set_title("host latency: edgecompile vs peers (lower is better)")
+    fig.tight_layout()
+    fig.savefig(out_dir / "results_latency.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ai = np.logspace(-1, 3, 100)
+    ax.loglog(ai, np.minimum(peak["gflops"], ai * peak["bandwidth_gbs"]), "k-", label="roofline (measured)")
+    for r in rows:
+        ec = r["results"]["edgecompile"]["median_ms"]
+        flops = 2 * r["macs"]
+        moved = r["weights_bytes"] + r["arena_bytes"]      # compulsory traffic, lower bound
+        ax.loglog(flops / moved, flops / (ec * 1e-3) / 1e9, "o", label=r["label"])
+    ax.set_xlabel("arithmetic intensity (FLOP / byte of weights + arena)")
+    ax.set_ylabel("GFLOP/s (1 thread)")
+    ax.set_title(f"roofline: peak {peak['gflops']:.0f} GFLOP/s, {peak['bandwidth_gbs']:.1f} GB/s")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "results_roofline.png", dpi=110)
+    plt.close(fig)
+    return ["results_latency.png", "results_roofline.png"]
+
+
+def _n(v: float | None) -> str:
+    return f"{int(v):,}" if v else "–"
+
+
+def write_markdown(rows: list[dict], peak: dict, skipped: list[str], pngs: list[str], arm: list[dict],
+                   path: Path) -> None:
+    peers = sorted({p for r in rows for p in r["results"]}, key=lambda p: (p != "edgecompile", p))
+    lines = [
+        "# Benchmark results", "",
+        "Regenerate with `benchmarks/run.sh` (sets up `.venv-bench` with the optional peers). Every row is one",
+        "process run: the same random input, one thread for every runtime, median of the runs after warm-up.",
+        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; numbers are from this machine and",
+        "only the ratios mean anything elsewhere. 1000 classes.", "",
+        "## Host latency (ms, median)", "",
+        "| network | MACs | " + " | ".join(peers) + " | ours vs fastest peer |",
+        "|---|---:|" + "---:|" * len(peers) + "---:|",
+    ]
+    for r in rows:
+        res = r["results"]
+        others = [v["median_ms"] for k, v in res.items() if k != "edgecompile"]
+        ratio = (res["edgecompile"]["median_ms"] / min(others)) if others else float("nan")
+        cells = [f"{res[p]['median_ms']:.3f}" if p in res else "–" for p in peers]
+        lines.append(f"| {r['label']} | {r['macs'] / 1e6:.1f} M | " + " | ".join(cells) + f" | {ratio:.2f}x |")
+    lines += ["", "`ours vs fastest peer` > 1 means the fastest peer is that many times faster than us.", ""]
+    if skipped:
+        lines += [f"Peers not installed in this run (skipped): {', '.join(skipped)}.", ""]
+    lines += ["## Roofline", "",
+              f"Measured on this machine by `benchmarks/peak.c`: peak single-thread FP32 FMA rate "
+              f"{peak['gflops']:.1f} GFLOP/s ({peak['vector_lanes']}-lane vectors), streaming bandwidth "
+              f"{peak['bandwidth_gbs']:.1f} GB/s.", "",
+              "| network | our GFLOP/s | share of peak |", "|---|---:|---:|"]
+    for r in rows:
+        g = 2 * r["macs"] / (r["results"]["edgecompile"]["median_ms"] * 1e-3) / 1e9
+        lines.append(f"| {r['label']} | {g:.1f} | {100 * g / peak['gflops']:.0f}% |")
+    lines += [""] + [f"![{p}]({p})" for p in pngs] + [""]
+    if arm:
+        lines += ["## ARM: instruction counts under `qemu-aarch64 -cpu cortex-a72`", "",
+                  "Emulator instruction counts per inference, not cycles. TFLite with XNNPACK (aarch64 wheel in an",
+                  "arm64 Debian root, see benchmarks/arm_xnnpack.py) against our rpi4 build of the same network.", "",
+                  "| network | ours (rpi4) | TFLite+XNNPACK | TFLite builtin kernels | ours / XNNPACK |",
+                  "|---|---:|---:|---:|---:|"]
+        for a in arm:
+            ours, xnn = a.get("edgecompile_instructions_per_inference"), a.get("tflite_xnnpack_instructions_per_inference")
+            builtin = a.get("tflite_builtin_instructions_per_inference")
+            ratio = f"{ours / xnn:.2f}" if ours and xnn else "–"
+            lines.append(f"| {a['label']} | {_n(ours)} | {_n(xnn)} | {_n(builtin)} | {ratio} |")
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--peers", default=",".join(ALL_PEERS))
+    ap.add_argument("--quick", action="store_true", help="only the two small networks, fewer runs")
+    ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    args = ap.parse_args()
+    peers, skipped = available([p for p in args.peers.split(",") if p])
+    if skipped:
+        print(f"skipping peers without their packages: {', '.join(skipped)}", file=sys.stderr)
+    peak = machine_peak()
+    print(f"machine peak {peak['gflops']:.1f} GFLOP/s, {peak['bandwidth_gbs']:.1f} GB/s", file=sys.stderr)
+    models = [m for m in MODELS if not args.quick or m[1].get("resolution", 224) <= 96]
+    rows = []
+    for name, opts, label in models:
+        print(f"{label} ...", file=sys.stderr, flush=True)
+        small = opts.get("resolution", 224) <= 96
+        res = run_one(name, opts, peers, runs=50 if small else 15, warmup=10 if small else 3)
+        res["label"] = label
+        rows.append(res)
+        print("  " + ", ".join(f"{k} {v['median_ms']:.2f} ms" for k, v in res["results"].items()), file=sys.stderr)
+    out = Path(args.out)
+    arm_json = HERE / "arm_xnnpack.json"
+    arm = json.loads(arm_json.read_text()) if arm_json.exists() else []
+    pngs = plots(rows, peak, out.parent)
+    write_markdown(rows, peak, skipped, pngs, arm if isinstance(arm, list) else [arm], out)
+    (out.with_suffix(".json")).write_text(json.dumps({"peak": peak, "rows": rows, "skipped": skipped}, indent=2) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
