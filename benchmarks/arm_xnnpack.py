@@ -13,13 +13,13 @@ subtracted, so a number is: TFLite's Invoke() plus the Python/pybind11 call into
 instructions, see `details.python_call_overhead_note`). These are instruction counts, not cycles.
 
     sudo bash benchmarks/arm64_root.sh      # once (also run automatically if the root is missing)
-    /tmp/venv-bench/bin/python benchmarks/arm_xnnpack.py --width 0.25 --resolution 96
-    /tmp/venv-bench/bin/python benchmarks/arm_xnnpack.py --width 1.0 --resolution 224
+    .venv-litert/bin/python benchmarks/arm_xnnpack.py --width 0.25 --resolution 96
+    .venv-litert/bin/python benchmarks/arm_xnnpack.py --width 1.0 --resolution 224
 
 Environment (all optional): EC_ARM64_ROOT (default <repo>/../.cache/arm64-root), EC_QEMU_AARCH64
 (default qemu-aarch64: must be the dynamically linked one, the -static build has no plugin
 support), EC_BENCH_PYTHON (python with torch + litert-torch, used when this one lacks them;
-default /tmp/venv-bench/bin/python), EC_CACHE_DIR (plugin build and default JSON output; default
+default .venv-litert/bin/python, made by benchmarks/run.sh), EC_CACHE_DIR (plugin build and default JSON output; default
 $XDG_CACHE_HOME/edgecompile or ~/.cache/edgecompile), CC (default gcc).
 """
 
@@ -174,7 +174,7 @@ def ensure_bench_python() -> None:
         import litert_torch  # noqa: F401
         import torch  # noqa: F401
     except ImportError:
-        bench = os.environ.get("EC_BENCH_PYTHON", "/tmp/venv-bench/bin/python")
+        bench = os.environ.get("EC_BENCH_PYTHON", str(Path(__file__).resolve().parents[1] / ".venv-litert" / "bin" / "python"))
         if Path(bench).exists() and not os.environ.get("EC_ARM_XNNPACK_REEXEC"):
             os.environ["EC_ARM_XNNPACK_REEXEC"] = "1"      # (a venv's python may be a symlink to this one)
             os.execv(bench, [bench, str(Path(__file__).resolve()), *sys.argv[1:]])

@@ -62,16 +62,29 @@ def available(peers: list[str]) -> tuple[list[str], list[str]]:
     return ok, skipped
 
 
-def run_one(name: str, opts: dict, peers: list[str], runs: int, warmup: int) -> dict:
+def run_one(name: str, opts: dict, peers: list[str], runs: int, warmup: int, db: Path | None) -> dict:
     source = load_model(name, ModelOptions(num_classes=1000, **opts))
+    target = load_target("host")
+    tuning = None
+    if db is not None:     # tune (resuming what the committed database already has), then use it
+        from edgecompile.pipeline import model_kernels
+        from edgecompile.tuning import Runner, TuningRecords, tune
+
+        tune(model_kernels(source, target, progress=Progress(quiet=True)), target, Runner("host"), db, resume=True,
+             log=lambda m: None)
+        tuning = TuningRecords(db, target)
     with tempfile.TemporaryDirectory(prefix="ec-zoo-") as tmp:
         out = Path(tmp) / "build"
-        report = write_build(source, load_target("host"), out, BuildOptions(compare_unfused=False),
+        report = write_build(source, target, out, BuildOptions(compare_unfused=False, tuning=tuning),
                              Progress(quiet=True))
+        variants = {}
+        if tuning is not None:
+            write_build(source, target, Path(tmp) / "untuned", BuildOptions(compare_unfused=False), Progress(quiet=True))
+            variants["edgecompile-untuned"] = str(Path(tmp) / "untuned")
         use = [p for p in peers if report["macs"] < SLOW_PEERS.get(p, float("inf"))]
         res: dict = {"results": {}}
         try:
-            res = bench(source, str(out), use, runs=runs, warmup=warmup)
+            res = bench(source, str(out), use, runs=runs, warmup=warmup, variants=variants)
         except EdgeCompileError as err:     # one peer failing to convert must not lose the others
             print(f"  {name}: {err}; retrying without the failing peer", file=sys.stderr)
             for p in list(use):
@@ -79,7 +92,8 @@ def run_one(name: str, opts: dict, peers: list[str], runs: int, warmup: int) -> 
                     bench(source, str(out), [p], runs=1, warmup=0)
                 except Exception:  # noqa: BLE001
                     use.remove(p)
-            res = bench(source, str(out), use, runs=runs, warmup=warmup)
+            res = bench(source, str(out), use, runs=runs, warmup=warmup, variants=variants)
+    res["tuned_kernels"] = report["tuning"]["kernels_tuned"]
     res["macs"], res["arena_bytes"], res["weights_bytes"] = report["macs"], report["arena_bytes"], report["weights_bytes"]
     return res
 
@@ -144,11 +158,13 @@ def write_markdown(rows: list[dict], peak: dict, skipped: list[str], pngs: list[
     ]
     for r in rows:
         res = r["results"]
-        others = [v["median_ms"] for k, v in res.items() if k != "edgecompile"]
+        others = [v["median_ms"] for k, v in res.items() if not k.startswith("edgecompile")]
         ratio = (res["edgecompile"]["median_ms"] / min(others)) if others else float("nan")
         cells = [f"{res[p]['median_ms']:.3f}" if p in res else "–" for p in peers]
         lines.append(f"| {r['label']} | {r['macs'] / 1e6:.1f} M | " + " | ".join(cells) + f" | {ratio:.2f}x |")
-    lines += ["", "`ours vs fastest peer` > 1 means the fastest peer is that many times faster than us.", ""]
+    lines += ["", "`edgecompile` is the build with the tuning records of `benchmarks/tuning/` (tuned on this machine",
+              "with `edgecompile tune --runner host`), `edgecompile-untuned` the rules' own schedules. `ours vs",
+              "fastest peer` < 1 means we are faster than every peer; > 1, the fastest peer is that many times faster.", ""]
     if skipped:
         lines += [f"Peers not installed in this run (skipped): {', '.join(skipped)}.", ""]
     lines += ["## Roofline", "",
@@ -180,6 +196,9 @@ def main() -> None:
     ap.add_argument("--peers", default=",".join(ALL_PEERS))
     ap.add_argument("--quick", action="store_true", help="only the two small networks, fewer runs")
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    ap.add_argument("--db", default=str(HERE / "tuning"), help="tuning database (tuned first, resuming)")
+    ap.add_argument("--no-tuning", action="store_true")
+    ap.add_argument("--models", help="comma-separated labels' network names to run (default: all)")
     args = ap.parse_args()
     peers, skipped = available([p for p in args.peers.split(",") if p])
     if skipped:
@@ -187,11 +206,14 @@ def main() -> None:
     peak = machine_peak()
     print(f"machine peak {peak['gflops']:.1f} GFLOP/s, {peak['bandwidth_gbs']:.1f} GB/s", file=sys.stderr)
     models = [m for m in MODELS if not args.quick or m[1].get("resolution", 224) <= 96]
+    if args.models:
+        models = [m for m in models if m[0] in args.models.split(",")]
+    db = None if args.no_tuning else Path(args.db)
     rows = []
     for name, opts, label in models:
         print(f"{label} ...", file=sys.stderr, flush=True)
         small = opts.get("resolution", 224) <= 96
-        res = run_one(name, opts, peers, runs=50 if small else 15, warmup=10 if small else 3)
+        res = run_one(name, opts, peers, runs=50 if small else 15, warmup=10 if small else 3, db=db)
         res["label"] = label
         rows.append(res)
         print("  " + ", ".join(f"{k} {v['median_ms']:.2f} ms" for k, v in res["results"].items()), file=sys.stderr)
