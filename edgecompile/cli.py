@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--targets-dir", metavar="DIR")
     s.add_argument("--runner", metavar="host|emu|rpc://HOST:PORT/KEY",
                    help="where candidates are measured (default: host for --target host, else emu)")
-    s.add_argument("--trials", type=int, metavar="N", help="at most N configurations per kernel (default: all)")
+    s.add_argument("--trials", type=int, metavar="N", help="at most N configurations per kernel, plus the untiled fallback (default: all)")
     s.add_argument("--kernel", metavar="SUBSTRING", help="tune only kernels whose name contains this")
     s.add_argument("--db", metavar="DIR", help="tuning database directory (default: $EDGECOMPILE_TUNING_DB or "
                                                "~/.cache/edgecompile/tuning)")

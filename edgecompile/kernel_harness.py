@@ -49,13 +49,15 @@ def _buffers(func: Any) -> list[tuple[str, int]]:
     return out
 
 
-def harness_source(func: Any, kernel: KernelSource, lanes: int, calls: int, reps: int, emulated: bool) -> str:
+def harness_source(func: Any, kernel: KernelSource, lanes: int, calls: int, reps: int, emulated: bool,
+                   bare_metal: bool = False) -> str:
     """The measuring program: static buffers of the kernel's shapes filled with fixed pseudo-
     random values; emulated: one warm-up call, then `calls` calls between two marker calls."""
     bufs = _buffers(func)
     lines = ["#define _POSIX_C_SOURCE 199309L", "#include <math.h>", "#include <stdbool.h>", "#include <stddef.h>",
-             "#include <stdint.h>", "#include <stdio.h>", "#include <stdlib.h>", "#include <string.h>",
-             "#include <time.h>", ""]
+             "#include <stdint.h>", "#include <stdlib.h>", "#include <string.h>", ""]
+    if not emulated:
+        lines[-1:-1] = ["#include <stdio.h>", "#include <time.h>"]
     micro = emit_ukernels(kernel.c_code, lanes)
     if micro:
         lines.append(micro)
@@ -69,10 +71,14 @@ def harness_source(func: Any, kernel: KernelSource, lanes: int, calls: int, reps
     call = f"{kernel.symbol}({', '.join(args)})"
     lines += [
         "__attribute__((noinline)) void ec_hal_mark(void) { __asm__ volatile(\"\" ::: \"memory\"); }",
-        "static double now_ns(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);"
-        " return t.tv_sec * 1e9 + t.tv_nsec; }",
-        "static int cmp(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b;"
-        " return (x > y) - (x < y); }",
+    ]
+    if not emulated:
+        lines += [
+            "static double now_ns(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);"
+            " return t.tv_sec * 1e9 + t.tv_nsec; }",
+            "static int cmp(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b;"
+            " return (x > y) - (x < y); }"]
+    lines += [
         "int main(void) {",
         "  uint32_t r = 12345u;",
     ]
@@ -85,6 +91,9 @@ def harness_source(func: Any, kernel: KernelSource, lanes: int, calls: int, reps
     if emulated:
         lines += [f"  {call};", "  ec_hal_mark();", f"  for (int i = 0; i < {calls}; ++i) {call};",
                   "  ec_hal_mark();", "  return 0;", "}"]
+        if bare_metal:    # Cortex-M code run by QEMU's user mode: a Linux entry point and exit
+            lines += ["__attribute__((naked, noreturn)) void _start(void) {",
+                      "  __asm__ volatile(\"bl main\\n movs r7, #1\\n svc #0\\n\");", "}"]
     else:   # calls per batch: doubled until a batch takes 1 ms; then `reps` batches, the median
         lines += [f"  double t[{reps}];", "  long calls = 1;",
                   "  for (;;) {", "    double t0 = now_ns();",
@@ -110,10 +119,13 @@ def build(func: Any, target: Target, workdir: Path, emulated: bool, reps: int = 
     calls = 1      # emulated: one call counts exactly; host: the program calibrates itself
     workdir.mkdir(parents=True, exist_ok=True)
     src = workdir / "harness.c"
-    src.write_text(harness_source(func, kernel, lanes, calls, reps, emulated))
+    bare_metal = target.firmware == "cortex_m"
+    if bare_metal and not emulated:
+        raise EdgeCompileError(f"{target.name} kernels can only be measured under the emulator (--runner emu)")
+    src.write_text(harness_source(func, kernel, lanes, calls, reps, emulated, bare_metal))
     exe = workdir / "harness"
     ldflags = list(target.ldflags)
-    if emulated and "-static" not in ldflags:
+    if emulated and not bare_metal and "-static" not in ldflags:
         ldflags.append("-static")
     proc = subprocess.run([target.cc, *target.cflags, "-o", str(exe), str(src), *ldflags, "-lm"],
                           capture_output=True, text=True)
@@ -136,29 +148,40 @@ def run_host(built: BuiltKernel, timeout: float = 60) -> float:
     return float(proc.stdout.split()[0]) * 1e-9
 
 
+def user_mode_emulator(target: Target) -> tuple[str, str]:
+    """(QEMU user-mode program, -cpu) that runs this target's kernel code. Cortex-M4/M7 code
+    (Thumb-2 + FPv4/FPv5) runs unchanged on QEMU's user-mode `max` CPU, so its instruction counts
+    are the M-profile binary's (QEMU cannot run M-profile CPUs in user mode). Helium (MVE) exists
+    only on M-profile: not measurable this way."""
+    if target.firmware == "linux" and target.emulator.get("program"):
+        return target.emulator["program"], target.emulator.get("cpu", "max")
+    if target.firmware == "cortex_m" and target.family == "cortex_m":
+        return "qemu-arm", "max"
+    raise EdgeCompileError(f"no user-mode emulator runs {target.name}'s kernels ({target.cpu}, family "
+                           f"{target.family}): Helium needs an M-profile CPU, which QEMU's user mode lacks; "
+                           "tune on a Linux target or through rpc://")
+
+
 def run_emulated(built: BuiltKernel, target: Target, timeout: float = 300) -> int:
     """Emulator instructions per call under the target's user-mode QEMU (deterministic)."""
     import tempfile
 
     from .device import build_plugin
 
-    emu = target.emulator
-    if target.firmware != "linux" or not emu.get("program"):
-        raise EdgeCompileError(f"the emu runner needs a Linux target with a user-mode emulator; {target.name} "
-                               f"is {target.firmware} (use --runner host, or rpc:// to a device)")
+    program, cpu = user_mode_emulator(target)
     plugin = build_plugin("ec_insn")
     mark = built.mark_address
     if mark is None:
         from .firmware import elf_symbol
 
-        mark = elf_symbol(built.exe, "ec_hal_mark")
+        mark = elf_symbol(built.exe, "ec_hal_mark") & ~1     # Thumb symbols carry bit 0
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "counts.txt"
-        cmd = [emu["program"], "-cpu", emu.get("cpu", "max"), "-plugin",
+        cmd = [program, "-cpu", cpu, "-plugin",
                f"{plugin},mark={mark:#x},out={out}", str(built.exe)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
-            raise EdgeCompileError(f"tuning candidate failed under {emu['program']} (exit {proc.returncode}): "
+            raise EdgeCompileError(f"tuning candidate failed under {program} (exit {proc.returncode}): "
                                    f"{proc.stderr.strip()[-200:]}")
         counts = [int(v) for v in out.read_text().split()]
     if len(counts) < 2:

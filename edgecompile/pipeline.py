@@ -99,6 +99,25 @@ class _Lowered:
     symbol_of: dict[str, str]
 
 
+def _pack_weight(prog: Program, name: str, nn: int) -> None:
+    """Store a weight as panels of `nn` output channels, the layout the scheduled kernel reads
+    (schedules.generic.pack_weights): HWIO -> [O/nn][H][W][I][nn], [K, N] -> [N/nn][K][nn]."""
+    t = prog.tensors[name]
+    arr = prog.weights[name]
+    if getattr(t, "packed", None) is not None:
+        if t.packed != nn:
+            raise EdgeCompileError(f"weight {name} is read by kernels with different panel widths")
+        return
+    if arr.ndim == 4:
+        kh, kw, ci, co = arr.shape
+        new = arr.reshape(kh, kw, ci, co // nn, nn).transpose(3, 0, 1, 2, 4)
+    else:
+        k, n = arr.shape
+        new = arr.reshape(k, n // nn, nn).transpose(1, 0, 2)
+    prog.weights[name] = np.ascontiguousarray(new)
+    prog.tensors[name] = replace(t, shape=tuple(new.shape), packed=nn)
+
+
 def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable[[str], None]) -> _Lowered:
     """High-level graph -> fused kernels -> scheduled kernels -> C functions -> memory plan."""
     mod = passes.lower_graph(graph, fuse_dwpw=options.fuse)
@@ -113,6 +132,13 @@ def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable
         first = next(c for c in prog.calls if c.kernel == name)
         config = options.tuning.config_for(mod[name], name) if options.tuning is not None else None
         func, info = schedules.schedule(mod[name], target.family, options.dwpw_rows, config)
+        calls_of = [c for c in prog.calls if c.kernel == name]
+        if info.packed and not all(c.inputs[p] in prog.weights for c in calls_of for p in info.packed):
+            # a GEMM operand that is not a constant cannot be stored in panels at compile time
+            func, info = schedules.schedule(mod[name], target.family, options.dwpw_rows, {**(config or {}), "pack": False})
+        for c in calls_of:
+            for pos, nn in sorted(info.packed.items()):
+                _pack_weight(prog, c.inputs[pos], nn)
         sym = _symbol_for(info, prog.tensors[first.outputs[0]], taken)
         symbol_of[name] = sym
         scheduled[sym] = func

@@ -26,6 +26,7 @@ class Tensor:
     dtype: str
     kind: str                      # input | output | activation | weight | scratch
     alias_of: str | None = None    # a view (reshape) of another tensor's storage
+    packed: int | None = None      # weights stored as panels of this many output channels
 
     @property
     def nbytes(self) -> int:

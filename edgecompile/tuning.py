@@ -51,8 +51,7 @@ def _ms() -> Any:
     # MetaSchedule's console log (task tables on stdout) sets its level from this logger's; the
     # full log still goes to the work directory. Our own progress line replaces it.
     ms_log = logging.getLogger("tvm.s_tir.meta_schedule")
-    if ms_log.level == logging.NOTSET:
-        ms_log.setLevel(logging.WARNING)
+    ms_log.setLevel(logging.DEBUG if os.environ.get("EDGECOMPILE_MS_LOG") else logging.WARNING)
     from tvm.s_tir import meta_schedule as ms
 
     return ms
@@ -353,9 +352,15 @@ def parse_runner(spec: str, target: Target) -> Runner:
                                    f"{target.cpu}: use --runner emu or rpc://HOST:PORT/KEY")
         return Runner("host")
     if spec == "emu":
-        if target.firmware != "linux":
-            raise EdgeCompileError(f"--runner emu needs a user-mode emulator (Linux targets such as rpi4); "
-                                   f"{target.name} is bare metal: use rpc:// or a Linux target")
+        from .kernel_harness import user_mode_emulator
+
+        if target.family == "host":
+            raise EdgeCompileError("--runner emu needs a user-mode emulator for an ARM target; "
+                                   "--target host uses --runner host")
+        try:
+            user_mode_emulator(target)
+        except EdgeCompileError as err:
+            raise EdgeCompileError(f"--runner emu: {err}") from None
         return Runner("emu")
     m = re.fullmatch(r"rpc://([^:/]+):(\d+)/([\w.-]+)", spec)
     if m:
@@ -380,7 +385,9 @@ def tune(kernels: list[tuple[str, Any, int]], target: Target, runner: Runner, db
     for name, func, calls in kernels:
         configs, info = schedules.space(func, target.family)
         if len(configs) > 1:
-            spaces.append((name, func, calls, configs[:trials] if trials else configs, info))
+            if trials:      # the rule's first `trials` configurations, and the untiled fallback
+                configs = configs[:-1][:trials] + configs[-1:]
+            spaces.append((name, func, calls, configs, info))
     total = sum(len(s[3]) for s in spaces)
     log(f"tuning {len(spaces)} kernels ({total} configurations) for {target.name} with the {runner.kind} runner; "
         f"costs are {runner.unit}")

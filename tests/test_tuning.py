@@ -42,7 +42,7 @@ def test_host_tune_records_are_used_by_build(tmp_path):
     summary = _tune(db, "--target", "host", "--runner", "host", "--kernel", DWPW, "--trials", "4")
     assert summary["unit"].startswith("us") and len(summary["kernels"]) == 1
     k = summary["kernels"][0]
-    assert k["configurations"] == 4 and k["best_cost"] > 0 and k["best_config"]
+    assert k["configurations"] == 5 and k["best_cost"] > 0 and k["best_config"]    # 4 + untiled
     assert (db / "host" / "database_tuning_record.json").exists()
     tuned = _build(tmp_path / "tuned", "--db", str(db))
     plain = _build(tmp_path / "plain", "--no-tuning")
@@ -77,6 +77,23 @@ def test_emu_runner_is_deterministic_and_changes_the_kernel(tmp_path):
 
     result = run_test(tmp_path / "tuned", samples=5, dataset="digits")
     assert result["agreement"] == 1.0 and result["max_abs_error"] <= 1e-4
+
+
+def test_emu_runner_for_cortex_m7_int8(tmp_path):
+    """Cortex-M7 int8 kernels counted under QEMU's user mode; the tuned firmware stays bit-exact
+    on the emulated board."""
+    db = tmp_path / "db"
+    summary = _tune(db, "--target", "stm32f746g-disco", "--kernel", "fused_conv2d3_", "--trials", "3")
+    k = summary["kernels"][0]
+    assert summary["runner"] == "emu" and k["best_cost"] > 0 and k["best_cost"] <= k["default_cost"]
+    tuned = _build(tmp_path / "tuned", "--target", "stm32f746g-disco", "--db", str(db))
+    plain = _build(tmp_path / "plain", "--target", "stm32f746g-disco", "--no-tuning")
+    assert tuned["tuning"]["kernels_tuned"] == 1
+    from edgecompile.evaluation import run_test
+
+    a = run_test(tmp_path / "tuned", samples=4, dataset="digits")
+    b = run_test(tmp_path / "plain", samples=4, dataset="digits")
+    assert a["raw_outputs"] == b["raw_outputs"]        # integer kernels: tiling changes no bit
 
 
 def _free_port():
@@ -141,6 +158,8 @@ def test_rpc_runner_on_loopback(tmp_path, rpc_tracker):
 def test_tune_rejects_bad_runner_and_kernel(tmp_path):
     proc = run_cli("tune", *MODEL, "--target", "host", "--runner", "emu", "--db", str(tmp_path))
     assert proc.returncode != 0 and "user-mode emulator" in proc.stderr
+    proc = run_cli("tune", *MODEL, "--target", "mps3-an547", "--runner", "emu", "--db", str(tmp_path))
+    assert proc.returncode != 0 and "Helium" in proc.stderr
     proc = run_cli("tune", *MODEL, "--target", "rpi4", "--runner", "host", "--db", str(tmp_path))
     assert proc.returncode != 0 and "this machine" in proc.stderr
     proc = run_cli("tune", *MODEL, "--kernel", "nope", "--db", str(tmp_path))

@@ -33,6 +33,7 @@ class KernelInfo:
     dw_channels: int = 0               # dwpw: channels of the depthwise part
     out_rows: int = 0                  # output height (rows of the NHWC output)
     rows: int = 0                      # dwpw: output rows per tile of the tiled schedule (0: untiled)
+    packed: dict = field(default_factory=dict)   # weight parameter position -> output-channel panel width
 
     def describe(self) -> str:
         if self.kind == "dwpw":
@@ -241,5 +242,7 @@ def schedule(func: Any, family: str, dwpw_rows: int | None = None,
         generic.inline_dwpw(sch, info)
     else:
         generic.inline_producers_and_epilogues(sch, info)
+    info.packed = {}          # whatever the failed rule packed is gone with its schedule
+    info.rows = 0
     info.schedule = "generic.untiled"
     return sch.mod["main"], info

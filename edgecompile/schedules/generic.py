@@ -140,6 +140,30 @@ def operand_types(sch: Any, block: Any) -> Any:
     return types_for(str(reads[0].ty.dtype), str(reads[1].ty.dtype), str(out.ty.dtype))
 
 
+def pack_weights(sch: Any, block: Any, nn: int, info: Any) -> None:
+    """Store the block's weight operand (a kernel parameter: HWIO conv weights or a [K, N] matrix)
+    as panels of `nn` output channels, [N/nn][...][K][nn], so that the micro-kernel reads each
+    tile's weights contiguously instead of one short row every N elements (a stride of N floats
+    maps the rows of a tile onto a few cache sets). The build applies the same permutation to
+    the constant data (`info.packed`: parameter position -> nn)."""
+    b = sch.get(block)
+    out = b.writes[0].source
+    reads = [(i, r.source) for i, r in enumerate(b.reads) if not r.source.same_as(out)]
+    if len(reads) < 2:
+        return
+    ri, buf = reads[1]
+    params = list(sch.mod["main"].params)
+    pos = next((i for i, p in enumerate(params) if p.same_as(buf)), None)
+    shape = [int(d) for d in buf.shape]
+    if pos is None or len(shape) not in (2, 4) or shape[-1] <= nn or shape[-1] % nn:
+        return
+    if len(shape) == 4:
+        sch.transform_layout(block, ("read", ri), lambda a, c, d, e: (e // nn, a, c, d, e % nn))
+    else:
+        sch.transform_layout(block, ("read", ri), lambda k, n: (n // nn, k, n % nn))
+    info.packed[pos] = nn
+
+
 def producers_in_kernel(sch: Any, block: Any) -> list[Any]:
     return list(sch.get_producers(block))
 
@@ -170,6 +194,8 @@ def tile_conv_gemm(sch: Any, info: Any, lanes: int, acc_budget: int, max_m: int 
         sch.reverse_compute_at(epi, inner)
     for p in producers_in_kernel(sch, conv):   # padding kept for KxK: one row window per h
         sch.compute_at(p, h)
+    if _pick(cfg, "pack", True):
+        pack_weights(sch, conv, nn, info)
     sch.decompose_reduction(conv, ry)
     sch.tensorize(ci, gemm_intrin(m, nn, k, info.stride[1], types))
     return True
@@ -228,6 +254,8 @@ def tile_dense(sch: Any, info: Any, lanes: int, acc_budget: int, cfg: dict | Non
     epi = epilogue_block(sch, info)
     if epi is not None:
         sch.reverse_compute_at(epi, jo)
+    if _pick(cfg, "pack", True):
+        pack_weights(sch, block, nn, info)
     sch.decompose_reduction(block, k)
     sch.tensorize(k, gemm_intrin(1, nn, extent(sch, k), 1, types))
     return True
@@ -289,6 +317,8 @@ def tile_dwpw(sch: Any, info: Any, lanes: int, pw_acc: int, dw_acc: int, rows: i
     sch.compute_at(dw, ho)
     for p in dw_pad:
         sch.compute_at(p, ho)
+    if _pick(cfg, "pack", True):
+        pack_weights(sch, pw, nn, info)
     sch.decompose_reduction(pw, ry)
     sch.tensorize(ci, gemm_intrin(m, nn, k, 1, pw_types))
     # the depthwise part, now a loop nest inside `ho`
