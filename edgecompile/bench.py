@@ -171,6 +171,12 @@ def _peer_executorch(source: ModelSource, x: np.ndarray) -> Callable[[], Any]:
 
     if source.torch_module is None:
         raise EdgeCompileError("executorch: needs the PyTorch module (zoo or nn.Module)")
+    from executorch.extension.pybindings import portable_lib
+
+    # XNNPACK's thread pool defaults to every core: one thread, like every other runtime here
+    portable_lib._unsafe_reset_threadpool(1)
+    if portable_lib._threadpool_get_thread_count() != 1:
+        raise EdgeCompileError("executorch: could not limit its thread pool to one thread")
     sample = (torch.from_numpy(x),)
     program = to_edge_transform_and_lower(torch.export.export(source.torch_module.eval(), sample),
                                           partitioner=[XnnpackPartitioner()]).to_executorch()

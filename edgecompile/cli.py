@@ -93,8 +93,11 @@ def _tuning(args: argparse.Namespace, target: Any) -> Any:
     from .tuning import TuningRecords, default_db
 
     db = Path(args.db) if getattr(args, "db", None) else default_db()
-    if args.db and not (db / target.name).is_dir():
-        raise EdgeCompileError(f"--db {db}: no tuning records for target {target.name} (expected {db / target.name}/)")
+    from .tuning import db_key
+
+    if args.db and not (db / db_key(target)).is_dir():
+        raise EdgeCompileError(f"--db {db}: no tuning records for target {target.name} "
+                               f"(expected {db / db_key(target)}/)")
     return TuningRecords(db, target)
 
 
@@ -119,7 +122,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         summary = tune(kernels, target, runner, db, trials=args.trials, resume=args.resume,
                        log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
     except KeyboardInterrupt:
-        print(f"interrupted: the records measured so far are in {db / target.name}; --resume continues",
+        print(f"interrupted: the records measured so far are in {db}; --resume continues",
               file=sys.stderr)
         return 130
     if args.json:

@@ -200,7 +200,9 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
     tuning = None
     if options.tuning is not None:
         hits = dict(options.tuning.hits)
-        tuning = {"db": str(options.tuning.db / target.name), "kernels_tuned": len(hits), "configs": hits}
+        from .tuning import db_key
+
+        tuning = {"db": str(options.tuning.db / db_key(target)), "kernels_tuned": len(hits), "configs": hits}
         progress(f"tuning records: {len(hits)} of {len(infos)} kernels use tuned configurations")
     progress(f"memory plan: arena {plan.arena_bytes} B ({len(plan.in_place)} in-place overlaps; "
              f"largest live set without overlap {plan.peak_live_bytes} B)")

@@ -87,9 +87,18 @@ def _register_intrinsics(text: str) -> None:
             ukernels.dw_intrin(*(int(m[i]) for i in range(2, 7)), ukernels.TYPES[m[1]])
 
 
+def db_key(target: Target) -> str:
+    """The database directory of a target: its name, plus the schedule family's variant when the
+    family adapts to the machine (host: avx2 / avx512), since the tiles differ."""
+    from .schedules import family_module
+
+    variant = getattr(family_module(target.family), "VARIANT", "")
+    return f"{target.name}-{variant}" if variant else target.name
+
+
 def open_database(db: Path, target: Target) -> Any:
     ms = _ms()
-    d = db / target.name
+    d = db / db_key(target)
     d.mkdir(parents=True, exist_ok=True)
     records = d / "database_tuning_record.json"
     if records.exists():
@@ -120,7 +129,7 @@ class TuningRecords:
 
     def config_for(self, func: Any, name: str = "") -> dict | None:
         if self._database is None:
-            if not (self.db / self.target.name / "database_tuning_record.json").exists():
+            if not (self.db / db_key(self.target) / "database_tuning_record.json").exists():
                 return None
             self._database = open_database(self.db, self.target)
         mod = workload(func)
@@ -380,7 +389,7 @@ def tune(kernels: list[tuple[str, Any, int]], target: Target, runner: Runner, db
     cls = _classes()
     database = open_database(db, target)
     summary: dict[str, Any] = {"target": target.name, "runner": runner.kind, "unit": runner.unit,
-                               "db": str(db / target.name), "kernels": []}
+                               "db": str(db / db_key(target)), "kernels": []}
     spaces = []
     for name, func, calls in kernels:
         configs, info = schedules.space(func, target.family)
