@@ -77,28 +77,13 @@ def choose_tile(width: int, channels: int, lanes: int, acc_budget: int, max_m: i
     """(M, N): M output pixels (dividing `width`) x N channels (a multiple of `lanes` dividing
     `channels`) with at most `acc_budget` vector accumulators. Most accumulators wins, then the
     most balanced tile (per reduction step it loads M scalars and N/lanes vectors for M*N/lanes
-    FMAs). None when no multiple of `lanes` divides `channels`."""
-    best = None
-    for vectors in range(1, acc_budget + 1):
-        n = vectors * lanes
-        if channels % n:
-            continue
-        for m in range(1, min(width, max_m) + 1):
-            if width % m or m * vectors > acc_budget:
-                continue
-            key = (m * vectors, min(m, vectors), n)
-            if best is None or key > best[0]:
-                best = (key, (m, n))
-    if best is None and lanes > 1:
-        # no multiple of the vector width divides the channels (10 classes, 3 channels...):
-        # a scalar tile over a divisor of the channels
-        return choose_tile(width, channels, 1, min(acc_budget, 8), max_m)
-    return None if best is None else best[1]
+    FMAs). When no multiple of `lanes` divides `channels` (10 classes, 3 channels...): a scalar
+    tile over a divisor of the channels. None when nothing fits."""
+    tiles = tile_candidates(width, channels, lanes, acc_budget, max_m)
+    return tiles[0] if tiles else None
 
 
-def tile_candidates(width: int, channels: int, lanes: int, acc_budget: int, max_m: int) -> list[tuple[int, int]]:
-    """Every (M, N) tile `choose_tile` could pick from, best first by its own ranking: the search
-    space of the tuner."""
+def _ranked(width: int, channels: int, lanes: int, acc_budget: int, max_m: int) -> list[tuple[tuple, tuple[int, int]]]:
     out = []
     for vectors in range(1, acc_budget + 1):
         n = vectors * lanes
@@ -108,6 +93,16 @@ def tile_candidates(width: int, channels: int, lanes: int, acc_budget: int, max_
             if width % m or m * vectors > acc_budget:
                 continue
             out.append(((m * vectors, min(m, vectors), n), (m, n)))
+    return out
+
+
+def tile_candidates(width: int, channels: int, lanes: int, acc_budget: int, max_m: int) -> list[tuple[int, int]]:
+    """Every (M, N) tile `choose_tile` could pick from, best first by its own ranking: the search
+    space of the tuner. Families of 8 or more lanes fall back to half-width vectors (24 or 40
+    channels on AVX-512; see ukernels.vector_width), then to scalars."""
+    out = _ranked(width, channels, lanes, acc_budget, max_m)
+    if not out and lanes >= 8:
+        out = _ranked(width, channels, lanes // 2, acc_budget, max_m)
     if not out and lanes > 1:
         return tile_candidates(width, channels, 1, min(acc_budget, 8), max_m)
     return [t for _, t in sorted(out, reverse=True)]

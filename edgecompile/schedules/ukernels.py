@@ -226,9 +226,9 @@ _C = {"float32": "float", "int8": "int8_t", "int16": "int16_t", "int32": "int32_
 class _Emit:
     """Loads and stores for one operand-type set and vector width."""
 
-    def __init__(self, types: Types, lanes: int) -> None:
-        self.t, self.lanes = types, lanes
-        self.acc = "ec_f32v" if types.c == "float32" else "ec_i32v"
+    def __init__(self, types: Types, lanes: int, sfx: str = "v") -> None:
+        self.t, self.lanes, self.sfx = types, lanes, sfx
+        self.acc = f"ec_f32{sfx}" if types.c == "float32" else f"ec_i32{sfx}"
 
     def acc_type(self) -> str:
         return self.acc if self.lanes > 1 else _C[self.t.c]
@@ -244,17 +244,17 @@ class _Emit:
         if self.lanes == 1:
             return f"({_C[self.t.c]})*({p})"
         if dtype == "float32":
-            return f"ec_f32v_load({p})"
-        return {"int8": "ec_i8v_widen", "int16": "ec_i16v_widen", "int32": "ec_i32v_load"}[dtype] + f"({p})"
+            return f"ec_f32{self.sfx}_load({p})"
+        return {"int8": f"ec_i8{self.sfx}_widen", "int16": f"ec_i16{self.sfx}_widen",
+                "int32": f"ec_i32{self.sfx}_load"}[dtype] + f"({p})"
 
     def scalar(self, expr: str) -> str:
         return f"({_C[self.t.c]})({expr})"
 
 
 def emit_gemm_c(m: int, n: int, lanes: int, types: Types = F32) -> str:
-    if n % lanes:
-        lanes = 1
-    e = _Emit(types, lanes)
+    lanes, sfx = vector_width(n, lanes)
+    e = _Emit(types, lanes, sfx)
     nv = n // lanes
     lines = [
         f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] ({types.a} x {types.b} -> {types.c}); {lanes}-lane vectors, "
@@ -279,9 +279,8 @@ def emit_gemm_c(m: int, n: int, lanes: int, types: Types = F32) -> str:
 
 
 def emit_dw_c(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types = F32) -> str:
-    if n % lanes:
-        lanes = 1
-    e = _Emit(types, lanes)
+    lanes, sfx = vector_width(n, lanes)
+    e = _Emit(types, lanes, sfx)
     nv = n // lanes
     lines = [
         f"/* depthwise {kh}x{kw}/{s} ({types.a} x {types.b} -> {types.c}): "
@@ -309,25 +308,43 @@ def emit_dw_c(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types
     return "\n".join(lines)
 
 
+def _vector_types(width: int, sfx: str) -> list[str]:
+    b = width * 4
+    return [
+        f"typedef float ec_f32{sfx} __attribute__((vector_size({b})));",
+        f"typedef float ec_f32{sfx}_u __attribute__((vector_size({b}), aligned(4)));",
+        f"typedef int32_t ec_i32{sfx} __attribute__((vector_size({b})));",
+        f"typedef int32_t ec_i32{sfx}_u __attribute__((vector_size({b}), aligned(4)));",
+        f"typedef int16_t ec_i16{sfx}_u __attribute__((vector_size({width * 2}), aligned(2)));",
+        f"typedef int8_t ec_i8{sfx}_u __attribute__((vector_size({width}), aligned(1)));",
+        f"#define ec_f32{sfx}_load(p) (*(const ec_f32{sfx}_u *)(p))",
+        f"#define ec_f32{sfx}_store(p, v) (*(ec_f32{sfx}_u *)(p) = (v))",
+        f"#define ec_i32{sfx}_load(p) (*(const ec_i32{sfx}_u *)(p))",
+        f"#define ec_i32{sfx}_store(p, v) (*(ec_i32{sfx}_u *)(p) = (v))",
+        f"#define ec_i16{sfx}_widen(p) __builtin_convertvector(*(const ec_i16{sfx}_u *)(p), ec_i32{sfx})",
+        f"#define ec_i8{sfx}_widen(p) __builtin_convertvector(*(const ec_i8{sfx}_u *)(p), ec_i32{sfx})",
+    ]
+
+
+def vector_width(n: int, lanes: int) -> tuple[int, str]:
+    """The vector width a tile of n channels uses: the family's full width if it divides n, else
+    half of it (16-lane AVX-512 tiles of 8/24/40 channels), else scalar. (width, type suffix)."""
+    if lanes > 1 and n % lanes == 0:
+        return lanes, "v"
+    if lanes >= 8 and n % (lanes // 2) == 0:
+        return lanes // 2, "h"
+    return 1, ""
+
+
 def emit_prelude(lanes: int) -> str:
     if lanes <= 1:
         return "/* micro-kernels use scalar registers (no SIMD used on this target) */"
-    b = lanes * 4
-    return "\n".join([
-        f"/* {lanes}-lane vectors (GCC/Clang vector extensions: AVX, NEON or Helium) */",
-        f"typedef float ec_f32v __attribute__((vector_size({b})));",
-        f"typedef float ec_f32v_u __attribute__((vector_size({b}), aligned(4)));",
-        f"typedef int32_t ec_i32v __attribute__((vector_size({b})));",
-        f"typedef int32_t ec_i32v_u __attribute__((vector_size({b}), aligned(4)));",
-        f"typedef int16_t ec_i16v_u __attribute__((vector_size({lanes * 2}), aligned(2)));",
-        f"typedef int8_t ec_i8v_u __attribute__((vector_size({lanes}), aligned(1)));",
-        "#define ec_f32v_load(p) (*(const ec_f32v_u *)(p))",
-        "#define ec_f32v_store(p, v) (*(ec_f32v_u *)(p) = (v))",
-        "#define ec_i32v_load(p) (*(const ec_i32v_u *)(p))",
-        "#define ec_i32v_store(p, v) (*(ec_i32v_u *)(p) = (v))",
-        "#define ec_i16v_widen(p) __builtin_convertvector(*(const ec_i16v_u *)(p), ec_i32v)",
-        "#define ec_i8v_widen(p) __builtin_convertvector(*(const ec_i8v_u *)(p), ec_i32v)",
-    ])
+    lines = [f"/* {lanes}-lane vectors (GCC/Clang vector extensions: AVX, NEON or Helium) */"]
+    lines += _vector_types(lanes, "v")
+    if lanes >= 8:
+        lines.append(f"/* {lanes // 2}-lane vectors for tiles whose channels are not a multiple of {lanes} */")
+        lines += _vector_types(lanes // 2, "h")
+    return "\n".join(lines)
 
 
 def emit_ukernels(kernel_code: str, lanes: int) -> str:
