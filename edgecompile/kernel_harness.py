@@ -50,7 +50,7 @@ def _buffers(func: Any) -> list[tuple[str, int]]:
 
 
 def harness_source(func: Any, kernel: KernelSource, lanes: int, calls: int, reps: int, emulated: bool,
-                   bare_metal: bool = False) -> str:
+                   bare_metal: bool = False, lane_fma: bool = False) -> str:
     """The measuring program: static buffers of the kernel's shapes filled with fixed pseudo-
     random values; emulated: one warm-up call, then `calls` calls between two marker calls."""
     bufs = _buffers(func)
@@ -58,7 +58,7 @@ def harness_source(func: Any, kernel: KernelSource, lanes: int, calls: int, reps
              "#include <stdint.h>", "#include <stdlib.h>", "#include <string.h>", ""]
     if not emulated:
         lines[-1:-1] = ["#include <stdio.h>", "#include <time.h>"]
-    micro = emit_ukernels(kernel.c_code, lanes)
+    micro = emit_ukernels(kernel.c_code, lanes, lane_fma)
     if micro:
         lines.append(micro)
     lines.append(kernel.c_code)
@@ -122,7 +122,8 @@ def build(func: Any, target: Target, workdir: Path, emulated: bool, reps: int = 
     bare_metal = target.firmware == "cortex_m"
     if bare_metal and not emulated:
         raise EdgeCompileError(f"{target.name} kernels can only be measured under the emulator (--runner emu)")
-    src.write_text(harness_source(func, kernel, lanes, calls, reps, emulated, bare_metal))
+    lane_fma = getattr(family_module(target.family), "LANE_FMA", False)
+    src.write_text(harness_source(func, kernel, lanes, calls, reps, emulated, bare_metal, lane_fma))
     exe = workdir / "harness"
     ldflags = list(target.ldflags)
     if emulated and not bare_metal and "-static" not in ldflags:

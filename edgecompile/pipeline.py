@@ -243,7 +243,8 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
         files["weights.bin"] = codegen.weights_blob(prog)
         files["weights.S"] = codegen.emit_weights_asm(prog).encode()
     body = codegen.emit_model_c(source.name, prog, plan, kernels, call_symbols, docs, options.external_io,
-                                lanes=schedules.family_module(target.family).LANES)
+                                lanes=schedules.family_module(target.family).LANES,
+                                lane_fma=getattr(schedules.family_module(target.family), "LANE_FMA", False))
     digest = hashlib.sha256(body.encode() + b"".join(files[k] for k in sorted(files))).hexdigest()[:16]
     files["model.h"] = codegen.emit_model_h(source.name, prog, plan, options.external_io, target.name, digest,
                                             quant).encode()

@@ -272,7 +272,8 @@ def _classes() -> dict[str, Any]:
                     d = Path(tempfile.mkdtemp(prefix="lib-", dir=self.root))
                     rt = tvm.compile(bi.mod, target=tvm.target.Target({"kind": "c"}))
                     code = lower_kernels({"k": bi.mod["main"]}, {"kind": "c"})["k"].c_code
-                    uk = emit_ukernels(code, family_module(self.target.family).LANES)
+                    fam = family_module(self.target.family)
+                    uk = emit_ukernels(code, fam.LANES, getattr(fam, "LANE_FMA", False))
                     (d / "uk.c").write_text("#include <stdint.h>\n#include <string.h>\n"
                                             + uk.replace("static inline ", ""))
                     subprocess.run([self.target.cc, *self.target.cflags, "-fPIC", "-c", str(d / "uk.c"), "-o",

@@ -3,6 +3,7 @@
 from .generic import TiledRules
 
 LANES = 4
+LANE_FMA = True      # GEMM micro-kernels load A rows as vectors and use fmla by element
 RULES = TiledRules(lanes=LANES, conv_acc=20, dw_acc=12, fc_acc=8)
 
 schedule_conv = RULES.schedule_conv

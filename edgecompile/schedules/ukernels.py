@@ -252,10 +252,14 @@ class _Emit:
         return f"({_C[self.t.c]})({expr})"
 
 
-def emit_gemm_c(m: int, n: int, lanes: int, types: Types = F32) -> str:
+def emit_gemm_c(m: int, n: int, lanes: int, types: Types = F32, lane_fma: bool = False) -> str:
+    """`lane_fma` (NEON): the reduction runs 4 steps at a time, each A row's 4 values loaded as one
+    vector and used lane by lane (fmla by element) instead of one scalar load per step."""
     lanes, sfx = vector_width(n, lanes)
     e = _Emit(types, lanes, sfx)
     nv = n // lanes
+    if lane_fma and lanes == 4 and types.c == "float32" and types.a == "float32":
+        return _emit_gemm_lane_fma(m, n, nv, e, types)
     lines = [
         f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] ({types.a} x {types.b} -> {types.c}); {lanes}-lane vectors, "
         f"{m * nv} accumulators in registers */",
@@ -274,6 +278,39 @@ def emit_gemm_c(m: int, n: int, lanes: int, types: Types = F32) -> str:
     lines.append("  }")
     for i in range(m):
         lines.append("  " + " ".join(e.store_acc(f"C + {i} * ldc + {j * lanes}", f"c{i}_{j}") for j in range(nv)))
+    lines += ["  return 0;", "}"]
+    return "\n".join(lines)
+
+
+def _emit_gemm_lane_fma(m: int, n: int, nv: int, e: "_Emit", types: Types) -> str:
+    lines = [
+        f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (float); 4-lane vectors, {m * nv} accumulators; the reduction 4 "
+        "steps at a time with A rows loaded as vectors and used by lane (fmla by element) */",
+        f"static inline int32_t ec_gemm_{types.tag}_{m}x{n}(float *restrict C, const float *restrict A, "
+        "const float *restrict B, int32_t K, int64_t lda, int64_t ldb, int64_t ldc) {",
+    ]
+    for i in range(m):
+        lines.append(f"  ec_f32v " + ", ".join(f"c{i}_{j} = ec_f32v_load(C + {i} * ldc + {j * 4})"
+                                               for j in range(nv)) + ";")
+    lines.append("  int32_t k = 0;")
+    lines.append("  for (; k + 4 <= K; k += 4) {")
+    lines.append("    const ec_f32v " + ", ".join(f"a{i} = ec_f32v_load(A + {i} * lda + k)" for i in range(m)) + ";")
+    for kk in range(4):
+        lines.append("    {")
+        lines.append("      const ec_f32v " + ", ".join(f"b{j} = ec_f32v_load(B + (k + {kk}) * ldb + {j * 4})"
+                                                     for j in range(nv)) + ";")
+        for i in range(m):
+            lines.append("      " + " ".join(f"c{i}_{j} += a{i}[{kk}] * b{j};" for j in range(nv)))
+        lines.append("    }")
+    lines.append("  }")
+    lines.append("  for (; k < K; ++k) {")
+    lines.append("    const ec_f32v " + ", ".join(f"b{j} = ec_f32v_load(B + k * ldb + {j * 4})" for j in range(nv)) + ";")
+    for i in range(m):
+        lines.append(f"    const float a{i} = A[{i} * lda + k];")
+        lines.append("    " + " ".join(f"c{i}_{j} += a{i} * b{j};" for j in range(nv)))
+    lines.append("  }")
+    for i in range(m):
+        lines.append("  " + " ".join(f"ec_f32v_store(C + {i} * ldc + {j * 4}, c{i}_{j});" for j in range(nv)))
     lines += ["  return 0;", "}"]
     return "\n".join(lines)
 
@@ -347,13 +384,13 @@ def emit_prelude(lanes: int) -> str:
     return "\n".join(lines)
 
 
-def emit_ukernels(kernel_code: str, lanes: int) -> str:
+def emit_ukernels(kernel_code: str, lanes: int, lane_fma: bool = False) -> str:
     """C definitions of every micro-kernel that `kernel_code` calls (sorted: deterministic)."""
     gemms = sorted({(t, int(m), int(n)) for t, m, n in GEMM_CALL_RE.findall(kernel_code)})
     dws = sorted({(t, *(int(v) for v in rest)) for t, *rest in DW_CALL_RE.findall(kernel_code)})
     if not gemms and not dws:
         return ""
     parts = [emit_prelude(lanes)]
-    parts += [emit_gemm_c(m, n, lanes, TYPES[t]) for t, m, n in gemms]
+    parts += [emit_gemm_c(m, n, lanes, TYPES[t], lane_fma) for t, m, n in gemms]
     parts += [emit_dw_c(m, n, kh, kw, s, lanes, TYPES[t]) for t, m, n, kh, kw, s in dws]
     return "\n\n".join(parts) + "\n"
