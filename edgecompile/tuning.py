@@ -101,13 +101,17 @@ def open_database(db: Path, target: Target) -> Any:
     d = db / db_key(target)
     d.mkdir(parents=True, exist_ok=True)
     records = d / "database_tuning_record.json"
-    if records.exists():
-        _register_intrinsics(records.read_text())
-    try:
-        return ms.database.JSONDatabase(path_workload=str(d / "database_workload.json"),
-                                        path_tuning_record=str(records))
-    except Exception as err:  # noqa: BLE001 - a corrupt file: say which
-        raise EdgeCompileError(f"cannot read the tuning database {d}: {str(err).strip().splitlines()[-1]}") from None
+    for attempt in range(3):     # a tune running beside us may append records between the reads
+        if records.exists():
+            _register_intrinsics(records.read_text())
+        try:
+            return ms.database.JSONDatabase(path_workload=str(d / "database_workload.json"),
+                                            path_tuning_record=str(records))
+        except Exception as err:  # noqa: BLE001 - a corrupt file: say which
+            if attempt == 2:
+                raise EdgeCompileError(f"cannot read the tuning database {d}: "
+                                       f"{str(err).strip().splitlines()[-1]}") from None
+    raise AssertionError("unreachable")
 
 
 def config_of(trace: Any) -> dict | None:
@@ -163,8 +167,9 @@ def _classes() -> dict[str, Any]:
         """Each design space (one configuration) once, in order; structurally identical ones
         once; with `resume`, none already recorded for this workload."""
 
-        def __init__(self, resume: bool = False) -> None:
+        def __init__(self, resume: bool = False, stop: dict | None = None) -> None:
             self.resume = resume
+            self.stop = stop if stop is not None else {}
 
         def _initialize_with_tune_context(self, context: Any) -> None:
             self.mod = context.mod
@@ -189,6 +194,8 @@ def _classes() -> dict[str, Any]:
             self.todo = []
 
         def generate_measure_candidates(self) -> list | None:
+            if self.stop.get("interrupted"):
+                return None           # Ctrl-C: end this kernel after the batch in flight
             n = min(self.per_iter, self.left, len(self.todo))
             if n <= 0:
                 return None
@@ -199,7 +206,7 @@ def _classes() -> dict[str, Any]:
             self.left -= len(results)
 
         def clone(self) -> Any:
-            return EnumerateSpaces(self.resume)
+            return EnumerateSpaces(self.resume, self.stop)
 
     @derived_object
     class HarnessBuilder(PyBuilder):
@@ -404,9 +411,21 @@ def tune(kernels: list[tuple[str, Any, int]], target: Target, runner: Runner, db
     done, t_start = 0, time.monotonic()
     scale = 1e6 if runner.kind != "emu" else float(max(target.clock_hz, 1))
     workdir = Path(tempfile.mkdtemp(prefix="ec-tune-"))
-    rpc_procs: list = []
+    stop: dict[str, bool] = {}
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if stop.get("interrupted"):            # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        stop["interrupted"] = True
+        log("interrupted: finishing the candidates in flight (Ctrl-C again to stop at once)")
+
+    import signal
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         for k, (name, func, calls, configs, info) in enumerate(spaces):
+            if stop.get("interrupted"):
+                raise KeyboardInterrupt
             best: list[float] = []
             first: list[float | None] = []
 
@@ -447,10 +466,12 @@ def tune(kernels: list[tuple[str, Any, int]], target: Target, runner: Runner, db
                 task_scheduler="round-robin",
                 space=ms.space_generator.ScheduleFn(_space_fn(func, target.family, configs), sch_rules=[],
                                                     postprocs=[], mutator_probs={}),
-                strategy=cls["EnumerateSpaces"](resume), num_tuning_cores=1, seed=0)
+                strategy=cls["EnumerateSpaces"](resume, stop), num_tuning_cores=1, seed=0)
             summary["kernels"].append(_kernel_summary(database, func, name, info, calls, configs, scale))
+        if stop.get("interrupted"):
+            raise KeyboardInterrupt
     finally:
+        signal.signal(signal.SIGINT, previous)
         shutil.rmtree(workdir, ignore_errors=True)
-        del rpc_procs
     summary["seconds"] = round(time.monotonic() - t_start, 1)
     return summary
