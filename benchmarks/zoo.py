@@ -218,6 +218,13 @@ def main() -> None:
         rows.append(res)
         print("  " + ", ".join(f"{k} {v['median_ms']:.2f} ms" for k, v in res["results"].items()), file=sys.stderr)
     out = Path(args.out)
+    previous = out.with_suffix(".json")
+    if args.models and previous.exists():     # a partial run: keep the other networks' rows
+        old = json.loads(previous.read_text())
+        done = {r["label"] for r in rows}
+        order = [label for _, _, label in MODELS]
+        rows = sorted([r for r in old["rows"] if r["label"] not in done] + rows,
+                      key=lambda r: order.index(r["label"]) if r["label"] in order else len(order))
     arm_json = HERE / "arm_xnnpack.json"
     arm = json.loads(arm_json.read_text()) if arm_json.exists() else []
     pngs = plots(rows, peak, out.parent)

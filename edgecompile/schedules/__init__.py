@@ -176,8 +176,9 @@ def apply_config(sch: Any, info: KernelInfo, family: str, config: dict) -> bool:
     if info.kind == "dwpw":
         generic.inline_dwpw(sch, info)
     else:
-        generic.inline_producers_and_epilogues(sch, info, keep_pad=not config.get("untiled")
-                                               and info.kind in ("conv", "conv_dw"))
+        tiled = not config.get("untiled")
+        generic.inline_producers_and_epilogues(sch, info, keep_pad=tiled and info.kind in ("conv", "conv_dw"),
+                                               keep_concat=tiled and info.kind == "conv_pw")
     if config.get("untiled"):
         return True
     mod = family_module(family)
@@ -225,7 +226,8 @@ def schedule(func: Any, family: str, dwpw_rows: int | None = None,
     if info.kind == "dwpw":
         generic.inline_dwpw(sch, info)
     else:
-        generic.inline_producers_and_epilogues(sch, info, keep_pad=info.kind in ("conv", "conv_dw"))
+        generic.inline_producers_and_epilogues(sch, info, keep_pad=info.kind in ("conv", "conv_dw"),
+                                               keep_concat=info.kind == "conv_pw")
     try:
         if config:
             ok = bool(rule(sch, info, cfg=config))

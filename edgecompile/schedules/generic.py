@@ -13,10 +13,12 @@ def _is_reduction(sch: Any, block: Any) -> bool:
     return any(int(iv.iter_type) == 2 for iv in sch.get(block).iter_vars)
 
 
-def inline_producers_and_epilogues(sch: Any, info: Any, keep_pad: bool = False) -> None:
+def inline_producers_and_epilogues(sch: Any, info: Any, keep_pad: bool = False, keep_concat: bool = False) -> None:
     """Inline padding / elementwise producers into their consumers and collapse the epilogue
     (bias, activation, residual add...) after the anchor into one block. With `keep_pad`, a
-    padding block feeding the anchor stays (tiled schedules compute it per output row)."""
+    padding block feeding the anchor stays (tiled schedules compute it per output row); with
+    `keep_concat`, so does a concatenation fused in front of the anchor (inlined, it would make
+    the GEMM operand a select between two buffers, which no micro-kernel reads)."""
     blocks = _children(sch)
     names = [sch.get(b).name_hint for b in blocks]
     if info.anchor is None:
@@ -27,6 +29,8 @@ def inline_producers_and_epilogues(sch: Any, info: Any, keep_pad: bool = False) 
     a = names.index(info.anchor)
     for b in blocks[:a]:
         if keep_pad and "pad" in sch.get(b).name_hint.lower():
+            continue
+        if keep_concat and "concat" in sch.get(b).name_hint.lower():
             continue
         if not _is_reduction(sch, b):
             _try(sch.compute_inline, b)
