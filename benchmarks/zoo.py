@@ -82,17 +82,7 @@ def run_one(name: str, opts: dict, peers: list[str], runs: int, warmup: int, db:
             write_build(source, target, Path(tmp) / "untuned", BuildOptions(compare_unfused=False), Progress(quiet=True))
             variants["edgecompile-untuned"] = str(Path(tmp) / "untuned")
         use = [p for p in peers if report["macs"] < SLOW_PEERS.get(p, float("inf"))]
-        res: dict = {"results": {}}
-        try:
-            res = bench(source, str(out), use, runs=runs, warmup=warmup, variants=variants)
-        except EdgeCompileError as err:     # one peer failing to convert must not lose the others
-            print(f"  {name}: {err}; retrying without the failing peer", file=sys.stderr)
-            for p in list(use):
-                try:
-                    bench(source, str(out), [p], runs=1, warmup=0)
-                except Exception:  # noqa: BLE001
-                    use.remove(p)
-            res = bench(source, str(out), use, runs=runs, warmup=warmup, variants=variants)
+        res = bench(source, str(out), use, runs=runs, warmup=warmup, variants=variants)
     res["tuned_kernels"] = report["tuning"]["kernels_tuned"]
     res["macs"], res["arena_bytes"], res["weights_bytes"] = report["macs"], report["arena_bytes"], report["weights_bytes"]
     return res
@@ -167,6 +157,9 @@ def write_markdown(rows: list[dict], peak: dict, skipped: list[str], pngs: list[
               "fastest peer` < 1 means we are faster than every peer; > 1, the fastest peer is that many times faster.", ""]
     if skipped:
         lines += [f"Peers not installed in this run (skipped): {', '.join(skipped)}.", ""]
+    for r in rows:
+        for peer, why in r.get("failed", {}).items():
+            lines += [f"{peer} could not run {r['label']}: {why}", ""]
     lines += ["## Roofline", "",
               f"Measured on this machine by `benchmarks/peak.c`: peak single-thread FP32 FMA rate "
               f"{peak['gflops']:.1f} GFLOP/s ({peak['vector_lanes']}-lane vectors), streaming bandwidth "

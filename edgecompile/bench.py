@@ -240,9 +240,14 @@ def bench(source: ModelSource, build_dir: str, against: list[str], runs: int = 5
         others.append(vm)
         results[vname] = _time(lambda vm=vm: vm.run(x), runs, warmup)
         results[vname]["max_abs_diff_vs_edgecompile"] = float(np.abs(vm.run(x)[0] - ours).max())
+    failed: dict[str, str] = {}
     for peer in against:
-        fn = PEERS[peer](source, x)
-        out = fn()
+        try:
+            fn = PEERS[peer](source, x)
+            out = fn()
+        except Exception as err:  # noqa: BLE001 - a peer that cannot run this model is reported, not fatal
+            failed[peer] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:200] if str(err).strip() else ''}"
+            continue
         ref = _as_array(out)
         results[peer] = _time(fn, runs, warmup)
         results[peer]["max_abs_diff_vs_edgecompile"] = float(np.abs(ref.reshape(ours.shape) - ours).max())
@@ -256,7 +261,7 @@ def bench(source: ModelSource, build_dir: str, against: list[str], runs: int = 5
     for vm in others:
         vm.close()
     return {"model": source.name, "options": source.options, "target": model.report["target"],
-            "threads": 1, "results": results}
+            "threads": 1, "results": results, "failed": failed}
 
 
 def format_bench(res: dict[str, Any]) -> str:
@@ -265,4 +270,6 @@ def format_bench(res: dict[str, Any]) -> str:
     for name, r in sorted(res["results"].items(), key=lambda kv: kv[1]["median_ms"]):
         lines.append(f"{name:14} {r['median_ms']:>10.3f} {r['min_ms']:>9.3f} {r['p90_ms']:>9.3f} "
                      f"{r['ratio_to_fastest']:>10.2f} {r['speedup_of_edgecompile']:>14.2f}x")
+    for name, why in res.get("failed", {}).items():
+        lines.append(f"{name:14} failed on this model: {why}")
     return "\n".join(lines)

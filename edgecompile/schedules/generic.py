@@ -17,8 +17,9 @@ def inline_producers_and_epilogues(sch: Any, info: Any, keep_pad: bool = False, 
     """Inline padding / elementwise producers into their consumers and collapse the epilogue
     (bias, activation, residual add...) after the anchor into one block. With `keep_pad`, a
     padding block feeding the anchor stays (tiled schedules compute it per output row); with
-    `keep_concat`, so does a concatenation fused in front of the anchor (inlined, it would make
-    the GEMM operand a select between two buffers, which no micro-kernel reads)."""
+    `keep_concat`, so does an input transform fused in front of the anchor (concatenation, channel
+    split, shuffle transpose: inlined, it would make the GEMM operand a select or a gather, which
+    no micro-kernel reads); the transform's own producers are inlined into it."""
     blocks = _children(sch)
     names = [sch.get(b).name_hint for b in blocks]
     if info.anchor is None:
@@ -27,10 +28,14 @@ def inline_producers_and_epilogues(sch: Any, info: Any, keep_pad: bool = False, 
             _try(sch.compute_inline, b)
         return
     a = names.index(info.anchor)
+    keep = None
+    if keep_concat:
+        transforms = [b for b in blocks[:a] if "pad" not in sch.get(b).name_hint.lower() and not _is_reduction(sch, b)]
+        keep = transforms[-1] if transforms else None
     for b in blocks[:a]:
         if keep_pad and "pad" in sch.get(b).name_hint.lower():
             continue
-        if keep_concat and "concat" in sch.get(b).name_hint.lower():
+        if keep is not None and sch.get(b).same_as(sch.get(keep)):
             continue
         if not _is_reduction(sch, b):
             _try(sch.compute_inline, b)
@@ -104,9 +109,13 @@ def tile_candidates(width: int, channels: int, lanes: int, acc_budget: int, max_
     """Every (M, N) tile `choose_tile` could pick from, best first by its own ranking: the search
     space of the tuner. Families of 8 or more lanes fall back to half-width vectors (24 or 40
     channels on AVX-512; see ukernels.vector_width), then to scalars."""
-    out = _ranked(width, channels, lanes, acc_budget, max_m)
-    if not out and lanes >= 8:
-        out = _ranked(width, channels, lanes // 2, acc_budget, max_m)
+    from .ukernels import narrower_widths
+
+    out = []
+    for w in [w for w, _ in narrower_widths(lanes)] if lanes > 1 else [1]:
+        out = _ranked(width, channels, w, acc_budget, max_m)
+        if out:
+            break
     if not out and lanes > 1:
         return tile_candidates(width, channels, 1, min(acc_budget, 8), max_m)
     return [t for _, t in sorted(out, reverse=True)]

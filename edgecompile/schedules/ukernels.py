@@ -363,13 +363,25 @@ def _vector_types(width: int, sfx: str) -> list[str]:
     ]
 
 
+def narrower_widths(lanes: int) -> list[tuple[int, str]]:
+    """Vector widths a family of `lanes` lanes also uses, widest first, with their type suffixes:
+    full, half and quarter width, down to 4 lanes (the narrowest SIMD register)."""
+    out, w = [], lanes
+    for sfx in ("v", "h", "q"):
+        if w < 4:
+            break
+        out.append((w, sfx))
+        w //= 2
+    return out
+
+
 def vector_width(n: int, lanes: int) -> tuple[int, str]:
-    """The vector width a tile of n channels uses: the family's full width if it divides n, else
-    half of it (16-lane AVX-512 tiles of 8/24/40 channels), else scalar. (width, type suffix)."""
-    if lanes > 1 and n % lanes == 0:
-        return lanes, "v"
-    if lanes >= 8 and n % (lanes // 2) == 0:
-        return lanes // 2, "h"
+    """The vector width a tile of n channels uses: the widest of `narrower_widths` dividing n
+    (16-lane AVX-512 tiles of 24 or 116 channels use 8 or 4 lanes), else scalar."""
+    if lanes > 1:
+        for w, sfx in narrower_widths(lanes):
+            if n % w == 0:
+                return w, sfx
     return 1, ""
 
 
@@ -377,10 +389,10 @@ def emit_prelude(lanes: int) -> str:
     if lanes <= 1:
         return "/* micro-kernels use scalar registers (no SIMD used on this target) */"
     lines = [f"/* {lanes}-lane vectors (GCC/Clang vector extensions: AVX, NEON or Helium) */"]
-    lines += _vector_types(lanes, "v")
-    if lanes >= 8:
-        lines.append(f"/* {lanes // 2}-lane vectors for tiles whose channels are not a multiple of {lanes} */")
-        lines += _vector_types(lanes // 2, "h")
+    for w, sfx in narrower_widths(lanes):
+        if sfx != "v":
+            lines.append(f"/* {w}-lane vectors for tiles whose channels are not a multiple of {w * 2} */")
+        lines += _vector_types(w, sfx)
     return "\n".join(lines)
 
 
