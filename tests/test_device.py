@@ -157,7 +157,7 @@ def test_hardfault_is_reported_over_the_uart(tmp_path, an386):
     (work / "model.c").write_text(src)
     cc = "arm-none-eabi-gcc"
     t = load_target("mps2-an386")
-    subprocess.run([cc, *t.cflags, '-DEC_ARENA_ATTR=__attribute__((section(".ec_arena")))', "-I.", "-c", "model.c",
+    subprocess.run([cc, *t.cflags, '-DEC_ARENA_ATTR=__attribute__((section(".ec_arena")))', "-DEC_PROFILE", "-I.", "-c", "model.c",
                     "-o", "model.o"], cwd=work, check=True)
     objs = ["model.o", "weights.o"] + [f"firmware-objs/{f}" for f in
                                         ("ec_protocol.o", "ec_device.o", "startup.o", "hal_cortex_m.o")]

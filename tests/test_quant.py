@@ -114,7 +114,7 @@ FAMILIES = [
 
 
 @pytest.mark.parametrize("name,opts", [
-    pytest.param(*f, marks=() if f[0] in ("mobilenet_v2", "efficientnet_b0") else pytest.mark.slow) for f in FAMILIES
+    pytest.param(*f, marks=() if f[0] == "mobilenet_v2" else pytest.mark.slow) for f in FAMILIES
 ], ids=[f[0] for f in FAMILIES])
 def test_every_family_quantizes(tmp_path, name, opts):
     source, model, rep = _host_int8(tmp_path, name, **opts)
