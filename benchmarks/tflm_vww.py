@@ -2,9 +2,9 @@
 
 Runs in a separate benchmark environment (never installed by `make test`):
 
-    python3 -m venv /tmp/venv-bench
-    /tmp/venv-bench/bin/pip install torch==2.13.0 litert-torch==0.10.0 tflite-micro ai-edge-litert==2.3.0
-    /tmp/venv-bench/bin/python benchmarks/tflm_vww.py --out benchmarks/tflm_vww.json
+    benchmarks/run.sh --help >/dev/null   # (or any run) creates .venv-litert with litert-torch
+    .venv-litert/bin/pip install tflite-micro ai-edge-litert==2.3.0
+    .venv-litert/bin/python benchmarks/tflm_vww.py --out benchmarks/tflm_vww.json
 
 The network is our zoo's MobileNet V1 (alpha 0.25, 96x96, 2 classes), same seed, converted to
 an int8 .tflite with litert-torch (PT2E post-training quantization, calibrated on the same digits

@@ -42,6 +42,8 @@ MODELS = [
 ]
 ALL_PEERS = ["onnxruntime", "litert", "executorch", "tvm-vm", "torch", "tflm"]
 SLOW_PEERS = {"tflm": 2e8}     # reference kernels: only for networks under this many MACs
+# peers that crash the process on a network (a segfault cannot be caught in-process)
+BROKEN = {("executorch", "efficientnet_b0"): "ExecuTorch 1.5.1 segfaults (or fails with error 0x10) executing it"}
 
 
 def machine_peak() -> dict[str, float]:
@@ -81,9 +83,10 @@ def run_one(name: str, opts: dict, peers: list[str], runs: int, warmup: int, db:
         if tuning is not None:
             write_build(source, target, Path(tmp) / "untuned", BuildOptions(compare_unfused=False), Progress(quiet=True))
             variants["edgecompile-untuned"] = str(Path(tmp) / "untuned")
-        use = [p for p in peers if report["macs"] < SLOW_PEERS.get(p, float("inf"))]
+        use = [p for p in peers if report["macs"] < SLOW_PEERS.get(p, float("inf")) and (p, name) not in BROKEN]
         res = bench(source, str(out), use, runs=runs, warmup=warmup, variants=variants)
     res["tuned_kernels"] = report["tuning"]["kernels_tuned"]
+    res.setdefault("failed", {}).update({p: why for (p, n), why in BROKEN.items() if n == name and p in peers})
     res["macs"], res["arena_bytes"], res["weights_bytes"] = report["macs"], report["arena_bytes"], report["weights_bytes"]
     return res
 
@@ -153,7 +156,8 @@ def write_markdown(rows: list[dict], peak: dict, skipped: list[str], pngs: list[
         cells = [f"{res[p]['median_ms']:.3f}" if p in res else "–" for p in peers]
         lines.append(f"| {r['label']} | {r['macs'] / 1e6:.1f} M | " + " | ".join(cells) + f" | {ratio:.2f}x |")
     lines += ["", "`edgecompile` is the build with the tuning records of `benchmarks/tuning/` (tuned on this machine",
-              "with `edgecompile tune --runner host`), `edgecompile-untuned` the rules' own schedules. `ours vs",
+              "by this script with the host runner; ~20 MB of MetaSchedule JSON, so not committed: a run resumes",
+              "it), `edgecompile-untuned` the rules' own schedules. `ours vs",
               "fastest peer` < 1 means we are faster than every peer; > 1, the fastest peer is that many times faster.", ""]
     if skipped:
         lines += [f"Peers not installed in this run (skipped): {', '.join(skipped)}.", ""]
