@@ -70,8 +70,8 @@ def elf_sections(path: Path) -> list[Section]:
     return out
 
 
-def elf_symbol(path: Path, name: str) -> int | None:
-    """Address of a symbol from the ELF symbol table (None if absent)."""
+def elf_symbol_table(path: Path) -> list[tuple[str, int, int, int, int]]:
+    """Every symbol of the ELF symbol table: (name, value, size, st_info, st_shndx)."""
     data = path.read_bytes()
     is64 = data[4] == 2
     if is64:
@@ -83,19 +83,23 @@ def elf_symbol(path: Path, name: str) -> int | None:
         shentsize, shnum, _ = struct.unpack_from("<HHH", data, 0x2E)
         fmt, symfmt, symsize = "<IIIIIIIIII", "<IIIBBH", 16
     headers = [struct.unpack_from(fmt, data, shoff + i * shentsize) for i in range(shnum)]
-    want = name.encode()
+    out = []
     for h in headers:
         if h[1] != 2:      # SHT_SYMTAB
             continue
         off, size, link = h[4], h[5], h[6]
         str_off = headers[link][4]
         for i in range(size // symsize):
-            fields = struct.unpack_from(symfmt, data, off + i * symsize)
-            name_off, value = (fields[0], fields[4]) if is64 else (fields[0], fields[1])
+            f = struct.unpack_from(symfmt, data, off + i * symsize)
+            name_off, info, shndx, value, sz = (f[0], f[1], f[3], f[4], f[5]) if is64 else (f[0], f[3], f[5], f[1], f[2])
             end = data.index(b"\0", str_off + name_off)
-            if data[str_off + name_off:end] == want:
-                return value
-    return None
+            out.append((data[str_off + name_off:end].decode(errors="replace"), value, sz, info, shndx))
+    return out
+
+
+def elf_symbol(path: Path, name: str) -> int | None:
+    """Address of a symbol from the ELF symbol table (None if absent)."""
+    return next((value for n, value, *_ in elf_symbol_table(path) if n == name), None)
 
 
 def footprint(path: Path, target: Target) -> dict[str, Any]:

@@ -19,7 +19,6 @@ import base64
 import html
 import json
 import shutil
-import struct
 import subprocess
 import tempfile
 from pathlib import Path
@@ -37,37 +36,16 @@ EXECUTOR = ("ec_model_run", "ec_model_run_multi", "ec_model_input", "ec_model_ou
 
 def elf_symbols(path: Path) -> list[dict[str, Any]]:
     """Defined FUNC/OBJECT symbols: name, address, size, type."""
-    data = path.read_bytes()
-    is64 = data[4] == 2
-    if is64:
-        shoff, = struct.unpack_from("<Q", data, 0x28)
-        shentsize, shnum, _ = struct.unpack_from("<HHH", data, 0x3A)
-        fmt, symfmt, symsize = "<IIQQQQIIQQ", "<IBBHQQ", 24
-    else:
-        shoff, = struct.unpack_from("<I", data, 0x20)
-        shentsize, shnum, _ = struct.unpack_from("<HHH", data, 0x2E)
-        fmt, symfmt, symsize = "<IIIIIIIIII", "<IIIBBH", 16
-    headers = [struct.unpack_from(fmt, data, shoff + i * shentsize) for i in range(shnum)]
+    from .firmware import elf_symbol_table
+
     out = []
-    for h in headers:
-        if h[1] != 2:          # SHT_SYMTAB
+    for name, value, sz, info, shndx in elf_symbol_table(path):
+        kind = info & 0xF
+        if kind not in (1, 2) or shndx == 0 or sz == 0:     # OBJECT, FUNC; defined; sized
             continue
-        off, size, link = h[4], h[5], h[6]
-        str_off = headers[link][4]
-        for i in range(size // symsize):
-            f = struct.unpack_from(symfmt, data, off + i * symsize)
-            if is64:
-                name_off, info, _, shndx, value, sz = f
-            else:
-                name_off, value, sz, info, _, shndx = f
-            kind = info & 0xF
-            if kind not in (1, 2) or shndx == 0 or sz == 0:     # OBJECT, FUNC; defined; sized
-                continue
-            end = data.index(b"\0", str_off + name_off)
-            name = data[str_off + name_off:end].decode(errors="replace")
-            # compiler clones keep the function's name before the first dot (f.constprop.0, f.isra.0)
-            out.append({"name": name.split(".")[0] if not name.startswith(".") else name, "address": value & ~1,
-                        "size": sz, "type": "func" if kind == 2 else "object"})
+        # compiler clones keep the function's name before the first dot (f.constprop.0, f.isra.0)
+        out.append({"name": name.split(".")[0] if not name.startswith(".") else name, "address": value & ~1,
+                    "size": sz, "type": "func" if kind == 2 else "object"})
     return out
 
 
