@@ -427,15 +427,12 @@ def tune(kernels: list[tuple[str, Any, int]], target: Target, runner: Runner, db
             if stop.get("interrupted"):
                 raise KeyboardInterrupt
             best: list[float] = []
-            first: list[float | None] = []
 
             def report(costs: list, errors: list, name: str = name) -> None:
                 nonlocal done
                 done += len(costs)
                 for e in errors[:1]:       # a failed candidate is skipped, but say why
                     log(f"  candidate failed: {e.strip().splitlines()[-1][:300]}")
-                if not first:
-                    first.append(costs[0] if costs else None)
                 ok = [c for c in costs if c is not None]
                 if ok:
                     best.append(min(ok + best))
