@@ -63,21 +63,23 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .pipeline import BuildOptions, Progress, write_build
+    from .pipeline import BuildOptions, Progress, check_out_dir, write_build
     from .targets import load_target
 
     if args.dwpw_rows is not None and args.dwpw_rows < 1:
         raise EdgeCompileError(f"--dwpw-rows must be at least 1, got {args.dwpw_rows}")
+    if args.out:
+        check_out_dir(Path(args.out), args.force)     # before the slow part
     target = load_target(args.target, args.targets_dir)
     source = _load(args)
     out = Path(args.out) if args.out else _default_out(source, target.name)
-    report = write_build(source, target, out, BuildOptions(external_io=args.external_io, compile=not args.no_compile, fuse=not args.no_fuse,
+    report = write_build(source, target, out, force=args.force, options=BuildOptions(external_io=args.external_io, compile=not args.no_compile, fuse=not args.no_fuse,
                                        in_place=not args.no_in_place, dwpw_rows=args.dwpw_rows,
                                        quant=args.quant, calibration=args.calibration,
                                        calibration_samples=args.calibration_samples,
                                        calibration_method=args.calibration_method,
                                        tuning=_tuning(args, target)),
-                         Progress(args.quiet))
+                         progress=Progress(args.quiet))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -321,7 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", default="host", help="target name (see `edgecompile list targets`; default host)")
     s.add_argument("--targets-dir", metavar="DIR", help="extra directory of target .toml files "
                                                         "(also $EDGECOMPILE_TARGETS)")
-    s.add_argument("--out", metavar="DIR", help="output directory (default build/<model>-<target>)")
+    s.add_argument("--out", metavar="DIR", help="output directory (default build/<model>-<target>); it must be "
+                        "new, empty or a previous build (marked by .edgecompile-build): nothing else is replaced")
+    s.add_argument("--force", action="store_true",
+                   help="replace --out even when it is not a previous build (never the current directory)")
     s.add_argument("--external-io", action="store_true",
                    help="keep the graph input/output in caller buffers instead of the arena")
     s.add_argument("--no-compile", action="store_true", help="write sources and report only")

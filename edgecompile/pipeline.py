@@ -327,9 +327,47 @@ def build_report(source: ModelSource, target: Target, compiled: Compiled) -> dic
     }
 
 
+BUILD_MARKER = ".edgecompile-build"   # written into every build directory: only those may be replaced
+
+
+def check_out_dir(out_dir: Path, force: bool = False) -> None:
+    """Refuse an output path whose replacement would destroy something that is not a previous
+    build: a directory without the build marker (unless empty), a regular file (unless `force`),
+    and always the current directory, one of its parents, the home directory or the root."""
+    out_dir = Path(out_dir)
+    resolved = out_dir.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents or resolved == Path.home().resolve() or resolved == Path("/"):
+        raise EdgeCompileError(f"--out {out_dir}: is the current directory, one of its parents, the home directory "
+                               "or the root; a build replaces its output directory, give a new directory")
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        if not force:
+            raise EdgeCompileError(f"--out {out_dir}: exists and is not a directory; refusing to replace it "
+                                   "(choose another path, or --force to replace it)")
+        return
+    if out_dir.is_dir() and not force and not _is_build_dir(out_dir) and any(out_dir.iterdir()):
+        raise EdgeCompileError(f"--out {out_dir}: exists and is not an edgecompile build directory (no {BUILD_MARKER}); "
+                               "refusing to replace it (choose a new directory, or --force to replace it)")
+
+
+def _is_build_dir(path: Path) -> bool:
+    """A previous build: the marker, or (builds made before the marker existed) a report.json
+    written by edgecompile next to model.c."""
+    if (path / BUILD_MARKER).is_file():
+        return True
+    try:
+        report = json.loads((path / "report.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and {"model_hash", "target", "calls"} <= set(report) and (path / "model.c").is_file()
+
+
 def write_build(source: ModelSource, target: Target, out_dir: Path, options: BuildOptions = BuildOptions(),
-                progress: Callable[[str], None] = Progress()) -> dict[str, Any]:
-    """Compile, write and (for the host) build; atomically replaces `out_dir`."""
+                progress: Callable[[str], None] = Progress(), force: bool = False) -> dict[str, Any]:
+    """Compile, write and (for the host) build; atomically replaces `out_dir`, which must be new,
+    empty or a previous build (see `check_out_dir`; `force` replaces anything else but the
+    current directory and its parents)."""
+    check_out_dir(out_dir, force)
     compiled = compile_model(source, target, options, progress)
     report = build_report(source, target, compiled)
     out_dir = Path(out_dir)
@@ -354,6 +392,9 @@ def write_build(source: ModelSource, target: Target, out_dir: Path, options: Bui
                 report.update({k: main[k] for k in ("flash_bytes", "ram_bytes", "stack_reserved_bytes")})
                 report["firmware"] = results
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / BUILD_MARKER).write_text(json.dumps({"model": source.name, "target": target.name}) + "\n")
+        tmp.chmod(0o777 & ~_umask())      # mkdtemp makes it 0700: a build is as readable as any directory
+        check_out_dir(out_dir, force)      # nothing else appeared there during the compile
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -362,11 +403,20 @@ def write_build(source: ModelSource, target: Target, out_dir: Path, options: Bui
     return report
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _replace_dir(new: Path, dest: Path) -> None:
     old = None
-    if dest.exists():
+    if dest.exists() or dest.is_symlink():
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
         dest.rename(old)
     new.rename(dest)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
