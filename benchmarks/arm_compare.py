@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -21,11 +20,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from edgecompile.evaluation import run_test  # noqa: E402
-from edgecompile.frontend import ModelOptions, load_model  # noqa: E402
-from edgecompile.pipeline import BuildOptions, Progress, model_kernels, write_build  # noqa: E402
+from edgecompile.measure.accuracy import run_test  # noqa: E402
+from edgecompile.ir.frontend import ModelOptions, load_model  # noqa: E402
+from edgecompile.compiler import BuildOptions, Progress, model_kernels, write_build  # noqa: E402
+from edgecompile.paths import cache_dir  # noqa: E402
 from edgecompile.targets import load_target  # noqa: E402
-from edgecompile.tuning import Runner, TuningRecords, tune  # noqa: E402
+from edgecompile.tune.records import TuningRecords
+from edgecompile.tune.search import Runner, tune  # noqa: E402
 
 
 def instructions(build: Path) -> int:
@@ -35,7 +36,7 @@ def instructions(build: Path) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgecompile" / "arm_xnnpack"
+    cache = cache_dir("arm_xnnpack")
     ap.add_argument("--tflite-json", default=str(cache))
     ap.add_argument("--models", default="0.25/96,1.0/224")
     ap.add_argument("--db", default=str(HERE / "tuning"))

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecompile.evaluation import run_test
-from edgecompile.frontend import ModelOptions, load_model
-from edgecompile.hostrun import HostModel
-from edgecompile.pipeline import BuildOptions, Progress, write_build
+from edgecompile.measure.accuracy import run_test
+from edgecompile.ir.frontend import ModelOptions, load_model
+from edgecompile.platforms.host import HostModel
+from edgecompile.compiler import BuildOptions, Progress, write_build
 from edgecompile.targets import load_target
 
 MODELS = [

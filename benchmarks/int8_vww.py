@@ -15,9 +15,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from edgecompile.evaluation import run_test
-from edgecompile.frontend import ModelOptions, load_model
-from edgecompile.pipeline import BuildOptions, Progress, write_build
+from edgecompile.measure.accuracy import run_test
+from edgecompile.ir.frontend import ModelOptions, load_model
+from edgecompile.compiler import BuildOptions, Progress, write_build
 from edgecompile.targets import load_target
 
 BOARDS = ["stm32f746g-disco", "mps2-an386", "mps3-an547"]

@@ -25,10 +25,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from edgecompile.bench import OPTIONAL, bench  # noqa: E402
-from edgecompile.errors import EdgeCompileError  # noqa: E402
-from edgecompile.frontend import ModelOptions, load_model  # noqa: E402
-from edgecompile.pipeline import BuildOptions, Progress, write_build  # noqa: E402
+from edgecompile.measure.bench import OPTIONAL, bench  # noqa: E402
+from edgecompile.ir.frontend import ModelOptions, load_model  # noqa: E402
+from edgecompile.compiler import BuildOptions, Progress, write_build  # noqa: E402
 from edgecompile.targets import load_target  # noqa: E402
 
 MODELS = [
@@ -69,8 +68,9 @@ def run_one(name: str, opts: dict, peers: list[str], runs: int, warmup: int, db:
     target = load_target("host")
     tuning = None
     if db is not None:     # tune (resuming what the committed database already has), then use it
-        from edgecompile.pipeline import model_kernels
-        from edgecompile.tuning import Runner, TuningRecords, tune
+        from edgecompile.compiler import model_kernels
+        from edgecompile.tune.records import TuningRecords
+        from edgecompile.tune.search import Runner, tune
 
         tune(model_kernels(source, target, progress=Progress(quiet=True)), target, Runner("host"), db, resume=True,
              log=lambda m: None)

@@ -1,4 +1,5 @@
-"""The `edgecompile` command line."""
+"""The `edgecompile` command line: argument parsing and one function per command. Commands import
+what they need when they run, so `--help` and argument errors answer at once."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import __version__, proc
 from .errors import EdgeCompileError
 
 MODEL_HELP = """MODEL is one of:
@@ -16,6 +18,7 @@ MODEL_HELP = """MODEL is one of:
   an ONNX file        path/to/model.onnx (use --input-shape for dynamic inputs)
   a factory           package.module:function returning an nn.Module (needs --input-shape)
 """
+RAW = argparse.RawDescriptionHelpFormatter
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -32,30 +35,52 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--input-shape", metavar="N,C,H,W", help="input shape for ONNX files and nn.Module factories")
 
 
+def _target_args(p: argparse.ArgumentParser, default: str | None = "host") -> None:
+    if default is not None:
+        p.add_argument("--target", default=default,
+                       help=f"target name (see `edgecompile list targets`; default {default})")
+    p.add_argument("--targets-dir", metavar="DIR", help="extra directory of target .toml files "
+                                                        "(also $EDGECOMPILE_TARGETS)")
+
+
+def _output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+
+
 def _load(args: argparse.Namespace) -> Any:
-    from .frontend import ModelOptions, load_model, parse_shape
+    from .ir.frontend import ModelOptions, load_model, parse_shape
 
-    opts = ModelOptions(
-        width_mult=args.width_mult,
-        resolution=args.resolution,
-        num_classes=args.num_classes,
-        seed=args.seed,
-        weights=args.weights,
-        groups=args.groups,
-        input_shape=parse_shape(args.input_shape) if args.input_shape else None,
-    )
-    return load_model(args.model, opts)
+    given = {k: getattr(args, k) for k in ("width_mult", "resolution", "num_classes", "seed", "weights", "groups")}
+    shape = parse_shape(args.input_shape) if args.input_shape else None
+    return load_model(args.model, ModelOptions(**given, input_shape=shape))
 
 
-def _default_out(source: Any, target: str) -> Path:
-    return Path("build") / f"{source.name}-{target}"
+def _tuning(args: argparse.Namespace, target: Any) -> Any:
+    """The tuning records a build uses: --db DIR, else the default database; none with --no-tuning."""
+    if getattr(args, "no_tuning", False):
+        return None
+    from .tune.records import TuningRecords, db_key, default_db
+
+    db = Path(args.db) if getattr(args, "db", None) else default_db()
+    if args.db and not (db / db_key(target)).is_dir():
+        raise EdgeCompileError(f"--db {db}: no tuning records for target {target.name} "
+                               f"(expected {db / db_key(target)}/)")
+    return TuningRecords(db, target)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------- commands
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspection import format_inspection, inspect_model
+    from .measure.inspection import format_inspection, inspect_model
 
     info = inspect_model(_load(args))
     print(json.dumps(info, indent=2) if args.json else format_inspection(info))
@@ -63,7 +88,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .pipeline import BuildOptions, Progress, check_out_dir, write_build
+    from .build_dir import check_out_dir
+    from .compiler import BuildOptions, Progress, write_build
     from .targets import load_target
 
     if args.dwpw_rows is not None and args.dwpw_rows < 1:
@@ -72,14 +98,12 @@ def cmd_build(args: argparse.Namespace) -> int:
         check_out_dir(Path(args.out), args.force)     # before the slow part
     target = load_target(args.target, args.targets_dir)
     source = _load(args)
-    out = Path(args.out) if args.out else _default_out(source, target.name)
-    report = write_build(source, target, out, force=args.force, options=BuildOptions(external_io=args.external_io, compile=not args.no_compile, fuse=not args.no_fuse,
-                                       in_place=not args.no_in_place, dwpw_rows=args.dwpw_rows,
-                                       quant=args.quant, calibration=args.calibration,
-                                       calibration_samples=args.calibration_samples,
-                                       calibration_method=args.calibration_method,
-                                       tuning=_tuning(args, target)),
-                         progress=Progress(args.quiet))
+    out = Path(args.out) if args.out else Path("build") / f"{source.name}-{target.name}"
+    options = BuildOptions(external_io=args.external_io, compile=not args.no_compile, fuse=not args.no_fuse,
+                           in_place=not args.no_in_place, dwpw_rows=args.dwpw_rows, quant=args.quant,
+                           calibration=args.calibration, calibration_samples=args.calibration_samples,
+                           calibration_method=args.calibration_method, tuning=_tuning(args, target))
+    report = write_build(source, target, out, options, Progress(args.quiet), force=args.force)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -88,28 +112,15 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tuning(args: argparse.Namespace, target: Any) -> Any:
-    """The tuning records a build uses: --db DIR, else the default database; none with --no-tuning."""
-    if getattr(args, "no_tuning", False):
-        return None
-    from .tuning import TuningRecords, default_db
-
-    db = Path(args.db) if getattr(args, "db", None) else default_db()
-    from .tuning import db_key
-
-    if args.db and not (db / db_key(target)).is_dir():
-        raise EdgeCompileError(f"--db {db}: no tuning records for target {target.name} "
-                               f"(expected {db / db_key(target)}/)")
-    return TuningRecords(db, target)
-
-
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .pipeline import BuildOptions, Progress, model_kernels
+    from .compiler import BuildOptions, Progress, model_kernels
+    from .platforms import platform_for
     from .targets import load_target
-    from .tuning import default_db, parse_runner, tune
+    from .tune.records import default_db
+    from .tune.search import parse_runner, tune
 
     target = load_target(args.target, args.targets_dir)
-    runner = parse_runner(args.runner or ("host" if target.family == "host" else "emu"), target)
+    runner = parse_runner(args.runner or platform_for(target).tune_runner, target)
     if args.trials is not None and args.trials < 1:
         raise EdgeCompileError(f"--trials must be at least 1, got {args.trials}")
     source = _load(args)
@@ -124,15 +135,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
         summary = tune(kernels, target, runner, db, trials=args.trials, resume=args.resume,
                        log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
     except KeyboardInterrupt:
-        print(f"interrupted: the records measured so far are in {db}; --resume continues",
-              file=sys.stderr)
+        print(f"interrupted: the records measured so far are in {db}; --resume continues", file=sys.stderr)
         return 130
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    unit = summary["unit"]
     print(f"tuned {len(summary['kernels'])} kernels for {target.name} in {summary['seconds']} s "
-          f"(runner {summary['runner']}; costs in {unit}); records in {summary['db']}")
+          f"(runner {summary['runner']}; costs in {summary['unit']}); records in {summary['db']}")
     for k in summary["kernels"]:
         d, b = k["default_cost"], k["best_cost"]
         gain = f"{d / b:.2f}x" if d and b else "-"
@@ -144,7 +153,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .hostrun import HostModel
+    from .platforms.host import HostModel
 
     try:
         x = np.load(args.input)
@@ -165,13 +174,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import tempfile
 
-    from .bench import bench, check_peers, format_bench
-    from .pipeline import BuildOptions, Progress, write_build
+    from .compiler import BuildOptions, Progress, write_build
+    from .measure.bench import bench, check_peers, format_bench
     from .targets import load_target
 
+    from .platforms import platform_for
+
     target = load_target(args.target, args.targets_dir)
-    if target.family != "host":
-        raise EdgeCompileError("bench measures wall-clock latency on this machine: use --target host")
+    if not platform_for(target).runs_here:
+        raise EdgeCompileError(f"bench measures wall-clock latency on this machine; {target.name} is not this "
+                               "machine: use --target host")
     peers = [p for p in args.against.split(",") if p]
     check_peers(peers)
     source = _load(args)
@@ -191,39 +203,37 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def cmd_flash(args: argparse.Namespace) -> int:
-    from . import device
-    from .evaluation import read_build
+    from .build_dir import read_build
+    from .device.session import stop_detached
+    from .platforms import platform_for
     from .targets import load_target
 
     build = Path(args.dir)
     report = read_build(build)
+    state = build / "device.json"
     if args.stop:
-        print("stopped the emulator" if device.stop_detached(build) else "no emulator was running for this build")
+        existed, running = stop_detached(state)
+        print("stopped the emulator" if running else
+              "the emulator for this build had already exited" if existed else "no emulator was running for this build")
         return 0
     target = load_target(report["target"], args.targets_dir)
+    platform = platform_for(target)
     if args.device == "emu":
-        device.stop_detached(build)
-        state = device.start_detached(target, build, report)
-        print(f"{target.name} emulator running; serial port: {state['port']}")
-        print(f"  edgecompile test {build} --port {state['port']}")
+        stop_detached(state)
+        session = platform.start_emulator(target, build, report, detach=True)
+        info = session.detach(state)
+        print(f"{target.name} emulator running (PID {', '.join(map(str, info['pids']))}); serial port: {info['port']}")
+        print(f"  edgecompile test {build} --port {info['port']}")
         print(f"  edgecompile flash {build} --stop     (when done)")
         return 0
-    cmds = device.flash_real(args.device, target, build, report)
-    for c in cmds:
+    for c in platform.flash(args.device, target, build, report):
         print("ran:", " ".join(c))
     return 0
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from .evaluation import format_result, run_test
+    from .measure.accuracy import format_result, run_test
 
     quiet = args.json or args.quiet
     tty = sys.stderr.isatty()
@@ -255,21 +265,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from . import report as rep
-    from .evaluation import read_build
+    from .build_dir import read_build
+    from .measure import report as rep
     from .targets import load_target
 
     build = Path(args.dir)
     meta = read_build(build)
     target = load_target(meta["target"], args.targets_dir)
-    profile = cache = None
-    if not args.no_profile:
-        if target.firmware == "host":
-            profile = rep.profile_host(build, meta)
-        elif target.firmware == "cortex_m":
-            profile = rep.profile_device(build, meta, args.targets_dir)
-    if args.cache:
-        cache = rep.cache_host(build, meta) if target.firmware == "host" else rep.cache_device(build, meta, args.targets_dir)
+    profile, cache = rep.measure(build, target, meta, profile=not args.no_profile, cache=args.cache)
     data = rep.collect(build, profile, cache)
     if args.html:
         written = rep.write_html(data, Path(args.html))
@@ -282,11 +285,27 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "targets":
         from .targets import list_targets
 
-        for t in list_targets(args.targets_dir):
+        targets = list_targets(args.targets_dir)
+        if args.json:
+            print(json.dumps([{
+                "name": t.name, "description": t.description, "family": t.family, "platform": t.platform,
+                "cpu": t.cpu, "clock_hz": t.clock_hz, "default_quant": t.default_quant,
+                "memory": [{"name": r.name, "kind": r.kind, "origin": r.origin, "size": r.size, "holds": list(r.holds)}
+                           for r in t.memory],
+                "flash_bytes": sum(r.size for r in t.memory if r.kind == "flash") or None,
+                "ram_bytes": sum(r.size for r in t.memory if r.kind == "ram") or None,
+                "source": t.source} for t in targets], indent=2))
+            return 0
+        for t in targets:
             print(f"{t.name:20} {t.family:9} {t.cpu:12} {t.description}")
     else:
         from edgecompile.models import ZOO
 
+        if args.json:
+            print(json.dumps([{"name": e.name, "description": e.description,
+                               "default_resolution": e.default_resolution, "options": dict(e.options)}
+                              for e in ZOO.values()], indent=2))
+            return 0
         for e in ZOO.values():
             print(f"{e.name:16} {e.default_resolution:4}px  {e.description}")
     return 0
@@ -295,34 +314,24 @@ def cmd_list(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="edgecompile",
-        description="Compile small convolutional networks (PyTorch, ONNX) to standalone C for ARM "
-                    "edge devices through Apache TVM: fused kernels, one static arena, no runtime.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run `edgecompile COMMAND --help` for each command's options.",
-    )
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    raw = argparse.RawDescriptionHelpFormatter
-
+def _add_inspect(sub: Any) -> None:
     s = sub.add_parser("inspect", help="per-layer MACs, parameters and activation sizes",
                        description="Per-layer cost of a model and the share of each layer kind "
                                    "(conv, conv_dw, conv_pw, conv_group, fc, pool, other).",
-                       epilog=MODEL_HELP, formatter_class=raw)
+                       epilog=MODEL_HELP, formatter_class=RAW)
     _model_args(s)
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(fn=cmd_inspect)
 
+
+def _add_build(sub: Any) -> None:
     s = sub.add_parser("build", help="compile a model to C (and firmware) for a target",
                        description="Compile MODEL for TARGET into DIR: model.h (API), model.c (kernels + "
                                    "executor), weights, compiled artifacts and report.json. The directory is "
                                    "replaced only when the whole build succeeds.",
-                       epilog=MODEL_HELP, formatter_class=raw)
+                       epilog=MODEL_HELP, formatter_class=RAW)
     _model_args(s)
-    s.add_argument("--target", default="host", help="target name (see `edgecompile list targets`; default host)")
-    s.add_argument("--targets-dir", metavar="DIR", help="extra directory of target .toml files "
-                                                        "(also $EDGECOMPILE_TARGETS)")
+    _target_args(s)
     s.add_argument("--out", metavar="DIR", help="output directory (default build/<model>-<target>); it must be "
                         "new, empty or a previous build (marked by .edgecompile-build): nothing else is replaced")
     s.add_argument("--force", action="store_true",
@@ -345,37 +354,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--db", metavar="DIR", help="tuning database (default: $EDGECOMPILE_TUNING_DB or "
                                                "~/.cache/edgecompile/tuning); kernels with records use them")
     s.add_argument("--no-tuning", action="store_true", help="ignore tuning records: the rules' own schedules")
-    s.add_argument("--json", action="store_true", help="print report.json")
-    s.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    _output_args(s)
     s.set_defaults(fn=cmd_build)
 
+
+def _add_tune(sub: Any) -> None:
     s = sub.add_parser(
         "tune", help="auto-tune the model's kernels with MetaSchedule; build then uses the records",
         description="Measure every configuration of every distinct kernel of MODEL (tile sizes, loop order, "
                     "rows per fused tile, untiled) with TVM MetaSchedule and record the results in a "
                     "tuning database keyed by target and kernel workload. Runners: host (wall clock on this "
                     "machine, median, 1 thread; --target host), emu (instruction counts under the target's "
-                    "user-mode QEMU with our plugin: deterministic emulator counts, not cycles; Linux "
-                    "targets such as rpi4), rpc://HOST:PORT/KEY (TVM RPC tracker; devices running "
+                    "user-mode QEMU with our plugin: deterministic emulator counts, not cycles; Linux and "
+                    "Cortex-M4/M7 targets), rpc://HOST:PORT/KEY (TVM RPC tracker; devices running "
                     "`python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY` measure in parallel). "
                     "Interrupting keeps what was measured; --resume skips it next time.",
-        epilog=MODEL_HELP, formatter_class=raw)
+        epilog=MODEL_HELP, formatter_class=RAW)
     _model_args(s)
-    s.add_argument("--target", default="host")
-    s.add_argument("--targets-dir", metavar="DIR")
+    _target_args(s)
     s.add_argument("--runner", metavar="host|emu|rpc://HOST:PORT/KEY",
                    help="where candidates are measured (default: host for --target host, else emu)")
-    s.add_argument("--trials", type=int, metavar="N", help="at most N configurations per kernel, plus the untiled fallback (default: all)")
+    s.add_argument("--trials", type=int, metavar="N",
+                   help="at most N configurations per kernel, plus the untiled fallback (default: all)")
     s.add_argument("--kernel", metavar="SUBSTRING", help="tune only kernels whose name contains this")
     s.add_argument("--db", metavar="DIR", help="tuning database directory (default: $EDGECOMPILE_TUNING_DB or "
                                                "~/.cache/edgecompile/tuning)")
     s.add_argument("--resume", action="store_true", help="skip configurations already in the database")
     s.add_argument("--quant", choices=["fp32", "int8"], help="number format (default: the target's)")
     s.add_argument("--calibration", default="digits", metavar="DATASET|FILE.npy")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--quiet", "-q", action="store_true")
+    _output_args(s)
     s.set_defaults(fn=cmd_tune)
 
+
+def _add_run(sub: Any) -> None:
     s = sub.add_parser("run", help="run a host build on an input .npy",
                        description="Run a model built with --target host on INPUT (.npy, the model's input "
                                    "shape) and print or save the output.")
@@ -384,26 +395,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", metavar="Y.npy", help="save the output instead of printing it")
     s.set_defaults(fn=cmd_run)
 
+
+def _add_bench(sub: Any) -> None:
     s = sub.add_parser("bench", help="latency of the generated C vs peer runtimes (host)",
                        description="Build MODEL for the host, then time it and each peer runtime in this "
                                    "process on the same input, one thread, median of --runs after --warmup.",
-                       epilog=MODEL_HELP, formatter_class=raw)
+                       epilog=MODEL_HELP, formatter_class=RAW)
     _model_args(s)
-    s.add_argument("--target", default="host")
-    s.add_argument("--targets-dir", metavar="DIR")
-    s.add_argument("--against", default="onnxruntime", help="comma-separated peers: onnxruntime, torch, tvm-vm (TVM's stock Relax VM); "
-                        "with the benchmark extras (benchmarks/run.sh): litert (TFLite + XNNPACK), tflm "
-                        "(TFLite Micro reference kernels), executorch (XNNPACK backend)")
+    _target_args(s)
+    s.add_argument("--against", default="onnxruntime",
+                   help="comma-separated peers: onnxruntime, torch, tvm-vm (TVM's stock Relax VM); with the "
+                        "benchmark extras (benchmarks/run.sh): litert (TFLite + XNNPACK), tflm (TFLite Micro "
+                        "reference kernels), executorch (XNNPACK backend)")
     s.add_argument("--runs", type=int, default=50)
     s.add_argument("--warmup", type=int, default=10)
-    s.add_argument("--json", action="store_true")
+    _output_args(s)
     s.add_argument("--out", metavar="FILE.json", help="also write the results as JSON")
     s.add_argument("--db", metavar="DIR", help="tuning database (default: the default one); when records "
                                                "apply, the untuned build is timed too")
     s.add_argument("--no-tuning", action="store_true", help="ignore tuning records")
-    s.add_argument("--quiet", "-q", action="store_true")
     s.set_defaults(fn=cmd_bench)
 
+
+def _add_flash(sub: Any) -> None:
     s = sub.add_parser("flash", help="put a build on a device (emulator by default)",
                        description="Flash DIR's firmware. --device emu (default) starts the target's emulator in "
                                    "the background and prints the serial URL to talk to it; pyocd and openocd "
@@ -412,9 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir", metavar="DIR", help="build directory (from `edgecompile build --target ...`)")
     s.add_argument("--device", default="emu", help="emu | pyocd | openocd | ssh://user@host (default emu)")
     s.add_argument("--stop", action="store_true", help="stop the emulator started for DIR")
-    s.add_argument("--targets-dir", metavar="DIR")
+    _target_args(s, default=None)
     s.set_defaults(fn=cmd_flash)
 
+
+def _add_test(sub: Any) -> None:
     s = sub.add_parser("test", help="accuracy of a build on the device, over serial",
                        description="Stream N inputs to the device over the serial protocol, compare each output "
                                    "with the host reference (PyTorch for zoo models, onnxruntime otherwise), and "
@@ -428,16 +444,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-agreement", type=float, default=0.99, help="minimum top-1 agreement (default 0.99)")
     s.add_argument("--max-abs-error", type=float, help="fail above this max |device - host|")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each answer")
-    s.add_argument("--targets-dir", metavar="DIR")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--quiet", "-q", action="store_true")
+    _target_args(s, default=None)
+    _output_args(s)
     s.set_defaults(fn=cmd_test)
 
+
+def _add_train(sub: Any) -> None:
     s = sub.add_parser("train", help="train a zoo model on a packaged dataset (seeded recipe)",
                        description="Train MODEL on DATASET (the digits set, upsampled to the model resolution) "
                                    "with a fixed seed and save its state_dict for `build --weights`. About half "
                                    "a minute for mobilenet_v1 --width-mult 0.25 --resolution 32 on 2 cores.",
-                       epilog=MODEL_HELP, formatter_class=raw)
+                       epilog=MODEL_HELP, formatter_class=RAW)
     _model_args(s)
     s.add_argument("--dataset", default="digits")
     s.add_argument("--epochs", type=int, default=30)
@@ -445,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_train)
 
+
+def _add_report(sub: Any) -> None:
     s = sub.add_parser("report", help="measured footprint, memory plan, per-kernel costs and cache behaviour",
                        description="Everything measured about build DIR: flash/RAM by section and symbol group "
                                    "(linked binary), the memory plan, per-kernel instruction counts on the emulated "
@@ -457,18 +476,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--cache", action="store_true", help="simulate the caches (slower: 25x emulation)")
     s.add_argument("--no-profile", action="store_true", help="skip the per-kernel profiling run")
-    s.add_argument("--targets-dir", metavar="DIR")
+    _target_args(s, default=None)
     s.set_defaults(fn=cmd_report)
 
+
+def _add_list(sub: Any) -> None:
     s = sub.add_parser("list", help="list targets or zoo models")
     s.add_argument("what", choices=["targets", "models"])
-    s.add_argument("--targets-dir", metavar="DIR")
+    s.add_argument("--json", action="store_true", help="one JSON list (targets: with their memory budgets)")
+    _target_args(s, default=None)
     s.set_defaults(fn=cmd_list)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgecompile",
+        description="Compile small convolutional networks (PyTorch, ONNX) to standalone C for ARM "
+                    "edge devices through Apache TVM: fused kernels, one static arena, no runtime.",
+        formatter_class=RAW,
+        epilog="Run `edgecompile COMMAND --help` for each command's options.",
+    )
+    p.add_argument("--version", action="version", version=f"edgecompile {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_inspect, _add_build, _add_tune, _add_run, _add_bench, _add_flash, _add_test, _add_train,
+                _add_report, _add_list):
+        add(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    proc.terminate_on_sigterm()
     try:
         return int(args.fn(args) or 0)
     except EdgeCompileError as err:

@@ -63,3 +63,21 @@ def load_dataset(name: str, shape: tuple[int, ...], split: str = "test", count: 
         ds.images = ds.images[:count]
         ds.labels = None if ds.labels is None else ds.labels[:count]
     return ds
+
+
+def calibration_inputs(shape: tuple[int, ...], spec: str, count: int) -> np.ndarray:
+    """int8 calibration inputs for a model input of `shape`: a dataset name or an .npy file of
+    inputs (N x the input shape without its batch dimension)."""
+    if spec.endswith(".npy"):
+        try:
+            data = np.load(spec).astype(np.float32)
+        except (OSError, ValueError) as err:
+            raise EdgeCompileError(f"{spec}: cannot read calibration data: {err}") from None
+        if data.shape[1:] != tuple(shape[1:]):
+            raise EdgeCompileError(f"{spec}: calibration inputs have shape {data.shape[1:]}, the model takes "
+                                   f"{tuple(shape[1:])}")
+        return data[:count]
+    if len(shape) != 4:
+        spec = "random"
+    ds = load_dataset(spec, shape, "train", min(count, 1437) if spec == "digits" else count)
+    return ds.images

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .datasets import load_dataset
-from .frontend import ModelSource
+from .ir.frontend import ModelSource
 
 
 def train(source: ModelSource, dataset: str, out: Path, epochs: int = 30, batch: int = 64, lr: float = 5e-3,

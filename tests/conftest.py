@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path
 
 import pytest
 
 # builds through the CLI consult the default tuning database: never the user's during tests
 os.environ["EDGECOMPILE_TUNING_DB"] = tempfile.mkdtemp(prefix="ec-test-tuning-")
 
-from edgecompile.frontend import ModelOptions, load_model
-from edgecompile.pipeline import BuildOptions, Progress, write_build
+from edgecompile.ir.frontend import ModelOptions, load_model
+from edgecompile.compiler import BuildOptions, Progress, write_build
 from edgecompile.targets import load_target
 
 

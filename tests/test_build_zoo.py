@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from edgecompile.hostrun import HostModel
+from edgecompile.platforms.host import HostModel
 
 from helpers import random_input
 
@@ -62,7 +62,7 @@ def test_report_contents(build_cache):
         assert {"name", "macs", "arena_offset", "arena_size"} <= set(call)
         assert call["name"].startswith("ec_")
     # the conv/fc MACs of the compiled graph are the model's MACs
-    from edgecompile.inspection import inspect_model
+    from edgecompile.measure.inspection import inspect_model
 
     assert report["macs"] == inspect_model(source)["macs"]
     # every conv/fc weight is in the C (BatchNorm folded away: fewer parameters than PyTorch)

@@ -1,7 +1,6 @@
 """The command line as a user meets it: help, outputs, determinism and every bad input."""
 
 import json
-import os
 
 import numpy as np
 import onnx
@@ -44,7 +43,7 @@ def test_build_then_run(tmp_path):
     np.save(tmp_path / "x.npy", x)
     run_cli("run", str(out), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"), check=True)
     y = np.load(tmp_path / "y.npy")
-    from edgecompile.frontend import ModelOptions, load_model
+    from edgecompile.ir.frontend import ModelOptions, load_model
 
     ref = load_model("mobilenet_v1", ModelOptions(width_mult=0.25, resolution=64, num_classes=10)).reference(x)[0]
     assert y.shape == (1, 10) and np.abs(y - ref).max() <= 1e-4

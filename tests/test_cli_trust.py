@@ -3,7 +3,14 @@ never waits forever: each case through the real console script, asserting the on
 exit status, no traceback, and that nothing outside the build directory changed."""
 
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
 
 from helpers import run_cli
 
@@ -65,3 +72,42 @@ def test_rebuild_replaces_a_previous_build_and_force_replaces_anything(tmp_path)
     run_cli("build", "mobilenet_v1", *SMALL, "--out", str(other), "--no-compile", "-q", "--force", check=True)
     assert not (other / "x.txt").exists() and (other / "model.c").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "other"]     # no hidden leftovers
+
+
+def _processes_using(path) -> list[str]:
+    """Processes whose environment mentions `path` (the TMPDIR given to one edgecompile run)."""
+    found = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if str(path).encode() in env.read_bytes():
+                found.append((env.parent / "comm").read_text().strip())
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupting_a_build_ends_the_compiler_and_leaves_no_temporary_files(tmp_path, sig):
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    exe = Path(sys.executable).with_name("edgecompile")
+    # a build whose C compile takes seconds: catch it while cc1 runs
+    p = subprocess.Popen([str(exe), "build", "mobilenet_v2", "--resolution", "224", "--num-classes", "10",
+                          "--out", str(tmp_path / "out"), "-q"], env={**os.environ, "TMPDIR": str(tmpdir)},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while "cc1" not in _processes_using(tmpdir):
+            assert p.poll() is None, p.communicate()
+            assert time.monotonic() < deadline, "the compiler never started"
+            time.sleep(0.1)
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    time.sleep(0.5)
+    assert _processes_using(tmpdir) == []              # cc1, as, gcc: all gone
+    assert list(tmpdir.iterdir()) == []                # no /tmp/cc*.s, no ec-tmp-*
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"]     # no half-written build

@@ -10,10 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from edgecompile.device import EmulatorSession, firmware_path
+from edgecompile.platforms import platform_for
 from edgecompile.errors import DeviceError
-from edgecompile.evaluation import run_test
-from edgecompile.protocol import INFER, NAK, PING, PONG, Link, encode
+from edgecompile.measure.accuracy import run_test
+from edgecompile.device.protocol import INFER, NAK, PING, PONG, Link, encode
 from edgecompile.targets import list_targets, load_target
 from helpers import REPO, random_input, run_cli
 
@@ -91,7 +91,8 @@ def an386(build_cache):
 
 
 def _session(out, report):
-    return EmulatorSession(load_target("mps2-an386"), firmware_path(out, report, True)).start()
+    t = load_target("mps2-an386")
+    return platform_for(t).start_emulator(t, out, report)
 
 
 def test_corrupt_truncated_and_oversized_frames_get_nak_and_link_recovers(an386):
@@ -159,10 +160,9 @@ def test_hardfault_is_reported_over_the_uart(tmp_path, an386):
     t = load_target("mps2-an386")
     subprocess.run([cc, *t.cflags, '-DEC_ARENA_ATTR=__attribute__((section(".ec_arena")))', "-DEC_PROFILE", "-I.", "-c", "model.c",
                     "-o", "model.o"], cwd=work, check=True)
-    objs = ["model.o", "weights.o"] + [f"firmware-objs/{f}" for f in
-                                        ("ec_protocol.o", "ec_device.o", "startup.o", "hal_cortex_m.o")]
+    objs = ["model.o", "weights.o"] + sorted(str(p.relative_to(work)) for p in (work / "firmware-objs").glob("*.o"))
     subprocess.run([cc, *t.cflags, "-T", "firmware.ld", "-o", "crash.elf", *objs, *t.ldflags], cwd=work, check=True)
-    with EmulatorSession(t, work / "crash.elf").start() as s:
+    with platform_for(t).start_emulator(t, work, {**report, "firmware": {"board": {"elf": "crash.elf"}}}) as s:
         link = Link(s.open_port(), timeout=5, alive=s.alive)
         link.connect()
         with pytest.raises(DeviceError, match="HardFault"):
@@ -249,7 +249,7 @@ def test_ssh_backend_copies_and_starts_the_program(tmp_path, build_cache):
 def test_flash_method_not_allowed_for_target(an386):
     _, out, _ = an386
     proc = run_cli("flash", str(out), "--device", "pyocd")
-    assert proc.returncode == 1 and "no pyocd_target" in proc.stderr
+    assert proc.returncode == 1 and "cannot be flashed with pyocd (flash.methods: emu)" in proc.stderr
 
 
 def test_user_target_from_a_directory(tmp_path):

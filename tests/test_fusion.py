@@ -5,12 +5,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgecompile.device import EmulatorSession, firmware_path
-from edgecompile.frontend import ModelOptions, load_model
-from edgecompile.hostrun import HostModel
-from edgecompile.memory import Buffer, Overlap, plan_buffers, streaming_max_delta
-from edgecompile.pipeline import BuildOptions, Progress, write_build
-from edgecompile.protocol import Link
+from edgecompile.platforms import platform_for
+from edgecompile.ir.frontend import ModelOptions, load_model
+from edgecompile.platforms.host import HostModel
+from edgecompile.codegen.memory import Buffer, Overlap, plan_buffers, streaming_max_delta
+from edgecompile.compiler import BuildOptions, Progress, write_build
+from edgecompile.device.protocol import Link
 from edgecompile.targets import load_target
 from helpers import random_input
 
@@ -89,7 +89,8 @@ def test_fused_matches_unfused_on_device(tmp_path, target):
     for fuse in (True, False):
         out = tmp_path / f"b{fuse}"
         rep = _build(source, out, target=target, fuse=fuse, quant="fp32")
-        with EmulatorSession(load_target(target), firmware_path(out, rep, True)).start() as s:
+        t = load_target(target)
+        with platform_for(t).start_emulator(t, out, rep) as s:
             port = s.open_port()
             link = Link(port, timeout=30, alive=s.alive)
             link.connect()

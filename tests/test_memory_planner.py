@@ -3,8 +3,8 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgecompile.memory import ALIGN, Buffer, plan_buffers, plan_program
-from edgecompile.program import KernelCall, Program, Tensor
+from edgecompile.codegen.memory import ALIGN, Buffer, plan_buffers, plan_program
+from edgecompile.ir.program import KernelCall, Program, Tensor
 
 
 @st.composite

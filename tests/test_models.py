@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from edgecompile.frontend import ModelOptions, load_model
-from edgecompile.inspection import inspect_model
+from edgecompile.ir.frontend import ModelOptions, load_model
+from edgecompile.measure.inspection import inspect_model
 from edgecompile.models import ModelOptionError, ZOO, build_model
 from edgecompile.models.efficientnet import compound_coefficients
 

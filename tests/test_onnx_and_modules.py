@@ -5,9 +5,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgecompile.frontend import ModelOptions, load_model, run_onnxruntime
-from edgecompile.hostrun import HostModel
-from edgecompile.pipeline import BuildOptions, Progress, write_build
+from edgecompile.ir.frontend import ModelOptions, load_model, run_onnxruntime
+from edgecompile.platforms.host import HostModel
+from edgecompile.compiler import BuildOptions, Progress, write_build
 from edgecompile.targets import load_target
 
 from helpers import random_input

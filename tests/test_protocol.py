@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgecompile.errors import DeviceError
-from edgecompile.protocol import INFO, INFO_RESP, NAK, PING, PONG, Frame, FrameDecoder, Link, encode
+from edgecompile.device.protocol import INFO, INFO_RESP, NAK, PING, PONG, Frame, FrameDecoder, Link, encode
 from helpers import REPO
 
 COMMON = REPO / "firmware_templates" / "common"

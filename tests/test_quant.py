@@ -7,13 +7,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from edgecompile.datasets import load_dataset
-from edgecompile.device import session_for
-from edgecompile.evaluation import run_test
-from edgecompile.frontend import ModelOptions, load_model
-from edgecompile.hostrun import HostModel
-from edgecompile.pipeline import BuildOptions, Progress, write_build
-from edgecompile.protocol import Link
-from edgecompile.quantize import QParams, qparams_from_range, requant_params, requantize_reference
+from edgecompile.platforms import platform_for
+from edgecompile.measure.accuracy import run_test
+from edgecompile.ir.frontend import ModelOptions, load_model
+from edgecompile.platforms.host import HostModel
+from edgecompile.compiler import BuildOptions, Progress, write_build
+from edgecompile.device.protocol import Link
+from edgecompile.ir.quantize import QParams, qparams_from_range, requant_params, requantize_reference
 from edgecompile.targets import load_target
 from helpers import run_cli
 
@@ -159,7 +159,8 @@ def test_device_int8_is_bit_identical_to_host(tmp_path, host_int8_build, board):
     assert rep["quant"] == host.report["quant"]            # same calibration, same parameters
     rng = np.random.default_rng(7)
     inputs = [rng.integers(-128, 128, size=(1, 3, 32, 32), dtype=np.int8) for _ in range(20)]
-    with session_for(load_target(board), tmp_path / board, rep).start() as s:
+    t = load_target(board)
+    with platform_for(t).start_emulator(t, tmp_path / board, rep) as s:
         port = s.open_port()
         link = Link(port, timeout=30, alive=s.alive)
         link.connect()
@@ -190,7 +191,7 @@ def test_already_quantized_qdq_onnx_uses_its_scales(tmp_path):
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from edgecompile.frontend import run_onnxruntime
+    from edgecompile.ir.frontend import run_onnxruntime
 
     source = load_model("mobilenet_v1", ModelOptions(width_mult=0.25, resolution=32, num_classes=10, seed=3))
     onnx.save(source.onnx_model, tmp_path / "f.onnx")

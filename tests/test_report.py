@@ -7,9 +7,12 @@ import subprocess
 
 import pytest
 
-from edgecompile import report as rep
-from edgecompile.device import build_plugin
-from edgecompile.evaluation import read_build
+from edgecompile.measure import report as rep
+from edgecompile.device.elf import elf_symbols
+from edgecompile.device.plugins import build_plugin
+from edgecompile.platforms import platform_for
+from edgecompile.targets import load_target
+from edgecompile.build_dir import read_build
 from helpers import REPO, run_cli
 
 FP32 = dict(quant="fp32", width_mult=0.25, resolution=32, num_classes=10)
@@ -54,8 +57,9 @@ def test_footprint_matches_the_binary_and_the_plan(build_cache):
 
 def test_device_profile_is_deterministic(build_cache):
     _, out, report = build_cache("mobilenet_v1", target="mps2-an386", **FP32)
-    first = rep.profile_device(out, report, runs=2)
-    second = rep.profile_device(out, report, runs=2)
+    t = load_target("mps2-an386")
+    first = platform_for(t).profile(t, out, report, runs=2)
+    second = platform_for(t).profile(t, out, report, runs=2)
     # SysTick under -icount: exact up to one timer period (its phase depends on input arrival)
     assert all(abs(a - b) <= first["resolution"] for a, b in zip(first["per_call"], second["per_call"]))
     assert len(first["per_call"]) == len(report["calls"])
@@ -66,8 +70,9 @@ def test_device_profile_is_deterministic(build_cache):
 
 def test_device_cache_simulation_is_deterministic(build_cache):
     _, out, report = build_cache("mobilenet_v1", target="rpi4", **FP32)
-    a = rep.cache_device(out, report, runs=1)
-    b = rep.cache_device(out, report, runs=1)
+    t = load_target("rpi4")
+    a = platform_for(t).cache(t, out, report, runs=1)
+    b = platform_for(t).cache(t, out, report, runs=1)
     assert a["per_kernel"] == b["per_kernel"]
     assert a["geometry"]["l1d"] == "32768:2:64"
     for name, stats in a["per_kernel"].items():
@@ -82,7 +87,7 @@ def test_cache_model_matches_a_hand_calculation(tmp_path):
     exe = tmp_path / "walk"
     subprocess.run(["aarch64-linux-gnu-gcc", "-O2", "-static", "-o", str(exe), str(REPO / "tests/cache/stride_walk.c")],
                    check=True)
-    walk = next(s for s in rep.elf_symbols(exe) if s["name"] == "walk")
+    walk = next(s for s in elf_symbols(exe) if s["name"] == "walk")
     ranges = tmp_path / "ranges.txt"
     ranges.write_text(f"{walk['address']:x} {walk['address'] + walk['size']:x} 0\n")
     out = tmp_path / "cache.txt"

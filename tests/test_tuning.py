@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from edgecompile.frontend import ModelOptions, load_model
-from edgecompile.hostrun import HostModel
+from edgecompile.ir.frontend import ModelOptions, load_model
+from edgecompile.platforms.host import HostModel
 from helpers import random_input, run_cli
 
 MODEL = ["mobilenet_v1", "--width-mult", "0.25", "--resolution", "32", "--num-classes", "10"]
@@ -73,7 +73,7 @@ def test_emu_runner_is_deterministic_and_changes_the_kernel(tmp_path):
     assert tuned["tuning"]["kernels_tuned"] == 1
     if k["best_config"] != k["rule_config"]:
         assert (tmp_path / "tuned" / "model.c").read_bytes() != (tmp_path / "plain" / "model.c").read_bytes()
-    from edgecompile.evaluation import run_test
+    from edgecompile.measure.accuracy import run_test
 
     result = run_test(tmp_path / "tuned", samples=5, dataset="digits")
     assert result["agreement"] == 1.0 and result["max_abs_error"] <= 1e-4
@@ -89,7 +89,7 @@ def test_emu_runner_for_cortex_m7_int8(tmp_path):
     tuned = _build(tmp_path / "tuned", "--target", "stm32f746g-disco", "--db", str(db))
     plain = _build(tmp_path / "plain", "--target", "stm32f746g-disco", "--no-tuning")
     assert tuned["tuning"]["kernels_tuned"] == 1
-    from edgecompile.evaluation import run_test
+    from edgecompile.measure.accuracy import run_test
 
     a = run_test(tmp_path / "tuned", samples=4, dataset="digits")
     b = run_test(tmp_path / "plain", samples=4, dataset="digits")

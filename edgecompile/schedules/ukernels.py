@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
@@ -64,74 +65,44 @@ def gemm_intrin(m: int, n: int, k: int, stride: int = 1, types: Types = F32) -> 
     AM = T.int64((m - 1) * stride + 1)
     symbol = f"ec_gemm_{types.tag}_{m}x{n}"
     ta, tb, tc = types.a, types.b, types.c
+    widen = types.c != "float32"      # integer operands are widened to the accumulator type
+    pixels = m > 1                    # a one-pixel tile has no pixel loop left in the scheduled kernel
 
-    @T.prim_func(s_tir=True)
-    def desc_float(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (AM, K), ta, offset_factor=1, strides=[T.int64(), T.int64(1)])
-        B = T.match_buffer(b, (K, N), tb, offset_factor=1, strides=[T.int64(), T.int64(1)])
-        C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), T.int64(1)])
-        with T.sblock("root"):
-            T.reads(C[0:M, 0:N], A[0:AM, 0:K], B[0:K, 0:N])
-            T.writes(C[0:M, 0:N])
-            for kk, mm, nn in T.grid(K, M, N):
-                with T.sblock("update"):
-                    vm, vn, vk = T.axis.remap("SSR", [mm, nn, kk])
-                    C[vm, vn] = C[vm, vn] + A[vm * S, vk] * B[vk, vn]
+    def make(call: bool) -> Any:
+        """The intrinsic's description (call=False) or its implementation (call=True): the same
+        buffers, then the computation or the call of the C micro-kernel."""
 
-    @T.prim_func(s_tir=True)
-    def desc_int(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (AM, K), ta, offset_factor=1, strides=[T.int64(), T.int64(1)])
-        B = T.match_buffer(b, (K, N), tb, offset_factor=1, strides=[T.int64(), T.int64(1)])
-        C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), T.int64(1)])
-        with T.sblock("root"):
-            T.reads(C[0:M, 0:N], A[0:AM, 0:K], B[0:K, 0:N])
-            T.writes(C[0:M, 0:N])
-            for kk, mm, nn in T.grid(K, M, N):
-                with T.sblock("update"):
-                    vm, vn, vk = T.axis.remap("SSR", [mm, nn, kk])
-                    C[vm, vn] = C[vm, vn] + T.Cast(tc, A[vm * S, vk]) * T.Cast(tc, B[vk, vn])
+        @T.prim_func(s_tir=True)
+        def f(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (AM, K), ta, offset_factor=1, strides=[T.int64(), T.int64(1)])
+            B = T.match_buffer(b, (K, N), tb, offset_factor=1, strides=[T.int64(), T.int64(1)])
+            C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), T.int64(1)])
+            with T.sblock("root"):
+                T.reads(C[0:M, 0:N], A[0:AM, 0:K], B[0:K, 0:N])
+                T.writes(C[0:M, 0:N])
+                if call:
+                    T.evaluate(T.call_extern("int32", symbol, C.access_ptr("rw"), A.access_ptr("r"),
+                                             B.access_ptr("r"), k, A.strides[0] * S, B.strides[0], C.strides[0]))
+                elif pixels:
+                    for kk, mm, nn in T.grid(K, M, N):
+                        with T.sblock("update"):
+                            vm, vn, vk = T.axis.remap("SSR", [mm, nn, kk])
+                            if widen:
+                                C[vm, vn] = C[vm, vn] + T.Cast(tc, A[vm * S, vk]) * T.Cast(tc, B[vk, vn])
+                            else:
+                                C[vm, vn] = C[vm, vn] + A[vm * S, vk] * B[vk, vn]
+                else:
+                    for kk, nn in T.grid(K, N):
+                        with T.sblock("update"):
+                            vn, vk = T.axis.remap("SR", [nn, kk])
+                            if widen:
+                                C[0, vn] = C[0, vn] + T.Cast(tc, A[0, vk]) * T.Cast(tc, B[vk, vn])
+                            else:
+                                C[0, vn] = C[0, vn] + A[0, vk] * B[vk, vn]
 
-    # A one-pixel tile has no pixel loop left in the scheduled kernel: describe it without one.
-    @T.prim_func(s_tir=True)
-    def desc1_float(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (AM, K), ta, offset_factor=1, strides=[T.int64(), T.int64(1)])
-        B = T.match_buffer(b, (K, N), tb, offset_factor=1, strides=[T.int64(), T.int64(1)])
-        C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), T.int64(1)])
-        with T.sblock("root"):
-            T.reads(C[0:M, 0:N], A[0:AM, 0:K], B[0:K, 0:N])
-            T.writes(C[0:M, 0:N])
-            for kk, nn in T.grid(K, N):
-                with T.sblock("update"):
-                    vn, vk = T.axis.remap("SR", [nn, kk])
-                    C[0, vn] = C[0, vn] + A[0, vk] * B[vk, vn]
+        return f
 
-    @T.prim_func(s_tir=True)
-    def desc1_int(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (AM, K), ta, offset_factor=1, strides=[T.int64(), T.int64(1)])
-        B = T.match_buffer(b, (K, N), tb, offset_factor=1, strides=[T.int64(), T.int64(1)])
-        C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), T.int64(1)])
-        with T.sblock("root"):
-            T.reads(C[0:M, 0:N], A[0:AM, 0:K], B[0:K, 0:N])
-            T.writes(C[0:M, 0:N])
-            for kk, nn in T.grid(K, N):
-                with T.sblock("update"):
-                    vn, vk = T.axis.remap("SR", [nn, kk])
-                    C[0, vn] = C[0, vn] + T.Cast(tc, A[0, vk]) * T.Cast(tc, B[vk, vn])
-
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (AM, K), ta, offset_factor=1, strides=[T.int64(), T.int64(1)])
-        B = T.match_buffer(b, (K, N), tb, offset_factor=1, strides=[T.int64(), T.int64(1)])
-        C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), T.int64(1)])
-        with T.sblock("root"):
-            T.reads(C[0:M, 0:N], A[0:AM, 0:K], B[0:K, 0:N])
-            T.writes(C[0:M, 0:N])
-            T.evaluate(T.call_extern("int32", symbol, C.access_ptr("rw"), A.access_ptr("r"),
-                                     B.access_ptr("r"), k, A.strides[0] * S, B.strides[0], C.strides[0]))
-
-    is_int = types.c != "float32"
-    desc = (desc1_int if is_int else desc1_float) if m == 1 else (desc_int if is_int else desc_float)
-    TensorIntrin.register(name, desc, impl, override=True)
+    TensorIntrin.register(name, make(False), make(True), override=True)
     _REGISTERED.add(name)
     return name
 
@@ -147,73 +118,44 @@ def dw_intrin(m: int, n: int, kh: int, kw: int, s: int, types: Types = F32) -> s
     one, zero = T.int64(1), T.int64(0)
     ta, tb, tc = types.a, types.b, types.c
     symbol = f"ec_dw_{types.tag}_{m}x{n}_k{kh}x{kw}s{s}"
+    widen = types.c != "float32"
+    pixels = m > 1
 
-    @T.prim_func(s_tir=True)
-    def desc_float(x: T.handle, w: T.handle, c: T.handle) -> None:
-        X = T.match_buffer(x, (KH, XW, N), ta, offset_factor=1, strides=[T.int64(), T.int64(), one])
-        W = T.match_buffer(w, (KH, KW, one, N), tb, offset_factor=1, strides=[T.int64(), T.int64(), T.int64(), one])
-        C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), one])
-        with T.sblock("root"):
-            T.reads(C[0:M, 0:N], X[0:KH, 0:XW, 0:N], W[0:KH, 0:KW, 0:1, 0:N])
-            T.writes(C[0:M, 0:N])
-            for ry, rx, mm, nn in T.grid(KH, KW, M, N):
-                with T.sblock("update"):
-                    vm, vn, vry, vrx = T.axis.remap("SSRR", [mm, nn, ry, rx])
-                    C[vm, vn] = C[vm, vn] + X[vry, vm * S + vrx, vn] * W[vry, vrx, zero, vn]
+    def make(call: bool) -> Any:
+        @T.prim_func(s_tir=True)
+        def f(x: T.handle, w: T.handle, c: T.handle) -> None:
+            X = T.match_buffer(x, (KH, XW, N), ta, offset_factor=1, strides=[T.int64(), T.int64(), one])
+            W = T.match_buffer(w, (KH, KW, one, N), tb, offset_factor=1,
+                               strides=[T.int64(), T.int64(), T.int64(), one])
+            C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), one])
+            with T.sblock("root"):
+                T.reads(C[0:M, 0:N], X[0:KH, 0:XW, 0:N], W[0:KH, 0:KW, 0:1, 0:N])
+                T.writes(C[0:M, 0:N])
+                if call:
+                    T.evaluate(T.call_extern("int32", symbol, C.access_ptr("rw"), X.access_ptr("r"),
+                                             W.access_ptr("r"), X.strides[0], X.strides[1], W.strides[0],
+                                             W.strides[1], C.strides[0]))
+                elif pixels:
+                    for ry, rx, mm, nn in T.grid(KH, KW, M, N):
+                        with T.sblock("update"):
+                            vm, vn, vry, vrx = T.axis.remap("SSRR", [mm, nn, ry, rx])
+                            if widen:
+                                C[vm, vn] = C[vm, vn] + T.Cast(tc, X[vry, vm * S + vrx, vn]) * \
+                                    T.Cast(tc, W[vry, vrx, zero, vn])
+                            else:
+                                C[vm, vn] = C[vm, vn] + X[vry, vm * S + vrx, vn] * W[vry, vrx, zero, vn]
+                else:
+                    for ry, rx, nn in T.grid(KH, KW, N):
+                        with T.sblock("update"):
+                            vn, vry, vrx = T.axis.remap("SRR", [nn, ry, rx])
+                            if widen:
+                                C[0, vn] = C[0, vn] + T.Cast(tc, X[vry, vrx, vn]) * T.Cast(tc, W[vry, vrx, zero, vn])
+                            else:
+                                C[0, vn] = C[0, vn] + X[vry, vrx, vn] * W[vry, vrx, zero, vn]
 
-    @T.prim_func(s_tir=True)
-    def desc_int(x: T.handle, w: T.handle, c: T.handle) -> None:
-        X = T.match_buffer(x, (KH, XW, N), ta, offset_factor=1, strides=[T.int64(), T.int64(), one])
-        W = T.match_buffer(w, (KH, KW, one, N), tb, offset_factor=1, strides=[T.int64(), T.int64(), T.int64(), one])
-        C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), one])
-        with T.sblock("root"):
-            T.reads(C[0:M, 0:N], X[0:KH, 0:XW, 0:N], W[0:KH, 0:KW, 0:1, 0:N])
-            T.writes(C[0:M, 0:N])
-            for ry, rx, mm, nn in T.grid(KH, KW, M, N):
-                with T.sblock("update"):
-                    vm, vn, vry, vrx = T.axis.remap("SSRR", [mm, nn, ry, rx])
-                    C[vm, vn] = C[vm, vn] + T.Cast(tc, X[vry, vm * S + vrx, vn]) * T.Cast(tc, W[vry, vrx, zero, vn])
+        return f
 
-    @T.prim_func(s_tir=True)
-    def desc1_float(x: T.handle, w: T.handle, c: T.handle) -> None:
-        X = T.match_buffer(x, (KH, XW, N), ta, offset_factor=1, strides=[T.int64(), T.int64(), one])
-        W = T.match_buffer(w, (KH, KW, one, N), tb, offset_factor=1, strides=[T.int64(), T.int64(), T.int64(), one])
-        C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), one])
-        with T.sblock("root"):
-            T.reads(C[0:M, 0:N], X[0:KH, 0:XW, 0:N], W[0:KH, 0:KW, 0:1, 0:N])
-            T.writes(C[0:M, 0:N])
-            for ry, rx, nn in T.grid(KH, KW, N):
-                with T.sblock("update"):
-                    vn, vry, vrx = T.axis.remap("SRR", [nn, ry, rx])
-                    C[0, vn] = C[0, vn] + X[vry, vrx, vn] * W[vry, vrx, zero, vn]
-
-    @T.prim_func(s_tir=True)
-    def desc1_int(x: T.handle, w: T.handle, c: T.handle) -> None:
-        X = T.match_buffer(x, (KH, XW, N), ta, offset_factor=1, strides=[T.int64(), T.int64(), one])
-        W = T.match_buffer(w, (KH, KW, one, N), tb, offset_factor=1, strides=[T.int64(), T.int64(), T.int64(), one])
-        C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), one])
-        with T.sblock("root"):
-            T.reads(C[0:M, 0:N], X[0:KH, 0:XW, 0:N], W[0:KH, 0:KW, 0:1, 0:N])
-            T.writes(C[0:M, 0:N])
-            for ry, rx, nn in T.grid(KH, KW, N):
-                with T.sblock("update"):
-                    vn, vry, vrx = T.axis.remap("SRR", [nn, ry, rx])
-                    C[0, vn] = C[0, vn] + T.Cast(tc, X[vry, vrx, vn]) * T.Cast(tc, W[vry, vrx, zero, vn])
-
-    @T.prim_func(s_tir=True)
-    def impl(x: T.handle, w: T.handle, c: T.handle) -> None:
-        X = T.match_buffer(x, (KH, XW, N), ta, offset_factor=1, strides=[T.int64(), T.int64(), one])
-        W = T.match_buffer(w, (KH, KW, one, N), tb, offset_factor=1, strides=[T.int64(), T.int64(), T.int64(), one])
-        C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), one])
-        with T.sblock("root"):
-            T.reads(C[0:M, 0:N], X[0:KH, 0:XW, 0:N], W[0:KH, 0:KW, 0:1, 0:N])
-            T.writes(C[0:M, 0:N])
-            T.evaluate(T.call_extern("int32", symbol, C.access_ptr("rw"), X.access_ptr("r"), W.access_ptr("r"),
-                                     X.strides[0], X.strides[1], W.strides[0], W.strides[1], C.strides[0]))
-
-    is_int = types.c != "float32"
-    desc = (desc1_int if is_int else desc1_float) if m == 1 else (desc_int if is_int else desc_float)
-    TensorIntrin.register(name, desc, impl, override=True)
+    TensorIntrin.register(name, make(False), make(True), override=True)
     _REGISTERED.add(name)
     return name
 
@@ -229,6 +171,12 @@ class _Emit:
     def __init__(self, types: Types, lanes: int, sfx: str = "v") -> None:
         self.t, self.lanes, self.sfx = types, lanes, sfx
         self.acc = f"ec_f32{sfx}" if types.c == "float32" else f"ec_i32{sfx}"
+
+    @classmethod
+    def for_tile(cls, types: Types, n: int, lanes: int) -> tuple["_Emit", int]:
+        """The emitter for a tile of n channels (the widest vector dividing n) and its vectors per row."""
+        width, sfx = vector_width(n, lanes)
+        return cls(types, width, sfx), n // width
 
     def acc_type(self) -> str:
         return self.acc if self.lanes > 1 else _C[self.t.c]
@@ -252,14 +200,11 @@ class _Emit:
         return f"({_C[self.t.c]})({expr})"
 
 
-def emit_gemm_c(m: int, n: int, lanes: int, types: Types = F32, lane_fma: bool = False) -> str:
-    """`lane_fma` (NEON): the reduction runs 4 steps at a time, each A row's 4 values loaded as one
-    vector and used lane by lane (fmla by element) instead of one scalar load per step."""
-    lanes, sfx = vector_width(n, lanes)
-    e = _Emit(types, lanes, sfx)
-    nv = n // lanes
-    if lane_fma and lanes == 4 and types.c == "float32" and types.a == "float32":
-        return _emit_gemm_lane_fma(m, n, nv, e, types)
+def emit_gemm_c(m: int, n: int, lanes: int, types: Types = F32) -> str:
+    """The generic GEMM micro-kernel: M x N accumulators in named (vector) variables, one rank-1
+    update per reduction step."""
+    e, nv = _Emit.for_tile(types, n, lanes)
+    lanes = e.lanes
     lines = [
         f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] ({types.a} x {types.b} -> {types.c}); {lanes}-lane vectors, "
         f"{m * nv} accumulators in registers */",
@@ -282,43 +227,9 @@ def emit_gemm_c(m: int, n: int, lanes: int, types: Types = F32, lane_fma: bool =
     return "\n".join(lines)
 
 
-def _emit_gemm_lane_fma(m: int, n: int, nv: int, e: "_Emit", types: Types) -> str:
-    lines = [
-        f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (float); 4-lane vectors, {m * nv} accumulators; the reduction 4 "
-        "steps at a time with A rows loaded as vectors and used by lane (fmla by element) */",
-        f"static inline int32_t ec_gemm_{types.tag}_{m}x{n}(float *restrict C, const float *restrict A, "
-        "const float *restrict B, int32_t K, int64_t lda, int64_t ldb, int64_t ldc) {",
-    ]
-    for i in range(m):
-        lines.append(f"  ec_f32v " + ", ".join(f"c{i}_{j} = ec_f32v_load(C + {i} * ldc + {j * 4})"
-                                               for j in range(nv)) + ";")
-    lines.append("  int32_t k = 0;")
-    lines.append("  for (; k + 4 <= K; k += 4) {")
-    lines.append("    const ec_f32v " + ", ".join(f"a{i} = ec_f32v_load(A + {i} * lda + k)" for i in range(m)) + ";")
-    for kk in range(4):
-        lines.append("    {")
-        lines.append("      const ec_f32v " + ", ".join(f"b{j} = ec_f32v_load(B + (k + {kk}) * ldb + {j * 4})"
-                                                     for j in range(nv)) + ";")
-        for i in range(m):
-            lines.append("      " + " ".join(f"c{i}_{j} += a{i}[{kk}] * b{j};" for j in range(nv)))
-        lines.append("    }")
-    lines.append("  }")
-    lines.append("  for (; k < K; ++k) {")
-    lines.append("    const ec_f32v " + ", ".join(f"b{j} = ec_f32v_load(B + k * ldb + {j * 4})" for j in range(nv)) + ";")
-    for i in range(m):
-        lines.append(f"    const float a{i} = A[{i} * lda + k];")
-        lines.append("    " + " ".join(f"c{i}_{j} += a{i} * b{j};" for j in range(nv)))
-    lines.append("  }")
-    for i in range(m):
-        lines.append("  " + " ".join(f"ec_f32v_store(C + {i} * ldc + {j * 4}, c{i}_{j});" for j in range(nv)))
-    lines += ["  return 0;", "}"]
-    return "\n".join(lines)
-
-
 def emit_dw_c(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types = F32) -> str:
-    lanes, sfx = vector_width(n, lanes)
-    e = _Emit(types, lanes, sfx)
-    nv = n // lanes
+    e, nv = _Emit.for_tile(types, n, lanes)
+    lanes = e.lanes
     lines = [
         f"/* depthwise {kh}x{kw}/{s} ({types.a} x {types.b} -> {types.c}): "
         f"C[{m}x{n}] += sum X[ry][m*{s}+rx][n] * W[ry][rx][n] over a padded window */",
@@ -394,15 +305,3 @@ def emit_prelude(lanes: int) -> str:
             lines.append(f"/* {w}-lane vectors for tiles whose channels are not a multiple of {w * 2} */")
         lines += _vector_types(w, sfx)
     return "\n".join(lines)
-
-
-def emit_ukernels(kernel_code: str, lanes: int, lane_fma: bool = False) -> str:
-    """C definitions of every micro-kernel that `kernel_code` calls (sorted: deterministic)."""
-    gemms = sorted({(t, int(m), int(n)) for t, m, n in GEMM_CALL_RE.findall(kernel_code)})
-    dws = sorted({(t, *(int(v) for v in rest)) for t, *rest in DW_CALL_RE.findall(kernel_code)})
-    if not gemms and not dws:
-        return ""
-    parts = [emit_prelude(lanes)]
-    parts += [emit_gemm_c(m, n, lanes, TYPES[t], lane_fma) for t, m, n in gemms]
-    parts += [emit_dw_c(m, n, kh, kw, s, lanes, TYPES[t]) for t, m, n, kh, kw, s in dws]
-    return "\n\n".join(parts) + "\n"

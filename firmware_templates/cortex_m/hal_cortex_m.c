@@ -1,71 +1,13 @@
-/* Cortex-M platform layer: UART (CMSDK or STM32 USART), SysTick clock, stack painting,
- * arena/stack facts from the linker script, fault reports over the UART. */
+/* Cortex-M platform layer: the byte stream over the UART driver (uart/<driver>.c), SysTick
+ * clock, stack painting, arena/stack facts from the linker script, fault reports over the UART. */
 #include <stdint.h>
 
 #include "ec_board.h"
 #include "ec_hal.h"
 #include "ec_protocol.h"
+#include "ec_uart.h"
 
 #define REG(addr) (*(volatile uint32_t *)(addr))
-
-/* ---------------------------------------------------------------- UART */
-#if EC_UART_CMSDK
-/* Arm CMSDK APB UART: DATA 0x0, STATE 0x4 (b0 TX full, b1 RX full), CTRL 0x8, BAUDDIV 0x10 */
-static void uart_init(void) {
-  REG(EC_UART_BASE + 0x10) = EC_UART_CLOCK_HZ / EC_UART_BAUD >= 16 ? EC_UART_CLOCK_HZ / EC_UART_BAUD : 16;
-  REG(EC_UART_BASE + 0x08) = 0x3u;   /* TX and RX enable */
-}
-static int uart_rx_ready(void) { return (REG(EC_UART_BASE + 0x04) & 0x2u) != 0; }
-static uint8_t uart_rx(void) { return (uint8_t)REG(EC_UART_BASE + 0x00); }
-static void uart_tx(uint8_t c) {
-  while (REG(EC_UART_BASE + 0x04) & 0x1u) {
-  }
-  REG(EC_UART_BASE + 0x00) = c;
-}
-#elif EC_UART_STM32_V1 || EC_UART_STM32_V2
-static const uint32_t rcc_bits[][2] = {EC_UART_RCC};   /* {register, bit} clock enables */
-static const uint32_t pins[][3] = {EC_UART_PINS};      /* {GPIO base, pin, alternate function} */
-static void gpio_af(uint32_t base, uint32_t pin, uint32_t af) {
-  REG(base + 0x00) = (REG(base + 0x00) & ~(3u << (2 * pin))) | (2u << (2 * pin));   /* MODER: AF */
-  uint32_t afr = base + (pin < 8 ? 0x20 : 0x24);
-  uint32_t shift = 4 * (pin & 7u);
-  REG(afr) = (REG(afr) & ~(0xFu << shift)) | (af << shift);
-}
-#if EC_UART_STM32_V1
-/* STM32F1/F2/F4 USART: SR 0x0 (b5 RXNE, b7 TXE), DR 0x4, BRR 0x8, CR1 0xC (b13 UE, b3 TE, b2 RE) */
-#define UART_ISR 0x00
-#define UART_RDR 0x04
-#define UART_TDR 0x04
-#define UART_BRR 0x08
-#define UART_CR1 0x0C
-#define UART_CR1_ENABLE ((1u << 13) | (1u << 3) | (1u << 2))
-#else
-/* STM32F7/H7/L4 USART: CR1 0x0 (b0 UE, b3 TE, b2 RE), BRR 0xC, ISR 0x1C, RDR 0x24, TDR 0x28 */
-#define UART_ISR 0x1C
-#define UART_RDR 0x24
-#define UART_TDR 0x28
-#define UART_BRR 0x0C
-#define UART_CR1 0x00
-#define UART_CR1_ENABLE ((1u << 0) | (1u << 3) | (1u << 2))
-#endif
-static void uart_init(void) {
-  for (unsigned i = 0; i < sizeof rcc_bits / sizeof rcc_bits[0]; ++i)
-    if (rcc_bits[i][0]) REG(rcc_bits[i][0]) |= 1u << rcc_bits[i][1];
-  for (unsigned i = 0; i < sizeof pins / sizeof pins[0]; ++i)
-    if (pins[i][0]) gpio_af(pins[i][0], pins[i][1], pins[i][2]);
-  REG(EC_UART_BASE + UART_BRR) = (EC_UART_CLOCK_HZ + EC_UART_BAUD / 2) / EC_UART_BAUD;
-  REG(EC_UART_BASE + UART_CR1) = UART_CR1_ENABLE;
-}
-static int uart_rx_ready(void) { return (REG(EC_UART_BASE + UART_ISR) & (1u << 5)) != 0; }
-static uint8_t uart_rx(void) { return (uint8_t)REG(EC_UART_BASE + UART_RDR); }
-static void uart_tx(uint8_t c) {
-  while (!(REG(EC_UART_BASE + UART_ISR) & (1u << 7))) {
-  }
-  REG(EC_UART_BASE + UART_TDR) = c;
-}
-#else
-#error "no UART driver selected in ec_board.h"
-#endif
 
 /* ---------------------------------------------------------------- SysTick clock */
 #define SYST_CSR REG(0xE000E010u)
@@ -99,21 +41,21 @@ const char *ec_hal_tick_unit(void) { return "cycles"; }
 void ec_hal_init(int argc, char **argv) {
   (void)argc;
   (void)argv;
-  uart_init();
+  ec_uart_init();
   systick_init();
 }
 
 int ec_hal_getc(uint32_t timeout_ms) {
   uint64_t start = ec_hal_ticks();
   uint64_t limit = (uint64_t)timeout_ms * (EC_CPU_HZ / 1000u);
-  while (!uart_rx_ready()) {
+  while (!ec_uart_rx_ready()) {
     if (timeout_ms && ec_hal_ticks() - start > limit) return -1;
   }
-  return uart_rx();
+  return ec_uart_rx();
 }
 
 void ec_hal_write(const uint8_t *data, size_t n) {
-  for (size_t i = 0; i < n; ++i) uart_tx(data[i]);
+  for (size_t i = 0; i < n; ++i) ec_uart_tx(data[i]);
 }
 
 /* ---------------------------------------------------------------- stack and arena */

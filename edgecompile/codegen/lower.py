@@ -1,0 +1,231 @@
+"""Scheduled TIR kernels -> plain C functions, and the C symbol each kernel gets.
+
+Kernels go through TVM's own lowering passes and C code generator, with one change: a TIR
+pipeline of ours (`ec_unpacked`) replaces `MakePackedAPI`. Each kernel becomes
+
+    static int32_t ec_<kind>_...(float *restrict in, const-data weights..., float *restrict out,
+                                  float *restrict scratch0, ...)
+
+with plain pointer arguments: no DLTensor, no packed FFI, no TVM runtime. Intermediate buffers a
+kernel needs beyond a small stack allowance are turned into extra `scratch` pointer parameters that
+the memory planner places inside the arena, so nothing is ever allocated at run time.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import EdgeCompileError
+from ..ir.kernel import KernelInfo
+from ..ir.program import DTYPE_BYTES, Tensor
+
+# Intermediate buffers below this size stay on the stack (register tiles, small row buffers);
+# larger ones become arena scratch.
+STACK_ALLOC_LIMIT = 1024
+PIPELINE_NAME = "ec_unpacked"
+
+
+@dataclass
+class KernelSource:
+    symbol: str
+    params: list[tuple[str, str]]     # (C type, name) in call order, scratch last
+    scratch_bytes: list[int]
+    stack_bytes: int                  # bytes of intermediate buffers left on the stack
+    c_code: str                       # the function definition
+
+
+# ----------------------------------------------------------------------------- TIR pipeline
+
+
+def _rebuild_stmt(stmt: Any, leaf: Any) -> Any:
+    """Post-order rebuild of TIR container statements, mapping leaf statements through `leaf`."""
+    from tvm import tirx
+
+    if isinstance(stmt, tirx.SeqStmt):
+        return tirx.SeqStmt([_rebuild_stmt(s, leaf) for s in stmt.seq])
+    if isinstance(stmt, tirx.For):
+        return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, _rebuild_stmt(stmt.body, leaf),
+                        stmt.thread_binding, stmt.annotations, stmt.step)
+    if isinstance(stmt, tirx.IfThenElse):
+        else_case = None if stmt.else_case is None else _rebuild_stmt(stmt.else_case, leaf)
+        return tirx.IfThenElse(stmt.condition, _rebuild_stmt(stmt.then_case, leaf), else_case)
+    if isinstance(stmt, tirx.AttrStmt):
+        return tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, _rebuild_stmt(stmt.body, leaf))
+    if isinstance(stmt, tirx.While):
+        return tirx.While(stmt.condition, _rebuild_stmt(stmt.body, leaf))
+    return leaf(stmt)
+
+
+def _buffer_elems(buf: Any) -> int:
+    n = 1
+    for d in buf.shape:
+        n *= int(d)
+    return n
+
+
+def unpack_kernel(func: Any) -> Any:
+    """Buffer parameters -> plain pointers; large allocations -> extra scratch pointer params."""
+    import tvm
+    from tvm import tirx
+    from tvm.ir import PointerType, PrimType
+
+    params, decls = [], []
+    for p in func.params:
+        if not tirx.is_buffer_var(p):
+            raise EdgeCompileError(f"kernel parameter {p.name} is not a buffer")
+        ptr = tirx.Var(p.name, PointerType(p.ty.dtype))
+        params.append(ptr)
+        decls.append(tirx.DeclBuffer(p, data=ptr))
+    scratch: list[tuple[Any, int]] = []
+    stack = [0]
+
+    def hoist(stmt: Any) -> Any:
+        if isinstance(stmt, tirx.AllocBuffer):
+            buf = stmt.buffer
+            nbytes = _buffer_elems(buf) * DTYPE_BYTES.get(str(buf.ty.dtype), 4)
+            if str(buf.ty.storage_scope) in ("global", "") and nbytes >= STACK_ALLOC_LIMIT:
+                ptr = tirx.Var(f"scratch{len(scratch)}", PointerType(buf.ty.dtype))
+                scratch.append((ptr, nbytes))
+                return tirx.DeclBuffer(buf, data=ptr)
+            stack[0] += nbytes
+        return stmt
+
+    body = _rebuild_stmt(func.body, hoist)
+    body = tirx.SeqStmt(decls + [body, tirx.Return(tirx.const(0, "int32"))])
+    # LowerTVMBuiltin wants a device context for the small stack allocations left.
+    body = tirx.AttrStmt(tvm.runtime.convert("default"), "device_id", tirx.const(0, "int32"), body)
+    body = tirx.AttrStmt(tvm.runtime.convert("default"), "device_type", tirx.const(1, "int32"), body)
+    new = tirx.PrimFunc(params + [p for p, _ in scratch], body, ret_type=PrimType("int32"), attrs=func.attrs)
+    new = new.with_attr("ec.scratch_bytes", [n for _, n in scratch])
+    return new.with_attr("ec.stack_bytes", stack[0])
+
+
+def _register_pipeline() -> None:
+    import tvm
+    from tvm import s_tir, tirx
+    from tvm.tirx import compilation_pipeline as cp
+
+    if PIPELINE_NAME in cp.PIPELINE_MAP:
+        return
+
+    @tvm.transform.module_pass(opt_level=0, name="ECUnpackKernels")
+    def unpack(mod: Any, _ctx: Any) -> Any:
+        return tvm.IRModule({gv: unpack_kernel(f) for gv, f in mod.functions.items()}, attrs=mod.attrs)
+
+    def factory() -> Any:
+        @tvm.transform.module_pass(opt_level=0, name="ECLowerKernels")
+        def lower(mod: Any, _ctx: Any) -> Any:
+            passes = [
+                s_tir.transform.CanonicalizeLoop(),
+                s_tir.transform.LowerInitBlock(),
+                s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+                s_tir.transform.ConvertBlocksToOpaque(),
+                s_tir.transform.CompactBufferAllocation(),
+                s_tir.transform.LowerMatchBuffer(),
+                s_tir.transform.StmtSimplify(),
+                s_tir.transform.LowerOpaqueBlock(),
+                tirx.transform.FlattenBuffer(),
+                tirx.transform.NarrowDataType(32),
+                s_tir.transform.LoopPartition(),
+                tirx.transform.VectorizeLoop(True),
+                s_tir.transform.HoistIfThenElse(),
+                tirx.transform.UnrollLoop(),
+                s_tir.transform.RenormalizeSplitPattern(),
+                tirx.transform.StmtSimplify(),
+                tirx.transform.RemoveNoOp(),
+                s_tir.transform.RewriteUnsafeSelect(),
+                tirx.transform.CommonSubexprElim(),
+                tirx.transform.VerifyMemory(),
+                unpack,
+            ]
+            return tvm.transform.Sequential(passes)(mod)
+
+        return lower, cp.finalize_host_passes, cp.finalize_device_passes
+
+    cp.register_tir_pipeline(PIPELINE_NAME, factory)
+
+
+_PREAMBLE_LINES = re.compile(
+    r'^(#define TVM_EXPORTS|#include "tvm/.*"|#include "dlpack/.*"|void\* __tvm_ffi__library_ctx = NULL;'
+    r"|// tvm target:.*|#ifdef __cplusplus|extern \"C\"|#endif)\s*$"
+)
+
+
+def lower_kernels(funcs: dict[str, Any], target_dict: dict[str, Any],
+                  streaming: set[str] = frozenset()) -> dict[str, KernelSource]:
+    """Lower scheduled PrimFuncs (symbol -> PrimFunc) to C function definitions. Kernels in
+    `streaming` may run in place (output overlapping their first input): those two pointers are
+    not declared `restrict`."""
+    import tvm
+    from tvm import tirx
+
+    _register_pipeline()
+    mod = tvm.IRModule({sym: f.with_attr("global_symbol", sym) for sym, f in sorted(funcs.items())})
+    target = tvm.target.Target(target_dict if target_dict.get("kind") == "c" else {"kind": "c"})
+    mod = tirx.transform.BindTarget(target.with_host(target))(mod)
+    pipeline, finalize_host, _ = tirx.get_tir_pipeline(PIPELINE_NAME)
+    with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
+        lowered = finalize_host()(pipeline(mod))
+        source = tvm.get_global_func("target.build.c")(lowered, target).inspect_source()
+    infos = {}
+    for gv, f in lowered.functions.items():
+        sym = gv.name_hint
+        infos[sym] = ([int(n) for n in f.attrs["ec.scratch_bytes"]], int(f.attrs["ec.stack_bytes"]))
+    return _split_c_source(source, infos, streaming)
+
+
+def _split_c_source(source: str, infos: dict[str, tuple[list[int], int]],
+                    streaming: set[str] = frozenset()) -> dict[str, KernelSource]:
+    for bad in ("TVMBackendAllocWorkspace", "TVMFFI", "__tvm_ffi_"):
+        kept = [ln for ln in source.splitlines() if bad in ln and "__tvm_ffi__library_ctx" not in ln]
+        if kept:
+            raise EdgeCompileError(f"generated kernel code still depends on the TVM runtime ({bad}): {kept[0].strip()}")
+    lines = [ln for ln in source.splitlines() if not _PREAMBLE_LINES.match(ln)]
+    text = "\n".join(lines)
+    out: dict[str, KernelSource] = {}
+    for sym, (scratch, stack) in infos.items():
+        m = re.search(r"^TVM_DLL int32_t " + re.escape(sym) + r"\((.*?)\) \{$", text, re.M)
+        if m is None:
+            raise EdgeCompileError(f"kernel {sym} not found in generated C")
+        start = m.start()
+        depth, i = 0, text.index("{", m.end() - 1)
+        while True:
+            if text[i] == "{":
+                depth += 1
+            elif text[i] == "}":
+                depth -= 1
+                if depth == 0:
+                    break
+            i += 1
+        body = text[text.index("{", m.end() - 1): i + 1]
+        params = []
+        for p in m.group(1).split(","):
+            ctype, name = p.strip().rsplit(" ", 1)
+            params.append((ctype.rstrip("*").strip() + "*", name.lstrip("*")))
+        loose = {0, len(params) - 1 - len(scratch)} if sym in streaming else set()
+        sig = ", ".join(f"{t} {'' if i in loose else 'restrict '}{n}" for i, (t, n) in enumerate(params))
+        # noinline: each kernel keeps its own symbol (footprint by kernel, per-kernel profiles)
+        code = f"static __attribute__((noinline)) int32_t {sym}({sig}) {body}"
+        out[sym] = KernelSource(sym, params, scratch, stack, code)
+        del start
+    return out
+
+
+def kernel_symbol(info: KernelInfo, out: Tensor, taken: set[str]) -> str:
+    """The C name of a kernel: what it computes, its number format and output shape
+    (`ec_dwpw_s8_k3x3s2_24x24x16`), unique among `taken` (which it joins)."""
+    dtype = {"float32": "f32", "int8": "s8", "int32": "s32"}.get(out.dtype, out.dtype)
+    base = f"ec_{info.kind}_{dtype}"
+    shape = "x".join(str(d) for d in out.shape[1:]) or "scalar"
+    if info.kind.is_conv:
+        (kh, kw), (sh, _) = info.kernel, info.stride
+        base += f"_k{kh}x{kw}s{sh}_{shape}"
+    else:
+        base += f"_{shape}"
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name

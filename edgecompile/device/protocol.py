@@ -1,0 +1,229 @@
+"""Host side of the serial protocol (see docs/protocol.md and firmware_templates/common/ec_protocol.h).
+
+    frame := 0xEC 0x5A | type:u8 | seq:u8 | length:u32 LE | payload | crc32:u32 LE
+
+`Link` wraps any pyserial-like port (`serial.serial_for_url` accepts `socket://`, `rfc2217://`,
+device paths such as `/dev/ttyACM0`, ...). Every wait is bounded; a NAK makes the request go out
+again (at most `retries` times); a device fault or a dead emulator ends the wait at once.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import DeviceError
+
+SYNC = b"\xec\x5a"
+HEADER = struct.Struct("<2sBBI")
+MAX_FRAME_PAYLOAD = 1 << 20    # default bound on a device frame; Link raises it for big outputs
+
+PING, INFO, INFER, PROFILE = 0x01, 0x02, 0x03, 0x04
+READY, PONG, INFO_RESP, RESULT, PROFILE_RESP = 0x80, 0x81, 0x82, 0x83, 0x84
+NAK, FAULT, ERROR = 0xE0, 0xE1, 0xE2
+NAK_REASONS = {1: "bad CRC", 2: "payload too long", 3: "bad payload length", 4: "unknown message type",
+               5: "frame timed out"}
+FAULT_FIELDS = ("r0", "r1", "r2", "r3", "r12", "lr", "pc", "xpsr", "cfsr", "hfsr", "mmfar", "bfar", "exc_return")
+
+
+def encode(kind: int, seq: int, payload: bytes = b"") -> bytes:
+    head = HEADER.pack(SYNC, kind, seq & 0xFF, len(payload))
+    crc = zlib.crc32(head[2:] + payload) & 0xFFFFFFFF
+    return head + payload + struct.pack("<I", crc)
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: int
+    seq: int
+    payload: bytes
+
+
+class FrameDecoder:
+    """Incremental decoder: bytes in, frames out. Skips noise and frames with a bad CRC."""
+
+    def __init__(self, max_payload: int = MAX_FRAME_PAYLOAD) -> None:
+        self.buf = bytearray()
+        self.max_payload = max_payload
+        self.dropped = 0   # frames discarded for a bad CRC or an absurd length
+
+    def skip_partial(self) -> list[Frame]:
+        """Give up on the incomplete frame at the head of the buffer (a sync pattern inside noise
+        whose 'length' never arrives) and look for frames after it."""
+        if self.buf.startswith(SYNC):
+            self.dropped += 1
+            del self.buf[:2]
+        return self.feed(b"")
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self.buf += data
+        frames = []
+        while True:
+            start = self.buf.find(SYNC)
+            if start < 0:
+                del self.buf[:-1]
+                return frames
+            del self.buf[:start]
+            if len(self.buf) < HEADER.size:
+                return frames
+            _, kind, seq, length = HEADER.unpack_from(self.buf)
+            if length > self.max_payload:
+                self.dropped += 1
+                del self.buf[:2]
+                continue
+            total = HEADER.size + length + 4
+            if len(self.buf) < total:
+                return frames
+            body = bytes(self.buf[2:HEADER.size + length])
+            crc, = struct.unpack_from("<I", self.buf, HEADER.size + length)
+            if zlib.crc32(body) & 0xFFFFFFFF != crc:
+                self.dropped += 1
+                del self.buf[:2]
+                continue
+            frames.append(Frame(kind, seq, bytes(self.buf[HEADER.size:HEADER.size + length])))
+            del self.buf[:total]
+
+
+@dataclass
+class InferResult:
+    output: np.ndarray
+    ticks: int
+    tick_hz: int
+    stack_used_bytes: int
+    arena_bytes: int
+
+
+def decode_fault(payload: bytes) -> dict[str, int]:
+    n = len(payload) // 4
+    return dict(zip(FAULT_FIELDS, struct.unpack(f"<{n}I", payload[: 4 * n])))
+
+
+class Link:
+    """Request/response over a serial port. `alive` (optional) reports whether the other end
+    can still answer (e.g. the emulator process is running)."""
+
+    def __init__(self, port: Any, timeout: float = 30.0, retries: int = 3,
+                 alive: Callable[[], str | None] | None = None) -> None:
+        self.port = port
+        self.timeout = timeout
+        self.retries = retries
+        self.alive = alive
+        self.decoder = FrameDecoder()
+        self.pending: list[Frame] = []
+        self.seq = 0
+        self.naks = 0
+        self.ready_info: dict[str, Any] | None = None
+        if hasattr(self.port, "timeout"):
+            self.port.timeout = 0.05
+
+    # -- low level
+    def send(self, kind: int, payload: bytes = b"", seq: int | None = None) -> int:
+        if seq is None:
+            self.seq = (self.seq + 1) & 0xFF
+            seq = self.seq
+        data = encode(kind, seq, payload)
+        try:
+            self.port.write(data)
+            if hasattr(self.port, "flush"):
+                self.port.flush()
+        except OSError as err:
+            raise DeviceError(f"serial write failed: {err}") from None
+        return seq
+
+    def _read_some(self) -> None:
+        try:
+            data = self.port.read(max(1, getattr(self.port, "in_waiting", 0) or 1))
+        except OSError as err:
+            reason = None
+            if self.alive is not None:   # a dying emulator closes the line before it is reaped
+                deadline = time.monotonic() + 1.0
+                while reason is None and time.monotonic() < deadline:
+                    reason = self.alive()
+                    time.sleep(0.02)
+            raise DeviceError(reason or f"serial read failed: {err}") from None
+        if data:
+            self.pending += self.decoder.feed(data)
+        elif self.alive is not None:
+            reason = self.alive()
+            if reason:
+                raise DeviceError(reason)
+
+    def receive(self, deadline: float) -> Frame:
+        while not self.pending:
+            if time.monotonic() > deadline:
+                self.pending += self.decoder.skip_partial()
+                if self.pending:
+                    break
+                raise DeviceError("timed out waiting for the device")
+            self._read_some()
+        frame = self.pending.pop(0)
+        if frame.kind == FAULT:
+            regs = decode_fault(frame.payload)
+            desc = ", ".join(f"{k}=0x{v:08x}" for k, v in regs.items() if k in ("pc", "lr", "cfsr", "hfsr", "bfar"))
+            raise DeviceError(f"device fault (HardFault): {desc}")
+        if frame.kind == ERROR:
+            raise DeviceError(f"device error: {frame.payload[4:].decode(errors='replace')}")
+        if frame.kind == READY:
+            self.ready_info = _json(frame.payload)
+        return frame
+
+    def request(self, kind: int, payload: bytes, expect: int, timeout: float | None = None) -> Frame:
+        timeout = self.timeout if timeout is None else timeout
+        for attempt in range(self.retries + 1):
+            seq = self.send(kind, payload)
+            deadline = time.monotonic() + timeout
+            while True:
+                frame = self.receive(deadline)
+                if frame.kind == expect and frame.seq == seq:
+                    return frame
+                if frame.kind == NAK:
+                    self.naks += 1
+                    break   # resend
+            if attempt == self.retries:
+                reason = NAK_REASONS.get(frame.payload[0] if frame.payload else 0, "unknown")
+                raise DeviceError(f"device rejected the request {self.retries + 1} times ({reason})")
+        raise AssertionError("unreachable")
+
+    # -- operations
+    def connect(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until the device answers (it may still be booting), then return its INFO."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.request(PING, b"ec", PONG, timeout=min(0.5, max(0.1, deadline - time.monotonic())))
+                break
+            except DeviceError as err:
+                if "timed out" not in str(err) or time.monotonic() > deadline:
+                    raise DeviceError(f"no answer from the device: {err}") from None
+        return self.info()
+
+    def info(self) -> dict[str, Any]:
+        return _json(self.request(INFO, b"", INFO_RESP).payload)
+
+    def infer(self, x: np.ndarray, out_shape: tuple[int, ...], timeout: float | None = None,
+              in_dtype: str = "float32", out_dtype: str = "float32") -> InferResult:
+        data = np.ascontiguousarray(x, dtype=np.dtype(in_dtype).newbyteorder("<")).tobytes()
+        out_t = np.dtype(out_dtype).newbyteorder("<")
+        self.decoder.max_payload = max(self.decoder.max_payload, out_t.itemsize * int(np.prod(out_shape)) + 64)
+        t = timeout if timeout is not None else self.timeout + len(data) / 2000.0
+        frame = self.request(INFER, data, RESULT, timeout=t)
+        status, lo, hi, tick_hz, stack, arena = struct.unpack_from("<6I", frame.payload)
+        if status != 0:
+            raise DeviceError(f"the model failed on the device at kernel call {status}")
+        out = np.frombuffer(frame.payload[24:], dtype=out_t).astype(np.dtype(out_dtype))
+        if out.size != int(np.prod(out_shape)):
+            raise DeviceError(f"device returned {out.size} values, expected {int(np.prod(out_shape))}")
+        return InferResult(out.reshape(out_shape), lo | (hi << 32), tick_hz, stack, arena)
+
+
+def _json(payload: bytes) -> dict[str, Any]:
+    try:
+        return json.loads(payload.decode())
+    except (UnicodeDecodeError, ValueError) as err:
+        raise DeviceError(f"device sent unreadable INFO: {err}") from None

@@ -1,0 +1,466 @@
+"""int8 post-training quantization: calibration and the rewrite of the float graph into integer
+Relax operators (TFLite's int8 scheme, after Jacob et al. 2018).
+
+* weights: int8, symmetric, one scale per output channel; biases: int32 at scale s_in * s_w;
+* activations: int8, asymmetric, one scale and zero point per tensor, from calibration
+  (`minmax` or `percentile`: the 0.01% / 99.99% quantiles);
+* every rescale is integer: y = clamp(z_out + ((acc * m0 + 2^(n-1)) >> n)) with m0 a Q31
+  multiplier and n a per-channel shift — no float at run time, so host and device compute the
+  same bytes;
+* ReLU / ReLU6 / Clip become the bounds of the clamp; sigmoid (hence SiLU) is a 256-entry table.
+
+The rewrite runs on the high-level graph (`passes.prepare_graph`), before legalization, so the
+integer graph then goes through the same fusion, scheduling and C generation as float.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import EdgeCompileError, UnsupportedModelError
+from . import operators
+
+QMIN, QMAX = -128, 127
+
+
+@dataclass(frozen=True)
+class QParams:
+    scale: float
+    zero_point: int
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        return np.clip(np.round(x / self.scale) + self.zero_point, QMIN, QMAX).astype(np.int8)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        return (q.astype(np.float32) - self.zero_point) * np.float32(self.scale)
+
+
+def qparams_from_range(lo: float, hi: float) -> QParams:
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if hi - lo < 1e-8:
+        hi = lo + 1e-8
+    scale = (hi - lo) / (QMAX - QMIN)
+    zp = int(np.clip(round(QMIN - lo / scale), QMIN, QMAX))
+    return QParams(scale, zp)
+
+
+# ----------------------------------------------------------------------------- fixed point
+
+
+def requant_params(multiplier: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """Real multipliers M > 0 -> (m0, n) with M ~= m0 / 2^n, m0 in [2^30, 2^31) (Q31), n in
+    [1, 62]. Multipliers too small for that range give m0 = 0 (the output is then z_out)."""
+    m = np.atleast_1d(np.asarray(multiplier, dtype=np.float64))
+    m0 = np.zeros(m.shape, np.int64)
+    n = np.full(m.shape, 31, np.int64)
+    for i, v in enumerate(m):
+        if not v > 0:
+            continue
+        f, e = math.frexp(v)                 # v = f * 2^e, f in [0.5, 1)
+        q = int(round(f * (1 << 31)))
+        if q == 1 << 31:
+            q //= 2
+            e += 1
+        shift = 31 - e
+        if shift > 62:                       # below 2^-32: rounds to nothing
+            continue
+        if shift < 1:
+            raise EdgeCompileError(f"requantization multiplier {v} is too large")
+        m0[i], n[i] = q, shift
+    return m0, n
+
+
+def requantize_reference(acc: np.ndarray, m0: np.ndarray, n: np.ndarray, zero_point: int) -> np.ndarray:
+    """What the generated code computes, in exact integer arithmetic (Python ints)."""
+    acc = np.asarray(acc, dtype=object)
+    out = (acc * m0.astype(object) + (np.int64(1) << (n - 1)).astype(object)) >> n.astype(object)
+    return np.clip(out + zero_point, QMIN, QMAX).astype(np.int8)
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def _bindings(func: Any) -> list[Any]:
+    return [b for block in func.body.blocks for b in block.bindings]
+
+
+def calibrate(mod: Any, samples: np.ndarray, method: str = "minmax") -> dict[Any, tuple[float, float]]:
+    """Run the float graph on `samples` (N x input shape) on this machine and return the value
+    range of the input and of every intermediate tensor, keyed by Relax var."""
+    import tvm
+    from tvm import relax
+
+    from .passes import _substitute
+
+    if method not in ("minmax", "percentile"):
+        raise EdgeCompileError(f"unknown calibration method {method!r}: use minmax or percentile")
+    main = mod["main"]
+    binds = [b for b in _bindings(main) if isinstance(b.var.ty, relax.TensorType)]
+    bb = relax.BlockBuilder()
+    params = [relax.Var(p.name, p.ty) for p in main.params]
+    with bb.function("main", params):
+        with bb.dataflow():
+            env = dict(zip(main.params, params))
+            outs = []
+            for b in _bindings(main):
+                v = bb.emit(_substitute(b.value, env), b.var.name)
+                env[b.var] = v
+                if b in binds:
+                    outs.append(v)
+            gv = bb.emit_output(relax.Tuple(outs))
+        bb.emit_func_output(gv)
+    exe = tvm.compile(bb.get(), target=tvm.target.Target({"kind": "llvm"}))
+    vm = relax.VirtualMachine(exe, tvm.cpu())
+    keys = [main.params[0]] + [b.var for b in binds]
+    values: dict[Any, list[np.ndarray]] = {k: [] for k in keys}
+    for x in samples:
+        x = np.ascontiguousarray(x[None] if x.ndim == len(main.params[0].ty.shape) - 1 else x, dtype=np.float32)
+        res = vm["main"](tvm.runtime.tensor(x))
+        values[main.params[0]].append(x.ravel())
+        for k, r in zip(keys[1:], res):
+            values[k].append(r.numpy().ravel())
+    ranges = {}
+    for k, vs in values.items():
+        v = np.concatenate(vs).astype(np.float64)
+        if method == "minmax" or v.size < 100:
+            ranges[k] = (float(v.min()), float(v.max()))
+        else:
+            ranges[k] = (float(np.quantile(v, 1e-4)), float(np.quantile(v, 1 - 1e-4)))
+    return ranges
+
+
+# ----------------------------------------------------------------------------- the rewrite
+
+
+@dataclass
+class _Q:          # an int8 tensor
+    expr: Any
+    qp: QParams
+
+
+@dataclass
+class _Acc:        # an int32 accumulator at scale `scale` (per last-axis channel or scalar), zero point 0
+    expr: Any
+    scale: np.ndarray
+
+
+def _const(value: Any, dtype: str) -> Any:
+    from tvm import relax
+
+    return relax.const(np.array(value, dtype=dtype), dtype)
+
+
+class _Quantizer:
+    def __init__(self, mod: Any, ranges: dict[Any, tuple[float, float]],
+                 given: dict[Any, tuple[float, int]] | None = None) -> None:
+        from tvm import relax
+
+        self.relax = relax
+        self.mod = mod
+        self.ranges = ranges
+        self.given = given or {}
+        self.bb = relax.BlockBuilder()
+        self.env: dict[Any, Any] = {}
+        self.pinned: set[str] = set()
+
+    def qp(self, var: Any) -> QParams:
+        if var in self.given:                      # a QDQ model's own scale and zero point
+            scale, zp = self.given[var]
+            return QParams(scale, zp)
+        if var not in self.ranges:
+            raise EdgeCompileError(f"int8: no calibration range for '{var.name}'")
+        return qparams_from_range(*self.ranges[var])
+
+    def emit(self, expr: Any, name: str = "q") -> Any:
+        return self.bb.emit(expr, name)
+
+    # -- conversions
+    def materialize(self, value: Any, qp: QParams) -> _Q:
+        """An accumulator (or an int8 tensor at another scale) requantized to `qp`."""
+        op = self.relax.op
+        if isinstance(value, _Q):
+            if value.qp == qp:
+                return value
+            acc = self.emit(op.subtract(op.astype(value.expr, "int32"), _const(value.qp.zero_point, "int32")))
+            value = _Acc(acc, np.array(value.qp.scale))
+        m0, n = requant_params(np.asarray(value.scale, np.float64) / qp.scale)
+        if m0.size == 1:
+            m0, n = m0.reshape(()), n.reshape(())
+        t = self.emit(op.multiply(op.astype(value.expr, "int64"), _const(m0, "int64")))
+        t = self.emit(op.add(t, _const(np.left_shift(np.int64(1), n - 1), "int64")))
+        t = self.emit(op.right_shift(t, _const(n, "int64")))
+        t = self.emit(op.add(t, _const(qp.zero_point, "int64")))
+        t = self.emit(op.minimum(op.maximum(t, _const(QMIN, "int64")), _const(QMAX, "int64")))
+        return _Q(self.emit(op.astype(t, "int8")), qp)
+
+    def as_q(self, value: Any, var_for_scale: Any) -> _Q:
+        if isinstance(value, _Q):
+            return value
+        if isinstance(value, _Acc):
+            return self.materialize(value, self.qp(var_for_scale))
+        raise UnsupportedModelError("int8: a constant where an activation was expected")
+
+    def zero_point_shift(self, x: _Q) -> Any:
+        """int16(x) - zero point as its own TIR function marked to fuse into its consumer: left to
+        FuseOps, it would join the producing kernel and an int16 tensor would be stored."""
+        from tvm import te
+
+        zp = x.qp.zero_point
+
+        def shift(t: Any) -> Any:
+            return te.compute(t.shape, lambda *i: t(*i).astype("int16") - te.const(zp, "int16"), name="zp_shift")
+
+        call = self.bb.call_te(shift, x.expr, primfunc_name_hint="ec_zp_shift")
+        gv = call.args[0]
+        self.pinned.add(gv.name_hint)
+        return self.emit(call)
+
+    # -- the walk
+    def run(self) -> tuple[Any, QParams, QParams]:
+        relax = self.relax
+        main = self.mod["main"]
+        if len(main.params) != 1:
+            raise UnsupportedModelError("int8: models with one input only")
+        p = main.params[0]
+        in_qp = self.qp(p)
+        q_in = relax.Var(p.name, relax.TensorType(p.ty.shape, "int8"))
+        self.origin: dict[Any, Any] = {}     # value -> the float var it stands for
+        with self.bb.function("main", [q_in]):
+            with self.bb.dataflow():
+                self.env[p] = _Q(q_in, in_qp)
+                last_var = p
+                for b in _bindings(main):
+                    self.env[b.var] = self.rewrite(b.var, b.value)
+                    last_var = b.var
+                result = main.body.body
+                out_var = result if result in self.env else last_var
+                out = self.as_q(self.env[out_var], out_var)
+                out_qp = out.qp
+                gv = self.bb.emit_output(out.expr)
+            self.bb.emit_func_output(gv)
+        mod = self.bb.get()
+        for gv, f in list(mod.functions.items()):
+            if gv.name_hint in self.pinned:
+                mod[gv] = f.with_attr("ec.fuse_into_consumer", True)
+        return mod, in_qp, out_qp
+
+    def get(self, e: Any) -> Any:
+        import tvm
+
+        if isinstance(e, tvm.ir.expr.Constant):
+            return e
+        if e in self.env:
+            return self.env[e]
+        raise UnsupportedModelError(f"int8: unknown operand {e}")
+
+    def rewrite(self, var: Any, value: Any) -> Any:
+        import tvm
+
+        relax, op = self.relax, self.relax.op
+        if isinstance(value, relax.Var):
+            return self.get(value)
+        if isinstance(value, relax.TupleGetItem):
+            return self.get(value.tuple_value)[value.index]
+        if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)):
+            raise UnsupportedModelError(f"int8: cannot quantize binding '{var.name}'")
+        name = value.op.name
+        op = operators.lookup(name)
+        rule = RULES.get(op.int8) if op is not None and op.int8 else None
+        if rule is None:
+            raise UnsupportedModelError(f"int8: operator {name} (result '{var.name}') has no integer version yet")
+        return rule(self, var, value, list(value.args))
+
+
+# ---- int8 rules: layout / shape operators: int8 in, int8 out, same scale
+def _passthrough(q: _Quantizer, var: Any, value: Any, args: list[Any]) -> Any:
+    relax = q.relax
+    x = q.as_q(q.get(args[0]), args[0])
+    new = relax.Call(value.op, [x.expr, *args[1:]], value.attrs, value.ty_args)
+    return _Q(q.emit(new), x.qp)
+
+
+def _split(q: _Quantizer, var: Any, value: Any, args: list[Any]) -> Any:
+    relax = q.relax
+    x = q.as_q(q.get(args[0]), args[0])
+    parts = q.emit(relax.Call(value.op, [x.expr, *args[1:]], value.attrs, value.ty_args))
+    n = len(var.ty.fields)
+    return [_Q(q.emit(relax.TupleGetItem(parts, i)), x.qp) for i in range(n)]
+
+
+# ---- int8 rules: convolutions and dense layers
+def _weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel (last axis) symmetric int8 weights and their scales."""
+    amax = np.abs(w.reshape(-1, w.shape[-1])).max(axis=0)
+    scale = np.where(amax > 0, amax / 127.0, 1.0)
+    return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale
+
+
+def _conv2d(q: _Quantizer, var: Any, value: Any, args: list[Any]) -> Any:
+    relax, op = q.relax, q.relax.op
+    attrs = value.attrs
+    if str(attrs.data_layout) != "NHWC" or str(attrs.kernel_layout) != "HWIO":
+        raise UnsupportedModelError(f"int8: conv '{var.name}' is not NHWC/HWIO")
+    x = q.as_q(q.get(args[0]), args[0])
+    w = args[1]
+    if not hasattr(w, "value"):
+        raise UnsupportedModelError(f"int8: conv '{var.name}' has non-constant weights")
+    wq, ws = _weights(w.value.numpy())
+    padded = any(int(p) for p in attrs.padding)
+    kwargs = dict(strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation, groups=attrs.groups,
+                  data_layout="NHWC", kernel_layout="HWIO", out_dtype="int32")
+    if padded:
+        # zero padding must mean the real value 0: subtract the zero point first (int16). The
+        # shift is pinned to the convolution (see zero_point_shift), never materialised.
+        xs = q.zero_point_shift(x)
+        acc = q.emit(op.nn.conv2d(xs, relax.const(wq), **kwargs))
+    else:
+        acc = q.emit(op.nn.conv2d(x.expr, relax.const(wq), **kwargs))
+        wsum = wq.astype(np.int64).sum(axis=(0, 1, 2))          # per output channel (HWIO)
+        corr = (-x.qp.zero_point * wsum).astype(np.int32)
+        if np.any(corr):
+            acc = q.emit(op.add(acc, _const(corr, "int32")))
+    return _Acc(acc, x.qp.scale * ws)
+
+
+def _matmul(q: _Quantizer, var: Any, value: Any, args: list[Any]) -> Any:
+    relax, op = q.relax, q.relax.op
+    x = q.as_q(q.get(args[0]), args[0])
+    if not hasattr(args[1], "value"):
+        raise UnsupportedModelError(f"int8: matmul '{var.name}' has non-constant weights")
+    wq, ws = _weights(args[1].value.numpy())
+    acc = q.emit(op.matmul(x.expr, relax.const(wq), out_dtype="int32"))
+    corr = (-x.qp.zero_point * wq.astype(np.int64).sum(axis=0)).astype(np.int32)
+    if np.any(corr):
+        acc = q.emit(op.add(acc, _const(corr, "int32")))
+    return _Acc(acc, x.qp.scale * ws)
+
+
+# ---- int8 rules: elementwise
+def _add(q: _Quantizer, var: Any, value: Any, args: list[Any]) -> Any:
+    op = q.relax.op
+    a, b = q.get(args[0]), q.get(args[1])
+    if hasattr(a, "value") and not hasattr(b, "value"):
+        a, b = b, a
+    if hasattr(b, "value"):
+        c = b.value.numpy().astype(np.float64)
+        if isinstance(a, _Acc):        # a bias: into the accumulator at its scale
+            bias = np.round(c / np.broadcast_to(a.scale, c.shape[-1:] if c.ndim else ())).astype(np.int32)
+            return _Acc(q.emit(op.add(a.expr, _const(bias, "int32"))), a.scale)
+        raise UnsupportedModelError(f"int8: add of a constant to '{args[0]}' ({var.name})")
+    out_qp = q.qp(var)
+    qa, qb = q.as_q(a, args[0]), q.as_q(b, args[1])
+    # both operands to a common scale with 20 extra bits, summed, then to the output scale
+    twice_max = 2 * max(qa.qp.scale, qb.qp.scale)
+    terms = []
+    for operand in (qa, qb):
+        x = q.emit(op.subtract(op.astype(operand.expr, "int32"), _const(operand.qp.zero_point, "int32")))
+        x = q.emit(op.left_shift(op.astype(x, "int64"), _const(20, "int64")))
+        m0, n = requant_params(operand.qp.scale / twice_max)
+        t = q.emit(op.multiply(x, _const(m0[0], "int64")))
+        t = q.emit(op.right_shift(op.add(t, _const(np.int64(1) << (n[0] - 1), "int64")), _const(n[0], "int64")))
+        terms.append(t)
+    s = q.emit(op.add(terms[0], terms[1]))
+    acc = q.emit(op.astype(s, "int32"))
+    return q.materialize(_Acc(acc, np.array(twice_max / (1 << 20))), out_qp)
+
+
+def _bound(q: _Quantizer, x: Any, const: Any, fn: Callable) -> Any:
+    c = float(np.asarray(const.value.numpy()).reshape(-1)[0])
+    if isinstance(x, _Acc):
+        bound = np.round(c / np.asarray(x.scale, np.float64))
+        bound = np.clip(bound, -(2**31), 2**31 - 1).astype(np.int32)
+        return _Acc(q.emit(fn(x.expr, _const(bound, "int32"))), x.scale)
+    qb = int(np.clip(round(c / x.qp.scale) + x.qp.zero_point, QMIN, QMAX))
+    return _Q(q.emit(fn(x.expr, _const(qb, "int8"))), x.qp)
+
+
+def _maximum(q: _Quantizer, var: Any, value: Any, args: list[Any]) -> Any:
+    if not hasattr(args[1], "value"):
+        raise UnsupportedModelError(f"int8: elementwise maximum of two tensors ({var.name})")
+    return _bound(q, q.get(args[0]), args[1], q.relax.op.maximum)
+
+
+def _minimum(q: _Quantizer, var: Any, value: Any, args: list[Any]) -> Any:
+    if not hasattr(args[1], "value"):
+        raise UnsupportedModelError(f"int8: elementwise minimum of two tensors ({var.name})")
+    return _bound(q, q.get(args[0]), args[1], q.relax.op.minimum)
+
+
+def _relu(q: _Quantizer, var: Any, value: Any, args: list[Any]) -> Any:
+    from tvm import relax
+
+    return _bound(q, q.get(args[0]), relax.const(np.float32(0.0)), q.relax.op.maximum)
+
+
+def _sigmoid(q: _Quantizer, var: Any, value: Any, args: list[Any]) -> Any:
+    op = q.relax.op
+    x = q.as_q(q.get(args[0]), args[0])
+    out_qp = QParams(1.0 / 256.0, -128)          # the sigmoid's range, fixed as in TFLite
+    real = (np.arange(QMIN, QMAX + 1) - x.qp.zero_point) * x.qp.scale
+    table = out_qp.quantize(1.0 / (1.0 + np.exp(-real)))
+    idx = q.emit(op.add(op.astype(x.expr, "int32"), _const(-QMIN, "int32")))
+    return _Q(q.emit(op.take(q.relax.const(table), idx, axis=0)), out_qp)
+
+
+def _multiply(q: _Quantizer, var: Any, value: Any, args: list[Any]) -> Any:
+    op = q.relax.op
+    a, b = q.get(args[0]), q.get(args[1])
+    if hasattr(a, "value") or hasattr(b, "value"):
+        raise UnsupportedModelError(f"int8: multiply by a constant ({var.name})")
+    qa, qb = q.as_q(a, args[0]), q.as_q(b, args[1])
+    xa = q.emit(op.subtract(op.astype(qa.expr, "int32"), _const(qa.qp.zero_point, "int32")))
+    xb = q.emit(op.subtract(op.astype(qb.expr, "int32"), _const(qb.qp.zero_point, "int32")))
+    acc = q.emit(op.multiply(xa, xb))
+    return q.materialize(_Acc(acc, np.array(qa.qp.scale * qb.qp.scale)), q.qp(var))
+
+
+# ---- int8 rules: reductions and pooling
+def _mean(q: _Quantizer, var: Any, value: Any, args: list[Any]) -> Any:
+    op = q.relax.op
+    x = q.as_q(q.get(args[0]), args[0])
+    axes = [int(a) for a in value.attrs.axis]
+    shape = [int(d) for d in args[0].ty.shape]
+    count = int(np.prod([shape[a] for a in axes]))
+    s = q.emit(op.sum(op.astype(x.expr, "int32"), axis=axes, keepdims=bool(value.attrs.keepdims)))
+    s = q.emit(op.add(s, _const(-count * x.qp.zero_point, "int32")))
+    return q.materialize(_Acc(s, np.array(x.qp.scale / count)), q.qp(var))
+
+
+def _avg_pool2d(q: _Quantizer, var: Any, value: Any, args: list[Any]) -> Any:
+    op = q.relax.op
+    x = q.as_q(q.get(args[0]), args[0])
+    xs = q.emit(op.subtract(op.astype(x.expr, "int32"), _const(x.qp.zero_point, "int32")))
+    a = value.attrs
+    pooled = q.emit(op.nn.avg_pool2d(
+        xs, pool_size=a.pool_size, strides=a.strides, padding=a.padding, dilation=a.dilation,
+        ceil_mode=bool(a.ceil_mode), count_include_pad=bool(a.count_include_pad),
+        layout=str(a.layout), out_layout=str(a.out_layout)))
+    return q.materialize(_Acc(pooled, np.array(x.qp.scale)), q.qp(var))
+
+
+def _concat(q: _Quantizer, var: Any, value: Any, args: list[Any]) -> Any:
+    from tvm import relax
+
+    op = q.relax.op
+    out_qp = q.qp(var)
+    fields = args[0].fields if isinstance(args[0], relax.Tuple) else q.get(args[0])
+    parts = [q.materialize(q.as_q(q.get(f), f), out_qp).expr for f in fields]
+    return _Q(q.emit(op.concat(parts, axis=int(value.attrs.axis))), out_qp)
+
+# rule name (operators.Operator.int8) -> rule(quantizer, float var, float value, args) -> _Q | _Acc | list
+RULES: dict[str, Callable[..., Any]] = {
+    "passthrough": _passthrough, "split": _split, "conv2d": _conv2d, "matmul": _matmul, "add": _add,
+    "maximum": _maximum, "minimum": _minimum, "relu": _relu, "sigmoid": _sigmoid, "multiply": _multiply,
+    "mean": _mean, "avg_pool2d": _avg_pool2d, "concat": _concat,
+}
+
+
+def quantize_graph(mod: Any, ranges: dict[Any, tuple[float, float]],
+                   given: dict[Any, tuple[float, int]] | None = None) -> tuple[Any, QParams, QParams]:
+    """The float high-level graph -> the int8 graph; returns it with the input/output qparams.
+    `given` (by var) overrides calibration: the scales of an already-quantized model."""
+    return _Quantizer(mod, ranges, given).run()

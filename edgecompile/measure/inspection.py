@@ -1,0 +1,162 @@
+"""`edgecompile inspect`: per-layer cost of a model (MACs, parameters, activation bytes) and the
+share of each layer kind, as in Table 2 of the MobileNet paper.
+
+PyTorch models (zoo, nn.Module factories) are measured with forward hooks on their leaf modules,
+so parameter totals are exactly PyTorch's own count (BatchNorm included, under `other`). ONNX
+files are measured from the graph after shape inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..ir.frontend import ModelSource
+from ..ir.operators import onnx_layer
+
+LAYER_KINDS = ("conv", "conv_dw", "conv_pw", "conv_group", "fc", "pool", "other")
+
+
+@dataclass
+class Layer:
+    name: str
+    kind: str
+    op: str
+    output_shape: list[int]
+    macs: int
+    params: int
+    activation_bytes: int
+
+
+def conv_kind(in_ch: int, out_ch: int, groups: int, kh: int, kw: int) -> str:
+    if groups == 1:
+        return "conv_pw" if (kh, kw) == (1, 1) else "conv"
+    if groups == in_ch and out_ch % in_ch == 0:
+        return "conv_dw"
+    return "conv_group"
+
+
+def _torch_layers(source: ModelSource) -> list[Layer]:
+    import torch
+    from torch import nn
+
+    module = source.torch_module
+    layers: list[Layer] = []
+    hooks = []
+
+    def hook(name: str, m: nn.Module):
+        def fn(_m: nn.Module, _inp: Any, out: Any) -> None:
+            out_t = out[0] if isinstance(out, (tuple, list)) else out
+            shape = list(out_t.shape)
+            elems = int(np.prod(shape))
+            params = sum(p.numel() for p in m.parameters(recurse=False))
+            macs = 0
+            if isinstance(m, nn.Conv2d):
+                kh, kw = m.kernel_size
+                kind = conv_kind(m.in_channels, m.out_channels, m.groups, kh, kw)
+                macs = elems * (m.in_channels // m.groups) * kh * kw
+            elif isinstance(m, nn.Linear):
+                kind = "fc"
+                macs = m.in_features * m.out_features * (elems // m.out_features)
+            elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+                kind = "pool"
+            else:
+                kind = "other"
+            layers.append(Layer(name, kind, type(m).__name__, shape, macs, params, elems * out_t.element_size()))
+        return fn
+
+    for name, m in module.named_modules():
+        if len(list(m.children())) == 0:
+            hooks.append(m.register_forward_hook(hook(name, m)))
+    try:
+        with torch.no_grad():
+            module(*[torch.zeros(i.shape) for i in source.inputs])
+    finally:
+        for h in hooks:
+            h.remove()
+    # parameters held by non-leaf modules (rare): account for them so totals stay exact
+    leaf_params = sum(layer.params for layer in layers)
+    total = sum(p.numel() for p in module.parameters())
+    if total != leaf_params:
+        layers.append(Layer("(non-leaf parameters)", "other", "-", [], 0, total - leaf_params, 0))
+    return layers
+
+
+def _onnx_layers(source: ModelSource) -> list[Layer]:
+    import onnx
+    from onnx import numpy_helper
+
+    graph = source.onnx_model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    shapes: dict[str, list[int]] = {}
+    for vi in list(graph.value_info) + list(graph.output) + list(graph.input):
+        shapes[vi.name] = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+    layers = []
+    counted: set[str] = set()
+    for i, node in enumerate(graph.node):
+        out = shapes.get(node.output[0], [])
+        elems = int(np.prod(out)) if out else 0
+        params = 0
+        for name in node.input:
+            if name in inits and name not in counted:
+                params += int(inits[name].size)
+                counted.add(name)
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        macs, kind = 0, onnx_layer(node.op_type)
+        if kind == "conv" and node.input[1] in inits:
+            w = inits[node.input[1]]
+            groups = int(attrs.get("group", 1))
+            kind = conv_kind(w.shape[1] * groups, w.shape[0], groups, w.shape[2], w.shape[3])
+            macs = elems * w.shape[1] * w.shape[2] * w.shape[3]
+        elif kind == "fc" and len(node.input) > 1:
+            k = shapes.get(node.input[0], [0])[-1]
+            macs = elems * k
+        layers.append(Layer(node.name or f"{node.op_type}_{i}", kind, node.op_type, out, macs, params, elems * 4))
+    return layers
+
+
+def inspect_model(source: ModelSource) -> dict[str, Any]:
+    layers = _torch_layers(source) if source.torch_module is not None else _onnx_layers(source)
+    macs = sum(layer.macs for layer in layers)
+    params = sum(layer.params for layer in layers)
+    by_kind = {}
+    for kind in LAYER_KINDS:
+        k_macs = sum(layer.macs for layer in layers if layer.kind == kind)
+        k_params = sum(layer.params for layer in layers if layer.kind == kind)
+        by_kind[kind] = {
+            "macs": k_macs,
+            "params": k_params,
+            "macs_share": k_macs / macs if macs else 0.0,
+            "params_share": k_params / params if params else 0.0,
+        }
+    return {
+        "model": source.name,
+        "options": source.options,
+        "input_shape": list(source.inputs[0].shape),
+        "macs": macs,
+        "params": params,
+        "activation_bytes_max": max((layer.activation_bytes for layer in layers), default=0),
+        "by_kind": by_kind,
+        "layers": [asdict(layer) for layer in layers],
+    }
+
+
+def format_inspection(info: dict[str, Any]) -> str:
+    lines = [f"{'layer':40} {'kind':10} {'output':>18} {'MACs':>14} {'params':>11} {'act bytes':>11}"]
+    for layer in info["layers"]:
+        if layer["kind"] == "other" and not layer["params"]:
+            continue
+        shape = "x".join(str(d) for d in layer["output_shape"])
+        lines.append(f"{layer['name'][:40]:40} {layer['kind']:10} {shape:>18} {layer['macs']:>14,} "
+                     f"{layer['params']:>11,} {layer['activation_bytes']:>11,}")
+    lines.append("")
+    lines.append(f"{info['model']}  input {'x'.join(map(str, info['input_shape']))}: "
+                 f"{info['macs']:,} MACs, {info['params']:,} parameters")
+    lines.append(f"{'kind':10} {'MACs':>16} {'share':>7} {'params':>12} {'share':>7}")
+    for kind, v in info["by_kind"].items():
+        if v["macs"] or v["params"]:
+            lines.append(f"{kind:10} {v['macs']:>16,} {v['macs_share']:>7.2%} {v['params']:>12,} {v['params_share']:>7.2%}")
+    lines.append("(activation layers without parameters are omitted from the table; --json lists all)")
+    return "\n".join(lines)

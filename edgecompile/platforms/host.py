@@ -1,0 +1,178 @@
+"""This machine: builds become a shared library (`libmodel.so`, run in this process with ctypes by
+`HostModel`, hence `edgecompile run`, `bench` and the tests) and a `runner` for raw float files.
+Profiles are wall clock; caches are simulated by valgrind's cachegrind; tuning times kernels."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import proc
+from ..errors import EdgeCompileError
+from ..targets import Target
+from ..paths import template_dir
+from . import Platform, cache_geometry
+
+WEIGHT_FILES = ("weights.c", "weights.S", "weights.bin")
+
+
+def _copy_sources(build: Path, dest: Path, extra: tuple[str, ...] = ()) -> str:
+    """Copy a build's model sources to `dest`; returns the weights source to compile."""
+    for f in ("model.c", "model.h", *WEIGHT_FILES, *extra):
+        if (build / f).exists():
+            shutil.copy(build / f, dest / f)
+    return "weights.c" if (dest / "weights.c").exists() else "weights.S"
+
+
+class Host(Platform):
+    kind = "host"
+    has_device = False
+    runs_here = True
+    harness_mode = "timed"
+    harness_unit = "seconds"
+    tune_runner = "host"
+
+    def build(self, build: Path, target: Target, report: dict[str, Any], weights_src: str,
+              progress: Callable[[str], None]) -> dict[str, Any]:
+        """libmodel.so (for `edgecompile run`, bench and tests) and the `runner` executable."""
+        progress(f"compiling with {target.cc}")
+        sources = ["model.c", weights_src]
+        proc.run([target.cc, *target.cflags, "-fPIC", "-shared", "-o", "libmodel.so", *sources, *target.ldflags],
+                 build, f"{target.cc}: building libmodel.so")
+        shutil.copyfile(template_dir("host") / "runner.c", build / "runner.c")
+        proc.run([target.cc, *target.cflags, "-o", "runner", "runner.c", *sources, *target.ldflags], build,
+                 f"{target.cc}: building runner")
+        return {}
+
+    def program(self, build: Path, report: dict[str, Any], emulated: bool) -> Path:
+        return build / "libmodel.so"
+
+    def profile(self, target: Target, build: Path, report: dict[str, Any], runs: int = 50) -> dict[str, Any]:
+        """Per-call wall-clock time of a host build (compiled again with -DEC_PROFILE)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            t = Path(tmp)
+            weights = _copy_sources(build, t)
+            (t / "clock.c").write_text(
+                "#define _POSIX_C_SOURCE 199309L\n#include <stdint.h>\n#include <time.h>\n"
+                "uint64_t ec_profile_clock(void) { struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);"
+                " return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec; }\n")
+            proc.run([target.cc, *target.cflags, "-DEC_PROFILE", "-fPIC", "-shared", "-o", "prof.so", "model.c",
+                      weights, "clock.c", *target.ldflags], t, f"{target.cc}: building the profiling library")
+            lib = ctypes.CDLL(str(t / "prof.so"))
+            x = np.zeros(report["inputs"][0]["shape"], dtype=report["inputs"][0]["dtype"])
+            y = np.zeros(report["outputs"][0]["shape"], dtype=report["outputs"][0]["dtype"])
+            for _ in range(5):
+                lib.ec_model_run(x.ctypes.data_as(ctypes.c_void_p), y.ctypes.data_as(ctypes.c_void_p))
+            n = len(report["calls"])
+            ticks = (ctypes.c_uint64 * n).in_dll(lib, "ec_profile_ticks")
+            for i in range(n):
+                ticks[i] = 0
+            for _ in range(runs):
+                lib.ec_model_run(x.ctypes.data_as(ctypes.c_void_p), y.ctypes.data_as(ctypes.c_void_p))
+            per = [ticks[i] / runs for i in range(n)]
+        return {"unit": "ns (wall clock, this machine)", "unit_key": "ns", "per_call": [int(round(v)) for v in per],
+                "runs": runs}
+
+    def cache(self, target: Target, build: Path, report: dict[str, Any]) -> dict[str, Any]:
+        """Per-kernel cache simulation of a host build with valgrind cachegrind (x86 code)."""
+        proc.require("valgrind", "apt-get install valgrind")
+        geometry = cache_geometry(target) or {"l1i": "32768:8:64", "l1d": "32768:8:64", "l2": "1048576:16:64"}
+        with tempfile.TemporaryDirectory() as tmp:
+            t = Path(tmp)
+            weights = _copy_sources(build, t, ("runner.c",))
+            # valgrind decodes up to AVX2: -march=native (AVX-512 here) would stop it with SIGILL
+            cflags = ["-march=x86-64-v3" if f == "-march=native" else f for f in target.cflags]
+            proc.run([target.cc, *cflags, "-g", "-o", "runner", "runner.c", "model.c", weights, *target.ldflags], t,
+                     f"{target.cc}: building the runner for cachegrind")
+            np.zeros(report["inputs"][0]["shape"], dtype=report["inputs"][0]["dtype"]).tofile(t / "x.bin")
+            g = {k: v.replace(":", ",") for k, v in geometry.items()}
+            ll = g.get("l2", g.get("l3", "1048576,16,64"))
+            proc.run(["valgrind", "--tool=cachegrind", "--cache-sim=yes", f"--I1={g['l1i']}", f"--D1={g['l1d']}",
+                      f"--LL={ll}", "--cachegrind-out-file=cg.out", "./runner", "x.bin", "y.bin"], t, "cachegrind")
+            text = (t / "cg.out").read_text(errors="replace")
+        return {"method": "valgrind cachegrind (x86-64 code, not ARM)", "geometry": geometry,
+                "per_kernel": _cachegrind_per_kernel(text, {c["name"] for c in report["calls"]}), "runs": 1}
+
+    # -- tuning: the measuring program times itself (median of batches, one thread)
+    def build_harness(self, target: Target, source: Path, exe: Path) -> None:
+        proc.run([target.cc, *target.cflags, "-o", str(exe), str(source), *target.ldflags, "-lm"],
+                 what=f"{target.cc} on a tuning candidate")
+
+    def run_harness(self, target: Target, exe: Path) -> float:
+        """Median seconds per call (wall clock, this machine, one thread)."""
+        done = proc.run([str(exe)], what="a tuning candidate", timeout=60,
+                        env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return float(done.stdout.split()[0]) * 1e-9
+
+
+def _cachegrind_per_kernel(text: str, names: set[str]) -> dict[str, dict[str, int]]:
+    events: list[str] = []
+    per: dict[str, list[int]] = {}
+    fn = None
+    for line in text.splitlines():
+        if line.startswith("events:"):
+            events = line.split()[1:]
+        elif line.startswith("fn="):
+            fn = line[3:].strip().split(".")[0]      # f.constprop.0, f.isra.0 are f
+        elif fn and line[:1].isdigit():
+            nums = [int(v) for v in line.split()[1:]]
+            acc = per.setdefault(fn, [0] * len(events))
+            for i, v in enumerate(nums):
+                acc[i] += v
+    out = {}
+    for name in names:
+        v = dict(zip(events, per.get(name, [0] * len(events))))
+        out[name] = {"instructions": v.get("Ir", 0), "l1i_misses": v.get("I1mr", 0), "loads": v.get("Dr", 0),
+                     "stores": v.get("Dw", 0), "l1d_misses": v.get("D1mr", 0) + v.get("D1mw", 0),
+                     "l2_misses": v.get("DLmr", 0) + v.get("DLmw", 0) + v.get("ILmr", 0)}
+    return out
+
+
+PLATFORM = Host()
+
+
+class HostModel:
+    """A compiled host build loaded with ctypes. Each instance loads its own copy of the library,
+    so several builds (or rebuilds of one directory) can be used in one process."""
+
+    def __init__(self, build_dir: str | Path) -> None:
+        self.dir = Path(build_dir)
+        report_path = self.dir / "report.json"
+        lib_path = self.dir / "libmodel.so"
+        if not report_path.is_file() or not lib_path.is_file():
+            raise EdgeCompileError(f"{self.dir}: not a host build (missing report.json or libmodel.so)")
+        self.report = json.loads(report_path.read_text())
+        self._tmp = tempfile.TemporaryDirectory(prefix="ec-lib-")
+        private = Path(self._tmp.name) / "libmodel.so"
+        shutil.copyfile(lib_path, private)
+        self.lib = ctypes.CDLL(str(private))
+        self.lib.ec_model_run_multi.restype = ctypes.c_int
+        self.inputs = [(tuple(t["shape"]), t["dtype"]) for t in self.report["inputs"]]
+        self.outputs = [(tuple(t["shape"]), t["dtype"]) for t in self.report["outputs"]]
+
+    def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        if len(inputs) != len(self.inputs):
+            raise EdgeCompileError(f"model takes {len(self.inputs)} input(s), got {len(inputs)}")
+        ins = []
+        for x, (shape, dtype) in zip(inputs, self.inputs):
+            x = np.asarray(x)
+            if x.size != int(np.prod(shape)):
+                raise EdgeCompileError(f"input has shape {x.shape}, the model expects {shape}")
+            ins.append(np.ascontiguousarray(x, dtype=dtype).reshape(shape))
+        outs = [np.zeros(shape, dtype=dtype) for shape, dtype in self.outputs]
+        in_arr = (ctypes.c_void_p * len(ins))(*[a.ctypes.data for a in ins])
+        out_arr = (ctypes.c_void_p * len(outs))(*[a.ctypes.data for a in outs])
+        rc = self.lib.ec_model_run_multi(in_arr, out_arr)
+        if rc != 0:
+            raise EdgeCompileError(f"ec_model_run failed at kernel call {rc}")
+        return outs
+
+    def close(self) -> None:
+        self._tmp.cleanup()

@@ -1,0 +1,153 @@
+"""Schedule policy: which tile a kernel gets. `TiledRules` holds a family's numbers (vector lanes,
+accumulator registers, rows per fused tile), chooses tiles from the kernel's loop extents and
+hands them to the mechanisms of `tiling.py`. A family module instantiates it as `RULES`; a family
+that needs a different rule for one kind subclasses it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..ir.operators import Kind
+from . import tiling
+from .ukernels import narrower_widths
+
+
+def largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
+
+
+def choose_tile(width: int, channels: int, lanes: int, acc_budget: int, max_m: int) -> tuple[int, int] | None:
+    """(M, N): M output pixels (dividing `width`) x N channels (a multiple of `lanes` dividing
+    `channels`) with at most `acc_budget` vector accumulators. Most accumulators wins, then the
+    most balanced tile (per reduction step it loads M scalars and N/lanes vectors for M*N/lanes
+    FMAs). When no multiple of `lanes` divides `channels` (10 classes, 3 channels...): a scalar
+    tile over a divisor of the channels. None when nothing fits."""
+    tiles = tile_candidates(width, channels, lanes, acc_budget, max_m)
+    return tiles[0] if tiles else None
+
+
+def _ranked(width: int, channels: int, lanes: int, acc_budget: int, max_m: int) -> list[tuple[tuple, tuple[int, int]]]:
+    out = []
+    for vectors in range(1, acc_budget + 1):
+        n = vectors * lanes
+        if channels % n:
+            continue
+        for m in range(1, min(width, max_m) + 1):
+            if width % m or m * vectors > acc_budget:
+                continue
+            out.append(((m * vectors, min(m, vectors), n), (m, n)))
+    return out
+
+
+def tile_candidates(width: int, channels: int, lanes: int, acc_budget: int, max_m: int) -> list[tuple[int, int]]:
+    """Every (M, N) tile `choose_tile` could pick from, best first by its own ranking: the search
+    space of the tuner. Families of 8 or more lanes fall back to half-width vectors (24 or 40
+    channels on AVX-512; see ukernels.vector_width), then to scalars."""
+    out = []
+    for w in [w for w, _ in narrower_widths(lanes)] if lanes > 1 else [1]:
+        out = _ranked(width, channels, w, acc_budget, max_m)
+        if out:
+            break
+    if not out and lanes > 1:
+        return tile_candidates(width, channels, 1, min(acc_budget, 8), max_m)
+    return [t for _, t in sorted(out, reverse=True)]
+
+
+def _pick(cfg: dict | None, key: str, default: Any) -> Any:
+    if cfg and key in cfg:
+        v = cfg[key]
+        return tuple(v) if isinstance(v, list) else v
+    return default
+
+
+class TiledRules:
+    """The schedule rules of a family that tiles for `lanes`-wide vectors (1 = scalar FPU) with
+    a register budget for accumulators. `cfg` (a tuning record's configuration) fixes a rule's
+    choices: `tile`, `order`, `pack`, `rows`, `dw_tile`."""
+
+    def __init__(self, lanes: int, conv_acc: int, dw_acc: int, fc_acc: int, dwpw_rows: int = 2) -> None:
+        self.lanes, self.conv_acc, self.dw_acc, self.fc_acc = lanes, conv_acc, dw_acc, fc_acc
+        self.dwpw_rows = dwpw_rows
+
+    def rule_for(self, kind: Kind) -> Any:
+        """The rule that schedules kernels of `kind` (every kind has one; most decline some shapes)."""
+        return {
+            Kind.CONV: self.schedule_conv, Kind.CONV_PW: self.schedule_conv, Kind.CONV_GROUP: self.schedule_conv,
+            Kind.CONV_DW: self.schedule_depthwise, Kind.DWPW: self.schedule_dwpw, Kind.FC: self.schedule_dense,
+            Kind.POOL: self.schedule_pool, Kind.MEAN: self.schedule_pool, Kind.REDUCE: self.schedule_pool,
+            Kind.ELEMENTWISE: self.schedule_elementwise,
+        }[kind]
+
+    def _row_tile(self, sch: Any, info: Any, cfg: dict | None, acc: int) -> tuple[int, int] | None:
+        """The pixels x channels tile of an NHWC conv anchor (N, H, W, C + 3 reduction loops)."""
+        ext = tiling.anchor_extents(sch, info.anchor)
+        if len(ext) != 7:
+            return None
+        return _pick(cfg, "tile", None) or choose_tile(ext[2], ext[3], self.lanes, acc, 8)
+
+    def schedule_conv(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
+        tile = self._row_tile(sch, info, cfg, self.conv_acc) if info.kind in (Kind.CONV, Kind.CONV_PW) else None
+        return tile is not None and tiling.tile_conv_gemm(sch, info, tile, _pick(cfg, "order", "pixels"),
+                                                          _pick(cfg, "pack", True))
+
+    def schedule_depthwise(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
+        tile = self._row_tile(sch, info, cfg, self.dw_acc)
+        return tile is not None and tiling.tile_depthwise(sch, info, tile, _pick(cfg, "order", "pixels"))
+
+    def schedule_dense(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
+        ext = tiling.anchor_extents(sch, info.anchor)
+        if len(ext) != 3:
+            return False
+        tile = _pick(cfg, "tile", None) or choose_tile(1, ext[1], self.lanes, self.fc_acc, 1)
+        if tile is None:
+            return False
+        return tiling.tile_dense(sch, info, tile[1], _pick(cfg, "pack", True))
+
+    def schedule_dwpw(self, sch: Any, info: Any, rows: int | None = None, cfg: dict | None = None) -> bool:
+        ext = tiling.anchor_extents(sch, info.anchor)
+        if len(ext) != 7:
+            return False
+        h, w, co = ext[1], ext[2], ext[3]
+        r = largest_divisor(h, _pick(cfg, "rows", rows or self.dwpw_rows))
+        tile = _pick(cfg, "tile", None) or choose_tile(w, co, self.lanes, self.conv_acc, 8)
+        if tile is None:
+            return False
+        dw_tile = _pick(cfg, "dw_tile", None) or choose_tile(w, info.dw_channels, self.lanes, self.dw_acc, 8)
+        if dw_tile is None:
+            return False
+        return tiling.tile_dwpw(sch, info, r, tile, dw_tile, _pick(cfg, "pack", True))
+
+    def schedule_pool(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
+        return False
+
+    def schedule_elementwise(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
+        return False
+
+    def space(self, sch: Any, info: Any, limit: int = 24) -> list[dict]:
+        """The tuner's search space for one kernel (after the generic inlining): configurations
+        this family's rule accepts, the rule's own choice first. Empty if the rule does not tile
+        this kind."""
+        out: list[dict] = []
+        if info.kind in (Kind.CONV, Kind.CONV_PW, Kind.CONV_DW):
+            ext = tiling.anchor_extents(sch, info.anchor)
+            if len(ext) != 7:
+                return []
+            acc = self.dw_acc if info.kind == Kind.CONV_DW else self.conv_acc
+            for t in tile_candidates(ext[2], ext[3], self.lanes, acc, 8)[:limit // 2]:
+                out += [{"tile": list(t), "order": "pixels"}, {"tile": list(t), "order": "channels"}]
+        elif info.kind == Kind.FC:
+            ext = tiling.anchor_extents(sch, info.anchor)
+            if len(ext) != 3:
+                return []
+            out = [{"tile": list(t)} for t in tile_candidates(1, ext[1], self.lanes, self.fc_acc, 1)[:limit]]
+        elif info.kind == Kind.DWPW:
+            ext = tiling.anchor_extents(sch, info.anchor)
+            if len(ext) != 7:
+                return []
+            h, w = ext[1], ext[2]
+            default = largest_divisor(h, self.dwpw_rows)
+            rows = [default] + sorted({largest_divisor(h, r) for r in (1, 2, 4, 8)} - {default})
+            pw = tile_candidates(w, ext[3], self.lanes, self.conv_acc, 8)[:4]
+            dw = tile_candidates(w, info.dw_channels, self.lanes, self.dw_acc, 8)[:3]
+            out = [{"rows": r, "tile": list(t), "dw_tile": list(d)} for r in rows for t in pw for d in dw]
+        return out[:limit]

@@ -1,0 +1,303 @@
+"""Schedule mechanisms shared by every target family: inlining, tiling a kernel's loops for a
+given tile, packing weights, tensorizing the inner block into a micro-kernel. What tile to use
+is policy, decided in `rules.py` (or by a tuning record); these functions only carry it out and
+return False when the kernel does not have the loop structure they expect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..ir.operators import Kind
+from .ukernels import dw_intrin, gemm_intrin, types_for
+
+
+def _children(sch: Any) -> list[Any]:
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def _is_reduction(sch: Any, block: Any) -> bool:
+    return any(int(iv.iter_type) == 2 for iv in sch.get(block).iter_vars)
+
+
+def _is_pad(sch: Any, block: Any) -> bool:
+    return "pad" in sch.get(block).name_hint.lower()
+
+
+def _try(fn: Any, *args: Any) -> bool:
+    try:
+        fn(*args)
+        return True
+    except Exception:  # noqa: BLE001 - TVM raises ScheduleError subclasses; keep the block
+        return False
+
+
+def extent(sch: Any, loop: Any) -> int:
+    return int(sch.get(loop).extent)
+
+
+def anchor_extents(sch: Any, block_name: str) -> list[int]:
+    """Extents of the loops around a block (after inlining): what a rule chooses tiles from."""
+    return [extent(sch, lp) for lp in sch.get_loops(sch.get_sblock(block_name))]
+
+
+# ----------------------------------------------------------------------------- inlining
+
+
+def inline_producers_and_epilogues(sch: Any, info: Any, keep_pad: bool = False, keep_concat: bool = False) -> None:
+    """Inline padding / elementwise producers into their consumers and collapse the epilogue
+    (bias, activation, residual add...) after the anchor into one block. With `keep_pad`, a
+    padding block feeding the anchor stays (tiled schedules compute it per output row); with
+    `keep_concat`, so does an input transform fused in front of the anchor (concatenation, channel
+    split, shuffle transpose: inlined, it would make the GEMM operand a select or a gather, which
+    no micro-kernel reads); the transform's own producers are inlined into it."""
+    blocks = _children(sch)
+    names = [sch.get(b).name_hint for b in blocks]
+    if info.anchor is None:
+        # Purely elementwise: everything but the final block is inlined into its consumers.
+        for b in blocks[:-1]:
+            _try(sch.compute_inline, b)
+        return
+    a = names.index(info.anchor)
+    keep = None
+    if keep_concat:
+        transforms = [b for b in blocks[:a] if not _is_pad(sch, b) and not _is_reduction(sch, b)]
+        keep = transforms[-1] if transforms else None
+    for b in blocks[:a]:
+        if keep_pad and _is_pad(sch, b):
+            continue
+        if keep is not None and sch.get(b).same_as(sch.get(keep)):
+            continue
+        if not _is_reduction(sch, b):
+            _try(sch.compute_inline, b)
+    # Intermediate epilogue blocks are inlined forward into their consumers, leaving one block
+    # that writes the kernel output. (Forward inlining copes with diamonds such as SiLU,
+    # x * sigmoid(x), where reverse inlining would have to read a removed buffer.)
+    for b in blocks[a + 1:][:-1]:
+        if _is_reduction(sch, b):
+            break
+        _try(sch.compute_inline, b)
+
+
+def inline_dwpw(sch: Any, info: Any) -> None:
+    """Fused depthwise + pointwise kernel: keep the depthwise padding, one depthwise epilogue
+    block (bias + activation) and one pointwise epilogue block (bias, activation, residual)."""
+    blocks = _children(sch)
+    names = [sch.get(b).name_hint for b in blocks]
+    ia, ib = names.index(info.dw_anchor), names.index(info.anchor)
+    for b in blocks[:ia]:
+        if not _is_pad(sch, b):
+            _try(sch.compute_inline, b)
+    between = blocks[ia + 1:ib]
+    pads = [b for b in between if _is_pad(sch, b)]
+    epi1 = [b for b in between if b not in pads]
+    for b in pads:                # the pointwise conv's (empty) padding reads the dw epilogue
+        _try(sch.compute_inline, b)
+    for b in epi1[:-1]:
+        _try(sch.compute_inline, b)
+    for b in blocks[ib + 1:-1]:
+        _try(sch.compute_inline, b)
+
+
+def prepare(sch: Any, info: Any, tiled: bool) -> None:
+    """The generic steps before any rule: inlining, keeping what a tiled schedule computes per row."""
+    if info.kind == Kind.DWPW:
+        inline_dwpw(sch, info)
+    else:
+        inline_producers_and_epilogues(sch, info, keep_pad=tiled and info.kind in (Kind.CONV, Kind.CONV_DW),
+                                       keep_concat=tiled and info.kind == Kind.CONV_PW)
+
+
+def epilogue_block(sch: Any, info: Any) -> Any | None:
+    """The single epilogue block after the anchor, if any."""
+    blocks = _children(sch)
+    names = [sch.get(b).name_hint for b in blocks]
+    if info.anchor not in names:
+        return None
+    a = names.index(info.anchor)
+    return blocks[a + 1] if a + 1 < len(blocks) else None
+
+
+# ----------------------------------------------------------------------------- tiling
+
+
+def _split_pixels(sch: Any, w: Any, m: int) -> tuple[Any, list[Any]]:
+    """Split the output-width loop into (outer, [inner]); a one-pixel tile keeps no inner loop."""
+    if m == 1:
+        return w, []
+    wo, wi = sch.split(w, [None, m])
+    return wo, [wi]
+
+
+def operand_types(sch: Any, block: Any) -> Any:
+    """The micro-kernel operand types of a conv/matmul block (None if no micro-kernel fits)."""
+    b = sch.get(block)
+    out = b.writes[0].source
+    reads = [r.source for r in b.reads if not r.source.same_as(out)]
+    if len(reads) < 2:
+        return None
+    return types_for(str(reads[0].ty.dtype), str(reads[1].ty.dtype), str(out.ty.dtype))
+
+
+def pack_weights(sch: Any, block: Any, nn: int, info: Any) -> None:
+    """Store the block's weight operand (a kernel parameter: HWIO conv weights or a [K, N] matrix)
+    as panels of `nn` output channels, [N/nn][...][K][nn], so that the micro-kernel reads each
+    tile's weights contiguously instead of one short row every N elements (a stride of N floats
+    maps the rows of a tile onto a few cache sets). The build applies the same permutation to
+    the constant data (`info.packed`: parameter position -> nn)."""
+    b = sch.get(block)
+    out = b.writes[0].source
+    reads = [(i, r.source) for i, r in enumerate(b.reads) if not r.source.same_as(out)]
+    if len(reads) < 2:
+        return
+    ri, buf = reads[1]
+    params = list(sch.mod["main"].params)
+    pos = next((i for i, p in enumerate(params) if p.same_as(buf)), None)
+    shape = [int(d) for d in buf.shape]
+    if pos is None or len(shape) not in (2, 4) or shape[-1] <= nn or shape[-1] % nn:
+        return
+    if len(shape) == 4:
+        sch.transform_layout(block, ("read", ri), lambda a, c, d, e: (e // nn, a, c, d, e % nn))
+    else:
+        sch.transform_layout(block, ("read", ri), lambda k, n: (n // nn, k, n % nn))
+    info.packed[pos] = nn
+
+
+def _anchor_loops(sch: Any, name: str, count: int) -> tuple[Any, Any, list[Any]] | None:
+    """(block, micro-kernel operand types, loops) of an anchor with `count` loops, else None."""
+    block = sch.get_sblock(name)
+    types = operand_types(sch, block)
+    loops = sch.get_loops(block)
+    return (block, types, list(loops)) if len(loops) == count and types is not None else None
+
+
+def _pixels_x_channels(sch: Any, info: Any, block: Any, n: Any, h: Any, w: Any, co: Any, reduction: list[Any],
+                       tile: tuple[int, int], order: str) -> None:
+    """Tile an NHWC anchor's output row into M pixels x N channels (`order`: which of the two tile
+    loops is outer), the reduction loops inside; the epilogue per tile, producers (padding) per row."""
+    m, nn = tile
+    wo, wi = _split_pixels(sch, w, m)
+    coo, coi = sch.split(co, [None, nn])
+    outer, inner = (coo, wo) if order == "channels" else (wo, coo)
+    sch.reorder(n, h, outer, inner, *reduction, *wi, coi)
+    epi = epilogue_block(sch, info)
+    if epi is not None:
+        sch.reverse_compute_at(epi, inner)
+    for p in sch.get_producers(block):   # padding kept for KxK: one row window per h
+        sch.compute_at(p, h)
+
+
+def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pixels", pack: bool = True) -> bool:
+    """Convolution (1x1 or KxK, groups=1) as GEMM tiles: M output pixels of one row x N output
+    channels, the reduction over input channels in the `ec_gemm_<t>_MxN` micro-kernel. A KxK
+    convolution's padding is computed per output row (KH padded rows in a small buffer)."""
+    found = _anchor_loops(sch, info.anchor, 7)
+    if found is None:
+        return False
+    conv, types, (n, h, w, co, ry, rx, ci) = found
+    k = extent(sch, ci)
+    _pixels_x_channels(sch, info, conv, n, h, w, co, [ry, rx, ci], tile, order)
+    if pack:
+        pack_weights(sch, conv, tile[1], info)
+    sch.decompose_reduction(conv, ry)
+    sch.tensorize(ci, gemm_intrin(tile[0], tile[1], k, info.stride[1], types))
+    return True
+
+
+def tile_depthwise(sch: Any, info: Any, tile: tuple[int, int], order: str = "pixels") -> bool:
+    """Depthwise convolution: M pixels x N channels per `ec_dw_<t>` micro-kernel call over a
+    padded row window computed per output row."""
+    found = _anchor_loops(sch, info.anchor, 7)
+    if found is None:
+        return False
+    conv, types, (n, h, w, co, ry, rx, rc) = found
+    if extent(sch, rc) != 1:
+        return False
+    (kh, kw), (s, _) = info.kernel, info.stride
+    # the unit channel loop stays outside the window loops
+    _pixels_x_channels(sch, info, conv, n, h, w, co, [rc, ry, rx], tile, order)
+    sch.decompose_reduction(conv, rc)
+    sch.tensorize(ry, dw_intrin(tile[0], tile[1], kh, kw, s, types))
+    return True
+
+
+def tile_dense(sch: Any, info: Any, nn: int, pack: bool = True) -> bool:
+    """[1, K] x [K, N]: a 1 x N micro-kernel tile per N output features."""
+    found = _anchor_loops(sch, info.anchor, 3)
+    if found is None:
+        return False
+    block, types, (i, j, k) = found
+    if extent(sch, i) != 1:
+        return False
+    jo, ji = sch.split(j, [None, nn])
+    sch.reorder(i, jo, k, ji)
+    epi = epilogue_block(sch, info)
+    if epi is not None:
+        sch.reverse_compute_at(epi, jo)
+    if pack:
+        pack_weights(sch, block, nn, info)
+    sch.decompose_reduction(block, k)
+    sch.tensorize(k, gemm_intrin(1, nn, extent(sch, k), 1, types))
+    return True
+
+
+def tile_dwpw(sch: Any, info: Any, rows: int, tile: tuple[int, int], dw_tile: tuple[int, int],
+              pack: bool = True) -> bool:
+    """The fused kernel: for each tile of `rows` output rows, compute the depthwise output for
+    those rows (padding window, micro-kernel, bias + activation) into a rows x W x C scratch
+    buffer, then the pointwise GEMM tiles over it. The depthwise tensor never exists in full."""
+    blocks = _children(sch)
+    names = [sch.get(b).name_hint for b in blocks]
+    ia, ib = names.index(info.dw_anchor), names.index(info.anchor)
+    dw_pad = [b for b in blocks[:ia] if _is_pad(sch, b)]
+    e1 = blocks[ib - 1] if ib - 1 > ia else None   # None: the depthwise conv has no epilogue
+    e2 = blocks[ib + 1] if ib + 1 < len(blocks) else None
+    pw = sch.get_sblock(info.anchor)
+    dw = sch.get_sblock(info.dw_anchor)
+    pw_types, dw_types = operand_types(sch, pw), operand_types(sch, dw)
+    loops = sch.get_loops(pw)
+    if len(loops) != 7 or pw_types is None or dw_types is None:
+        return False
+    n, h, w, co, ry, rx, ci = loops
+    m, nn = tile
+    k = extent(sch, ci)
+    ho, hi = sch.split(h, [None, rows])
+    wo, wi = _split_pixels(sch, w, m)
+    coo, coi = sch.split(co, [None, nn])
+    sch.reorder(n, ho, hi, wo, coo, ry, rx, ci, *wi, coi)
+    if e2 is not None:
+        sch.reverse_compute_at(e2, coo)
+    if e1 is not None:
+        sch.compute_at(e1, ho)
+    sch.compute_at(dw, ho)
+    for p in dw_pad:
+        sch.compute_at(p, ho)
+    if pack:
+        pack_weights(sch, pw, nn, info)
+    sch.decompose_reduction(pw, ry)
+    sch.tensorize(ci, gemm_intrin(m, nn, k, 1, pw_types))
+    # the depthwise part, now a loop nest inside `ho`
+    dloops = list(sch.get_loops(dw))
+    inner = dloops[[str(sch.get(x).loop_var) for x in dloops].index(str(sch.get(ho).loop_var)) + 1:]
+    (kh, kw), (s, _) = info.kernel, info.stride
+    # compute_at does not materialise unit loops: match what is there to what is expected
+    expected = [("h", rows), ("w", extent(sch, wo) * m), ("c", info.dw_channels), ("ry", kh), ("rx", kw), ("rc", 1)]
+    if len(inner) < len(expected):
+        expected = [e for e in expected if e[1] != 1] if len(inner) == len([e for e in expected if e[1] != 1]) \
+            else expected[:len(inner)]
+    if len(inner) != len(expected) or any(extent(sch, lp) != e for lp, (_, e) in zip(inner, expected)):
+        return False
+    found = {name: lp for (name, _), lp in zip(expected, inner)}
+    dh, dwl, dc, dry, drx, drc = (found.get(k) for k in ("h", "w", "c", "ry", "rx", "rc"))
+    if dwl is None or dc is None or dry is None or drx is None:
+        return False
+    dm, dn = dw_tile
+    dwo, dwi = _split_pixels(sch, dwl, dm)
+    dco, dci = sch.split(dc, [None, dn])
+    sch.reorder(*([dh] if dh is not None else []), dwo, dco, *([drc] if drc is not None else []), dry, drx,
+                *dwi, dci)
+    if e1 is not None:
+        sch.reverse_compute_at(e1, dco)
+    sch.decompose_reduction(dw, drc if drc is not None else dry)
+    sch.tensorize(dry, dw_intrin(dm, dn, kh, kw, s, dw_types))
+    info.rows = rows
+    return True
