@@ -1,5 +1,8 @@
 """Fused depthwise+pointwise kernels and in-place memory planning."""
 
+import re
+import subprocess
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -41,6 +44,18 @@ def test_fused_matches_unfused_on_host(tmp_path, name, opts):
     spread = compare_with_reference(lambda x: a.run(x)[0], lambda x: b.run(x)[0], shape, 1e-5, seeds=range(2))
     compare_with_reference(lambda x: a.run(x)[0], lambda x: source.reference(x)[0], shape, 1e-4, seeds=range(2))
     assert spread > 0
+
+
+def test_one_pixel_maps_are_tiled(tmp_path):
+    """At 32x32 MobileNet V1 ends on 1x1 maps: their fused kernels tile too (untiled, they took 20x
+    the instructions of the tiled kernels on the emulated Pi) and still match PyTorch."""
+    source = load_model("mobilenet_v1", ModelOptions(width_mult=0.25, resolution=32, num_classes=10))
+    rep = _build(source, tmp_path / "f")
+    ones = [c for c in rep["calls"] if c["kind"] == "dwpw" and c["name"].startswith("ec_dwpw_f32_1x1x")]
+    assert len(ones) == 2 and all("untiled" not in c["schedule"] for c in ones), [c["schedule"] for c in ones]
+    model = HostModel(tmp_path / "f")
+    compare_with_reference(lambda x: model.run(x)[0], lambda x: source.reference(x)[0],
+                           source.inputs[0].shape, 1e-4, seeds=range(2))
 
 
 def test_in_place_lowers_the_arena(tmp_path):
@@ -160,3 +175,78 @@ def test_planner_respects_in_place_limits(case):
     for o in plan.in_place:
         assert plan.offsets[o.out] - plan.offsets[o.inp] <= allowed[(o.out, o.inp)]
     assert plan.arena_bytes <= sum((b.size + 15) // 16 * 16 for b in bufs)
+
+
+SE_NET = """
+import torch
+from torch import nn
+from edgecompile.models.common import keep_signal
+
+class SqueezeExcite(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.squeeze = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(16, 4, 1), nn.ReLU(),
+                                     nn.Conv2d(4, 16, 1), nn.Sigmoid())
+        self.head = nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(x * self.squeeze(x))
+
+def make():
+    return keep_signal(SqueezeExcite(), (1, 3, 12, 12), seed=0)
+"""
+
+FOR_RE = re.compile(r"^( *)for \(int32_t \w+ = 0; \w+ < (\d+); \+\+\w+\) \{$")
+
+
+def exponentials_per_call(c_code: str) -> int:
+    """How many times the C evaluates ec_expf per call, from the loop nests around each use
+    (TVM's C output: one loop header per line, constant trip counts, two-space indentation)."""
+    total, loops = 0, []          # loops: (indentation, trip count) of the enclosing for loops
+    for line in c_code.splitlines():
+        indent = len(line) - len(line.lstrip(" "))
+        loops = [(i, n) for i, n in loops if i < indent]
+        m = FOR_RE.match(line)
+        if m:
+            loops.append((len(m.group(1)), int(m.group(2))))
+        elif "ec_expf(" in line and "static inline" not in line:
+            total += line.count("ec_expf(") * int(np.prod([n for _, n in loops]))
+    return total
+
+
+def test_squeeze_excitation_gates_once_per_channel(tmp_path, monkeypatch):
+    """The gate of a squeeze-and-excitation block (sigmoid of a per-channel vector, scaling a whole
+    map) is computed once per channel, not once per pixel (inlined into the scaling, it was:
+    12 x 12 x 16 exponentials)."""
+    (tmp_path / "senet.py").write_text(SE_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = load_model("senet:make", ModelOptions(input_shape=(1, 3, 12, 12)))
+    _build(source, tmp_path / "b")
+    code = (tmp_path / "b" / "model.c").read_text()
+    assert "expf(" not in code.replace("ec_expf(", "")
+    assert exponentials_per_call(code) == 16
+    model = HostModel(tmp_path / "b")
+    compare_with_reference(lambda x: model.run(x)[0], lambda x: source.reference(x)[0], (1, 3, 12, 12), 1e-4,
+                           seeds=range(2))
+
+
+def test_ec_expf_matches_the_c_library(tmp_path):
+    """model.c's own expf: within 3 ulp of exp (double) over the range it does not clamp, and the
+    clamped values beyond it."""
+    from edgecompile.codegen.mathlib import EC_EXPF_C
+    src = tmp_path / "e.c"
+    src.write_text("#include <math.h>\n#include <stdint.h>\n#include <stdio.h>\n#include <string.h>\n" + EC_EXPF_C +
+                   "int main(void) { float x = -87.29f; double worst = 0; unsigned long h = 0;\n"
+                   "  for (; x < 88.29f; x += 0.00137f) { float a = ec_expf(x); double e = exp((double)x);\n"
+                   "    double ulp = ldexp(1.0, ilogb(e) - 23); double d = fabs(a - e) / ulp; if (d > worst) worst = d;\n"
+                   "    uint32_t b; memcpy(&b, &a, 4); h = h * 31 + b; }\n"
+                   "  printf(\"%.3f %g %g %g %lu\\n\", worst, ec_expf(-1e30f), ec_expf(1e30f), ec_expf(0.0f), h % 1000000007ul); return 0; }\n")
+    subprocess.run(["gcc", "-O3", "-march=native", "-fno-tree-loop-if-convert", "-o", str(tmp_path / "e"), str(src), "-lm"],
+                   check=True)
+    worst, lo, hi, one, _ = subprocess.run([str(tmp_path / "e")], capture_output=True, text=True,
+                                           check=True).stdout.split()
+    assert float(worst) <= 3.0, f"{worst} ulp from exp"
+    assert float(lo) == pytest.approx(1.2192e-38, rel=1e-3) and float(hi) == pytest.approx(2.2295e38, rel=1e-3)
+    assert float(one) == 1.0

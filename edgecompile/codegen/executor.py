@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import EdgeCompileError
 from ..ir.program import C_TYPES, Program, Tensor
 from ..schedules import emit_ukernels
+from .mathlib import math_helpers
 from .lower import KernelSource
 from .memory import MemoryPlan
 from .weights import weight_decl
@@ -108,6 +109,10 @@ def emit_model_c(model: str, prog: Program, plan: MemoryPlan, kernels: dict[str,
     c.append("/* Weights (weights.c or weights.S). */")
     c += [f"extern const {weight_decl(prog, name)} ec_{name};" for name in prog.weights]
     c.append("")
+    helpers = math_helpers(kernel_code)
+    if helpers:
+        c.append("/* ---- elementary functions (edgecompile: vectorizable, the same bits on every target) ---- */")
+        c.append(helpers)
     micro = emit_ukernels(kernel_code, family)
     if micro:
         c.append("/* ---- micro-kernels (edgecompile, called from the tensorized TVM kernels) ---- */")

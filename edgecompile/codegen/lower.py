@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import EdgeCompileError
 from ..ir.kernel import KernelInfo
 from ..ir.program import DTYPE_BYTES, Tensor
+from .mathlib import LIBM_REPLACEMENTS
 
 # Intermediate buffers below this size stay on the stack (register tiles, small row buffers);
 # larger ones become arena scratch.
@@ -119,6 +120,12 @@ def _register_pipeline() -> None:
 
     for op_name, fn in (("tirx.fabs", "fabs"),):
         tirx.op.register_intrin_lowering(op_name, "default", f=libm(fn), level=99)
+
+    def exp(op: Any) -> Any:      # float32: our vectorizable ec_expf (codegen/mathlib.py)
+        dtype = str(op.ty)
+        return tirx.call_pure_extern(dtype, LIBM_REPLACEMENTS["expf"][0] if dtype == "float32" else "exp", *op.args)
+
+    tirx.op.register_intrin_lowering("tirx.exp", "c", f=exp, level=99)
 
     @tvm.transform.module_pass(opt_level=0, name="ECUnpackKernels")
     def unpack(mod: Any, _ctx: Any) -> Any:

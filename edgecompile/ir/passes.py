@@ -45,6 +45,21 @@ def _np(e: Any) -> np.ndarray:
     return e.value.numpy()
 
 
+def _all_constant(args: list[Any]) -> bool:
+    """A call's arguments are known: constants, and static shapes (`reshape`'s target shape)."""
+    from tvm import relax
+
+    return bool(args) and _is_const(args[0]) and all(
+        _is_const(a) or (isinstance(a, relax.ShapeExpr) and _shape_value(a) is not None) for a in args)
+
+
+def _shape_value(e: Any) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(v) for v in e.values)
+    except (TypeError, ValueError):     # a symbolic dimension
+        return None
+
+
 def _shape(e: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in e.ty.shape)
 
@@ -114,15 +129,31 @@ def fold_constants(mod: Any) -> Any:
         if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
             fold = operators.folder(value.op.name)
             args = list(value.args)
-            if fold is not None and args and all(_is_const(a) for a in args):
-                result = fold([_np(a) for a in args], value.attrs, var)
+            if fold is not None and _all_constant(args):
+                result = fold([_np(a) if _is_const(a) else _shape_value(a) for a in args], value.attrs, var)
                 dtype = str(var.ty.dtype)
                 env[var] = relax.const(np.array(result, dtype=dtype, order="C"), dtype)
                 return None
         return value
 
     mod = _rebuild_main(mod, rewrite)
-    return relax.transform.FoldConstant()(mod)
+    # TVM's FoldConstant takes seconds on a big network even with nothing to fold: run it only
+    # for what numpy left (an operator without a numpy folder)
+    return relax.transform.FoldConstant()(mod) if _has_constant_call(mod) else mod
+
+
+def _has_constant_call(mod: Any) -> bool:
+    tvm, relax = _tvm()
+    found = []
+
+    def visit(expr: Any) -> None:
+        if not found and isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and _all_constant(expr.args):
+            found.append(expr)
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return bool(found)
 
 
 def clip_calls_to_relax_ops(mod: Any) -> Any:

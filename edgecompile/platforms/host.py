@@ -43,13 +43,21 @@ class Host(Platform):
               progress: Callable[[str], None], defines: tuple[str, ...] = ()) -> dict[str, Any]:
         """libmodel.so (for `edgecompile run`, bench and tests) and the `runner` executable."""
         progress(f"compiling with {target.cc}")
-        sources = ["model.c", weights_src]
         cflags = [*target.cflags, *defines]
-        proc.run([target.cc, *cflags, "-fPIC", "-shared", "-o", "libmodel.so", *sources, *target.ldflags],
-                 build, f"{target.cc}: building libmodel.so")
         shutil.copyfile(template_dir("host") / "runner.c", build / "runner.c")
-        proc.run([target.cc, *cflags, "-o", "runner", "runner.c", *sources, *target.ldflags], build,
-                 f"{target.cc}: building runner")
+        # each source compiled once (position-independent objects serve the library and the
+        # program): the weights are most of the compile time of a big network
+        objects = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for src in ("model.c", weights_src, "runner.c"):
+                obj = Path(tmp) / (src.replace(".", "_") + ".o")
+                proc.run([target.cc, *cflags, "-fPIC", "-c", "-o", str(obj), src], build,
+                         f"{target.cc}: compiling {src}")
+                objects.append(str(obj))
+            proc.run([target.cc, *cflags, "-shared", "-o", "libmodel.so", *objects[:2], *target.ldflags],
+                     build, f"{target.cc}: linking libmodel.so")
+            proc.run([target.cc, *cflags, "-o", "runner", *objects, *target.ldflags], build,
+                     f"{target.cc}: linking runner")
         return {}
 
     def program(self, build: Path, report: dict[str, Any], emulated: bool) -> Path:

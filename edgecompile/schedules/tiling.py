@@ -72,10 +72,22 @@ def inline_producers_and_epilogues(sch: Any, info: Any, keep_pad: bool = False, 
     # Intermediate epilogue blocks are inlined forward into their consumers, leaving one block
     # that writes the kernel output. (Forward inlining copes with diamonds such as SiLU,
     # x * sigmoid(x), where reverse inlining would have to read a removed buffer.)
-    for b in blocks[a + 1:][:-1]:
+    # A block whose consumer writes more elements (squeeze-and-excitation: a per-channel sigmoid
+    # scaling a whole map) stays a block of its own: inlined, it would be recomputed per pixel.
+    epilogue = blocks[a + 1:]
+    for b, consumer in zip(epilogue[:-1], epilogue[1:]):
         if _is_reduction(sch, b):
             break
+        if _elements_written(sch, consumer) > _elements_written(sch, b):
+            continue
         _try(sch.compute_inline, b)
+
+
+def _elements_written(sch: Any, block: Any) -> int:
+    n = 1
+    for d in sch.get(block).writes[0].source.shape:
+        n *= int(d)
+    return n
 
 
 def inline_dwpw(sch: Any, info: Any) -> None:
@@ -288,6 +300,8 @@ def tile_dwpw(sch: Any, info: Any, rows: int, tile: tuple[int, int], dw_tile: tu
         return False
     found = {name: lp for (name, _), lp in zip(expected, inner)}
     dh, dwl, dc, dry, drx, drc = (found.get(k) for k in ("h", "w", "c", "ry", "rx", "rc"))
+    if dwl is None and dc is not None and extent(sch, wo) * m == 1:
+        dwl = sch.add_unit_loop(dc)      # a one-pixel-wide map (1x1 at the end of a network)
     if dwl is None or dc is None or dry is None or drx is None:
         return False
     dm, dn = dw_tile
