@@ -546,10 +546,34 @@ def _pin_to_consumers(mod: Any) -> Any:
     return mod
 
 
+def _legalize_where(bb: Any, call: Any) -> Any:
+    """`where(cond, a, b)` as a select on the condition itself. TOPI's compares the condition
+    widened to int64 with 0, which GCC 12 vectorizes wrongly with AVX-512 masks (PRelu's ONNX
+    node tests gave wrong values); the plain select vectorizes right."""
+    from tvm import te, tirx
+
+    def where(cond: Any, a: Any, b: Any) -> Any:
+        shape = [int(d) for d in call.ty.shape]
+
+        def at(t: Any, idx: tuple) -> Any:
+            dims = [int(d) for d in t.shape]
+            lead = len(shape) - len(dims)
+            return t[tuple(0 if d == 1 else idx[lead + i] for i, d in enumerate(dims))]
+
+        def element(*idx: Any) -> Any:
+            c = at(cond, idx)
+            return tirx.Select(c if c.dtype == "bool" else c != tirx.const(0, c.dtype), at(a, idx), at(b, idx))
+
+        return te.compute(shape, element, name="T_where")
+
+    return bb.call_te(where, *call.args, primfunc_name_hint="where")
+
+
 def lower_graph(mod: Any, fuse_dwpw: bool = True) -> Any:
     """High-level Relax -> a `main` that calls only fused PrimFuncs (legalize, fuse, FuseTIR)."""
     tvm, relax = _tvm()
-    mod = tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern()])(mod)
+    legalize = relax.transform.LegalizeOps({"relax.where": _legalize_where})
+    mod = tvm.transform.Sequential([legalize, relax.transform.AnnotateTIROpPattern()])(mod)
     mod = _pin_to_consumers(mod)
     mod = relax.transform.FuseOps()(mod)
     while True:   # chains of elementwise producers (transpose -> zero-point shift -> conv)
