@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..ir.kernel import KernelInfo
-from ..ir.program import Program, Tensor
+from ..ir.program import DTYPE_BYTES, Program, Tensor
 
 ALIGN = 16
 
@@ -72,7 +72,9 @@ def streaming_overlaps(prog: Program, infos: list[KernelInfo]) -> list[Overlap]:
             inp, out = prog.tensors[call.inputs[0]], prog.tensors[call.outputs[0]]
             _, hin, win, cin = inp.shape
             _, h, w, cout = out.shape
-            delta = streaming_max_delta(hin, win * cin * 4, h, w * cout * 4, info.rows, info.stride[0], info.kernel[0])
+            in_row = win * cin * DTYPE_BYTES[inp.dtype]     # bytes of one NHWC row, in each tensor's own type
+            out_row = w * cout * DTYPE_BYTES[out.dtype]
+            delta = streaming_max_delta(hin, in_row, h, out_row, info.rows, info.stride[0], info.kernel[0])
             overlaps.append(Overlap(prog.storage_root(call.outputs[0]), prog.storage_root(call.inputs[0]), delta))
     return overlaps
 
