@@ -18,12 +18,12 @@ from typing import Any, Callable
 
 from . import schedules
 from .build_dir import check_out_dir, mark_build, write_atomically
-from .codegen import executor, lower, memory, weights
+from .codegen import builtins, executor, lower, memory, weights
 from .codegen.lower import KernelSource
 from .codegen.memory import MemoryPlan
 from .datasets import calibration_inputs
 from .errors import EdgeCompileError
-from .ir import passes, quantize
+from .ir import passes, patches, quantize
 from .ir.frontend import ModelSource, to_relax
 from .ir.kernel import KernelInfo
 from .ir.operators import Kind
@@ -46,6 +46,7 @@ class BuildOptions:
     calibration_method: str = "minmax"   # or "percentile"
     compare_unfused: bool = True    # also plan the unfused program, for the report (costs a 2nd lowering)
     tuning: TuningRecords | None = None   # tuned configurations to use (None: the rules')
+    patch: tuple[int, int] | None = None  # (layers, rows): run the first layers in row bands (ir/patches.py)
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Compiled:
     fusion: dict[str, Any]
     quant: dict[str, Any] | None = None
     tuning: dict[str, Any] | None = None
+    patch_plan: patches.PatchPlan | None = None
 
 
 class Progress:
@@ -82,6 +84,7 @@ class _Lowered:
     kernels: dict[str, KernelSource]
     infos: dict[str, KernelInfo]      # by C symbol
     call_symbols: list[str]           # the C symbol of every call, in order
+    patch_plan: patches.PatchPlan | None = None
 
 
 def _schedule_kernels(mod: Any, prog: Program, target: Target,
@@ -92,7 +95,7 @@ def _schedule_kernels(mod: Any, prog: Program, target: Target,
     infos: dict[str, KernelInfo] = {}
     symbol_of: dict[str, str] = {}
     taken: set[str] = set()
-    for name in dict.fromkeys(c.kernel for c in prog.calls):
+    for name in dict.fromkeys(c.kernel for c in prog.calls if c.builtin is None):
         calls = [c for c in prog.calls if c.kernel == name]
         config = options.tuning.config_for(mod[name], name) if options.tuning is not None else None
         func, info = schedules.schedule(mod[name], target.family, options.dwpw_rows, config, name)
@@ -109,7 +112,13 @@ def _schedule_kernels(mod: Any, prog: Program, target: Target,
 
 
 def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable[[str], None]) -> _Lowered:
-    """High-level graph -> fused kernels -> scheduled kernels -> C functions -> memory plan."""
+    """High-level graph -> (patch stage) -> fused kernels -> scheduled kernels -> C functions ->
+    memory plan."""
+    patch_plan = None
+    if options.patch is not None:
+        graph, patch_plan = patches.patch_graph(graph, *options.patch, in_place_input=not options.external_io)
+        progress(f"patches: the first {patch_plan.layers} layers in {patch_plan.bands} bands of {patch_plan.rows} "
+                 f"rows of {patch_plan.stage_output} ({patch_plan.extra_macs:+,} MACs recomputed)")
     mod = passes.lower_graph(graph, fuse_dwpw=options.fuse)
     prog = extract_program(mod)
     progress(f"scheduling {len(set(c.kernel for c in prog.calls))} kernels for family '{target.family}' "
@@ -117,11 +126,18 @@ def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable
     scheduled, infos, symbol_of = _schedule_kernels(mod, prog, target, options)
     progress("generating C for the kernels (TVM C codegen, unpacked ABI)")
     kernels = lower.lower_kernels(scheduled, target.tvm, {s for s, i in infos.items() if i.streams_rows})
+    taken = set(kernels)
+    for c in prog.calls:
+        if c.builtin is not None and c.kernel not in symbol_of:
+            sym = lower.unique_symbol(f"ec_{c.builtin}_{lower.shape_suffix(prog.tensors[c.inputs[0]])}", taken)
+            kernels[sym], infos[sym] = builtins.builtin_kernel(c, prog, sym)
+            symbol_of[c.kernel] = sym
     call_symbols = [symbol_of[c.kernel] for c in prog.calls]
     memory.add_scratch(prog, [kernels[s].scratch_bytes for s in call_symbols])
     overlaps = memory.streaming_overlaps(prog, [infos[s] for s in call_symbols]) if options.in_place else []
+    overlaps += memory.patch_overlaps(prog)
     plan = memory.plan_program(prog, external_io=options.external_io, overlaps=overlaps)
-    return _Lowered(prog, plan, kernels, infos, call_symbols)
+    return _Lowered(prog, plan, kernels, infos, call_symbols, patch_plan)
 
 
 def _graph(source: ModelSource, target: Target, options: BuildOptions,
@@ -208,7 +224,7 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
     fusion: dict[str, Any] = {"fused": options.fuse, "arena_bytes": plan.arena_bytes}
     if options.fuse and options.compare_unfused and any(i.kind == Kind.DWPW for i in low.infos.values()):
         progress("measuring the unfused plan for comparison")
-        plain = _lower(graph, target, replace(options, fuse=False, in_place=False), lambda m: None)
+        plain = _lower(graph, target, replace(options, fuse=False, in_place=False, patch=None), lambda m: None)
         fusion["arena_bytes_unfused"] = plain.plan.arena_bytes
         fusion["kernel_calls_unfused"] = len(plain.program.calls)
     calls, docs = _call_records(low)
@@ -219,7 +235,7 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
     files["model.h"] = executor.emit_model_h(source.name, prog, plan, options.external_io, target.name, digest,
                                              quant).encode()
     files["model.c"] = body.encode()
-    return Compiled(prog, plan, files, calls, low.infos, digest, fusion, quant, tuning)
+    return Compiled(prog, plan, files, calls, low.infos, digest, fusion, quant, tuning, low.patch_plan)
 
 
 def build_report(source: ModelSource, target: Target, compiled: Compiled) -> dict[str, Any]:
@@ -249,6 +265,7 @@ def build_report(source: ModelSource, target: Target, compiled: Compiled) -> dic
         "memory_in_place": [[o.out, o.inp] for o in plan.in_place],   # overlapping on purpose
         "kernel_functions": len(compiled.kernel_infos),
         "fusion": compiled.fusion,
+        "patch_plan": compiled.patch_plan.to_json() if compiled.patch_plan else None,
         "tuning": compiled.tuning or {"kernels_tuned": 0},
         "quant": compiled.quant or {"dtype": "fp32"},
         "calls": compiled.calls,

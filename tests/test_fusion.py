@@ -173,6 +173,8 @@ def buffers_with_overlaps(draw):
         a, b = draw(st.sampled_from(bufs)), draw(st.sampled_from(bufs))
         if a.name != b.name and b.end == a.start:      # input dies where the output is born
             overlaps.append(Overlap(a.name, b.name, draw(st.integers(-4000, 4000))))
+        elif a.name != b.name and b.start <= a.start < b.end:   # a patch stage: input read after the output starts
+            overlaps.append(Overlap(a.name, b.name, draw(st.integers(-4000, 4000)), interleaved=True))
     return bufs, overlaps
 
 

@@ -213,19 +213,29 @@ def _split_c_source(source: str, infos: dict[str, tuple[list[int], int]],
     return out
 
 
-def kernel_symbol(info: KernelInfo, out: Tensor, taken: set[str]) -> str:
-    """The C name of a kernel: what it computes, its number format and output shape
-    (`ec_dwpw_s8_k3x3s2_24x24x16`), unique among `taken` (which it joins)."""
-    dtype = {"float32": "f32", "int8": "s8", "int32": "s32"}.get(out.dtype, out.dtype)
-    base = f"ec_{info.kind}_{dtype}"
-    shape = "x".join(str(d) for d in out.shape[1:]) or "scalar"
-    if info.kind.is_conv:
-        (kh, kw), (sh, _) = info.kernel, info.stride
-        base += f"_k{kh}x{kw}s{sh}_{shape}"
-    else:
-        base += f"_{shape}"
+def shape_suffix(t: Tensor) -> str:
+    """`s8_24x24x16`: a tensor's number format and shape without the batch, for C names."""
+    dtype = {"float32": "f32", "int8": "s8", "int32": "s32"}.get(t.dtype, t.dtype)
+    return f"{dtype}_" + ("x".join(str(d) for d in t.shape[1:]) or "scalar")
+
+
+def unique_symbol(base: str, taken: set[str]) -> str:
+    """`base`, or `base_2`, `base_3`...: the first not in `taken` (which it joins)."""
     name, i = base, 2
     while name in taken:
         name, i = f"{base}_{i}", i + 1
     taken.add(name)
     return name
+
+
+def kernel_symbol(info: KernelInfo, out: Tensor, taken: set[str]) -> str:
+    """The C name of a kernel: what it computes, its number format and output shape
+    (`ec_dwpw_s8_k3x3s2_24x24x16`), unique among `taken` (which it joins)."""
+    dtype, shape = shape_suffix(out).split("_", 1)
+    base = f"ec_{info.kind}_{dtype}"
+    if info.kind.is_conv:
+        (kh, kw), (sh, _) = info.kernel, info.stride
+        base += f"_k{kh}x{kw}s{sh}_{shape}"
+    else:
+        base += f"_{shape}"
+    return unique_symbol(base, taken)
