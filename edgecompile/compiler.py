@@ -25,12 +25,19 @@ from .datasets import calibration_inputs
 from .errors import EdgeCompileError
 from .ir import passes, patches, quantize
 from .ir.frontend import ModelSource, to_relax
-from .ir.kernel import KernelInfo
+from .ir.kernel import KernelInfo, analyze
 from .ir.operators import Kind
 from .ir.program import Program, extract_program
 from .platforms import platform_for
 from .targets import Target
 from .tune.records import TuningRecords, db_key
+
+
+# schedule configurations with `lean_windows`: depthwise channel tiles outer, so that a padded
+# input window holds one channel tile (schedules/tiling.py)
+LEAN_WINDOWS = {Kind.CONV_DW: {"order": "channels"}, Kind.DWPW: {"dw_order": "channels"}}
+# and intermediate buffers from this size in the arena (where the plan can overlap them), not on the stack
+LEAN_STACK_LIMIT = 256
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class BuildOptions:
     compare_unfused: bool = True    # also plan the unfused program, for the report (costs a 2nd lowering)
     tuning: TuningRecords | None = None   # tuned configurations to use (None: the rules')
     patch: tuple[int, int] | None = None  # (layers, rows): run the first layers in row bands (ir/patches.py)
+    lean_windows: bool = False      # depthwise windows per channel tile (channel tiles outer): less RAM
 
 
 @dataclass
@@ -98,6 +106,11 @@ def _schedule_kernels(mod: Any, prog: Program, target: Target,
     for name in dict.fromkeys(c.kernel for c in prog.calls if c.builtin is None):
         calls = [c for c in prog.calls if c.kernel == name]
         config = options.tuning.config_for(mod[name], name) if options.tuning is not None else None
+        if config is None and options.lean_windows:
+            kind = analyze(mod[name], name).kind
+            config = LEAN_WINDOWS.get(kind)
+            if kind == Kind.DWPW and options.dwpw_rows is not None:
+                config = {**config, "rows": options.dwpw_rows}
         func, info = schedules.schedule(mod[name], target.family, options.dwpw_rows, config, name)
         if info.packed and not all(c.inputs[p] in prog.weights for c in calls for p in info.packed):
             # a GEMM operand that is not a constant cannot be stored in panels at compile time
@@ -125,7 +138,8 @@ def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable
              f"({len(prog.calls)} calls)")
     scheduled, infos, symbol_of = _schedule_kernels(mod, prog, target, options)
     progress("generating C for the kernels (TVM C codegen, unpacked ABI)")
-    kernels = lower.lower_kernels(scheduled, target.tvm, {s for s, i in infos.items() if i.streams_rows})
+    kernels = lower.lower_kernels(scheduled, target.tvm, {s for s, i in infos.items() if i.streams_rows},
+                                  LEAN_STACK_LIMIT if options.lean_windows else lower.STACK_ALLOC_LIMIT)
     taken = set(kernels)
     for c in prog.calls:
         if c.builtin is not None and c.kernel not in symbol_of:

@@ -51,9 +51,11 @@ def _assert_int8_depends_on_input(outs):
 @pytest.mark.parametrize("quant", ["fp32", "int8"])
 @pytest.mark.parametrize("family", [pytest.param(f, marks=() if f in QUICK else pytest.mark.slow) for f in STAGES])
 def test_patched_matches_plain_on_host(tmp_path, family, quant):
+    """Lean windows too on MobileNet V1: depthwise windows per channel tile, small buffers in the arena."""
     opts, layers, rows = STAGES[family]
     source = load_model(family, ModelOptions(**opts))
-    patched = _build(source, tmp_path / "patched", quant=quant, patch=(layers, rows))
+    patched = _build(source, tmp_path / "patched", quant=quant, patch=(layers, rows),
+                     lean_windows=family == "mobilenet_v1")
     plain = _build(source, tmp_path / "plain", quant=quant)
     plan = patched["patch_plan"]
     assert plan["layers"] >= 2 and plan["bands"] > 1 and plan["layers"] <= layers
@@ -82,7 +84,8 @@ def test_patched_int8_bytes_on_a_board(tmp_path):
     target = load_target("stm32f746g-disco")
     outs = []
     for name, patch in (("patched", (5, 2)), ("plain", None)):
-        rep = _build(source, tmp_path / name, target="stm32f746g-disco", quant="int8", patch=patch)
+        rep = _build(source, tmp_path / name, target="stm32f746g-disco", quant="int8", patch=patch,
+                     lean_windows=patch is not None)
         xs = _int8_inputs(rep, source.inputs[0].shape, range(4))
         with platform_for(target).start_emulator(target, tmp_path / name, rep) as s:
             port = s.open_port()
@@ -100,26 +103,27 @@ def test_patched_int8_bytes_on_a_board(tmp_path):
 # ----------------------------------------------------------------------------- the memory plan
 
 
-def _compiled(family, quant, patch, target="stm32f746g-disco"):
+def _compiled(family, quant, patch, target="stm32f746g-disco", lean=False):
     from edgecompile.compiler import compile_model
 
     opts = STAGES[family][0]
     c = compile_model(load_model(family, ModelOptions(**opts)), load_target(target),
-                      BuildOptions(quant=quant, patch=patch, compare_unfused=False), Progress(quiet=True))
+                      BuildOptions(quant=quant, patch=patch, lean_windows=lean, compare_unfused=False),
+                      Progress(quiet=True))
     return c, [c.kernel_infos[x["name"]] for x in c.calls]
 
 
-@pytest.mark.parametrize("family,quant,patch", [
-    ("mobilenet_v1", "int8", (4, 1)), ("mobilenet_v1", "int8", (5, 2)), ("mobilenet_v1", "fp32", (5, 3)),
-    ("mobilenet_v2", "int8", (9, 2)), ("xception", "int8", (8, 4)), ("squeezenet1_1", "fp32", (5, 1)),
+@pytest.mark.parametrize("family,quant,patch,lean", [
+    ("mobilenet_v1", "int8", (4, 1), False), ("mobilenet_v1", "int8", (5, 2), True), ("mobilenet_v1", "fp32", (5, 3), False),
+    ("mobilenet_v2", "int8", (9, 2), True), ("xception", "int8", (8, 4), False), ("squeezenet1_1", "fp32", (5, 1), True),
 ])
-def test_byte_replay_of_patched_plans_finds_no_clobbered_read(family, quant, patch):
+def test_byte_replay_of_patched_plans_finds_no_clobbered_read(family, quant, patch, lean):
     """Every read of every tensor, replayed byte by byte over the planned arena, finds the bytes
     its producer wrote: the stage output overlapping the input, the band views, the in-place
     pairs of band kernels and of the layers after the stage."""
     from edgecompile.codegen.memory import replay_plan
 
-    c, infos = _compiled(family, quant, patch)
+    c, infos = _compiled(family, quant, patch, lean=lean)
     assert any(o.interleaved for o in c.plan.in_place), "the stage output does not overlap its input"
     assert c.plan.overlaps() == []
     assert replay_plan(c.program, c.plan, infos) == []

@@ -66,7 +66,8 @@ def _buffer_elems(buf: Any) -> int:
 
 
 def unpack_kernel(func: Any) -> Any:
-    """Buffer parameters -> plain pointers; large allocations -> extra scratch pointer params."""
+    """Buffer parameters -> plain pointers; large allocations -> extra scratch pointer params
+    (from `ec.stack_limit` bytes, a function attribute; STACK_ALLOC_LIMIT without it)."""
     import tvm
     from tvm import tirx
     from tvm.ir import PointerType, PrimType
@@ -80,12 +81,14 @@ def unpack_kernel(func: Any) -> Any:
         decls.append(tirx.DeclBuffer(p, data=ptr))
     scratch: list[tuple[Any, int]] = []
     stack = [0]
+    limit = int(func.attrs["ec.stack_limit"]) if func.attrs is not None and "ec.stack_limit" in func.attrs \
+        else STACK_ALLOC_LIMIT
 
     def hoist(stmt: Any) -> Any:
         if isinstance(stmt, tirx.AllocBuffer):
             buf = stmt.buffer
             nbytes = _buffer_elems(buf) * DTYPE_BYTES.get(str(buf.ty.dtype), 4)
-            if str(buf.ty.storage_scope) in ("global", "") and nbytes >= STACK_ALLOC_LIMIT:
+            if str(buf.ty.storage_scope) in ("global", "") and nbytes >= limit:
                 ptr = tirx.Var(f"scratch{len(scratch)}", PointerType(buf.ty.dtype))
                 scratch.append((ptr, nbytes))
                 return tirx.DeclBuffer(buf, data=ptr)
@@ -147,6 +150,12 @@ def _register_pipeline() -> None:
     cp.register_tir_pipeline(PIPELINE_NAME, factory)
 
 
+def _with_attrs(func: Any, attrs: dict[str, Any]) -> Any:
+    for k, v in attrs.items():
+        func = func.with_attr(k, v)
+    return func
+
+
 _PREAMBLE_LINES = re.compile(
     r'^(#define TVM_EXPORTS|#include "tvm/.*"|#include "dlpack/.*"|void\* __tvm_ffi__library_ctx = NULL;'
     r"|// tvm target:.*|#ifdef __cplusplus|extern \"C\"|#endif)\s*$"
@@ -154,15 +163,17 @@ _PREAMBLE_LINES = re.compile(
 
 
 def lower_kernels(funcs: dict[str, Any], target_dict: dict[str, Any],
-                  streaming: set[str] = frozenset()) -> dict[str, KernelSource]:
+                  streaming: set[str] = frozenset(), stack_limit: int = STACK_ALLOC_LIMIT) -> dict[str, KernelSource]:
     """Lower scheduled PrimFuncs (symbol -> PrimFunc) to C function definitions. Kernels in
     `streaming` may run in place (output overlapping their first input): those two pointers are
-    not declared `restrict`."""
+    not declared `restrict`. Intermediate buffers of `stack_limit` bytes or more become arena
+    scratch, smaller ones stay on the stack."""
     import tvm
     from tvm import tirx
 
     _register_pipeline()
-    mod = tvm.IRModule({sym: f.with_attr("global_symbol", sym) for sym, f in sorted(funcs.items())})
+    attrs = {"global_symbol": None} if stack_limit == STACK_ALLOC_LIMIT else {"ec.stack_limit": stack_limit}
+    mod = tvm.IRModule({sym: _with_attrs(f, {**attrs, "global_symbol": sym}) for sym, f in sorted(funcs.items())})
     target = tvm.target.Target(target_dict if target_dict.get("kind") == "c" else {"kind": "c"})
     mod = tirx.transform.BindTarget(target.with_host(target))(mod)
     pipeline, finalize_host, _ = tirx.get_tir_pipeline(PIPELINE_NAME)
