@@ -139,8 +139,8 @@ REGISTRY: tuple[Operator, ...] = (
     Operator("relax.sin", {"Sin": "other"}, fold=_unary(np.sin), rows="same"),
     Operator("relax.cos", {"Cos": "other"}, fold=_unary(np.cos), rows="same"),
     Operator("relax.isnan", {}, fold=_unary(np.isnan), rows="same"),
-    Operator("relax.less", {"PRelu": "other"}, rows="same"),
-    Operator("relax.greater", {}, rows="same"),
+    Operator("relax.less", {"PRelu": "other", "Less": "other"}, rows="same"),
+    Operator("relax.greater", {"Greater": "other"}, rows="same"),
     Operator("relax.where", {"Where": "other"}, fold=lambda a, attrs, out: np.where(a[0], a[1], a[2]), rows="same"),
     Operator("relax.astype", {"Cast": "other"}, fold=lambda a, attrs, out: a[0].astype(str(attrs.dtype)), rows="same"),
     Operator("relax.nn.batch_norm", {"BatchNormalization": "other"}),    # decomposed, folded into the conv
