@@ -114,6 +114,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise EdgeCompileError(f"--dwpw-rows must be at least 1, got {args.dwpw_rows}")
     if args.calibration_samples < 1:
         raise EdgeCompileError(f"--calibration-samples must be at least 1, got {args.calibration_samples}")
+    patch, patches = _patches_option(args.patches)
+    budget = _bytes_option("--ram-budget", args.ram_budget) if args.ram_budget is not None else None
     if args.out:
         check_out_dir(Path(args.out), args.force)
     target = load_target(args.target, args.targets_dir)
@@ -126,14 +128,37 @@ def cmd_build(args: argparse.Namespace) -> int:
                            in_place=not args.no_in_place, dwpw_rows=args.dwpw_rows, quant=args.quant,
                            calibration=args.calibration, calibration_samples=args.calibration_samples,
                            calibration_method=args.calibration_method, tuning=_tuning(args, target),
+                           patch=patch, patches=patches, lean_windows=args.lean_windows, ram_budget=budget,
                            perturb_first_conv=args.debug_perturb_first_conv)
     report = write_build(source, target, out, options, Progress(args.quiet), force=args.force)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
+        pp = report.get("patch_plan")
+        patched = f"; first {pp['layers']} layers in {pp['bands']} bands of {pp['rows']} rows" if pp else ""
         print(f"{out}: {report['kernels']} kernel calls ({report['kernel_functions']} kernels), "
-              f"{report['macs']:,} MACs, weights {report['weights_bytes']:,} B, arena {report['arena_bytes']:,} B")
+              f"{report['macs']:,} MACs, weights {report['weights_bytes']:,} B, arena {report['arena_bytes']:,} B"
+              + patched)
     return 0
+
+
+def _patches_option(value: str) -> tuple[tuple[int, int] | None, str]:
+    """--patches: off | auto | min | LAYERS:ROWS -> (explicit patch, mode)."""
+    if value in ("off", "auto", "min"):
+        return None, value
+    parts = value.split(":")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise EdgeCompileError(f"--patches must be off, auto, min or LAYERS:ROWS (two positive integers), got {value!r}")
+    return (int(parts[0]), int(parts[1])), "auto"
+
+
+def _bytes_option(flag: str, value: str) -> int:
+    """A byte count: 40000, 40K (x1024) or 1M."""
+    scale = {"K": 1 << 10, "M": 1 << 20}.get(value[-1:].upper(), 1)
+    digits = value[:-1] if scale > 1 else value
+    if not digits.isdigit() or int(digits) == 0:
+        raise EdgeCompileError(f"{flag} must be a positive number of bytes (e.g. 40000, 40K), got {value!r}")
+    return int(digits) * scale
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -507,6 +532,15 @@ def _add_build(sub: Any) -> None:
                    help="int8 calibration inputs: a dataset (digits, random) or an .npy of inputs")
     s.add_argument("--calibration-samples", type=int, default=100, metavar="N")
     s.add_argument("--calibration-method", choices=["minmax", "percentile"], default="minmax")
+    s.add_argument("--patches", default="auto", metavar="off|auto|min|LAYERS:ROWS",
+                   help="run the first layers in row bands (patch-based inference): auto (default) when the plain "
+                        "plan does not fit the target's RAM or --ram-budget, min for the least peak RAM within "
+                        "+15%% MACs, LAYERS:ROWS for a given stage, off never")
+    s.add_argument("--ram-budget", metavar="BYTES",
+                   help="plan for at most this peak RAM (static data + arena + stack, e.g. 40K): tries patches and "
+                        "lean windows, trading instructions, and refuses before compiling when nothing fits")
+    s.add_argument("--lean-windows", action="store_true",
+                   help="depthwise windows per channel tile and small buffers in the arena (less RAM)")
     s.add_argument("--dwpw-rows", type=int, metavar="R",
                    help="output rows per tile of fused depthwise+pointwise kernels (default: per target family)")
     s.add_argument("--db", metavar="DIR", help="tuning database (default: $EDGECOMPILE_TUNING_DB or "

@@ -260,6 +260,17 @@ def plan_buffers(buffers: list[Buffer], overlaps: list[Overlap] = ()) -> MemoryP
     )
 
 
+def arena_peak(plan: MemoryPlan) -> tuple[int, int]:
+    """(step, bytes): the step at which the buffers live in the arena reach furthest, and how far."""
+    best = (-1, 0)
+    for step in sorted({s for s, _ in plan.lifetimes.values()} | {e for _, e in plan.lifetimes.values()}):
+        top = max((plan.offsets[n] + plan.sizes[n] for n, (s, e) in plan.lifetimes.items() if s <= step <= e),
+                  default=0)
+        if top > best[1]:
+            best = (step, top)
+    return best
+
+
 def program_buffers(prog: Program, external_io: bool = False) -> tuple[list[Buffer], list[str]]:
     """Lifetimes of the program's storage roots. Step i is call i; inputs are live from step -1,
     outputs until step len(calls). Scratch buffers live only during their call."""

@@ -250,6 +250,19 @@ def _substitute(value: Any, env: dict) -> Any:
     return value
 
 
+def constant_elements(mod: Any) -> int:
+    """Elements of the distinct constants `main` uses (the weights, before quantization or packing)."""
+    _, relax = _tvm()
+    seen: dict[Any, int] = {}
+
+    def visit(e: Any) -> None:
+        if _is_const(e) and getattr(e.ty, "shape", None) is not None:
+            seen[e] = int(np.prod([int(d) for d in e.ty.shape]))
+
+    relax.analysis.post_order_visit(mod["main"].body, visit)
+    return sum(seen.values())
+
+
 def _use_counts(func: Any) -> dict[Any, int]:
     _, relax = _tvm()
     counts: dict[Any, int] = {}

@@ -606,6 +606,45 @@ def apply_patches(mod: Any, stage: Stage, cut: Cut, rows: int, in_place_input: b
     return new, plan
 
 
+def arena_lower_bound(stage: Stage, cut: Cut, rows: int) -> int:
+    """Bytes any plan of this patch stage needs at least, from the band shapes alone: the whole
+    stage input while the first band runs, plus the input rows of the largest band a window
+    layer (kernel taller than one row) reads, which some kernel must have whole."""
+    made_by = {n.var: n for n in stage.nodes}
+    largest = 0
+    for y0, y1 in band_ranges(cut.shape[1], rows):
+        needed = _needed_rows(stage, cut, y0, y1)
+        for node in stage.nodes[:cut.index + 1]:
+            if node.kind == "window" and node.var in needed and _window(node.value)[0] > 1:
+                src = node.args[0]
+                while src in made_by and made_by[src].kind == "tir":    # e.g. int8 -> int16 zero-point
+                    src = made_by[src].args[0]                          # shifts, computed inside the conv
+                c0, c1 = _window_rows(node, *needed[node.var])[:2]
+                if src is not stage.entry:
+                    largest = max(largest, tensor_bytes(src) // _height(src) * (c1 - c0))
+    return tensor_bytes(stage.entry) + largest
+
+
+def tensor_bytes(var: Any) -> int:
+    return int(math.prod(_shape(var))) * DTYPE_BYTES[str(var.ty.dtype)]
+
+
+def cut_bytes(stage: Stage, cut: Cut) -> int:
+    """Bytes of a cut's stage output."""
+    return tensor_bytes(stage.nodes[cut.index].var)
+
+
+def best_cuts(stage: Stage) -> dict[int, Cut]:
+    """For each number of window layers a stage can have, its cut of the smallest output (the
+    later one of equal size)."""
+    best: dict[int, Cut] = {}
+    for c in stage_cuts(stage):
+        key = (cut_bytes(stage, c), -c.index)
+        if c.layers not in best or key < (cut_bytes(stage, best[c.layers]), -best[c.layers].index):
+            best[c.layers] = c
+    return best
+
+
 def patch_graph(mod: Any, layers: int, rows: int, in_place_input: bool = True) -> tuple[Any, PatchPlan]:
     """`mod` with its first window layers, `layers` at most, run in bands of `rows` stage-output
     rows (of the deepest cuts within that many layers, the one with the smallest stage output).
@@ -613,16 +652,9 @@ def patch_graph(mod: Any, layers: int, rows: int, in_place_input: bool = True) -
     stage = find_stage(mod)
     if stage is None:
         raise EdgeCompileError("patches: the network does not start with a convolution on its input")
-    cuts = [c for c in stage_cuts(stage) if c.layers <= layers]
+    cuts = {n: c for n, c in best_cuts(stage).items() if n <= layers}
     if not cuts:
-        least = min((c.layers for c in stage_cuts(stage)), default=0)
+        least = min(best_cuts(stage), default=0)
         raise EdgeCompileError(f"patches: no stage of at most {layers} layers (the first one that can end a "
                                f"stage has {least})")
-    deepest = max(c.layers for c in cuts)
-    cut = min((c for c in cuts if c.layers == deepest),
-              key=lambda c: (math.prod(c.shape) * DTYPE_BYTES[_dtype(stage, c)], -c.index))
-    return apply_patches(mod, stage, cut, rows, in_place_input)
-
-
-def _dtype(stage: Stage, cut: Cut) -> str:
-    return str(stage.nodes[cut.index].var.ty.dtype)
+    return apply_patches(mod, stage, cuts[max(cuts)], rows, in_place_input)
