@@ -27,7 +27,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--width-mult", type=float, metavar="A",
                    help="width multiplier α (MobileNet V1/V2, ShuffleNet V1; ShuffleNet V2: 0.5/1.0/1.5/2.0)")
     g.add_argument("--resolution", type=int, metavar="R",
-                   help="input resolution (ρ·224): 224, 192, 160, 128 or any multiple of 32 from 32")
+                   help="input resolution (ρ·224): any size the network runs on, 1..1024 (Xception from 7, "
+                        "SqueezeNet 1.1 from 17, 1.0 from 21)")
     g.add_argument("--num-classes", type=int, metavar="N",
                    help="classifier outputs (default: the weights file's, else 1000)")
     g.add_argument("--groups", type=int, metavar="G", help="ShuffleNet V1 group count (1, 2, 3, 4, 8)")
@@ -55,8 +56,8 @@ def _check_model_args(args: argparse.Namespace) -> None:
         raise EdgeCompileError(f"--width-mult must be in (0, 4], got {args.width_mult}")
     if args.num_classes is not None and not 1 <= args.num_classes <= 100_000:
         raise EdgeCompileError(f"--num-classes must be in 1..100000, got {args.num_classes}")
-    if args.resolution is not None and not 8 <= args.resolution <= 1024:
-        raise EdgeCompileError(f"--resolution must be in 8..1024, got {args.resolution}")
+    if args.resolution is not None and not 1 <= args.resolution <= 1024:
+        raise EdgeCompileError(f"--resolution must be in 1..1024, got {args.resolution}")
     if args.groups is not None and args.groups < 1:
         raise EdgeCompileError(f"--groups must be at least 1, got {args.groups}")
     if args.weights is not None and not Path(args.weights).is_file():

@@ -150,7 +150,7 @@ def test_dynamic_shape(tmp_path):
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["--resolution", "100"], "--resolution"),
+    (["--resolution", "2000"], "--resolution"),
     (["--width-mult", "0"], "--width-mult"),
     (["--num-classes", "0"], "--num-classes"),
     (["--groups", "3"], "--groups"),
@@ -175,7 +175,7 @@ def test_failed_rebuild_keeps_previous_output(tmp_path):
     out = tmp_path / "out"
     run_cli("build", "mobilenet_v1", *SMALL, "--out", str(out), "--no-compile", "-q", check=True)
     before = (out / "model.c").read_bytes()
-    proc = run_cli("build", "mobilenet_v1", "--resolution", "100", "--out", str(out))
+    proc = run_cli("build", "mobilenet_v1", "--resolution", "2000", "--out", str(out))
     assert proc.returncode != 0
     assert (out / "model.c").read_bytes() == before
 
