@@ -449,12 +449,23 @@ def _patch_record(compiled: Compiled) -> dict[str, Any] | None:
     if compiled.patch_plan is None:
         return None
     out = compiled.patch_plan.to_json()
+    out["stage_calls"] = _stage_calls(compiled.program, compiled.patch_plan.bands)
     if compiled.planning is not None:
         before, after = compiled.planning["tried"][0], compiled.planning["chosen"]
         out.update({"arena_bytes_before": before["arena_bytes"], "arena_bytes_after": after["arena_bytes"],
                     "peak_ram_estimate_before": before["peak_ram_estimate"],
                     "peak_ram_estimate_after": after["peak_ram_estimate"]})
     return out
+
+
+def _stage_calls(prog: Program, bands: int) -> list[int]:
+    """[first, end) of the calls of the patch stage: from the first call to the last band's write
+    into the stage output (the earliest-written storage that exactly `bands` calls write)."""
+    writers: dict[str, list[int]] = {}
+    for i, call in enumerate(prog.calls):
+        writers.setdefault(prog.storage_root(call.outputs[0]), []).append(i)
+    stage = min((w for w in writers.values() if len(w) == bands), key=lambda w: w[0], default=None)
+    return [0, stage[-1] + 1 if stage else 0]
 
 
 def build_report(source: ModelSource, target: Target, compiled: Compiled) -> dict[str, Any]:
