@@ -536,7 +536,7 @@ def _add_build(sub: Any) -> None:
     s.add_argument("--patches", default="auto", metavar="off|auto|min|LAYERS:ROWS",
                    help="run the first layers in row bands (patch-based inference): auto (default) when the plain "
                         "plan does not fit the target's RAM or --ram-budget, min for the least peak RAM within "
-                        "+15%% MACs, LAYERS:ROWS for a given stage, off never")
+                        "+10%% MACs, LAYERS:ROWS for a given stage, off never")
     s.add_argument("--ram-budget", metavar="BYTES",
                    help="plan for at most this peak RAM (static data + arena + stack, e.g. 40K): tries patches and "
                         "lean windows, trading instructions, and refuses before compiling when nothing fits")

@@ -62,8 +62,11 @@ class BuildOptions:
     ram_budget: int | None = None   # bytes of peak RAM (static + arena + stack) the plan must stay under
 
 
-# A patch plan found by `min` may cost this fraction of the plain plan's MACs more (recomputed halos)
-MAX_EXTRA_MACS = 0.15
+# A patch plan found by `min` may cost this fraction of the plain plan's MACs more (recomputed halos).
+# Instructions grow faster than MACs (per-band calls, halo windows): on the wake-word network on
+# stm32f746g-disco +12.5% MACs measured +16.5% emulator instructions, +6.0% MACs +7.7%
+# (benchmarks/PEAK_RAM.md); 10% keeps `min` within issue 13's 1.15x instructions.
+MAX_EXTRA_MACS = 0.10
 # plans `auto`/`min`/--ram-budget lower and plan at the most (about 2-3 s each for a small network)
 MAX_PLANS_TRIED = 24
 

@@ -23,7 +23,7 @@ def _no_c_compile(monkeypatch):
     monkeypatch.setattr(CortexM, "build", compiled)
 
 
-def _folded_weights(module) -> int:
+def _folded_weights(module, biases: bool = True) -> int:
     """Weights after BatchNorm folding, one int8 byte each: convolution and linear weights and
     biases (a folded BatchNorm gives a bias-free convolution one per output channel)."""
     import torch
@@ -31,7 +31,9 @@ def _folded_weights(module) -> int:
     n = 0
     for m in module.modules():
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
-            n += m.weight.numel() + (m.bias.numel() if m.bias is not None else m.weight.shape[0])
+            n += m.weight.numel()
+            if biases:
+                n += m.bias.numel() if m.bias is not None else m.weight.shape[0]
     return n
 
 
@@ -101,3 +103,23 @@ def test_budget_picks_patches_and_the_board_stays_under_it(tmp_path):
     assert res["passed"], res["failures"]
     measured = rep["ram_bytes"] + res["stack_used_bytes"]
     assert measured <= budget, f"measured peak RAM {measured:,} B over the budget {budget:,} B"
+
+
+def test_xception_int8_on_mps2_an386_refused_in_seconds(tmp_path, monkeypatch):
+    """Issue 13's case: Xception int8 was refused by the linker after 589 s. Its 20.8 M weights are
+    over the board's 16 MB PSRAM (the region that holds them): refused from the graph, before
+    calibration and the long lowering."""
+    _no_c_compile(monkeypatch)
+
+    def calibrated(*a, **k):
+        raise AssertionError("calibrated before the refusal")
+    monkeypatch.setattr(compiler, "calibration_inputs", calibrated)
+    source = load_model("xception", ModelOptions(resolution=71, num_classes=10))
+    with pytest.raises(FitError) as e:
+        write_build(source, load_target("mps2-an386"), tmp_path / "b", BuildOptions(quant="int8"), Progress(quiet=True))
+    msg = str(e.value)
+    assert "PSRAM needs " in msg and "budget 16,777,216 B" in msg, msg
+    needs = int(msg.split("PSRAM needs ")[1].split(" B")[0].replace(",", ""))
+    # between the weights without biases and with a folded bias for every convolution (a depthwise
+    # convolution straight into its pointwise one has no BatchNorm to fold)
+    assert _folded_weights(source.torch_module, biases=False) <= needs <= _folded_weights(source.torch_module), msg
