@@ -123,3 +123,26 @@ def test_xception_int8_on_mps2_an386_refused_in_seconds(tmp_path, monkeypatch):
     # between the weights without biases and with a folded bias for every convolution (a depthwise
     # convolution straight into its pointwise one has no BatchNorm to fold)
     assert _folded_weights(source.torch_module, biases=False) <= needs <= _folded_weights(source.torch_module), msg
+
+
+@pytest.mark.slow
+def test_model_that_fits_only_with_patches_passes_on_the_board(tmp_path, monkeypatch):
+    """MobileNet V1 0.25 at 256x256: its arena is about 400 KB without patches (lean windows
+    included), over the board's 320 KB of RAM; the default build (`--patches auto`, no budget)
+    finds a patch stage that fits and the firmware passes `test` on the emulated board. The same
+    model with --patches off is refused before its C is compiled, naming the RAM region."""
+    source = load_model("mobilenet_v1", ModelOptions(width_mult=0.25, resolution=256, num_classes=2))
+    target = load_target(BOARD)
+    out = tmp_path / "b"
+    rep = write_build(source, target, out, BuildOptions(quant="int8", compare_unfused=False), Progress(quiet=True))
+    planning = rep["memory_planning"]
+    ram = target.region_for("arena")
+    assert all(p["peak_ram_estimate"] > ram.size for p in planning["tried"] if p["patch"] is None)
+    assert planning["chosen"]["patch"] is not None and rep["patch_plan"]["bands"] > 1
+    res = run_test(out, samples=3)
+    assert res["passed"], res["failures"]
+    assert rep["ram_bytes"] + res["stack_used_bytes"] <= ram.size
+    _no_c_compile(monkeypatch)
+    with pytest.raises(FitError, match=rf"{ram.name} needs [\d,]+ B, budget {ram.size:,} B \(ram"):
+        write_build(source, target, tmp_path / "off", BuildOptions(quant="int8", patches="off", compare_unfused=False),
+                    Progress(quiet=True))
