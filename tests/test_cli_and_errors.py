@@ -160,6 +160,17 @@ def test_model_option_out_of_range(tmp_path, args, fragment):
     _assert_clean_failure(run_cli("build", "mobilenet_v1", *args, "--out", str(out)), out, fragment)
 
 
+@pytest.mark.parametrize("args,fragment", [
+    (["--patches", "4"], "--patches must be off, auto, min or LAYERS:ROWS"),
+    (["--patches", "4:0"], "--patches must be off, auto, min or LAYERS:ROWS"),
+    (["--ram-budget", "40KB"], "--ram-budget must be a positive number of bytes"),
+    (["--ram-budget", "0"], "--ram-budget must be a positive number of bytes"),
+])
+def test_memory_planning_options_refused(tmp_path, args, fragment):
+    out = tmp_path / "out"
+    _assert_clean_failure(run_cli("build", "mobilenet_v1", *SMALL, *args, "--out", str(out)), out, fragment)
+
+
 def test_unknown_target(tmp_path):
     out = tmp_path / "out"
     _assert_clean_failure(run_cli("build", "mobilenet_v1", "--target", "pdp11", "--out", str(out)), out,
