@@ -156,3 +156,17 @@ def test_byte_replay_catches_an_overlap_beyond_its_limit():
     offsets[stage.out] = offsets[stage.inp] + stage.max_delta + 16
     bad = replay_plan(c.program, replace(c.plan, offsets=offsets), infos)
     assert bad and f"after {stage.out} wrote there" in bad[0]
+
+
+def test_per_layer_comparison_of_a_patched_build_says_it_is_not_supported(tmp_path):
+    """`run --layers` rebuilds the kernel graph on TVM's VM, which runs no kernel on a band view
+    (a byte offset): a patched build gets one error line saying so, not a wrong comparison."""
+    from helpers import run_cli
+
+    source = load_model("mobilenet_v1", ModelOptions(**STAGES["mobilenet_v1"][0]))
+    _build(source, tmp_path / "b", patch=(4, 2))
+    np.save(tmp_path / "x.npy", random_input(source.inputs[0].shape, 0))
+    proc = run_cli("run", str(tmp_path / "b"), "--input", str(tmp_path / "x.npy"), "--layers")
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode != 0 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "patch-based build (the first 4 layers in" in errors[0] and "--patches off" in errors[0]
