@@ -27,7 +27,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--width-mult", type=float, metavar="A",
                    help="width multiplier α (MobileNet V1/V2, ShuffleNet V1; ShuffleNet V2: 0.5/1.0/1.5/2.0)")
     g.add_argument("--resolution", type=int, metavar="R",
-                   help="input resolution (ρ·224): 224, 192, 160, 128 or any multiple of 32 from 32")
+                   help="input resolution (ρ·224): any size the network runs on, 1..1024 (Xception from 7, "
+                        "SqueezeNet 1.1 from 17, 1.0 from 21)")
     g.add_argument("--num-classes", type=int, metavar="N",
                    help="classifier outputs (default: the weights file's, else 1000)")
     g.add_argument("--groups", type=int, metavar="G", help="ShuffleNet V1 group count (1, 2, 3, 4, 8)")
@@ -55,8 +56,8 @@ def _check_model_args(args: argparse.Namespace) -> None:
         raise EdgeCompileError(f"--width-mult must be in (0, 4], got {args.width_mult}")
     if args.num_classes is not None and not 1 <= args.num_classes <= 100_000:
         raise EdgeCompileError(f"--num-classes must be in 1..100000, got {args.num_classes}")
-    if args.resolution is not None and not 8 <= args.resolution <= 1024:
-        raise EdgeCompileError(f"--resolution must be in 8..1024, got {args.resolution}")
+    if args.resolution is not None and not 1 <= args.resolution <= 1024:
+        raise EdgeCompileError(f"--resolution must be in 1..1024, got {args.resolution}")
     if args.groups is not None and args.groups < 1:
         raise EdgeCompileError(f"--groups must be at least 1, got {args.groups}")
     if args.weights is not None and not Path(args.weights).is_file():
@@ -114,6 +115,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise EdgeCompileError(f"--dwpw-rows must be at least 1, got {args.dwpw_rows}")
     if args.calibration_samples < 1:
         raise EdgeCompileError(f"--calibration-samples must be at least 1, got {args.calibration_samples}")
+    patch, patches = _patches_option(args.patches)
+    budget = _bytes_option("--ram-budget", args.ram_budget) if args.ram_budget is not None else None
     if args.out:
         check_out_dir(Path(args.out), args.force)
     target = load_target(args.target, args.targets_dir)
@@ -126,14 +129,37 @@ def cmd_build(args: argparse.Namespace) -> int:
                            in_place=not args.no_in_place, dwpw_rows=args.dwpw_rows, quant=args.quant,
                            calibration=args.calibration, calibration_samples=args.calibration_samples,
                            calibration_method=args.calibration_method, tuning=_tuning(args, target),
+                           patch=patch, patches=patches, lean_windows=args.lean_windows, ram_budget=budget,
                            perturb_first_conv=args.debug_perturb_first_conv)
     report = write_build(source, target, out, options, Progress(args.quiet), force=args.force)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
+        pp = report.get("patch_plan")
+        patched = f"; first {pp['layers']} layers in {pp['bands']} bands of {pp['rows']} rows" if pp else ""
         print(f"{out}: {report['kernels']} kernel calls ({report['kernel_functions']} kernels), "
-              f"{report['macs']:,} MACs, weights {report['weights_bytes']:,} B, arena {report['arena_bytes']:,} B")
+              f"{report['macs']:,} MACs, weights {report['weights_bytes']:,} B, arena {report['arena_bytes']:,} B"
+              + patched)
     return 0
+
+
+def _patches_option(value: str) -> tuple[tuple[int, int] | None, str]:
+    """--patches: off | auto | min | LAYERS:ROWS -> (explicit patch, mode)."""
+    if value in ("off", "auto", "min"):
+        return None, value
+    parts = value.split(":")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise EdgeCompileError(f"--patches must be off, auto, min or LAYERS:ROWS (two positive integers), got {value!r}")
+    return (int(parts[0]), int(parts[1])), "auto"
+
+
+def _bytes_option(flag: str, value: str) -> int:
+    """A byte count: 40000, 40K (x1024) or 1M."""
+    scale = {"K": 1 << 10, "M": 1 << 20}.get(value[-1:].upper(), 1)
+    digits = value[:-1] if scale > 1 else value
+    if not digits.isdigit() or int(digits) == 0:
+        raise EdgeCompileError(f"{flag} must be a positive number of bytes (e.g. 40000, 40K), got {value!r}")
+    return int(digits) * scale
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -507,6 +533,15 @@ def _add_build(sub: Any) -> None:
                    help="int8 calibration inputs: a dataset (digits, random) or an .npy of inputs")
     s.add_argument("--calibration-samples", type=int, default=100, metavar="N")
     s.add_argument("--calibration-method", choices=["minmax", "percentile"], default="minmax")
+    s.add_argument("--patches", default="auto", metavar="off|auto|min|LAYERS:ROWS",
+                   help="run the first layers in row bands (patch-based inference): auto (default) when the plain "
+                        "plan does not fit the target's RAM or --ram-budget, min for the least peak RAM within "
+                        "+10%% MACs, LAYERS:ROWS for a given stage, off never")
+    s.add_argument("--ram-budget", metavar="BYTES",
+                   help="plan for at most this peak RAM (static data + arena + stack, e.g. 40K): tries patches and "
+                        "lean windows, trading instructions, and refuses before compiling when nothing fits")
+    s.add_argument("--lean-windows", action="store_true",
+                   help="depthwise windows per channel tile and small buffers in the arena (less RAM)")
     s.add_argument("--dwpw-rows", type=int, metavar="R",
                    help="output rows per tile of fused depthwise+pointwise kernels (default: per target family)")
     s.add_argument("--db", metavar="DIR", help="tuning database (default: $EDGECOMPILE_TUNING_DB or "

@@ -20,19 +20,26 @@ import numpy as np
 
 from . import schedules
 from .build_dir import check_out_dir, mark_build, write_atomically
-from .codegen import executor, lower, memory, weights
+from .codegen import builtins, executor, lower, memory, weights
 from .codegen.lower import KernelSource
 from .codegen.memory import MemoryPlan
 from .datasets import calibration_inputs
-from .errors import EdgeCompileError
-from .ir import passes, quantize
+from .errors import EdgeCompileError, FitError
+from .ir import passes, patches, quantize
 from .ir.frontend import ModelSource, to_relax
-from .ir.kernel import KernelInfo
+from .ir.kernel import KernelInfo, analyze
 from .ir.operators import Kind
 from .ir.program import Program, extract_program
-from .platforms import platform_for
+from .platforms import MemoryEstimate, platform_for
 from .targets import Target
 from .tune.records import TuningRecords, db_key
+
+
+# schedule configurations with `lean_windows`: depthwise channel tiles outer, so that a padded
+# input window holds one channel tile (schedules/tiling.py)
+LEAN_WINDOWS = {Kind.CONV_DW: {"order": "channels"}, Kind.DWPW: {"dw_order": "channels"}}
+# and intermediate buffers from this size in the arena (where the plan can overlap them), not on the stack
+LEAN_STACK_LIMIT = 256
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,20 @@ class BuildOptions:
     calibration_method: str = "minmax"   # or "percentile"
     compare_unfused: bool = True    # also plan the unfused program, for the report (costs a 2nd lowering)
     tuning: TuningRecords | None = None   # tuned configurations to use (None: the rules')
+    patch: tuple[int, int] | None = None  # (layers, rows): run the first layers in row bands (ir/patches.py)
+    lean_windows: bool = False      # depthwise windows per channel tile (channel tiles outer): less RAM
     perturb_first_conv: bool = False      # test-only: a wrong weight in the first convolution (see _perturb)
+    patches: str = "auto"           # without `patch`: off | auto (when the plain plan does not fit) | min (RAM)
+    ram_budget: int | None = None   # bytes of peak RAM (static + arena + stack) the plan must stay under
+
+
+# A patch plan found by `min` may cost this fraction of the plain plan's MACs more (recomputed halos).
+# Instructions grow faster than MACs (per-band calls, halo windows): on the wake-word network on
+# stm32f746g-disco +12.5% MACs measured +16.5% emulator instructions, +6.0% MACs +7.7%
+# (benchmarks/PEAK_RAM.md); 10% keeps `min` within issue 13's 1.15x instructions.
+MAX_EXTRA_MACS = 0.10
+# plans `auto`/`min`/--ram-budget lower and plan at the most (about 2-3 s each for a small network)
+MAX_PLANS_TRIED = 24
 
 
 @dataclass
@@ -64,6 +84,8 @@ class Compiled:
     fusion: dict[str, Any]
     quant: dict[str, Any] | None = None
     tuning: dict[str, Any] | None = None
+    patch_plan: patches.PatchPlan | None = None
+    planning: dict[str, Any] | None = None
 
 
 class Progress:
@@ -85,6 +107,7 @@ class _Lowered:
     kernels: dict[str, KernelSource]
     infos: dict[str, KernelInfo]      # by C symbol
     call_symbols: list[str]           # the C symbol of every call, in order
+    patch_plan: patches.PatchPlan | None = None
 
 
 def _schedule_kernels(mod: Any, prog: Program, target: Target,
@@ -95,9 +118,14 @@ def _schedule_kernels(mod: Any, prog: Program, target: Target,
     infos: dict[str, KernelInfo] = {}
     symbol_of: dict[str, str] = {}
     taken: set[str] = set()
-    for name in dict.fromkeys(c.kernel for c in prog.calls):
+    for name in dict.fromkeys(c.kernel for c in prog.calls if c.builtin is None):
         calls = [c for c in prog.calls if c.kernel == name]
         config = options.tuning.config_for(mod[name], name) if options.tuning is not None else None
+        if config is None and options.lean_windows:
+            kind = analyze(mod[name], name).kind
+            config = LEAN_WINDOWS.get(kind)
+            if kind == Kind.DWPW and options.dwpw_rows is not None:
+                config = {**config, "rows": options.dwpw_rows}
         func, info = schedules.schedule(mod[name], target.family, options.dwpw_rows, config, name)
         if info.packed and not all(c.inputs[p] in prog.weights for c in calls for p in info.packed):
             # a GEMM operand that is not a constant cannot be stored in panels at compile time
@@ -128,7 +156,13 @@ def _perturb(mod: Any, prog: Program) -> None:
 
 
 def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable[[str], None]) -> _Lowered:
-    """High-level graph -> fused kernels -> scheduled kernels -> C functions -> memory plan."""
+    """High-level graph -> (patch stage) -> fused kernels -> scheduled kernels -> C functions ->
+    memory plan."""
+    patch_plan = None
+    if options.patch is not None:
+        graph, patch_plan = patches.patch_graph(graph, *options.patch, in_place_input=not options.external_io)
+        progress(f"patches: the first {patch_plan.layers} layers in {patch_plan.bands} bands of {patch_plan.rows} "
+                 f"rows of {patch_plan.stage_output} ({patch_plan.extra_macs:+,} MACs recomputed)")
     mod = passes.lower_graph(graph, fuse_dwpw=options.fuse)
     prog = extract_program(mod)
     progress(f"scheduling {len(set(c.kernel for c in prog.calls))} kernels for family '{target.family}' "
@@ -137,12 +171,20 @@ def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable
         _perturb(mod, prog)
     scheduled, infos, symbol_of = _schedule_kernels(mod, prog, target, options)
     progress("generating C for the kernels (TVM C codegen, unpacked ABI)")
-    kernels = lower.lower_kernels(scheduled, target.tvm, {s for s, i in infos.items() if i.streams_rows})
+    kernels = lower.lower_kernels(scheduled, target.tvm, {s for s, i in infos.items() if i.streams_rows},
+                                  LEAN_STACK_LIMIT if options.lean_windows else lower.STACK_ALLOC_LIMIT)
+    taken = set(kernels)
+    for c in prog.calls:
+        if c.builtin is not None and c.kernel not in symbol_of:
+            sym = lower.unique_symbol(f"ec_{c.builtin}_{lower.shape_suffix(prog.tensors[c.inputs[0]])}", taken)
+            kernels[sym], infos[sym] = builtins.builtin_kernel(c, prog, sym)
+            symbol_of[c.kernel] = sym
     call_symbols = [symbol_of[c.kernel] for c in prog.calls]
     memory.add_scratch(prog, [kernels[s].scratch_bytes for s in call_symbols])
     overlaps = memory.streaming_overlaps(prog, [infos[s] for s in call_symbols]) if options.in_place else []
+    overlaps += memory.patch_overlaps(prog)
     plan = memory.plan_program(prog, external_io=options.external_io, overlaps=overlaps)
-    return _Lowered(prog, plan, kernels, infos, call_symbols)
+    return _Lowered(prog, plan, kernels, infos, call_symbols, patch_plan)
 
 
 def _graph(source: ModelSource, target: Target, options: BuildOptions,
@@ -153,10 +195,11 @@ def _graph(source: ModelSource, target: Target, options: BuildOptions,
     progress("Relax passes: fold constants and BatchNorm, NHWC layout")
     graph, given = passes.prepare_graph(relax_mod)
     quant_mode = options.quant or target.default_quant
+    if quant_mode not in ("fp32", "int8"):
+        raise EdgeCompileError(f"--quant must be fp32 or int8, got {quant_mode!r}")
+    _check_weights_fit(graph, target, quant_mode)
     if quant_mode == "fp32":
         return graph, None
-    if quant_mode != "int8":
-        raise EdgeCompileError(f"--quant must be fp32 or int8, got {quant_mode!r}")
     data = calibration_inputs(source.inputs[0].shape, options.calibration, options.calibration_samples)
     progress(f"int8: calibrating on {len(data)} {options.calibration} inputs ({options.calibration_method})")
     ranges = quantize.calibrate(graph, data, options.calibration_method)
@@ -213,11 +256,171 @@ def _call_records(low: _Lowered) -> tuple[list[dict[str, Any]], list[str]]:
     return calls, docs
 
 
+@dataclass
+class _Plan:
+    """One way to run the model that the memory planning tried."""
+
+    patch: tuple[int, int] | None
+    lean: bool
+    extra_macs: int
+    arena_bound: int = 0              # the arena is at least this large (patches.arena_lower_bound)
+    low: _Lowered | None = None
+    estimate: MemoryEstimate | None = None
+
+    def describe(self) -> str:
+        what = f"patches of {self.patch[0]} layers x {self.patch[1]} rows" if self.patch else "no patches"
+        return what + (", lean windows" if self.lean else "")
+
+    def record(self) -> dict[str, Any]:
+        est = self.estimate
+        return {"patch": list(self.patch) if self.patch else None, "lean_windows": self.lean,
+                "extra_macs": self.extra_macs, "arena_bytes": self.low.plan.arena_bytes if self.low else None,
+                "peak_ram_estimate": est.peak_ram_bytes if est else None,
+                "static_ram_estimate": est.static_ram_bytes if est else None}
+
+
+def _weights_bytes(low: _Lowered) -> int:
+    return sum(low.program.tensors[w].nbytes for w in low.program.weights)
+
+
+def _estimate(target: Target, low: _Lowered) -> MemoryEstimate | None:
+    stack = max((low.kernels[s].stack_bytes for s in set(low.call_symbols)), default=0)
+    return platform_for(target).estimate_memory(target, _weights_bytes(low), low.plan.arena_bytes,
+                                                len(low.program.calls), stack)
+
+
+def _plans(graph: Any, plain_macs: int, allowance: float | None, arena_limit: int | None) -> list[_Plan]:
+    """The plans memory planning may try: the plain one, with lean windows, then patch stages
+    (after each number of layers where the stage output is smaller than every shallower cut's and
+    than the stage input) x rows per band, with lean windows, within `allowance` x the plain MACs
+    and whose arena lower bound is within `arena_limit`. Cheapest in MACs first."""
+    out = [_Plan(None, False, 0), _Plan(None, True, 0)]
+    stage = patches.find_stage(graph)
+    if stage is not None:
+        smallest = patches.tensor_bytes(stage.entry)
+        for layers, cut in sorted(patches.best_cuts(stage).items()):
+            if patches.cut_bytes(stage, cut) >= smallest:
+                continue
+            smallest = patches.cut_bytes(stage, cut)
+            for rows in (1, 2, 3, 4, 6, 8):
+                if rows >= cut.shape[1]:
+                    continue
+                extra = patches.patch_macs(stage, cut, rows) - cut.macs
+                bound = patches.arena_lower_bound(stage, cut, rows)
+                if (allowance is None or extra <= allowance * plain_macs) and (arena_limit is None or bound <= arena_limit):
+                    out.append(_Plan((layers, rows), True, extra, bound))
+    # of plans of one stage that cost the same MACs (no halo to recompute), the smallest
+    best: dict[tuple, _Plan] = {}
+    for p in out:
+        key = (p.patch[0] if p.patch else None, p.lean, p.extra_macs)
+        if key not in best or p.arena_bound < best[key].arena_bound:
+            best[key] = p
+    return sorted(best.values(), key=lambda p: (p.extra_macs, p.lean, p.patch or (0, 0)))
+
+
+def _fits(plan: _Plan, budget: int | None) -> bool:
+    """Within the target's RAM regions and the budget (a board without a memory budget: the arena
+    against the budget)."""
+    if plan.estimate is not None and plan.estimate.over("ram"):
+        return False
+    return budget is None or _peak(plan) <= budget
+
+
+def _plan_memory(graph: Any, target: Target, options: BuildOptions,
+                 progress: Callable[[str], None]) -> tuple[_Lowered, dict[str, Any] | None]:
+    """Lower the graph with the patch plan and schedules that fit: the options' own (`patch`,
+    `patches=off`); else the plain plan when it fits the target's RAM and --ram-budget (`auto`);
+    else the first plan in MAC order that fits (`auto`), or the one of least peak RAM within
+    MAX_EXTRA_MACS (`min`). A model that fits in no plan tried is refused before its C is
+    compiled, naming the numbers of the smallest plan."""
+    if options.patches not in ("off", "auto", "min"):
+        raise EdgeCompileError(f"--patches must be off, auto, min or LAYERS:ROWS, got {options.patches!r}")
+    first = _Plan(options.patch, options.lean_windows, 0)
+    first.low = _lower(graph, target, options, progress)
+    first.estimate = _estimate(target, first.low)
+    if first.low.patch_plan is not None:
+        first.extra_macs = first.low.patch_plan.extra_macs
+    budget = options.ram_budget
+    if options.patch is not None or options.patches == "off" or (options.patches == "auto" and _fits(first, budget)):
+        if not _fits(first, budget):
+            raise _refusal(target, first, budget)
+        return first.low, None
+    plain_macs = sum(i.macs for i in (first.low.infos[s] for s in first.low.call_symbols))
+    allowance = MAX_EXTRA_MACS if options.patches == "min" else None
+    est = first.estimate
+    arena_limit = None
+    if options.patches == "auto" and est is not None:     # what the arena may take of the budgets
+        room = [est.budgets[r] - est.needs[r] + est.arena_bytes for r in est.needs if est.kinds[r] == "ram"]
+        if budget is not None:
+            room.append(budget - est.peak_ram_bytes + est.arena_bytes)
+        arena_limit = min(room) if room else None
+    candidates = _plans(graph, plain_macs, allowance, arena_limit)
+    if options.patches == "min":       # the most promising first, should MAX_PLANS_TRIED cut the list
+        candidates.sort(key=lambda p: (p.arena_bound, p.extra_macs))
+    tried = [first]
+    for plan in candidates:
+        if len(tried) >= MAX_PLANS_TRIED:
+            break
+        if (plan.patch, plan.lean) == (first.patch, first.lean):
+            continue
+        plan.low = _lower(graph, target, replace(options, patch=plan.patch, lean_windows=plan.lean), lambda m: None)
+        plan.estimate = _estimate(target, plan.low)
+        tried.append(plan)
+        est = plan.estimate
+        progress(f"memory plan with {plan.describe()}: arena {plan.low.plan.arena_bytes:,} B"
+                 + (f", peak RAM about {est.peak_ram_bytes:,} B" if est else "")
+                 + f", {plan.extra_macs:+,} MACs")
+        if options.patches == "auto" and _fits(plan, budget):
+            break
+    fitting = [p for p in tried if _fits(p, budget)]
+    if not fitting:
+        bounds = [p.arena_bound for p in _plans(graph, plain_macs, None, None) if p.patch]
+        raise _refusal(target, min(tried, key=_peak), budget, min(bounds, default=None))
+    chosen = min(fitting, key=lambda p: (_peak(p), p.extra_macs)) if options.patches == "min" else fitting[0]
+    progress(f"memory planning ({options.patches}): {chosen.describe()}")
+    return chosen.low, {"mode": options.patches, "ram_budget": budget, "chosen": chosen.record(),
+                        "tried": [p.record() for p in tried]}
+
+
+def _peak(plan: _Plan) -> int:
+    return plan.estimate.peak_ram_bytes if plan.estimate else plan.low.plan.arena_bytes
+
+
+def _refusal(target: Target, plan: _Plan, budget: int | None, least_patch_arena: int | None = None) -> FitError:
+    """The error for a model that fits in no plan: the smallest plan's numbers, its peak call and
+    the least arena any patch stage needs (its input whole, and the rows a band reads)."""
+    low, est = plan.low, plan.estimate
+    step, top = memory.arena_peak(low.plan)
+    at = f"call {step} ({low.call_symbols[step]})" if 0 <= step < len(low.call_symbols) else "the graph input/output"
+    detail = (f"smallest plan tried: {plan.describe()}, arena {low.plan.arena_bytes:,} B peaking at {at}")
+    if est is not None:
+        detail += (f", data+bss about {est.static_ram_bytes:,} B, stack about {est.stack_used_bytes:,} B used; "
+                   f"peak RAM about {est.peak_ram_bytes:,} B")
+    parts = [est.describe(r) for r in est.over("ram")] if est is not None else []
+    if budget is not None and _peak(plan) > budget:
+        what = "peak RAM needs about" if est is not None else "the arena needs"
+        parts.append(f"{what} {_peak(plan):,} B, --ram-budget {budget:,} B (over by {_peak(plan) - budget:,} B)")
+    if least_patch_arena is not None:
+        detail += f"; every patch stage needs an arena of at least {least_patch_arena:,} B"
+    return FitError(f"model does not fit {target.name}, estimated before compiling: " + "; ".join(parts)
+                    + f" ({detail})")
+
+
+def _check_weights_fit(graph: Any, target: Target, quant: str) -> None:
+    """Refuse, before calibration and lowering, a model whose weights alone exceed the target's
+    flash: at least one byte per weight in int8, four in fp32."""
+    est = platform_for(target).estimate_memory(target, passes.constant_elements(graph) * (1 if quant == "int8" else 4))
+    if est is not None and est.over("flash"):
+        raise FitError(f"model does not fit {target.name}, estimated from the graph before compiling: "
+                       + "; ".join(est.describe(r) for r in est.over("flash"))
+                       + f" (the {quant} weights alone; the code comes on top)")
+
+
 def compile_model(source: ModelSource, target: Target, options: BuildOptions = BuildOptions(),
                   progress: Callable[[str], None] = Progress()) -> Compiled:
     graph, quant = _graph(source, target, options, progress)
     progress("legalize, fuse, schedule")
-    low = _lower(graph, target, options, progress)
+    low, planning = _plan_memory(graph, target, options, progress)
     prog, plan = low.program, low.plan
     tuning = None
     if options.tuning is not None:
@@ -229,7 +432,7 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
     fusion: dict[str, Any] = {"fused": options.fuse, "arena_bytes": plan.arena_bytes}
     if options.fuse and options.compare_unfused and any(i.kind == Kind.DWPW for i in low.infos.values()):
         progress("measuring the unfused plan for comparison")
-        plain = _lower(graph, target, replace(options, fuse=False, in_place=False), lambda m: None)
+        plain = _lower(graph, target, replace(options, fuse=False, in_place=False, patch=None), lambda m: None)
         fusion["arena_bytes_unfused"] = plain.plan.arena_bytes
         fusion["kernel_calls_unfused"] = len(plain.program.calls)
     calls, docs = _call_records(low)
@@ -240,7 +443,32 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
     files["model.h"] = executor.emit_model_h(source.name, prog, plan, options.external_io, target.name, digest,
                                              quant).encode()
     files["model.c"] = body.encode()
-    return Compiled(prog, plan, files, calls, low.infos, digest, fusion, quant, tuning)
+    return Compiled(prog, plan, files, calls, low.infos, digest, fusion, quant, tuning, low.patch_plan, planning)
+
+
+def _patch_record(compiled: Compiled) -> dict[str, Any] | None:
+    """report.json's `patch_plan`, with the arena and estimated peak RAM before (the plain plan)
+    and after (the chosen one) when the memory planning chose the patches."""
+    if compiled.patch_plan is None:
+        return None
+    out = compiled.patch_plan.to_json()
+    out["stage_calls"] = _stage_calls(compiled.program, compiled.patch_plan.bands)
+    if compiled.planning is not None:
+        before, after = compiled.planning["tried"][0], compiled.planning["chosen"]
+        out.update({"arena_bytes_before": before["arena_bytes"], "arena_bytes_after": after["arena_bytes"],
+                    "peak_ram_estimate_before": before["peak_ram_estimate"],
+                    "peak_ram_estimate_after": after["peak_ram_estimate"]})
+    return out
+
+
+def _stage_calls(prog: Program, bands: int) -> list[int]:
+    """[first, end) of the calls of the patch stage: from the first call to the last band's write
+    into the stage output (the earliest-written storage that exactly `bands` calls write)."""
+    writers: dict[str, list[int]] = {}
+    for i, call in enumerate(prog.calls):
+        writers.setdefault(prog.storage_root(call.outputs[0]), []).append(i)
+    stage = min((w for w in writers.values() if len(w) == bands), key=lambda w: w[0], default=None)
+    return [0, stage[-1] + 1 if stage else 0]
 
 
 def build_report(source: ModelSource, target: Target, compiled: Compiled) -> dict[str, Any]:
@@ -270,6 +498,8 @@ def build_report(source: ModelSource, target: Target, compiled: Compiled) -> dic
         "memory_in_place": [[o.out, o.inp] for o in plan.in_place],   # overlapping on purpose
         "kernel_functions": len(compiled.kernel_infos),
         "fusion": compiled.fusion,
+        "patch_plan": _patch_record(compiled),
+        "memory_planning": compiled.planning,
         "tuning": compiled.tuning or {"kernels_tuned": 0},
         "quant": compiled.quant or {"dtype": "fp32"},
         "calls": compiled.calls,

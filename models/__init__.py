@@ -27,6 +27,9 @@ class ModelOptionError(ValueError):
     """A model option is out of range or not accepted by the chosen network."""
 
 
+MAX_RESOLUTION = 1024
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     name: str
@@ -35,6 +38,9 @@ class ZooEntry:
     default_resolution: int
     # options beyond num_classes that the factory takes, with their defaults
     options: dict[str, object] = field(default_factory=dict)
+    # the smallest square input the network runs on (every spatial size above it runs too:
+    # tests/test_models.py checks both with forward passes)
+    min_resolution: int = 1
 
 
 def _effnet(variant: int) -> ZooEntry:
@@ -62,11 +68,11 @@ ZOO: dict[str, ZooEntry] = {
                  lambda num_classes, width_mult: ShuffleNetV2(width_mult, num_classes), 224,
                  {"width_mult": 1.0}),
         ZooEntry("squeezenet1_0", "SqueezeNet 1.0: fire modules",
-                 lambda num_classes: SqueezeNet("1_0", num_classes), 224),
+                 lambda num_classes: SqueezeNet("1_0", num_classes), 224, min_resolution=21),
         ZooEntry("squeezenet1_1", "SqueezeNet 1.1: fire modules, cheaper stem",
-                 lambda num_classes: SqueezeNet("1_1", num_classes), 224),
+                 lambda num_classes: SqueezeNet("1_1", num_classes), 224, min_resolution=17),
         ZooEntry("xception", "Xception: entry/middle/exit flows of separable convolutions",
-                 lambda num_classes: Xception(num_classes), 299),
+                 lambda num_classes: Xception(num_classes), 299, min_resolution=7),
         *[_effnet(v) for v in range(8)],
     ]
 }
@@ -101,10 +107,9 @@ def build_model(
     if "width_mult" in kwargs and not 0 < float(kwargs["width_mult"]) <= 4:  # type: ignore[arg-type]
         raise ModelOptionError(f"--width-mult must be in (0, 4], got {kwargs['width_mult']}")
     res = entry.default_resolution if resolution is None else resolution
-    if res != entry.default_resolution and (res < 32 or res > 1024 or res % 32):
-        raise ModelOptionError(
-            f"--resolution must be a multiple of 32 in 32..1024 (or {entry.default_resolution}), got {res}"
-        )
+    if not entry.min_resolution <= res <= MAX_RESOLUTION:
+        raise ModelOptionError(f"--resolution for {name} must be in {entry.min_resolution}..{MAX_RESOLUTION} "
+                               f"(its smallest input is {entry.min_resolution}x{entry.min_resolution}), got {res}")
     torch.manual_seed(seed)
     try:
         model = entry.factory(**kwargs)

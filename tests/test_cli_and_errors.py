@@ -150,7 +150,7 @@ def test_dynamic_shape(tmp_path):
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["--resolution", "100"], "--resolution"),
+    (["--resolution", "2000"], "--resolution"),
     (["--width-mult", "0"], "--width-mult"),
     (["--num-classes", "0"], "--num-classes"),
     (["--groups", "3"], "--groups"),
@@ -158,6 +158,17 @@ def test_dynamic_shape(tmp_path):
 def test_model_option_out_of_range(tmp_path, args, fragment):
     out = tmp_path / "out"
     _assert_clean_failure(run_cli("build", "mobilenet_v1", *args, "--out", str(out)), out, fragment)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--patches", "4"], "--patches must be off, auto, min or LAYERS:ROWS"),
+    (["--patches", "4:0"], "--patches must be off, auto, min or LAYERS:ROWS"),
+    (["--ram-budget", "40KB"], "--ram-budget must be a positive number of bytes"),
+    (["--ram-budget", "0"], "--ram-budget must be a positive number of bytes"),
+])
+def test_memory_planning_options_refused(tmp_path, args, fragment):
+    out = tmp_path / "out"
+    _assert_clean_failure(run_cli("build", "mobilenet_v1", *SMALL, *args, "--out", str(out)), out, fragment)
 
 
 def test_unknown_target(tmp_path):
@@ -175,7 +186,7 @@ def test_failed_rebuild_keeps_previous_output(tmp_path):
     out = tmp_path / "out"
     run_cli("build", "mobilenet_v1", *SMALL, "--out", str(out), "--no-compile", "-q", check=True)
     before = (out / "model.c").read_bytes()
-    proc = run_cli("build", "mobilenet_v1", "--resolution", "100", "--out", str(out))
+    proc = run_cli("build", "mobilenet_v1", "--resolution", "2000", "--out", str(out))
     assert proc.returncode != 0
     assert (out / "model.c").read_bytes() == before
 

@@ -11,7 +11,10 @@ from hypothesis import strategies as st
 from edgecompile.platforms import platform_for
 from edgecompile.ir.frontend import ModelOptions, load_model
 from edgecompile.platforms.host import HostModel
-from edgecompile.codegen.memory import Buffer, Overlap, plan_buffers, streaming_max_delta
+from edgecompile.codegen.memory import Buffer, Overlap, plan_buffers, streaming_max_delta, streaming_overlaps
+from edgecompile.ir.kernel import KernelInfo
+from edgecompile.ir.operators import Kind
+from edgecompile.ir.program import DTYPE_BYTES, KernelCall, Program, Tensor
 from edgecompile.compiler import BuildOptions, Progress, write_build
 from edgecompile.device.protocol import Link
 from edgecompile.targets import load_target
@@ -122,21 +125,10 @@ def test_fused_matches_unfused_on_device(tmp_path, target):
 # ----------------------------------------------------------------------------- in-place planning
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.integers(1, 40), st.integers(1, 16), st.integers(1, 64), st.integers(1, 64), st.sampled_from([1, 2]),
-       st.sampled_from([1, 3, 5]), st.integers(1, 6), st.data())
-def test_streaming_overlap_never_overwrites_unread_input(hout, width, cin, cout, stride, k, rows, data):
-    """Replay a fused kernel's order (read a tile's input window, then write its output rows)
-    with the output placed as far into the input as streaming_max_delta allows."""
-    rows = min(rows, hout)
-    while hout % rows:
-        rows -= 1
-    pad = data.draw(st.integers(0, k - 1))
-    hin = (hout - 1) * stride + k - 2 * pad if k > 1 else hout * stride
-    hin = max(hin, 1)
-    ri, ro = width * cin * 4, width * cout * 4
-    delta = streaming_max_delta(hin, ri, hout, ro, rows, stride, k)
-    d = min(delta, hin * ri)            # as deep into the input as allowed (or just after it)
+def _replay_streaming(hin, ri, hout, ro, rows, stride, k, pad, d):
+    """Replay a fused kernel's order (read a tile's input window, then write its output rows) with
+    the output `d` bytes after the start of the input; fail on a read of input bytes that already
+    hold output data."""
     clobbered_upto = -1                 # input bytes below this offset hold output data
     lowest_write = None
     for t in range(hout // rows):
@@ -151,6 +143,43 @@ def test_streaming_overlap_never_overwrites_unread_input(hout, width, cin, cout,
         clobbered_upto = max(clobbered_upto, w1)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 16), st.integers(1, 64), st.integers(1, 64), st.sampled_from([1, 2]),
+       st.sampled_from([1, 3, 5]), st.integers(1, 6), st.data())
+def test_streaming_overlap_never_overwrites_unread_input(hout, width, cin, cout, stride, k, rows, data):
+    """The output placed as far into the input as streaming_max_delta allows."""
+    rows = min(rows, hout)
+    while hout % rows:
+        rows -= 1
+    pad = data.draw(st.integers(0, k - 1))
+    hin = (hout - 1) * stride + k - 2 * pad if k > 1 else hout * stride
+    hin = max(hin, 1)
+    ri, ro = width * cin * 4, width * cout * 4
+    delta = streaming_max_delta(hin, ri, hout, ro, rows, stride, k)
+    _replay_streaming(hin, ri, hout, ro, rows, stride, k, pad, min(delta, hin * ri))
+
+
+@pytest.mark.parametrize("dtype", ["int8", "float32"])
+@pytest.mark.parametrize("rows", [1, 2, 4])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_streaming_overlaps_use_the_tensors_element_size(dtype, rows, stride):
+    """The overlap a fused kernel gets from the program (not from row bytes given by hand): with
+    int8 tensors, rows counted as 4-byte elements allowed an offset 4x too deep (stride 2, 4 rows
+    per tile: the output overwrote input rows the next tile still reads)."""
+    hin, win, cin, cout = 48, 48, 16, 32
+    hout = hin // stride
+    tensors = {"x": Tensor("x", (1, hin, win, cin), dtype, "activation"),
+               "y": Tensor("y", (1, hout, hout, cout), dtype, "activation")}
+    prog = Program(["x"], ["y"], tensors, {}, [KernelCall("k", ["x"], ["y"])])
+    info = KernelInfo(Kind.DWPW, 0, "pw", kernel=(3, 3), stride=(stride, stride), rows=rows)
+    (overlap,) = streaming_overlaps(prog, [info])
+    esize = DTYPE_BYTES[dtype]
+    ri, ro = win * cin * esize, hout * cout * esize
+    assert overlap.max_delta == streaming_max_delta(hin, ri, hout, ro, rows, stride, 3)
+    for pad in (0, 1, 2):
+        _replay_streaming(hin, ri, hout, ro, rows, stride, 3, pad, min(overlap.max_delta, hin * ri))
+
+
 @st.composite
 def buffers_with_overlaps(draw):
     n = draw(st.integers(2, 30))
@@ -162,6 +191,8 @@ def buffers_with_overlaps(draw):
         a, b = draw(st.sampled_from(bufs)), draw(st.sampled_from(bufs))
         if a.name != b.name and b.end == a.start:      # input dies where the output is born
             overlaps.append(Overlap(a.name, b.name, draw(st.integers(-4000, 4000))))
+        elif a.name != b.name and b.start <= a.start < b.end:   # a patch stage: input read after the output starts
+            overlaps.append(Overlap(a.name, b.name, draw(st.integers(-4000, 4000)), interleaved=True))
     return bufs, overlaps
 
 

@@ -56,7 +56,9 @@ def key(family: str, target: str, quant: str | None) -> str:
     return f"{family}/{target}/{quant or 'default'}"
 
 
-CASES = [(f, t, q) for f in FAMILIES for t, q in TARGETS]
+# Xception's weights (20.8 MB int8, 83 MB fp32) are over mps2-an386's 16 MB PSRAM: refused before
+# its C is generated (tests/test_budget.py)
+CASES = [(f, t, q) for f in FAMILIES for t, q in TARGETS if (f, t) != ("xception", "mps2-an386")]
 
 
 @pytest.mark.parametrize("family,target,quant", [

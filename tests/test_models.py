@@ -98,7 +98,9 @@ def test_weights_file_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,msg", [
-    ({"name": "mobilenet_v1", "resolution": 100}, "multiple of 32"),
+    ({"name": "xception", "resolution": 6}, r"xception must be in 7\.\.1024"),
+    ({"name": "squeezenet1_0", "resolution": 20}, r"smallest input is 21x21"),
+    ({"name": "mobilenet_v1", "resolution": 1025}, r"--resolution"),
     ({"name": "mobilenet_v1", "width_mult": -1.0}, "--width-mult"),
     ({"name": "squeezenet1_0", "width_mult": 0.5}, "does not take --width-mult"),
     ({"name": "shufflenet_v2", "width_mult": 0.7}, "must be one of"),
@@ -159,3 +161,37 @@ def test_statistics_are_the_same_bits_with_any_thread_count():
         torch.set_num_threads(threads)
     sa, sb = a.state_dict(), b.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("name", [n for n in ZOO if not n.startswith("efficientnet_b") or n == "efficientnet_b0"])
+def test_min_resolution_is_the_smallest_input_the_network_runs_on(name):
+    """The zoo's minimum is the network's own: a forward pass runs at it and fails one pixel
+    below (PyTorch's error, not ours); sizes above it that are no multiple of 32 run too."""
+    entry = ZOO[name]
+    model = entry.factory(num_classes=10, **entry.options).eval()
+    low = entry.min_resolution
+    with torch.no_grad():
+        for res in (low, low + 1, 71, 80, 100, 112, 144):
+            assert model(torch.zeros(1, 3, res, res)).shape == (1, 10)
+        if low > 1:
+            with pytest.raises(RuntimeError):
+                model(torch.zeros(1, 3, low - 1, low - 1))
+    build_model(name, num_classes=10, resolution=low)
+    with pytest.raises(ModelOptionError, match=f"smallest input is {low}x{low}"):
+        build_model(name, num_classes=10, resolution=low - 1)
+
+
+@pytest.mark.parametrize("name,opts", [("mobilenet_v2", dict(width_mult=0.35, resolution=80)),
+                                       ("mobilenet_v1", dict(width_mult=0.25, resolution=71))])
+def test_build_at_a_resolution_no_multiple_of_32(tmp_path, name, opts):
+    """Through the compiler on this machine: odd feature-map sizes all the way down, fp32 within
+    1e-4 of the output spread of PyTorch's."""
+    from edgecompile.compiler import BuildOptions, Progress, write_build
+    from edgecompile.platforms.host import HostModel
+    from edgecompile.targets import load_target
+    from helpers import compare_with_reference
+
+    source = load_model(name, ModelOptions(num_classes=10, **opts))
+    write_build(source, load_target("host"), tmp_path / "b", BuildOptions(compare_unfused=False), Progress(quiet=True))
+    model = HostModel(tmp_path / "b")
+    compare_with_reference(lambda x: model.run(x)[0], lambda x: source.reference(x)[0], source.inputs[0].shape, 1e-4)

@@ -149,3 +149,29 @@ def test_weights_in_weights_s_count_as_the_weights_group(tmp_path):
     assert (out / "weights.S").is_file() and report["weights_bytes"] > 16 << 20
     data = json.loads(run_cli("report", str(out), "--json", "--no-profile", check=True).stdout)
     assert data["symbol_groups"]["weights"]["bytes"] >= report["weights_bytes"]
+
+
+def test_html_timeline_shows_the_patch_stage(tmp_path):
+    """A patched build's report: `patch_plan.stage_calls` spans the calls up to the last band's
+    write into the stage output (each band writes it once, nothing after the stage does), and the
+    HTML says so and shades it in the memory-plan timeline."""
+    from edgecompile.compiler import BuildOptions, Progress, write_build
+    from edgecompile.ir.frontend import ModelOptions, load_model
+
+    source = load_model("mobilenet_v1", ModelOptions(width_mult=0.25, resolution=64, num_classes=10))
+    out = tmp_path / "b"
+    report = write_build(source, load_target("host"), out, BuildOptions(patch=(4, 2), compare_unfused=False),
+                         Progress(quiet=True))
+    pp = report["patch_plan"]
+    first, end = pp["stage_calls"]
+    assert first == 0 and 0 < end < len(report["calls"])
+    writes = [c["arena_offset"] for c in report["calls"]]
+    stage_root = report["calls"][end - 1]["arena_offset"]
+    assert sum(1 for w in writes[:end] if w == stage_root) >= pp["bands"]
+    assert stage_root not in writes[end:end + 1]
+    data = rep.collect(out)
+    html = tmp_path / "r" / "report.html"
+    rep.write_html(data, html)
+    text = html.read_text()
+    assert f"the first {pp['layers']} window layers in {pp['bands']} bands of 2 rows" in text
+    assert f"calls 0..{end - 1}" in text and (html.parent / "memory_plan.png").stat().st_size > 1000

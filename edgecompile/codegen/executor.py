@@ -182,10 +182,12 @@ class _Addresses:
         if t.kind == "weight":
             return f"({ctype} *)ec_{name}.v"
         root = prog.storage_root(name)
+        offset = prog.storage_offset(name)          # a view's place inside its storage
         if root in plan.external:
             idx = prog.inputs.index(root) if root in prog.inputs else prog.outputs.index(root)
-            return f"({ctype} *)(io_{'in' if root in prog.inputs else 'out'}[{idx}])"
-        return f"({ctype} *)(ec_arena + {plan.offsets[root]})"
+            io = f"io_{'in' if root in prog.inputs else 'out'}[{idx}]"
+            return f"({ctype} *)((uint8_t *){io} + {offset})" if offset else f"({ctype} *)({io})"
+        return f"({ctype} *)(ec_arena + {plan.offsets[root] + offset})"
 
 
 def _executor(prog: Program, kernels: dict[str, KernelSource], call_symbols: list[str], call_docs: list[str],

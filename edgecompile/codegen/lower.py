@@ -67,7 +67,8 @@ def _buffer_elems(buf: Any) -> int:
 
 
 def unpack_kernel(func: Any) -> Any:
-    """Buffer parameters -> plain pointers; large allocations -> extra scratch pointer params."""
+    """Buffer parameters -> plain pointers; large allocations -> extra scratch pointer params
+    (from `ec.stack_limit` bytes, a function attribute; STACK_ALLOC_LIMIT without it)."""
     import tvm
     from tvm import tirx
     from tvm.ir import PointerType, PrimType
@@ -81,12 +82,14 @@ def unpack_kernel(func: Any) -> Any:
         decls.append(tirx.DeclBuffer(p, data=ptr))
     scratch: list[tuple[Any, int]] = []
     stack = [0]
+    limit = int(func.attrs["ec.stack_limit"]) if func.attrs is not None and "ec.stack_limit" in func.attrs \
+        else STACK_ALLOC_LIMIT
 
     def hoist(stmt: Any) -> Any:
         if isinstance(stmt, tirx.AllocBuffer):
             buf = stmt.buffer
             nbytes = _buffer_elems(buf) * DTYPE_BYTES.get(str(buf.ty.dtype), 4)
-            if str(buf.ty.storage_scope) in ("global", "") and nbytes >= STACK_ALLOC_LIMIT:
+            if str(buf.ty.storage_scope) in ("global", "") and nbytes >= limit:
                 ptr = tirx.Var(f"scratch{len(scratch)}", PointerType(buf.ty.dtype))
                 scratch.append((ptr, nbytes))
                 return tirx.DeclBuffer(buf, data=ptr)
@@ -164,6 +167,12 @@ def _register_pipeline() -> None:
     cp.register_tir_pipeline(PIPELINE_NAME, factory)
 
 
+def _with_attrs(func: Any, attrs: dict[str, Any]) -> Any:
+    for k, v in attrs.items():
+        func = func.with_attr(k, v)
+    return func
+
+
 _PREAMBLE_LINES = re.compile(
     r'^(#define TVM_EXPORTS|#include "tvm/.*"|#include "dlpack/.*"|void\* __tvm_ffi__library_ctx = NULL;'
     r"|// tvm target:.*|#ifdef __cplusplus|extern \"C\"|#endif)\s*$"
@@ -171,15 +180,17 @@ _PREAMBLE_LINES = re.compile(
 
 
 def lower_kernels(funcs: dict[str, Any], target_dict: dict[str, Any],
-                  streaming: set[str] = frozenset()) -> dict[str, KernelSource]:
+                  streaming: set[str] = frozenset(), stack_limit: int = STACK_ALLOC_LIMIT) -> dict[str, KernelSource]:
     """Lower scheduled PrimFuncs (symbol -> PrimFunc) to C function definitions. Kernels in
     `streaming` may run in place (output overlapping their first input): those two pointers are
-    not declared `restrict`."""
+    not declared `restrict`. Intermediate buffers of `stack_limit` bytes or more become arena
+    scratch, smaller ones stay on the stack."""
     import tvm
     from tvm import tirx
 
     _register_pipeline()
-    mod = tvm.IRModule({sym: f.with_attr("global_symbol", sym) for sym, f in sorted(funcs.items())})
+    attrs = {"global_symbol": None} if stack_limit == STACK_ALLOC_LIMIT else {"ec.stack_limit": stack_limit}
+    mod = tvm.IRModule({sym: _with_attrs(f, {**attrs, "global_symbol": sym}) for sym, f in sorted(funcs.items())})
     target = tvm.target.Target(target_dict if target_dict.get("kind") == "c" else {"kind": "c"})
     mod = tirx.transform.BindTarget(target.with_host(target))(mod)
     pipeline, finalize_host, _ = tirx.get_tir_pipeline(PIPELINE_NAME)
@@ -230,19 +241,29 @@ def _split_c_source(source: str, infos: dict[str, tuple[list[int], int]],
     return out
 
 
-def kernel_symbol(info: KernelInfo, out: Tensor, taken: set[str]) -> str:
-    """The C name of a kernel: what it computes, its number format and output shape
-    (`ec_dwpw_s8_k3x3s2_24x24x16`), unique among `taken` (which it joins)."""
-    dtype = {"float32": "f32", "int8": "s8", "int32": "s32"}.get(out.dtype, out.dtype)
-    base = f"ec_{info.kind}_{dtype}"
-    shape = "x".join(str(d) for d in out.shape[1:]) or "scalar"
-    if info.kind.is_conv:
-        (kh, kw), (sh, _) = info.kernel, info.stride
-        base += f"_k{kh}x{kw}s{sh}_{shape}"
-    else:
-        base += f"_{shape}"
+def shape_suffix(t: Tensor) -> str:
+    """`s8_24x24x16`: a tensor's number format and shape without the batch, for C names."""
+    dtype = {"float32": "f32", "int8": "s8", "int32": "s32"}.get(t.dtype, t.dtype)
+    return f"{dtype}_" + ("x".join(str(d) for d in t.shape[1:]) or "scalar")
+
+
+def unique_symbol(base: str, taken: set[str]) -> str:
+    """`base`, or `base_2`, `base_3`...: the first not in `taken` (which it joins)."""
     name, i = base, 2
     while name in taken:
         name, i = f"{base}_{i}", i + 1
     taken.add(name)
     return name
+
+
+def kernel_symbol(info: KernelInfo, out: Tensor, taken: set[str]) -> str:
+    """The C name of a kernel: what it computes, its number format and output shape
+    (`ec_dwpw_s8_k3x3s2_24x24x16`), unique among `taken` (which it joins)."""
+    dtype, shape = shape_suffix(out).split("_", 1)
+    base = f"ec_{info.kind}_{dtype}"
+    if info.kind.is_conv:
+        (kh, kw), (sh, _) = info.kernel, info.stride
+        base += f"_k{kh}x{kw}s{sh}_{shape}"
+    else:
+        base += f"_{shape}"
+    return unique_symbol(base, taken)

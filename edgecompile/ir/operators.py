@@ -9,7 +9,13 @@ An entry is one Relax operator (what TVM's ONNX importer produces and our passes
 * `int8`:      the name of its rule in the int8 rewrite (`quantize.RULES`), None if it has none;
 * `reduction`: regular expressions of the TIR reduction blocks its legalization creates, and
   `anchor`:    which analysis classifies a kernel anchored on such a block (`kernel.analyze`:
-               conv, matmul, pool, reduce), hence the kernel `Kind` and the schedule rule.
+               conv, matmul, pool, reduce), hence the kernel `Kind` and the schedule rule;
+* `rows`:      how output rows of an NHWC tensor depend on input rows, for patch-based execution
+               (`patches.py`): "window" (a sliding window along H: conv, pooling), "same" (row r
+               from row r of every operand: elementwise, casts), "layout" (reshape, transpose,
+               split, slice, concat: row-local when they keep the H axis, checked per call), "table"
+               (a lookup in a constant table: int8 sigmoid), None (rows mix: reductions over H,
+               matrix products; a patch stage ends before them).
 
 Adding an operator is one entry here plus its rules (an int8 rule, a schedule rule for a new
 kind). A kernel whose reduction matches no entry is an error naming the block, never a silent
@@ -56,6 +62,7 @@ class Operator:
     int8: str | None = None
     reduction: tuple[str, ...] = ()
     anchor: str | None = None                            # conv | matmul | pool | reduce
+    rows: str | None = None                              # window | same | layout | None (see above)
 
 
 def _shape(var: Any) -> tuple[int, ...]:
@@ -84,13 +91,14 @@ _RED = r".+_red"       # topi's reductions (sum, max, min, prod) name their bloc
 
 REGISTRY: tuple[Operator, ...] = (
     # ---- anchors: convolutions, matrix products, pooling, reductions
-    Operator("relax.nn.conv2d", {"Conv": "conv"}, int8="conv2d", reduction=_CONV_BLOCKS, anchor="conv"),
+    Operator("relax.nn.conv2d", {"Conv": "conv"}, int8="conv2d", reduction=_CONV_BLOCKS, anchor="conv",
+             rows="window"),
     Operator("relax.matmul", {"MatMul": "fc", "Gemm": "fc"}, int8="matmul", reduction=(r"matmul", r"T_matmul_NT"),
              anchor="matmul"),
     Operator("relax.nn.max_pool2d", {"MaxPool": "pool"}, int8="passthrough",
-             reduction=(r"pool_max",), anchor="pool"),
+             reduction=(r"pool_max",), anchor="pool", rows="window"),
     Operator("relax.nn.avg_pool2d", {"AveragePool": "pool"}, int8="avg_pool2d", reduction=(r"pool_sum",),
-             anchor="pool"),
+             anchor="pool", rows="window"),
     Operator("relax.nn.adaptive_avg_pool2d", {}, reduction=(r"adaptive_pool_sum",), anchor="pool"),
     Operator("relax.mean", {"GlobalAveragePool": "pool", "ReduceMean": "other", "Mean": "other"}, int8="mean", reduction=(_RED,),
              anchor="reduce"),
@@ -102,57 +110,58 @@ REGISTRY: tuple[Operator, ...] = (
     Operator("relax.nn.softmax", {"Softmax": "other"}, reduction=(r"T_softmax_maxelem", r"T_softmax_expsum"),
              anchor="reduce"),
     # ---- elementwise
-    Operator("relax.add", {"Add": "other"}, fold=_binary(np.add), int8="add"),
-    Operator("relax.subtract", {"Sub": "other"}, fold=_binary(np.subtract)),
-    Operator("relax.multiply", {"Mul": "other"}, fold=_binary(np.multiply), int8="multiply"),
-    Operator("relax.divide", {"Div": "other", "Reciprocal": "other"}, fold=_binary(np.divide)),
-    Operator("relax.power", {"Pow": "other"}, fold=_binary(np.power)),
+    Operator("relax.add", {"Add": "other"}, fold=_binary(np.add), int8="add", rows="same"),
+    Operator("relax.subtract", {"Sub": "other"}, fold=_binary(np.subtract), rows="same"),
+    Operator("relax.multiply", {"Mul": "other"}, fold=_binary(np.multiply), int8="multiply", rows="same"),
+    Operator("relax.divide", {"Div": "other", "Reciprocal": "other"}, fold=_binary(np.divide), rows="same"),
+    Operator("relax.power", {"Pow": "other"}, fold=_binary(np.power), rows="same"),
     # Clip with constant bounds imports as call_tir(maximum/minimum) and becomes these again
     # (passes.clip_calls_to_relax_ops); Max/Min/Sum/Mean of several tensors import as stack + reduction
-    Operator("relax.maximum", {"Clip": "other"}, fold=_binary(np.maximum), int8="maximum"),
-    Operator("relax.minimum", {}, fold=_binary(np.minimum), int8="minimum"),
-    Operator("relax.clip", {"HardSigmoid": "other", "HardSwish": "other"}),
-    Operator("relax.nn.relu", {"Relu": "other", "Elu": "other", "Selu": "other"}, int8="relu"),
-    Operator("relax.sigmoid", {"Sigmoid": "other"}, int8="sigmoid"),
-    Operator("relax.tanh", {"Tanh": "other", "Mish": "other"}),
-    Operator("relax.nn.leakyrelu", {"LeakyRelu": "other"}),
-    Operator("relax.nn.gelu", {"Gelu": "other"}),
-    Operator("relax.erf", {"Erf": "other"}),
-    Operator("relax.negative", {"Neg": "other"}, fold=_unary(np.negative)),
-    Operator("relax.abs", {"Abs": "other", "Softsign": "other", "Softplus": "other"}, fold=_unary(np.abs)),
-    Operator("relax.sign", {"Sign": "other"}, fold=_unary(np.sign)),
-    Operator("relax.floor", {"Floor": "other"}, fold=_unary(np.floor)),
-    Operator("relax.ceil", {"Ceil": "other"}, fold=_unary(np.ceil)),
-    Operator("relax.round", {"Round": "other"}),
-    Operator("relax.sqrt", {"Sqrt": "other"}, fold=_unary(np.sqrt)),
-    Operator("relax.rsqrt", {}, fold=_unary(lambda x: 1.0 / np.sqrt(x))),
-    Operator("relax.exp", {"Exp": "other"}, fold=_unary(np.exp)),
-    Operator("relax.log", {"Log": "other"}, fold=_unary(np.log)),
-    Operator("relax.sin", {"Sin": "other"}, fold=_unary(np.sin)),
-    Operator("relax.cos", {"Cos": "other"}, fold=_unary(np.cos)),
-    Operator("relax.isnan", {}, fold=_unary(np.isnan)),
-    Operator("relax.less", {"PRelu": "other", "Less": "other"}),
-    Operator("relax.greater", {"Greater": "other"}),
-    Operator("relax.where", {"Where": "other"}, fold=lambda a, attrs, out: np.where(a[0], a[1], a[2])),
-    Operator("relax.astype", {"Cast": "other"}, fold=lambda a, attrs, out: a[0].astype(str(attrs.dtype))),
+    Operator("relax.maximum", {"Clip": "other"}, fold=_binary(np.maximum), int8="maximum", rows="same"),
+    Operator("relax.minimum", {}, fold=_binary(np.minimum), int8="minimum", rows="same"),
+    Operator("relax.clip", {"HardSigmoid": "other", "HardSwish": "other"}, rows="same"),
+    Operator("relax.nn.relu", {"Relu": "other", "Elu": "other", "Selu": "other"}, int8="relu", rows="same"),
+    Operator("relax.sigmoid", {"Sigmoid": "other"}, int8="sigmoid", rows="same"),
+    Operator("relax.tanh", {"Tanh": "other", "Mish": "other"}, rows="same"),
+    Operator("relax.nn.leakyrelu", {"LeakyRelu": "other"}, rows="same"),
+    Operator("relax.nn.gelu", {"Gelu": "other"}, rows="same"),
+    Operator("relax.erf", {"Erf": "other"}, rows="same"),
+    Operator("relax.negative", {"Neg": "other"}, fold=_unary(np.negative), rows="same"),
+    Operator("relax.abs", {"Abs": "other", "Softsign": "other", "Softplus": "other"}, fold=_unary(np.abs), rows="same"),
+    Operator("relax.sign", {"Sign": "other"}, fold=_unary(np.sign), rows="same"),
+    Operator("relax.floor", {"Floor": "other"}, fold=_unary(np.floor), rows="same"),
+    Operator("relax.ceil", {"Ceil": "other"}, fold=_unary(np.ceil), rows="same"),
+    Operator("relax.round", {"Round": "other"}, rows="same"),
+    Operator("relax.sqrt", {"Sqrt": "other"}, fold=_unary(np.sqrt), rows="same"),
+    Operator("relax.rsqrt", {}, fold=_unary(lambda x: 1.0 / np.sqrt(x)), rows="same"),
+    Operator("relax.exp", {"Exp": "other"}, fold=_unary(np.exp), rows="same"),
+    Operator("relax.log", {"Log": "other"}, fold=_unary(np.log), rows="same"),
+    Operator("relax.sin", {"Sin": "other"}, fold=_unary(np.sin), rows="same"),
+    Operator("relax.cos", {"Cos": "other"}, fold=_unary(np.cos), rows="same"),
+    Operator("relax.isnan", {}, fold=_unary(np.isnan), rows="same"),
+    Operator("relax.less", {"PRelu": "other", "Less": "other"}, rows="same"),
+    Operator("relax.greater", {"Greater": "other"}, rows="same"),
+    Operator("relax.where", {"Where": "other"}, fold=lambda a, attrs, out: np.where(a[0], a[1], a[2]), rows="same"),
+    Operator("relax.astype", {"Cast": "other"}, fold=lambda a, attrs, out: a[0].astype(str(attrs.dtype)), rows="same"),
     Operator("relax.nn.batch_norm", {"BatchNormalization": "other"}),    # decomposed, folded into the conv
     Operator("relax.nn.dropout", {"Dropout": "other"}),                  # removed for inference
     # ---- data movement: int8 values pass through with their scale
-    Operator("relax.reshape", {"Reshape": "other", "Flatten": "other"}, fold=_to_out_shape, int8="passthrough"),
+    Operator("relax.reshape", {"Reshape": "other", "Flatten": "other"}, fold=_to_out_shape, int8="passthrough",
+             rows="layout"),
     Operator("relax.flatten", {}, fold=_to_out_shape, int8="passthrough"),
     Operator("relax.squeeze", {"Squeeze": "other"}, fold=_to_out_shape, int8="passthrough"),
     Operator("relax.expand_dims", {"Unsqueeze": "other"}, fold=_to_out_shape, int8="passthrough"),
-    Operator("relax.permute_dims", {"Transpose": "other"}, fold=_permute, int8="passthrough"),
-    Operator("relax.strided_slice", {"Slice": "other"}, int8="passthrough"),
-    Operator("relax.split", {"Split": "other"}, int8="split"),
-    Operator("relax.concat", {"Concat": "other"}, int8="concat"),
-    Operator("relax.take", {"Gather": "other"}),
+    Operator("relax.permute_dims", {"Transpose": "other"}, fold=_permute, int8="passthrough", rows="layout"),
+    Operator("relax.strided_slice", {"Slice": "other"}, int8="passthrough", rows="layout"),
+    Operator("relax.split", {"Split": "other"}, int8="split", rows="layout"),
+    Operator("relax.concat", {"Concat": "other"}, int8="concat", rows="layout"),
+    Operator("relax.take", {"Gather": "other"}, rows="table"),     # row-local when the table is a constant
     Operator("relax.broadcast_to", {"Expand": "other"}),
     Operator("relax.stack", {}),
     Operator("relax.nn.pad", {"Pad": "other"}),
     # ---- integer arithmetic the int8 rewrite itself emits
-    Operator("relax.left_shift", {}),
-    Operator("relax.right_shift", {}),
+    Operator("relax.left_shift", {}, rows="same"),
+    Operator("relax.right_shift", {}, rows="same"),
     # ---- QDQ models: quantize/dequantize pairs are removed (passes.strip_qdq)
     Operator("relax.quantize", {"QuantizeLinear": "other"}),
     Operator("relax.dequantize", {"DequantizeLinear": "other"}),
@@ -176,6 +185,12 @@ def folder(relax_op: str) -> Fold | None:
 def onnx_layer(op_type: str) -> str:
     """The layer category `inspect` counts an ONNX operator under."""
     return ONNX_ACCEPTED.get(op_type, "other")
+
+
+def row_mapping(relax_op: str) -> str | None:
+    """How the operator maps rows (the entry's `rows`), None for an unknown operator."""
+    op = _BY_RELAX.get(relax_op)
+    return op.rows if op else None
 
 
 def reduction_anchor(block_name: str) -> str | None:

@@ -281,6 +281,19 @@ def _substitute(value: Any, env: dict) -> Any:
     return value
 
 
+def constant_elements(mod: Any) -> int:
+    """Elements of the distinct constants `main` uses (the weights, before quantization or packing)."""
+    _, relax = _tvm()
+    seen: dict[Any, int] = {}
+
+    def visit(e: Any) -> None:
+        if _is_const(e) and getattr(e.ty, "shape", None) is not None:
+            seen[e] = int(np.prod([int(d) for d in e.ty.shape]))
+
+    relax.analysis.post_order_visit(mod["main"].body, visit)
+    return sum(seen.values())
+
+
 def _use_counts(func: Any) -> dict[Any, int]:
     _, relax = _tvm()
     counts: dict[Any, int] = {}
@@ -330,7 +343,7 @@ def _merge_groups(mod: Any, mergeable: Callable[[Any, Any], bool]) -> Any:
     # epilogue) are groups of one
     for b in bindings:
         v = b.value
-        if isinstance(v, relax.Call) and getattr(v.op, "name", "") == "relax.call_tir":
+        if isinstance(v, relax.Call) and getattr(v.op, "name", "") == "relax.call_tir" and not _kept(mod, v):
             groups[b.var] = _single_call_group(v)
             info = analyze(mod[v.args[0]])
             kinds[b.var] = info if info.anchor is not None else None
@@ -537,11 +550,13 @@ def strip_qdq(mod: Any) -> tuple[Any, dict[Any, tuple[float, int]]]:
 
 def _pin_to_consumers(mod: Any) -> Any:
     """Functions marked `ec.fuse_into_consumer` become opaque to FuseOps (op_pattern 8), so they
-    stay separate calls that `fuse_input_transforms` then merges into the consuming conv."""
+    stay separate calls that `fuse_input_transforms` then merges into the consuming conv; so do
+    functions marked `ec.keep_call` (the patch rewrite's markers), which nothing merges."""
     from tvm import tirx
 
     for gv, f in list(mod.functions.items()):
-        if isinstance(f, tirx.PrimFunc) and f.attrs is not None and "ec.fuse_into_consumer" in f.attrs:
+        if isinstance(f, tirx.PrimFunc) and f.attrs is not None and \
+                ("ec.fuse_into_consumer" in f.attrs or "ec.keep_call" in f.attrs):
             mod[gv] = f.with_attr("op_pattern", 8)
     return mod
 
@@ -567,6 +582,12 @@ def _legalize_where(bb: Any, call: Any) -> Any:
         return te.compute(shape, element, name="T_where")
 
     return bb.call_te(where, *call.args, primfunc_name_hint="where")
+
+
+def _kept(mod: Any, call: Any) -> bool:
+    """A call_tir of a function marked `ec.keep_call`."""
+    f = mod[call.args[0]]
+    return f.attrs is not None and "ec.keep_call" in f.attrs
 
 
 def lower_graph(mod: Any, fuse_dwpw: bool = True) -> Any:

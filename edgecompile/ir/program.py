@@ -25,8 +25,9 @@ class Tensor:
     shape: tuple[int, ...]
     dtype: str
     kind: str                      # input | output | activation | weight | scratch
-    alias_of: str | None = None    # a view (reshape) of another tensor's storage
+    alias_of: str | None = None    # a view (reshape, row band) of another tensor's storage
     packed: int | None = None      # weights stored as panels of this many output channels
+    byte_offset: int = 0           # where a view starts inside `alias_of`
 
     @property
     def nbytes(self) -> int:
@@ -39,6 +40,7 @@ class KernelCall:
     inputs: list[str]              # tensor names (activations and weights), PrimFunc order
     outputs: list[str]
     scratch: list[str] = field(default_factory=list)   # filled by codegen from the kernel's needs
+    builtin: str | None = None     # run by edgecompile's own C (codegen/builtins.py), not a TVM kernel
 
 
 @dataclass
@@ -49,10 +51,20 @@ class Program:
     weights: dict[str, np.ndarray]
     calls: list[KernelCall]
 
+    assembled: list[str] = field(default_factory=list)   # tensors made of row-band views (patches)
+
     def storage_root(self, name: str) -> str:
         while self.tensors[name].alias_of is not None:
             name = self.tensors[name].alias_of  # type: ignore[assignment]
         return name
+
+    def storage_offset(self, name: str) -> int:
+        """Byte offset of a tensor inside its storage root (views of views add up)."""
+        offset = 0
+        while self.tensors[name].alias_of is not None:
+            offset += self.tensors[name].byte_offset
+            name = self.tensors[name].alias_of  # type: ignore[assignment]
+        return offset
 
 
 def _sanitize(name: str) -> str:
@@ -62,8 +74,11 @@ def _sanitize(name: str) -> str:
 
 def extract_program(mod: Any) -> Program:
     """The Program of a lowered module (`passes.lower_graph`): its `main` may hold only kernel
-    calls, views (reshape), tuples and constants."""
-    return _Extractor(mod["main"]).program()
+    calls, views (reshape, `memory.view` row bands), tuples and constants. Calls to functions
+    marked by the patch rewrite (`patches.py`) become what they stand for: `ec.assemble_rows` no
+    call (its inputs are views of its output), `ec.in_place_transpose` a builtin whose output
+    is its input's storage."""
+    return _Extractor(mod["main"], mod).program()
 
 
 def _ty_of(ty: Any) -> tuple[tuple[int, ...], str]:
@@ -76,8 +91,10 @@ def _ty_of(ty: Any) -> tuple[tuple[int, ...], str]:
 class _Extractor:
     """Walks `main`'s dataflow bindings, naming tensors and deduplicating constant weights."""
 
-    def __init__(self, main: Any) -> None:
+    def __init__(self, main: Any, mod: Any = None) -> None:
         self.main = main
+        self.mod = mod
+        self.assembled: list[str] = []
         self.tensors: dict[str, Tensor] = {}
         self.weights: dict[str, np.ndarray] = {}
         self.weight_by_hash: dict[bytes, str] = {}
@@ -127,14 +144,38 @@ class _Extractor:
             name = self.fresh(var.name if len(fields) == 1 else f"{var.name}_{j}")
             self.tensors[name] = Tensor(name, shape, dtype, "activation")
             outs.append(name)
-        self.calls.append(KernelCall(gv.name_hint, ins, outs))
+        attrs = self.mod[gv].attrs if self.mod is not None else None
+        if attrs is not None and "ec.assemble_rows" in attrs:
+            self.assemble(ins, outs[0])
+        elif attrs is not None and "ec.in_place_transpose" in attrs:
+            self.tensors[outs[0]].alias_of = ins[0]
+            self.calls.append(KernelCall(gv.name_hint, ins, outs, builtin="transpose_in_place"))
+        else:
+            self.calls.append(KernelCall(gv.name_hint, ins, outs))
         return outs[0] if len(fields) == 1 else tuple(outs)
 
-    def view(self, var: Any, v: Any) -> str:
+    def assemble(self, parts: list[str], whole: str) -> None:
+        """`whole` is the concatenation of `parts` along its outer axes: each part becomes a view
+        of it at its place instead of being copied there."""
+        offset = 0
+        for part in parts:
+            t = self.tensors[part]
+            produced = any(part in c.outputs for c in self.calls)
+            if t.alias_of is not None or t.kind != "activation" or not produced or t.dtype != self.tensors[whole].dtype:
+                raise UnsupportedModelError(f"'{part}' cannot be placed inside '{whole}'")
+            t.alias_of, t.byte_offset = whole, offset
+            offset += t.nbytes
+        if offset != self.tensors[whole].nbytes:
+            raise UnsupportedModelError(f"the parts of '{whole}' make {offset} B, not {self.tensors[whole].nbytes} B")
+        self.assembled.append(whole)
+
+    def view(self, var: Any, v: Any, offset: int = 0) -> str:
         base = self.arg(v.args[0])
         shape, dtype = _ty_of(var.ty)
         name = self.fresh(var.name)
-        self.tensors[name] = Tensor(name, shape, dtype, "activation", alias_of=base)
+        self.tensors[name] = Tensor(name, shape, dtype, "activation", alias_of=base, byte_offset=offset)
+        if offset + self.tensors[name].nbytes > self.tensors[base].nbytes:
+            raise UnsupportedModelError(f"view '{var.name}' reaches past the end of '{base}'")
         return name
 
     def binding(self, var: Any, v: Any) -> Any:
@@ -146,6 +187,8 @@ class _Extractor:
             return self.kernel_call(var, v)
         if op == "relax.reshape":
             return self.view(var, v)
+        if op == "relax.memory.view":
+            return self.view(var, v, int(v.args[3].value))
         if isinstance(v, relax.TupleGetItem):
             return self.env[v.tuple_value][v.index]
         if isinstance(v, relax.Tuple):
@@ -180,7 +223,7 @@ class _Extractor:
             if self.tensors[o].kind in ("input", "weight"):
                 raise UnsupportedModelError("a model output that is an input or a constant is not supported")
         prog = Program(inputs=[self.env[p] for p in main.params], outputs=outs, tensors=self.tensors,
-                       weights=self.weights, calls=self.calls)
+                       weights=self.weights, calls=self.calls, assembled=self.assembled)
         # Give the graph inputs/outputs their model names for the report and the API.
         for o in outs:
             self.tensors[prog.storage_root(o)].kind = "output"

@@ -58,6 +58,10 @@ def _lowered(build: Path, report: dict[str, Any]) -> tuple[Any, Any]:
     from ..ir.program import extract_program
     from ..targets import load_target
 
+    pp = report.get("patch_plan")
+    if pp:       # TVM's VM runs no TIR function on a view with a byte offset (the bands)
+        raise EdgeCompileError(f"{build}: per-layer comparison of a patch-based build (the first {pp['layers']} "
+                               f"layers in {pp['bands']} bands) is not supported; build with --patches off")
     quant = report.get("quant", {})
     cal = quant.get("calibration", {})
     options = BuildOptions(quant=quant.get("dtype", "fp32"), calibration=cal.get("data", "digits"),

@@ -86,6 +86,7 @@ def collect(build: Path, profile: dict[str, Any] | None = None, cache: dict[str,
     if "stack_bytes" in report:
         data["stack_used_bytes"] = report["stack_bytes"]
     data["memory_plan"] = report.get("memory_plan", [])
+    data["patch_plan"] = report.get("patch_plan")
     calls = []
     for c in report["calls"]:
         row = {k: c[k] for k in ("index", "name", "kind", "macs", "arena_offset", "arena_size")}
@@ -141,6 +142,11 @@ def _plots(data: dict[str, Any], out_dir: Path) -> dict[str, Path]:
             ax.add_patch(plt.Rectangle((b["start"] - 0.45, b["offset"] / 1024), b["end"] - b["start"] + 0.9,
                                        b["size"] / 1024, facecolor=colors.get(b["kind"], "#8172b3"),
                                        edgecolor="black", linewidth=0.4, alpha=0.8))
+        pp = data.get("patch_plan")
+        if pp and pp.get("stage_calls", [0, 0])[1] > 0:          # the calls that run the patch stage
+            first, end = pp["stage_calls"]
+            ax.axvspan(first - 0.5, end - 0.5, color="#ffd966", alpha=0.35, zorder=0,
+                       label=f"patch stage: {pp['layers']} layers, {pp['bands']} bands of {pp['rows']} rows")
         ax.set_xlim(-1.5, max(b["end"] for b in plan) + 1.5)
         ax.set_ylim(0, data["arena_bytes"] / 1024 * 1.02)
         ax.set_xlabel("kernel call")
@@ -192,6 +198,14 @@ def write_html(data: dict[str, Any], path: Path) -> list[Path]:
              f"arena {data['arena_bytes']:,} B"
              + (f", stack used {data['stack_used_bytes']:,} B (measured on the device)" if "stack_used_bytes" in data else "")
              + "</p>"]
+    pp = data.get("patch_plan")
+    if pp:
+        first, end = pp.get("stage_calls", [0, 0])
+        parts.append(f"<p>Patch stage (shaded in the memory plan): the first {pp['layers']} window layers in "
+                     f"{pp['bands']} bands of {pp['rows']} rows of {e(pp['stage_output'])} ({e(pp['shape'])}), calls "
+                     f"{first}..{end - 1}, {pp['extra_macs']:+,} MACs recomputed"
+                     + (f"; arena {pp['arena_bytes_before']:,} B without patches" if "arena_bytes_before" in pp else "")
+                     + "</p>")
     if "footprint" in data:
         fp = data["footprint"]
         parts.append("<h2>Footprint (linked binary)</h2><table><tr><th>flash</th><th>RAM</th><th>arena</th>"

@@ -9,6 +9,7 @@ here (a `Platform` subclass registered in `PLATFORMS`) plus its `firmware_templa
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +23,33 @@ from ..targets import Target
 PLATFORMS = {"host": "host", "cortex_m": "cortex_m", "linux": "linux"}   # target.platform -> module
 
 
+@dataclass
+class MemoryEstimate:
+    """What a build would need on a board, estimated from the graph and the memory plan before the
+    C is compiled: `needs` per memory region of the target (what the linker would place there, the
+    reserved stack included) against `budgets`, and the peak RAM the running program would use
+    (static RAM + arena + stack actually used), which `edgecompile test` measures afterwards."""
+
+    arena_bytes: int
+    static_ram_bytes: int                 # data + bss besides the arena
+    stack_used_bytes: int                 # estimated high-water mark of the stack
+    needs: dict[str, int] = field(default_factory=dict)
+    budgets: dict[str, int] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)    # region -> "flash" | "ram"
+
+    @property
+    def peak_ram_bytes(self) -> int:
+        return self.static_ram_bytes + self.arena_bytes + self.stack_used_bytes
+
+    def over(self, kind: str | None = None) -> list[str]:
+        """The regions (of `kind`, or any) whose need exceeds their budget."""
+        return [r for r, n in self.needs.items() if n > self.budgets[r] and kind in (None, self.kinds[r])]
+
+    def describe(self, region: str) -> str:
+        n, b = self.needs[region], self.budgets[region]
+        return f"{region} needs {n:,} B, budget {b:,} B ({self.kinds[region]}, over by {n - b:,} B)"
+
+
 class Platform:
     """What edgecompile asks of one kind of board. Every method a kind cannot do raises an
     `EdgeCompileError` that says so; nothing outside this package tests the kind."""
@@ -33,6 +61,13 @@ class Platform:
     # -- building
     def check(self, target: Target) -> None:
         """Reject a target file this platform cannot build for (before the long compile)."""
+
+    def estimate_memory(self, target: Target, weights_bytes: int, arena_bytes: int = 0, calls: int = 0,
+                        kernel_stack_bytes: int = 0) -> MemoryEstimate | None:
+        """What a build with this much weight data, this arena, this many kernel calls and kernels
+        keeping this many bytes on the stack would need, before compiling; None when the board
+        has no memory budget (a Linux process, this machine)."""
+        return None
 
     def build(self, build: Path, target: Target, report: dict[str, Any], weights_src: str,
               progress: Callable[[str], None], defines: tuple[str, ...] = ()) -> dict[str, Any]:

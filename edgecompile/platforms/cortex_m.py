@@ -35,10 +35,17 @@ from ..device.session import EmulatorSession, free_port, listening
 from ..errors import DeviceError, EdgeCompileError, FitError, TargetError, ToolchainError
 from ..targets import Target
 from ..paths import template_dir
-from . import Platform, run_inferences
+from . import MemoryEstimate, Platform, run_inferences
 from .device_loop import copy_common, plugin_cache, render_info_header
 
 TOOLCHAIN_HINT = "install gcc-arm-none-eabi (make setup)"
+# RAM of the firmware besides the model's arena, for estimates before compiling (`estimate_memory`;
+# tests/test_budget.py checks them against linked and running firmware): data + bss of the device
+# loop, UART driver and HAL; an 8-byte SysTick counter per kernel call (EC_PROFILE); stack the
+# device loop and the kernels' frames use on top of the arrays kernels keep on the stack.
+FIRMWARE_STATIC_RAM = 1284
+PROFILE_COUNTER_BYTES = 8
+FIRMWARE_STACK = 1024
 _OVERFLOW = re.compile(r"region `([^']+)' overflowed by (\d+) bytes")
 
 
@@ -163,6 +170,17 @@ class CortexM(Platform):
                                   f"(firmware_templates/cortex_m/uart/), got {uart.driver!r}")
         for role in ("text", "weights", "data", "bss", "arena", "stack"):
             target.region_for(role)
+
+    def estimate_memory(self, target: Target, weights_bytes: int, arena_bytes: int = 0, calls: int = 0,
+                        kernel_stack_bytes: int = 0) -> MemoryEstimate:
+        static = FIRMWARE_STATIC_RAM + PROFILE_COUNTER_BYTES * calls
+        est = MemoryEstimate(arena_bytes, static, FIRMWARE_STACK + kernel_stack_bytes)
+        for role, nbytes in (("weights", weights_bytes), ("data", static), ("arena", arena_bytes),
+                             ("stack", target.stack_bytes)):
+            r = target.region_for(role)
+            est.needs[r.name] = est.needs.get(r.name, 0) + nbytes
+            est.budgets[r.name], est.kinds[r.name] = r.size, r.kind
+        return est
 
     def build(self, build: Path, target: Target, report: dict[str, Any], weights_src: str,
               progress: Callable[[str], None], defines: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def _pick(cfg: dict | None, key: str, default: Any) -> Any:
 class TiledRules:
     """The schedule rules of a family that tiles for `lanes`-wide vectors (1 = scalar FPU) with
     a register budget for accumulators. `cfg` (a tuning record's configuration) fixes a rule's
-    choices: `tile`, `order`, `pack`, `rows`, `dw_tile`."""
+    choices: `tile`, `order`, `pack`, `rows`, `dw_tile`, `dw_order`."""
 
     def __init__(self, lanes: int, conv_acc: int, dw_acc: int, fc_acc: int, dwpw_rows: int = 2) -> None:
         self.lanes, self.conv_acc, self.dw_acc, self.fc_acc = lanes, conv_acc, dw_acc, fc_acc
@@ -115,7 +115,7 @@ class TiledRules:
         dw_tile = _pick(cfg, "dw_tile", None) or choose_tile(w, info.dw_channels, self.lanes, self.dw_acc, 8)
         if dw_tile is None:
             return False
-        return tiling.tile_dwpw(sch, info, r, tile, dw_tile, _pick(cfg, "pack", True))
+        return tiling.tile_dwpw(sch, info, r, tile, dw_tile, _pick(cfg, "pack", True), _pick(cfg, "dw_order", "pixels"))
 
     def schedule_pool(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
         return False

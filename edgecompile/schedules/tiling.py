@@ -183,9 +183,11 @@ def _anchor_loops(sch: Any, name: str, count: int) -> tuple[Any, Any, list[Any]]
 
 
 def _pixels_x_channels(sch: Any, info: Any, block: Any, n: Any, h: Any, w: Any, co: Any, reduction: list[Any],
-                       tile: tuple[int, int], order: str) -> None:
+                       tile: tuple[int, int], order: str, window_per_channel_tile: bool = False) -> None:
     """Tile an NHWC anchor's output row into M pixels x N channels (`order`: which of the two tile
-    loops is outer), the reduction loops inside; the epilogue per tile, producers (padding) per row."""
+    loops is outer), the reduction loops inside; the epilogue per tile, producers (padding) per row,
+    or, with `window_per_channel_tile` and the channel tiles outer, per row and channel tile (a
+    depthwise window needs only its own channels: the same copies, 1/tiles of the buffer)."""
     m, nn = tile
     wo, wi = _split_pixels(sch, w, m)
     coo, coi = sch.split(co, [None, nn])
@@ -194,8 +196,9 @@ def _pixels_x_channels(sch: Any, info: Any, block: Any, n: Any, h: Any, w: Any, 
     epi = epilogue_block(sch, info)
     if epi is not None:
         sch.reverse_compute_at(epi, inner)
+    at = outer if window_per_channel_tile and order == "channels" else h
     for p in sch.get_producers(block):   # padding kept for KxK: one row window per h
-        sch.compute_at(p, h)
+        sch.compute_at(p, at)
 
 
 def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pixels", pack: bool = True) -> bool:
@@ -226,7 +229,7 @@ def tile_depthwise(sch: Any, info: Any, tile: tuple[int, int], order: str = "pix
         return False
     (kh, kw), (s, _) = info.kernel, info.stride
     # the unit channel loop stays outside the window loops
-    _pixels_x_channels(sch, info, conv, n, h, w, co, [rc, ry, rx], tile, order)
+    _pixels_x_channels(sch, info, conv, n, h, w, co, [rc, ry, rx], tile, order, window_per_channel_tile=True)
     sch.decompose_reduction(conv, rc)
     sch.tensorize(ry, dw_intrin(tile[0], tile[1], kh, kw, s, types))
     return True
@@ -253,10 +256,12 @@ def tile_dense(sch: Any, info: Any, nn: int, pack: bool = True) -> bool:
 
 
 def tile_dwpw(sch: Any, info: Any, rows: int, tile: tuple[int, int], dw_tile: tuple[int, int],
-              pack: bool = True) -> bool:
+              pack: bool = True, dw_order: str = "pixels") -> bool:
     """The fused kernel: for each tile of `rows` output rows, compute the depthwise output for
     those rows (padding window, micro-kernel, bias + activation) into a rows x W x C scratch
-    buffer, then the pointwise GEMM tiles over it. The depthwise tensor never exists in full."""
+    buffer, then the pointwise GEMM tiles over it. The depthwise tensor never exists in full.
+    `dw_order` "channels": the depthwise part runs channel tile by channel tile, each with the
+    padded window of its own channels only (less RAM, the same copies)."""
     blocks = _children(sch)
     names = [sch.get(b).name_hint for b in blocks]
     ia, ib = names.index(info.dw_anchor), names.index(info.anchor)
@@ -307,10 +312,17 @@ def tile_dwpw(sch: Any, info: Any, rows: int, tile: tuple[int, int], dw_tile: tu
     dm, dn = dw_tile
     dwo, dwi = _split_pixels(sch, dwl, dm)
     dco, dci = sch.split(dc, [None, dn])
-    sch.reorder(*([dh] if dh is not None else []), dwo, dco, *([drc] if drc is not None else []), dry, drx,
-                *dwi, dci)
-    if e1 is not None:
-        sch.reverse_compute_at(e1, dco)
+    rest = [*([drc] if drc is not None else []), dry, drx, *dwi, dci]
+    if dw_order == "channels":
+        sch.reorder(dco, *([dh] if dh is not None else []), dwo, *rest)
+        for p in dw_pad:
+            sch.compute_at(p, dco)
+        if e1 is not None:
+            sch.reverse_compute_at(e1, dwo)
+    else:
+        sch.reorder(*([dh] if dh is not None else []), dwo, dco, *rest)
+        if e1 is not None:
+            sch.reverse_compute_at(e1, dco)
     sch.decompose_reduction(dw, drc if drc is not None else dry)
     sch.tensorize(dry, dw_intrin(dm, dn, kh, kw, s, dw_types))
     info.rows = rows

@@ -1,0 +1,660 @@
+"""Patch-based execution of a network's first stage (the idea of MCUNetV2, our own implementation).
+
+The activations of a CNN are largest in its first, high-resolution layers. Here the first `k`
+window layers (convolutions, pooling) and everything between them run band by band: the stage
+output is cut into bands of `n` rows; each band is computed from the input rows it needs,
+through every layer of the stage, its halo rows recomputed. Only the stage's input and output
+exist whole; every intermediate tensor exists one band at a time.
+
+**Full-width row bands (n x W), not n x n tiles.** A row band of an NHWC tensor is contiguous, so
+a band reads its input rows and writes its output rows through views with a byte offset (no
+copies), the kernels of all inner bands are one function, and the stage output can overwrite the
+input rows no later band reads (`codegen/memory.py`). 2-D tiles would need strided views and
+twice the halo recomputation; they are not implemented.
+
+The rewrite works on the high-level Relax graph (float, or after the int8 rewrite), so a band
+runs exactly the arithmetic of the whole layer: int8 results are bit-identical. Inside the image
+a band has no padding; only a band that touches the image border gets the layer's padding there.
+
+What the executor then sees (see `program.extract_program`):
+* the stage input: the graph input transposed to NHWC *in place* (`ec.in_place_transpose`; a
+  transposed copy would cost as much RAM as the input), or an ordinary transpose when the input
+  stays in the caller's buffer;
+* for every band: `memory.view`s of the rows it reads, its kernels, its output;
+* the stage output = `ec_assemble_rows(band outputs)`, which is no kernel: every band output
+  becomes a view of the stage output at its rows.
+
+Which operators a stage may contain, and how their output rows depend on input rows, is the
+operator registry's `rows` field (`operators.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import EdgeCompileError
+from .operators import row_mapping
+from .passes import _substitute
+from .program import DTYPE_BYTES
+
+ASSEMBLE_ATTR = "ec.assemble_rows"           # marks the stage output's (non-)kernel
+IN_PLACE_TRANSPOSE_ATTR = "ec.in_place_transpose"
+KEEP_CALL_ATTR = "ec.keep_call"              # never fused or merged with other calls
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A tensor that separates a first stage of the network from the rest: nothing after it
+    reads any tensor of the stage but this one."""
+
+    index: int           # the stage's last node (index into `Stage.nodes`)
+    name: str            # the stage output (a Relax var name)
+    shape: tuple[int, ...]
+    layers: int          # window operators (convolutions, pooling) in the stage
+    macs: int            # multiply-accumulates of the stage computed whole
+
+
+@dataclass
+class PatchPlan:
+    """What report.json records under `patch_plan`."""
+
+    layers: int                  # k: window layers computed band by band
+    rows: int                    # n: stage-output rows per band
+    bands: int
+    stage_output: str
+    stage_output_shape: list[int]
+    macs_whole: int              # MACs of the stage without patches
+    macs_patched: int            # with the recomputed halo rows
+    in_place_input: bool         # the NHWC stage input is the graph input transposed in place
+    shape: str = "full-width row bands (n x W); n x n tiles are not implemented"
+    band_rows: list[list[int]] = field(default_factory=list)   # [first, end) stage-output rows of each band
+
+    @property
+    def extra_macs(self) -> int:
+        return self.macs_patched - self.macs_whole
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "extra_macs": self.extra_macs}
+
+
+@dataclass
+class _Node:
+    var: Any                     # the binding's var
+    value: Any                   # its value
+    kind: str                    # window | same | layout | tir | item
+    args: list[Any]              # the stage vars it reads
+
+
+@dataclass
+class Stage:
+    """The longest prefix of `main` that can run band by band."""
+
+    param: Any                   # the graph input
+    entry: Any                   # the NHWC tensor the stage starts from (the input or its transpose)
+    transposed: bool             # entry = permute_dims(input, [0, 2, 3, 1])
+    nodes: list[_Node]
+    bindings: list[Any]          # every binding of main, in order
+    first: int                   # index in `bindings` of nodes[0]
+
+    def heights(self) -> dict[Any, int]:
+        return {n.var: _height(n.var) for n in self.nodes} | {self.entry: _height(self.entry)}
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def _tvm() -> tuple[Any, Any]:
+    import tvm
+    from tvm import relax
+
+    return tvm, relax
+
+
+def _shape(e: Any) -> tuple[int, ...]:
+    return tuple(int(d) for d in e.ty.shape)
+
+
+def _height(var: Any) -> int:
+    _, relax = _tvm()
+    ty = var.ty
+    if isinstance(ty, relax.TupleType):
+        return int(ty.fields[0].shape[1])
+    return int(ty.shape[1])
+
+
+def _is_const(e: Any) -> bool:
+    import tvm
+
+    return isinstance(e, tvm.ir.expr.Constant)
+
+
+def _ints(e: Any) -> list[int]:
+    """The integers of a Relax tuple/shape argument (axes of strided_slice, ...)."""
+    _, relax = _tvm()
+    if isinstance(e, relax.ShapeExpr):
+        return [int(v) for v in e.values]
+    if isinstance(e, relax.Tuple):
+        return [int(f.value) for f in e.fields]
+    return [int(v) for v in e]
+
+
+def _window(value: Any) -> tuple[int, int, int, int] | None:
+    """(effective kernel height, stride, top padding, bottom padding) of an NHWC conv/pool call
+    that can run on row bands, else None."""
+    name = value.op.name
+    a = value.attrs
+    if name == "relax.nn.conv2d":
+        if str(a.data_layout) != "NHWC" or str(a.out_layout) not in ("NHWC", "") or not _is_const(value.args[1]):
+            return None
+        kernel = _shape(value.args[1])
+        kl = str(a.kernel_layout)
+        kh = kernel[kl.index("H")]
+    elif name in ("relax.nn.max_pool2d", "relax.nn.avg_pool2d"):
+        if str(a.layout) != "NHWC" or str(a.out_layout) not in ("NHWC", ""):
+            return None
+        pad = [int(p) for p in a.padding]
+        if name == "relax.nn.avg_pool2d" and (any(pad) or bool(a.ceil_mode)):
+            return None       # a band's border padding would change the divisor
+        kh = int(a.pool_size[0])
+    else:
+        return None
+    pad = [int(p) for p in a.padding]
+    dil = int(a.dilation[0])
+    return (kh - 1) * dil + 1, int(a.strides[0]), pad[0], pad[2]
+
+
+def _rows_same(var: Any, args: list[Any], consts: list[Any]) -> bool:
+    """Every stage operand has the output's height and no constant varies along H."""
+    h = _height(var)
+    if any(_height(a) != h for a in args):
+        return False
+    for c in consts:
+        cs = _shape(c)
+        out_rank = len(var.ty.shape)
+        # broadcasting aligns shapes on the right: H is axis 1 of the output
+        if len(cs) >= out_rank - 1 and cs[len(cs) - (out_rank - 1)] != 1:
+            return False
+    return True
+
+
+_BINARY = ("Add", "Sub", "Mul", "Div", "Mod", "FloorDiv", "FloorMod", "Min", "Max", "EQ", "NE", "LT", "LE",
+           "GT", "GE", "And", "Or")
+
+
+def _rebuild_expr(node: Any, load: Any, var: Any) -> Any:
+    """A TIR expression rebuilt with `load(BufferLoad)` and `var(Var)` in place of its loads and
+    variables; raises for a node kind it does not know (the caller then keeps the function)."""
+    from tvm import tirx
+
+    rec = lambda e: _rebuild_expr(e, load, var)  # noqa: E731
+    kind = type(node).__name__     # (some tirx names are constructor functions, not classes)
+    if kind in ("BufferLoad", "TensorLoad"):
+        return load(node)
+    if kind == "Var":
+        return var(node)
+    if kind in ("IntImm", "FloatImm"):
+        return node
+    if kind in _BINARY:
+        return type(node)(rec(node.a), rec(node.b))
+    if kind == "Cast":
+        return tirx.Cast(str(node.ty), rec(node.value))
+    if kind == "Not":
+        return tirx.Not(rec(node.a))
+    if kind == "Select":
+        return tirx.Select(rec(node.condition), rec(node.true_value), rec(node.false_value))
+    raise EdgeCompileError(f"patches: TIR expression {kind} is not re-made for band shapes")
+
+
+def _elementwise_block(func: Any) -> Any | None:
+    """The block of a PrimFunc that computes each output element from the same element of its
+    inputs (one spatial block, identity indexing, known expression nodes), else None: such a
+    function can be re-made for a band's shape."""
+    from tvm import tirx
+
+    from .kernel import root_blocks
+
+    blocks = root_blocks(func)
+    if len(blocks) != 1:
+        return None
+    block = blocks[0]
+    ivs = [iv.var for iv in block.iter_vars]
+    if any(int(iv.iter_type) != 0 for iv in block.iter_vars) or type(block.body).__name__ != "BufferStore":
+        return None
+    store = block.body
+    if len(store.indices) != len(ivs) or any(not i.same_as(v) for i, v in zip(store.indices, ivs)):
+        return None
+
+    def load(node: Any) -> Any:
+        if len(node.indices) != len(ivs) or any(not i.same_as(v) for i, v in zip(node.indices, ivs)):
+            raise EdgeCompileError("patches: not an elementwise load")
+        return node
+
+    try:
+        _rebuild_expr(store.value, load, lambda v: v)
+    except EdgeCompileError:
+        return None
+    return block
+
+
+def _classify(mod: Any, b: Any, stage: set[Any]) -> _Node | None:
+    """The stage node of binding `b` whose operands are in `stage`, or None if it cannot run on
+    row bands."""
+    tvm, relax = _tvm()
+    var, value = b.var, b.value
+    if isinstance(value, relax.TupleGetItem):
+        if value.tuple_value in stage:
+            return _Node(var, value, "item", [value.tuple_value])
+        return None
+    if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)):
+        return None
+    tensors, consts = [], []
+    for a in value.args:
+        fields = a.fields if isinstance(a, relax.Tuple) else [a]
+        for f in fields:
+            if isinstance(f, relax.Var):
+                if f not in stage:
+                    return None
+                tensors.append(f)
+            elif _is_const(f):
+                consts.append(f)
+    if not tensors:
+        return None
+    name = value.op.name
+    if isinstance(var.ty, relax.TensorType) and (var.ty.ndim < 2 or any(not isinstance(d, tvm.tirx.IntImm)
+                                                                         for d in var.ty.shape)):
+        return None
+    if name == "relax.call_tir":
+        func = mod[value.args[0]]
+        if _elementwise_block(func) is not None and _rows_same(var, tensors, consts) and not consts:
+            return _Node(var, value, "tir", tensors)
+        return None
+    mapping = row_mapping(name)
+    if mapping == "window":
+        if _window(value) is None or len(tensors) != 1 or not tensors[0].same_as(value.args[0]):
+            return None
+        return _Node(var, value, "window", tensors)
+    if mapping == "same":
+        return _Node(var, value, "same", tensors) if _rows_same(var, tensors, consts) else None
+    if mapping == "table":      # take(constant table, indices): each element looked up on its own
+        table, index = value.args[0], value.args[1]
+        if _is_const(table) and len(_shape(table)) == 1 and index.same_as(tensors[0]) and len(tensors) == 1 \
+                and _shape(var) == _shape(index):
+            return _Node(var, value, "same", tensors)
+        return None
+    if mapping == "layout" and _keeps_rows(value, var, tensors):
+        return _Node(var, value, "layout", tensors)
+    return None
+
+
+def _keeps_rows(value: Any, var: Any, tensors: list[Any]) -> bool:
+    """Whether a layout operator keeps axis 1 as the rows of input and output."""
+    _, relax = _tvm()
+    name, a = value.op.name, value.attrs
+    src = tensors[0]
+    if isinstance(var.ty, relax.TensorType):
+        out_shape = _shape(var)
+        if len(out_shape) < 2 or out_shape[1] != _height(src):
+            return False
+    if name == "relax.reshape":
+        return _shape(src)[:2] == _shape(var)[:2]
+    if name == "relax.permute_dims":
+        axes = [int(x) for x in a.axes] if a.axes is not None else None
+        return axes is not None and axes[:2] == [0, 1]
+    if name == "relax.strided_slice":
+        rank = len(_shape(src))
+        return all(ax % rank not in (0, 1) for ax in _ints(value.args[1]))
+    if name == "relax.split":
+        return int(a.axis) % len(_shape(src)) not in (0, 1)
+    if name == "relax.concat":
+        return a.axis is not None and int(a.axis) % len(_shape(src)) not in (0, 1) and \
+            all(_height(t) == _height(src) for t in tensors)
+    return False
+
+
+def find_stage(mod: Any) -> Stage | None:
+    """The longest prefix of `main` that can run on row bands, from the graph input (NCHW,
+    transposed to NHWC by the first binding, or NHWC feeding a window operator)."""
+    _, relax = _tvm()
+    main = mod["main"]
+    if len(main.params) != 1 or not isinstance(main.params[0].ty, relax.TensorType) or main.params[0].ty.ndim != 4:
+        return None
+    p = main.params[0]
+    bindings = [b for block in main.body.blocks for b in block.bindings]
+    if not bindings:
+        return None
+    first = bindings[0]
+    v = first.value
+    transposed = (isinstance(v, relax.Call) and getattr(v.op, "name", "") == "relax.permute_dims"
+                  and v.args[0].same_as(p) and v.attrs.axes is not None and [int(x) for x in v.attrs.axes] == [0, 2, 3, 1])
+    entry, start = (first.var, 1) if transposed else (p, 0)
+    if not transposed and not (isinstance(v, relax.Call) and row_mapping(getattr(v.op, "name", "")) == "window"
+                               and v.args[0].same_as(p) and _window(v) is not None):
+        return None
+    stage: set[Any] = {entry}
+    nodes = []
+    for b in bindings[start:]:
+        node = _classify(mod, b, stage)
+        if node is None:
+            break
+        nodes.append(node)
+        stage.add(b.var)
+    if not nodes:
+        return None
+    return Stage(p, entry, transposed, nodes, bindings, start)
+
+
+def _last_uses(bindings: list[Any], result: Any) -> dict[Any, int]:
+    """Index of the last binding that reads each var (len(bindings) for the function result)."""
+    _, relax = _tvm()
+    last: dict[Any, int] = {}
+    for i, b in enumerate(bindings):
+        def visit(e: Any, i: int = i) -> None:
+            if isinstance(e, relax.Var):
+                last[e] = i
+        relax.analysis.post_order_visit(b.value, visit)
+    last[result] = len(bindings)
+    return last
+
+
+def _node_macs(node: _Node, rows: int) -> int:
+    """Multiply-accumulates of a node computing `rows` output rows."""
+    if node.kind != "window" or node.value.op.name != "relax.nn.conv2d":
+        return 0
+    out = _shape(node.var)
+    w = _shape(node.value.args[1])
+    kl = str(node.value.attrs.kernel_layout)
+    kh, kw, ci = w[kl.index("H")], w[kl.index("W")], w[kl.index("I")]
+    return rows * int(math.prod(out[2:])) * kh * kw * ci
+
+
+def stage_cuts(stage: Stage) -> list[Cut]:
+    """Every tensor of the stage that can end a patch stage: an NHWC tensor made by a kernel
+    (not a view), after at least one window layer, that is the only stage tensor read later."""
+    last = _last_uses(stage.bindings, None)
+    cuts = []
+    layers = macs = 0
+    stage_vars = [stage.entry]
+    for j, node in enumerate(stage.nodes):
+        stage_vars.append(node.var)
+        if node.kind == "window":
+            layers += 1
+        macs += _node_macs(node, _height(node.var))
+        pos = stage.first + j
+        if layers == 0 or node.kind not in ("window", "same", "tir"):
+            continue
+        if len(node.var.ty.shape) != 4:
+            continue
+        if any(last.get(u, -1) > pos for u in stage_vars[:-1]):
+            continue
+        cuts.append(Cut(j, node.var.name, _shape(node.var), layers, macs))
+    return cuts
+
+
+def band_ranges(height: int, rows: int) -> list[tuple[int, int]]:
+    return [(r, min(r + rows, height)) for r in range(0, height, rows)]
+
+
+def _window_rows(node: _Node, o0: int, o1: int) -> tuple[int, int, int, int]:
+    """Input rows [c0, c1) and the (top, bottom) padding that compute output rows [o0, o1)."""
+    k, s, pt, _ = _window(node.value)  # type: ignore[misc]
+    h_in = _height(node.args[0])
+    u0, u1 = o0 * s - pt, (o1 - 1) * s - pt + k
+    c0, c1 = max(u0, 0), min(u1, h_in)
+    return c0, c1, c0 - u0, u1 - c1
+
+
+def _needed_rows(stage: Stage, cut: Cut, y0: int, y1: int) -> dict[Any, tuple[int, int]]:
+    """Rows of every stage tensor that band [y0, y1) of the stage output needs."""
+    needed: dict[Any, tuple[int, int]] = {stage.nodes[cut.index].var: (y0, y1)}
+    for node in reversed(stage.nodes[:cut.index + 1]):
+        if node.var not in needed:
+            continue
+        o0, o1 = needed[node.var]
+        req = _window_rows(node, o0, o1)[:2] if node.kind == "window" else (o0, o1)
+        for a in node.args:
+            r = needed.get(a)
+            needed[a] = req if r is None else (min(r[0], req[0]), max(r[1], req[1]))
+    return needed
+
+
+def patch_macs(stage: Stage, cut: Cut, rows: int) -> int:
+    """Multiply-accumulates of the stage computed in bands of `rows` output rows."""
+    total = 0
+    for y0, y1 in band_ranges(cut.shape[1], rows):
+        needed = _needed_rows(stage, cut, y0, y1)
+        total += sum(_node_macs(n, needed[n.var][1] - needed[n.var][0]) for n in stage.nodes[:cut.index + 1]
+                     if n.var in needed)
+    return total
+
+
+# ----------------------------------------------------------------------------- rewrite
+
+
+class _BandEmitter:
+    """Emits one band's bindings into a BlockBuilder."""
+
+    def __init__(self, bb: Any, mod: Any) -> None:
+        self.bb, self.mod = bb, mod
+        self.reshaped: dict[tuple[str, tuple], Any] = {}
+
+    def rows_of(self, band: dict[Any, tuple[Any, int, int]], var: Any, r0: int, r1: int) -> Any:
+        """Stage tensor `var` restricted to rows [r0, r1): the band tensor, or a view of it."""
+        tvm, relax = _tvm()
+        expr, b0, b1 = band[var]
+        if (r0, r1) == (b0, b1):
+            return expr
+        if not (b0 <= r0 < r1 <= b1):
+            raise EdgeCompileError(f"patch stage: rows {r0}..{r1} of {var.name} are not computed ({b0}..{b1})")
+        shape = _shape(expr)
+        row_bytes = int(math.prod(shape[2:])) * DTYPE_BYTES[str(expr.ty.dtype)]
+        offset = relax.prim_value(tvm.tirx.IntImm("int64", (r0 - b0) * row_bytes))
+        view = relax.op.memory.view(expr, [shape[0], r1 - r0, *shape[2:]], str(expr.ty.dtype), offset)
+        return self.bb.emit(view, f"{var.name}_rows")
+
+    def node(self, node: _Node, band: dict[Any, tuple[Any, int, int]], o0: int, o1: int) -> Any:
+        tvm, relax = _tvm()
+        v = node.value
+        name = node.var.name
+        if node.kind == "item":
+            expr = band[node.args[0]][0]
+            return self.bb.emit(relax.TupleGetItem(expr, v.index), name)
+        if node.kind == "window":
+            c0, c1, pt, pb = _window_rows(node, o0, o1)
+            return self.bb.emit(_window_call(v, self.rows_of(band, node.args[0], c0, c1), pt, pb), name)
+
+        def arg(a: Any) -> Any:
+            if isinstance(a, relax.Tuple):
+                return relax.Tuple([arg(f) for f in a.fields])
+            if isinstance(a, relax.Var):
+                return self.rows_of(band, a, o0, o1)
+            if isinstance(a, relax.ShapeExpr) and v.op.name == "relax.reshape":
+                dims = [int(d) for d in a.values]
+                return relax.ShapeExpr([dims[0], o1 - o0, *dims[2:]])
+            return a
+
+        if node.kind == "tir":
+            x = [self.rows_of(band, a, o0, o1) for a in v.args[1].fields]
+            return self.bb.emit(self._reshaped_call(v, x, o1 - o0), name)
+        return self.bb.emit(relax.Call(v.op, [arg(a) for a in v.args], v.attrs, v.ty_args), name)
+
+    def _reshaped_call(self, call: Any, args: list[Any], rows: int) -> Any:
+        """call_tir of an elementwise PrimFunc on band-shaped arguments: the same function made
+        for the band's shape (one per distinct shape)."""
+        _, relax = _tvm()
+        gv = call.args[0]
+        func = self.mod[gv]
+        out_ty = call.ty_args[0]
+        shape = [int(d) for d in out_ty.shape]
+        shape[1] = rows
+        key = (gv.name_hint, tuple(shape))
+        if key not in self.reshaped:
+            new = _elementwise_for_shape(func, shape)
+            self.reshaped[key] = self.bb.add_func(new, gv.name_hint)
+        return relax.call_tir(self.reshaped[key], args, relax.TensorType(shape, str(out_ty.dtype)))
+
+
+def _window_call(value: Any, data: Any, top: int, bottom: int) -> Any:
+    """The conv/pool call `value` on `data` with (top, bottom) padding instead of its own."""
+    _, relax = _tvm()
+    a = value.attrs
+    pad = [int(p) for p in a.padding]
+    padding = (top, pad[1], bottom, pad[3])
+    ints = lambda t: tuple(int(x) for x in t)  # noqa: E731
+    if value.op.name == "relax.nn.conv2d":
+        out_dtype = None if str(a.out_dtype) in ("", "None", "void") else str(a.out_dtype)
+        return relax.op.nn.conv2d(data, value.args[1], ints(a.strides), padding, ints(a.dilation), int(a.groups),
+                                  str(a.data_layout), str(a.kernel_layout), str(a.out_layout) or None, out_dtype)
+    op = relax.op.nn.max_pool2d if value.op.name == "relax.nn.max_pool2d" else relax.op.nn.avg_pool2d
+    # a band computes exactly its rows: a partial last window (ceil mode) is bottom padding here
+    return op(data, ints(a.pool_size), ints(a.strides), padding, ints(a.dilation), False, bool(a.count_include_pad),
+              str(a.layout), str(a.out_layout) or None)
+
+
+def _elementwise_for_shape(func: Any, shape: list[int]) -> Any:
+    """An elementwise PrimFunc (see `_elementwise_block`) re-made for output `shape`."""
+    from tvm import te, tirx
+
+    block = _elementwise_block(func)
+    ivs = [iv.var for iv in block.iter_vars]
+    shape = [tirx.IntImm("int64", d) for d in shape]      # as Relax's legalization makes them
+    out_buf = block.body.buffer
+    inputs = [b for b in func.params if not b.same_as(out_buf)]      # buffer parameters
+    holders = [te.placeholder(shape, str(b.ty.dtype), b.name) for b in inputs]
+
+    def compute(*idx: Any) -> Any:
+        index = {iv: i for iv, i in zip(ivs, idx)}
+
+        def load(node: Any) -> Any:
+            src = node.source if hasattr(node, "source") else node.buffer
+            return next(h for b, h in zip(inputs, holders) if src.same_as(b))(*idx)
+
+        return _rebuild_expr(block.body.value, load, lambda v: index.get(v, v))
+
+    out = te.compute(shape, compute, name=block.name_hint)
+    new = te.create_prim_func([*holders, out])
+    for key in ("ec.fuse_into_consumer", "op_pattern"):
+        if func.attrs is not None and key in func.attrs:
+            new = new.with_attr(key, func.attrs[key])
+    return new
+
+
+def _marked(bb: Any, call_var: Any, attrs: dict[str, Any]) -> None:
+    """Set attributes on the PrimFunc a call_te binding calls."""
+    gv = bb.lookup_binding(call_var).args[0]
+    func = bb.get()[gv]
+    for k, v in attrs.items():
+        func = func.with_attr(k, v)
+    bb.update_func(gv, func)
+
+
+def apply_patches(mod: Any, stage: Stage, cut: Cut, rows: int, in_place_input: bool) -> tuple[Any, PatchPlan]:
+    """`mod` with its first stage (up to `cut`) computed in bands of `rows` stage-output rows."""
+    tvm, relax = _tvm()
+    from tvm import topi
+
+    main = mod["main"]
+    if rows < 1:
+        raise EdgeCompileError(f"patch rows must be >= 1, got {rows}")
+    height = cut.shape[1]
+    bands = band_ranges(height, rows)
+    bb = relax.BlockBuilder(mod)
+    p = relax.Var(stage.param.name, stage.param.ty)
+    emitter = _BandEmitter(bb, mod)
+    env: dict[Any, Any] = {stage.param: p}
+    in_place = stage.transposed and in_place_input
+    with bb.function("ec_patched_main", [p]):
+        with bb.dataflow():
+            if stage.transposed:
+                if in_place:
+                    x = bb.emit_te(topi.transpose, p, [0, 2, 3, 1], primfunc_name_hint="ec_transpose_in_place")
+                    _marked(bb, x, {IN_PLACE_TRANSPOSE_ATTR: True, KEEP_CALL_ATTR: True})
+                else:
+                    x = bb.emit(relax.op.permute_dims(p, [0, 2, 3, 1]), stage.entry.name)
+            else:
+                x = p
+            outs = []
+            for y0, y1 in bands:
+                needed = _needed_rows(stage, cut, y0, y1)
+                band: dict[Any, tuple[Any, int, int]] = {stage.entry: (x, 0, _height(stage.entry))}
+                for node in stage.nodes[:cut.index + 1]:
+                    if node.var in needed:
+                        # a tuple item has the rows its tuple was computed for
+                        o0, o1 = band[node.args[0]][1:] if node.kind == "item" else needed[node.var]
+                        band[node.var] = (emitter.node(node, band, o0, o1), o0, o1)
+                outs.append(band[stage.nodes[cut.index].var][0])
+            y = bb.emit_te(topi.concatenate, outs, 1, primfunc_name_hint="ec_assemble_rows")
+            _marked(bb, y, {ASSEMBLE_ATTR: True, KEEP_CALL_ATTR: True})
+            env[stage.nodes[cut.index].var] = y
+            for b in stage.bindings[stage.first + cut.index + 1:]:
+                env[b.var] = bb.emit(_substitute(b.value, env), b.var.name)
+            result = main.body.body
+            gv = bb.emit_output(env.get(result, result))
+        bb.emit_func_output(gv)
+    new = bb.get()
+    patched = new.get_global_var("ec_patched_main")
+    func = new[patched]
+    new = tvm.IRModule({g: f for g, f in new.functions.items() if g.name_hint not in ("main", "ec_patched_main")},
+                       attrs=new.attrs)
+    new["main"] = func.with_attr("global_symbol", "main")
+    new = relax.transform.DeadCodeElimination()(new)
+    plan = PatchPlan(layers=cut.layers, rows=rows, bands=len(bands), stage_output=cut.name,
+                     stage_output_shape=list(cut.shape), macs_whole=cut.macs,
+                     macs_patched=patch_macs(stage, cut, rows), in_place_input=in_place,
+                     band_rows=[[a, b] for a, b in bands])
+    return new, plan
+
+
+def arena_lower_bound(stage: Stage, cut: Cut, rows: int) -> int:
+    """Bytes any plan of this patch stage needs at least, from the band shapes alone: the whole
+    stage input while the first band runs, plus the input rows of the largest band a window
+    layer (kernel taller than one row) reads, which some kernel must have whole."""
+    made_by = {n.var: n for n in stage.nodes}
+    largest = 0
+    for y0, y1 in band_ranges(cut.shape[1], rows):
+        needed = _needed_rows(stage, cut, y0, y1)
+        for node in stage.nodes[:cut.index + 1]:
+            if node.kind == "window" and node.var in needed and _window(node.value)[0] > 1:
+                src = node.args[0]
+                while src in made_by and made_by[src].kind == "tir":    # e.g. int8 -> int16 zero-point
+                    src = made_by[src].args[0]                          # shifts, computed inside the conv
+                c0, c1 = _window_rows(node, *needed[node.var])[:2]
+                if src is not stage.entry:
+                    largest = max(largest, tensor_bytes(src) // _height(src) * (c1 - c0))
+    return tensor_bytes(stage.entry) + largest
+
+
+def tensor_bytes(var: Any) -> int:
+    return int(math.prod(_shape(var))) * DTYPE_BYTES[str(var.ty.dtype)]
+
+
+def cut_bytes(stage: Stage, cut: Cut) -> int:
+    """Bytes of a cut's stage output."""
+    return tensor_bytes(stage.nodes[cut.index].var)
+
+
+def best_cuts(stage: Stage) -> dict[int, Cut]:
+    """For each number of window layers a stage can have, its cut of the smallest output (the
+    later one of equal size)."""
+    best: dict[int, Cut] = {}
+    for c in stage_cuts(stage):
+        key = (cut_bytes(stage, c), -c.index)
+        if c.layers not in best or key < (cut_bytes(stage, best[c.layers]), -best[c.layers].index):
+            best[c.layers] = c
+    return best
+
+
+def patch_graph(mod: Any, layers: int, rows: int, in_place_input: bool = True) -> tuple[Any, PatchPlan]:
+    """`mod` with its first window layers, `layers` at most, run in bands of `rows` stage-output
+    rows (of the deepest cuts within that many layers, the one with the smallest stage output).
+    An error names what limits it."""
+    stage = find_stage(mod)
+    if stage is None:
+        raise EdgeCompileError("patches: the network does not start with a convolution on its input")
+    cuts = {n: c for n, c in best_cuts(stage).items() if n <= layers}
+    if not cuts:
+        least = min(best_cuts(stage), default=0)
+        raise EdgeCompileError(f"patches: no stage of at most {layers} layers (the first one that can end a "
+                               f"stage has {least})")
+    return apply_patches(mod, stage, cuts[max(cuts)], rows, in_place_input)

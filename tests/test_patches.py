@@ -1,0 +1,172 @@
+"""Patch-based execution (ir/patches.py): the first layers of a network run in row bands and give
+the same results as the whole-tensor build (int8: the same bytes), on the host and on a board."""
+
+import numpy as np
+import pytest
+
+from edgecompile.compiler import BuildOptions, Progress, write_build
+from edgecompile.device.protocol import Link
+from edgecompile.ir.frontend import ModelOptions, load_model
+from edgecompile.platforms import platform_for
+from edgecompile.platforms.host import HostModel
+from edgecompile.targets import load_target
+from helpers import assert_close, output_spread, random_input
+
+# family: (model options, window layers of the patch stage at most, stage-output rows per band).
+# The stages reach the structures each family has early: MobileNet V2's first residual add,
+# Xception's first block (separable convolutions, max pooling, the strided 1x1 shortcut),
+# SqueezeNet's first fire module (a channel concatenation), ShuffleNet's max pooling,
+# EfficientNet's stem and first depthwise convolution (int8: sigmoid tables on the way).
+# 3 rows per band: the last band is shorter than the others.
+STAGES = {
+    "mobilenet_v1": (dict(width_mult=0.25, resolution=64, num_classes=10), 5, 3),
+    "mobilenet_v2": (dict(width_mult=0.35, resolution=64, num_classes=10), 9, 3),
+    "shufflenet_v1": (dict(groups=3, width_mult=0.5, resolution=64, num_classes=10), 2, 3),
+    "shufflenet_v2": (dict(width_mult=0.5, resolution=64, num_classes=10), 2, 3),
+    "squeezenet1_0": (dict(resolution=64, num_classes=10), 5, 3),
+    "squeezenet1_1": (dict(resolution=64, num_classes=10), 5, 3),
+    "xception": (dict(resolution=64, num_classes=10), 8, 3),
+    "efficientnet_b0": (dict(resolution=64, num_classes=10), 2, 3),
+}
+QUICK = {"mobilenet_v1", "mobilenet_v2"}
+
+
+def _build(source, out, target="host", **opts):
+    return write_build(source, load_target(target), out, BuildOptions(compare_unfused=False, **opts),
+                       Progress(quiet=True))
+
+
+def _int8_inputs(report, shape, seeds=range(3)):
+    qp = report["quant"]["input"]
+    return [np.clip(np.round(random_input(shape, s) / qp["scale"]) + qp["zero_point"], -128, 127).astype(np.int8)
+            for s in seeds]
+
+
+def _assert_int8_depends_on_input(outs):
+    """int8 outputs of different inputs differ (else equal bytes would prove nothing)."""
+    flat = np.stack([o.reshape(-1).astype(np.int32) for o in outs])
+    assert int((flat.max(0) - flat.min(0)).max()) >= 4, f"int8 outputs hardly depend on the input: {flat}"
+
+
+@pytest.mark.parametrize("quant", ["fp32", "int8"])
+@pytest.mark.parametrize("family", [pytest.param(f, marks=() if f in QUICK else pytest.mark.slow) for f in STAGES])
+def test_patched_matches_plain_on_host(tmp_path, family, quant):
+    """Lean windows too on MobileNet V1: depthwise windows per channel tile, small buffers in the arena."""
+    opts, layers, rows = STAGES[family]
+    source = load_model(family, ModelOptions(**opts))
+    patched = _build(source, tmp_path / "patched", quant=quant, patch=(layers, rows),
+                     lean_windows=family == "mobilenet_v1")
+    plain = _build(source, tmp_path / "plain", quant=quant)
+    plan = patched["patch_plan"]
+    assert plan["layers"] >= 2 and plan["bands"] > 1 and plan["layers"] <= layers
+    assert plan["band_rows"][-1][1] - plan["band_rows"][-1][0] <= rows
+    assert patched["kernels"] > plain["kernels"]          # the stage's kernels run once per band
+    shape = source.inputs[0].shape
+    a, b = HostModel(tmp_path / "patched"), HostModel(tmp_path / "plain")
+    if quant == "int8":
+        xs = _int8_inputs(plain, shape)
+        outs = [b.run(x)[0] for x in xs]
+        _assert_int8_depends_on_input(outs)
+        for x, ref in zip(xs, outs):
+            assert a.run(x)[0].tobytes() == ref.tobytes()
+    else:
+        xs = [random_input(shape, s) for s in range(3)]
+        refs = [b.run(x)[0] for x in xs]
+        spread = output_spread(refs)
+        for x, ref in zip(xs, refs):
+            assert_close(a.run(x)[0], ref, spread, 1e-5)
+
+
+def test_patched_int8_bytes_on_a_board(tmp_path):
+    """Patched and plain firmware on the emulated Cortex-M7 board (its own budget: the in-place
+    transpose, the band views and the overlapping stage output run on the device)."""
+    source = load_model("mobilenet_v1", ModelOptions(width_mult=0.25, resolution=64, num_classes=10))
+    target = load_target("stm32f746g-disco")
+    outs = []
+    for name, patch in (("patched", (5, 2)), ("plain", None)):
+        rep = _build(source, tmp_path / name, target="stm32f746g-disco", quant="int8", patch=patch,
+                     lean_windows=patch is not None)
+        xs = _int8_inputs(rep, source.inputs[0].shape, range(4))
+        with platform_for(target).start_emulator(target, tmp_path / name, rep) as s:
+            port = s.open_port()
+            link = Link(port, timeout=60, alive=s.alive)
+            link.connect()
+            outs.append([link.infer(x, (1, 10), in_dtype="int8", out_dtype="int8").output for x in xs])
+            port.close()
+        if patch:
+            assert rep["patch_plan"]["in_place_input"] and rep["arena_bytes"] < rep["largest_live_set_bytes"]
+    _assert_int8_depends_on_input(outs[1])
+    for got, ref in zip(*outs):
+        assert got.tobytes() == ref.tobytes()
+
+
+# ----------------------------------------------------------------------------- the memory plan
+
+
+def _compiled(family, quant, patch, target="stm32f746g-disco", lean=False):
+    from edgecompile.compiler import compile_model
+
+    opts = STAGES[family][0]
+    c = compile_model(load_model(family, ModelOptions(**opts)), load_target(target),
+                      BuildOptions(quant=quant, patch=patch, lean_windows=lean, compare_unfused=False),
+                      Progress(quiet=True))
+    return c, [c.kernel_infos[x["name"]] for x in c.calls]
+
+
+@pytest.mark.parametrize("family,quant,patch,lean", [
+    ("mobilenet_v1", "int8", (4, 1), False), ("mobilenet_v1", "int8", (5, 2), True), ("mobilenet_v1", "fp32", (5, 3), False),
+    ("mobilenet_v2", "int8", (9, 2), True), ("xception", "int8", (8, 4), False), ("squeezenet1_1", "fp32", (5, 1), True),
+])
+def test_byte_replay_of_patched_plans_finds_no_clobbered_read(family, quant, patch, lean):
+    """Every read of every tensor, replayed byte by byte over the planned arena, finds the bytes
+    its producer wrote: the stage output overlapping the input, the band views, the in-place
+    pairs of band kernels and of the layers after the stage."""
+    from edgecompile.codegen.memory import replay_plan
+
+    # Xception (int8: 20 MB) and SqueezeNet (fp32: 2.9 MB) weights are over the board's 1 MB flash,
+    # refused before compiling: their plans are the host's
+    board = "host" if family in ("xception", "squeezenet1_1") else "stm32f746g-disco"
+    c, infos = _compiled(family, quant, patch, board, lean)
+    assert any(o.interleaved for o in c.plan.in_place), "the stage output does not overlap its input"
+    assert c.plan.overlaps() == []
+    assert replay_plan(c.program, c.plan, infos) == []
+
+
+@pytest.mark.parametrize("family,quant,target", [("mobilenet_v1", "fp32", "host"), ("mobilenet_v2", "int8", "mps2-an386"),
+                                                  ("xception", "fp32", "host")])
+def test_byte_replay_of_plain_plans_finds_no_clobbered_read(family, quant, target):
+    """The same replay for whole-tensor builds: the planner's in-place chains (fused kernels
+    writing before their input, each output placed to leave room for the next)."""
+    from edgecompile.codegen.memory import replay_plan
+
+    c, infos = _compiled(family, quant, None, target)
+    assert c.plan.in_place and replay_plan(c.program, c.plan, infos) == []
+
+
+def test_byte_replay_catches_an_overlap_beyond_its_limit():
+    """The replay is no formality: the stage output moved 16 bytes further into the input than
+    the band order allows makes a later band read a byte the output overwrote."""
+    from dataclasses import replace
+
+    from edgecompile.codegen.memory import replay_plan
+
+    c, infos = _compiled("mobilenet_v1", "int8", (5, 2))
+    (stage,) = [o for o in c.plan.in_place if o.interleaved]
+    offsets = dict(c.plan.offsets)
+    offsets[stage.out] = offsets[stage.inp] + stage.max_delta + 16
+    bad = replay_plan(c.program, replace(c.plan, offsets=offsets), infos)
+    assert bad and f"after {stage.out} wrote there" in bad[0]
+
+
+def test_per_layer_comparison_of_a_patched_build_says_it_is_not_supported(tmp_path):
+    """`run --layers` rebuilds the kernel graph on TVM's VM, which runs no kernel on a band view
+    (a byte offset): a patched build gets one error line saying so, not a wrong comparison."""
+    from helpers import run_cli
+
+    source = load_model("mobilenet_v1", ModelOptions(**STAGES["mobilenet_v1"][0]))
+    _build(source, tmp_path / "b", patch=(4, 2))
+    np.save(tmp_path / "x.npy", random_input(source.inputs[0].shape, 0))
+    proc = run_cli("run", str(tmp_path / "b"), "--input", str(tmp_path / "x.npy"), "--layers")
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode != 0 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "patch-based build (the first 4 layers in" in errors[0] and "--patches off" in errors[0]
