@@ -256,6 +256,25 @@ def emit_dw_c(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types
     return "\n".join(lines)
 
 
+# Scalar helpers the generated kernels call by name (the int8 rescale's saturation): each keeps a
+# portable C body under the ARM feature test, so the same model.c runs on the host.
+HELPERS = {
+    "ec_sat_s8": "\n".join([
+        "/* an int32 clamped to the int8 range (SSAT where the core has it) */",
+        "static inline int8_t ec_sat_s8(int32_t x) {",
+        "#if defined(__ARM_FEATURE_SAT)",
+        "  return (int8_t)__ssat(x, 8);",
+        "#else",
+        "  return (int8_t)(x < -128 ? -128 : x > 127 ? 127 : x);",
+        "#endif",
+        "}",
+    ]),
+}
+HELPER_CALL_RE = re.compile(r"\b(" + "|".join(HELPERS) + r")\(")
+ACLE_INCLUDE = "#if defined(__ARM_FEATURE_SAT) || defined(__ARM_FEATURE_DSP) || defined(__ARM_FEATURE_MVE)\n" \
+               "#include <arm_acle.h>\n#endif"
+
+
 def _vector_types(width: int, sfx: str) -> list[str]:
     b = width * 4
     return [
