@@ -27,6 +27,7 @@ class Tensor:
     kind: str                      # input | output | activation | weight | scratch
     alias_of: str | None = None    # a view (reshape) of another tensor's storage
     packed: int | None = None      # weights stored as panels of this many output channels
+    panel_order: str = ""          # ... each panel's values in this order (schedules.ukernels.PANEL_ORDERS)
 
     @property
     def nbytes(self) -> int:

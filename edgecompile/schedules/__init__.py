@@ -98,7 +98,7 @@ def schedule(func: Any, family_name: str, dwpw_rows: int | None = None, config: 
         return sch.mod["main"], info
     sch = s_tir.Schedule(func)
     tiling.prepare(sch, info, tiled=False)
-    info.packed = {}          # whatever the failed rule packed is gone with its schedule
+    info.packed, info.panel_order = {}, {}   # whatever the failed rule packed is gone with its schedule
     info.rows = 0
     info.schedule = "generic.untiled"
     return sch.mod["main"], info
