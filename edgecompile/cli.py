@@ -236,7 +236,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     from .measure.accuracy import format_result, run_test
 
     quiet = args.json or args.quiet
-    tty = sys.stderr.isatty()
+    tty = sys.stderr.isatty() and not args.verbose
 
     def progress(msg: str) -> None:
         if tty:
@@ -245,8 +245,9 @@ def cmd_test(args: argparse.Namespace) -> int:
             print(msg, file=sys.stderr, flush=True)
 
     result = run_test(Path(args.dir), port=args.port, samples=args.samples, dataset=args.dataset,
-                      min_agreement=args.min_agreement, max_abs_error=args.max_abs_error, timeout=args.timeout,
-                      targets_dir=args.targets_dir, progress=(lambda m: None) if quiet else progress)
+                      min_agreement=args.min_agreement, max_abs_error=args.max_abs_error, rtol=args.rtol,
+                      timeout=args.timeout, targets_dir=args.targets_dir,
+                      progress=(lambda m: None) if quiet else progress, verbose=args.verbose)
     if tty and not quiet:
         print(file=sys.stderr)
     print(json.dumps(result, indent=2) if args.json else format_result(result))
@@ -431,19 +432,29 @@ def _add_flash(sub: Any) -> None:
 
 
 def _add_test(sub: Any) -> None:
-    s = sub.add_parser("test", help="accuracy of a build on the device, over serial",
-                       description="Stream N inputs to the device over the serial protocol, compare each output "
-                                   "with the host reference (PyTorch for zoo models, onnxruntime otherwise), and "
-                                   "report top-1 agreement, max abs error, accuracy on labels, instruction counts. "
-                                   "Without --port the emulator is started and stopped around the test. "
-                                   "Exit status 3 when a threshold is missed.")
+    s = sub.add_parser(
+        "test", help="check a build on its device over serial: outputs, accuracy, counts",
+        description="Stream N inputs to the device over the serial protocol and check every output. fp32 "
+                    "builds: within --rtol of the spread of the fp32 reference (PyTorch for zoo models, "
+                    "onnxruntime otherwise) and top-1 agreement. int8 builds: the device's bytes must equal "
+                    "those of the same model.c compiled for this machine (bit-exact), and the agreement with "
+                    "the fp32 reference is reported, within 24 output quantization steps by default. A "
+                    "reference whose outputs do not depend on the input fails the test (the comparison would "
+                    "prove nothing). Without --port the emulator is started and stopped around the test. "
+                    "Exit status 3 when a check fails.")
     s.add_argument("dir", metavar="DIR")
     s.add_argument("--port", metavar="URL", help="pyserial URL: socket://host:port, /dev/ttyACM0, rfc2217://...")
-    s.add_argument("--samples", type=int, default=20)
-    s.add_argument("--dataset", default="random", help="random (no labels) or digits (labeled, scikit-learn)")
-    s.add_argument("--min-agreement", type=float, default=0.99, help="minimum top-1 agreement (default 0.99)")
-    s.add_argument("--max-abs-error", type=float, help="fail above this max |device - host|")
+    s.add_argument("--samples", type=int, default=20, help="inputs to send (default 20)")
+    s.add_argument("--dataset", metavar="NAME|FILE.npy",
+                   help="random (no labels), digits (labeled, scikit-learn) or an .npy of inputs (default: the "
+                        "build's calibration data for int8, random for fp32)")
+    s.add_argument("--min-agreement", type=float, help="minimum top-1 agreement with the fp32 reference "
+                                                       "(default 0.99 for fp32 builds, not checked for int8)")
+    s.add_argument("--max-abs-error", type=float, help="fail above this max |device - fp32 reference| (default: "
+                                                       "--rtol x spread for fp32, 24 output steps for int8)")
+    s.add_argument("--rtol", type=float, help="fp32: tolerance relative to the reference's spread (default 1e-3)")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each answer")
+    s.add_argument("--verbose", "-v", action="store_true", help="a line per sample")
     _target_args(s, default=None)
     _output_args(s)
     s.set_defaults(fn=cmd_test)

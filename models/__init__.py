@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .common import init_weights
+from .common import init_weights, keep_signal
 from .efficientnet import VARIANTS as EFFICIENTNET_VARIANTS, EfficientNet
 from .mobilenet_v1 import MobileNetV1
 from .mobilenet_v2 import MobileNetV2
@@ -110,7 +110,10 @@ def build_model(
     except ValueError as err:
         raise ModelOptionError(str(err)) from err
     init_weights(model)
-    if weights is not None:
+    shape = (1, 3, res, res)
+    if weights is None:
+        keep_signal(model, shape, seed)
+    else:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
@@ -120,4 +123,4 @@ def build_model(
             first = str(err).strip().splitlines()
             raise ModelOptionError(f"{weights}: does not fit {name}: {first[1].strip() if len(first) > 1 else first[0]}") from err
     model.eval()
-    return model, (1, 3, res, res)
+    return model, shape

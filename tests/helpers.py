@@ -25,3 +25,39 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = False, timeout: f
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+SPREAD_MIN = 0.1   # reference outputs of different inputs must differ by >= 10% of their magnitude
+
+
+def output_spread(refs) -> float:
+    """The largest difference between reference outputs of different inputs. Fails loudly when
+    the reference does not depend on its input: a comparison on such a network checks only the
+    layers after the collapse, and proves nothing about the ones before it."""
+    r = np.stack([np.asarray(x, np.float64).reshape(-1) for x in refs])
+    assert len(r) >= 2, "a spread needs the outputs of two inputs at least"
+    spread = float((r.max(0) - r.min(0)).max())
+    magnitude = float(np.abs(r).max())
+    assert spread >= SPREAD_MIN * magnitude, (
+        f"vacuous comparison: reference outputs of different inputs differ by at most {spread:.3g}, "
+        f"their magnitude is {magnitude:.3g}")
+    return spread
+
+
+def assert_close(got, ref, spread: float, rel: float) -> None:
+    """|got - ref| <= rel x spread everywhere (the tolerance stated relative to the spread)."""
+    err = float(np.abs(np.asarray(got, np.float64) - np.asarray(ref, np.float64)).max())
+    assert err <= rel * spread, f"max |got - ref| = {err:.3g} > {rel} x spread {spread:.3g}"
+
+
+def compare_with_reference(run, reference, shape, rel: float, seeds=range(3)) -> float:
+    """Run `run` and `reference` on random inputs, assert the spread, then closeness; returns
+    the spread."""
+    xs = [random_input(shape, s) for s in seeds]
+    refs = [reference(x) for x in xs]
+    spread = output_spread(refs)
+    for x, ref in zip(xs, refs):
+        got = run(x)
+        assert got.shape == ref.shape
+        assert_close(got, ref, spread, rel)
+    return spread

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import run_cli
+from helpers import assert_close, output_spread, random_input, run_cli
 
 SMALL = ["--width-mult", "0.25", "--resolution", "64", "--num-classes", "10"]
 
@@ -39,14 +39,19 @@ def test_build_then_run(tmp_path):
     report = json.loads(proc.stdout)
     assert report["arena_bytes"] > 0 and (out / "model.h").exists()
     assert "[" in proc.stderr and "wrote" in proc.stderr      # progress went to stderr
-    x = np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype(np.float32)
-    np.save(tmp_path / "x.npy", x)
-    run_cli("run", str(out), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"), check=True)
-    y = np.load(tmp_path / "y.npy")
     from edgecompile.ir.frontend import ModelOptions, load_model
 
-    ref = load_model("mobilenet_v1", ModelOptions(width_mult=0.25, resolution=64, num_classes=10)).reference(x)[0]
-    assert y.shape == (1, 10) and np.abs(y - ref).max() <= 1e-4
+    source = load_model("mobilenet_v1", ModelOptions(width_mult=0.25, resolution=64, num_classes=10))
+    xs = [random_input((1, 3, 64, 64), s) for s in (1, 2)]
+    refs = [source.reference(x)[0] for x in xs]
+    spread = output_spread(refs)
+    for i, (x, ref) in enumerate(zip(xs, refs)):
+        np.save(tmp_path / "x.npy", x)
+        run_cli("run", str(out), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / f"y{i}.npy"),
+                check=True)
+        y = np.load(tmp_path / f"y{i}.npy")
+        assert y.shape == (1, 10)
+        assert_close(y, ref, spread, 1e-4)
     printed = run_cli("run", str(out), "--input", str(tmp_path / "x.npy"), check=True).stdout
     assert "output shape [1, 10]" in printed
 

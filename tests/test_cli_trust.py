@@ -2,6 +2,7 @@
 never waits forever: each case through the real console script, asserting the one-line error, the
 exit status, no traceback, and that nothing outside the build directory changed."""
 
+import json
 import os
 import signal
 import stat
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_cli
+from helpers import REPO, run_cli
 
 SMALL = ["--width-mult", "0.25", "--resolution", "32", "--num-classes", "10"]
 
@@ -111,3 +112,56 @@ def test_interrupting_a_build_ends_the_compiler_and_leaves_no_temporary_files(tm
     assert _processes_using(tmpdir) == []              # cc1, as, gcc: all gone
     assert list(tmpdir.iterdir()) == []                # no /tmp/cc*.s, no ec-tmp-*
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"]     # no half-written build
+
+
+# ----------------------------------------------------------------------------- a test verb that can fail
+
+
+def _broken_target(tmp_path) -> Path:
+    """mps2-an386 with a firmware that zeroes every input it receives (EC_TEST_IGNORE_INPUT)."""
+    d = tmp_path / "targets"
+    d.mkdir()
+    text = (REPO / "targets" / "mps2-an386.toml").read_text().replace('name = "mps2-an386"', 'name = "deaf"')
+    (d / "deaf.toml").write_text(text.replace('cflags = ["-mcpu=cortex-m4"', 'cflags = ["-DEC_TEST_IGNORE_INPUT", "-mcpu=cortex-m4"'))
+    return d
+
+
+@pytest.mark.parametrize("quant", ["fp32", "int8"])
+def test_test_fails_a_device_that_ignores_its_input(tmp_path, quant):
+    targets = _broken_target(tmp_path)
+    out = tmp_path / "b"
+    run_cli("build", "mobilenet_v1", *SMALL, "--quant", quant, "--target", "deaf", "--targets-dir", str(targets),
+            "--out", str(out), "-q", check=True)
+    proc = run_cli("test", str(out), "--samples", "4", "--targets-dir", str(targets), "--json")
+    res = json.loads(proc.stdout)
+    assert proc.returncode == 3 and not res["passed"], res
+    assert res["reference_spread"] >= 0.1 * res["reference_magnitude"]     # the reference is not the problem
+    if quant == "int8":
+        assert res["host_int8"]["samples_differing"] > 0
+    else:
+        assert res["max_abs_error"] > res["thresholds"]["max_abs_error"]
+
+
+CONSTANT_NET = """
+import torch
+from torch import nn
+def make():
+    conv = nn.Conv2d(3, 4, 3)
+    nn.init.zeros_(conv.weight)
+    return nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+"""
+
+
+def test_test_refuses_a_reference_that_ignores_its_input(tmp_path):
+    """A network whose output is a constant: every device would agree with it, so the test fails
+    and says why, instead of passing vacuously."""
+    (tmp_path / "constnet.py").write_text(CONSTANT_NET)
+    out = tmp_path / "b"
+    run_cli("build", "constnet:make", "--input-shape", "1,3,16,16", "--quant", "fp32", "--target", "mps2-an386",
+            "--out", str(out), "-q", check=True, cwd=tmp_path)
+    proc = run_cli("test", str(out), "--samples", "4", cwd=tmp_path)
+    assert proc.returncode == 3 and "do not depend on the input" in proc.stdout and "--weights" in proc.stdout
+    proc = run_cli("test", str(out), "--samples", "1", cwd=tmp_path)
+    assert proc.returncode == 3 and "one sample" in proc.stdout
+    for n in ("0", "-3"):
+        _refused(run_cli("test", str(out), "--samples", n, cwd=tmp_path), "--samples must be at least 1")

@@ -11,8 +11,6 @@ compiled for this machine must return the reference's bytes."""
 
 from __future__ import annotations
 
-import ctypes
-import subprocess
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +23,9 @@ from edgecompile.device.protocol import Link
 from edgecompile.ir import quantize
 from edgecompile.ir.frontend import ModelOptions, _from_torch
 from edgecompile.platforms import platform_for
+from edgecompile.platforms.host import HostModel
 from edgecompile.targets import load_target
+from helpers import output_spread
 
 BOARDS = ["mps2-an386", "stm32f746g-disco", "mps3-an547"]
 
@@ -102,22 +102,6 @@ def vm_reference(source, calibration: str, monkeypatch) -> tuple[object, dict]:
     return (lambda x: vm["main"](tvm.runtime.tensor(x)).numpy()), quant
 
 
-def _host_library(build) -> object:
-    """The build's own model.c (micro-kernels with their portable fallbacks) compiled for this machine."""
-    subprocess.run(["gcc", "-O2", "-fPIC", "-shared", "-o", "host.so", "model.c", "weights.c", "-lm"], cwd=build,
-                   check=True, capture_output=True)
-    lib = ctypes.CDLL(str(build / "host.so"))
-
-    def run(x: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:
-        x = np.ascontiguousarray(x)
-        y = np.zeros(out_shape, np.int8)
-        ins, outs = (ctypes.c_void_p * 1)(x.ctypes.data), (ctypes.c_void_p * 1)(y.ctypes.data)
-        assert lib.ec_model_run_multi(ins, outs) == 0
-        return y
-
-    return run
-
-
 def _inputs(case: Case, seed: int, n: int = 4) -> list[np.ndarray]:
     rng = np.random.default_rng(seed + 100)
     return [rng.integers(-128, 128, size=case.shape, dtype=np.int8) for _ in range(n)]
@@ -131,8 +115,7 @@ def test_kernel_bytes_equal_the_integer_reference_on_every_core(tmp_path, monkey
     reference, quant = vm_reference(source, calibration, monkeypatch)
     inputs = _inputs(case, seed)
     expected = [reference(x) for x in inputs]
-    spread = max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a in expected for b in expected)
-    assert spread > 0, "the reference output does not depend on the input: the comparison would prove nothing"
+    output_spread(expected)      # the reference depends on the input, or the comparison proves nothing
     for board in BOARDS:
         out = tmp_path / board
         rep = write_build(source, load_target(board), out,
@@ -142,7 +125,7 @@ def test_kernel_bytes_equal_the_integer_reference_on_every_core(tmp_path, monkey
         kinds = {c["kind"] for c in rep["calls"] if not c["schedule"].startswith("generic")}
         assert set(case.kinds) <= kinds, f"{board}: {case.kinds} not tiled ({[c['schedule'] for c in rep['calls']]})"
         out_shape = tuple(rep["outputs"][0]["shape"])
-        host = _host_library(out)
+        host = HostModel.from_sources(out)
         t = load_target(board)
         with platform_for(t).start_emulator(t, out, rep) as s:
             port = s.open_port()
@@ -151,5 +134,6 @@ def test_kernel_bytes_equal_the_integer_reference_on_every_core(tmp_path, monkey
             for x, want in zip(inputs, expected):
                 dev = link.infer(x, out_shape, in_dtype="int8", out_dtype="int8").output
                 assert dev.tobytes() == want.tobytes(), f"{board}: device bytes differ from the reference"
-                assert host(x, out_shape).tobytes() == want.tobytes(), f"{board}: host compile of model.c differs"
+                assert host.run(x)[0].tobytes() == want.tobytes(), f"{board}: host compile of model.c differs"
             port.close()
+        host.close()

@@ -115,3 +115,47 @@ def test_zoo_lists_every_family():
     assert {"mobilenet_v1", "mobilenet_v2", "shufflenet_v1", "shufflenet_v2", "squeezenet1_0",
             "squeezenet1_1", "xception"} <= set(ZOO)
     assert all(f"efficientnet_b{i}" in ZOO for i in range(8))
+
+
+# The sizes the test suite builds (tests/test_build_zoo.py, test_device.py, test_fusion.py, test_quant.py)
+SPREAD_CASES = [
+    ("mobilenet_v1", dict(width_mult=0.25, resolution=32)),
+    ("mobilenet_v1", dict(width_mult=0.25, resolution=64)),
+    ("mobilenet_v1", dict(width_mult=0.25, resolution=96)),
+    ("mobilenet_v2", dict(width_mult=0.35, resolution=64)),
+    ("mobilenet_v2", dict(width_mult=1.0, resolution=224)),
+    ("shufflenet_v1", dict(groups=3, width_mult=0.5, resolution=64)),
+    ("shufflenet_v2", dict(width_mult=0.5, resolution=64)),
+    ("squeezenet1_0", dict(resolution=64)),
+    ("squeezenet1_1", dict(resolution=64)),
+    ("xception", dict(resolution=64)),
+    ("efficientnet_b0", dict(resolution=32)),
+    ("efficientnet_b0", dict(resolution=64)),
+    ("efficientnet_b3", dict(resolution=64)),
+    ("efficientnet_b7", dict(resolution=64)),
+]
+
+
+@pytest.mark.parametrize("name,opts", SPREAD_CASES, ids=[f"{n}-{o['resolution']}" for n, o in SPREAD_CASES])
+def test_random_weights_keep_the_output_dependent_on_the_input(name, opts):
+    """Seeded random weights whose outputs differ between inputs by at least 10% of their
+    magnitude: without it every comparison with PyTorch would check only the last layers."""
+    model, shape = build_model(name, num_classes=10, **opts)
+    g = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        y = torch.stack([model(torch.randn(shape, generator=g))[0] for _ in range(4)])
+    spread = float((y.max(0).values - y.min(0).values).max())
+    assert spread >= 0.1 * float(y.abs().max()), (spread, float(y.abs().max()))
+    assert torch.isfinite(y).all() and float(y.abs().max()) < 1e3
+
+
+def test_statistics_are_the_same_bits_with_any_thread_count():
+    a, _ = build_model("mobilenet_v2", width_mult=0.35, resolution=64, num_classes=10, seed=3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        b, _ = build_model("mobilenet_v2", width_mult=0.35, resolution=64, num_classes=10, seed=3)
+    finally:
+        torch.set_num_threads(threads)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -10,7 +10,7 @@ from edgecompile.platforms.host import HostModel
 from edgecompile.compiler import BuildOptions, Progress, write_build
 from edgecompile.targets import load_target
 
-from helpers import random_input
+from helpers import compare_with_reference
 
 
 def handwritten_graph(path, with_batchnorm=True):
@@ -67,11 +67,8 @@ def test_handwritten_onnx_matches_onnxruntime(tmp_path, with_bn):
     source = load_model(str(tmp_path / "m.onnx"))
     report = write_build(source, load_target("host"), tmp_path / "out", BuildOptions(), Progress(quiet=True))
     built = HostModel(tmp_path / "out")
-    for seed in range(3):
-        x = random_input((1, 3, 20, 28), seed)
-        ref = run_onnxruntime(model, {"x": x})[0]
-        got = built.run(x)[0]
-        assert np.abs(got - ref).max() <= 1e-4
+    compare_with_reference(lambda x: built.run(x)[0], lambda x: run_onnxruntime(model, {"x": x})[0], (1, 3, 20, 28),
+                           1e-4)
     assert report["inputs"][0]["shape"] == [1, 3, 20, 28]
 
 
@@ -111,5 +108,5 @@ def test_nn_module_factory(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     source = load_model("mynet:make", ModelOptions(input_shape=(1, 3, 16, 16), seed=3))
     write_build(source, load_target("host"), tmp_path / "out", BuildOptions(), Progress(quiet=True))
-    x = random_input((1, 3, 16, 16))
-    assert np.abs(HostModel(tmp_path / "out").run(x)[0] - source.reference(x)[0]).max() <= 1e-4
+    built = HostModel(tmp_path / "out")
+    compare_with_reference(lambda x: built.run(x)[0], lambda x: source.reference(x)[0], (1, 3, 16, 16), 1e-4)

@@ -76,7 +76,8 @@ def test_emu_runner_is_deterministic_and_changes_the_kernel(tmp_path):
     from edgecompile.measure.accuracy import run_test
 
     result = run_test(tmp_path / "tuned", samples=5, dataset="digits")
-    assert result["agreement"] == 1.0 and result["max_abs_error"] <= 1e-4
+    assert result["passed"], result["failures"]
+    assert result["agreement"] == 1.0 and result["max_abs_error"] <= 1e-4 * result["reference_spread"]
 
 
 def test_emu_runner_for_cortex_m7_int8(tmp_path):

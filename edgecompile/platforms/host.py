@@ -142,6 +142,20 @@ class HostModel:
     """A compiled host build loaded with ctypes. Each instance loads its own copy of the library,
     so several builds (or rebuilds of one directory) can be used in one process."""
 
+    @classmethod
+    def from_sources(cls, build_dir: str | Path, cc: str = "gcc", flags: tuple[str, ...] = ("-O2",)) -> "HostModel":
+        """Any build's model.c and weights (a device build's too: the generated C is portable)
+        compiled for this machine, in a private directory."""
+        build = Path(build_dir)
+        tmp = tempfile.TemporaryDirectory(prefix="ec-hostc-")
+        t = Path(tmp.name)
+        weights = _copy_sources(build, t, ("report.json",))
+        proc.run([cc, *flags, "-fPIC", "-shared", "-o", "libmodel.so", "model.c", weights, "-lm"], t,
+                 f"{cc}: compiling {build}/model.c for this machine")
+        model = cls(t)
+        model._sources = tmp          # removed with the model
+        return model
+
     def __init__(self, build_dir: str | Path) -> None:
         self.dir = Path(build_dir)
         report_path = self.dir / "report.json"
@@ -176,3 +190,5 @@ class HostModel:
 
     def close(self) -> None:
         self._tmp.cleanup()
+        if getattr(self, "_sources", None) is not None:
+            self._sources.cleanup()

@@ -99,6 +99,10 @@ static uint32_t info_json(char *out, size_t cap) {
 
 static void infer(uint8_t seq) {
   uint8_t head[24];
+#ifdef EC_TEST_IGNORE_INPUT
+  /* test-only: a broken device that ignores what it was sent (edgecompile test must fail) */
+  memset((void *)input_buffer(), 0, EC_INPUT_BYTES);
+#endif
   ec_hal_stack_paint();
   ec_hal_mark();
   uint64_t t0 = ec_hal_ticks();
