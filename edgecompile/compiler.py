@@ -16,6 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from . import schedules
 from .build_dir import check_out_dir, mark_build, write_atomically
 from .codegen import executor, lower, memory, weights
@@ -46,6 +48,7 @@ class BuildOptions:
     calibration_method: str = "minmax"   # or "percentile"
     compare_unfused: bool = True    # also plan the unfused program, for the report (costs a 2nd lowering)
     tuning: TuningRecords | None = None   # tuned configurations to use (None: the rules')
+    perturb_first_conv: bool = False      # test-only: a wrong weight in the first convolution (see _perturb)
 
 
 @dataclass
@@ -108,12 +111,30 @@ def _schedule_kernels(mod: Any, prog: Program, target: Target,
     return scheduled, infos, symbol_of
 
 
+def _perturb(mod: Any, prog: Program) -> None:
+    """Test-only: change one weight of the first convolution, as a broken kernel would compute
+    (`test` and `run --layers` must catch it and point at that call)."""
+    from .ir.kernel import analyze
+
+    for call in prog.calls:
+        if analyze(mod[call.kernel]).kind.is_conv:
+            w = next(n for n in call.inputs if n in prog.weights and prog.weights[n].ndim == 4)
+            arr = prog.weights[w].copy()
+            flat = arr.reshape(-1)
+            flat[int(np.argmax(np.abs(flat)))] *= -1          # the largest weight, sign flipped
+            prog.weights[w] = arr
+            return
+    raise EdgeCompileError("no convolution to perturb")
+
+
 def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable[[str], None]) -> _Lowered:
     """High-level graph -> fused kernels -> scheduled kernels -> C functions -> memory plan."""
     mod = passes.lower_graph(graph, fuse_dwpw=options.fuse)
     prog = extract_program(mod)
     progress(f"scheduling {len(set(c.kernel for c in prog.calls))} kernels for family '{target.family}' "
              f"({len(prog.calls)} calls)")
+    if options.perturb_first_conv:
+        _perturb(mod, prog)
     scheduled, infos, symbol_of = _schedule_kernels(mod, prog, target, options)
     progress("generating C for the kernels (TVM C codegen, unpacked ABI)")
     kernels = lower.lower_kernels(scheduled, target.tvm, {s for s, i in infos.items() if i.streams_rows})

@@ -89,14 +89,28 @@ def release(proc: subprocess.Popen) -> None:
     _LIVE.discard(proc)
 
 
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    return state not in ("Z", "X")
+
+
 def kill_group(pid: int) -> bool:
     """End the process group led by `pid` (a child of an earlier edgecompile run). False when it
     had already gone."""
+    running = alive(pid)
     try:
         os.killpg(pid, signal.SIGTERM)
-        return True
     except (ProcessLookupError, PermissionError):
         return False
+    return running
 
 
 def _end_group(proc: subprocess.Popen) -> None:

@@ -49,8 +49,9 @@ def train(source: ModelSource, dataset: str, out: Path, epochs: int = 30, batch:
         progress(f"epoch {epoch + 1}/{epochs}: loss {total / len(xs):.4f}, test accuracy {acc:.3f} "
                  f"({time.monotonic() - t0:.0f} s)")
     model.eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out)
+    from edgecompile.models.weights import save_weights
+
+    save_weights(out, model, source.name, source.options)     # with the architecture options
     return {"weights": str(out), "test_accuracy": evaluate(model, te.images, te.labels), "epochs": epochs,
             "train_samples": len(xs), "test_samples": len(te.images)}
 

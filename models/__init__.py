@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .common import init_weights, keep_signal
+from .weights import WeightsError, load_into, read_weights
 from .efficientnet import VARIANTS as EFFICIENTNET_VARIANTS, EfficientNet
 from .mobilenet_v1 import MobileNetV1
 from .mobilenet_v2 import MobileNetV2
@@ -114,13 +115,10 @@ def build_model(
     if weights is None:
         keep_signal(model, shape, seed)
     else:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
         try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()
-            raise ModelOptionError(f"{weights}: does not fit {name}: {first[1].strip() if len(first) > 1 else first[0]}") from err
+            state, _ = read_weights(weights)
+            load_into(model, state, weights, name)
+        except WeightsError as err:
+            raise ModelOptionError(str(err)) from None
     model.eval()
     return model, shape

@@ -126,3 +126,26 @@ def test_report_cli_host_html_json_and_cachegrind(build_cache, tmp_path):
         assert (html.parent / png).stat().st_size > 1000
     text = html.read_text()
     assert "<img" in text and "memory plan" in text.lower()
+
+
+def test_report_on_the_pi_counts_every_kernel(build_cache):
+    _, out, report = build_cache("mobilenet_v1", target="rpi4", **FP32)
+    proc = run_cli("report", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert "not cycles" in data["profile"]["unit"] and "profile_unavailable" not in data
+    convs = [c for c in data["calls"] if c["macs"] > 0]
+    assert convs and all(c["instructions"] > 0 for c in convs)
+    # a conv needs at least one instruction per 4 MACs (4-lane NEON FMAs)
+    assert all(c["instructions"] * 4 >= c["macs"] for c in convs)
+
+
+def test_weights_in_weights_s_count_as_the_weights_group(tmp_path):
+    """Above 16 MB the weights go to weights.S + weights.bin: the report still finds them."""
+    out = tmp_path / "big"
+    proc = run_cli("build", "mobilenet_v1", "--width-mult", "2", "--resolution", "32", "--num-classes", "10", "--out", str(out),
+                   "--json", "-q", check=True)
+    report = json.loads(proc.stdout)
+    assert (out / "weights.S").is_file() and report["weights_bytes"] > 16 << 20
+    data = json.loads(run_cli("report", str(out), "--json", "--no-profile", check=True).stdout)
+    assert data["symbol_groups"]["weights"]["bytes"] >= report["weights_bytes"]

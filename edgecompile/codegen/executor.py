@@ -147,6 +147,13 @@ def _prelude(model: str, prog: Program, plan: MemoryPlan) -> list[str]:
             "#define EC_PROFILE_BEGIN() do { } while (0)",
             "#define EC_PROFILE_END(i) do { } while (0)",
             "#endif",
+            "/* Per-call tracing (debug builds only: -DEC_TRACE): ec_trace() receives each call's output. */",
+            "#ifdef EC_TRACE",
+            "void ec_trace(int call, const void *data, uint32_t bytes);",
+            "#define EC_TRACE_CALL(i, p, n) ec_trace(i, p, n)",
+            "#else",
+            "#define EC_TRACE_CALL(i, p, n) do { } while (0)",
+            "#endif",
             "/* One arena for every activation and scratch buffer; place it with EC_ARENA_ATTR. */",
             f"uint8_t ec_arena[{max(plan.arena_bytes, 16)}] __attribute__((aligned(16))) EC_ARENA_ATTR;", ""]
 
@@ -188,10 +195,12 @@ def _executor(prog: Program, kernels: dict[str, KernelSource], call_symbols: lis
         if len(ptypes) != len(names):
             raise EdgeCompileError(f"{sym}: kernel takes {len(ptypes)} arguments, call passes {len(names)}")
         args = ", ".join(addr(a, t) for a, t in zip(names, ptypes))
+        out = call.outputs[0]
         c += [f"  {{ /* {i}: {doc} */",
               "    EC_PROFILE_BEGIN();",
               f"    if ({sym}({args}) != 0) return {i + 1};",
               f"    EC_PROFILE_END({i});",
+              f"    EC_TRACE_CALL({i}, {addr(out)}, {prog.tensors[out].nbytes}u);",
               "  }"]
     if not ext:
         for i, name in enumerate(prog.outputs):

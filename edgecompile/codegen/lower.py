@@ -110,6 +110,16 @@ def _register_pipeline() -> None:
     if PIPELINE_NAME in cp.PIPELINE_MAP:
         return
 
+    # intrinsics TVM lowers for LLVM only: the C library's functions for the C target
+    def libm(name: str) -> Any:
+        def lower(op: Any) -> Any:
+            dtype = str(op.ty)
+            return tirx.call_pure_extern(dtype, name + ("f" if dtype == "float32" else ""), *op.args)
+        return lower
+
+    for op_name, fn in (("tirx.fabs", "fabs"),):
+        tirx.op.register_intrin_lowering(op_name, "default", f=libm(fn), level=99)
+
     @tvm.transform.module_pass(opt_level=0, name="ECUnpackKernels")
     def unpack(mod: Any, _ctx: Any) -> Any:
         return tvm.IRModule({gv: unpack_kernel(f) for gv, f in mod.functions.items()}, attrs=mod.attrs)

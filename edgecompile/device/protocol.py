@@ -25,7 +25,7 @@ HEADER = struct.Struct("<2sBBI")
 MAX_FRAME_PAYLOAD = 1 << 20    # default bound on a device frame; Link raises it for big outputs
 
 PING, INFO, INFER, PROFILE = 0x01, 0x02, 0x03, 0x04
-READY, PONG, INFO_RESP, RESULT, PROFILE_RESP = 0x80, 0x81, 0x82, 0x83, 0x84
+READY, PONG, INFO_RESP, RESULT, PROFILE_RESP, TRACE = 0x80, 0x81, 0x82, 0x83, 0x84, 0x85
 NAK, FAULT, ERROR = 0xE0, 0xE1, 0xE2
 NAK_REASONS = {1: "bad CRC", 2: "payload too long", 3: "bad payload length", 4: "unknown message type",
                5: "frame timed out"}
@@ -52,6 +52,7 @@ class FrameDecoder:
         self.buf = bytearray()
         self.max_payload = max_payload
         self.dropped = 0   # frames discarded for a bad CRC or an absurd length
+        self.noise = bytearray()   # bytes outside any frame (a device's own text output, line noise)
 
     def skip_partial(self) -> list[Frame]:
         """Give up on the incomplete frame at the head of the buffer (a sync pattern inside noise
@@ -67,8 +68,13 @@ class FrameDecoder:
         while True:
             start = self.buf.find(SYNC)
             if start < 0:
-                del self.buf[:-1]
+                keep = 1 if self.buf.endswith(SYNC[:1]) else 0
+                self.noise += self.buf[:len(self.buf) - keep]
+                del self.noise[:-65536]
+                del self.buf[:len(self.buf) - keep]
                 return frames
+            self.noise += self.buf[:start]
+            del self.noise[:-65536]          # a bounded window: whoever reads it reads it soon
             del self.buf[:start]
             if len(self.buf) < HEADER.size:
                 return frames
@@ -119,6 +125,7 @@ class Link:
         self.seq = 0
         self.naks = 0
         self.ready_info: dict[str, Any] | None = None
+        self.traced: dict[int, bytes] = {}    # call index -> output bytes, from a trace firmware
         if hasattr(self.port, "timeout"):
             self.port.timeout = 0.05
 
@@ -171,6 +178,9 @@ class Link:
             raise DeviceError(f"device error: {frame.payload[4:].decode(errors='replace')}")
         if frame.kind == READY:
             self.ready_info = _json(frame.payload)
+        if frame.kind == TRACE and len(frame.payload) >= 4:     # a debug firmware: one call's output
+            call, = struct.unpack_from("<I", frame.payload)
+            self.traced[call] = frame.payload[4:]
         return frame
 
     def request(self, kind: int, payload: bytes, expect: int, timeout: float | None = None) -> Frame:
@@ -212,6 +222,7 @@ class Link:
         out_t = np.dtype(out_dtype).newbyteorder("<")
         self.decoder.max_payload = max(self.decoder.max_payload, out_t.itemsize * int(np.prod(out_shape)) + 64)
         t = timeout if timeout is not None else self.timeout + len(data) / 2000.0
+        self.traced = {}
         frame = self.request(INFER, data, RESULT, timeout=t)
         status, lo, hi, tick_hz, stack, arena = struct.unpack_from("<6I", frame.payload)
         if status != 0:
@@ -227,3 +238,27 @@ def _json(payload: bytes) -> dict[str, Any]:
         return json.loads(payload.decode())
     except (UnicodeDecodeError, ValueError) as err:
         raise DeviceError(f"device sent unreadable INFO: {err}") from None
+
+
+def describe(frame: Frame) -> str:
+    """One line about a frame, for `edgecompile monitor`."""
+    names = {PING: "PING", INFO: "INFO", INFER: "INFER", PROFILE: "PROFILE", READY: "READY", PONG: "PONG",
+             INFO_RESP: "INFO", RESULT: "RESULT", PROFILE_RESP: "PROFILE", TRACE: "TRACE", NAK: "NAK",
+             FAULT: "FAULT", ERROR: "ERROR"}
+    name = names.get(frame.kind, f"type 0x{frame.kind:02x}")
+    p = frame.payload
+    if frame.kind in (READY, INFO_RESP):
+        return f"{name}: {p.decode(errors='replace')}"
+    if frame.kind == RESULT and len(p) >= 24:
+        status, lo, hi, hz, stack, arena = struct.unpack_from("<6I", p)
+        return (f"RESULT #{frame.seq}: status {status}, {lo | (hi << 32):,} ticks at {hz:,} Hz, stack {stack:,} B, "
+                f"arena {arena:,} B, {len(p) - 24} output bytes")
+    if frame.kind == FAULT:
+        return "FAULT: " + ", ".join(f"{k}=0x{v:08x}" for k, v in decode_fault(p).items())
+    if frame.kind == NAK and len(p) >= 2:
+        return f"NAK #{p[1]}: {NAK_REASONS.get(p[0], p[0])}"
+    if frame.kind == TRACE and len(p) >= 4:
+        return f"TRACE #{frame.seq}: call {struct.unpack_from('<I', p)[0]}, {len(p) - 4} bytes"
+    if frame.kind == ERROR:
+        return f"ERROR: {p[4:].decode(errors='replace')}"
+    return f"{name} #{frame.seq}: {len(p)} bytes"

@@ -12,7 +12,7 @@ import io
 import os
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ class ModelOptions:
 
     width_mult: float | None = None
     resolution: int | None = None
-    num_classes: int = 1000
+    num_classes: int | None = None       # None: the weights file's, else 1000
     seed: int = 0
     weights: str | None = None
     groups: int | None = None
@@ -121,28 +121,26 @@ def load_model(spec: str, options: ModelOptions = ModelOptions()) -> ModelSource
 
 def _load_zoo(name: str, options: ModelOptions) -> ModelSource:
     from edgecompile.models import ModelOptionError, build_model
+    from edgecompile.models.weights import WeightsError, resolve_options
 
     if options.input_shape is not None:
         raise ModelError("--input-shape is for ONNX files and nn.Module factories; zoo models take --resolution")
+    given = {"num_classes": options.num_classes, "width_mult": options.width_mult, "groups": options.groups,
+             "resolution": options.resolution}
     try:
-        module, shape = build_model(
-            name,
-            num_classes=options.num_classes,
-            width_mult=options.width_mult,
-            groups=options.groups,
-            resolution=options.resolution,
-            seed=options.seed,
-            weights=options.weights,
-        )
-    except ModelOptionError as err:
+        arch = resolve_options(options.weights, name, given)
+        arch["num_classes"] = arch["num_classes"] or 1000
+        module, shape = build_model(name, **{k: arch.get(k) for k in given}, seed=options.seed, weights=options.weights)
+    except (ModelOptionError, WeightsError) as err:
         raise ModelError(str(err)) from None
-    except (OSError, RuntimeError, EOFError) as err:
-        raise ModelError(f"{options.weights}: cannot read weights: {err}") from None
-    return _from_torch(name, module, shape, options)
+    resolved = replace(options, **{k: v for k, v in arch.items() if k in given})
+    return _from_torch(name, module, shape, resolved)
 
 
 def _load_factory(spec: str, options: ModelOptions) -> ModelSource:
     import torch
+
+    from edgecompile.models.weights import WeightsError, load_into, read_weights
 
     module_name, _, attr = spec.partition(":")
     if options.input_shape is None:
@@ -151,17 +149,29 @@ def _load_factory(spec: str, options: ModelOptions) -> ModelSource:
         sys.path.insert(0, os.getcwd())
     try:
         factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ModelError(f"{spec}: cannot import factory: {err}") from None
+    except Exception as err:  # noqa: BLE001 - the user's module may raise anything on import
+        raise ModelError(f"{spec}: cannot import factory: {type(err).__name__}: {_first_line(err)}") from None
     torch.manual_seed(options.seed)
-    module = factory()
+    try:
+        module = factory()
+    except Exception as err:  # noqa: BLE001 - the user's code may raise anything
+        raise ModelError(f"{spec}: the factory raised {type(err).__name__}: {_first_line(err)}") from None
     if not isinstance(module, torch.nn.Module):
         raise ModelError(f"{spec}: factory returned {type(module).__name__}, not an nn.Module")
     if options.weights:
-        module.load_state_dict(torch.load(options.weights, map_location="cpu", weights_only=True))
+        try:
+            state, _ = read_weights(options.weights)
+            load_into(module, state, options.weights, spec)
+        except WeightsError as err:
+            raise ModelError(str(err)) from None
     module.eval()
     name = attr if attr else module_name.rsplit(".", 1)[-1]
     return _from_torch(name, module, options.input_shape, options)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else "(no message)"
 
 
 def _from_torch(name: str, module: Any, shape: tuple[int, ...], options: ModelOptions) -> ModelSource:
@@ -191,6 +201,8 @@ def _load_onnx_file(path: Path, options: ModelOptions) -> ModelSource:
 
     if not path.is_file():
         raise ModelError(f"{path}: no such file")
+    if options.weights:
+        raise ModelError(f"--weights is for zoo models and nn.Module factories; {path} carries its own weights")
     try:
         model = onnx.load(str(path))
     except Exception as err:  # protobuf DecodeError and friends
@@ -246,6 +258,7 @@ def _prepare(model: Any, where: str, input_shape: tuple[int, ...] | None) -> Any
                     "pass --input-shape to fix it"
                 )
     _check_operators(model, where)
+    _rewrite_variadic(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -265,13 +278,58 @@ def _prepare(model: Any, where: str, input_shape: tuple[int, ...] | None) -> Any
 
 def _check_operators(model: Any, where: str) -> None:
     """Every node must be an operator of the registry (ir/operators.py): what the backend runs."""
+    initializers = {i.name: i for i in model.graph.initializer}
     for i, node in enumerate(model.graph.node):
+        label = node.name or f"#{i}"
         if node.domain not in ("", "ai.onnx") or node.op_type not in ONNX_ACCEPTED:
-            label = node.name or f"#{i}"
             domain = f"{node.domain}." if node.domain not in ("", "ai.onnx") else ""
             raise UnsupportedModelError(
                 f"{where}: node '{label}' uses unsupported operator {domain}{node.op_type}"
             )
+        if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
+            mode = initializers.get(node.input[2])
+            import onnx.numpy_helper
+
+            if mode is None or bool(onnx.numpy_helper.to_array(mode)):
+                raise UnsupportedModelError(f"{where}: node '{label}' (Dropout) runs in training mode; export the "
+                                            "model for inference (model.eval())")
+
+
+def _rewrite_variadic(model: Any) -> None:
+    """Max/Min/Sum/Mean of several tensors as chains of binary operations (TVM imports them as a
+    stack and a reduction over a new axis, which its layout conversion cannot handle)."""
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    nodes = list(graph.node)
+    new_nodes: list[Any] = []
+    for k, node in enumerate(nodes):
+        if node.domain not in ("", "ai.onnx") or node.op_type not in ("Max", "Min", "Sum", "Mean"):
+            new_nodes.append(node)
+            continue
+        ins, out, tag = list(node.input), node.output[0], f"{node.name or node.op_type}_{k}"
+        if len(ins) == 1:
+            new_nodes.append(helper.make_node("Identity", ins, [out], name=tag))
+            continue
+        acc = ins[0]
+        for j, other in enumerate(ins[1:]):
+            last = j == len(ins) - 2 and node.op_type != "Mean"
+            res = out if last else f"{tag}_acc{j}"
+            if node.op_type in ("Sum", "Mean"):
+                new_nodes.append(helper.make_node("Add", [acc, other], [res], name=f"{tag}_add{j}"))
+            else:
+                cmp = f"{tag}_cmp{j}"
+                new_nodes.append(helper.make_node("Greater" if node.op_type == "Max" else "Less", [acc, other], [cmp],
+                                                  name=f"{tag}_cmp{j}"))
+                new_nodes.append(helper.make_node("Where", [cmp, acc, other], [res], name=f"{tag}_pick{j}"))
+            acc = res
+        if node.op_type == "Mean":
+            scale = f"{tag}_inv_count"
+            graph.initializer.append(helper.make_tensor(scale, onnx.TensorProto.FLOAT, [], [1.0 / len(ins)]))
+            new_nodes.append(helper.make_node("Mul", [acc, scale], [out], name=f"{tag}_mean"))
+    del graph.node[:]
+    graph.node.extend(new_nodes)
 
 
 def _make_source(name: str, model: Any) -> ModelSource:
@@ -296,14 +354,27 @@ def _make_source(name: str, model: Any) -> ModelSource:
 
 
 def to_relax(source: ModelSource) -> Any:
-    """Import the ONNX model into a Relax IRModule with weights bound as constants."""
-    from tvm.relax.frontend.onnx import from_onnx
+    """Import the ONNX model into a Relax IRModule with weights bound as constants. A node that
+    TVM's importer cannot convert is named in the error, with its operator."""
+    from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter
 
-    shapes = {i.name: list(i.shape) for i in source.inputs}
+    class Importer(ONNXGraphImporter):
+        """TVM's importer, remembering which node it converts."""
+
+        def _convert_operator(self, op_name: str, inputs: list, attrs: dict, opset: int) -> Any:
+            self.ec_node = (attrs.get("tvm_custom", {}).get("name") or "", op_name)
+            return super()._convert_operator(op_name, inputs, attrs, opset)
+
+    model = source.onnx_model
+    importer = Importer({i.name: list(i.shape) for i in source.inputs}, "float32", keep_params_in_input=False)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            return from_onnx(source.onnx_model, shape_dict=shapes, keep_params_in_input=False)
+            return importer.from_onnx(model.graph, opset)
     except Exception as err:  # noqa: BLE001 - TVM raises many types; report one line
-        first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise UnsupportedModelError(f"{source.name}: TVM's ONNX importer failed: {first}") from None
+        text = str(err).strip()
+        first = text.splitlines()[-1] if text else type(err).__name__
+        name, op = getattr(importer, "ec_node", ("", ""))
+        where = f"node '{name or '(unnamed)'}' ({op}): " if op else ""
+        raise UnsupportedModelError(f"{source.name}: {where}TVM's ONNX importer failed: {first[:300]}") from None

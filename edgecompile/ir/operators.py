@@ -131,8 +131,8 @@ REGISTRY: tuple[Operator, ...] = (
     Operator("relax.sin", {"Sin": "other"}, fold=_unary(np.sin)),
     Operator("relax.cos", {"Cos": "other"}, fold=_unary(np.cos)),
     Operator("relax.isnan", {}, fold=_unary(np.isnan)),
-    Operator("relax.less", {"PRelu": "other"}),
-    Operator("relax.greater", {}),
+    Operator("relax.less", {"PRelu": "other", "Less": "other"}),
+    Operator("relax.greater", {"Greater": "other"}),
     Operator("relax.where", {"Where": "other"}, fold=lambda a, attrs, out: np.where(a[0], a[1], a[2])),
     Operator("relax.astype", {"Cast": "other"}, fold=lambda a, attrs, out: a[0].astype(str(attrs.dtype))),
     Operator("relax.nn.batch_norm", {"BatchNormalization": "other"}),    # decomposed, folded into the conv

@@ -152,10 +152,13 @@ def fold_affine_into_conv(mod: Any) -> Any:
 
     This is BatchNorm folding in its general form: after `DecomposeOpsForInference`, an inference
     BatchNorm is `(x - mean) / sqrt(var + eps) * gamma + beta`, which becomes per-channel
-    constants that this pass absorbs. A conv output used more than once is never folded into.
+    constants that this pass absorbs. A conv output used more than once, or that is the model's
+    output, is never folded into.
     """
     tvm, relax = _tvm()
     uses = _use_counts(mod["main"])
+    for v in _free_uses(mod["main"].body.body):     # a model output stays a binding of its own
+        uses[v] = uses.get(v, 0) + 1
     pending: dict[Any, dict[str, Any]] = {}  # var -> {"x", "w", "attrs", "bias", "ty"}
 
     def foldable(var: Any) -> bool:
@@ -440,7 +443,22 @@ def prepare_graph(mod: Any) -> tuple[Any, dict[Any, tuple[float, int]]]:
     mod = to_nhwc(mod)
     mod = fold_constants(mod)
     mod, given = strip_qdq(mod)
+    _check_no_quantize(mod)
     return mod, given
+
+
+def _check_no_quantize(mod: Any) -> None:
+    """Quantize/dequantize pairs with constant scales were removed; others (dynamic quantization,
+    a lone QuantizeLinear) are not computed by our kernels."""
+    tvm, relax = _tvm()
+    for block in mod["main"].body.blocks:
+        for b in block.bindings:
+            v = b.value
+            if isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name in ("relax.quantize",
+                                                                                          "relax.dequantize"):
+                raise UnsupportedModelError(
+                    f"{v.op.name} (result '{b.var.name}') is not a pair with constant scales: dynamic or lone "
+                    "QuantizeLinear/DequantizeLinear is not supported; quantize with --quant int8 instead")
 
 
 _SHAPE_OPS = ("relax.permute_dims", "relax.reshape")

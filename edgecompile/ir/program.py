@@ -173,6 +173,9 @@ class _Extractor:
         outs = self.env.get(result)
         if outs is None and isinstance(result, relax.Tuple):
             outs = tuple(self.arg(f) for f in result.fields)
+        if outs is None:
+            raise UnsupportedModelError("the model's output does not depend on its input (a constant): nothing "
+                                        "to compute")
         outs = [outs] if isinstance(outs, str) else list(outs)
         for o in outs:
             if self.tensors[o].kind in ("input", "weight"):

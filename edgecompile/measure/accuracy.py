@@ -41,7 +41,8 @@ from ..targets import Target, load_target
 SPREAD_MIN = 0.1        # reference outputs of different inputs must differ by >= 10% of their magnitude
 FP32_RTOL = 1e-3        # fp32 builds: |device - reference| <= FP32_RTOL x spread
 FP32_MIN_AGREEMENT = 0.99
-INT8_MAX_STEPS = 24     # int8 builds: |dequantized device - fp32| <= 24 output quantization steps (~10% of range)
+INT8_MAX_STEPS = 64     # int8 builds: |dequantized device - fp32| <= 64 output quantization steps (a quarter
+                        # of the int8 range: random-weight networks reach ~50 on their calibration data)
 
 
 def reference_fn(build: Path, report: dict[str, Any]) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:

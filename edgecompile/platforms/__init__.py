@@ -35,9 +35,10 @@ class Platform:
         """Reject a target file this platform cannot build for (before the long compile)."""
 
     def build(self, build: Path, target: Target, report: dict[str, Any], weights_src: str,
-              progress: Callable[[str], None]) -> dict[str, Any]:
-        """Compile the generated sources in `build` into this board's artifacts. Returns what the
-        report gains (footprints measured on the linked files, `firmware`)."""
+              progress: Callable[[str], None], defines: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Compile the generated sources in `build` into this board's artifacts (`defines`: extra
+        -D flags, e.g. a debug firmware's -DEC_TRACE). Returns what the report gains (footprints
+        measured on the linked files, `firmware`)."""
         raise NotImplementedError
 
     def program(self, build: Path, report: dict[str, Any], emulated: bool) -> Path:

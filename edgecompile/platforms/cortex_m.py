@@ -165,7 +165,7 @@ class CortexM(Platform):
             target.region_for(role)
 
     def build(self, build: Path, target: Target, report: dict[str, Any], weights_src: str,
-              progress: Callable[[str], None]) -> dict[str, Any]:
+              progress: Callable[[str], None], defines: tuple[str, ...] = ()) -> dict[str, Any]:
         self.check(target)
         cc = target.cc
         proc.require(cc, TOOLCHAIN_HINT)
@@ -174,7 +174,7 @@ class CortexM(Platform):
         for src in templates.glob("*.[ch]"):
             shutil.copy(src, build / src.name)
         sources += sorted(p.name for p in templates.glob("*.c"))
-        defs = ['-DEC_ARENA_ATTR=__attribute__((section(".ec_arena")))', "-DEC_PROFILE", "-I."]
+        defs = ['-DEC_ARENA_ATTR=__attribute__((section(".ec_arena")))', "-DEC_PROFILE", *defines, "-I."]
         variants = [("board", target, "firmware")]
         if target.emulated_elsewhere:
             variants.append(("emu", target.for_emulator(), "firmware-emu"))

@@ -5,6 +5,7 @@ the cache simulation of a running program with our QEMU plugin."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -49,6 +50,13 @@ def render_info_header(report: dict[str, Any], target: Target, variant: str) -> 
             f'#define EC_INFO_JSON "{escaped}"\n')
 
 
+def micro_kernel_names(model_c: Path) -> list[str]:
+    """The static inline micro-kernels model.c defines (GEMM and depthwise register tiles)."""
+    if not model_c.is_file():
+        return []
+    return sorted(set(re.findall(r"^static inline [\w ]+?\b(ec_\w+)\(", model_c.read_text(), re.M)))
+
+
 def plugin_cache(platform: Platform, target: Target, build: Path, report: dict[str, Any],
                  runs: int = 2) -> dict[str, Any]:
     """Per-kernel cache simulation under the target's emulator with our ec_cache plugin."""
@@ -61,11 +69,15 @@ def plugin_cache(platform: Platform, target: Target, build: Path, report: dict[s
     missing = [n for n in names if n not in syms]
     if missing:
         raise EdgeCompileError(f"kernel symbols not in {elf.name}: {', '.join(missing[:3])}")
+    # micro-kernels the C compiler kept out of line (a clone shared by several kernels): their
+    # work belongs to the kernel that called them, index -2 in the plugin's ranges
+    helpers = [syms[n] for n in micro_kernel_names(build / "model.c") if n in syms]
     plugin = build_plugin("ec_cache")
     with tempfile.TemporaryDirectory() as tmp:
         ranges = Path(tmp) / "ranges.txt"
         ranges.write_text("".join(f"{syms[n]['address']:x} {syms[n]['address'] + syms[n]['size']:x} {i}\n"
-                                  for i, n in enumerate(names)))
+                                  for i, n in enumerate(names))
+                          + "".join(f"{h['address']:x} {h['address'] + h['size']:x} -2\n" for h in helpers))
         out = Path(tmp) / "cache.txt"
         args = f"ranges={ranges},out={out}," + ",".join(f"{k}={v}" for k, v in geometry.items())
         mark = (report.get("firmware") or {}).get("linux", {}).get("mark_address")

@@ -40,14 +40,15 @@ class Host(Platform):
     tune_runner = "host"
 
     def build(self, build: Path, target: Target, report: dict[str, Any], weights_src: str,
-              progress: Callable[[str], None]) -> dict[str, Any]:
+              progress: Callable[[str], None], defines: tuple[str, ...] = ()) -> dict[str, Any]:
         """libmodel.so (for `edgecompile run`, bench and tests) and the `runner` executable."""
         progress(f"compiling with {target.cc}")
         sources = ["model.c", weights_src]
-        proc.run([target.cc, *target.cflags, "-fPIC", "-shared", "-o", "libmodel.so", *sources, *target.ldflags],
+        cflags = [*target.cflags, *defines]
+        proc.run([target.cc, *cflags, "-fPIC", "-shared", "-o", "libmodel.so", *sources, *target.ldflags],
                  build, f"{target.cc}: building libmodel.so")
         shutil.copyfile(template_dir("host") / "runner.c", build / "runner.c")
-        proc.run([target.cc, *target.cflags, "-o", "runner", "runner.c", *sources, *target.ldflags], build,
+        proc.run([target.cc, *cflags, "-o", "runner", "runner.c", *sources, *target.ldflags], build,
                  f"{target.cc}: building runner")
         return {}
 

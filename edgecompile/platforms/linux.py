@@ -34,13 +34,13 @@ class Linux(Platform):
     kind = "linux"
 
     def build(self, build: Path, target: Target, report: dict[str, Any], weights_src: str,
-              progress: Callable[[str], None]) -> dict[str, Any]:
+              progress: Callable[[str], None], defines: tuple[str, ...] = ()) -> dict[str, Any]:
         cc = target.cc
         proc.require(cc, TOOLCHAIN_HINT)
         sources = copy_common(build)
         shutil.copy(template_dir("linux") / "hal_linux.c", build / "hal_linux.c")
         (build / "ec_build_info.h").write_text(render_info_header(report, target, "linux"))
-        defs = ['-DEC_ARENA_ATTR=__attribute__((section("ec_arena_mem")))', "-DEC_PROFILE", "-I."]
+        defs = ['-DEC_ARENA_ATTR=__attribute__((section("ec_arena_mem")))', "-DEC_PROFILE", *defines, "-I."]
         progress(f"compiling and linking app with {cc}")
         srcs = ["model.c", weights_src, *sources, "hal_linux.c"]
         proc.run([cc, *target.cflags, *defs, "-o", "app", *srcs, *target.ldflags], build, f"{cc}: building app",
@@ -93,6 +93,18 @@ class Linux(Platform):
             proc.run(cmd, what=" ".join(cmd[:2]), timeout=300, hint=f"install {cmd[0]} to flash real hardware",
                      error=DeviceError)
         return cmds
+
+    def profile(self, target: Target, build: Path, report: dict[str, Any], runs: int = 1) -> dict[str, Any]:
+        """Per-kernel instructions counted by our QEMU plugin over each kernel's code (the emulated
+        Pi has no cycle counter worth reading); a kernel function called k times is split evenly."""
+        if not target.caches:
+            raise EdgeCompileError(f"per-kernel counts on {target.name} need its [[cache]] geometry (the plugin "
+                                   "that counts per kernel is the cache model)")
+        per_kernel = plugin_cache(self, target, build, report, runs)["per_kernel"]
+        names = [c["name"] for c in report["calls"]]
+        return {"unit": "emulator instructions (not cycles; QEMU plugin over each kernel's code)",
+                "unit_key": "instructions", "runs": runs,
+                "per_call": [per_kernel[n]["instructions"] // names.count(n) for n in names]}
 
     def cache(self, target: Target, build: Path, report: dict[str, Any], runs: int = 2) -> dict[str, Any]:
         return plugin_cache(self, target, build, report, runs)

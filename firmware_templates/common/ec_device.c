@@ -97,11 +97,25 @@ static uint32_t info_json(char *out, size_t cap) {
   return (uint32_t)n;
 }
 
+#ifdef EC_TRACE
+/* Debug firmware only: the executor hands every kernel call's output to ec_trace(), which sends it
+ * as a TRACE frame (u32 call index, then the bytes) before the RESULT of the same INFER. */
+static uint8_t trace_seq;
+void ec_trace(int call, const void *data, uint32_t bytes) {
+  uint8_t head[4];
+  put_u32(head, (uint32_t)call);
+  send_frame2(EC_MSG_TRACE, trace_seq, head, sizeof head, (const uint8_t *)data, bytes);
+}
+#endif
+
 static void infer(uint8_t seq) {
   uint8_t head[24];
 #ifdef EC_TEST_IGNORE_INPUT
   /* test-only: a broken device that ignores what it was sent (edgecompile test must fail) */
   memset((void *)input_buffer(), 0, EC_INPUT_BYTES);
+#endif
+#ifdef EC_TRACE
+  trace_seq = seq;
 #endif
   ec_hal_stack_paint();
   ec_hal_mark();

@@ -27,6 +27,7 @@ enum ec_msg_type {
   EC_MSG_INFO_RESP = 0x82,
   EC_MSG_RESULT = 0x83,
   EC_MSG_PROFILE_RESP = 0x84,
+  EC_MSG_TRACE = 0x85,         /* debug firmware (EC_TRACE): one kernel call's output during INFER */
   EC_MSG_NAK = 0xE0,
   EC_MSG_FAULT = 0xE1,
   EC_MSG_ERROR = 0xE2,

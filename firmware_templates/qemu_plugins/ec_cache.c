@@ -6,7 +6,9 @@
  * the kernels' functions. Every executed instruction and every data access is run through
  * set-associative LRU caches with the given geometry (L1I for fetches, L1D for loads/stores, an
  * optional unified L2 behind both) and attributed to the range its instruction lies in (index -1
- * for everything else). At exit `out` receives one line per index:
+ * for everything else). Index -2 marks a helper the kernels call (a micro-kernel the compiler did
+ * not inline): its work counts for the kernel whose code ran last. At exit `out` receives one line
+ * per index:
  *
  *   index insns l1i_misses loads stores l1d_misses l2_accesses l2_misses
  *
@@ -66,6 +68,8 @@ static int have_l2;
 static range_t *ranges;
 static int n_ranges, max_index = -1;
 static stats_t *stats;   /* index + 1: slot 0 = outside every range */
+#define HELPER_SLOT 0xFFFFu  /* a helper's instructions go to the kernel that ran last */
+static unsigned current_slot;
 static FILE *out;
 static uint64_t mark_pc = (uint64_t)-1;
 
@@ -101,7 +105,12 @@ static int cache_access(cache_t *c, uint64_t addr) {
 static void on_insn(unsigned int vcpu, void *userdata) {
   (void)vcpu;
   uintptr_t packed = (uintptr_t)userdata;
-  stats_t *s = &stats[packed & 0xFFFF];
+  unsigned slot = (unsigned)(packed & 0xFFFF);
+  if (slot == HELPER_SLOT)
+    slot = current_slot;
+  else if (slot)
+    current_slot = slot;
+  stats_t *s = &stats[slot];
   uint64_t pc = packed >> 16;
   s->insns++;
   if (!cache_access(&l1i, pc)) {
@@ -115,7 +124,8 @@ static void on_insn(unsigned int vcpu, void *userdata) {
 
 static void on_mem(unsigned int vcpu, qemu_plugin_meminfo_t info, uint64_t vaddr, void *userdata) {
   (void)vcpu;
-  stats_t *s = &stats[(uintptr_t)userdata & 0xFFFF];
+  unsigned slot = (unsigned)((uintptr_t)userdata & 0xFFFF);
+  stats_t *s = &stats[slot == HELPER_SLOT ? current_slot : slot];
   if (qemu_plugin_mem_is_store(info))
     s->stores++;
   else
@@ -133,7 +143,7 @@ static void on_mark(unsigned int vcpu, void *userdata);
 
 static int slot_of(uint64_t pc) {
   for (int i = 0; i < n_ranges; ++i)
-    if (pc >= ranges[i].start && pc < ranges[i].end) return ranges[i].index + 1;
+    if (pc >= ranges[i].start && pc < ranges[i].end) return ranges[i].index == -2 ? (int)HELPER_SLOT : ranges[i].index + 1;
   return 0;
 }
 
