@@ -7,7 +7,11 @@ test_quant). Each case is a small network of one kind of kernel with random shap
 counts, one channel, strides, padding), random weights and random quantization parameters
 (calibration data of random range and offset); the builds for the emulated Cortex-M4
 (mps2-an386), Cortex-M7 (stm32f746g-disco) and Cortex-M55 (mps3-an547) and the same model.c
-compiled for this machine must return the reference's bytes."""
+compiled for this machine must return the reference's bytes.
+
+Whole networks (the wake-word network and one of each zoo family): every core's bytes equal the
+host int8 build's (this machine's schedules and kernels); a board the network does not fit is
+skipped with the numbers."""
 
 from __future__ import annotations
 
@@ -21,10 +25,12 @@ from torch import nn
 from edgecompile.compiler import BuildOptions, Progress, _graph, write_build
 from edgecompile.device.protocol import Link
 from edgecompile.ir import quantize
-from edgecompile.ir.frontend import ModelOptions, _from_torch
+from edgecompile.errors import FitError
+from edgecompile.ir.frontend import ModelOptions, _from_torch, load_model
 from edgecompile.platforms import platform_for
 from edgecompile.platforms.host import HostModel
 from edgecompile.targets import load_target
+from test_quant import FAMILIES
 from helpers import output_spread
 
 BOARDS = ["mps2-an386", "stm32f746g-disco", "mps3-an547"]
@@ -137,3 +143,51 @@ def test_kernel_bytes_equal_the_integer_reference_on_every_core(tmp_path, monkey
                 assert host.run(x)[0].tobytes() == want.tobytes(), f"{board}: host compile of model.c differs"
             port.close()
         host.close()
+
+
+# ----------------------------------------------------------------------------- whole networks
+
+NETWORKS = [("mobilenet_v1", dict(width_mult=0.25, resolution=96, num_classes=2)),   # the MLPerf Tiny wake-word shape
+            *FAMILIES]                                                                 # one of each zoo family
+
+
+@pytest.fixture(scope="module")
+def host_int8(tmp_path_factory):
+    """The host int8 build of a network (this machine's own schedules and kernels), cached."""
+    root, cache = tmp_path_factory.mktemp("host8"), {}
+
+    def get(name: str, opts: dict):
+        if name not in cache:
+            source = load_model(name, ModelOptions(**opts))
+            rep = write_build(source, load_target("host"), root / name, BuildOptions(quant="int8", compare_unfused=False),
+                              Progress(quiet=True))
+            cache[name] = (source, rep, HostModel(root / name))
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("board", BOARDS)
+@pytest.mark.parametrize("name,opts", [pytest.param(*n, marks=() if n[0] == "mobilenet_v1" else pytest.mark.slow)
+                                       for n in NETWORKS], ids=[n[0] for n in NETWORKS])
+def test_network_int8_bytes_equal_the_host_build_on_every_core(tmp_path, host_int8, name, opts, board):
+    source, host_rep, host = host_int8(name, opts)
+    try:
+        rep = write_build(source, load_target(board), tmp_path / board, BuildOptions(quant="int8", compare_unfused=False),
+                          Progress(quiet=True))
+    except FitError as err:
+        pytest.skip(str(err))
+    assert rep["quant"] == host_rep["quant"]
+    rng = np.random.default_rng(5)
+    shape, out_shape = tuple(rep["inputs"][0]["shape"]), tuple(rep["outputs"][0]["shape"])
+    inputs = [rng.integers(-128, 128, size=shape, dtype=np.int8) for _ in range(3)]
+    expected = [host.run(x)[0] for x in inputs]
+    output_spread(expected)
+    t = load_target(board)
+    with platform_for(t).start_emulator(t, tmp_path / board, rep) as s:
+        port = s.open_port()
+        link = Link(port, timeout=120, alive=s.alive)
+        link.connect()
+        for x, want in zip(inputs, expected):
+            assert link.infer(x, out_shape, in_dtype="int8", out_dtype="int8").output.tobytes() == want.tobytes()
+        port.close()

@@ -313,16 +313,17 @@ def emit_ordered_gemm_c(m: int, n: int, types: Types) -> str:
         gemm_signature(m, n, types) + " {", *ordered_gemm_body(m, n, types), "  return 0;", "}"])
 
 
-def emit_dw_c(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types = F32) -> str:
+def dw_signature(m: int, n: int, kh: int, kw: int, s: int, types: Types) -> str:
+    return (f"static inline int32_t ec_dw_{types.tag}_{m}x{n}_k{kh}x{kw}s{s}({_C[types.c]} *restrict C, "
+            f"const {_C[types.a]} *restrict X, const {_C[types.b]} *restrict W, int64_t ldx_row, int64_t ldx_px, "
+            "int64_t ldw_row, int64_t ldw_px, int64_t ldc)")
+
+
+def dw_body(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types) -> list[str]:
+    """The generic depthwise loop: M x N accumulators, one tap of the window at a time."""
     e, nv = _Emit.for_tile(types, n, lanes)
     lanes = e.lanes
-    lines = [
-        f"/* depthwise {kh}x{kw}/{s} ({types.a} x {types.b} -> {types.c}): "
-        f"C[{m}x{n}] += sum X[ry][m*{s}+rx][n] * W[ry][rx][n] over a padded window */",
-        f"static inline int32_t ec_dw_{types.tag}_{m}x{n}_k{kh}x{kw}s{s}({_C[types.c]} *restrict C, "
-        f"const {_C[types.a]} *restrict X, const {_C[types.b]} *restrict W, int64_t ldx_row, int64_t ldx_px, "
-        "int64_t ldw_row, int64_t ldw_px, int64_t ldc) {",
-    ]
+    lines = []
     for i in range(m):
         lines.append(f"  {e.acc_type()} " + ", ".join(
             f"c{i}_{j} = {e.load_acc(f'C + {i} * ldc + {j * lanes}')}" for j in range(nv)) + ";")
@@ -338,8 +339,14 @@ def emit_dw_c(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types
     lines += ["    }", "  }"]
     for i in range(m):
         lines.append("  " + " ".join(e.store_acc(f"C + {i} * ldc + {j * lanes}", f"c{i}_{j}") for j in range(nv)))
-    lines += ["  return 0;", "}"]
-    return "\n".join(lines)
+    return lines
+
+
+def emit_dw_c(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types = F32) -> str:
+    return "\n".join([
+        f"/* depthwise {kh}x{kw}/{s} ({types.a} x {types.b} -> {types.c}): "
+        f"C[{m}x{n}] += sum X[ry][m*{s}+rx][n] * W[ry][rx][n] over a padded window */",
+        dw_signature(m, n, kh, kw, s, types) + " {", *dw_body(m, n, kh, kw, s, lanes, types), "  return 0;", "}"])
 
 
 # Scalar helpers the generated kernels call by name (the int8 rescale's saturation): each keeps a

@@ -15,7 +15,7 @@ the host (`edgecompile test` compares a device's int8 bytes with it)."""
 
 from __future__ import annotations
 
-from ..ukernels import Types, gemm_signature, ordered_gemm_body
+from ..ukernels import Types, dw_body, dw_signature, gemm_signature, ordered_gemm_body
 
 _READ32 = "\n".join([
     "#ifndef EC_READ32",
@@ -118,6 +118,52 @@ def gemm(m: int, n: int, lanes: int, types: Types) -> str | None:
         *_dsp_body(m, n, types),
         "#else",
         *ordered_gemm_body(m, n, types),
+        "#endif",
+        "  return 0;",
+        "}",
+    ])
+
+
+def _dw_dsp_body(m: int, n: int, kh: int, kw: int, s: int) -> list[str]:
+    """Depthwise over int16 rows, 4 channels at a time: per tap, the quad's 4 int8 weights split
+    into (w0 w2), (w1 w3) by SXTB16; each pixel's words (x0 x1), (x2 x3) meet them in the halfword
+    multiply-accumulates SMLABB, SMLATB, SMLABT, SMLATT (one instruction per MAC, and the two loads
+    of 4 channels)."""
+    lines = []
+    for q in range(n // 4):
+        lines.append("  {")
+        for i in range(m):
+            lines.append("    int32_t " + ", ".join(f"c{i}_{j} = C[{i} * ldc + {4 * q + j}]" for j in range(4)) + ";")
+        for ry in range(kh):
+            for rx in range(kw):
+                lines.append(f"    {{ const int32_t w = ec_read32(W + {ry} * ldw_row + {rx} * ldw_px + {4 * q});")
+                lines.append("      const int32_t w02 = __sxtb16(w), w13 = ec_sxtb16_ror8(w);")
+                for i in range(m):
+                    at = f"X + {ry} * ldx_row + {i * s + rx} * ldx_px + {4 * q}"
+                    lines.append(f"      {{ const int32_t xa = ec_read32({at}), xb = ec_read32({at} + 2);")
+                    lines.append(f"        c{i}_0 = __smlabb(xa, w02, c{i}_0); c{i}_1 = __smlatb(xa, w13, c{i}_1);"
+                                 f" c{i}_2 = __smlabt(xb, w02, c{i}_2); c{i}_3 = __smlatt(xb, w13, c{i}_3); }}")
+                lines.append("    }")
+        for i in range(m):
+            lines.append("    " + " ".join(f"C[{i} * ldc + {4 * q + j}] = c{i}_{j};" for j in range(4)))
+        lines.append("  }")
+    return lines
+
+
+def dw(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types) -> str | None:
+    """C for `ec_dw_<t>_MxN_kKHxKWsS`, or None where the generic kernel is used: int16 rows
+    (zero-point-shifted, padded) x int8 weights, channels in quads."""
+    if not (types.a == "int16" and types.b == "int8" and types.c == "int32" and n % 4 == 0):
+        return None
+    return "\n".join([
+        _READ32,
+        f"/* depthwise {kh}x{kw}/{s} (int16 x int8 -> int32), C[{m}x{n}]: halfword MACs of the DSP extension, "
+        "portable C otherwise */",
+        dw_signature(m, n, kh, kw, s, types) + " {",
+        "#if defined(__ARM_FEATURE_DSP)",
+        *_dw_dsp_body(m, n, kh, kw, s),
+        "#else",
+        *dw_body(m, n, kh, kw, s, lanes, types),
         "#endif",
         "  return 0;",
         "}",
