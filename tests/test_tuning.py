@@ -181,8 +181,6 @@ def test_rpc_runner_on_loopback(tmp_path, rpc_tracker):
 def test_tune_rejects_bad_runner_and_kernel(tmp_path):
     proc = run_cli("tune", *MODEL, "--target", "host", "--runner", "emu", "--db", str(tmp_path))
     assert proc.returncode != 0 and "user-mode emulator" in proc.stderr
-    proc = run_cli("tune", *MODEL, "--target", "mps3-an547", "--runner", "emu", "--db", str(tmp_path))
-    assert proc.returncode != 0 and "Helium" in proc.stderr
     proc = run_cli("tune", *MODEL, "--target", "rpi4", "--runner", "host", "--db", str(tmp_path))
     assert proc.returncode != 0 and "this machine" in proc.stderr
     proc = run_cli("tune", *MODEL, "--kernel", "nope", "--db", str(tmp_path))

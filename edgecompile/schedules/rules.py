@@ -76,9 +76,15 @@ class TiledRules:
         unknown). A family whose integer kernels have other register needs overrides this."""
         return {"conv": self.conv_acc, "dw": self.dw_acc, "fc": self.fc_acc}[which]
 
-    def _budget(self, sch: Any, block_name: str | None, which: str) -> int:
+    def lanes_for(self, types: Any) -> int:
+        """The vector lanes of this family's micro-kernels of `types` (None: unknown); a family
+        whose integer kernels work in core registers overrides this."""
+        return self.lanes
+
+    def _lanes_budget(self, sch: Any, block_name: str | None, which: str) -> tuple[int, int]:
+        """(vector lanes, accumulator budget) of the micro-kernel of a `which` block."""
         types = tiling.operand_types(sch, sch.get_sblock(block_name)) if block_name else None
-        return self.accumulators(which, types)
+        return self.lanes_for(types), self.accumulators(which, types)
 
     def panel_order(self, types: Any) -> str:
         """How this family's GEMM kernels of `types` want a packed weight panel ordered
@@ -99,7 +105,7 @@ class TiledRules:
         ext = tiling.anchor_extents(sch, info.anchor)
         if len(ext) != 7:
             return None
-        return _pick(cfg, "tile", None) or choose_tile(ext[2], ext[3], self.lanes, self._budget(sch, info.anchor, acc), 8)
+        return _pick(cfg, "tile", None) or choose_tile(ext[2], ext[3], *self._lanes_budget(sch, info.anchor, acc), 8)
 
     def schedule_conv(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
         tile = self._row_tile(sch, info, cfg, "conv") if info.kind in (Kind.CONV, Kind.CONV_PW) else None
@@ -114,7 +120,7 @@ class TiledRules:
         ext = tiling.anchor_extents(sch, info.anchor)
         if len(ext) != 3:
             return False
-        tile = _pick(cfg, "tile", None) or choose_tile(1, ext[1], self.lanes, self._budget(sch, info.anchor, "fc"), 1)
+        tile = _pick(cfg, "tile", None) or choose_tile(1, ext[1], *self._lanes_budget(sch, info.anchor, "fc"), 1)
         if tile is None:
             return False
         return tiling.tile_dense(sch, info, tile[1], _pick(cfg, "pack", True), self.panel_order)
@@ -125,11 +131,11 @@ class TiledRules:
             return False
         h, w, co = ext[1], ext[2], ext[3]
         r = largest_divisor(h, _pick(cfg, "rows", rows or self.dwpw_rows))
-        tile = _pick(cfg, "tile", None) or choose_tile(w, co, self.lanes, self._budget(sch, info.anchor, "conv"), 8)
+        tile = _pick(cfg, "tile", None) or choose_tile(w, co, *self._lanes_budget(sch, info.anchor, "conv"), 8)
         if tile is None:
             return False
-        dw_tile = _pick(cfg, "dw_tile", None) or choose_tile(w, info.dw_channels, self.lanes,
-                                                             self._budget(sch, info.dw_anchor, "dw"), 8)
+        dw_tile = _pick(cfg, "dw_tile", None) or choose_tile(w, info.dw_channels,
+                                                             *self._lanes_budget(sch, info.dw_anchor, "dw"), 8)
         if dw_tile is None:
             return False
         return tiling.tile_dwpw(sch, info, r, tile, dw_tile, _pick(cfg, "pack", True), self.panel_order,
@@ -150,14 +156,14 @@ class TiledRules:
             ext = tiling.anchor_extents(sch, info.anchor)
             if len(ext) != 7:
                 return []
-            acc = self._budget(sch, info.anchor, "dw" if info.kind == Kind.CONV_DW else "conv")
-            for t in tile_candidates(ext[2], ext[3], self.lanes, acc, 8)[:limit // 2]:
+            lanes, acc = self._lanes_budget(sch, info.anchor, "dw" if info.kind == Kind.CONV_DW else "conv")
+            for t in tile_candidates(ext[2], ext[3], lanes, acc, 8)[:limit // 2]:
                 out += [{"tile": list(t), "order": "pixels"}, {"tile": list(t), "order": "channels"}]
         elif info.kind == Kind.FC:
             ext = tiling.anchor_extents(sch, info.anchor)
             if len(ext) != 3:
                 return []
-            out = [{"tile": list(t)} for t in tile_candidates(1, ext[1], self.lanes, self._budget(sch, info.anchor, "fc"),
+            out = [{"tile": list(t)} for t in tile_candidates(1, ext[1], *self._lanes_budget(sch, info.anchor, "fc"),
                                                               1)[:limit]]
         elif info.kind == Kind.DWPW:
             ext = tiling.anchor_extents(sch, info.anchor)
@@ -166,7 +172,7 @@ class TiledRules:
             h, w = ext[1], ext[2]
             default = largest_divisor(h, self.dwpw_rows)
             rows = [default] + sorted({largest_divisor(h, r) for r in (1, 2, 4, 8)} - {default})
-            pw = tile_candidates(w, ext[3], self.lanes, self._budget(sch, info.anchor, "conv"), 8)[:4]
-            dw = tile_candidates(w, info.dw_channels, self.lanes, self._budget(sch, info.dw_anchor, "dw"), 8)[:3]
+            pw = tile_candidates(w, ext[3], *self._lanes_budget(sch, info.anchor, "conv"), 8)[:4]
+            dw = tile_candidates(w, info.dw_channels, *self._lanes_budget(sch, info.dw_anchor, "dw"), 8)[:3]
             out = [{"rows": r, "tile": list(t), "dw_tile": list(d)} for r in rows for t in pw for d in dw]
         return out[:limit]

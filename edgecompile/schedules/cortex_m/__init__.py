@@ -11,14 +11,22 @@ from ..rules import TiledRules
 
 class CortexMRules(TiledRules):
     """Integer GEMM tiles get 4 accumulators: with two words of activations per pixel, the
-    channels' weight words and the row and panel pointers, a 2 x 2 tile fills the core registers."""
+    channels' weight words and the row and panel pointers, a 2 x 2 tile fills the core registers.
+    Integer depthwise tiles get 8 (2 pixels x a quad of channels: the DSP kernel's unit)."""
 
-    INT_GEMM_ACC = 4
+    INT_ACC = {"conv": 4, "dw": 8}
 
     def accumulators(self, which: str, types: Any) -> int:
-        if which == "conv" and types is not None and types.c == "int32":
-            return self.INT_GEMM_ACC
+        if which in self.INT_ACC and types is not None and types.c == "int32":
+            return self.INT_ACC[which]
         return super().accumulators(which, types)
+
+    def lanes_for(self, types: Any) -> int:
+        """Integer kernels are the DSP extension's, in core registers: one lane (the family's
+        lanes, e.g. Helium's 4, apply to its float kernels)."""
+        if types is not None and types.c == "int32":
+            return 1
+        return self.lanes
 
     def panel_order(self, types: Any) -> str:
         if types.c != "int32":
