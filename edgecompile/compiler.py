@@ -133,7 +133,7 @@ def _schedule_kernels(mod: Any, prog: Program, target: Target,
                                             name)
         for c in calls:
             for pos, nn in sorted(info.packed.items()):
-                weights.pack_weight(prog, c.inputs[pos], nn)
+                weights.pack_weight(prog, c.inputs[pos], nn, info.panel_order.get(pos, ""))
         sym = lower.kernel_symbol(info, prog.tensors[calls[0].outputs[0]], taken)
         symbol_of[name], scheduled[sym], infos[sym] = sym, func, info
     return scheduled, infos, symbol_of

@@ -13,7 +13,8 @@ from edgecompile.ir.frontend import ModelOptions, load_model
 from edgecompile.platforms.host import HostModel
 from edgecompile.compiler import BuildOptions, Progress, write_build
 from edgecompile.device.protocol import Link
-from edgecompile.ir.quantize import QParams, qparams_from_range, requant_params, requantize_reference
+from edgecompile.ir.quantize import (QParams, qparams_from_range, requant_params, requant_plan,
+                                     requantize_fast_reference, requantize_reference)
 from edgecompile.targets import load_target
 from helpers import output_spread, run_cli
 
@@ -48,6 +49,40 @@ def test_rounding_ties_go_up():
     m0, n = requant_params(0.5)
     got = requantize_reference(np.array([1, -1, 3, -3]), m0, n, 0)
     assert got.tolist() == [1, 0, 2, -1]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.floats(2.0**-22, 0.4999), st.integers(-(2**24), 2**24), st.integers(-(2**24), 2**24),
+       st.integers(-128, 127), st.sampled_from([None, -3, 0, 5000]), st.sampled_from([None, 0, 6, 20000]))
+def test_folded_requantization_is_the_same_integer_function(m, acc, offset, zp, lo, hi):
+    """The folded form the kernels compute (offset, rounding and zero point in one 64-bit constant,
+    the high word shifted; bounds behind the rescale) gives the bytes of the general form."""
+    m0, n = requant_params(m)
+    assert 32 <= int(n[0]) <= 54
+    plan = requant_plan(m0, n, offset, zp)
+    assert plan is not None
+    v = acc + offset
+    if lo is not None:
+        v = max(v, lo)
+    if hi is not None:
+        v = min(v, hi)
+    want = int(requantize_reference(np.array([v]), m0, n, zp)[0])
+    got = int(requantize_fast_reference(np.array([acc]), plan)[0])
+    for bound, fn in ((lo, max), (hi, min)):        # bounds after the rescale: the rescaled bound
+        if bound is not None:
+            got = fn(got, (bound * int(m0[0]) + (1 << (int(n[0]) - 1)) >> int(n[0])) + zp)
+    assert max(-128, min(127, got)) == want
+
+
+def test_folded_requantization_declines_shifts_it_cannot_hold():
+    m0, n = requant_params(np.array([0.3, 0.7]))        # 0.7 needs n = 31
+    assert requant_plan(m0, n, 0, 0) is None
+    m0, n = requant_params(np.array([0.3, 2.0**-30]))   # n = 61
+    assert requant_plan(m0, n, 0, 0) is None
+    m0, n = requant_params(np.array([0.3, 1e-12]))      # too small: m0 = 0, output is the zero point
+    plan = requant_plan(m0, n, 7, -5)
+    assert plan is not None
+    assert requantize_fast_reference(np.array([[10**6, 10**6]]), plan)[0][1] == -5
 
 
 def test_qparams_cover_zero_and_range():

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import EdgeCompileError
 from ..ir.program import C_TYPES, DTYPE_BYTES, Program
+from ..schedules.ukernels import order_panel
 
 WEIGHTS_C_LIMIT = 16 << 20   # above this, weights go to weights.bin included by weights.S
 
@@ -85,14 +86,16 @@ def weight_decl(prog: Program, name: str) -> str:
     return f"union {{ {_UINT[width]} bits[{n}]; {C_TYPES[t.dtype]} v[{n}]; }}"
 
 
-def pack_weight(prog: Program, name: str, nn: int) -> None:
+def pack_weight(prog: Program, name: str, nn: int, order: str = "") -> None:
     """Store a weight as panels of `nn` output channels, the layout the scheduled kernel reads
-    (schedules.tiling.pack_weights): HWIO -> [O/nn][H][W][I][nn], [K, N] -> [N/nn][K][nn]."""
+    (schedules.tiling.pack_weights): HWIO -> [O/nn][H][W][I][nn], [K, N] -> [N/nn][K][nn]; with
+    `order`, each [I][nn] / [K][nn] panel's values in that order (ukernels.order_panel: what a
+    family's micro-kernel reads), the shape unchanged."""
     t = prog.tensors[name]
     arr = prog.weights[name]
     if t.packed is not None:
-        if t.packed != nn:
-            raise EdgeCompileError(f"weight {name} is read by kernels with different panel widths")
+        if (t.packed, t.panel_order) != (nn, order):
+            raise EdgeCompileError(f"weight {name} is read by kernels with different panel layouts")
         return
     if arr.ndim == 4:
         kh, kw, ci, co = arr.shape
@@ -100,5 +103,9 @@ def pack_weight(prog: Program, name: str, nn: int) -> None:
     else:
         k, n = arr.shape
         new = arr.reshape(k, n // nn, nn).transpose(1, 0, 2)
+    new = np.ascontiguousarray(new)
+    if order:
+        panels = new.reshape(-1, *new.shape[-2:])
+        new = np.stack([order_panel(p, order) for p in panels]).reshape(new.shape)
     prog.weights[name] = np.ascontiguousarray(new)
-    prog.tensors[name] = replace(t, shape=tuple(new.shape), packed=nn)
+    prog.tensors[name] = replace(t, shape=tuple(new.shape), packed=nn, panel_order=order)

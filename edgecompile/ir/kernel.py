@@ -30,6 +30,7 @@ class KernelInfo:
     out_rows: int = 0                  # output height (rows of the NHWC output)
     rows: int = 0                      # dwpw: output rows per tile of the tiled schedule (0: untiled)
     packed: dict = field(default_factory=dict)   # weight parameter position -> output-channel panel width
+    panel_order: dict = field(default_factory=dict)   # weight parameter position -> order within a panel
 
     def describe(self) -> str:
         (kh, kw), (sh, _) = self.kernel, self.stride

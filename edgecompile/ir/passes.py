@@ -192,6 +192,11 @@ def fold_affine_into_conv(mod: Any) -> Any:
         uses[v] = uses.get(v, 0) + 1
     pending: dict[Any, dict[str, Any]] = {}  # var -> {"x", "w", "attrs", "bias", "ty"}
 
+    def foldable(var: Any) -> bool:
+        """Used once, inside the dataflow block: a block output (the model's result) is used by
+        the return, which never materializes a pending conv."""
+        return uses.get(var, 0) == 1 and isinstance(var, relax.DataflowVar)
+
     def channel_vector(c: Any, channels: int) -> np.ndarray | None:
         if not _is_const(c):
             return None
@@ -217,7 +222,7 @@ def fold_affine_into_conv(mod: Any) -> Any:
             args = list(value.args)
             if (name == "relax.nn.conv2d" and len(args) == 2 and _is_const(args[1])
                     and str(value.attrs.data_layout) == "NCHW" and str(value.attrs.kernel_layout) == "OIHW"
-                    and str(var.ty.dtype) == "float32" and uses.get(var, 0) == 1):
+                    and str(var.ty.dtype) == "float32" and foldable(var)):
                 x = args[0]
                 if x in pending:   # a folded conv feeding this one
                     env[x] = emit(materialize(pending.pop(x), emit), "conv_out")
@@ -241,7 +246,7 @@ def fold_affine_into_conv(mod: Any) -> Any:
                     else:
                         shift = vec if name == "relax.add" else -vec
                         q["bias"] = shift if p["bias"] is None else p["bias"] + shift
-                    if uses.get(var, 0) == 1:
+                    if foldable(var):
                         pending[var] = q
                         return None
                     return materialize(q, emit)

@@ -28,6 +28,7 @@ class Tensor:
     alias_of: str | None = None    # a view (reshape, row band) of another tensor's storage
     packed: int | None = None      # weights stored as panels of this many output channels
     byte_offset: int = 0           # where a view starts inside `alias_of`
+    panel_order: str = ""          # ... each panel's values in this order (schedules.ukernels.PANEL_ORDERS)
 
     @property
     def nbytes(self) -> int:

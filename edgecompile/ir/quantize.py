@@ -9,6 +9,17 @@ Relax operators (TFLite's int8 scheme, after Jacob et al. 2018).
   same bytes;
 * ReLU / ReLU6 / Clip become the bounds of the clamp; sigmoid (hence SiLU) is a 256-entry table.
 
+How the rescale is computed (`requant_plan`): when every channel's shift n is in [32, 54] (all
+multipliers below 1/2 and above 2^-23: the usual case) the constant terms — bias, the zero-point
+correction of unpadded convolutions, the rounding 2^(n-1) and z_out * 2^n — are folded into one
+64-bit constant per channel and the rest is what a 32-bit core does in a few instructions:
+
+    y = clamp((int32)((acc * m0 + rnd) >> 32) >> (n - 32))      (SMLAL + ASR + SSAT on ARM)
+
+and activation bounds move behind the rescale (it is monotonic, so clamping before or after gives
+the same bytes). It is the same integer function as the general form, which stays for the other
+shifts (see `requantize_fast_reference` and its test).
+
 The rewrite runs on the high-level graph (`passes.prepare_graph`), before legalization, so the
 integer graph then goes through the same fusion, scheduling and C generation as float.
 """
@@ -81,6 +92,43 @@ def requantize_reference(acc: np.ndarray, m0: np.ndarray, n: np.ndarray, zero_po
     return np.clip(out + zero_point, QMIN, QMAX).astype(np.int8)
 
 
+FAST_SHIFTS = (32, 54)     # shifts n the folded 32-bit form handles exactly (see requant_plan)
+SATURATE_S8 = "ec_sat_s8"  # C helper: an int32 clamped to [-128, 127] (SSAT on ARM; schedules.ukernels.HELPERS)
+
+
+@dataclass(frozen=True)
+class RequantPlan:
+    """The folded form of y = clamp(z + (((acc + offset) * m0 + 2^(n-1)) >> n)) for one tensor
+    (arrays over the last axis, or 0-d): y = clamp((int32)((acc * m0 + rnd) >> 32) >> r)."""
+
+    m0: np.ndarray       # int32
+    rnd: np.ndarray      # int64: offset * m0 + 2^(n-1) + z * 2^n
+    r: np.ndarray        # int32: n - 32
+
+
+def requant_plan(m0: np.ndarray, n: np.ndarray, offset: np.ndarray | int, zero_point: int) -> RequantPlan | None:
+    """The folded constants, or None when some shift is outside FAST_SHIFTS (then the general
+    64-bit form is used). Exact: with n >= 32, floor(x / 2^n) = floor(floor(x / 2^32) / 2^(n-32)),
+    and adding z * 2^n before the shift adds z after it; with n <= 54 every constant and the sum
+    fit in 64 bits and the high word in 32 (|acc + offset| < 2^31, m0 < 2^31)."""
+    m0, n, off = np.broadcast_arrays(np.asarray(m0, np.int64), np.asarray(n, np.int64), np.asarray(offset, np.int64))
+    n = np.where(m0 == 0, 32, n)      # m0 = 0: any shift gives 0; use 32
+    if n.size == 0 or n.min() < FAST_SHIFTS[0] or n.max() > FAST_SHIFTS[1]:
+        return None
+    rnd = [int(o) * int(m) + (1 << (int(k) - 1)) + zero_point * (1 << int(k))
+           for o, m, k in zip(np.ravel(off), np.ravel(m0), np.ravel(n))]
+    return RequantPlan(m0.astype(np.int32), np.array(rnd, np.int64).reshape(m0.shape), (n - 32).astype(np.int32))
+
+
+def requantize_fast_reference(acc: np.ndarray, plan: RequantPlan) -> np.ndarray:
+    """What the folded form computes (before the final clamp), in exact integer arithmetic, with the
+    32-bit truncation of the high word made explicit."""
+    acc = np.asarray(acc, dtype=object)
+    hi = (acc * plan.m0.astype(object) + plan.rnd.astype(object)) >> 32
+    assert all(-(2**31) <= int(v) < 2**31 for v in np.ravel(hi)), "high word outside int32"
+    return hi >> plan.r.astype(object)
+
+
 # ----------------------------------------------------------------------------- calibration
 
 
@@ -143,9 +191,16 @@ class _Q:          # an int8 tensor
 
 
 @dataclass
-class _Acc:        # an int32 accumulator at scale `scale` (per last-axis channel or scalar), zero point 0
+class _Acc:
+    """An int32 accumulator at scale `scale` (per last-axis channel or scalar), zero point 0.
+    Constants not yet applied (folded into the rescale when it is materialized): `offset`, an
+    int32 to add (bias, zero-point correction), then `bounds`, [("max" | "min", int32 bound)] in
+    order (ReLU, ReLU6, Clip) on acc + offset."""
+
     expr: Any
     scale: np.ndarray
+    offset: np.ndarray | None = None
+    bounds: tuple = ()
 
 
 def _const(value: Any, dtype: str) -> Any:
@@ -179,6 +234,16 @@ class _Quantizer:
         return self.bb.emit(expr, name)
 
     # -- conversions
+    def flush(self, value: _Acc) -> _Acc:
+        """The accumulator with its pending offset and bounds applied as graph operators."""
+        op = self.relax.op
+        expr = value.expr
+        if value.offset is not None:
+            expr = self.emit(op.add(expr, _const(value.offset, "int32")))
+        for kind, bound in value.bounds:
+            expr = self.emit((op.maximum if kind == "max" else op.minimum)(expr, _const(bound, "int32")))
+        return _Acc(expr, value.scale)
+
     def materialize(self, value: Any, qp: QParams) -> _Q:
         """An accumulator (or an int8 tensor at another scale) requantized to `qp`."""
         op = self.relax.op
@@ -190,12 +255,63 @@ class _Quantizer:
         m0, n = requant_params(np.asarray(value.scale, np.float64) / qp.scale)
         if m0.size == 1:
             m0, n = m0.reshape(()), n.reshape(())
+        plan = requant_plan(m0, n, 0 if value.offset is None else value.offset, qp.zero_point)
+        if plan is not None:
+            return _Q(self.emit(self.requant_folded(value, plan, m0, n, qp.zero_point)), qp)
+        value = self.flush(value)
         t = self.emit(op.multiply(op.astype(value.expr, "int64"), _const(m0, "int64")))
         t = self.emit(op.add(t, _const(np.left_shift(np.int64(1), n - 1), "int64")))
         t = self.emit(op.right_shift(t, _const(n, "int64")))
         t = self.emit(op.add(t, _const(qp.zero_point, "int64")))
         t = self.emit(op.minimum(op.maximum(t, _const(QMIN, "int64")), _const(QMAX, "int64")))
         return _Q(self.emit(op.astype(t, "int8")), qp)
+
+    def requant_folded(self, value: _Acc, plan: RequantPlan, m0: np.ndarray, n: np.ndarray, zp: int) -> Any:
+        """One TE function: acc -> int8 by the folded form of `plan`, then the pending bounds
+        (moved behind the monotonic rescale: each becomes the rescaled bound, per channel or, when
+        all channels agree, one number) and the int8 range."""
+        import tvm
+        from tvm import te
+
+        def rescaled(bound: np.ndarray) -> np.ndarray:
+            """z + ((bound * m0 + 2^(n-1)) >> n), exact, per channel: the bound after the rescale."""
+            b, m, k = np.broadcast_arrays(np.asarray(bound, np.int64), m0, n)
+            exact = [(int(x) * int(y) + (1 << (int(e) - 1))) >> int(e) for x, y, e in zip(b.ravel(), m.ravel(), k.ravel())]
+            return np.clip(np.array(exact, np.int64).reshape(b.shape) + zp, -(2**31), 2**31 - 1).astype(np.int32)
+
+        steps = []
+        for kind, bound in value.bounds:
+            r = rescaled(bound)
+            r = np.asarray(np.ravel(r)[0]) if r.size and (r == np.ravel(r)[0]).all() else r
+            if r.ndim == 0 and ((kind == "max" and int(r) <= QMIN) or (kind == "min" and int(r) >= QMAX)):
+                continue          # the int8 range bounds it anyway
+            steps.append((kind, r))
+        per_channel = [plan.m0, plan.rnd, plan.r] if plan.m0.ndim else []
+        arrays = per_channel + [b for _, b in steps if b.ndim]
+        consts = [_const(a, str(a.dtype)) for a in arrays]
+
+        def f(acc: Any, *tensors: Any) -> Any:
+            it = iter(tensors)
+            m0_t, rnd_t, r_t = (next(it), next(it), next(it)) if per_channel else (None, None, None)
+            bound_t = [next(it) if b.ndim else None for _, b in steps]
+
+            def at(t: Any, scalar: np.ndarray, dtype: str, c: Any) -> Any:
+                return t[c] if t is not None else tvm.tirx.const(int(scalar), dtype)
+
+            def body(*i: Any) -> Any:
+                c = i[-1]
+                prod = acc(*i).astype("int64") * at(m0_t, plan.m0, "int32", c).astype("int64") + \
+                    at(rnd_t, plan.rnd, "int64", c)
+                t = (prod >> tvm.tirx.const(32, "int64")).astype("int32")
+                if per_channel or int(plan.r):
+                    t = t >> at(r_t, plan.r, "int32", c)
+                for (kind, b), bt in zip(steps, bound_t):
+                    t = (tvm.tirx.max if kind == "max" else tvm.tirx.min)(t, at(bt, b, "int32", c))
+                return tvm.tirx.call_extern("int8", SATURATE_S8, t)
+
+            return te.compute(acc.shape, body, name="requant")
+
+        return self.bb.call_te(f, value.expr, *consts, primfunc_name_hint="ec_requant")
 
     def as_q(self, value: Any, var_for_scale: Any) -> _Q:
         if isinstance(value, _Q):
@@ -321,8 +437,7 @@ def _conv2d(q: _Quantizer, var: Any, value: Any, args: list[Any]) -> Any:
         acc = q.emit(op.nn.conv2d(x.expr, relax.const(wq), **kwargs))
         wsum = wq.astype(np.int64).sum(axis=(0, 1, 2))          # per output channel (HWIO)
         corr = (-x.qp.zero_point * wsum).astype(np.int32)
-        if np.any(corr):
-            acc = q.emit(op.add(acc, _const(corr, "int32")))
+        return _Acc(acc, x.qp.scale * ws, corr if np.any(corr) else None)
     return _Acc(acc, x.qp.scale * ws)
 
 
@@ -334,9 +449,7 @@ def _matmul(q: _Quantizer, var: Any, value: Any, args: list[Any]) -> Any:
     wq, ws = _weights(args[1].value.numpy())
     acc = q.emit(op.matmul(x.expr, relax.const(wq), out_dtype="int32"))
     corr = (-x.qp.zero_point * wq.astype(np.int64).sum(axis=0)).astype(np.int32)
-    if np.any(corr):
-        acc = q.emit(op.add(acc, _const(corr, "int32")))
-    return _Acc(acc, x.qp.scale * ws)
+    return _Acc(acc, x.qp.scale * ws, corr if np.any(corr) else None)
 
 
 # ---- int8 rules: elementwise
@@ -349,7 +462,13 @@ def _add(q: _Quantizer, var: Any, value: Any, args: list[Any]) -> Any:
         c = b.value.numpy().astype(np.float64)
         if isinstance(a, _Acc):        # a bias: into the accumulator at its scale
             bias = np.round(c / np.broadcast_to(a.scale, c.shape[-1:] if c.ndim else ())).astype(np.int32)
-            return _Acc(q.emit(op.add(a.expr, _const(bias, "int32"))), a.scale)
+            if a.bounds:               # a bias after a bound: the bound is applied first
+                a = q.flush(a)
+            if c.ndim > 1 and any(d != 1 for d in c.shape[:-1]):
+                return _Acc(q.emit(op.add(q.flush(a).expr, _const(bias, "int32"))), a.scale)
+            bias = bias.reshape(bias.shape[-1:])
+            offset = bias if a.offset is None else (a.offset.astype(np.int64) + bias).astype(np.int32)
+            return _Acc(a.expr, a.scale, offset)
         raise UnsupportedModelError(f"int8: add of a constant to '{args[0]}' ({var.name})")
     out_qp = q.qp(var)
     qa, qb = q.as_q(a, args[0]), q.as_q(b, args[1])
@@ -373,7 +492,8 @@ def _bound(q: _Quantizer, x: Any, const: Any, fn: Callable) -> Any:
     if isinstance(x, _Acc):
         bound = np.round(c / np.asarray(x.scale, np.float64))
         bound = np.clip(bound, -(2**31), 2**31 - 1).astype(np.int32)
-        return _Acc(q.emit(fn(x.expr, _const(bound, "int32"))), x.scale)
+        kind = "max" if fn is q.relax.op.maximum else "min"
+        return _Acc(x.expr, x.scale, x.offset, x.bounds + ((kind, bound),))
     qb = int(np.clip(round(c / x.qp.scale) + x.qp.zero_point, QMIN, QMAX))
     return _Q(q.emit(fn(x.expr, _const(qb, "int8"))), x.qp)
 

@@ -115,6 +115,11 @@ class Platform:
     harness_unit = "instructions"   # what run_harness returns: "seconds" or emulator "instructions"
     tune_runner = "emu"          # the runner `edgecompile tune` uses by default
 
+    def harness_mode_for(self, target: Target) -> str:
+        """How `target`'s measuring program is counted (see tune/harness.py); the platform's
+        `harness_mode` unless it depends on the target."""
+        return self.harness_mode
+
     def harness_entry(self, target: Target) -> str:
         """Extra C for the measuring program (a bare-metal entry point, ...)."""
         return ""

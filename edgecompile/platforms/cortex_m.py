@@ -306,33 +306,72 @@ class CortexM(Platform):
         return plugin_cache(self, target, build, report, runs)
 
     # -- tuning
+    def harness_mode_for(self, target: Target) -> str:
+        return "ticked" if self._bare_metal_harness(target) else "marked"
+
+    def _bare_metal_harness(self, target: Target) -> bool:
+        """Kernels of cores with Helium (MVE) cannot run under QEMU's user mode (no M-profile CPU
+        there): they are measured bare-metal on the target's emulated machine."""
+        return any(f.startswith("mve") for f in target.features)
+
     def harness_entry(self, target: Target) -> str:
+        if self._bare_metal_harness(target):
+            return ""       # firmware_templates/cortex_m/tune/harness_entry.c, linked beside the program
         # QEMU's user mode runs the M-profile code as a Linux program: an entry point and exit
         return "\n".join(["__attribute__((naked, noreturn)) void _start(void) {",
                           "  __asm__ volatile(\"bl main\\n movs r7, #1\\n svc #0\\n\");", "}"])
 
     def check_harness(self, target: Target) -> None:
+        if self._bare_metal_harness(target):
+            if not target.emulator.program or not target.emulator.machine:
+                raise EdgeCompileError(f"{target.name}: no emulated machine to measure its kernels on "
+                                       "([emulator] program and machine in its target file)")
+            proc.require(target.emulator.program, "install qemu-system-arm (make setup)")
+            return
         self._user_mode(target)
         proc.require("qemu-arm", "install qemu-user (make setup)")
 
     def _user_mode(self, target: Target) -> tuple[str, str]:
         if target.family != "cortex_m":
             raise EdgeCompileError(f"no user-mode emulator runs {target.name}'s kernels ({target.cpu}, family "
-                                   f"{target.family}): Helium needs an M-profile CPU, which QEMU's user mode lacks; "
-                                   "tune through rpc://")
+                                   f"{target.family}); tune through rpc://")
         return "qemu-arm", "max"
 
     def build_harness(self, target: Target, source: Path, exe: Path) -> None:
+        if self._bare_metal_harness(target):
+            emu = target.for_emulator()
+            work = source.parent
+            shutil.copy(template_dir("cortex_m") / "tune" / "harness_entry.c", work / "harness_entry.c")
+            (work / "harness.ld").write_text(render_linker_script(emu))
+            proc.run([emu.cc, *emu.cflags, "-T", "harness.ld", "-o", str(exe), source.name, "harness_entry.c",
+                      *emu.ldflags], cwd=work, what=f"{emu.cc} on a tuning candidate", hint=TOOLCHAIN_HINT)
+            return
         self._user_mode(target)
         proc.run([target.cc, *target.cflags, "-o", str(exe), str(source), *target.ldflags, "-lm"],
                  what=f"{target.cc} on a tuning candidate", hint=TOOLCHAIN_HINT)
 
     def run_harness(self, target: Target, exe: Path) -> float:
+        if self._bare_metal_harness(target):
+            return self._run_bare_metal(target, exe)
         program, cpu = self._user_mode(target)
         mark = elf_symbol(exe, "ec_hal_mark")
         if mark is None:
             raise EdgeCompileError(f"{exe}: no ec_hal_mark symbol")
         return count_between_marks([program, "-cpu", cpu], exe, mark & ~1)    # Thumb symbols carry bit 0
+
+    def _run_bare_metal(self, target: Target, exe: Path, timeout: float = 300) -> float:
+        """The program on the emulated machine under -icount: SysTick ticks between the two marker
+        calls, printed through semihosting, as emulator instructions (exact to one tick)."""
+        emu = target.emulator
+        cmd = [emu.program, "-M", emu.machine, "-nographic", "-monitor", "none", "-serial", "null",
+               "-icount", f"shift={emu.icount_shift or 0}", "-semihosting-config", "enable=on,target=native",
+               "-kernel", str(exe), *emu.args]
+        out = proc.run(cmd, what=f"a tuning candidate on {emu.machine}", timeout=timeout, check=False)
+        m = re.search(r"EC_TICKS (\d+)", out.stdout + out.stderr)   # semihosting console: stdout or stderr
+        if out.returncode != 0 or m is None:
+            tail = (out.stdout + out.stderr).strip().splitlines()[-1:] or ["no output"]
+            raise EdgeCompileError(f"{exe.name} on {emu.machine} failed (exit {out.returncode}): {tail[0][:200]}")
+        return int(m.group(1)) * _instructions_per_tick(target)
 
 
 PLATFORM = CortexM()

@@ -98,7 +98,7 @@ def schedule(func: Any, family_name: str, dwpw_rows: int | None = None, config: 
         return sch.mod["main"], info
     sch = s_tir.Schedule(func)
     tiling.prepare(sch, info, tiled=False)
-    info.packed = {}          # whatever the failed rule packed is gone with its schedule
+    info.packed, info.panel_order = {}, {}   # whatever the failed rule packed is gone with its schedule
     info.rows = 0
     info.schedule = "generic.untiled"
     return sch.mod["main"], info
@@ -111,9 +111,12 @@ def emit_ukernels(kernel_code: str, family_name: str) -> str:
     own = family_ukernels(family_name)
     gemms = sorted({(t, int(m), int(n)) for t, m, n in ukernels.GEMM_CALL_RE.findall(kernel_code)})
     dws = sorted({(t, *(int(v) for v in rest)) for t, *rest in ukernels.DW_CALL_RE.findall(kernel_code)})
-    if not gemms and not dws:
+    helpers = sorted(set(ukernels.HELPER_CALL_RE.findall(kernel_code)))
+    if not gemms and not dws and not helpers:
         return ""
-    parts = [ukernels.emit_prelude(lanes)]
+    integer = helpers or any(t != "f32" for t, *_ in gemms + dws)
+    parts = ([ukernels.ACLE_INCLUDE] if integer else []) + [ukernels.emit_prelude(lanes)]
+    parts += [ukernels.HELPERS[h] for h in helpers]
     for t, m, n in gemms:
         types = ukernels.TYPES[t]
         code = getattr(own, "gemm", lambda *a: None)(m, n, lanes, types)

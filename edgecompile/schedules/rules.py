@@ -65,9 +65,31 @@ class TiledRules:
     a register budget for accumulators. `cfg` (a tuning record's configuration) fixes a rule's
     choices: `tile`, `order`, `pack`, `rows`, `dw_tile`, `dw_order`."""
 
-    def __init__(self, lanes: int, conv_acc: int, dw_acc: int, fc_acc: int, dwpw_rows: int = 2) -> None:
+    def __init__(self, lanes: int, conv_acc: int, dw_acc: int, fc_acc: int, dwpw_rows: int = 2,
+                 wide_rows: bool = False) -> None:
         self.lanes, self.conv_acc, self.dw_acc, self.fc_acc = lanes, conv_acc, dw_acc, fc_acc
         self.dwpw_rows = dwpw_rows
+        self.wide_rows = wide_rows     # fused dw+pw: int8 depthwise rows stored as int16 (tiling.tile_dwpw)
+
+    def accumulators(self, which: str, types: Any) -> int:
+        """The accumulator budget of a `which` ("conv", "dw", "fc") micro-kernel of `types` (None:
+        unknown). A family whose integer kernels have other register needs overrides this."""
+        return {"conv": self.conv_acc, "dw": self.dw_acc, "fc": self.fc_acc}[which]
+
+    def lanes_for(self, types: Any) -> int:
+        """The vector lanes of this family's micro-kernels of `types` (None: unknown); a family
+        whose integer kernels work in core registers overrides this."""
+        return self.lanes
+
+    def _lanes_budget(self, sch: Any, block_name: str | None, which: str) -> tuple[int, int]:
+        """(vector lanes, accumulator budget) of the micro-kernel of a `which` block."""
+        types = tiling.operand_types(sch, sch.get_sblock(block_name)) if block_name else None
+        return self.lanes_for(types), self.accumulators(which, types)
+
+    def panel_order(self, types: Any) -> str:
+        """How this family's GEMM kernels of `types` want a packed weight panel ordered
+        (ukernels.PANEL_ORDERS; "" row by row)."""
+        return ""
 
     def rule_for(self, kind: Kind) -> Any:
         """The rule that schedules kernels of `kind` (every kind has one; most decline some shapes)."""
@@ -78,30 +100,30 @@ class TiledRules:
             Kind.ELEMENTWISE: self.schedule_elementwise,
         }[kind]
 
-    def _row_tile(self, sch: Any, info: Any, cfg: dict | None, acc: int) -> tuple[int, int] | None:
+    def _row_tile(self, sch: Any, info: Any, cfg: dict | None, acc: str) -> tuple[int, int] | None:
         """The pixels x channels tile of an NHWC conv anchor (N, H, W, C + 3 reduction loops)."""
         ext = tiling.anchor_extents(sch, info.anchor)
         if len(ext) != 7:
             return None
-        return _pick(cfg, "tile", None) or choose_tile(ext[2], ext[3], self.lanes, acc, 8)
+        return _pick(cfg, "tile", None) or choose_tile(ext[2], ext[3], *self._lanes_budget(sch, info.anchor, acc), 8)
 
     def schedule_conv(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
-        tile = self._row_tile(sch, info, cfg, self.conv_acc) if info.kind in (Kind.CONV, Kind.CONV_PW) else None
+        tile = self._row_tile(sch, info, cfg, "conv") if info.kind in (Kind.CONV, Kind.CONV_PW) else None
         return tile is not None and tiling.tile_conv_gemm(sch, info, tile, _pick(cfg, "order", "pixels"),
-                                                          _pick(cfg, "pack", True))
+                                                          _pick(cfg, "pack", True), self.panel_order)
 
     def schedule_depthwise(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
-        tile = self._row_tile(sch, info, cfg, self.dw_acc)
+        tile = self._row_tile(sch, info, cfg, "dw")
         return tile is not None and tiling.tile_depthwise(sch, info, tile, _pick(cfg, "order", "pixels"))
 
     def schedule_dense(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
         ext = tiling.anchor_extents(sch, info.anchor)
         if len(ext) != 3:
             return False
-        tile = _pick(cfg, "tile", None) or choose_tile(1, ext[1], self.lanes, self.fc_acc, 1)
+        tile = _pick(cfg, "tile", None) or choose_tile(1, ext[1], *self._lanes_budget(sch, info.anchor, "fc"), 1)
         if tile is None:
             return False
-        return tiling.tile_dense(sch, info, tile[1], _pick(cfg, "pack", True))
+        return tiling.tile_dense(sch, info, tile[1], _pick(cfg, "pack", True), self.panel_order)
 
     def schedule_dwpw(self, sch: Any, info: Any, rows: int | None = None, cfg: dict | None = None) -> bool:
         ext = tiling.anchor_extents(sch, info.anchor)
@@ -109,13 +131,15 @@ class TiledRules:
             return False
         h, w, co = ext[1], ext[2], ext[3]
         r = largest_divisor(h, _pick(cfg, "rows", rows or self.dwpw_rows))
-        tile = _pick(cfg, "tile", None) or choose_tile(w, co, self.lanes, self.conv_acc, 8)
+        tile = _pick(cfg, "tile", None) or choose_tile(w, co, *self._lanes_budget(sch, info.anchor, "conv"), 8)
         if tile is None:
             return False
-        dw_tile = _pick(cfg, "dw_tile", None) or choose_tile(w, info.dw_channels, self.lanes, self.dw_acc, 8)
+        dw_tile = _pick(cfg, "dw_tile", None) or choose_tile(w, info.dw_channels,
+                                                             *self._lanes_budget(sch, info.dw_anchor, "dw"), 8)
         if dw_tile is None:
             return False
-        return tiling.tile_dwpw(sch, info, r, tile, dw_tile, _pick(cfg, "pack", True), _pick(cfg, "dw_order", "pixels"))
+        return tiling.tile_dwpw(sch, info, r, tile, dw_tile, _pick(cfg, "pack", True), self.panel_order,
+                                self.wide_rows, _pick(cfg, "dw_order", "pixels"))
 
     def schedule_pool(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
         return False
@@ -132,14 +156,15 @@ class TiledRules:
             ext = tiling.anchor_extents(sch, info.anchor)
             if len(ext) != 7:
                 return []
-            acc = self.dw_acc if info.kind == Kind.CONV_DW else self.conv_acc
-            for t in tile_candidates(ext[2], ext[3], self.lanes, acc, 8)[:limit // 2]:
+            lanes, acc = self._lanes_budget(sch, info.anchor, "dw" if info.kind == Kind.CONV_DW else "conv")
+            for t in tile_candidates(ext[2], ext[3], lanes, acc, 8)[:limit // 2]:
                 out += [{"tile": list(t), "order": "pixels"}, {"tile": list(t), "order": "channels"}]
         elif info.kind == Kind.FC:
             ext = tiling.anchor_extents(sch, info.anchor)
             if len(ext) != 3:
                 return []
-            out = [{"tile": list(t)} for t in tile_candidates(1, ext[1], self.lanes, self.fc_acc, 1)[:limit]]
+            out = [{"tile": list(t)} for t in tile_candidates(1, ext[1], *self._lanes_budget(sch, info.anchor, "fc"),
+                                                              1)[:limit]]
         elif info.kind == Kind.DWPW:
             ext = tiling.anchor_extents(sch, info.anchor)
             if len(ext) != 7:
@@ -147,7 +172,7 @@ class TiledRules:
             h, w = ext[1], ext[2]
             default = largest_divisor(h, self.dwpw_rows)
             rows = [default] + sorted({largest_divisor(h, r) for r in (1, 2, 4, 8)} - {default})
-            pw = tile_candidates(w, ext[3], self.lanes, self.conv_acc, 8)[:4]
-            dw = tile_candidates(w, info.dw_channels, self.lanes, self.dw_acc, 8)[:3]
+            pw = tile_candidates(w, ext[3], *self._lanes_budget(sch, info.anchor, "conv"), 8)[:4]
+            dw = tile_candidates(w, info.dw_channels, *self._lanes_budget(sch, info.dw_anchor, "dw"), 8)[:3]
             out = [{"rows": r, "tile": list(t), "dw_tile": list(d)} for r in rows for t in pw for d in dw]
         return out[:limit]

@@ -150,28 +150,39 @@ def operand_types(sch: Any, block: Any) -> Any:
     return types_for(str(reads[0].ty.dtype), str(reads[1].ty.dtype), str(out.ty.dtype))
 
 
-def pack_weights(sch: Any, block: Any, nn: int, info: Any) -> None:
+def pack_weights(sch: Any, block: Any, nn: int, info: Any, order: str = "") -> bool:
     """Store the block's weight operand (a kernel parameter: HWIO conv weights or a [K, N] matrix)
     as panels of `nn` output channels, [N/nn][...][K][nn], so that the micro-kernel reads each
     tile's weights contiguously instead of one short row every N elements (a stride of N floats
     maps the rows of a tile onto a few cache sets). The build applies the same permutation to
-    the constant data (`info.packed`: parameter position -> nn)."""
+    the constant data (`info.packed`: parameter position -> nn), and within each [K][nn] panel
+    the family's `order` (`info.panel_order`; ukernels.PANEL_ORDERS), which the schedule does not
+    see: only the micro-kernel reads a panel. False when the weight stays as it is."""
     b = sch.get(block)
     out = b.writes[0].source
     reads = [(i, r.source) for i, r in enumerate(b.reads) if not r.source.same_as(out)]
     if len(reads) < 2:
-        return
+        return False
     ri, buf = reads[1]
     params = list(sch.mod["main"].params)
     pos = next((i for i, p in enumerate(params) if p.same_as(buf)), None)
     shape = [int(d) for d in buf.shape]
-    if pos is None or len(shape) not in (2, 4) or shape[-1] <= nn or shape[-1] % nn:
-        return
+    if pos is None or len(shape) not in (2, 4) or shape[-1] < nn or shape[-1] % nn or (shape[-1] == nn and not order):
+        return False
     if len(shape) == 4:
         sch.transform_layout(block, ("read", ri), lambda a, c, d, e: (e // nn, a, c, d, e % nn))
     else:
         sch.transform_layout(block, ("read", ri), lambda k, n: (n // nn, k, n % nn))
     info.packed[pos] = nn
+    if order:
+        info.panel_order[pos] = order
+    return True
+
+
+def _gemm_types(types: Any, packed: bool, order_for: Any) -> Any:
+    """The micro-kernel types of a GEMM tile: the family's panel order when its weights are packed."""
+    order = order_for(types) if (packed and order_for is not None) else ""
+    return types.ordered(order) if order else types
 
 
 def _anchor_loops(sch: Any, name: str, count: int) -> tuple[Any, Any, list[Any]] | None:
@@ -201,20 +212,23 @@ def _pixels_x_channels(sch: Any, info: Any, block: Any, n: Any, h: Any, w: Any, 
         sch.compute_at(p, at)
 
 
-def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pixels", pack: bool = True) -> bool:
+def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pixels", pack: bool = True,
+                   order_for: Any = None) -> bool:
     """Convolution (1x1 or KxK, groups=1) as GEMM tiles: M output pixels of one row x N output
     channels, the reduction over input channels in the `ec_gemm_<t>_MxN` micro-kernel. A KxK
-    convolution's padding is computed per output row (KH padded rows in a small buffer)."""
+    convolution's padding is computed per output row (KH padded rows in a small buffer).
+    `order_for(types)`: the panel order of the family's integer kernels (see pack_weights)."""
     found = _anchor_loops(sch, info.anchor, 7)
     if found is None:
         return False
     conv, types, (n, h, w, co, ry, rx, ci) = found
     k = extent(sch, ci)
+    if k == 1:      # one input channel: no reduction loop is left for a micro-kernel to take
+        return False
     _pixels_x_channels(sch, info, conv, n, h, w, co, [ry, rx, ci], tile, order)
-    if pack:
-        pack_weights(sch, conv, tile[1], info)
+    packed = pack and pack_weights(sch, conv, tile[1], info, _gemm_types(types, True, order_for).b_order)
     sch.decompose_reduction(conv, ry)
-    sch.tensorize(ci, gemm_intrin(tile[0], tile[1], k, info.stride[1], types))
+    sch.tensorize(ci, gemm_intrin(tile[0], tile[1], k, info.stride[1], _gemm_types(types, packed, order_for)))
     return True
 
 
@@ -235,31 +249,32 @@ def tile_depthwise(sch: Any, info: Any, tile: tuple[int, int], order: str = "pix
     return True
 
 
-def tile_dense(sch: Any, info: Any, nn: int, pack: bool = True) -> bool:
+def tile_dense(sch: Any, info: Any, nn: int, pack: bool = True, order_for: Any = None) -> bool:
     """[1, K] x [K, N]: a 1 x N micro-kernel tile per N output features."""
     found = _anchor_loops(sch, info.anchor, 3)
     if found is None:
         return False
     block, types, (i, j, k) = found
-    if extent(sch, i) != 1:
+    if extent(sch, i) != 1 or extent(sch, k) == 1:
         return False
     jo, ji = sch.split(j, [None, nn])
     sch.reorder(i, jo, k, ji)
     epi = epilogue_block(sch, info)
     if epi is not None:
         sch.reverse_compute_at(epi, jo)
-    if pack:
-        pack_weights(sch, block, nn, info)
+    packed = pack and pack_weights(sch, block, nn, info, _gemm_types(types, True, order_for).b_order)
     sch.decompose_reduction(block, k)
-    sch.tensorize(k, gemm_intrin(1, nn, extent(sch, k), 1, types))
+    sch.tensorize(k, gemm_intrin(1, nn, extent(sch, k), 1, _gemm_types(types, packed, order_for)))
     return True
 
 
 def tile_dwpw(sch: Any, info: Any, rows: int, tile: tuple[int, int], dw_tile: tuple[int, int],
-              pack: bool = True, dw_order: str = "pixels") -> bool:
+              pack: bool = True, order_for: Any = None, wide_rows: bool = False, dw_order: str = "pixels") -> bool:
     """The fused kernel: for each tile of `rows` output rows, compute the depthwise output for
     those rows (padding window, micro-kernel, bias + activation) into a rows x W x C scratch
     buffer, then the pointwise GEMM tiles over it. The depthwise tensor never exists in full.
+    `wide_rows`: int8 depthwise rows are stored as int16 (same values, twice the scratch), which
+    the GEMM of a family with 16-bit multiply-accumulates reads without extending.
     `dw_order` "channels": the depthwise part runs channel tile by channel tile, each with the
     padded window of its own channels only (less RAM, the same copies)."""
     blocks = _children(sch)
@@ -270,6 +285,9 @@ def tile_dwpw(sch: Any, info: Any, rows: int, tile: tuple[int, int], dw_tile: tu
     e2 = blocks[ib + 1] if ib + 1 < len(blocks) else None
     pw = sch.get_sblock(info.anchor)
     dw = sch.get_sblock(info.dw_anchor)
+    widened = wide_rows and e1 is not None and str(sch.get(e1).writes[0].source.ty.dtype) == "int8"
+    if widened:            # the GEMM then reads int16 values through a cast to int8 (gemm_intrin a_narrowed)
+        sch.unsafe_set_dtype(e1, 0, "int16")
     pw_types, dw_types = operand_types(sch, pw), operand_types(sch, dw)
     loops = sch.get_loops(pw)
     if len(loops) != 7 or pw_types is None or dw_types is None:
@@ -288,10 +306,9 @@ def tile_dwpw(sch: Any, info: Any, rows: int, tile: tuple[int, int], dw_tile: tu
     sch.compute_at(dw, ho)
     for p in dw_pad:
         sch.compute_at(p, ho)
-    if pack:
-        pack_weights(sch, pw, nn, info)
+    packed = pack and pack_weights(sch, pw, nn, info, _gemm_types(pw_types, True, order_for).b_order)
     sch.decompose_reduction(pw, ry)
-    sch.tensorize(ci, gemm_intrin(m, nn, k, 1, pw_types))
+    sch.tensorize(ci, gemm_intrin(m, nn, k, 1, _gemm_types(pw_types, packed, order_for), a_narrowed=widened))
     # the depthwise part, now a loop nest inside `ho`
     dloops = list(sch.get_loops(dw))
     inner = dloops[[str(sch.get(x).loop_var) for x in dloops].index(str(sch.get(ho).loop_var)) + 1:]

@@ -28,27 +28,41 @@ from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 _REGISTERED: set[str] = set()
-GEMM_CALL_RE = re.compile(r"\bec_gemm_(f32|s8|s16)_(\d+)x(\d+)\(")
+GEMM_CALL_RE = re.compile(r"\bec_gemm_([a-z0-9]+)_(\d+)x(\d+)\(")
 DW_CALL_RE = re.compile(r"\bec_dw_(f32|s8|s16)_(\d+)x(\d+)_k(\d+)x(\d+)s(\d+)\(")
 
 
 @dataclass(frozen=True)
 class Types:
-    """Operand types of a micro-kernel: activations a, weights b, accumulator c."""
+    """Operand types of a micro-kernel: activations a, weights b, accumulator c; and `b_order`, how
+    a GEMM's packed weight panel orders its K x N values: "" row by row ([K][N]), or an order a
+    family's kernels read (PANEL_ORDERS)."""
 
     a: str
     b: str
     c: str
+    b_order: str = ""
 
     @property
     def tag(self) -> str:
         if self.c == "float32":
             return "f32"
-        return {"int8": "s8", "int16": "s16"}[self.a]
+        return {"int8": "s8", "int16": "s16"}[self.a] + self.b_order
 
+    def ordered(self, order: str) -> "Types":
+        return Types(self.a, self.b, self.c, order)
+
+
+# Panel orders for integer GEMMs whose kernels multiply pairs of 16-bit values (Arm's SMLAD): the
+# reduction in quads, each output channel's 4 weights together ([K/4][N][4], then the K % 4 last
+# rows [K % 4][N] as they are). "k4": the quad in K order (int8 activations: both operands are
+# split into even and odd lanes by SXTB16); "k4x": w0 w2 w1 w3 (int16 activations, read as the
+# pairs (a0 a1), (a2 a3): SXTB16 of the weights gives (w0 w1), (w2 w3)).
+PANEL_ORDERS = {"k4": (0, 1, 2, 3), "k4x": (0, 2, 1, 3)}
 
 F32 = Types("float32", "float32", "float32")
 TYPES = {"f32": F32, "s8": Types("int8", "int8", "int32"), "s16": Types("int16", "int8", "int32")}
+TYPES.update({t.ordered(o).tag: t.ordered(o) for t in list(TYPES.values())[1:] for o in PANEL_ORDERS})
 
 
 def types_for(a: str, b: str, c: str) -> Types | None:
@@ -65,18 +79,49 @@ def parse_shallow(parse: Any) -> Any:
         return pool.submit(parse).result()
 
 
-def gemm_intrin(m: int, n: int, k: int, stride: int = 1, types: Types = F32) -> str:
+def order_panel(panel: "np.ndarray", order: str) -> "np.ndarray":
+    """A [K][N] weight panel's values in `order` (PANEL_ORDERS), as an array of the same shape: the
+    bytes the kernel reads, in its order."""
+    import numpy as np
+
+    k, n = panel.shape
+    q = k // 4
+    quads = panel[: 4 * q].reshape(q, 4, n).transpose(0, 2, 1)[:, :, list(PANEL_ORDERS[order])]
+    flat = np.concatenate([quads.reshape(-1), panel[4 * q:].reshape(-1)])
+    return flat.reshape(k, n)
+
+
+def _mac(types: Types, a_narrowed: bool = False) -> Any:
+    """a * b in the accumulator type, as the kernels' TIR writes it (integer operands widened;
+    `a_narrowed`: int8 values stored in int16, read through a cast to int8)."""
+    tc = types.c
+
+    def mac(a: Any, b: Any) -> Any:
+        if tc == "float32":
+            return a * b
+        if a_narrowed:
+            a = T.Cast("int8", a)
+        return T.Cast(tc, a) * T.Cast(tc, b)
+
+    return mac
+
+
+def gemm_intrin(m: int, n: int, k: int, stride: int = 1, types: Types = F32, a_narrowed: bool = False) -> str:
     """Register (once) and return the name of the TensorIntrin for an M x N tile over K.
-    `stride` is the distance, in A rows, between consecutive output pixels (a strided conv)."""
-    name = f"ec_gemm_{types.tag}_{m}x{n}_k{k}_s{stride}"
+    `stride` is the distance, in A rows, between consecutive output pixels (a strided conv).
+    `a_narrowed`: the kernel reads int16 A values through a cast to int8 (int8 values stored
+    wide, see tiling.tile_dwpw): the same micro-kernel, which reads them as int16."""
+    name = f"ec_gemm_{types.tag}_{m}x{n}_k{k}_s{stride}" + ("_a8" if a_narrowed else "")
     if name in _REGISTERED:
         return name
     M, N, K, S = T.int64(m), T.int64(n), T.int64(k), T.int64(stride)
     AM = T.int64((m - 1) * stride + 1)
     symbol = f"ec_gemm_{types.tag}_{m}x{n}"
     ta, tb, tc = types.a, types.b, types.c
-    widen = types.c != "float32"      # integer operands are widened to the accumulator type
-    pixels = m > 1                    # a one-pixel tile has no pixel loop left in the scheduled kernel
+    mac = _mac(types, a_narrowed)
+    zero = T.int64(0)
+    # a one-pixel tile has no pixel loop in the scheduled kernel; a one-channel tile keeps its unit
+    # channel loop but its block has no channel iterator: the description matches both
 
     def make(call: bool) -> Any:
         """The intrinsic's description (call=False) or its implementation (call=True): the same
@@ -93,22 +138,26 @@ def gemm_intrin(m: int, n: int, k: int, stride: int = 1, types: Types = F32) -> 
                 if call:
                     T.evaluate(T.call_extern("int32", symbol, C.access_ptr("rw"), A.access_ptr("r"),
                                              B.access_ptr("r"), k, A.strides[0] * S, B.strides[0], C.strides[0]))
-                elif pixels:
+                elif m > 1 and n > 1:
                     for kk, mm, nn in T.grid(K, M, N):
                         with T.sblock("update"):
                             vm, vn, vk = T.axis.remap("SSR", [mm, nn, kk])
-                            if widen:
-                                C[vm, vn] = C[vm, vn] + T.Cast(tc, A[vm * S, vk]) * T.Cast(tc, B[vk, vn])
-                            else:
-                                C[vm, vn] = C[vm, vn] + A[vm * S, vk] * B[vk, vn]
-                else:
+                            C[vm, vn] = C[vm, vn] + mac(A[vm * S, vk], B[vk, vn])
+                elif n > 1:
                     for kk, nn in T.grid(K, N):
                         with T.sblock("update"):
                             vn, vk = T.axis.remap("SR", [nn, kk])
-                            if widen:
-                                C[0, vn] = C[0, vn] + T.Cast(tc, A[0, vk]) * T.Cast(tc, B[vk, vn])
-                            else:
-                                C[0, vn] = C[0, vn] + A[0, vk] * B[vk, vn]
+                            C[zero, vn] = C[zero, vn] + mac(A[zero, vk], B[vk, vn])
+                elif m > 1:
+                    for kk, mm, nn in T.grid(K, M, N):
+                        with T.sblock("update"):
+                            vm, vk = T.axis.remap("SR", [mm, kk])
+                            C[vm, zero] = C[vm, zero] + mac(A[vm * S, vk], B[vk, zero])
+                else:
+                    for kk, nn in T.grid(K, N):
+                        with T.sblock("update"):
+                            vk = T.axis.reduce(K, kk)
+                            C[zero, zero] = C[zero, zero] + mac(A[zero, vk], B[vk, zero])
 
         return f
 
@@ -128,8 +177,7 @@ def dw_intrin(m: int, n: int, kh: int, kw: int, s: int, types: Types = F32) -> s
     one, zero = T.int64(1), T.int64(0)
     ta, tb, tc = types.a, types.b, types.c
     symbol = f"ec_dw_{types.tag}_{m}x{n}_k{kh}x{kw}s{s}"
-    widen = types.c != "float32"
-    pixels = m > 1
+    mac = _mac(types)
 
     def make(call: bool) -> Any:
         @T.prim_func(s_tir=True)
@@ -145,23 +193,26 @@ def dw_intrin(m: int, n: int, kh: int, kw: int, s: int, types: Types = F32) -> s
                     T.evaluate(T.call_extern("int32", symbol, C.access_ptr("rw"), X.access_ptr("r"),
                                              W.access_ptr("r"), X.strides[0], X.strides[1], W.strides[0],
                                              W.strides[1], C.strides[0]))
-                elif pixels:
+                elif m > 1 and n > 1:
                     for ry, rx, mm, nn in T.grid(KH, KW, M, N):
                         with T.sblock("update"):
                             vm, vn, vry, vrx = T.axis.remap("SSRR", [mm, nn, ry, rx])
-                            if widen:
-                                C[vm, vn] = C[vm, vn] + T.Cast(tc, X[vry, vm * S + vrx, vn]) * \
-                                    T.Cast(tc, W[vry, vrx, zero, vn])
-                            else:
-                                C[vm, vn] = C[vm, vn] + X[vry, vm * S + vrx, vn] * W[vry, vrx, zero, vn]
-                else:
+                            C[vm, vn] = C[vm, vn] + mac(X[vry, vm * S + vrx, vn], W[vry, vrx, zero, vn])
+                elif n > 1:
                     for ry, rx, nn in T.grid(KH, KW, N):
                         with T.sblock("update"):
                             vn, vry, vrx = T.axis.remap("SRR", [nn, ry, rx])
-                            if widen:
-                                C[0, vn] = C[0, vn] + T.Cast(tc, X[vry, vrx, vn]) * T.Cast(tc, W[vry, vrx, zero, vn])
-                            else:
-                                C[0, vn] = C[0, vn] + X[vry, vrx, vn] * W[vry, vrx, zero, vn]
+                            C[zero, vn] = C[zero, vn] + mac(X[vry, vrx, vn], W[vry, vrx, zero, vn])
+                elif m > 1:
+                    for ry, rx, mm, nn in T.grid(KH, KW, M, N):
+                        with T.sblock("update"):
+                            vm, vry, vrx = T.axis.remap("SRR", [mm, ry, rx])
+                            C[vm, zero] = C[vm, zero] + mac(X[vry, vm * S + vrx, zero], W[vry, vrx, zero, zero])
+                else:
+                    for ry, rx, nn in T.grid(KH, KW, N):
+                        with T.sblock("update"):
+                            vry, vrx = T.axis.remap("RR", [ry, rx])
+                            C[zero, zero] = C[zero, zero] + mac(X[vry, vrx, zero], W[vry, vrx, zero, zero])
 
         return f
 
@@ -213,6 +264,8 @@ class _Emit:
 def emit_gemm_c(m: int, n: int, lanes: int, types: Types = F32) -> str:
     """The generic GEMM micro-kernel: M x N accumulators in named (vector) variables, one rank-1
     update per reduction step."""
+    if types.b_order:
+        return emit_ordered_gemm_c(m, n, types)
     e, nv = _Emit.for_tile(types, n, lanes)
     lanes = e.lanes
     lines = [
@@ -237,16 +290,50 @@ def emit_gemm_c(m: int, n: int, lanes: int, types: Types = F32) -> str:
     return "\n".join(lines)
 
 
-def emit_dw_c(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types = F32) -> str:
+def gemm_signature(m: int, n: int, types: Types) -> str:
+    return (f"static inline int32_t ec_gemm_{types.tag}_{m}x{n}({_C[types.c]} *restrict C, "
+            f"const {_C[types.a]} *restrict A, const {_C[types.b]} *restrict B, int32_t K, int64_t lda, "
+            "int64_t ldb, int64_t ldc)")
+
+
+def ordered_gemm_body(m: int, n: int, types: Types, indent: str = "  ") -> list[str]:
+    """Portable C over a panel in `types.b_order` (PANEL_ORDERS): the K quads, then the K % 4
+    last rows; each accumulator is a named variable."""
+    perm = PANEL_ORDERS[types.b_order]
+    lines = ["int32_t " + ", ".join(f"c{i}_{j} = C[{i} * ldc + {j}]" for i in range(m) for j in range(n)) + ";",
+             "const int8_t *b = B;", "int32_t k = 0;",
+             "for (; k + 4 <= K; k += 4, b += 4 * ldb) {"]
+    for j in range(n):
+        for i in range(m):
+            terms = " + ".join(f"(int32_t)A[{i} * lda + k + {t}] * b[{j * 4 + perm.index(t)}]" for t in range(4))
+            lines.append(f"  c{i}_{j} += {terms};")
+    lines += ["}", "for (; k < K; ++k, b += ldb) {"]
+    for j in range(n):
+        lines.append("  " + " ".join(f"c{i}_{j} += (int32_t)A[{i} * lda + k] * b[{j}];" for i in range(m)))
+    lines.append("}")
+    lines += [" ".join(f"C[{i} * ldc + {j}] = c{i}_{j};" for j in range(n)) for i in range(m)]
+    return [indent + ln for ln in lines]
+
+
+def emit_ordered_gemm_c(m: int, n: int, types: Types) -> str:
+    """The generic GEMM over a panel in a family's order, scalar C."""
+    return "\n".join([
+        f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] ({types.a} x {types.b} -> {types.c}); B panel in order "
+        f"{types.b_order!r} (quads of K), scalar C */",
+        gemm_signature(m, n, types) + " {", *ordered_gemm_body(m, n, types), "  return 0;", "}"])
+
+
+def dw_signature(m: int, n: int, kh: int, kw: int, s: int, types: Types) -> str:
+    return (f"static inline int32_t ec_dw_{types.tag}_{m}x{n}_k{kh}x{kw}s{s}({_C[types.c]} *restrict C, "
+            f"const {_C[types.a]} *restrict X, const {_C[types.b]} *restrict W, int64_t ldx_row, int64_t ldx_px, "
+            "int64_t ldw_row, int64_t ldw_px, int64_t ldc)")
+
+
+def dw_body(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types) -> list[str]:
+    """The generic depthwise loop: M x N accumulators, one tap of the window at a time."""
     e, nv = _Emit.for_tile(types, n, lanes)
     lanes = e.lanes
-    lines = [
-        f"/* depthwise {kh}x{kw}/{s} ({types.a} x {types.b} -> {types.c}): "
-        f"C[{m}x{n}] += sum X[ry][m*{s}+rx][n] * W[ry][rx][n] over a padded window */",
-        f"static inline int32_t ec_dw_{types.tag}_{m}x{n}_k{kh}x{kw}s{s}({_C[types.c]} *restrict C, "
-        f"const {_C[types.a]} *restrict X, const {_C[types.b]} *restrict W, int64_t ldx_row, int64_t ldx_px, "
-        "int64_t ldw_row, int64_t ldw_px, int64_t ldc) {",
-    ]
+    lines = []
     for i in range(m):
         lines.append(f"  {e.acc_type()} " + ", ".join(
             f"c{i}_{j} = {e.load_acc(f'C + {i} * ldc + {j * lanes}')}" for j in range(nv)) + ";")
@@ -262,8 +349,33 @@ def emit_dw_c(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types
     lines += ["    }", "  }"]
     for i in range(m):
         lines.append("  " + " ".join(e.store_acc(f"C + {i} * ldc + {j * lanes}", f"c{i}_{j}") for j in range(nv)))
-    lines += ["  return 0;", "}"]
-    return "\n".join(lines)
+    return lines
+
+
+def emit_dw_c(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types = F32) -> str:
+    return "\n".join([
+        f"/* depthwise {kh}x{kw}/{s} ({types.a} x {types.b} -> {types.c}): "
+        f"C[{m}x{n}] += sum X[ry][m*{s}+rx][n] * W[ry][rx][n] over a padded window */",
+        dw_signature(m, n, kh, kw, s, types) + " {", *dw_body(m, n, kh, kw, s, lanes, types), "  return 0;", "}"])
+
+
+# Scalar helpers the generated kernels call by name (the int8 rescale's saturation): each keeps a
+# portable C body under the ARM feature test, so the same model.c runs on the host.
+HELPERS = {
+    "ec_sat_s8": "\n".join([
+        "/* an int32 clamped to the int8 range (SSAT where the core has it) */",
+        "static inline int8_t ec_sat_s8(int32_t x) {",
+        "#if defined(__ARM_FEATURE_SAT)",
+        "  return (int8_t)__ssat(x, 8);",
+        "#else",
+        "  return (int8_t)(x < -128 ? -128 : x > 127 ? 127 : x);",
+        "#endif",
+        "}",
+    ]),
+}
+HELPER_CALL_RE = re.compile(r"\b(" + "|".join(HELPERS) + r")\(")
+ACLE_INCLUDE = "#if defined(__ARM_FEATURE_SAT) || defined(__ARM_FEATURE_DSP) || defined(__ARM_FEATURE_MVE)\n" \
+               "#include <arm_acle.h>\n#endif"
 
 
 def _vector_types(width: int, sfx: str) -> list[str]:

@@ -42,9 +42,10 @@ def _buffers(func: Any) -> list[tuple[str, int]]:
 def harness_source(func: Any, kernel: KernelSource, family: str, mode: str, entry: str = "", reps: int = 9) -> str:
     """The measuring program: static buffers of the kernel's shapes filled with fixed pseudo-
     random values. `mode` "marked": one warm-up call, then one call between two marker calls
-    (counted by an emulator plugin); "timed": batches timed by the program itself, the median
-    printed in ns. `entry`: extra C (a bare-metal entry point)."""
-    emulated, calls = mode == "marked", 1
+    (counted by an emulator plugin); "ticked": the same, the marker function being the platform's
+    (a bare-metal entry that reads a timer at each call); "timed": batches timed by the program
+    itself, the median printed in ns. `entry`: extra C (a bare-metal entry point)."""
+    emulated, calls = mode in ("marked", "ticked"), 1
     bufs = _buffers(func)
     lines = ["#define _POSIX_C_SOURCE 199309L", "#include <math.h>", "#include <stdbool.h>", "#include <stddef.h>",
              "#include <stdint.h>", "#include <stdlib.h>", "#include <string.h>", ""]
@@ -61,9 +62,8 @@ def harness_source(func: Any, kernel: KernelSource, family: str, mode: str, entr
         lines.append(f"static uint8_t s{j}[{max(nbytes, 1)}] __attribute__((aligned(16)));")
     args = [f"b{i}" for i in range(len(bufs))] + [f"s{j}" for j in range(len(kernel.scratch_bytes))]
     call = f"{kernel.symbol}({', '.join(args)})"
-    lines += [
-        "__attribute__((noinline)) void ec_hal_mark(void) { __asm__ volatile(\"\" ::: \"memory\"); }",
-    ]
+    lines.append("void ec_hal_mark(void);" if mode == "ticked" else
+                 "__attribute__((noinline)) void ec_hal_mark(void) { __asm__ volatile(\"\" ::: \"memory\"); }")
     if not emulated:
         lines += [
             "static double now_ns(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);"
@@ -107,7 +107,8 @@ def build(func: Any, target: Target, workdir: Path) -> Path:
     kernel = lower_kernels({SYMBOL: func}, target.tvm)[SYMBOL]
     workdir.mkdir(parents=True, exist_ok=True)
     src = workdir / "harness.c"
-    src.write_text(harness_source(func, kernel, target.family, platform.harness_mode, platform.harness_entry(target)))
+    src.write_text(harness_source(func, kernel, target.family, platform.harness_mode_for(target),
+                                  platform.harness_entry(target)))
     exe = workdir / "harness"
     platform.build_harness(target, src, exe)
     return exe

@@ -57,9 +57,9 @@ def _register_intrinsics(text: str) -> None:
     from ..schedules import ukernels
 
     for name in sorted(set(re.findall(r"ec_(?:gemm|dw)_[a-z0-9_]+", text))):
-        m = re.fullmatch(r"ec_gemm_(f32|s8|s16)_(\d+)x(\d+)_k(\d+)_s(\d+)", name)
-        if m:
-            ukernels.gemm_intrin(int(m[2]), int(m[3]), int(m[4]), int(m[5]), ukernels.TYPES[m[1]])
+        m = re.fullmatch(r"ec_gemm_([a-z0-9]+)_(\d+)x(\d+)_k(\d+)_s(\d+)(_a8)?", name)
+        if m and m[1] in ukernels.TYPES:
+            ukernels.gemm_intrin(int(m[2]), int(m[3]), int(m[4]), int(m[5]), ukernels.TYPES[m[1]], bool(m[6]))
             continue
         m = re.fullmatch(r"ec_dw_(f32|s8|s16)_(\d+)x(\d+)_k(\d+)x(\d+)s(\d+)", name)
         if m:

@@ -1,7 +1,38 @@
 """Schedules for Cortex-M4/M7: no floating-point SIMD; micro-kernels keep a tile of accumulators
-in the 32 single-precision FPU registers (float) or the 13-14 usable core registers (int8)."""
+in the 32 single-precision FPU registers (float) or the 13-14 usable core registers (int8). Integer
+GEMM kernels use the DSP extension's dual 16-bit multiply-accumulate (SMLAD, `ukernels.py`) over
+weight panels stored in quads of the reduction; fused depthwise+pointwise kernels keep their int8
+depthwise rows as int16, which those kernels read two values per word without extending."""
+
+from typing import Any
 
 from ..rules import TiledRules
 
+
+class CortexMRules(TiledRules):
+    """Integer GEMM tiles get 4 accumulators: with two words of activations per pixel, the
+    channels' weight words and the row and panel pointers, a 2 x 2 tile fills the core registers.
+    Integer depthwise tiles get 8 (2 pixels x a quad of channels: the DSP kernel's unit)."""
+
+    INT_ACC = {"conv": 4, "dw": 8}
+
+    def accumulators(self, which: str, types: Any) -> int:
+        if which in self.INT_ACC and types is not None and types.c == "int32":
+            return self.INT_ACC[which]
+        return super().accumulators(which, types)
+
+    def lanes_for(self, types: Any) -> int:
+        """Integer kernels are the DSP extension's, in core registers: one lane (the family's
+        lanes, e.g. Helium's 4, apply to its float kernels)."""
+        if types is not None and types.c == "int32":
+            return 1
+        return self.lanes
+
+    def panel_order(self, types: Any) -> str:
+        if types.c != "int32":
+            return ""
+        return "k4x" if types.a == "int16" else "k4"
+
+
 LANES = 1
-RULES = TiledRules(lanes=LANES, conv_acc=16, dw_acc=8, fc_acc=8)
+RULES = CortexMRules(lanes=LANES, conv_acc=16, dw_acc=8, fc_acc=8, wide_rows=True)

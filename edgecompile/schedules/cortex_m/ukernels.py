@@ -1,0 +1,170 @@
+"""Cortex-M4/M7 micro-kernels (the DSP extension) that override the generic ones of
+`schedules/ukernels.py`.
+
+`gemm`: integer GEMM tiles over weight panels in the "k4" / "k4x" orders (`ukernels.PANEL_ORDERS`:
+each output channel's weights for 4 consecutive reduction steps in one word). Per 4 steps, an
+int8 activation word becomes two registers of 16-bit lanes, (a0 a2) and (a1 a3), with SXTB16
+(one instruction each, the second with its rotation); a weight word likewise, so the pairs line
+up and two SMLAD (two 16x16 multiply-accumulates each) finish the 4 steps. int16 activations
+(the zero-point-shifted rows of padded convolutions) are read as the pairs (a0 a1), (a2 a3);
+their weights are stored w0 w2 w1 w3, so SXTB16 gives (w0 w1), (w2 w3). Per 4 steps an M x N tile
+costs 3M (int8) or 2M (int16) loads and extensions, 3N for the weights and 2MN SMLAD.
+
+Each kernel keeps the portable C of the same panel order under `#else`: the same model.c runs on
+the host (`edgecompile test` compares a device's int8 bytes with it)."""
+
+from __future__ import annotations
+
+from ..ukernels import Types, dw_body, dw_signature, gemm_signature, ordered_gemm_body
+
+_READ32 = "\n".join([
+    "#ifndef EC_READ32",
+    "#define EC_READ32",
+    "/* 4 bytes from any address as one word (LDR: unaligned access is allowed on ARMv7-M/v8-M) */",
+    "static inline int32_t ec_read32(const void *p) { int32_t v; __builtin_memcpy(&v, p, 4); return v; }",
+    "#if defined(__ARM_FEATURE_DSP)",
+    "/* bytes 1 and 3 of a word, sign-extended into two 16-bit lanes: SXTB16 with its ROR #8 (gcc does",
+    "   not fold the rotation into the instruction by itself) */",
+    "static inline int32_t ec_sxtb16_ror8(int32_t x) { int32_t r; __asm__(\"sxtb16 %0, %1, ror #8\" : \"=r\"(r) : \"r\"(x)); return r; }",
+    "/* two words from a word-aligned address, the pointer advanced by 8: one LDRD with post-increment",
+    "   (gcc splits such loads into two LDR on Cortex-M) */",
+    "typedef struct { int32_t w[2]; } __attribute__((may_alias)) ec_words2;",
+    "static inline const void *ec_ldrd(const void *p, int32_t *lo, int32_t *hi) {",
+    "  int32_t a, b;",
+    "  __asm__(\"ldrd %0, %1, [%2], #8\" : \"=&r\"(a), \"=&r\"(b), \"+r\"(p) : \"m\"(*(const ec_words2 *)p));",
+    "  *lo = a; *hi = b;",
+    "  return p;",
+    "}",
+    "#endif",
+    "#endif",
+])
+
+
+def _smlads(m: int, j: int, w: str) -> list[str]:
+    """Channel j's weight word `w` (4 int8 of one quad): both halves, 2 SMLAD per pixel."""
+    lines = [f"    {{ const int32_t wl = __sxtb16({w}), wh = ec_sxtb16_ror8({w});"]
+    lines += [f"      c{i}_{j} = __smlad(x{i}l, wl, c{i}_{j}); c{i}_{j} = __smlad(x{i}h, wh, c{i}_{j});" for i in range(m)]
+    return lines + ["    }"]
+
+
+def _quad_loop_any(m: int, n: int, wide: bool) -> list[str]:
+    """The K quads from any alignment (LDR may read unaligned words)."""
+    lines = ["  _Pragma(\"GCC unroll 2\")", "  for (; k + 4 <= K; k += 4, b += 4 * ldb) {"]
+    for i in range(m):
+        if wide:     # int16 activations: (a0 a1), (a2 a3)
+            lines.append(f"    const int32_t x{i}l = ec_read32(A + {i} * lda + k), x{i}h = ec_read32(A + {i} * lda + k + 2);")
+        else:        # int8 activations: (a0 a2), (a1 a3)
+            lines.append(f"    const int32_t x{i} = ec_read32(A + {i} * lda + k);")
+            lines.append(f"    const int32_t x{i}l = __sxtb16(x{i}), x{i}h = ec_sxtb16_ror8(x{i});")
+    for j in range(n):
+        lines.append(f"    const int32_t w{j} = ec_read32(b + {4 * j});")
+        lines += _smlads(m, j, f"w{j}")
+    return lines + ["  }"]
+
+
+def _quad_loop_aligned(m: int, n: int, wide: bool) -> list[str]:
+    """The K quads from word-aligned rows and panels: two words per LDRD with post-increment
+    (int16 activation rows; the quads of two output channels)."""
+    ta = "int16_t" if wide else "int8_t"
+    lines = ["  const " + ta + " " + ", ".join(f"*a{i} = A + {i} * lda" for i in range(m)) + ";",
+             "  const int8_t *bend = B + (K / 4) * 4 * ldb;",
+             "  _Pragma(\"GCC unroll 2\")", "  while (b != bend) {"]
+    for i in range(m):
+        if wide:
+            lines.append(f"    int32_t x{i}l, x{i}h; a{i} = (const int16_t *)ec_ldrd(a{i}, &x{i}l, &x{i}h);")
+        else:
+            lines.append(f"    const int32_t x{i} = ec_read32(a{i}); a{i} += 4;")
+            lines.append(f"    const int32_t x{i}l = __sxtb16(x{i}), x{i}h = ec_sxtb16_ror8(x{i});")
+    for j in range(0, n - 1, 2):
+        lines.append(f"    int32_t w{j}, w{j + 1}; b = (const int8_t *)ec_ldrd(b, &w{j}, &w{j + 1});")
+        lines += _smlads(m, j, f"w{j}") + _smlads(m, j + 1, f"w{j + 1}")
+    if n % 2:
+        lines.append(f"    const int32_t w{n - 1} = ec_read32(b); b += 4;")
+        lines += _smlads(m, n - 1, f"w{n - 1}")
+    return lines + ["  }", "  k = K & ~3;"]
+
+
+def _dsp_body(m: int, n: int, types: Types) -> list[str]:
+    """The SMLAD loop over the K quads (two words per load where rows and panel are word-aligned);
+    the K % 4 last rows in plain C."""
+    wide = types.a == "int16"
+    aligned = ["(((uintptr_t)B & 3) == 0)", f"(ldb == {n})"]
+    if wide:
+        aligned += ["(((uintptr_t)A & 3) == 0)", "((lda & 1) == 0)"]
+    lines = ["  int32_t " + ", ".join(f"c{i}_{j} = C[{i} * ldc + {j}]" for i in range(m) for j in range(n)) + ";",
+             "  const int8_t *b = B;", "  int32_t k = 0;",
+             f"  if ({' && '.join(aligned)}) {{", *["  " + ln for ln in _quad_loop_aligned(m, n, wide)],
+             "  } else {", *["  " + ln for ln in _quad_loop_any(m, n, wide)], "  }",
+             "  for (; k < K; ++k, b += ldb) {"]
+    for j in range(n):
+        lines.append("    " + " ".join(f"c{i}_{j} += (int32_t)A[{i} * lda + k] * b[{j}];" for i in range(m)))
+    lines.append("  }")
+    lines += ["  " + " ".join(f"C[{i} * ldc + {j}] = c{i}_{j};" for j in range(n)) for i in range(m)]
+    return lines
+
+
+def gemm(m: int, n: int, lanes: int, types: Types) -> str | None:
+    """C for `ec_gemm_<t>_MxN`, or None where the generic kernel is used."""
+    if types.b_order not in ("k4", "k4x") or types.c != "int32":
+        return None
+    if (types.a == "int16") != (types.b_order == "k4x"):
+        return None
+    return "\n".join([
+        _READ32,
+        f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] ({types.a} x {types.b} -> int32), B panel in order "
+        f"{types.b_order!r}: SMLAD on 16-bit pairs (DSP extension), portable C otherwise */",
+        gemm_signature(m, n, types) + " {",
+        "#if defined(__ARM_FEATURE_DSP)",
+        *_dsp_body(m, n, types),
+        "#else",
+        *ordered_gemm_body(m, n, types),
+        "#endif",
+        "  return 0;",
+        "}",
+    ])
+
+
+def _dw_dsp_body(m: int, n: int, kh: int, kw: int, s: int) -> list[str]:
+    """Depthwise over int16 rows, 4 channels at a time: per tap, the quad's 4 int8 weights split
+    into (w0 w2), (w1 w3) by SXTB16; each pixel's words (x0 x1), (x2 x3) meet them in the halfword
+    multiply-accumulates SMLABB, SMLATB, SMLABT, SMLATT (one instruction per MAC, and the two loads
+    of 4 channels)."""
+    lines = []
+    for q in range(n // 4):
+        lines.append("  {")
+        for i in range(m):
+            lines.append("    int32_t " + ", ".join(f"c{i}_{j} = C[{i} * ldc + {4 * q + j}]" for j in range(4)) + ";")
+        for ry in range(kh):
+            for rx in range(kw):
+                lines.append(f"    {{ const int32_t w = ec_read32(W + {ry} * ldw_row + {rx} * ldw_px + {4 * q});")
+                lines.append("      const int32_t w02 = __sxtb16(w), w13 = ec_sxtb16_ror8(w);")
+                for i in range(m):
+                    at = f"X + {ry} * ldx_row + {i * s + rx} * ldx_px + {4 * q}"
+                    lines.append(f"      {{ const int32_t xa = ec_read32({at}), xb = ec_read32({at} + 2);")
+                    lines.append(f"        c{i}_0 = __smlabb(xa, w02, c{i}_0); c{i}_1 = __smlatb(xa, w13, c{i}_1);"
+                                 f" c{i}_2 = __smlabt(xb, w02, c{i}_2); c{i}_3 = __smlatt(xb, w13, c{i}_3); }}")
+                lines.append("    }")
+        for i in range(m):
+            lines.append("    " + " ".join(f"C[{i} * ldc + {4 * q + j}] = c{i}_{j};" for j in range(4)))
+        lines.append("  }")
+    return lines
+
+
+def dw(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types) -> str | None:
+    """C for `ec_dw_<t>_MxN_kKHxKWsS`, or None where the generic kernel is used: int16 rows
+    (zero-point-shifted, padded) x int8 weights, channels in quads."""
+    if not (types.a == "int16" and types.b == "int8" and types.c == "int32" and n % 4 == 0):
+        return None
+    return "\n".join([
+        _READ32,
+        f"/* depthwise {kh}x{kw}/{s} (int16 x int8 -> int32), C[{m}x{n}]: halfword MACs of the DSP extension, "
+        "portable C otherwise */",
+        dw_signature(m, n, kh, kw, s, types) + " {",
+        "#if defined(__ARM_FEATURE_DSP)",
+        *_dw_dsp_body(m, n, kh, kw, s),
+        "#else",
+        *dw_body(m, n, kh, kw, s, lanes, types),
+        "#endif",
+        "  return 0;",
+        "}",
+    ])

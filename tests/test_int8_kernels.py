@@ -1,0 +1,193 @@
+"""int8 kernels of each family against an independent integer reference, bit for bit.
+
+The reference is the quantized graph itself, before any of our schedules, micro-kernels or C
+code: TVM's own operator implementations compiled for this machine and run by the Relax VM, with
+the rescale in its general 64-bit form (the folded form the builds use is checked apart, in
+test_quant). Each case is a small network of one kind of kernel with random shapes (odd channel
+counts, one channel, strides, padding), random weights and random quantization parameters
+(calibration data of random range and offset); the builds for the emulated Cortex-M4
+(mps2-an386), Cortex-M7 (stm32f746g-disco) and Cortex-M55 (mps3-an547) and the same model.c
+compiled for this machine must return the reference's bytes.
+
+Whole networks (the wake-word network and one of each zoo family): every core's bytes equal the
+host int8 build's (this machine's schedules and kernels); a board the network does not fit is
+skipped with the numbers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgecompile.compiler import BuildOptions, Progress, _graph, write_build
+from edgecompile.device.protocol import Link
+from edgecompile.ir import quantize
+from edgecompile.errors import FitError
+from edgecompile.ir.frontend import ModelOptions, _from_torch, load_model
+from edgecompile.platforms import platform_for
+from edgecompile.platforms.host import HostModel
+from edgecompile.targets import load_target
+from test_quant import FAMILIES
+from helpers import output_spread
+
+BOARDS = ["mps2-an386", "stm32f746g-disco", "mps3-an547"]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    shape: tuple[int, int, int, int]      # N, C, H, W
+    layers: str                           # a Python expression building the nn.Sequential's layers
+    kinds: tuple[str, ...]                # kernel kinds the build must contain (tiled)
+
+
+CASES = [
+    Case("pw_16_24", (1, 16, 6, 6), "[nn.Conv2d(16, 24, 1), nn.ReLU()]", ("conv_pw",)),
+    Case("pw_odd_7_5", (1, 7, 5, 3), "[nn.Conv2d(7, 5, 1), nn.ReLU6()]", ("conv_pw",)),
+    Case("pw_one_out", (1, 9, 4, 5), "[nn.Conv2d(9, 1, 1)]", ("conv_pw",)),
+    Case("conv3x3_one_in", (1, 1, 6, 6), "[nn.Conv2d(1, 4, 3, padding=1), nn.ReLU()]", ()),
+    Case("dwpw_s1", (1, 8, 8, 8),
+         "[nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 1), nn.ReLU()]",
+         ("dwpw",)),
+    Case("dwpw_s2_odd", (1, 6, 9, 7),
+         "[nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6), nn.ReLU6(), nn.Conv2d(6, 10, 1), nn.ReLU6()]",
+         ("dwpw",)),
+    Case("dwpw_one_out", (1, 12, 6, 6),
+         "[nn.Conv2d(12, 12, 3, padding=1, groups=12), nn.ReLU(), nn.Conv2d(12, 1, 1)]", ("dwpw",)),
+    Case("dw_s1", (1, 8, 7, 9), "[nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU6(), nn.AvgPool2d(7, 9)]",
+         ("conv_dw",)),
+    Case("dw_s2_odd", (1, 5, 9, 9), "[nn.Conv2d(5, 5, 3, stride=2, padding=1, groups=5), nn.ReLU()]", ("conv_dw",)),
+    Case("conv3x3_s2", (1, 3, 12, 10), "[nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU()]", ("conv",)),
+    Case("conv3x3_s1_odd", (1, 5, 7, 6), "[nn.Conv2d(5, 6, 3, padding=1), nn.ReLU6()]", ("conv",)),
+    Case("fc", (1, 10, 1, 1), "[nn.Flatten(), nn.Linear(10, 7)]", ("fc",)),
+]
+
+
+def _source(case: Case, seed: int):
+    torch.manual_seed(seed)
+    model = nn.Sequential(*eval(case.layers, {"nn": nn}))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):      # random weight and bias scales per layer
+                m.weight.mul_(float(torch.empty(1).uniform_(0.2, 3.0, generator=g)))
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.5)
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    model.eval()
+    return _from_torch(case.name, model, case.shape, ModelOptions(input_shape=case.shape, seed=seed))
+
+
+def _calibration(tmp_path, case: Case, seed: int) -> str:
+    """Inputs of a random range and offset: random input scale and zero point."""
+    rng = np.random.default_rng(seed)
+    scale, offset = rng.uniform(0.3, 4.0), rng.uniform(-1.0, 1.0)
+    data = (rng.standard_normal((8, *case.shape[1:])) * scale + offset).astype(np.float32)
+    path = tmp_path / "calibration.npy"
+    np.save(path, data)
+    return str(path)
+
+
+def vm_reference(source, calibration: str, monkeypatch) -> tuple[object, dict]:
+    """The int8 graph (general rescale form) on TVM's Relax VM: int8 input -> int8 output."""
+    import tvm
+    from tvm import relax
+
+    with monkeypatch.context() as m:
+        m.setattr(quantize, "FAST_SHIFTS", (1, 0))        # no shift qualifies: the general form everywhere
+        graph, quant = _graph(source, load_target("host"), BuildOptions(quant="int8", calibration=calibration),
+                              Progress(quiet=True))
+    exe = tvm.compile(graph, target=tvm.target.Target({"kind": "llvm"}))
+    vm = relax.VirtualMachine(exe, tvm.cpu())
+    return (lambda x: vm["main"](tvm.runtime.tensor(x)).numpy()), quant
+
+
+def _inputs(case: Case, seed: int, n: int = 4) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed + 100)
+    return [rng.integers(-128, 128, size=case.shape, dtype=np.int8) for _ in range(n)]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_kernel_bytes_equal_the_integer_reference_on_every_core(tmp_path, monkeypatch, case):
+    seed = CASES.index(case) + 1
+    source = _source(case, seed)
+    calibration = _calibration(tmp_path, case, seed)
+    reference, quant = vm_reference(source, calibration, monkeypatch)
+    inputs = _inputs(case, seed)
+    expected = [reference(x) for x in inputs]
+    output_spread(expected)      # the reference depends on the input, or the comparison proves nothing
+    for board in BOARDS:
+        out = tmp_path / board
+        rep = write_build(source, load_target(board), out,
+                          BuildOptions(quant="int8", calibration=calibration, compare_unfused=False),
+                          Progress(quiet=True))
+        assert rep["quant"] == quant
+        kinds = {c["kind"] for c in rep["calls"] if not c["schedule"].startswith("generic")}
+        assert set(case.kinds) <= kinds, f"{board}: {case.kinds} not tiled ({[c['schedule'] for c in rep['calls']]})"
+        out_shape = tuple(rep["outputs"][0]["shape"])
+        host = HostModel.from_sources(out)
+        t = load_target(board)
+        with platform_for(t).start_emulator(t, out, rep) as s:
+            port = s.open_port()
+            link = Link(port, timeout=30, alive=s.alive)
+            link.connect()
+            for x, want in zip(inputs, expected):
+                dev = link.infer(x, out_shape, in_dtype="int8", out_dtype="int8").output
+                assert dev.tobytes() == want.tobytes(), f"{board}: device bytes differ from the reference"
+                assert host.run(x)[0].tobytes() == want.tobytes(), f"{board}: host compile of model.c differs"
+            port.close()
+        host.close()
+
+
+# ----------------------------------------------------------------------------- whole networks
+
+NETWORKS = [("mobilenet_v1", dict(width_mult=0.25, resolution=96, num_classes=2)),   # the MLPerf Tiny wake-word shape
+            *FAMILIES]                                                                 # one of each zoo family
+
+
+@pytest.fixture(scope="module")
+def host_int8(tmp_path_factory):
+    """The host int8 build of a network (this machine's own schedules and kernels), cached."""
+    root, cache = tmp_path_factory.mktemp("host8"), {}
+
+    def get(name: str, opts: dict):
+        if name not in cache:
+            source = load_model(name, ModelOptions(**opts))
+            rep = write_build(source, load_target("host"), root / name, BuildOptions(quant="int8", compare_unfused=False),
+                              Progress(quiet=True))
+            cache[name] = (source, rep, HostModel(root / name))
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("board", BOARDS)
+@pytest.mark.parametrize("name,opts", [pytest.param(*n, marks=() if n[0] == "mobilenet_v1" else pytest.mark.slow)
+                                       for n in NETWORKS], ids=[n[0] for n in NETWORKS])
+def test_network_int8_bytes_equal_the_host_build_on_every_core(tmp_path, host_int8, name, opts, board):
+    source, host_rep, host = host_int8(name, opts)
+    try:
+        rep = write_build(source, load_target(board), tmp_path / board, BuildOptions(quant="int8", compare_unfused=False),
+                          Progress(quiet=True))
+    except FitError as err:
+        pytest.skip(str(err))
+    assert rep["quant"] == host_rep["quant"]
+    rng = np.random.default_rng(5)
+    shape, out_shape = tuple(rep["inputs"][0]["shape"]), tuple(rep["outputs"][0]["shape"])
+    inputs = [rng.integers(-128, 128, size=shape, dtype=np.int8) for _ in range(3)]
+    expected = [host.run(x)[0] for x in inputs]
+    output_spread(expected)
+    t = load_target(board)
+    with platform_for(t).start_emulator(t, tmp_path / board, rep) as s:
+        port = s.open_port()
+        link = Link(port, timeout=120, alive=s.alive)
+        link.connect()
+        for x, want in zip(inputs, expected):
+            assert link.infer(x, out_shape, in_dtype="int8", out_dtype="int8").output.tobytes() == want.tobytes()
+        port.close()
