@@ -140,7 +140,7 @@ def _schedule_kernels(mod: Any, prog: Program, target: Target,
 
 
 def _perturb(mod: Any, prog: Program) -> None:
-    """Test-only: change one weight of the first convolution, as a broken kernel would compute
+    """Test-only: change the weights of one channel of the first convolution, as a broken kernel would compute
     (`test` and `run --layers` must catch it and point at that call)."""
     from .ir.kernel import analyze
 
@@ -148,8 +148,10 @@ def _perturb(mod: Any, prog: Program) -> None:
         if analyze(mod[call.kernel]).kind.is_conv:
             w = next(n for n in call.inputs if n in prog.weights and prog.weights[n].ndim == 4)
             arr = prog.weights[w].copy()
-            flat = arr.reshape(-1)
-            flat[int(np.argmax(np.abs(flat)))] *= -1          # the largest weight, sign flipped
+            # the slice (last axis: an output channel of HWIO) holding the largest weight, negated:
+            # a kernel that gets one channel wrong, visible through int8 rounding too
+            last = np.unravel_index(int(np.argmax(np.abs(arr))), arr.shape)[-1]
+            arr[..., last] *= -1
             prog.weights[w] = arr
             return
     raise EdgeCompileError("no convolution to perturb")

@@ -162,10 +162,44 @@ def run_test(build: Path, port: str | None = None, samples: int = 20, dataset: s
     if host_int8 is not None:
         host_int8.close()
     result = _verdict(report, target, data, rows, ref_kind, min_agreement, max_abs_error, rtol)
+    if int8:
+        _check_against_kernel_graph(build, report, data, rows, result, progress)
     result.update(_counts(target, rows, emulated, counts, info, port))
     result.update({"build": str(build), "naks": naks, "device_info": info})
     _record(build, report, result)
     return result
+
+
+def _check_against_kernel_graph(build: Path, report: dict[str, Any], data: Any, rows: list, result: dict[str, Any],
+                                progress: Any) -> None:
+    """int8: the device's bytes against the compiler's kernel graph on TVM's VM (the same integer
+    arithmetic, not our C): a kernel the C gets wrong shows here even when its error hides in the
+    quantization noise of the comparison with fp32."""
+    from .layers import int8_graph_runner
+
+    try:
+        progress("int8 reference: the build's kernel graph on TVM's VM")
+        run = int8_graph_runner(build, report)
+    except EdgeCompileError as err:      # a patch-based build: no VM reference
+        result["kernel_graph"] = {"unavailable": str(err)}
+        return
+    quant = report["quant"]
+    differing, worst = 0, 0
+    for (res, _, _), x in zip(rows, data.images):
+        ref = np.asarray(run(_quantize(x[None].astype(np.float32), quant["input"]))).reshape(-1)
+        got = np.asarray(res.output).reshape(-1)
+        if ref.size != got.size:
+            result["kernel_graph"] = {"unavailable": f"its last call has {ref.size} values, the output {got.size}"}
+            return
+        d = int(np.abs(got.astype(np.int32) - ref.astype(np.int32)).max())
+        differing += d > 0
+        worst = max(worst, d)
+    result["kernel_graph"] = {"samples_differing": differing, "max_difference_steps": worst}
+    if differing:
+        result["failures"].append(f"{differing} of {len(rows)} outputs differ from the compiler's int8 kernel graph "
+                                  f"run by TVM (up to {worst} quantization steps): a kernel of model.c computes "
+                                  "wrongly; `edgecompile test --layers` shows which")
+        result["passed"] = False
 
 
 def _host_build(build: Path) -> Any:
@@ -280,6 +314,13 @@ def format_result(r: dict[str, Any]) -> str:
         h = r["host_int8"]
         same = "identical" if not h["samples_differing"] else f"{h['samples_differing']} samples differ"
         lines.append(f"  int8 bytes vs this machine's build of the same C: {same}")
+        g = r.get("kernel_graph", {})
+        if "unavailable" in g:
+            lines.append(f"  int8 bytes vs the kernel graph on TVM's VM: not compared ({g['unavailable']})")
+        elif g:
+            same = "identical" if not g["samples_differing"] else \
+                f"{g['samples_differing']} samples differ, by up to {g['max_difference_steps']} steps"
+            lines.append(f"  int8 bytes vs the kernel graph on TVM's VM: {same}")
         lines.append(f"  vs fp32: top-1 agreement {r['agreement']:.3f}, max |device - fp32| {r['max_abs_error']:.3e} "
                      f"({r['max_abs_error_steps']:.1f} output steps)")
     else:

@@ -81,6 +81,39 @@ def _lowered(build: Path, report: dict[str, Any]) -> tuple[Any, Any]:
 
 def kernel_graph_outputs(mod: Any, x: np.ndarray) -> list[np.ndarray]:
     """Every kernel call's output of a lowered module on input `x`, by TVM's Relax VM (LLVM)."""
+    return kernel_graph_runner(mod)(x)
+
+
+def int8_graph_runner(build: Path, report: dict[str, Any]) -> Any:
+    """The build's int8 output for a quantized input, by its kernel graph on TVM's VM: the
+    compiler's own integer arithmetic, independent of model.c (a reference for the device's bytes
+    that a wrong kernel in the C cannot share)."""
+    mod, _ = _lowered(build, report)
+    run = kernel_graph_runner(mod)
+    return lambda xq: run(xq)[-1]
+
+
+_HELPERS_LIB: list[Any] = []
+
+
+def _load_c_helpers() -> None:
+    """The scalar C helpers kernels call by name (schedules.ukernels.HELPERS, e.g. the int8
+    saturation), compiled for this machine and loaded into the process's global symbols, where
+    TVM's LLVM JIT finds them (it cannot compile model.c's inline definitions)."""
+    from ..schedules.ukernels import HELPERS
+
+    if _HELPERS_LIB:
+        return
+    code = "#include <stdint.h>\n" + "\n".join(c.replace("static inline ", "") for c in HELPERS.values())
+    tmp = tempfile.TemporaryDirectory(prefix="ec-helpers-")
+    src, lib = Path(tmp.name) / "helpers.c", Path(tmp.name) / "libhelpers.so"
+    src.write_text(code)
+    proc.run(["gcc", "-O2", "-fPIC", "-shared", "-o", str(lib), str(src)], what="gcc: the kernels' C helpers")
+    _HELPERS_LIB.append((tmp, ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)))
+
+
+def kernel_graph_runner(mod: Any) -> Any:
+    """`kernel_graph_outputs` compiled once: a function of the input."""
     import tvm
     from tvm import relax
 
@@ -103,10 +136,15 @@ def kernel_graph_outputs(mod: Any, x: np.ndarray) -> list[np.ndarray]:
     for gvar, f in mod.functions.items():
         if gvar.name_hint != "main":
             new[gvar] = f
+    _load_c_helpers()
     exe = tvm.compile(new, target=tvm.target.Target({"kind": "llvm"}))
     vm = relax.VirtualMachine(exe, tvm.cpu())
-    res = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x)))
-    return [r.numpy() if hasattr(r, "numpy") else r[0].numpy() for r in res]
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        res = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x)))
+        return [r.numpy() if hasattr(r, "numpy") else r[0].numpy() for r in res]
+
+    return run
 
 
 def _substitute(value: Any, env: dict) -> Any:
