@@ -209,3 +209,21 @@ def test_run_rejects_wrong_input_shape(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 32, 32), np.float32))
     proc = run_cli("run", str(out), "--input", str(tmp_path / "x.npy"))
     assert proc.returncode != 0 and "expects (1, 3, 64, 64)" in proc.stderr
+
+
+def test_a_closed_pipe_is_not_a_traceback():
+    """`edgecompile list targets --json | head -c 10`: the reader leaves early."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("edgecompile")
+    import fcntl
+
+    p = subprocess.Popen([str(exe), "list", "targets", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    fcntl.fcntl(p.stdout.fileno(), 1031, 4096)      # F_SETPIPE_SZ: the ~10 KB of JSON cannot all fit
+    p.stdout.read(10)
+    p.stdout.close()                     # before the program has written everything
+    err = p.stderr.read().decode()
+    p.wait(timeout=60)
+    assert "Traceback" not in err and p.returncode == 141, (p.returncode, err)

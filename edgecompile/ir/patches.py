@@ -179,7 +179,7 @@ def _rows_same(var: Any, args: list[Any], consts: list[Any]) -> bool:
     return True
 
 
-_BINARY = ("Add", "Sub", "Mul", "Div", "Mod", "FloorDiv", "FloorMod", "Min", "Max", "EQ", "NE", "LT", "LE",
+_BINARY = ("Add", "Sub", "Mul", "Div", "Mod", "FloorDiv", "FloorMod", "Min", "Max", "EQ", "NE", "LT", "LE", "RShift", "LShift",
            "GT", "GE", "And", "Or")
 
 
@@ -194,7 +194,7 @@ def _rebuild_expr(node: Any, load: Any, var: Any) -> Any:
         return load(node)
     if kind == "Var":
         return var(node)
-    if kind in ("IntImm", "FloatImm"):
+    if kind in ("IntImm", "FloatImm", "StringImm"):
         return node
     if kind in _BINARY:
         return type(node)(rec(node.a), rec(node.b))
@@ -204,6 +204,10 @@ def _rebuild_expr(node: Any, load: Any, var: Any) -> Any:
         return tirx.Not(rec(node.a))
     if kind == "Select":
         return tirx.Select(rec(node.condition), rec(node.true_value), rec(node.false_value))
+    if kind == "Call":              # an intrinsic or a C helper (the int8 rescale's ec_sat_s8)
+        from tvm.ir.expr import Call
+
+        return Call(node.op, [rec(a) for a in node.args], ret_ty=str(node.ty))
     raise EdgeCompileError(f"patches: TIR expression {kind} is not re-made for band shapes")
 
 
@@ -227,7 +231,9 @@ def _elementwise_block(func: Any) -> Any | None:
         return None
 
     def load(node: Any) -> Any:
-        if len(node.indices) != len(ivs) or any(not i.same_as(v) for i, v in zip(node.indices, ivs)):
+        # the output's own element, or a per-channel constant's (indexed by the trailing axes)
+        tail = ivs[len(ivs) - len(node.indices):]
+        if len(node.indices) > len(ivs) or any(not i.same_as(v) for i, v in zip(node.indices, tail)):
             raise EdgeCompileError("patches: not an elementwise load")
         return node
 
@@ -267,7 +273,8 @@ def _classify(mod: Any, b: Any, stage: set[Any]) -> _Node | None:
         return None
     if name == "relax.call_tir":
         func = mod[value.args[0]]
-        if _elementwise_block(func) is not None and _rows_same(var, tensors, consts) and not consts:
+        per_channel = all(len(_shape(c)) <= 1 for c in consts)     # the int8 rescale's per-channel constants
+        if _elementwise_block(func) is not None and _rows_same(var, tensors, consts) and per_channel:
             return _Node(var, value, "tir", tensors)
         return None
     mapping = row_mapping(name)
@@ -475,7 +482,7 @@ class _BandEmitter:
             return a
 
         if node.kind == "tir":
-            x = [self.rows_of(band, a, o0, o1) for a in v.args[1].fields]
+            x = [self.rows_of(band, a, o0, o1) if isinstance(a, relax.Var) else a for a in v.args[1].fields]
             return self.bb.emit(self._reshaped_call(v, x, o1 - o0), name)
         return self.bb.emit(relax.Call(v.op, [arg(a) for a in v.args], v.attrs, v.ty_args), name)
 
@@ -521,14 +528,18 @@ def _elementwise_for_shape(func: Any, shape: list[int]) -> Any:
     shape = [tirx.IntImm("int64", d) for d in shape]      # as Relax's legalization makes them
     out_buf = block.body.buffer
     inputs = [b for b in func.params if not b.same_as(out_buf)]      # buffer parameters
-    holders = [te.placeholder(shape, str(b.ty.dtype), b.name) for b in inputs]
+    # the buffer parameters of the arguments: band-shaped tensors, or per-channel constants (their own shape)
+    arg_buffers = inputs
+    holders = [te.placeholder(shape if len(b.shape) == len(shape) else [int(d) for d in b.shape], str(b.ty.dtype),
+                              b.name) for b in arg_buffers]
 
     def compute(*idx: Any) -> Any:
         index = {iv: i for iv, i in zip(ivs, idx)}
 
         def load(node: Any) -> Any:
             src = node.source if hasattr(node, "source") else node.buffer
-            return next(h for b, h in zip(inputs, holders) if src.same_as(b))(*idx)
+            holder = next(h for b, h in zip(arg_buffers, holders) if src.same_as(b))
+            return holder(*idx[len(idx) - len(node.indices):])
 
         return _rebuild_expr(block.body.value, load, lambda v: index.get(v, v))
 

@@ -175,7 +175,7 @@ def _check_against_kernel_graph(build: Path, report: dict[str, Any], data: Any, 
     """int8: the device's bytes against the compiler's kernel graph on TVM's VM (the same integer
     arithmetic, not our C): a kernel the C gets wrong shows here even when its error hides in the
     quantization noise of the comparison with fp32."""
-    from .layers import int8_graph_runner
+    from .kernel_graph import int8_graph_runner
 
     try:
         progress("int8 reference: the build's kernel graph on TVM's VM")
