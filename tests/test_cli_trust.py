@@ -93,9 +93,12 @@ def test_interrupting_a_build_ends_the_compiler_and_leaves_no_temporary_files(tm
     tmpdir.mkdir()
     exe = Path(sys.executable).with_name("edgecompile")
     # a build whose C compile takes seconds: catch it while cc1 runs
+    # a shell's background job (`pytest ... &`) ignores SIGINT and its children inherit that: restore
+    # the default disposition, as in a terminal, so that Python installs its Ctrl-C handler
     p = subprocess.Popen([str(exe), "build", "mobilenet_v2", "--resolution", "224", "--num-classes", "10",
                           "--out", str(tmp_path / "out"), "-q"], env={**os.environ, "TMPDIR": str(tmpdir)},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 600
         while "cc1" not in _processes_using(tmpdir):

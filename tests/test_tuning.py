@@ -21,7 +21,7 @@ DWPW = "fused_conv2d3_add2_relu2__fused_conv2d4_add3_relu3"    # a fused depthwi
 
 
 def _tune(db, *extra):
-    proc = run_cli("tune", *MODEL, "--db", str(db), "--json", "--quiet", *extra, timeout=900)
+    proc = run_cli("tune", *MODEL, "--db", str(db), "--json", "--quiet", *extra)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 

@@ -1,8 +1,8 @@
 """Elementary functions model.c defines itself instead of calling the C library.
 
 `ec_expf` replaces `expf` (sigmoid, SiLU, softmax...): branch-free, so that GCC vectorizes the
-loops that call it (libm's `expf` is a call per element), and the same arithmetic on every target
-(newlib's and glibc's `expf` differ in the last bit)."""
+loops that call it (libm's `expf` is a call per element), and the same source on every target
+instead of each C library's own `expf`."""
 
 from __future__ import annotations
 
