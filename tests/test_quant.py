@@ -122,6 +122,7 @@ def _compare(source, model, rep, images):
     return outs.argmax(1), refs.argmax(1), cos, ratio
 
 
+@pytest.mark.slow      # trains 30 epochs (~3 min); the default run keeps test_device's trained-model test
 def test_trained_model_int8_matches_fp32(tmp_path, trained):
     source, model, rep = _host_int8(tmp_path, "mobilenet_v1", width_mult=0.25, resolution=32, num_classes=10,
                                     weights=trained)
