@@ -36,7 +36,7 @@ from typing import Any
 
 from ..errors import EdgeCompileError
 from .operators import row_mapping
-from .passes import _substitute
+from .passes import _is_const, _shape, _substitute, _tvm
 from .program import DTYPE_BYTES
 
 ASSEMBLE_ATTR = "ec.assemble_rows"           # marks the stage output's (non-)kernel
@@ -105,29 +105,12 @@ class Stage:
 # ----------------------------------------------------------------------------- analysis
 
 
-def _tvm() -> tuple[Any, Any]:
-    import tvm
-    from tvm import relax
-
-    return tvm, relax
-
-
-def _shape(e: Any) -> tuple[int, ...]:
-    return tuple(int(d) for d in e.ty.shape)
-
-
 def _height(var: Any) -> int:
     _, relax = _tvm()
     ty = var.ty
     if isinstance(ty, relax.TupleType):
         return int(ty.fields[0].shape[1])
     return int(ty.shape[1])
-
-
-def _is_const(e: Any) -> bool:
-    import tvm
-
-    return isinstance(e, tvm.ir.expr.Constant)
 
 
 def _ints(e: Any) -> list[int]:
@@ -528,17 +511,16 @@ def _elementwise_for_shape(func: Any, shape: list[int]) -> Any:
     shape = [tirx.IntImm("int64", d) for d in shape]      # as Relax's legalization makes them
     out_buf = block.body.buffer
     inputs = [b for b in func.params if not b.same_as(out_buf)]      # buffer parameters
-    # the buffer parameters of the arguments: band-shaped tensors, or per-channel constants (their own shape)
-    arg_buffers = inputs
+    # band-shaped tensors, or per-channel constants (their own shape)
     holders = [te.placeholder(shape if len(b.shape) == len(shape) else [int(d) for d in b.shape], str(b.ty.dtype),
-                              b.name) for b in arg_buffers]
+                              b.name) for b in inputs]
 
     def compute(*idx: Any) -> Any:
         index = {iv: i for iv, i in zip(ivs, idx)}
 
         def load(node: Any) -> Any:
             src = node.source if hasattr(node, "source") else node.buffer
-            holder = next(h for b, h in zip(arg_buffers, holders) if src.same_as(b))
+            holder = next(h for b, h in zip(inputs, holders) if src.same_as(b))
             return holder(*idx[len(idx) - len(node.indices):])
 
         return _rebuild_expr(block.body.value, load, lambda v: index.get(v, v))
