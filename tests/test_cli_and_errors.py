@@ -219,11 +219,17 @@ def test_a_closed_pipe_is_not_a_traceback():
 
     exe = Path(sys.executable).with_name("edgecompile")
     import fcntl
+    import os
 
-    p = subprocess.Popen([str(exe), "list", "targets", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    fcntl.fcntl(p.stdout.fileno(), 1031, 4096)      # F_SETPIPE_SZ: the ~10 KB of JSON cannot all fit
-    p.stdout.read(10)
-    p.stdout.close()                     # before the program has written everything
+    # The pipe is made small before the program starts (no race with its first write), and it is
+    # read without a buffered reader: whatever the machine's speed, most of the JSON is still
+    # unwritten when the read end closes.
+    rfd, wfd = os.pipe()
+    fcntl.fcntl(wfd, 1031, 4096)         # F_SETPIPE_SZ
+    p = subprocess.Popen([str(exe), "list", "targets", "--json"], stdout=wfd, stderr=subprocess.PIPE)
+    os.close(wfd)
+    assert len(os.read(rfd, 10)) > 0
+    os.close(rfd)                        # before the program has written everything
     err = p.stderr.read().decode()
-    p.wait(timeout=60)
+    p.wait(timeout=600)
     assert "Traceback" not in err and p.returncode == 141, (p.returncode, err)
