@@ -26,7 +26,16 @@ static ec_input_t *input_buffer(void) { return ec_model_input(0); }
 static const ec_output_t *output_buffer(void) { return ec_model_output(0); }
 #endif
 
+/* Frames other than INFER (PING, INFO, PROFILE: at most EC_SMALL_PAYLOAD_MAX bytes) arrive between
+ * inferences, when nothing in the arena is live: they are received at the arena's start, so the
+ * firmware keeps no static receive buffer beside it (peak RAM). A model with a smaller arena (or
+ * none: caller-owned I/O) gets its own buffer. */
+#if !EC_EXTERNAL_IO && EC_ARENA_BYTES >= EC_SMALL_PAYLOAD_MAX
+static uint8_t *small_payload_buffer(void) { return ec_arena; }
+#else
 static uint8_t small_payload[EC_SMALL_PAYLOAD_MAX];
+static uint8_t *small_payload_buffer(void) { return small_payload; }
+#endif
 
 #ifdef EC_PROFILE
 /* Per-kernel-call counters filled by the executor (model.c, built with -DEC_PROFILE). */
@@ -40,7 +49,7 @@ static void send_profile(uint8_t seq);
 static uint8_t *payload_sink(void *ctx, uint8_t type, uint32_t length) {
   (void)ctx;
   if (type == EC_MSG_INFER) return length == EC_INPUT_BYTES ? (uint8_t *)input_buffer() : 0;
-  return length <= EC_SMALL_PAYLOAD_MAX ? small_payload : 0;
+  return length <= EC_SMALL_PAYLOAD_MAX ? small_payload_buffer() : 0;
 }
 
 static void send_frame2(uint8_t type, uint8_t seq, const uint8_t *a, uint32_t na, const uint8_t *b,
@@ -61,40 +70,69 @@ static void put_u32(uint8_t *p, uint32_t v) {
   for (int i = 0; i < 4; ++i) p[i] = (uint8_t)(v >> (8 * i));
 }
 
-static size_t append(char *dst, size_t at, size_t cap, const char *s) {
-  while (*s && at + 1 < cap) dst[at++] = *s++;
-  dst[at] = 0;
-  return at;
+/* The build-time description (EC_INFO_JSON, an object without its closing brace) completed
+ * with what the running firmware measures about itself, written straight to the line: a first
+ * pass counts the bytes (the frame header carries the length), a second writes them and their
+ * CRC. No buffer holds the text (it would be static RAM beside the arena). */
+typedef struct {
+  int write;
+  uint32_t length;
+  uint32_t crc;
+} ec_sink;
+
+static void sink_bytes(ec_sink *o, const char *s, uint32_t n) {
+  if (o->write) {
+    o->crc = ec_crc32_update(o->crc, (const uint8_t *)s, n);
+    ec_hal_write((const uint8_t *)s, n);
+  }
+  o->length += n;
 }
 
-static size_t append_u32(char *dst, size_t at, size_t cap, uint32_t v) {
-  char tmp[11];
-  int n = 0;
+static void sink_str(ec_sink *o, const char *s) { sink_bytes(o, s, (uint32_t)strlen(s)); }
+
+static void sink_u32(ec_sink *o, uint32_t v) {
+  char tmp[10];
+  int n = 10;
   do {
-    tmp[n++] = (char)('0' + v % 10u);
+    tmp[--n] = (char)('0' + v % 10u);
     v /= 10u;
   } while (v);
-  while (n && at + 1 < cap) dst[at++] = tmp[--n];
-  dst[at] = 0;
-  return at;
+  sink_bytes(o, tmp + n, (uint32_t)(10 - n));
 }
 
-/* The build-time description (EC_INFO_JSON, an object without its closing brace) completed
- * with what the running firmware measures about itself. */
-static uint32_t info_json(char *out, size_t cap) {
-  size_t n = append(out, 0, cap, EC_INFO_JSON);
-  n = append(out, n, cap, ",\"arena_bytes\":");
-  n = append_u32(out, n, cap, ec_hal_arena_bytes());
-  n = append(out, n, cap, ",\"stack_reserved_bytes\":");
-  n = append_u32(out, n, cap, ec_hal_stack_bytes());
-  n = append(out, n, cap, ",\"stack_used_bytes\":");
-  n = append_u32(out, n, cap, ec_hal_stack_used());
-  n = append(out, n, cap, ",\"tick_hz\":");
-  n = append_u32(out, n, cap, ec_hal_tick_hz());
-  n = append(out, n, cap, ",\"tick_unit\":\"");
-  n = append(out, n, cap, ec_hal_tick_unit());
-  n = append(out, n, cap, "\"}");
-  return (uint32_t)n;
+typedef struct {
+  uint32_t arena, stack_reserved, stack_used, tick_hz;
+  const char *tick_unit;
+} ec_self;
+
+static void info_json(ec_sink *o, const ec_self *m) {
+  sink_str(o, EC_INFO_JSON);
+  sink_str(o, ",\"arena_bytes\":");
+  sink_u32(o, m->arena);
+  sink_str(o, ",\"stack_reserved_bytes\":");
+  sink_u32(o, m->stack_reserved);
+  sink_str(o, ",\"stack_used_bytes\":");
+  sink_u32(o, m->stack_used);
+  sink_str(o, ",\"tick_hz\":");
+  sink_u32(o, m->tick_hz);
+  sink_str(o, ",\"tick_unit\":\"");
+  sink_str(o, m->tick_unit);
+  sink_str(o, "\"}");
+}
+
+static void send_info(uint8_t type, uint8_t seq) {
+  /* measured once: both passes must write the same text */
+  ec_self m = {ec_hal_arena_bytes(), ec_hal_stack_bytes(), ec_hal_stack_used(), ec_hal_tick_hz(),
+               ec_hal_tick_unit()};
+  ec_sink count = {0, 0, 0};
+  info_json(&count, &m);
+  uint8_t head[EC_HEADER_BYTES], tail[4];
+  ec_frame_header(head, type, seq, count.length);
+  ec_sink out = {1, 0, ec_crc32_update(0, head + 2, 6)};
+  ec_hal_write(head, sizeof head);
+  info_json(&out, &m);
+  for (int i = 0; i < 4; ++i) tail[i] = (uint8_t)(out.crc >> (8 * i));
+  ec_hal_write(tail, sizeof tail);
 }
 
 #ifdef EC_TRACE
@@ -151,12 +189,11 @@ static void send_profile(uint8_t seq) {
 #endif
 
 int ec_device_main(int argc, char **argv) {
-  static char json[EC_SMALL_PAYLOAD_MAX + 256];
   ec_parser parser;
   ec_hal_init(argc, argv);
   ec_hal_stack_paint();
   ec_parser_init(&parser, payload_sink, 0);
-  send_frame2(EC_MSG_READY, 0, (const uint8_t *)json, info_json(json, sizeof json), 0, 0);
+  send_info(EC_MSG_READY, 0);
   for (;;) {
     int c = ec_hal_getc(ec_parser_busy(&parser) ? EC_BYTE_TIMEOUT_MS : 0);
     uint8_t reason = 0;
@@ -178,7 +215,7 @@ int ec_device_main(int argc, char **argv) {
         send_frame2(EC_MSG_PONG, parser.seq, parser.payload, parser.length, 0, 0);
         break;
       case EC_MSG_INFO:
-        send_frame2(EC_MSG_INFO_RESP, parser.seq, (const uint8_t *)json, info_json(json, sizeof json), 0, 0);
+        send_info(EC_MSG_INFO_RESP, parser.seq);
         break;
       case EC_MSG_INFER:
         infer(parser.seq);
