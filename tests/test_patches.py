@@ -171,3 +171,41 @@ def test_per_layer_comparison_of_a_patched_build_says_it_is_not_supported(tmp_pa
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert proc.returncode != 0 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "patch-based build (the first 4 layers in" in errors[0] and "--patches off" in errors[0]
+
+
+# ----------------------------------------------------------------------------- the in-place transpose
+
+
+@pytest.mark.parametrize("c,h,w,dtype,misalign", [
+    (3, 96, 96, "int8", 0),      # RGB bytes: the word-interleaving path
+    (3, 7, 5, "int8", 0),        # 35 pixels: steps and the interleaving tail not multiples of 4
+    (3, 16, 16, "int8", 1),      # storage off word alignment: the byte path
+    (1, 9, 9, "int8", 0), (4, 6, 10, "int8", 2), (3, 12, 12, "float32", 0), (5, 3, 11, "float32", 0),
+])
+def test_in_place_transpose_builtin(tmp_path, c, h, w, dtype, misalign):
+    """codegen/builtins.py's NCHW -> NHWC in the input's own storage, compiled by the host C
+    compiler and run on random data: the exact bytes of numpy's transpose."""
+    import ctypes
+    import subprocess
+
+    from edgecompile.codegen.builtins import transpose_in_place
+    from edgecompile.ir.program import KernelCall, Program, Tensor
+
+    prog = Program(["x"], ["y"], {"x": Tensor("x", (1, c, h, w), dtype, "input"),
+                                  "y": Tensor("y", (1, h, w, c), dtype, "output", alias_of="x")}, {}, [])
+    src, _info = transpose_in_place(KernelCall("t", ["x"], ["y"], builtin="transpose_in_place"), prog, "ec_t")
+    (scratch,) = src.scratch_bytes
+    (tmp_path / "t.c").write_text("#include <stdint.h>\n#include <string.h>\n" + src.c_code.replace(
+        "static __attribute__((noinline)) int32_t ec_t(", "int32_t ec_t("))
+    subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(tmp_path / "t.so"), str(tmp_path / "t.c")], check=True)
+    lib = ctypes.CDLL(str(tmp_path / "t.so"))
+    rng = np.random.default_rng(c * 1000 + h * 10 + w)
+    x = (rng.integers(-128, 128, (1, c, h, w)) if dtype == "int8" else rng.standard_normal((1, c, h, w))).astype(dtype)
+    store = np.zeros(x.nbytes + 16, np.uint8)
+    at = (-store.ctypes.data) % 8 + misalign
+    store[at:at + x.nbytes] = x.view(np.uint8).ravel()
+    work = np.zeros(scratch + 8, np.uint8)
+    ptr = ctypes.c_void_p(store.ctypes.data + at)
+    assert lib.ec_t(ptr, ptr, ctypes.c_void_p(work.ctypes.data)) == 0
+    got = store[at:at + x.nbytes].view(dtype).reshape(1, h, w, c)
+    assert got.tobytes() == x.transpose(0, 2, 3, 1).tobytes()

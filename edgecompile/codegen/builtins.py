@@ -32,17 +32,60 @@ def transpose_in_place(call: KernelCall, prog: Program, symbol: str) -> tuple[Ke
     m = h * w
     k = -(-m // TRANSPOSE_STEPS)
     t = C_TYPES[src.dtype]
-    code = f"""static __attribute__((noinline)) int32_t {symbol}({t}* nchw, {t}* data, {t}* restrict scratch) {{
+    es = DTYPE_BYTES[src.dtype]
+    gather = f"""    for (int32_t p = 0; p < {c}; ++p) {{
+      const {t} *plane = base + p * rest;
+      for (int32_t i = 0; i < k; ++i) scratch[i * {c} + p] = plane[i];
+    }}
+"""
+    if c == 3 and es == 1:     # RGB bytes: 4 pixels of the 3 planes (3 words) -> 3 interleaved words
+        gather = """    int32_t i = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if ((((uintptr_t)base | (uintptr_t)rest | (uintptr_t)scratch) & 3u) == 0u) {
+      typedef uint32_t __attribute__((may_alias)) word;     /* int8 storage read as words */
+      const word *p0 = (const word *)(const void *)base, *p1 = (const word *)(const void *)(base + rest),
+                 *p2 = (const word *)(const void *)(base + 2 * rest);
+      word *out = (word *)(void *)scratch;
+      for (; i + 4 <= k; i += 4, out += 3) {
+        const uint32_t a = *p0++, b = *p1++, c = *p2++;
+        out[0] = (a & 0xffu) | (b & 0xffu) << 8 | (c & 0xffu) << 16 | (a & 0xff00u) << 16;
+        out[1] = (b >> 8 & 0xffu) | (c & 0xff00u) | (a & 0xff0000u) | (b & 0xff0000u) << 8;
+        out[2] = (c >> 16 & 0xffu) | (a >> 24) << 8 | (b >> 24) << 16 | (c & 0xff000000u);
+      }
+    }
+#endif
+    for (; i < k; ++i)
+      for (int32_t p = 0; p < 3; ++p) scratch[i * 3 + p] = base[p * rest + i];
+"""
+    code = f"""/* copy n bytes from src up to dst > src, overlapping, last byte first (the C library's memmove
+ * moves an upward overlap byte by byte on Cortex-M: 4 instructions a byte); a word at a time where
+ * the distance is a multiple of 4, as here (k pixels of {c} planes) */
+static void {symbol}_up(uint8_t *dst, const uint8_t *src, size_t n) {{
+  if (((uintptr_t)dst - (uintptr_t)src) % 4u == 0u) {{
+    while (n && ((uintptr_t)(dst + n) & 3u)) {{ --n; dst[n] = src[n]; }}
+    typedef uint32_t __attribute__((may_alias)) word;       /* any storage read as words */
+    word *d = (word *)(void *)(dst + n);
+    const word *s = (const word *)(const void *)(src + n);
+    for (; n >= 16; n -= 16) {{
+      d -= 4; s -= 4;
+      const word a = s[3], b = s[2], c = s[1], e = s[0];
+      d[3] = a; d[2] = b; d[1] = c; d[0] = e;
+    }}
+    for (; n >= 4; n -= 4) *--d = *--s;
+  }}
+  while (n) {{ --n; dst[n] = src[n]; }}
+}}
+
+static __attribute__((noinline)) int32_t {symbol}({t}* nchw, {t}* data, {t}* restrict scratch) {{
   /* in-place NCHW -> NHWC of [{c}][{h}x{w}], {k} pixels per step through the scratch */
   if (nchw != data) return -1;                        /* the plan gives both the same storage */
   for (int32_t done = 0; done < {m}; done += {k}) {{
     const int32_t rest = {m} - done;                  /* pixels of each plane still to interleave */
     const int32_t k = rest < {k} ? rest : {k};
     {t} *base = data + (size_t)done * {c};            /* plane p starts at base + p * rest */
-    for (int32_t i = 0; i < k; ++i)
-      for (int32_t p = 0; p < {c}; ++p) scratch[i * {c} + p] = base[p * rest + i];
-    for (int32_t p = {c} - 2; p >= 0; --p)            /* the last plane stays where it is */
-      memmove(base + k * {c} + p * (rest - k), base + p * rest + k, (size_t)(rest - k) * sizeof({t}));
+{gather}    for (int32_t p = {c} - 2; p >= 0; --p)            /* the last plane stays where it is */
+      {symbol}_up((uint8_t *)(base + k * {c} + p * (rest - k)), (const uint8_t *)(base + p * rest + k),
+                  (size_t)(rest - k) * {es}u);
     memcpy(base, scratch, (size_t)k * {c} * sizeof({t}));
   }}
   return 0;

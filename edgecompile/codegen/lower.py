@@ -180,17 +180,21 @@ _PREAMBLE_LINES = re.compile(
 
 
 def lower_kernels(funcs: dict[str, Any], target_dict: dict[str, Any],
-                  streaming: set[str] = frozenset(), stack_limit: int = STACK_ALLOC_LIMIT) -> dict[str, KernelSource]:
+                  streaming: set[str] = frozenset(),
+                  stack_limit: int | dict[str, int] = STACK_ALLOC_LIMIT) -> dict[str, KernelSource]:
     """Lower scheduled PrimFuncs (symbol -> PrimFunc) to C function definitions. Kernels in
     `streaming` may run in place (output overlapping their first input): those two pointers are
     not declared `restrict`. Intermediate buffers of `stack_limit` bytes or more become arena
-    scratch, smaller ones stay on the stack."""
+    scratch, smaller ones stay on the stack (`stack_limit`: one for all, or per symbol)."""
     import tvm
     from tvm import tirx
 
     _register_pipeline()
-    attrs = {"global_symbol": None} if stack_limit == STACK_ALLOC_LIMIT else {"ec.stack_limit": stack_limit}
-    mod = tvm.IRModule({sym: _with_attrs(f, {**attrs, "global_symbol": sym}) for sym, f in sorted(funcs.items())})
+    def attrs(sym: str) -> dict[str, Any]:
+        limit = stack_limit.get(sym, STACK_ALLOC_LIMIT) if isinstance(stack_limit, dict) else stack_limit
+        return {"global_symbol": sym, **({} if limit == STACK_ALLOC_LIMIT else {"ec.stack_limit": limit})}
+
+    mod = tvm.IRModule({sym: _with_attrs(f, attrs(sym)) for sym, f in sorted(funcs.items())})
     target = tvm.target.Target(target_dict if target_dict.get("kind") == "c" else {"kind": "c"})
     mod = tirx.transform.BindTarget(target.with_host(target))(mod)
     pipeline, finalize_host, _ = tirx.get_tir_pipeline(PIPELINE_NAME)

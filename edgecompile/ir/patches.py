@@ -600,22 +600,11 @@ def apply_patches(mod: Any, stage: Stage, cut: Cut, rows: int, in_place_input: b
 
 
 def arena_lower_bound(stage: Stage, cut: Cut, rows: int) -> int:
-    """Bytes any plan of this patch stage needs at least, from the band shapes alone: the whole
-    stage input while the first band runs, plus the input rows of the largest band a window
-    layer (kernel taller than one row) reads, which some kernel must have whole."""
-    made_by = {n.var: n for n in stage.nodes}
-    largest = 0
-    for y0, y1 in band_ranges(cut.shape[1], rows):
-        needed = _needed_rows(stage, cut, y0, y1)
-        for node in stage.nodes[:cut.index + 1]:
-            if node.kind == "window" and node.var in needed and _window(node.value)[0] > 1:
-                src = node.args[0]
-                while src in made_by and made_by[src].kind == "tir":    # e.g. int8 -> int16 zero-point
-                    src = made_by[src].args[0]                          # shifts, computed inside the conv
-                c0, c1 = _window_rows(node, *needed[node.var])[:2]
-                if src is not stage.entry:
-                    largest = max(largest, tensor_bytes(src) // _height(src) * (c1 - c0))
-    return tensor_bytes(stage.entry) + largest
+    """Bytes any plan of this patch stage needs at least: the whole stage input, live while the
+    first band runs. (Nothing more can be counted from the band shapes alone: a band's buffers and
+    the stage output may overlap input rows already consumed, and fused kernels keep their
+    intermediate rows to themselves.) Used to skip plans that cannot fit a budget."""
+    return tensor_bytes(stage.entry)
 
 
 def tensor_bytes(var: Any) -> int:

@@ -42,8 +42,10 @@ TOOLCHAIN_HINT = "install gcc-arm-none-eabi (make setup)"
 # RAM of the firmware besides the model's arena, for estimates before compiling (`estimate_memory`;
 # tests/test_budget.py checks them against linked and running firmware): data + bss of the device
 # loop, UART driver and HAL; an 8-byte SysTick counter per kernel call (EC_PROFILE); stack the
-# device loop and the kernels' frames use on top of the arrays kernels keep on the stack.
-FIRMWARE_STATIC_RAM = 1284
+# device loop and the kernels' frames use on top of the arrays kernels keep on the stack. The device
+# loop receives its small frames in the arena (ec_device.c) unless the arena is smaller than one.
+FIRMWARE_STATIC_RAM = 4
+SMALL_FRAME_BYTES = 512         # EC_SMALL_PAYLOAD_MAX, firmware_templates/common/ec_protocol.h
 PROFILE_COUNTER_BYTES = 8
 FIRMWARE_STACK = 1024
 _OVERFLOW = re.compile(r"region `([^']+)' overflowed by (\d+) bytes")
@@ -173,7 +175,7 @@ class CortexM(Platform):
 
     def estimate_memory(self, target: Target, weights_bytes: int, arena_bytes: int = 0, calls: int = 0,
                         kernel_stack_bytes: int = 0) -> MemoryEstimate:
-        static = FIRMWARE_STATIC_RAM + PROFILE_COUNTER_BYTES * calls
+        static = FIRMWARE_STATIC_RAM + PROFILE_COUNTER_BYTES * calls + (SMALL_FRAME_BYTES if arena_bytes < SMALL_FRAME_BYTES else 0)
         est = MemoryEstimate(arena_bytes, static, FIRMWARE_STACK + kernel_stack_bytes)
         for role, nbytes in (("weights", weights_bytes), ("data", static), ("arena", arena_bytes),
                              ("stack", target.stack_bytes)):
