@@ -79,6 +79,20 @@ static size_t append_u32(char *dst, size_t at, size_t cap, uint32_t v) {
   return at;
 }
 
+static const char *counter_name(uint8_t c) {
+  return c == EC_COUNTER_DWT ? "dwt" : c == EC_COUNTER_SYSTICK ? "systick" : c == EC_COUNTER_OS ? "os" : "unknown";
+}
+
+static const char *clock_source_name(uint8_t s) {
+  switch (s) {
+  case EC_CLOCK_SOURCE_PLL: return "pll";
+  case EC_CLOCK_SOURCE_NO_OSC: return "reset (oscillator not ready)";
+  case EC_CLOCK_SOURCE_NO_PLL: return "reset (PLL not ready)";
+  case EC_CLOCK_SOURCE_OS: return "os";
+  default: return "fixed (no clock set-up)";
+  }
+}
+
 /* The build-time description (EC_INFO_JSON, an object without its closing brace) completed
  * with what the running firmware measures about itself. */
 static uint32_t info_json(char *out, size_t cap) {
@@ -93,6 +107,14 @@ static uint32_t info_json(char *out, size_t cap) {
   n = append_u32(out, n, cap, ec_hal_tick_hz());
   n = append(out, n, cap, ",\"tick_unit\":\"");
   n = append(out, n, cap, ec_hal_tick_unit());
+  n = append(out, n, cap, "\",\"protocol\":");
+  n = append_u32(out, n, cap, EC_PROTOCOL_VERSION);
+  n = append(out, n, cap, ",\"counter\":\"");
+  n = append(out, n, cap, counter_name(ec_hal_counter()));
+  n = append(out, n, cap, "\",\"clock_hz\":");
+  n = append_u32(out, n, cap, ec_hal_clock_hz());
+  n = append(out, n, cap, ",\"clock_source\":\"");
+  n = append(out, n, cap, clock_source_name(ec_hal_clock_source()));
   n = append(out, n, cap, "\"}");
   return (uint32_t)n;
 }
@@ -128,6 +150,14 @@ static void infer(uint8_t seq) {
   uint64_t t1 = ec_hal_ticks();
   ec_hal_mark();
   uint64_t dt = t1 - t0;
+  /* TIMING (protocol 2), before the RESULT with the same seq: hosts that do not know it skip it.
+   * u8 version, u8 counter, u8 clock source, u8 0, u32 clock_hz, u32 tick_hz, u64 ticks */
+  uint8_t timing[20] = {EC_TIMING_VERSION, ec_hal_counter(), ec_hal_clock_source(), 0};
+  put_u32(timing + 4, ec_hal_clock_hz());
+  put_u32(timing + 8, ec_hal_tick_hz());
+  put_u32(timing + 12, (uint32_t)dt);
+  put_u32(timing + 16, (uint32_t)(dt >> 32));
+  send_frame2(EC_MSG_TIMING, seq, timing, sizeof timing, 0, 0);
   put_u32(head + 0, (uint32_t)rc);
   put_u32(head + 4, (uint32_t)dt);
   put_u32(head + 8, (uint32_t)(dt >> 32));
