@@ -194,6 +194,27 @@ class Target(_Board):
         the firmware's linker script uses the first one it fits in."""
         return [r for r in self.memory if "arena" in r.holds]
 
+    def arena_layouts(self) -> list[tuple["Target", str]]:
+        """Where the arena may go, in order of preference: (memory map, region) for each region
+        that holds it, then, when such RAM regions are adjacent in the address space (F746: DTCM
+        64 KB right below SRAM1), one region made of them, so a large arena may span both."""
+        layouts = [(self, r.name) for r in self.arena_regions()]
+        ram = sorted((r for r in self.memory if r.kind == "ram"), key=lambda r: r.origin)
+        for i, a in enumerate(ram):
+            run = [a]
+            for b in ram[i + 1:]:
+                if run[-1].origin + run[-1].size != b.origin or "arena" not in b.holds:
+                    break
+                run.append(b)
+            if len(run) > 1 and "arena" in a.holds:
+                keep = max(run, key=lambda r: (len(r.holds), r.size))      # the one with data and stack
+                merged = MemoryRegion(keep.name, a.origin, sum(r.size for r in run), "ram",
+                                      tuple(dict.fromkeys(h for r in run for h in r.holds)))
+                memory = tuple(merged if r is keep else r for r in self.memory if r is keep or r not in run)
+                layouts.append((replace(self, memory=memory), keep.name))
+                break
+        return layouts
+
 
 # ----------------------------------------------------------------------------- reading
 

@@ -103,8 +103,13 @@ def test_arena_goes_to_the_dtcm_in_the_estimate_when_it_fits_else_to_sram():
     assert est.needs["DTCM"] == 60_000 and not est.over()
     est = platform.estimate_memory(target, 100_000, arena_bytes=70_000)
     assert "DTCM" not in est.needs and est.needs["RAM"] > 70_000 and not est.over()
+    # larger than either: DTCM and SRAM1 are adjacent, the arena spans both (the board's 320 KB)
     est = platform.estimate_memory(target, 100_000, arena_bytes=300_000)
+    assert est.budgets["RAM"] == 320 << 10 and "DTCM" not in est.budgets and not est.over()
+    est = platform.estimate_memory(target, 100_000, arena_bytes=320_000)
     assert est.over("ram") == ["RAM"]
+    # no adjacent regions on the H743 (DTCM at 0x20000000, AXI SRAM at 0x24000000)
+    assert [name for _, name in load_target("nucleo-h743zi").arena_layouts()] == ["DTCM", "AXISRAM"]
 
 
 # ----------------------------------------------------------------------------- protocol 2

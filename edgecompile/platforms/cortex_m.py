@@ -43,7 +43,7 @@ TOOLCHAIN_HINT = "install gcc-arm-none-eabi (make setup)"
 # tests/test_budget.py checks them against linked and running firmware): data + bss of the device
 # loop, UART driver and HAL; an 8-byte SysTick counter per kernel call (EC_PROFILE); stack the
 # device loop and the kernels' frames use on top of the arrays kernels keep on the stack.
-FIRMWARE_STATIC_RAM = 1284
+FIRMWARE_STATIC_RAM = 1300     # +16 B: clock state and the DWT counter's 64-bit extension
 PROFILE_COUNTER_BYTES = 8
 FIRMWARE_STACK = 1024
 _OVERFLOW = re.compile(r"region `([^']+)' overflowed by (\d+) bytes")
@@ -219,12 +219,14 @@ class CortexM(Platform):
             est.needs[r.name] = est.needs.get(r.name, 0) + nbytes
             est.budgets[r.name], est.kinds[r.name] = r.size, r.kind
 
-        for role, nbytes in (("weights", weights_bytes), ("data", static), ("stack", target.stack_bytes)):
-            add(target.region_for(role), nbytes)
-        # the arena in the first region where it fits (as the linking does), else the last candidate
-        candidates = target.arena_regions()
-        add(next((r for r in candidates if est.needs.get(r.name, 0) + arena_bytes <= r.size), candidates[-1]),
-            arena_bytes)
+        # the arena in the first layout where everything fits (as the linking does), else the last one
+        for t, arena in target.arena_layouts():
+            est.needs, est.budgets, est.kinds = {}, {}, {}
+            for role, nbytes in (("weights", weights_bytes), ("data", static), ("stack", target.stack_bytes)):
+                add(t.region_for(role), nbytes)
+            add(next(r for r in t.memory if r.name == arena), arena_bytes)
+            if not est.over():
+                break
         return est
 
     def build(self, build: Path, target: Target, report: dict[str, Any], weights_src: str,
@@ -263,13 +265,13 @@ class CortexM(Platform):
                 objs.append(obj)
             script = f"{stem}.ld"
             progress(f"linking {stem}.elf for {t.name} ({variant})")
-            # the arena in the first region that holds it where the link fits (DTCM, then SRAM)
-            candidates = [r.name for r in t.arena_regions()]
-            for i, arena in enumerate(candidates):
+            # the arena in the first region that holds it where the link fits (DTCM, then SRAM, then
+            # adjacent regions as one)
+            layouts = t.arena_layouts()
+            for i, (t, arena) in enumerate(layouts):
                 (build / script).write_text(render_linker_script(t, arena))
                 linked = _link(t, objs, script, f"{stem}.elf", build)
-                over = {name for name, _ in _OVERFLOW.findall(linked.stderr)}
-                if linked.returncode == 0 or arena not in over or i == len(candidates) - 1:
+                if linked.returncode == 0 or not _OVERFLOW.search(linked.stderr) or i == len(layouts) - 1:
                     break
             if linked.returncode != 0:
                 if _OVERFLOW.search(linked.stderr):
@@ -280,10 +282,12 @@ class CortexM(Platform):
                 raise ToolchainError(f"{cc}: linking {stem}.elf failed: {first}")
             results[variant] = {"elf": f"{stem}.elf", **footprint(build / f"{stem}.elf", t), "arena_region": arena}
             if variant == "board":
-                size = next(r.size for r in t.memory if r.name == arena)
-                why = (f"it fits the {size:,} B region" if arena == candidates[0] else
-                       f"too large for {', '.join(candidates[:candidates.index(arena)])}")
-                progress(f"arena {results[variant].get('arena_bytes', 0):,} B in {arena} ({why})")
+                region = next(r for r in t.memory if r.name == arena)
+                tried = [name for _, name in layouts[:i]]
+                where = (f"{arena}" if len(t.memory) == len(layouts[0][0].memory) else
+                         f"{arena} extended to 0x{region.origin:08X} ({region.size:,} B, the adjacent regions as one)")
+                why = f"too large for {', '.join(tried)}" if tried else f"it fits the {region.size:,} B region"
+                progress(f"arena {results[variant].get('arena_bytes', 0):,} B in {where} ({why})")
         for p in build.glob("measure.*"):
             p.unlink()
         return results
