@@ -45,6 +45,13 @@ def test_pll_frequency_of_each_board():
         assert t.clock_hz == t.clock.sysclk_hz == sysclk
 
 
+def test_target_list_shows_the_clock_set_up():
+    targets = {t["name"]: t for t in json.loads(run_cli("list", "targets", "--json", check=True).stdout)}
+    h7 = targets["nucleo-h743zi"]["clock"]
+    assert (h7["sysclk_hz"], h7["pll"], h7["vos"]) == (480_000_000, {"m": 4, "n": 60, "p": 2, "q": 4, "r": 2}, 0)
+    assert targets["mps2-an386"]["clock"] is None
+
+
 def _f746() -> dict:
     return tomllib.loads((REPO / "targets" / "stm32f746g-disco.toml").read_text())
 
