@@ -460,9 +460,11 @@ def parse_target(data: dict[str, Any], source: str) -> Target:
                               f"got {uart.driver!r}")
     if f.clock is not None:
         _check_clock(f.clock, f, source)
-        for where, uart in (("uart", f.uart),):
-            if uart.bus and uart.bus not in ("apb1", "apb2"):
-                raise TargetError(f"{source}: {where}.bus must be apb1 or apb2, got {uart.bus!r}")
+        if f.uart.bus and f.uart.bus not in ("apb1", "apb2"):
+            raise TargetError(f"{source}: uart.bus must be apb1 or apb2, got {f.uart.bus!r}")
+        if f.uart.driver.startswith("stm32") and not f.uart.bus:
+            raise TargetError(f"{source}: uart.bus: missing: with [clock] the UART's input clock changes once the "
+                              "PLL runs; say which bus feeds it (apb1 or apb2)")
     names = {r.name for r in f.memory}
     for region in f.emulator.relocate:
         if region not in names:

@@ -83,6 +83,7 @@ def _with(path: str, value):
     ("clock.hse_hz", "25M", r"clock\.hse_hz: expected an integer"),
     ("clock_hz", 16_000_000, r"clock_hz 16,000,000 differs from clock.sysclk_hz 216,000,000"),
     ("uart.bus", "apb3", r"uart\.bus must be apb1 or apb2"),
+    ("uart.bus", "", r"uart\.bus: missing: with \[clock\] the UART's input clock changes"),
     ("cpu", "cortex-m4", r"clock\.icache: cortex-m4 has no L1 cache"),
 ])
 def test_bad_clock_values_are_errors_naming_file_and_key(path, value, message):
