@@ -4,6 +4,7 @@ what they need when they run, so `--help` and argument errors answer at once."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -479,6 +480,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                            for r in t.memory],
                 "flash_bytes": sum(r.size for r in t.memory if r.kind == "flash") or None,
                 "ram_bytes": sum(r.size for r in t.memory if r.kind == "ram") or None,
+                "clock": None if t.clock is None else dataclasses.asdict(t.clock),
                 "source": t.source} for t in targets], indent=2))
             return 0
         for t in targets:

@@ -53,6 +53,17 @@ def test_board_runs_model_over_serial(build_cache, target):
         # (plus the SysTick wrap interrupts, whose number depends on where the count starts)
         assert max(result["instructions"]) - min(result["instructions"]) <= 2 * tick + 100
         assert 0 < result["stack_used_bytes"] <= report["stack_reserved_bytes"]
+        # protocol 2: QEMU does not count DWT cycles, so the firmware's probe falls back to SysTick;
+        # the clock it reports: the reset HSI where the STM32 set-up ran and its HSE poll gave up
+        # (QEMU's STM32F405 leaves the RCC unimplemented), the machine's clock on the AN500 stand-in
+        info = result["device_info"]
+        assert info["protocol"] == 2 and result["counter"] == info["counter"] == "systick"
+        board = load_target(target)
+        if board.clock is not None:
+            if board.emulator.clock_setup:
+                assert (info["clock_source"], info["clock_hz"]) == ("reset (oscillator not ready)", 16_000_000)
+            else:
+                assert (info["clock_source"], info["clock_hz"]) == ("fixed (no clock set-up)", board.emulator.clock_hz)
     updated = json.loads((out / "report.json").read_text())
     assert updated["stack_bytes"] == result["stack_used_bytes"]
 

@@ -26,6 +26,12 @@ MAX_FRAME_PAYLOAD = 1 << 20    # default bound on a device frame; Link raises it
 
 PING, INFO, INFER, PROFILE = 0x01, 0x02, 0x03, 0x04
 READY, PONG, INFO_RESP, RESULT, PROFILE_RESP, TRACE = 0x80, 0x81, 0x82, 0x83, 0x84, 0x85
+TIMING = 0x86          # protocol 2: sent before an INFER's RESULT (older hosts skip it)
+PROTOCOL_VERSION = 2
+COUNTERS = {1: "systick", 2: "dwt", 3: "os"}
+CLOCK_SOURCES = {0: "fixed (no clock set-up)", 1: "pll", 2: "reset (oscillator not ready)",
+                 3: "reset (PLL not ready)", 4: "os"}
+TIMING_FRAME = struct.Struct("<BBBxIIQ")   # version, counter, clock source, clock_hz, tick_hz, ticks
 NAK, FAULT, ERROR = 0xE0, 0xE1, 0xE2
 NAK_REASONS = {1: "bad CRC", 2: "payload too long", 3: "bad payload length", 4: "unknown message type",
                5: "frame timed out"}
@@ -96,6 +102,28 @@ class FrameDecoder:
             del self.buf[:total]
 
 
+@dataclass(frozen=True)
+class Timing:
+    """An INFER's TIMING frame (protocol 2): what the counter is and the clock the core ran at."""
+    version: int
+    counter: str           # dwt, systick, os
+    clock_source: str      # pll, or why the core stayed on its reset clock
+    clock_hz: int          # the core clock (0: unknown, e.g. an OS)
+    tick_hz: int
+    ticks: int
+
+
+def decode_timing(payload: bytes) -> Timing | None:
+    """A TIMING payload; None for one this host cannot read (a later version may only append)."""
+    if len(payload) < TIMING_FRAME.size:
+        return None
+    version, counter, source, clock_hz, tick_hz, ticks = TIMING_FRAME.unpack_from(payload)
+    if version < 1:
+        return None
+    return Timing(version, COUNTERS.get(counter, f"counter {counter}"),
+                  CLOCK_SOURCES.get(source, f"source {source}"), clock_hz, tick_hz, ticks)
+
+
 @dataclass
 class InferResult:
     output: np.ndarray
@@ -103,6 +131,7 @@ class InferResult:
     tick_hz: int
     stack_used_bytes: int
     arena_bytes: int
+    timing: Timing | None = None     # None from protocol-1 firmware
 
 
 def decode_fault(payload: bytes) -> dict[str, int]:
@@ -126,6 +155,7 @@ class Link:
         self.naks = 0
         self.ready_info: dict[str, Any] | None = None
         self.traced: dict[int, bytes] = {}    # call index -> output bytes, from a trace firmware
+        self.timings: dict[int, Timing] = {}  # seq -> the TIMING frame sent before that RESULT
         if hasattr(self.port, "timeout"):
             self.port.timeout = 0.05
 
@@ -178,6 +208,10 @@ class Link:
             raise DeviceError(f"device error: {frame.payload[4:].decode(errors='replace')}")
         if frame.kind == READY:
             self.ready_info = _json(frame.payload)
+        if frame.kind == TIMING:
+            timing = decode_timing(frame.payload)
+            if timing is not None:
+                self.timings[frame.seq] = timing
         if frame.kind == TRACE and len(frame.payload) >= 4:     # a debug firmware: one call's output
             call, = struct.unpack_from("<I", frame.payload)
             self.traced[call] = frame.payload[4:]
@@ -223,6 +257,7 @@ class Link:
         self.decoder.max_payload = max(self.decoder.max_payload, out_t.itemsize * int(np.prod(out_shape)) + 64)
         t = timeout if timeout is not None else self.timeout + len(data) / 2000.0
         self.traced = {}
+        self.timings = {}
         frame = self.request(INFER, data, RESULT, timeout=t)
         status, lo, hi, tick_hz, stack, arena = struct.unpack_from("<6I", frame.payload)
         if status != 0:
@@ -230,7 +265,10 @@ class Link:
         out = np.frombuffer(frame.payload[24:], dtype=out_t).astype(np.dtype(out_dtype))
         if out.size != int(np.prod(out_shape)):
             raise DeviceError(f"device returned {out.size} values, expected {int(np.prod(out_shape))}")
-        return InferResult(out.reshape(out_shape), lo | (hi << 32), tick_hz, stack, arena)
+        timing = self.timings.get(frame.seq)
+        if timing is not None and timing.ticks != lo | (hi << 32):
+            timing = None      # a TIMING frame of an earlier request with the same seq
+        return InferResult(out.reshape(out_shape), lo | (hi << 32), tick_hz, stack, arena, timing)
 
 
 def _json(payload: bytes) -> dict[str, Any]:
@@ -243,7 +281,7 @@ def _json(payload: bytes) -> dict[str, Any]:
 def describe(frame: Frame) -> str:
     """One line about a frame, for `edgecompile monitor`."""
     names = {PING: "PING", INFO: "INFO", INFER: "INFER", PROFILE: "PROFILE", READY: "READY", PONG: "PONG",
-             INFO_RESP: "INFO", RESULT: "RESULT", PROFILE_RESP: "PROFILE", TRACE: "TRACE", NAK: "NAK",
+             INFO_RESP: "INFO", RESULT: "RESULT", PROFILE_RESP: "PROFILE", TRACE: "TRACE", TIMING: "TIMING", NAK: "NAK",
              FAULT: "FAULT", ERROR: "ERROR"}
     name = names.get(frame.kind, f"type 0x{frame.kind:02x}")
     p = frame.payload
@@ -253,6 +291,11 @@ def describe(frame: Frame) -> str:
         status, lo, hi, hz, stack, arena = struct.unpack_from("<6I", p)
         return (f"RESULT #{frame.seq}: status {status}, {lo | (hi << 32):,} ticks at {hz:,} Hz, stack {stack:,} B, "
                 f"arena {arena:,} B, {len(p) - 24} output bytes")
+    if frame.kind == TIMING:
+        t = decode_timing(p)
+        if t is not None:
+            return (f"TIMING #{frame.seq}: v{t.version}, {t.ticks:,} {t.counter} ticks at {t.tick_hz:,} Hz, "
+                    f"core clock {t.clock_hz:,} Hz ({t.clock_source})")
     if frame.kind == FAULT:
         return "FAULT: " + ", ".join(f"{k}=0x{v:08x}" for k, v in decode_fault(p).items())
     if frame.kind == NAK and len(p) >= 2:

@@ -279,6 +279,9 @@ def _counts(target: Target, rows: list, emulated: bool, plugin_counts: list[int]
         instructions = [int(round(t * per_tick)) for t in ticks]
     elif emulated and len(plugin_counts) >= len(rows):
         instructions = plugin_counts[-len(rows):]     # counted by our QEMU plugin
+    timing = rows[0][0].timing                    # protocol 2 firmware: counter and core clock
+    counter = timing.counter if timing else info.get("counter")
+    clock_hz = timing.clock_hz if timing else info.get("clock_hz")
     out = {
         "device": "emulator" if emulated else port,
         "instructions_per_inference": None if instructions is None else int(statistics.median(instructions)),
@@ -286,11 +289,18 @@ def _counts(target: Target, rows: list, emulated: bool, plugin_counts: list[int]
         "counter_unit": ("emulator instructions" if instructions is not None
                          else "ns of emulated wall-clock time (not Pi time)" if emulated and unit == "ns" else unit),
         "counter_per_inference": int(statistics.median(ticks)),
+        "counter": counter,                       # dwt, systick, os (None: protocol-1 firmware)
+        "clock_hz": clock_hz,                     # the core clock the device says it runs at
+        "clock_source": timing.clock_source if timing else info.get("clock_source"),
+        "protocol": info.get("protocol", 1),
         "arena_bytes": rows[0][0].arena_bytes,
         "stack_used_bytes": max(r.stack_used_bytes for r, _, _ in rows),
     }
     if not emulated and unit == "cycles" and tick_hz:
-        out["ms_per_inference"] = out["counter_per_inference"] / tick_hz * 1e3     # cycles at the core clock
+        # a real board: DWT CYCCNT (or SysTick) counts core cycles at tick_hz = the clock it runs at
+        out["ms_per_inference"] = out["counter_per_inference"] / tick_hz * 1e3
+        out["counter_unit"] = "DWT cycles" if counter == "dwt" else "SysTick cycles"
+        out["clock_hz"] = clock_hz or tick_hz
     return out
 
 
@@ -299,8 +309,8 @@ def _record(build: Path, report: dict[str, Any], result: dict[str, Any]) -> None
     report["stack_bytes"] = result["stack_used_bytes"]
     report["device_measurements"] = {
         k: result.get(k) for k in ("device", "samples", "arena_bytes", "stack_used_bytes", "instructions_per_inference",
-                                   "counter_per_inference", "counter_unit", "agreement", "max_abs_error", "accuracy",
-                                   "passed")
+                                   "counter_per_inference", "counter_unit", "counter", "clock_hz", "clock_source",
+                                   "ms_per_inference", "agreement", "max_abs_error", "accuracy", "passed")
     }
     (build / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 
@@ -331,10 +341,17 @@ def format_result(r: dict[str, Any]) -> str:
                  f"{r['reference_magnitude']:.3g}")
     if r["accuracy"] is not None:
         lines.append(f"  accuracy: device {r['accuracy']:.3f}, host {r['host_accuracy']:.3f}")
+    clock = ""
+    if r.get("clock_hz"):
+        clock = f"core clock {r['clock_hz'] / 1e6:g} MHz ({r['clock_source']})"
     if r["instructions_per_inference"] is not None:
-        lines.append(f"  {r['instructions_per_inference']:,} emulator instructions per inference (not cycles)")
+        lines.append(f"  {r['instructions_per_inference']:,} emulator instructions per inference (not cycles; "
+                     f"counted by {r.get('counter') or 'systick'} under -icount)")
+        if clock:
+            lines.append(f"  firmware reports: {clock}")
     elif "ms_per_inference" in r:
-        lines.append(f"  {r['counter_per_inference']:,} cycles per inference = {r['ms_per_inference']:.2f} ms")
+        lines.append(f"  {r['ms_per_inference']:.3f} ms per inference on the board = {r['counter_per_inference']:,} "
+                     f"{r['counter_unit']} / {r['clock_hz'] or 0:,} Hz" + (f"; {clock}" if clock else ""))
     else:
         lines.append(f"  {r['counter_per_inference']:,} {r['counter_unit']} per inference")
     lines.append(f"  arena {r['arena_bytes']:,} B (device), stack used {r['stack_used_bytes']:,} B")

@@ -100,9 +100,23 @@ static void sink_u32(ec_sink *o, uint32_t v) {
   sink_bytes(o, tmp + n, (uint32_t)(10 - n));
 }
 
+static const char *counter_name(uint8_t c) {
+  return c == EC_COUNTER_DWT ? "dwt" : c == EC_COUNTER_SYSTICK ? "systick" : c == EC_COUNTER_OS ? "os" : "unknown";
+}
+
+static const char *clock_source_name(uint8_t s) {
+  switch (s) {
+  case EC_CLOCK_SOURCE_PLL: return "pll";
+  case EC_CLOCK_SOURCE_NO_OSC: return "reset (oscillator not ready)";
+  case EC_CLOCK_SOURCE_NO_PLL: return "reset (PLL not ready)";
+  case EC_CLOCK_SOURCE_OS: return "os";
+  default: return "fixed (no clock set-up)";
+  }
+}
+
 typedef struct {
-  uint32_t arena, stack_reserved, stack_used, tick_hz;
-  const char *tick_unit;
+  uint32_t arena, stack_reserved, stack_used, tick_hz, clock_hz;
+  const char *tick_unit, *counter, *clock_source;
 } ec_self;
 
 static void info_json(ec_sink *o, const ec_self *m) {
@@ -117,13 +131,22 @@ static void info_json(ec_sink *o, const ec_self *m) {
   sink_u32(o, m->tick_hz);
   sink_str(o, ",\"tick_unit\":\"");
   sink_str(o, m->tick_unit);
+  sink_str(o, "\",\"protocol\":");
+  sink_u32(o, EC_PROTOCOL_VERSION);
+  sink_str(o, ",\"counter\":\"");
+  sink_str(o, m->counter);
+  sink_str(o, "\",\"clock_hz\":");
+  sink_u32(o, m->clock_hz);
+  sink_str(o, ",\"clock_source\":\"");
+  sink_str(o, m->clock_source);
   sink_str(o, "\"}");
 }
 
 static void send_info(uint8_t type, uint8_t seq) {
   /* measured once: both passes must write the same text */
   ec_self m = {ec_hal_arena_bytes(), ec_hal_stack_bytes(), ec_hal_stack_used(), ec_hal_tick_hz(),
-               ec_hal_tick_unit()};
+               ec_hal_clock_hz(), ec_hal_tick_unit(), counter_name(ec_hal_counter()),
+               clock_source_name(ec_hal_clock_source())};
   ec_sink count = {0, 0, 0};
   info_json(&count, &m);
   uint8_t head[EC_HEADER_BYTES], tail[4];
@@ -166,6 +189,14 @@ static void infer(uint8_t seq) {
   uint64_t t1 = ec_hal_ticks();
   ec_hal_mark();
   uint64_t dt = t1 - t0;
+  /* TIMING (protocol 2), before the RESULT with the same seq: hosts that do not know it skip it.
+   * u8 version, u8 counter, u8 clock source, u8 0, u32 clock_hz, u32 tick_hz, u64 ticks */
+  uint8_t timing[20] = {EC_TIMING_VERSION, ec_hal_counter(), ec_hal_clock_source(), 0};
+  put_u32(timing + 4, ec_hal_clock_hz());
+  put_u32(timing + 8, ec_hal_tick_hz());
+  put_u32(timing + 12, (uint32_t)dt);
+  put_u32(timing + 16, (uint32_t)(dt >> 32));
+  send_frame2(EC_MSG_TIMING, seq, timing, sizeof timing, 0, 0);
   put_u32(head + 0, (uint32_t)rc);
   put_u32(head + 4, (uint32_t)dt);
   put_u32(head + 8, (uint32_t)(dt >> 32));

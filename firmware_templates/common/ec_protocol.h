@@ -16,6 +16,8 @@
 #define EC_SYNC1 0x5Au
 #define EC_HEADER_BYTES 8u
 #define EC_SMALL_PAYLOAD_MAX 512u
+#define EC_PROTOCOL_VERSION 2u     /* 2: INFO's clock fields and the TIMING frame */
+#define EC_TIMING_VERSION 1u
 
 enum ec_msg_type {
   EC_MSG_PING = 0x01,
@@ -28,6 +30,7 @@ enum ec_msg_type {
   EC_MSG_RESULT = 0x83,
   EC_MSG_PROFILE_RESP = 0x84,
   EC_MSG_TRACE = 0x85,         /* debug firmware (EC_TRACE): one kernel call's output during INFER */
+  EC_MSG_TIMING = 0x86,        /* protocol 2: counter and clock of an INFER, sent before its RESULT */
   EC_MSG_NAK = 0xE0,
   EC_MSG_FAULT = 0xE1,
   EC_MSG_ERROR = 0xE2,

@@ -5,7 +5,7 @@
 
 #include <stdint.h>
 
-void ec_uart_init(void);
+void ec_uart_init(uint32_t clock_hz);
 int ec_uart_rx_ready(void);
 uint8_t ec_uart_rx(void);
 void ec_uart_tx(uint8_t c);

@@ -3,19 +3,23 @@
 #include <stdint.h>
 
 #include "ec_board.h"
+#include "ec_clock.h"
 #include "ec_hal.h"
 #include "ec_protocol.h"
 #include "ec_uart.h"
 
 #define REG(addr) (*(volatile uint32_t *)(addr))
 
-/* ---------------------------------------------------------------- SysTick clock */
+/* ---------------------------------------------------------------- counter: DWT CYCCNT or SysTick */
 #define SYST_CSR REG(0xE000E010u)
 #define SYST_RVR REG(0xE000E014u)
 #define SYST_CVR REG(0xE000E018u)
 static volatile uint32_t systick_wraps;
 
-void SysTick_Handler(void) { systick_wraps++; }
+void SysTick_Handler(void) {
+  systick_wraps++;
+  if (ec_clock.counter == EC_COUNTER_DWT) (void)ec_clock_dwt_cycles();   /* sees every CYCCNT wrap */
+}
 
 static void systick_init(void) {
   SYST_RVR = 0x00FFFFFFu;
@@ -26,6 +30,7 @@ static void systick_init(void) {
 }
 
 uint64_t ec_hal_ticks(void) {
+  if (ec_clock.counter == EC_COUNTER_DWT) return ec_clock_dwt_cycles();
   uint32_t wraps, cvr;
   do {
     wraps = systick_wraps;
@@ -34,20 +39,24 @@ uint64_t ec_hal_ticks(void) {
   return ((uint64_t)wraps << 24) + (0x00FFFFFFu - cvr);
 }
 
-uint32_t ec_hal_tick_hz(void) { return EC_CPU_HZ; }
+uint32_t ec_hal_tick_hz(void) { return ec_clock_tick_hz(); }
 const char *ec_hal_tick_unit(void) { return "cycles"; }
+uint32_t ec_hal_clock_hz(void) { return ec_clock.hz; }
+uint8_t ec_hal_clock_source(void) { return ec_clock.source; }
+uint8_t ec_hal_counter(void) { return ec_clock.counter; }
 
 /* ---------------------------------------------------------------- byte stream */
 void ec_hal_init(int argc, char **argv) {
   (void)argc;
   (void)argv;
-  ec_uart_init();
+  ec_clock_init();                 /* PLL (bounded waits), caches, DWT probe: before the UART's baud */
+  ec_uart_init(ec_clock_uart_hz());
   systick_init();
 }
 
 int ec_hal_getc(uint32_t timeout_ms) {
   uint64_t start = ec_hal_ticks();
-  uint64_t limit = (uint64_t)timeout_ms * (EC_CPU_HZ / 1000u);
+  uint64_t limit = (uint64_t)timeout_ms * (ec_hal_tick_hz() / 1000u);
   while (!ec_uart_rx_ready()) {
     if (timeout_ms && ec_hal_ticks() - start > limit) return -1;
   }

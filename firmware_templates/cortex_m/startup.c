@@ -11,22 +11,10 @@ void ec_fault_report(const uint32_t *frame, uint32_t exc_return);
 void SysTick_Handler(void);
 
 #define SCB_CPACR (*(volatile uint32_t *)0xE000ED88u)
-#define SCB_CCR (*(volatile uint32_t *)0xE000ED14u)
-#define SCB_ICIALLU (*(volatile uint32_t *)0xE000EF50u)
 
 static void enable_fpu(void) {
 #if EC_HAS_FPU
   SCB_CPACR |= (0xFu << 20);   /* CP10, CP11 full access (FPU, and MVE on Cortex-M55) */
-  __asm volatile("dsb\n isb" ::: "memory");
-#endif
-}
-
-static void enable_icache(void) {
-#if EC_ENABLE_ICACHE
-  __asm volatile("dsb\n isb" ::: "memory");
-  SCB_ICIALLU = 0;
-  __asm volatile("dsb\n isb" ::: "memory");
-  SCB_CCR |= (1u << 17);
   __asm volatile("dsb\n isb" ::: "memory");
 #endif
 }
@@ -36,7 +24,7 @@ __attribute__((noreturn)) void Reset_Handler(void) {
   for (uint32_t *dst = &_sdata; dst < &_edata;) *dst++ = *src++;
   for (uint32_t *dst = &_sbss; dst < &_ebss;) *dst++ = 0;
   enable_fpu();
-  enable_icache();
+  /* clock, caches and the cycle counter: ec_hal_init (clock.c), before the UART is set up */
   ec_device_main(0, 0);
   for (;;) __asm volatile("wfi");
 }

@@ -79,6 +79,9 @@ uint64_t ec_hal_ticks(void) {
 
 uint32_t ec_hal_tick_hz(void) { return 1000000000u; }
 const char *ec_hal_tick_unit(void) { return "ns"; }
+uint32_t ec_hal_clock_hz(void) { return 0; }
+uint8_t ec_hal_clock_source(void) { return EC_CLOCK_SOURCE_OS; }
+uint8_t ec_hal_counter(void) { return EC_COUNTER_OS; }
 
 /* Stack depth: paint PROBE bytes below the current stack pointer, run, then look for the
  * deepest word that changed. */

@@ -7,8 +7,8 @@
 
 #define REG(addr) (*(volatile uint32_t *)(addr))
 
-void ec_uart_init(void) {
-  REG(EC_UART_BASE + 0x10) = EC_UART_CLOCK_HZ / EC_UART_BAUD >= 16 ? EC_UART_CLOCK_HZ / EC_UART_BAUD : 16;
+void ec_uart_init(uint32_t clock_hz) {
+  REG(EC_UART_BASE + 0x10) = clock_hz / EC_UART_BAUD >= 16 ? clock_hz / EC_UART_BAUD : 16;
   REG(EC_UART_BASE + 0x08) = 0x3u;   /* TX and RX enable: QEMU holds received bytes only with RXEN */
 }
 int ec_uart_rx_ready(void) { return (REG(EC_UART_BASE + 0x04) & 0x2u) != 0; }

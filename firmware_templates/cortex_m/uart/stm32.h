@@ -18,12 +18,12 @@ static void gpio_af(uint32_t base, uint32_t pin, uint32_t af) {
   REG(afr) = (REG(afr) & ~(0xFu << shift)) | (af << shift);
 }
 
-void ec_uart_init(void) {
+void ec_uart_init(uint32_t clock_hz) {
   for (unsigned i = 0; i < sizeof rcc_bits / sizeof rcc_bits[0]; ++i)
     if (rcc_bits[i][0]) REG(rcc_bits[i][0]) |= 1u << rcc_bits[i][1];
   for (unsigned i = 0; i < sizeof pins / sizeof pins[0]; ++i)
     if (pins[i][0]) gpio_af(pins[i][0], pins[i][1], pins[i][2]);
-  REG(EC_UART_BASE + UART_BRR) = (EC_UART_CLOCK_HZ + EC_UART_BAUD / 2) / EC_UART_BAUD;
+  REG(EC_UART_BASE + UART_BRR) = (clock_hz + EC_UART_BAUD / 2) / EC_UART_BAUD;
   REG(EC_UART_BASE + UART_CR1) = UART_CR1_ENABLE;
 }
 int ec_uart_rx_ready(void) { return (REG(EC_UART_BASE + UART_ISR) & (1u << 5)) != 0; }
