@@ -1,7 +1,73 @@
-"""Cortex-M55 micro-kernels that override the generic ones: the DSP extension's integer GEMM and
-depthwise kernels of Cortex-M4/M7 (the M55 has the DSP extension; each keeps its portable C under
-`#else`, so the same model.c runs on the host)."""
+"""Cortex-M55 micro-kernels that override the generic ones.
 
-from ..cortex_m.ukernels import dw, gemm
+`gemm` over int8 activations and weights: Helium (MVE) kernels over weight panels in the "k16"
+order (`ukernels.GROUP_ORDERS`: each output channel's weights for 16 consecutive reduction steps
+in one 16-byte vector). Per 16 steps an M x N tile loads M activation vectors (one per pixel)
+and N weight vectors and issues M*N VMLADAVA.S8 (16 int8 x int8 products summed into a 32-bit
+core register): 16 MACs an instruction, accumulators in the even core registers. The last
+K % 16 steps are one tail-predicated group (VCTP.8: the loads read only the lanes it enables
+and leave the others zero). Everything else (int16 activations, depthwise) is the DSP extension's
+kernels of Cortex-M4/M7 (`cortex_m`: the M55 has the DSP extension).
+
+Each kernel keeps the portable C of its panel order under `#else`: the same model.c runs on the
+host (`edgecompile test` compares a device's int8 bytes with it)."""
+
+from __future__ import annotations
+
+from ..cortex_m import ukernels as dsp
+from ..cortex_m.ukernels import dw
+from ..ukernels import GROUP_ORDERS, Types, gemm_signature, ordered_gemm_body
 
 __all__ = ["dw", "gemm"]
+
+_MVE = "\n".join([
+    "#if defined(__ARM_FEATURE_MVE) && !defined(EC_ARM_MVE)",
+    "#define EC_ARM_MVE",
+    "#include <arm_mve.h>",
+    "#endif",
+])
+
+
+def _mve_body(m: int, n: int, g: int) -> list[str]:
+    """VMLADAVA over full groups of g = 16, then one predicated group for the K % 16 last steps."""
+    lines = ["  int32_t " + ", ".join(f"c{i}_{j} = C[{i} * ldc + {j}]" for i in range(m) for j in range(n)) + ";",
+             "  const int8_t " + ", ".join(f"*a{i} = A + {i} * lda" for i in range(m)) + ";",
+             "  const int8_t *b = B;",
+             "  int32_t k = K;",
+             f"  for (; k >= {g}; k -= {g}) {{"]
+    for i in range(m):
+        lines.append(f"    const int8x16_t x{i} = vldrbq_s8(a{i}); a{i} += {g};")
+    for j in range(n):
+        lines.append(f"    {{ const int8x16_t w = vldrbq_s8(b + {g * j});")
+        lines.append("      " + " ".join(f"c{i}_{j} = vmladavaq_s8(c{i}_{j}, x{i}, w);" for i in range(m)) + " }")
+    lines += [f"    b += {g * n};", "  }", "  if (k > 0) {", "    const mve_pred16_t p = vctp8q((uint32_t)k);"]
+    for i in range(m):
+        lines.append(f"    const int8x16_t x{i} = vldrbq_z_s8(a{i}, p);")
+    for j in range(n):
+        lines.append(f"    {{ const int8x16_t w = vldrbq_z_s8(b + {j} * k, p);")
+        lines.append("      " + " ".join(f"c{i}_{j} = vmladavaq_s8(c{i}_{j}, x{i}, w);" for i in range(m)) + " }")
+    lines.append("  }")
+    lines += ["  " + " ".join(f"C[{i} * ldc + {j}] = c{i}_{j};" for j in range(n)) for i in range(m)]
+    return lines
+
+
+def gemm(m: int, n: int, lanes: int, types: Types) -> str | None:
+    """C for `ec_gemm_<t>_MxN`, or None where the generic kernel is used."""
+    if types.b_order not in GROUP_ORDERS:
+        return dsp.gemm(m, n, lanes, types)
+    if not (types.a == "int8" and types.b == "int8" and types.c == "int32"):
+        return None
+    g = GROUP_ORDERS[types.b_order]
+    return "\n".join([
+        _MVE,
+        f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (int8 x int8 -> int32), B panel in order {types.b_order!r} "
+        f"(groups of {g} reduction steps per channel): VMLADAVA.S8 (Helium), portable C otherwise */",
+        gemm_signature(m, n, types) + " {",
+        "#if defined(__ARM_FEATURE_MVE)",
+        *_mve_body(m, n, g),
+        "#else",
+        *ordered_gemm_body(m, n, types),
+        "#endif",
+        "  return 0;",
+        "}",
+    ])
