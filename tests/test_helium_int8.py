@@ -1,10 +1,12 @@
 """Helium (MVE) int8 kernels of Cortex-M55 (mps3-an547) against the independent integer reference
 of test_int8_kernels (the quantized graph on TVM's Relax VM), bit for bit: the device's bytes and
 the same model.c compiled for this machine. The cases are chosen for the Helium GEMM's edges:
-reductions of 3, 5, 17 and 33 input channels (a tail-predicated group alone, one full group and a
-tail, two groups and a tail), odd and single output channels, a strided 1x1 convolution, fused
-depthwise+pointwise kernels with stride 1 and 2 and padding, a fully connected layer, random
-weights and quantization parameters. Each build must actually contain the Helium kernel."""
+reductions of 3, 5, 12, 17 and 33 input channels (a tail-predicated group alone, one full group
+and a tail, two groups and a tail), odd and single output channels, a strided 1x1 convolution;
+and the Helium depthwise kernel's: 33, 17, 5 channels (predicated vectors alone), 12 and 24
+(full vectors), stride 1 and 2 with padding, fused with the pointwise GEMM and alone; a fully
+connected layer; random weights and quantization parameters. Each build must actually contain
+the Helium kernels."""
 
 from __future__ import annotations
 
@@ -34,6 +36,10 @@ CASES = [
          "[nn.Conv2d(5, 5, 3, padding=1, groups=5), nn.ReLU(), nn.Conv2d(5, 33, 1), nn.ReLU(),"
          " nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(33, 7)]",
          ("dwpw", "fc")),
+    Case("helium_dw_24_s2", (1, 24, 9, 8),
+         "[nn.Conv2d(24, 24, 3, stride=2, padding=1, groups=24), nn.ReLU6(), nn.AvgPool2d((5, 4))]", ("conv_dw",)),
+    Case("helium_dwpw_12_s1_28", (1, 12, 5, 6),
+         "[nn.Conv2d(12, 12, 3, padding=1, groups=12), nn.ReLU(), nn.Conv2d(12, 28, 1), nn.ReLU6()]", ("dwpw",)),
 ]
 
 
@@ -54,8 +60,10 @@ def test_helium_kernel_bytes_equal_the_integer_reference(tmp_path, monkeypatch, 
     kinds = {c["kind"] for c in rep["calls"] if not c["schedule"].startswith("generic")}
     assert set(case.kinds) <= kinds, f"{case.kinds} not tiled ({[c['schedule'] for c in rep['calls']]})"
     code = (out / "model.c").read_text()
-    helium = set(re.findall(r"\bec_gemm_s8k16_\d+x\d+(?=\()", code))
-    assert helium and "vmladavaq_s8" in code, "no Helium GEMM kernel in the build"
+    if {"conv_pw", "dwpw", "fc"} & set(case.kinds):
+        assert re.search(r"\bec_gemm_s8k16_\d+x\d+\(", code) and "vmladavaq_s8" in code, "no Helium GEMM kernel"
+    if {"conv_dw", "dwpw"} & set(case.kinds):
+        assert re.search(r"\bvldrhq_(z_)?s32\(", code), "no Helium depthwise kernel"
     host = HostModel.from_sources(out)
     with platform_for(target).start_emulator(target, out, rep) as s:
         port = s.open_port()

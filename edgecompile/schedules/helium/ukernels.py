@@ -6,8 +6,14 @@ in one 16-byte vector). Per 16 steps an M x N tile loads M activation vectors (o
 and N weight vectors and issues M*N VMLADAVA.S8 (16 int8 x int8 products summed into a 32-bit
 core register): 16 MACs an instruction, accumulators in the even core registers. The last
 K % 16 steps are one tail-predicated group (VCTP.8: the loads read only the lanes it enables
-and leave the others zero). Everything else (int16 activations, depthwise) is the DSP extension's
-kernels of Cortex-M4/M7 (`cortex_m`: the M55 has the DSP extension).
+and leave the others zero).
+
+`dw` over int16 rows (the zero-point-shifted, padded depthwise window) and int8 weights: 4
+channels per vector, widened by the loads themselves (VLDRH.S32, VLDRB.S32), VMUL + VADD per
+tap and pixel (MVE has no integer vector-by-vector multiply-accumulate), accumulators in vector
+registers; a tile whose channels are not a multiple of 4 ends in one VCTP.32-predicated vector.
+int16-activation GEMM tiles (padded KxK convolutions) are the DSP extension's kernels of
+Cortex-M4/M7 (`cortex_m`: the M55 has the DSP extension).
 
 Each kernel keeps the portable C of its panel order under `#else`: the same model.c runs on the
 host (`edgecompile test` compares a device's int8 bytes with it)."""
@@ -15,8 +21,7 @@ host (`edgecompile test` compares a device's int8 bytes with it)."""
 from __future__ import annotations
 
 from ..cortex_m import ukernels as dsp
-from ..cortex_m.ukernels import dw
-from ..ukernels import GROUP_ORDERS, Types, gemm_signature, ordered_gemm_body
+from ..ukernels import GROUP_ORDERS, Types, dw_body, dw_signature, gemm_signature, ordered_gemm_body
 
 __all__ = ["dw", "gemm"]
 
@@ -67,6 +72,54 @@ def gemm(m: int, n: int, lanes: int, types: Types) -> str | None:
         *_mve_body(m, n, g),
         "#else",
         *ordered_gemm_body(m, n, types),
+        "#endif",
+        "  return 0;",
+        "}",
+    ])
+
+
+def _dw_mve_body(m: int, n: int, kh: int, kw: int, s: int) -> list[str]:
+    full, tail = divmod(n, 4)
+    vecs = [(q, False) for q in range(full)] + ([(full, True)] if tail else [])
+    lines = [f"  const mve_pred16_t p = vctp32q({tail});"] if tail else []
+    for i in range(m):
+        for q, t in vecs:
+            at = f"C + {i} * ldc + {4 * q}"
+            lines.append(f"  int32x4_t c{i}_{q} = " + (f"vldrwq_z_s32({at}, p);" if t else f"vldrwq_s32({at});"))
+    for ry in range(kh):
+        for rx in range(kw):
+            lines.append(f"  {{ const int16_t *x = X + {ry} * ldx_row + {rx} * ldx_px;")
+            lines.append(f"    const int8_t *w = W + {ry} * ldw_row + {rx} * ldw_px;")
+            for q, t in vecs:
+                lines.append(f"    const int32x4_t w{q} = " + (f"vldrbq_z_s32(w + {4 * q}, p);" if t
+                                                                 else f"vldrbq_s32(w + {4 * q});"))
+            for i in range(m):
+                for q, t in vecs:
+                    at = f"x + {i * s} * ldx_px + {4 * q}"
+                    xv = f"vldrhq_z_s32({at}, p)" if t else f"vldrhq_s32({at})"
+                    lines.append(f"    c{i}_{q} = vaddq_s32(c{i}_{q}, vmulq_s32({xv}, w{q}));")
+            lines.append("  }")
+    for i in range(m):
+        for q, t in vecs:
+            at = f"C + {i} * ldc + {4 * q}"
+            lines.append(f"  vstrwq_p_s32({at}, c{i}_{q}, p);" if t else f"  vstrwq_s32({at}, c{i}_{q});")
+    return lines
+
+
+def dw(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types) -> str | None:
+    """C for `ec_dw_<t>_MxN_kKHxKWsS`, or None where the generic kernel is used: int16 rows
+    (zero-point-shifted, padded) x int8 weights, 4 channels per vector."""
+    if not (types.a == "int16" and types.b == "int8" and types.c == "int32"):
+        return None
+    return "\n".join([
+        _MVE,
+        f"/* depthwise {kh}x{kw}/{s} (int16 x int8 -> int32), C[{m}x{n}]: 4 channels per Helium vector, "
+        "portable C otherwise */",
+        dw_signature(m, n, kh, kw, s, types) + " {",
+        "#if defined(__ARM_FEATURE_MVE)",
+        *_dw_mve_body(m, n, kh, kw, s),
+        "#else",
+        *dw_body(m, n, kh, kw, s, 1, types),
         "#endif",
         "  return 0;",
         "}",
