@@ -3,7 +3,8 @@ of test_int8_kernels (the quantized graph on TVM's Relax VM), bit for bit: the d
 the same model.c compiled for this machine. The cases are chosen for the Helium GEMM's edges:
 reductions of 3, 5, 12, 17 and 33 input channels (a tail-predicated group alone, one full group
 and a tail, two groups and a tail), odd and single output channels, a strided 1x1 convolution;
-and the Helium depthwise kernel's: 33, 17, 5 channels (predicated vectors alone), 12 and 24
+and the padded 3x3 convolutions' int16 GEMM: 3, 5 and 9 input channels per tap (stride 2 and 1);
+the Helium depthwise kernel's: 33, 17, 5 channels (predicated vectors alone), 12 and 24
 (full vectors), stride 1 and 2 with padding, fused with the pointwise GEMM and alone; a fully
 connected layer; random weights and quantization parameters. Each build must actually contain
 the Helium kernels."""
@@ -36,6 +37,9 @@ CASES = [
          "[nn.Conv2d(5, 5, 3, padding=1, groups=5), nn.ReLU(), nn.Conv2d(5, 33, 1), nn.ReLU(),"
          " nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(33, 7)]",
          ("dwpw", "fc")),
+    Case("helium_conv3x3_3_5_9", (1, 3, 10, 9),
+         "[nn.Conv2d(3, 5, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(5, 9, 3, padding=1), nn.ReLU6(),"
+         " nn.Conv2d(9, 9, 3, padding=1)]", ("conv",)),
     Case("helium_dw_24_s2", (1, 24, 9, 8),
          "[nn.Conv2d(24, 24, 3, stride=2, padding=1, groups=24), nn.ReLU6(), nn.AvgPool2d((5, 4))]", ("conv_dw",)),
     Case("helium_dwpw_12_s1_28", (1, 12, 5, 6),
@@ -62,6 +66,8 @@ def test_helium_kernel_bytes_equal_the_integer_reference(tmp_path, monkeypatch, 
     code = (out / "model.c").read_text()
     if {"conv_pw", "dwpw", "fc"} & set(case.kinds):
         assert re.search(r"\bec_gemm_s8k16_\d+x\d+\(", code) and "vmladavaq_s8" in code, "no Helium GEMM kernel"
+    if "conv" in case.kinds:
+        assert re.search(r"\bec_gemm_s16k8_\d+x\d+\(", code) and "vmladavaq_s16" in code, "no Helium int16 GEMM"
     if {"conv_dw", "dwpw"} & set(case.kinds):
         assert re.search(r"\bvldrhq_(z_)?s32\(", code), "no Helium depthwise kernel"
     host = HostModel.from_sources(out)

@@ -60,10 +60,12 @@ class Types:
 # pairs (a0 a1), (a2 a3): SXTB16 of the weights gives (w0 w1), (w2 w3)).
 PANEL_ORDERS = {"k4": (0, 1, 2, 3), "k4x": (0, 2, 1, 3)}
 # Panel orders for integer GEMMs whose kernels reduce one vector of K values per output channel
-# (Helium's VMLADAVA: 16 int8 products summed into one int32): the reduction in groups of G, each
-# output channel's G weights together ([K/G][N][G]), the last K % G rows likewise ([N][K % G]), so
-# that the kernel reads every group of every channel as one contiguous (tail-predicated) vector.
-GROUP_ORDERS = {"k16": 16}
+# (Helium's VMLADAVA: 16 int8 or 8 int16 products summed into one int32): the reduction in groups
+# of G, each output channel's G weights together ([K/G][N][G]), the last K % G rows likewise
+# ([N][K % G]), so that the kernel reads every group of every channel as one contiguous
+# (tail-predicated) vector. "k16": int8 activations; "k8": int16 activations (weights widened by
+# the load).
+GROUP_ORDERS = {"k16": 16, "k8": 8}
 
 F32 = Types("float32", "float32", "float32")
 TYPES = {"f32": F32, "s8": Types("int8", "int8", "int32"), "s16": Types("int16", "int8", "int32")}

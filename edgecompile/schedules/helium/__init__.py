@@ -1,9 +1,9 @@
 """Schedules for Cortex-M55 with Helium (MVE): 128-bit vectors but only 8 vector registers.
 Integer GEMM tiles over int8 activations use Helium (`ukernels.py`: VMLADAVA.S8 over weight panels
 in groups of 16 reduction steps per channel, "k16"); fused depthwise+pointwise kernels therefore
-keep their depthwise rows int8. Integer depthwise tiles (int16 padded rows x int8 weights) use
-4-lane Helium vectors too; int16-activation GEMM tiles (padded KxK convolutions) are those of
-Cortex-M4/M7 (`cortex_m`: the M55 has the DSP extension). Float kernels use the 4-lane vectors."""
+keep their depthwise rows int8; int16-activation GEMM tiles (the zero-point-shifted rows of padded
+KxK convolutions) use VMLADAVA.S16 over groups of 8 ("k8"). Integer depthwise tiles (int16 padded
+rows x int8 weights) use 4-lane Helium vectors. Float kernels use the 4-lane vectors."""
 
 from typing import Any
 
@@ -12,14 +12,15 @@ from ..cortex_m import CortexMRules
 
 
 class HeliumRules(CortexMRules):
-    """int8 x int8 GEMM tiles read "k16" panels (Helium); int16 activations keep the DSP order."""
+    """Integer GEMM tiles read "k16" (int8 activations) or "k8" (int16) panels: Helium kernels."""
 
     DW_VECTORS = 4      # the wake-word network: 7.93 M / 7.92 M / 7.76 M / 8.35 M / 8.22 M with 2 / 3 / 4 / 6 / 8
 
     def accumulators(self, which: str, types: Any) -> int:
-        """int8 GEMM tiles: 6 accumulators (VMLADAVA accumulates into even core registers; the
-        wake-word network measured 8.52 M / 8.12 M / 8.44 M instructions with 4 / 6 / 8)."""
-        if which in ("conv", "fc") and types is not None and types.c == "int32" and types.a == "int8":
+        """Integer GEMM tiles: 6 accumulators (VMLADAVA accumulates into even core registers; the
+        wake-word network measured 8.52 M / 8.12 M / 8.44 M instructions with 4 / 6 / 8 on its
+        int8 GEMMs, its first (int16, padded) convolution 1.23 M / 1.12 M with 4 / 6)."""
+        if which in ("conv", "fc") and types is not None and types.c == "int32" and types.a in ("int8", "int16"):
             return 6
         return super().accumulators(which, types)
 
@@ -33,8 +34,8 @@ class HeliumRules(CortexMRules):
         return lanes, acc
 
     def panel_order(self, types: Any) -> str:
-        if types.c == "int32" and types.a == "int8":
-            return "k16"
+        if types.c == "int32" and types.a in ("int8", "int16"):
+            return "k16" if types.a == "int8" else "k8"
         return super().panel_order(types)
 
 

@@ -6,14 +6,14 @@ in one 16-byte vector). Per 16 steps an M x N tile loads M activation vectors (o
 and N weight vectors and issues M*N VMLADAVA.S8 (16 int8 x int8 products summed into a 32-bit
 core register): 16 MACs an instruction, accumulators in the even core registers. The last
 K % 16 steps are one tail-predicated group (VCTP.8: the loads read only the lanes it enables
-and leave the others zero).
+and leave the others zero). int16 activations (the zero-point-shifted rows of padded KxK
+convolutions) likewise in groups of 8 ("k8", VMLADAVA.S16, the int8 weights widened by VLDRB.S16).
 
 `dw` over int16 rows (the zero-point-shifted, padded depthwise window) and int8 weights: 4
 channels per vector, widened by the loads themselves (VLDRH.S32, VLDRB.S32), VMUL + VADD per
 tap and pixel (MVE has no integer vector-by-vector multiply-accumulate), accumulators in vector
 registers; a tile whose channels are not a multiple of 4 ends in one VCTP.32-predicated vector.
-int16-activation GEMM tiles (padded KxK convolutions) are the DSP extension's kernels of
-Cortex-M4/M7 (`cortex_m`: the M55 has the DSP extension).
+Other panel orders fall back to the DSP extension's kernels of Cortex-M4/M7 (`cortex_m`).
 
 Each kernel keeps the portable C of its panel order under `#else`: the same model.c runs on the
 host (`edgecompile test` compares a device's int8 bytes with it)."""
@@ -33,24 +33,28 @@ _MVE = "\n".join([
 ])
 
 
-def _mve_body(m: int, n: int, g: int) -> list[str]:
-    """VMLADAVA over full groups of g = 16, then one predicated group for the K % 16 last steps."""
+def _mve_body(m: int, n: int, g: int, wide: bool) -> list[str]:
+    """VMLADAVA over full groups of g steps (16 int8 or, `wide`, 8 int16 activations; the int8
+    weights widened to int16 by their load), then one predicated group for the K % g last steps."""
+    vt, xs, ws, ps = ("int16x8_t", "vldrhq", "vldrbq", "vctp16q") if wide else ("int8x16_t", "vldrbq", "vldrbq", "vctp8q")
+    sfx = "s16" if wide else "s8"
+    ta = "int16_t" if wide else "int8_t"
     lines = ["  int32_t " + ", ".join(f"c{i}_{j} = C[{i} * ldc + {j}]" for i in range(m) for j in range(n)) + ";",
-             "  const int8_t " + ", ".join(f"*a{i} = A + {i} * lda" for i in range(m)) + ";",
+             f"  const {ta} " + ", ".join(f"*a{i} = A + {i} * lda" for i in range(m)) + ";",
              "  const int8_t *b = B;",
              "  int32_t k = K;",
              f"  for (; k >= {g}; k -= {g}) {{"]
     for i in range(m):
-        lines.append(f"    const int8x16_t x{i} = vldrbq_s8(a{i}); a{i} += {g};")
+        lines.append(f"    const {vt} x{i} = {xs}_{sfx}(a{i}); a{i} += {g};")
     for j in range(n):
-        lines.append(f"    {{ const int8x16_t w = vldrbq_s8(b + {g * j});")
-        lines.append("      " + " ".join(f"c{i}_{j} = vmladavaq_s8(c{i}_{j}, x{i}, w);" for i in range(m)) + " }")
-    lines += [f"    b += {g * n};", "  }", "  if (k > 0) {", "    const mve_pred16_t p = vctp8q((uint32_t)k);"]
+        lines.append(f"    {{ const {vt} w = {ws}_{sfx}(b + {g * j});")
+        lines.append("      " + " ".join(f"c{i}_{j} = vmladavaq_{sfx}(c{i}_{j}, x{i}, w);" for i in range(m)) + " }")
+    lines += [f"    b += {g * n};", "  }", "  if (k > 0) {", f"    const mve_pred16_t p = {ps}((uint32_t)k);"]
     for i in range(m):
-        lines.append(f"    const int8x16_t x{i} = vldrbq_z_s8(a{i}, p);")
+        lines.append(f"    const {vt} x{i} = {xs}_z_{sfx}(a{i}, p);")
     for j in range(n):
-        lines.append(f"    {{ const int8x16_t w = vldrbq_z_s8(b + {j} * k, p);")
-        lines.append("      " + " ".join(f"c{i}_{j} = vmladavaq_s8(c{i}_{j}, x{i}, w);" for i in range(m)) + " }")
+        lines.append(f"    {{ const {vt} w = {ws}_z_{sfx}(b + {j} * k, p);")
+        lines.append("      " + " ".join(f"c{i}_{j} = vmladavaq_{sfx}(c{i}_{j}, x{i}, w);" for i in range(m)) + " }")
     lines.append("  }")
     lines += ["  " + " ".join(f"C[{i} * ldc + {j}] = c{i}_{j};" for j in range(n)) for i in range(m)]
     return lines
@@ -60,16 +64,18 @@ def gemm(m: int, n: int, lanes: int, types: Types) -> str | None:
     """C for `ec_gemm_<t>_MxN`, or None where the generic kernel is used."""
     if types.b_order not in GROUP_ORDERS:
         return dsp.gemm(m, n, lanes, types)
-    if not (types.a == "int8" and types.b == "int8" and types.c == "int32"):
-        return None
     g = GROUP_ORDERS[types.b_order]
+    wide = types.a == "int16"
+    if not (types.b == "int8" and types.c == "int32" and (types.a, g) in (("int8", 16), ("int16", 8))):
+        return None
     return "\n".join([
         _MVE,
-        f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (int8 x int8 -> int32), B panel in order {types.b_order!r} "
-        f"(groups of {g} reduction steps per channel): VMLADAVA.S8 (Helium), portable C otherwise */",
+        f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] ({types.a} x int8 -> int32), B panel in order {types.b_order!r} "
+        f"(groups of {g} reduction steps per channel): VMLADAVA.{'S16' if wide else 'S8'} (Helium), portable C "
+        "otherwise */",
         gemm_signature(m, n, types) + " {",
         "#if defined(__ARM_FEATURE_MVE)",
-        *_mve_body(m, n, g),
+        *_mve_body(m, n, g, wide),
         "#else",
         *ordered_gemm_body(m, n, types),
         "#endif",
