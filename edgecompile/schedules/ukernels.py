@@ -59,10 +59,17 @@ class Types:
 # split into even and odd lanes by SXTB16); "k4x": w0 w2 w1 w3 (int16 activations, read as the
 # pairs (a0 a1), (a2 a3): SXTB16 of the weights gives (w0 w1), (w2 w3)).
 PANEL_ORDERS = {"k4": (0, 1, 2, 3), "k4x": (0, 2, 1, 3)}
+# Panel orders for integer GEMMs whose kernels reduce one vector of K values per output channel
+# (Helium's VMLADAVA: 16 int8 or 8 int16 products summed into one int32): the reduction in groups
+# of G, each output channel's G weights together ([K/G][N][G]), the last K % G rows likewise
+# ([N][K % G]), so that the kernel reads every group of every channel as one contiguous
+# (tail-predicated) vector. "k16": int8 activations; "k8": int16 activations (weights widened by
+# the load).
+GROUP_ORDERS = {"k16": 16, "k8": 8}
 
 F32 = Types("float32", "float32", "float32")
 TYPES = {"f32": F32, "s8": Types("int8", "int8", "int32"), "s16": Types("int16", "int8", "int32")}
-TYPES.update({t.ordered(o).tag: t.ordered(o) for t in list(TYPES.values())[1:] for o in PANEL_ORDERS})
+TYPES.update({t.ordered(o).tag: t.ordered(o) for t in list(TYPES.values())[1:] for o in [*PANEL_ORDERS, *GROUP_ORDERS]})
 
 
 def types_for(a: str, b: str, c: str) -> Types | None:
@@ -85,6 +92,9 @@ def order_panel(panel: "np.ndarray", order: str) -> "np.ndarray":
     import numpy as np
 
     k, n = panel.shape
+    if order in GROUP_ORDERS:
+        g = GROUP_ORDERS[order]
+        return np.concatenate([panel[k0:k0 + g].T.reshape(-1) for k0 in range(0, k, g)]).reshape(k, n)
     q = k // 4
     quads = panel[: 4 * q].reshape(q, 4, n).transpose(0, 2, 1)[:, :, list(PANEL_ORDERS[order])]
     flat = np.concatenate([quads.reshape(-1), panel[4 * q:].reshape(-1)])
@@ -299,6 +309,8 @@ def gemm_signature(m: int, n: int, types: Types) -> str:
 def ordered_gemm_body(m: int, n: int, types: Types, indent: str = "  ") -> list[str]:
     """Portable C over a panel in `types.b_order` (PANEL_ORDERS): the K quads, then the K % 4
     last rows; each accumulator is a named variable."""
+    if types.b_order in GROUP_ORDERS:
+        return [indent + ln for ln in _grouped_gemm_body(m, n, GROUP_ORDERS[types.b_order])]
     perm = PANEL_ORDERS[types.b_order]
     lines = ["int32_t " + ", ".join(f"c{i}_{j} = C[{i} * ldc + {j}]" for i in range(m) for j in range(n)) + ";",
              "const int8_t *b = B;", "int32_t k = 0;",
@@ -313,6 +325,21 @@ def ordered_gemm_body(m: int, n: int, types: Types, indent: str = "  ") -> list[
     lines.append("}")
     lines += [" ".join(f"C[{i} * ldc + {j}] = c{i}_{j};" for j in range(n)) for i in range(m)]
     return [indent + ln for ln in lines]
+
+
+def _grouped_gemm_body(m: int, n: int, g: int) -> list[str]:
+    """Portable C over a panel in a GROUP_ORDERS order of group size g (channel j's weights of a
+    group of r <= g reduction steps at b + j * r)."""
+    lines = ["int32_t " + ", ".join(f"c{i}_{j} = C[{i} * ldc + {j}]" for i in range(m) for j in range(n)) + ";",
+             "const int8_t *b = B;",
+             f"for (int32_t k = 0; k < K; k += {g}) {{",
+             f"  const int32_t r = K - k < {g} ? K - k : {g};",
+             "  for (int32_t t = 0; t < r; ++t) {"]
+    for j in range(n):
+        lines.append("    " + " ".join(f"c{i}_{j} += (int32_t)A[{i} * lda + k + t] * b[{j} * r + t];" for i in range(m)))
+    lines += ["  }", f"  b += {n} * r;", "}"]
+    lines += [" ".join(f"C[{i} * ldc + {j}] = c{i}_{j};" for j in range(n)) for i in range(m)]
+    return lines
 
 
 def emit_ordered_gemm_c(m: int, n: int, types: Types) -> str:
