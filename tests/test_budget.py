@@ -103,6 +103,8 @@ def test_budget_picks_patches_and_the_board_stays_under_it(tmp_path):
     assert chosen["lean_windows"] and 0 < chosen["lean_kernels"] < len({c["name"] for c in rep["calls"]})
     res = run_test(out, samples=3)
     assert res["passed"], res["failures"]
+    # the patched device's bytes against the whole-tensor kernel graph on TVM's VM
+    assert res["kernel_graph"] == {"samples_differing": 0, "max_difference_steps": 0}, res["kernel_graph"]
     measured = rep["ram_bytes"] + res["stack_used_bytes"]
     assert measured <= budget, f"measured peak RAM {measured:,} B over the budget {budget:,} B"
 

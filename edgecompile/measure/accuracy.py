@@ -180,7 +180,7 @@ def _check_against_kernel_graph(build: Path, report: dict[str, Any], data: Any, 
     try:
         progress("int8 reference: the build's kernel graph on TVM's VM")
         run = int8_graph_runner(build, report)
-    except EdgeCompileError as err:      # a patch-based build: no VM reference
+    except EdgeCompileError as err:      # e.g. a build of another version: no VM reference
         result["kernel_graph"] = {"unavailable": str(err)}
         return
     quant = report["quant"]

@@ -15,8 +15,11 @@ from .. import proc
 from ..errors import EdgeCompileError
 
 
-def _lowered(build: Path, report: dict[str, Any]) -> tuple[Any, Any]:
-    """The build's kernel graph again, from its model.onnx and recorded options: (module, program)."""
+def _lowered(build: Path, report: dict[str, Any], per_call: bool = True) -> tuple[Any, Any]:
+    """The build's kernel graph again, from its model.onnx and recorded options: (module, program).
+    Without patches: a patch-based build's bands are the same arithmetic on row ranges (int8: the
+    same bytes, tests/test_patches.py), so its output is the whole-tensor graph's; only its calls
+    (`per_call`) have no counterpart there."""
     from ..compiler import BuildOptions, _graph
     from ..ir import passes
     from ..ir.frontend import load_model
@@ -24,7 +27,7 @@ def _lowered(build: Path, report: dict[str, Any]) -> tuple[Any, Any]:
     from ..targets import load_target
 
     pp = report.get("patch_plan")
-    if pp:       # TVM's VM runs no TIR function on a view with a byte offset (the bands)
+    if pp and per_call:       # TVM's VM runs no TIR function on a view with a byte offset (the bands)
         raise EdgeCompileError(f"{build}: per-layer comparison of a patch-based build (the first {pp['layers']} "
                                f"layers in {pp['bands']} bands) is not supported; build with --patches off")
     quant = report.get("quant", {})
@@ -37,7 +40,11 @@ def _lowered(build: Path, report: dict[str, Any]) -> tuple[Any, Any]:
     mod = passes.lower_graph(graph, fuse_dwpw=options.fuse)
     prog = extract_program(mod)
     calls = report["calls"]
-    if len(prog.calls) != len(calls) or any(
+    if not per_call:
+        if list(prog.tensors[prog.calls[-1].outputs[0]].shape) != calls[-1]["output_shape"]:
+            raise EdgeCompileError(f"{build}: the kernel graph rebuilt from model.onnx ends in another shape than "
+                                   "the build's: was the build made by another version?")
+    elif len(prog.calls) != len(calls) or any(
             list(prog.tensors[c.outputs[0]].shape) != r["output_shape"] for c, r in zip(prog.calls, calls)):
         raise EdgeCompileError(f"{build}: the kernel graph rebuilt from model.onnx differs from the build's "
                                f"({len(prog.calls)} calls vs {len(calls)}): was the build made by another version?")
@@ -53,7 +60,7 @@ def int8_graph_runner(build: Path, report: dict[str, Any]) -> Any:
     """The build's int8 output for a quantized input, by its kernel graph on TVM's VM: the
     compiler's own integer arithmetic, independent of model.c (a reference for the device's bytes
     that a wrong kernel in the C cannot share)."""
-    mod, _ = _lowered(build, report)
+    mod, _ = _lowered(build, report, per_call=False)
     run = kernel_graph_runner(mod)
     return lambda xq: run(xq)[-1]
 
