@@ -66,6 +66,11 @@ def measure_baseline(rev: str, boards: list[str], samples: int) -> dict[str, dic
         tree = Path(tmp) / "tree"
         tree.mkdir()
         proc.run(["tar", "-xf", str(tar), "-C", str(tree)], what="tar")
+        # the baseline's own templates and board files: the installed package maps these two
+        # subpackages to this tree's directories, which the baseline's package would otherwise get
+        for sub, d in (("firmware_templates", "firmware_templates"), ("target_files", "targets")):
+            if (tree / d).is_dir() and not (tree / "edgecompile" / sub).exists():
+                (tree / "edgecompile" / sub).symlink_to(Path("..") / d)
         env = {**os.environ, "PYTHONPATH": str(tree)}
         for board in boards:
             out = proc.run([sys.executable, str(Path(__file__).resolve()), "--measure", board, "--samples", str(samples)],

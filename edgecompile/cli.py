@@ -103,7 +103,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .measure.inspection import format_inspection, inspect_model
 
     _check_model_args(args)
-    info = inspect_model(_load(args))
+    patch = patches = budget = target = None
+    if args.target is not None:
+        from .targets import load_target
+
+        patch, patches = _patches_option(args.patches)
+        budget = _bytes_option("--ram-budget", args.ram_budget) if args.ram_budget is not None else None
+        target = load_target(args.target, args.targets_dir)
+    elif args.ram_budget is not None or args.quant is not None:
+        raise EdgeCompileError("--quant and --ram-budget plan the memory for a target: give --target")
+    source = _load(args)
+    info = inspect_model(source)
+    if target is not None:
+        from .compiler import BuildOptions, Progress
+        from .measure.inspection import memory_plan
+
+        options = BuildOptions(compile=False, quant=args.quant, patch=patch, patches=patches, ram_budget=budget,
+                               compare_unfused=False)
+        info["memory_plan"] = memory_plan(source, target, options, Progress(quiet=args.json))
     print(json.dumps(info, indent=2) if args.json else format_inspection(info))
     return 0
 
@@ -507,6 +524,13 @@ def _add_inspect(sub: Any) -> None:
                                    "(conv, conv_dw, conv_pw, conv_group, fc, pool, other).",
                        epilog=MODEL_HELP, formatter_class=RAW)
     _model_args(s)
+    s.add_argument("--target", help="also plan the memory for this target, as `build` would (no C compiled): "
+                                    "the arena, the estimated peak RAM and the patch plan, with every plan tried")
+    _target_args(s, default=None)
+    s.add_argument("--quant", choices=["fp32", "int8"], help="with --target: number format (default: the target's)")
+    s.add_argument("--patches", default="min", metavar="off|auto|min|LAYERS:ROWS",
+                   help="with --target: as for build (default min: the least peak RAM within +10%% MACs)")
+    s.add_argument("--ram-budget", metavar="BYTES", help="with --target: as for build")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(fn=cmd_inspect)
 

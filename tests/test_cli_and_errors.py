@@ -233,3 +233,18 @@ def test_a_closed_pipe_is_not_a_traceback():
     err = p.stderr.read().decode()
     p.wait(timeout=600)
     assert "Traceback" not in err and p.returncode == 141, (p.returncode, err)
+
+
+def test_inspect_plans_the_memory_for_a_target():
+    """`inspect --target`: the memory planning `build` would do, without compiling C: the chosen
+    patch stage and every plan tried, the chosen one the least estimated peak RAM."""
+    proc = run_cli("inspect", "mobilenet_v1", "--width-mult", "0.25", "--resolution", "64", "--num-classes", "2",
+                   "--target", "stm32f746g-disco", "--json", check=True)
+    m = json.loads(proc.stdout)["memory_plan"]
+    assert m["target"] == "stm32f746g-disco" and m["quant"] == "int8"
+    assert m["patch_plan"]["bands"] > 1 and m["patch_plan"]["extra_macs"] > 0
+    tried = m["tried"]
+    assert tried[0]["patch"] is None and len(tried) > 2
+    assert m["peak_ram_estimate"] == min(t["peak_ram_estimate"] for t in tried) < tried[0]["peak_ram_estimate"]
+    bad = run_cli("inspect", "mobilenet_v1", *SMALL, "--ram-budget", "40K")
+    assert bad.returncode != 0 and "--target" in bad.stderr and "Traceback" not in bad.stderr

@@ -143,6 +143,41 @@ def inspect_model(source: ModelSource) -> dict[str, Any]:
     }
 
 
+def memory_plan(source: ModelSource, target: Any, options: Any, progress: Any) -> dict[str, Any]:
+    """The memory planning `build` would do for `target` (kernels lowered, no C compiled): the
+    arena, the estimated peak RAM, the patch plan and every plan tried with its cost."""
+    from ..compiler import _patch_record, compile_model
+
+    compiled = compile_model(source, target, options, progress)
+    planning = compiled.planning or {}
+    chosen = planning.get("chosen") or {}
+    return {"target": target.name, "quant": (compiled.quant or {}).get("dtype", "fp32"),
+            "arena_bytes": compiled.plan.arena_bytes, "peak_ram_estimate": chosen.get("peak_ram_estimate"),
+            "macs": sum(c["macs"] for c in compiled.calls), "calls": len(compiled.calls),
+            "patch_plan": _patch_record(compiled), "tried": planning.get("tried", [])}
+
+
+def _format_memory_plan(m: dict[str, Any]) -> list[str]:
+    pp = m["patch_plan"]
+    lines = ["", f"memory plan for {m['target']} ({m['quant']}): arena {m['arena_bytes']:,} B"
+             + (f", peak RAM about {m['peak_ram_estimate']:,} B" if m["peak_ram_estimate"] else "")
+             + f", {m['macs']:,} MACs in {m['calls']} calls"]
+    if pp:
+        lines.append(f"patch stage: the first {pp['layers']} layers in {pp['bands']} bands of {pp['rows']} rows of "
+                     f"{'x'.join(map(str, pp['stage_output_shape'][1:]))}, {pp['extra_macs']:+,} MACs recomputed")
+    else:
+        lines.append("no patch stage")
+    if m["tried"]:
+        lines.append(f"{'plan tried':44} {'arena':>9} {'peak RAM est.':>14} {'extra MACs':>12}")
+        for t in m["tried"]:
+            what = f"{t['patch'][0]} layers x {t['patch'][1]} rows" if t["patch"] else "no patches"
+            if t["lean_windows"]:
+                what += ", lean windows" + (f" in {t['lean_kernels']} kernels" if t.get("lean_kernels") else "")
+            est = f"{t['peak_ram_estimate']:,}" if t["peak_ram_estimate"] is not None else "-"
+            lines.append(f"{what:44} {t['arena_bytes']:>9,} {est:>14} {t['extra_macs']:>+12,}")
+    return lines
+
+
 def format_inspection(info: dict[str, Any]) -> str:
     lines = [f"{'layer':40} {'kind':10} {'output':>18} {'MACs':>14} {'params':>11} {'act bytes':>11}"]
     for layer in info["layers"]:
@@ -159,4 +194,6 @@ def format_inspection(info: dict[str, Any]) -> str:
         if v["macs"] or v["params"]:
             lines.append(f"{kind:10} {v['macs']:>16,} {v['macs_share']:>7.2%} {v['params']:>12,} {v['params_share']:>7.2%}")
     lines.append("(activation layers without parameters are omitted from the table; --json lists all)")
+    if "memory_plan" in info:
+        lines += _format_memory_plan(info["memory_plan"])
     return "\n".join(lines)
