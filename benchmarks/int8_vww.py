@@ -90,7 +90,7 @@ def table(rows: list[tuple[dict[str, Any], dict[str, Any]]], rev: str, tflm: dic
         "# int8 visual wake words on Cortex-M: edgecompile before/after, published records, TFLM arena",
         "",
         f"Network: {tflm['network']} ({rows[0][1]['macs']:,} MACs per inference). "
-        f"Before = `{rev}`, after = this branch, measured in the same run on the same machine.",
+        f"Before = `{rev}`, after = this tree, measured in the same run on the same machine.",
         "",
         "**Instructions are not cycles.** Our figures are QEMU `-icount` instruction counts per inference "
         "(SysTick with `-icount shift=0`, the same counting as `edgecompile test`); the records are cycles on "
