@@ -135,6 +135,7 @@ NEON_CASES = CASES + [
     Case("dw_16_s2", (1, 16, 7, 8), "[nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16), nn.ReLU()]",
          ("conv_dw",)),
     Case("fc_40_3", (1, 40, 1, 1), "[nn.Flatten(), nn.Linear(40, 3)]", ("fc",)),
+    Case("conv3x3_s2_3_16", (1, 3, 11, 10), "[nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU6()]", ("conv",)),
 ]
 
 
@@ -146,6 +147,8 @@ def test_neon_kernel_bytes_equal_the_integer_reference_on_rpi4(tmp_path, monkeyp
         assert "ec_gemm_s8k16_" in model_c and "vpadalq_s16" in model_c      # the NEON int8 GEMM ran
     if {"conv_dw", "dwpw"} & set(case.kinds) and case.shape[1] % 8 == 0:
         assert "vmlal_high_s16" in model_c                                   # the NEON depthwise ran
+    if "conv" in case.kinds and "nn.Conv2d(3, 16, 3" in case.layers:
+        assert "vmlal_high_n_s16" in model_c                                 # the NEON int16 x int8 GEMM ran
 
 
 def _check_kernel_case(tmp_path, monkeypatch, case: Case, seed: int, boards: list[str]) -> dict[str, str]:

@@ -13,6 +13,10 @@ pair sums are exact in 16 bits because no weight is -128 (|a w + a' w'| <= 2 * 1
 32512). The 4 lanes of each accumulator are added (`addp`, 4 channels at a time) once per tile.
 The A72 has no `sdot`.
 
+`gemm`, int16 x int8 -> int32 (the zero-point-shifted padded rows of KxK convolutions, e.g. the
+first layer), weights row by row: per reduction step 8 weights widened by one `sxtl`, each pixel's
+value multiplied into them by `smlal`/`smlal2` by element.
+
 `dw`, int16 (zero-point-shifted, padded rows) or int8 activations x int8 weights -> int32,
 8 channels at a time: the weights widened once per tap, `smlal`/`smlal2` on 16-bit lanes (one
 instruction per 4 multiply-accumulates instead of a widening load and a 32-bit multiply-add).
@@ -39,6 +43,8 @@ def gemm(m: int, n: int, lanes: int, types: Types) -> str | None:
     """C for `ec_gemm_<t>_MxN`, or None where the generic kernel is used."""
     if types.b_order == "k16" and types.a == "int8" and types.b == "int8" and types.c == "int32":
         return _gemm_s8_k16(m, n)
+    if not types.b_order and types.a == "int16" and types.b == "int8" and types.c == "int32" and n % 8 == 0:
+        return _gemm_s16(m, n)
     lanes, _ = vector_width(n, lanes)
     if not (lanes == 4 and types.c == "float32" and types.a == "float32"):
         return None
@@ -141,6 +147,45 @@ def _gemm_s8_k16(m: int, n: int) -> str:
         *_gemm_s8_k16_neon(m, n),
         "#else",
         *_gemm_s8_k16_portable(m, n),
+        "#endif",
+        "  return 0;",
+        "}",
+    ])
+
+
+def _gemm_s16(m: int, n: int) -> str:
+    """int16 activations (the zero-point-shifted padded rows of KxK convolutions) x int8 weights
+    [K][N] row by row: per reduction step the N weights widened once (8 per `sxtl`), each pixel's
+    value multiplied into them by `smlal`/`smlal2` by element (8 multiply-accumulates in 2
+    instructions)."""
+    types = Types("int16", "int8", "int32")
+    q8 = n // 8
+    neon = ["  int32x4_t " + ", ".join(f"l{i}_{q} = vld1q_s32(C + {i} * ldc + {8 * q}), "
+                                       f"h{i}_{q} = vld1q_s32(C + {i} * ldc + {8 * q + 4})"
+                                       for i in range(m) for q in range(q8)) + ";",
+            "  for (int32_t k = 0; k < K; ++k) {",
+            "    const int16x8_t " + ", ".join(f"w{q} = vmovl_s8(vld1_s8(B + k * ldb + {8 * q}))" for q in range(q8)) + ";",
+            "    const int16x4_t " + ", ".join(f"w{q}l = vget_low_s16(w{q})" for q in range(q8)) + ";"]
+    for i in range(m):
+        neon.append(f"    {{ const int16_t a = A[{i} * lda + k]; " + " ".join(
+            f"l{i}_{q} = vmlal_n_s16(l{i}_{q}, w{q}l, a); h{i}_{q} = vmlal_high_n_s16(h{i}_{q}, w{q}, a);"
+            for q in range(q8)) + " }")
+    neon.append("  }")
+    neon += ["  " + " ".join(f"vst1q_s32(C + {i} * ldc + {8 * q}, l{i}_{q}); vst1q_s32(C + {i} * ldc + {8 * q + 4}, h{i}_{q});"
+                             for q in range(q8)) for i in range(m)]
+    portable = ["  for (int32_t k = 0; k < K; ++k) {",
+                f"    for (int32_t i = 0; i < {m}; ++i) {{",
+                f"      for (int32_t j = 0; j < {n}; ++j) C[i * ldc + j] += (int32_t)A[i * lda + k] * B[k * ldb + j];",
+                "    }", "  }"]
+    return "\n".join([
+        _INCLUDE,
+        f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (int16 x int8 -> int32): NEON smlal/smlal2 by element on 16-bit "
+        "lanes, 8 channels per weight vector; portable C otherwise */",
+        gemm_signature(m, n, types) + " {",
+        f"#if {NEON}",
+        *neon,
+        "#else",
+        *portable,
         "#endif",
         "  return 0;",
         "}",
