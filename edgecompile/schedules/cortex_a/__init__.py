@@ -4,6 +4,7 @@ blocks; int8 depthwise on 16-bit lanes) are in `ukernels.py`."""
 
 from typing import Any
 
+from .. import tiling
 from ..rules import TiledRules
 
 
@@ -11,7 +12,9 @@ class CortexARules(TiledRules):
     """int8 x int8 GEMM tiles (pointwise convolutions, dense layers) keep one int32x4 accumulator
     per (pixel, channel) pair, the 4 lanes partial sums over the reduction: 16 pairs (4 x 4, 2 x 8,
     1 x 16...) leave registers for the 16-byte activation and weight blocks. Their weight panels are
-    stored in 16-step blocks per channel ("k16")."""
+    stored in 16-step blocks per channel ("k16"). int16 x int8 GEMM tiles (the padded rows of KxK
+    convolutions) are counted in vectors of 8 channels, 4 of them (8 int32x4 accumulators).
+    Padded windows are split into a fill and a copy (`_split_padding`)."""
 
     def _s8_gemm(self, types: Any) -> bool:
         return types is not None and (types.a, types.b, types.c) == ("int8", "int8", "int32")
@@ -21,8 +24,19 @@ class CortexARules(TiledRules):
             return 16
         return super().accumulators(which, types)
 
+    def _s16_gemm(self, types: Any) -> bool:
+        return types is not None and (types.a, types.b, types.c) == ("int16", "int8", "int32")
+
+    def _lanes_budget(self, sch: Any, block_name: str | None, which: str) -> tuple[int, int]:
+        """int16 x int8 GEMMs: channels in eights (one widened weight vector), 4 such vectors
+        (4 x 8 tiles; 8 x 8 spills: MobileNet V1 0.25/96's first conv 437 k -> 353 k instructions)."""
+        types = tiling.operand_types(sch, sch.get_sblock(block_name)) if block_name else None
+        if which == "conv" and self._s16_gemm(types):
+            return 8, 4
+        return super()._lanes_budget(sch, block_name, which)
+
     def lanes_for(self, types: Any) -> int:
-        """Pairs, not vectors of channels: any channel count."""
+        """int8 GEMMs: pairs, not vectors of channels: any channel count."""
         if self._s8_gemm(types):
             return 1
         return self.lanes
