@@ -44,34 +44,20 @@ class CortexARules(TiledRules):
     def panel_order(self, types: Any) -> str:
         return "k16" if self._s8_gemm(types) else ""
 
-    # Padded windows: TVM writes each padded value as `cond ? x - zero_point : 0` inside the
-    # channel loop, which gcc leaves scalar (one load, add, store per value: ~20% of an int8
-    # MobileNet's instructions on the A72). Split into a block that fills the window with the pad
-    # value and one that copies the in-bound values without a condition, the copy's channel loop
-    # is vectorized.
-    def schedule_conv(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
-        pads = _pad_blocks(sch)
-        return super().schedule_conv(sch, info, cfg) and _split_padding(sch, pads)
-
-    def schedule_depthwise(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
-        pads = _pad_blocks(sch)
-        return super().schedule_depthwise(sch, info, cfg) and _split_padding(sch, pads)
-
-    def schedule_dwpw(self, sch: Any, info: Any, rows: int | None = None, cfg: dict | None = None) -> bool:
-        pads = _pad_blocks(sch)
-        return super().schedule_dwpw(sch, info, rows, cfg) and _split_padding(sch, pads)
+    def finish(self, sch: Any, info: Any, blocks_before: list[str]) -> None:
+        """Padded windows: TVM writes each padded value as `cond ? x - zero_point : 0` inside the
+        channel loop, which gcc leaves scalar (one load, add, store per value: ~20% of an int8
+        MobileNet's instructions on the A72). Split into a block that fills the window with the
+        pad value and one that copies the in-bound values without a condition: the copy's channel
+        loop is vectorized. (A build step, not part of the rules: MetaSchedule cannot print the
+        trace of `decompose_padding`, so tuning measures kernels without it.)"""
+        _split_padding(sch, [b for b in blocks_before if "pad" in b.lower()])
 
 
-def _pad_blocks(sch: Any) -> list[str]:
-    """Names of the padding blocks of a kernel before its rule runs (all at the top level)."""
-    blocks = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
-    return [b for b in blocks if "pad" in b.lower()]
-
-
-def _split_padding(sch: Any, pads: list[str]) -> bool:
-    """Decompose each padding block `pads` of the scheduled kernel into a pad-value fill and an in-bound copy, at
-    the block's third-innermost loop (rows, columns, channels of a padded NHWC window). Always
-    True: a block TVM does not take for padding stays as it is."""
+def _split_padding(sch: Any, pads: list[str]) -> None:
+    """Decompose each padding block `pads` of the scheduled kernel into a pad-value fill and an
+    in-bound copy, at the block's third-innermost loop (rows, columns, channels of a padded NHWC
+    window). A block TVM does not take for padding stays as it is."""
     for name in pads:
         try:
             block = sch.get_sblock(name)
@@ -84,7 +70,6 @@ def _split_padding(sch: Any, pads: list[str]) -> bool:
             sch.decompose_padding(block, loops[-3])
         except Exception:  # noqa: BLE001 - ScheduleError: not the padding pattern; keep the block
             pass
-    return True
 
 
 LANES = 4
