@@ -232,3 +232,29 @@ def test_network_int8_bytes_equal_the_host_build_on_every_core(tmp_path, host_in
         for x, want in zip(inputs, expected):
             assert link.infer(x, out_shape, in_dtype="int8", out_dtype="int8").output.tobytes() == want.tobytes()
         port.close()
+
+
+def test_k16_panel_order_and_the_weight_range_it_needs():
+    """The NEON kernels' 'k16' panels: 16-step blocks per channel, then an 8-step block, then the
+    K % 8 last rows as they are; a weight of -128 (pair sums would overflow 16 bits) is refused
+    with the weight's name."""
+    from edgecompile.codegen.weights import pack_weight
+    from edgecompile.errors import EdgeCompileError
+    from edgecompile.ir.program import Program, Tensor
+    from edgecompile.schedules.ukernels import order_panel
+
+    k, n = 27, 3                                       # 16 + 8 + 3
+    panel = np.arange(k * n).reshape(k, n)             # value = k * n + channel
+    flat = order_panel(panel, "k16").ravel()
+    assert [int(v) for v in flat[:16]] == [t * n for t in range(16)]                 # channel 0, steps 0..15
+    assert [int(v) for v in flat[16:32]] == [t * n + 1 for t in range(16)]           # channel 1
+    assert [int(v) for v in flat[48:56]] == [(16 + t) * n for t in range(8)]         # 8-step block, channel 0
+    assert [int(v) for v in flat[72:]] == [int(v) for v in panel[24:].ravel()]       # tail rows as they are
+    w = np.ones((27, 6), np.int8)
+    w[5, 4] = -128
+    prog = Program([], [], {"w": Tensor("w", (27, 6), "int8", "weight")}, {"w": w}, [])
+    with pytest.raises(EdgeCompileError, match="weight w holds -128"):
+        pack_weight(prog, "w", 3, "k16")
+    w[5, 4] = -127
+    pack_weight(prog, "w", 3, "k16")
+    assert prog.tensors["w"].panel_order == "k16"
