@@ -119,7 +119,7 @@ def test_kernel_bytes_equal_the_integer_reference_on_every_core(tmp_path, monkey
 
 
 # NEON (rpi4, Cortex-A72) int8 kernels: GEMMs over 16-step weight blocks with the 8-step block and
-# the scalar tail (K = 8, 9, 16, 24, 33, 40 ...), one and odd output channel counts (1, 3, 17),
+# the scalar tail (K = 8, 9, 16, 24, 33, 45 ...), one and odd output channel counts (1, 3, 17),
 # tiles that are not multiples of 4 channels, depthwise on 8-channel groups (16, 24 channels) and
 # the generic depthwise beside it (odd counts), strides, padding, random quantization parameters.
 NEON_CASES = CASES + [
@@ -134,7 +134,7 @@ NEON_CASES = CASES + [
          "[nn.Conv2d(24, 24, 3, padding=1, groups=24), nn.ReLU6(), nn.Conv2d(24, 40, 1), nn.ReLU6()]", ("dwpw",)),
     Case("dw_16_s2", (1, 16, 7, 8), "[nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16), nn.ReLU()]",
          ("conv_dw",)),
-    Case("fc_40_3", (1, 40, 1, 1), "[nn.Flatten(), nn.Linear(40, 3)]", ("fc",)),
+    Case("fc_45_3", (1, 45, 1, 1), "[nn.Flatten(), nn.Linear(45, 3)]", ("fc",)),
     Case("conv3x3_s2_3_16", (1, 3, 11, 10), "[nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU6()]", ("conv",)),
 ]
 
@@ -235,21 +235,21 @@ def test_network_int8_bytes_equal_the_host_build_on_every_core(tmp_path, host_in
 
 
 def test_k16_panel_order_and_the_weight_range_it_needs():
-    """The NEON kernels' 'k16' panels: 16-step blocks per channel, then an 8-step block, then the
-    K % 8 last rows as they are; a weight of -128 (pair sums would overflow 16 bits) is refused
-    with the weight's name."""
+    """The NEON kernels' 'k16' panels: 16-step groups per channel, then each channel's K % 16 last
+    steps together; a weight of -128 (pair sums would overflow 16 bits) is refused with the
+    weight's name."""
     from edgecompile.codegen.weights import pack_weight
     from edgecompile.errors import EdgeCompileError
     from edgecompile.ir.program import Program, Tensor
     from edgecompile.schedules.ukernels import order_panel
 
-    k, n = 27, 3                                       # 16 + 8 + 3
+    k, n = 27, 3                                       # 16 + 11
     panel = np.arange(k * n).reshape(k, n)             # value = k * n + channel
     flat = order_panel(panel, "k16").ravel()
     assert [int(v) for v in flat[:16]] == [t * n for t in range(16)]                 # channel 0, steps 0..15
     assert [int(v) for v in flat[16:32]] == [t * n + 1 for t in range(16)]           # channel 1
-    assert [int(v) for v in flat[48:56]] == [(16 + t) * n for t in range(8)]         # 8-step block, channel 0
-    assert [int(v) for v in flat[72:]] == [int(v) for v in panel[24:].ravel()]       # tail rows as they are
+    assert [int(v) for v in flat[48:59]] == [(16 + t) * n for t in range(11)]        # channel 0, steps 16..26
+    assert [int(v) for v in flat[70:]] == [(16 + t) * n + 2 for t in range(11)]      # channel 2, steps 16..26
     w = np.ones((27, 6), np.int8)
     w[5, 4] = -128
     prog = Program([], [], {"w": Tensor("w", (27, 6), "int8", "weight")}, {"w": w}, [])

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import EdgeCompileError
 from ..ir.program import C_TYPES, DTYPE_BYTES, Program
-from ..schedules.ukernels import BLOCK_ORDERS, order_panel
+from ..schedules.ukernels import order_panel
 
 WEIGHTS_C_LIMIT = 16 << 20   # above this, weights go to weights.bin included by weights.S
 
@@ -104,9 +104,9 @@ def pack_weight(prog: Program, name: str, nn: int, order: str = "") -> None:
         k, n = arr.shape
         new = arr.reshape(k, n // nn, nn).transpose(1, 0, 2)
     new = np.ascontiguousarray(new)
-    if order in BLOCK_ORDERS and arr.dtype == np.int8 and (arr == -128).any():
-        raise EdgeCompileError(f"weight {name} holds -128: the '{order}' kernels add int8 products in pairs in "
-                               "16 bits, exact only for weights in [-127, 127]")
+    if order == "k16" and arr.dtype == np.int8 and (arr == -128).any():
+        raise EdgeCompileError(f"weight {name} holds -128: int8 weights of 'k16' panels must be in [-127, 127] "
+                               "(the NEON kernels add int8 products in pairs in 16 bits)")
     if order:
         panels = new.reshape(-1, *new.shape[-2:])
         new = np.stack([order_panel(p, order) for p in panels]).reshape(new.shape)

@@ -59,18 +59,17 @@ class Types:
 # split into even and odd lanes by SXTB16); "k4x": w0 w2 w1 w3 (int16 activations, read as the
 # pairs (a0 a1), (a2 a3): SXTB16 of the weights gives (w0 w1), (w2 w3)).
 PANEL_ORDERS = {"k4": (0, 1, 2, 3), "k4x": (0, 2, 1, 3)}
-# Panel orders in blocks of the reduction, each output channel's block contiguous: "k16" for
-# kernels that multiply 16 (then 8) int8 activations of one pixel by 16 (8) int8 weights of one
-# channel at a time (NEON's widening multiplies): [K/16][N][16], then, if K % 16 >= 8, [N][8],
-# then the K % 8 last rows [K % 8][N] as they are. Such kernels add pairs of int8 x int8 products
-# in 16 bits, exact only without the weight -128 (codegen.weights checks it; our symmetric
-# weights are in [-127, 127]).
-BLOCK_ORDERS = {"k16": (16, 8)}
+# Panel orders for integer GEMMs whose kernels reduce a vector of K values per output channel: the
+# reduction in groups of G, each output channel's G weights together ([K/G][N][G]), the last K % G
+# rows likewise ([N][K % G]). "k16": int8 activations x int8 weights, read 16 (then 8) steps at a
+# time by the NEON kernels of Cortex-A (`cortex_a/ukernels.py`), which add pairs of products in 16
+# bits: exact only without the weight -128 (codegen.weights checks it; our symmetric weights are in
+# [-127, 127]).
+GROUP_ORDERS = {"k16": 16}
 
 F32 = Types("float32", "float32", "float32")
 TYPES = {"f32": F32, "s8": Types("int8", "int8", "int32"), "s16": Types("int16", "int8", "int32")}
-TYPES.update({t.ordered(o).tag: t.ordered(o) for t in list(TYPES.values())[1:] for o in PANEL_ORDERS})
-TYPES.update({TYPES["s8"].ordered(o).tag: TYPES["s8"].ordered(o) for o in BLOCK_ORDERS})
+TYPES.update({t.ordered(o).tag: t.ordered(o) for t in list(TYPES.values())[1:] for o in [*PANEL_ORDERS, *GROUP_ORDERS]})
 
 
 def types_for(a: str, b: str, c: str) -> Types | None:
@@ -93,16 +92,9 @@ def order_panel(panel: "np.ndarray", order: str) -> "np.ndarray":
     import numpy as np
 
     k, n = panel.shape
-    if order in BLOCK_ORDERS:
-        parts, start = [], 0
-        for size in BLOCK_ORDERS[order]:
-            blocks = (k - start) // size
-            if blocks:
-                end = start + blocks * size
-                parts.append(panel[start:end].reshape(blocks, size, n).transpose(0, 2, 1).reshape(-1))
-                start = end
-        parts.append(panel[start:].reshape(-1))
-        return np.concatenate(parts).reshape(k, n)
+    if order in GROUP_ORDERS:
+        g = GROUP_ORDERS[order]
+        return np.concatenate([panel[k0:k0 + g].T.reshape(-1) for k0 in range(0, k, g)]).reshape(k, n)
     q = k // 4
     quads = panel[: 4 * q].reshape(q, 4, n).transpose(0, 2, 1)[:, :, list(PANEL_ORDERS[order])]
     flat = np.concatenate([quads.reshape(-1), panel[4 * q:].reshape(-1)])

@@ -4,8 +4,9 @@
 values loaded as one vector and used lane by lane (`fmla` by element) instead of one scalar load
 per step: 7-9% fewer instructions on the A72 than the generic kernel.
 
-`gemm`, int8 x int8 -> int32 over weight panels in the "k16" order (`ukernels.BLOCK_ORDERS`: each
-output channel's weights for 16 consecutive reduction steps in one 16-byte block). Per 16 steps
+`gemm`, int8 x int8 -> int32 over weight panels in the "k16" order (`ukernels.GROUP_ORDERS`: each
+output channel's weights for 16 consecutive reduction steps in one 16-byte block; the last K % 16
+steps per channel together, the first 8 of them by the same NEON code). Per 16 steps
 and (pixel, channel) pair: `smull` + `smlal2` (16 int8 x int8 products, added in pairs into 8
 int16 lanes) and `sadalp` (the 8 lanes added in pairs into the pair's 4 int32 accumulator lanes):
 3 instructions for 16 multiply-accumulates, plus one 16-byte load per pixel and per channel. The
@@ -26,7 +27,7 @@ this machine gives the same bytes (`edgecompile test` compares a device's int8 o
 
 from __future__ import annotations
 
-from ..ukernels import BLOCK_ORDERS, Types, dw_body, dw_signature, gemm_signature, vector_width
+from ..ukernels import Types, dw_body, dw_signature, gemm_signature, vector_width
 
 NEON = "defined(__ARM_NEON) && defined(__aarch64__)"
 _INCLUDE = "\n".join([
@@ -82,25 +83,28 @@ def gemm(m: int, n: int, lanes: int, types: Types) -> str | None:
 
 
 def _gemm_s8_k16_neon(m: int, n: int) -> list[str]:
-    """The NEON body: M x N int32x4 accumulators over the 16- and 8-step blocks, then reduced."""
-    big, small = BLOCK_ORDERS["k16"]
+    """The NEON body: M x N int32x4 accumulators over the 16-step groups and the first 8 steps of
+    the last group, reduced; the rest of the last group in scalar C."""
     lines = ["  int32x4_t " + ", ".join(f"s{i}_{j} = vdupq_n_s32(0)" for i in range(m) for j in range(n)) + ";",
              "  const int8_t *b = B;", "  int32_t k = 0;",
-             f"  for (; k + {big} <= K; k += {big}, b += {big} * ldb) {{",
+             "  for (; k + 16 <= K; k += 16, b += 16 * ldb) {",
              "    const int8x16_t " + ", ".join(f"a{i} = vld1q_s8(A + {i} * lda + k)" for i in range(m)) + ";",
              "    const int8x8_t " + ", ".join(f"a{i}l = vget_low_s8(a{i})" for i in range(m)) + ";"]
     for j in range(n):
-        lines.append(f"    {{ const int8x16_t w = vld1q_s8(b + {big * j}); const int8x8_t wl = vget_low_s8(w);")
+        lines.append(f"    {{ const int8x16_t w = vld1q_s8(b + {16 * j}); const int8x8_t wl = vget_low_s8(w);")
         for i in range(m):
             lines.append(f"      s{i}_{j} = vpadalq_s16(s{i}_{j}, vmlal_high_s8(vmull_s8(a{i}l, wl), a{i}, w));")
         lines.append("    }")
-    lines += ["  }", f"  if (K - k >= {small}) {{",
+    lines += ["  }",
+              "  const int32_t r = K - k;       /* the last group: channel j's r weights at b + j * r */",
+              "  int32_t t0 = 0;",
+              "  if (r >= 8) {",
               "    const int8x8_t " + ", ".join(f"a{i} = vld1_s8(A + {i} * lda + k)" for i in range(m)) + ";"]
     for j in range(n):
-        lines.append(f"    {{ const int8x8_t w = vld1_s8(b + {small * j});")
+        lines.append(f"    {{ const int8x8_t w = vld1_s8(b + {j} * r);")
         lines.append("      " + " ".join(f"s{i}_{j} = vpadalq_s16(s{i}_{j}, vmull_s8(a{i}, w));" for i in range(m)))
         lines.append("    }")
-    lines += [f"    k += {small}; b += {small} * ldb;", "  }"]
+    lines += ["    t0 = 8;", "  }"]
     for i in range(m):
         for q in range(n // 4):
             j = 4 * q
@@ -108,30 +112,25 @@ def _gemm_s8_k16_neon(m: int, n: int) -> list[str]:
                          f"vpaddq_s32(vpaddq_s32(s{i}_{j}, s{i}_{j + 1}), vpaddq_s32(s{i}_{j + 2}, s{i}_{j + 3}))));")
         for j in range(n // 4 * 4, n):
             lines.append(f"  C[{i} * ldc + {j}] += vaddvq_s32(s{i}_{j});")
-    lines.append("  for (; k < K; ++k, b += ldb) {")
+    lines.append("  for (int32_t t = t0; t < r; ++t) {")
     for j in range(n):
-        lines.append("    " + " ".join(f"C[{i} * ldc + {j}] += (int32_t)A[{i} * lda + k] * b[{j}];" for i in range(m)))
+        lines.append("    " + " ".join(f"C[{i} * ldc + {j}] += (int32_t)A[{i} * lda + k + t] * b[{j} * r + t];"
+                                       for i in range(m)))
     lines.append("  }")
     return lines
 
 
 def _gemm_s8_k16_portable(m: int, n: int) -> list[str]:
     """The same panel order in plain C (this machine, and any core without NEON)."""
-    big, small = BLOCK_ORDERS["k16"]
-    lines = ["  const int8_t *b = B;", "  int32_t k = 0;"]
-    for size, loop in ((big, f"for (; k + {big} <= K; k += {big}, b += {big} * ldb)"),
-                       (small, f"if (K - k >= {small})")):
-        lines.append(f"  {loop} {{")
-        for i in range(m):
-            for j in range(n):
-                lines.append(f"    {{ int32_t s = 0; for (int32_t t = 0; t < {size}; ++t) "
-                             f"s += (int32_t)A[{i} * lda + k + t] * b[{size * j} + t]; C[{i} * ldc + {j}] += s; }}")
-        if size == small:
-            lines.append(f"    k += {small}; b += {small} * ldb;")
-        lines.append("  }")
-    lines.append("  for (; k < K; ++k, b += ldb) {")
+    lines = ["  const int8_t *b = B;", "  int32_t k = 0;", "  for (; k + 16 <= K; k += 16, b += 16 * ldb) {"]
+    for i in range(m):
+        for j in range(n):
+            lines.append(f"    {{ int32_t s = 0; for (int32_t t = 0; t < 16; ++t) "
+                         f"s += (int32_t)A[{i} * lda + k + t] * b[{16 * j} + t]; C[{i} * ldc + {j}] += s; }}")
+    lines += ["  }", "  const int32_t r = K - k;", "  for (int32_t t = 0; t < r; ++t) {"]
     for j in range(n):
-        lines.append("    " + " ".join(f"C[{i} * ldc + {j}] += (int32_t)A[{i} * lda + k] * b[{j}];" for i in range(m)))
+        lines.append("    " + " ".join(f"C[{i} * ldc + {j}] += (int32_t)A[{i} * lda + k + t] * b[{j} * r + t];"
+                                       for i in range(m)))
     lines.append("  }")
     return lines
 
