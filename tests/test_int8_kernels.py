@@ -115,14 +115,53 @@ def _inputs(case: Case, seed: int, n: int = 4) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_kernel_bytes_equal_the_integer_reference_on_every_core(tmp_path, monkeypatch, case):
-    seed = CASES.index(case) + 1
+    _check_kernel_case(tmp_path, monkeypatch, case, CASES.index(case) + 1, BOARDS)
+
+
+# NEON (rpi4, Cortex-A72) int8 kernels: GEMMs over 16-step weight blocks with the 8-step block and
+# the scalar tail (K = 8, 9, 16, 24, 33, 45 ...), one and odd output channel counts (1, 3, 17),
+# tiles that are not multiples of 4 channels, depthwise on 8-channel groups (16, 24 channels) and
+# the generic depthwise beside it (odd counts), strides, padding, random quantization parameters.
+NEON_CASES = CASES + [
+    Case("pw_33_17", (1, 33, 5, 4), "[nn.Conv2d(33, 17, 1), nn.ReLU()]", ("conv_pw",)),
+    Case("pw_24_3_s2", (1, 24, 7, 7), "[nn.Conv2d(24, 3, 1, stride=2), nn.ReLU6()]", ("conv_pw",)),
+    Case("dwpw_16_33_s2", (1, 16, 9, 10),
+         "[nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16), nn.ReLU6(), nn.Conv2d(16, 33, 1), nn.ReLU()]",
+         ("dwpw",)),
+    Case("dwpw_17_1", (1, 17, 6, 5),
+         "[nn.Conv2d(17, 17, 3, padding=1, groups=17), nn.ReLU(), nn.Conv2d(17, 1, 1)]", ("dwpw",)),
+    Case("dwpw_24_40", (1, 24, 6, 6),
+         "[nn.Conv2d(24, 24, 3, padding=1, groups=24), nn.ReLU6(), nn.Conv2d(24, 40, 1), nn.ReLU6()]", ("dwpw",)),
+    Case("dw_16_s2", (1, 16, 7, 8), "[nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16), nn.ReLU()]",
+         ("conv_dw",)),
+    Case("fc_45_3", (1, 45, 1, 1), "[nn.Flatten(), nn.Linear(45, 3)]", ("fc",)),
+    Case("conv3x3_s2_3_16", (1, 3, 11, 10), "[nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU6()]", ("conv",)),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c in CASES else ()) for c in NEON_CASES],
+                         ids=[c.name for c in NEON_CASES])      # the Cortex-M cases again: slow (CI budget)
+def test_neon_kernel_bytes_equal_the_integer_reference_on_rpi4(tmp_path, monkeypatch, case):
+    model_c = _check_kernel_case(tmp_path, monkeypatch, case, NEON_CASES.index(case) + 1, ["rpi4"])["rpi4"]
+    if {"conv_pw", "dwpw", "fc"} & set(case.kinds):
+        assert "ec_gemm_s8k16_" in model_c and "vpadalq_s16" in model_c      # the NEON int8 GEMM ran
+    if {"conv_dw", "dwpw"} & set(case.kinds) and case.shape[1] % 8 == 0:
+        assert "vmlal_high_s16" in model_c                                   # the NEON depthwise ran
+    if "conv" in case.kinds and "nn.Conv2d(3, 16, 3" in case.layers:
+        assert "vmlal_high_n_s16" in model_c                                 # the NEON int16 x int8 GEMM ran
+
+
+def _check_kernel_case(tmp_path, monkeypatch, case: Case, seed: int, boards: list[str]) -> dict[str, str]:
+    """Build `case` for each board, run it on the emulated board and the board's model.c on this
+    machine: both must give the VM reference's bytes. Returns each board's model.c."""
     source = _source(case, seed)
     calibration = _calibration(tmp_path, case, seed)
     reference, quant = vm_reference(source, calibration, monkeypatch)
     inputs = _inputs(case, seed)
     expected = [reference(x) for x in inputs]
     output_spread(expected)      # the reference depends on the input, or the comparison proves nothing
-    for board in BOARDS:
+    sources = {}
+    for board in boards:
         out = tmp_path / board
         rep = write_build(source, load_target(board), out,
                           BuildOptions(quant="int8", calibration=calibration, compare_unfused=False),
@@ -143,6 +182,8 @@ def test_kernel_bytes_equal_the_integer_reference_on_every_core(tmp_path, monkey
                 assert host.run(x)[0].tobytes() == want.tobytes(), f"{board}: host compile of model.c differs"
             port.close()
         host.close()
+        sources[board] = (out / "model.c").read_text()
+    return sources
 
 
 # ----------------------------------------------------------------------------- whole networks
@@ -191,3 +232,29 @@ def test_network_int8_bytes_equal_the_host_build_on_every_core(tmp_path, host_in
         for x, want in zip(inputs, expected):
             assert link.infer(x, out_shape, in_dtype="int8", out_dtype="int8").output.tobytes() == want.tobytes()
         port.close()
+
+
+def test_k16_panel_order_and_the_weight_range_it_needs():
+    """The NEON kernels' 'k16' panels: 16-step groups per channel, then each channel's K % 16 last
+    steps together; a weight of -128 (pair sums would overflow 16 bits) is refused with the
+    weight's name."""
+    from edgecompile.codegen.weights import pack_weight
+    from edgecompile.errors import EdgeCompileError
+    from edgecompile.ir.program import Program, Tensor
+    from edgecompile.schedules.ukernels import order_panel
+
+    k, n = 27, 3                                       # 16 + 11
+    panel = np.arange(k * n).reshape(k, n)             # value = k * n + channel
+    flat = order_panel(panel, "k16").ravel()
+    assert [int(v) for v in flat[:16]] == [t * n for t in range(16)]                 # channel 0, steps 0..15
+    assert [int(v) for v in flat[16:32]] == [t * n + 1 for t in range(16)]           # channel 1
+    assert [int(v) for v in flat[48:59]] == [(16 + t) * n for t in range(11)]        # channel 0, steps 16..26
+    assert [int(v) for v in flat[70:]] == [(16 + t) * n + 2 for t in range(11)]      # channel 2, steps 16..26
+    w = np.ones((27, 6), np.int8)
+    w[5, 4] = -128
+    prog = Program([], [], {"w": Tensor("w", (27, 6), "int8", "weight")}, {"w": w}, [])
+    with pytest.raises(EdgeCompileError, match="weight w holds -128"):
+        pack_weight(prog, "w", 3, "k16")
+    w[5, 4] = -127
+    pack_weight(prog, "w", 3, "k16")
+    assert prog.tensors["w"].panel_order == "k16"

@@ -104,6 +104,9 @@ def pack_weight(prog: Program, name: str, nn: int, order: str = "") -> None:
         k, n = arr.shape
         new = arr.reshape(k, n // nn, nn).transpose(1, 0, 2)
     new = np.ascontiguousarray(new)
+    if order == "k16" and arr.dtype == np.int8 and (arr == -128).any():
+        raise EdgeCompileError(f"weight {name} holds -128: int8 weights of 'k16' panels must be in [-127, 127] "
+                               "(the NEON kernels add int8 products in pairs in 16 bits)")
     if order:
         panels = new.reshape(-1, *new.shape[-2:])
         new = np.stack([order_panel(p, order) for p in panels]).reshape(new.shape)

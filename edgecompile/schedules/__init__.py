@@ -82,9 +82,11 @@ def schedule(func: Any, family_name: str, dwpw_rows: int | None = None, config: 
         tiling.prepare(sch, info, tiled=False)
         info.schedule = "generic.untiled (tuned)"
         return sch.mod["main"], info
-    rule = family(family_name).RULES.rule_for(info.kind)
+    rules = family(family_name).RULES
+    rule = rules.rule_for(info.kind)
     sch = s_tir.Schedule(func)
     tiling.prepare(sch, info, tiled=True)
+    blocks_before = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
     try:
         if config:
             ok = bool(rule(sch, info, cfg=config))
@@ -94,6 +96,7 @@ def schedule(func: Any, family_name: str, dwpw_rows: int | None = None, config: 
         ok = False
         info.note = f"{rule.__name__} failed: {str(err).strip().splitlines()[-1][:160]}"
     if ok:
+        rules.finish(sch, info, blocks_before)
         info.schedule = f"{family_name}.{rule.__name__}" + (f" {json.dumps(config, sort_keys=True)}" if config else "")
         return sch.mod["main"], info
     sch = s_tir.Schedule(func)

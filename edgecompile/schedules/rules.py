@@ -141,6 +141,11 @@ class TiledRules:
         return tiling.tile_dwpw(sch, info, r, tile, dw_tile, _pick(cfg, "pack", True), self.panel_order,
                                 self.wide_rows, _pick(cfg, "dw_order", "pixels"))
 
+    def finish(self, sch: Any, info: Any, blocks_before: list[str]) -> None:
+        """A build's last step on a kernel its rule tiled (not run by the tuner's design spaces):
+        `blocks_before` are the kernel's top-level block names before the rule ran. Nothing here;
+        a family may override it."""
+
     def schedule_pool(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
         return False
 

@@ -59,12 +59,14 @@ class Types:
 # split into even and odd lanes by SXTB16); "k4x": w0 w2 w1 w3 (int16 activations, read as the
 # pairs (a0 a1), (a2 a3): SXTB16 of the weights gives (w0 w1), (w2 w3)).
 PANEL_ORDERS = {"k4": (0, 1, 2, 3), "k4x": (0, 2, 1, 3)}
-# Panel orders for integer GEMMs whose kernels reduce one vector of K values per output channel
-# (Helium's VMLADAVA: 16 int8 or 8 int16 products summed into one int32): the reduction in groups
-# of G, each output channel's G weights together ([K/G][N][G]), the last K % G rows likewise
-# ([N][K % G]), so that the kernel reads every group of every channel as one contiguous
-# (tail-predicated) vector. "k16": int8 activations; "k8": int16 activations (weights widened by
-# the load).
+# Panel orders for integer GEMMs whose kernels reduce one vector of K values per output channel: the
+# reduction in groups of G, each output channel's G weights together ([K/G][N][G]), the last K % G
+# rows likewise ([N][K % G]), so that the kernel reads every group of every channel as one contiguous
+# (tail-predicated) vector. "k16": int8 activations x int8 weights (Helium's VMLADAVA sums 16
+# products in 32 bits; the NEON kernels of Cortex-A, `cortex_a/ukernels.py`, read 16 then 8 steps at
+# a time and add pairs of products in 16 bits: exact only without the weight -128, which
+# codegen.weights checks; our symmetric weights are in [-127, 127]); "k8": int16 activations
+# (Helium, weights widened by the load).
 GROUP_ORDERS = {"k16": 16, "k8": 8}
 
 F32 = Types("float32", "float32", "float32")

@@ -1,16 +1,51 @@
 """Cortex-A (NEON) micro-kernels that override the generic ones of `schedules/ukernels.py`.
 
-`gemm`: float GEMM tiles of 4-lane vectors run the reduction 4 steps at a time, each A row's 4
+`gemm`, float: GEMM tiles of 4-lane vectors run the reduction 4 steps at a time, each A row's 4
 values loaded as one vector and used lane by lane (`fmla` by element) instead of one scalar load
-per step: 7-9% fewer instructions on the A72 than the generic kernel."""
+per step: 7-9% fewer instructions on the A72 than the generic kernel.
+
+`gemm`, int8 x int8 -> int32 over weight panels in the "k16" order (`ukernels.GROUP_ORDERS`: each
+output channel's weights for 16 consecutive reduction steps in one 16-byte block; the last K % 16
+steps per channel together, the first 8 of them by the same NEON code). Per 16 steps
+and (pixel, channel) pair: `smull` + `smlal2` (16 int8 x int8 products, added in pairs into 8
+int16 lanes) and `sadalp` (the 8 lanes added in pairs into the pair's 4 int32 accumulator lanes):
+3 instructions for 16 multiply-accumulates, plus one 16-byte load per pixel and per channel. The
+pair sums are exact in 16 bits because no weight is -128 (|a w + a' w'| <= 2 * 128 * 127 =
+32512). The 4 lanes of each accumulator are added (`addp`, 4 channels at a time) once per tile.
+The A72 has no `sdot`.
+
+`gemm`, int16 x int8 -> int32 (the zero-point-shifted padded rows of KxK convolutions, e.g. the
+first layer), weights row by row: per reduction step 8 weights widened by one `sxtl`, each pixel's
+value multiplied into them by `smlal`/`smlal2` by element.
+
+`dw`, int16 (zero-point-shifted, padded rows) or int8 activations x int8 weights -> int32,
+8 channels at a time: the weights widened once per tap, `smlal`/`smlal2` on 16-bit lanes (one
+instruction per 4 multiply-accumulates instead of a widening load and a 32-bit multiply-add).
+
+Each integer kernel keeps portable C of the same panel order under `#else`: the same model.c on
+this machine gives the same bytes (`edgecompile test` compares a device's int8 output with it)."""
 
 from __future__ import annotations
 
-from ..ukernels import Types, vector_width
+from ..ukernels import Types, dw_body, dw_signature, gemm_signature, vector_width
+
+NEON = "defined(__ARM_NEON) && defined(__aarch64__)"
+_INCLUDE = "\n".join([
+    "#ifndef EC_ARM_NEON",
+    "#define EC_ARM_NEON",
+    f"#if {NEON}",
+    "#include <arm_neon.h>",
+    "#endif",
+    "#endif",
+])
 
 
 def gemm(m: int, n: int, lanes: int, types: Types) -> str | None:
     """C for `ec_gemm_<t>_MxN`, or None where the generic kernel is used."""
+    if types.b_order == "k16" and types.a == "int8" and types.b == "int8" and types.c == "int32":
+        return _gemm_s8_k16(m, n)
+    if not types.b_order and types.a == "int16" and types.b == "int8" and types.c == "int32" and n % 8 == 0:
+        return _gemm_s16(m, n)
     lanes, _ = vector_width(n, lanes)
     if not (lanes == 4 and types.c == "float32" and types.a == "float32"):
         return None
@@ -45,3 +80,157 @@ def gemm(m: int, n: int, lanes: int, types: Types) -> str | None:
         lines.append("  " + " ".join(f"ec_f32v_store(C + {i} * ldc + {j * 4}, c{i}_{j});" for j in range(nv)))
     lines += ["  return 0;", "}"]
     return "\n".join(lines)
+
+
+def _gemm_s8_k16_neon(m: int, n: int) -> list[str]:
+    """The NEON body: M x N int32x4 accumulators over the 16-step groups and the first 8 steps of
+    the last group, reduced; the rest of the last group in scalar C."""
+    lines = ["  int32x4_t " + ", ".join(f"s{i}_{j} = vdupq_n_s32(0)" for i in range(m) for j in range(n)) + ";",
+             "  const int8_t *b = B;", "  int32_t k = 0;",
+             "  for (; k + 16 <= K; k += 16, b += 16 * ldb) {",
+             "    const int8x16_t " + ", ".join(f"a{i} = vld1q_s8(A + {i} * lda + k)" for i in range(m)) + ";",
+             "    const int8x8_t " + ", ".join(f"a{i}l = vget_low_s8(a{i})" for i in range(m)) + ";"]
+    for j in range(n):
+        lines.append(f"    {{ const int8x16_t w = vld1q_s8(b + {16 * j}); const int8x8_t wl = vget_low_s8(w);")
+        for i in range(m):
+            lines.append(f"      s{i}_{j} = vpadalq_s16(s{i}_{j}, vmlal_high_s8(vmull_s8(a{i}l, wl), a{i}, w));")
+        lines.append("    }")
+    lines += ["  }",
+              "  const int32_t r = K - k;       /* the last group: channel j's r weights at b + j * r */",
+              "  int32_t t0 = 0;",
+              "  if (r >= 8) {",
+              "    const int8x8_t " + ", ".join(f"a{i} = vld1_s8(A + {i} * lda + k)" for i in range(m)) + ";"]
+    for j in range(n):
+        lines.append(f"    {{ const int8x8_t w = vld1_s8(b + {j} * r);")
+        lines.append("      " + " ".join(f"s{i}_{j} = vpadalq_s16(s{i}_{j}, vmull_s8(a{i}, w));" for i in range(m)))
+        lines.append("    }")
+    lines += ["    t0 = 8;", "  }"]
+    for i in range(m):
+        for q in range(n // 4):
+            j = 4 * q
+            lines.append(f"  vst1q_s32(C + {i} * ldc + {j}, vaddq_s32(vld1q_s32(C + {i} * ldc + {j}), "
+                         f"vpaddq_s32(vpaddq_s32(s{i}_{j}, s{i}_{j + 1}), vpaddq_s32(s{i}_{j + 2}, s{i}_{j + 3}))));")
+        for j in range(n // 4 * 4, n):
+            lines.append(f"  C[{i} * ldc + {j}] += vaddvq_s32(s{i}_{j});")
+    lines.append("  for (int32_t t = t0; t < r; ++t) {")
+    for j in range(n):
+        lines.append("    " + " ".join(f"C[{i} * ldc + {j}] += (int32_t)A[{i} * lda + k + t] * b[{j} * r + t];"
+                                       for i in range(m)))
+    lines.append("  }")
+    return lines
+
+
+def _gemm_s8_k16_portable(m: int, n: int) -> list[str]:
+    """The same panel order in plain C (this machine, and any core without NEON)."""
+    lines = ["  const int8_t *b = B;", "  int32_t k = 0;", "  for (; k + 16 <= K; k += 16, b += 16 * ldb) {"]
+    for i in range(m):
+        for j in range(n):
+            lines.append(f"    {{ int32_t s = 0; for (int32_t t = 0; t < 16; ++t) "
+                         f"s += (int32_t)A[{i} * lda + k + t] * b[{16 * j} + t]; C[{i} * ldc + {j}] += s; }}")
+    lines += ["  }", "  const int32_t r = K - k;", "  for (int32_t t = 0; t < r; ++t) {"]
+    for j in range(n):
+        lines.append("    " + " ".join(f"C[{i} * ldc + {j}] += (int32_t)A[{i} * lda + k + t] * b[{j} * r + t];"
+                                       for i in range(m)))
+    lines.append("  }")
+    return lines
+
+
+def _gemm_s8_k16(m: int, n: int) -> str:
+    types = Types("int8", "int8", "int32", "k16")
+    return "\n".join([
+        _INCLUDE,
+        f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (int8 x int8 -> int32), B panel in order 'k16' (16-step blocks "
+        f"per channel): NEON smull/smlal2 + sadalp, {m * n} int32x4 accumulators; portable C otherwise */",
+        gemm_signature(m, n, types) + " {",
+        f"#if {NEON}",
+        *_gemm_s8_k16_neon(m, n),
+        "#else",
+        *_gemm_s8_k16_portable(m, n),
+        "#endif",
+        "  return 0;",
+        "}",
+    ])
+
+
+def _gemm_s16(m: int, n: int) -> str:
+    """int16 activations (the zero-point-shifted padded rows of KxK convolutions) x int8 weights
+    [K][N] row by row: per reduction step the N weights widened once (8 per `sxtl`), each pixel's
+    value multiplied into them by `smlal`/`smlal2` by element (8 multiply-accumulates in 2
+    instructions)."""
+    types = Types("int16", "int8", "int32")
+    q8 = n // 8
+    neon = ["  int32x4_t " + ", ".join(f"l{i}_{q} = vld1q_s32(C + {i} * ldc + {8 * q}), "
+                                       f"h{i}_{q} = vld1q_s32(C + {i} * ldc + {8 * q + 4})"
+                                       for i in range(m) for q in range(q8)) + ";",
+            "  for (int32_t k = 0; k < K; ++k) {",
+            "    const int16x8_t " + ", ".join(f"w{q} = vmovl_s8(vld1_s8(B + k * ldb + {8 * q}))" for q in range(q8)) + ";",
+            "    const int16x4_t " + ", ".join(f"w{q}l = vget_low_s16(w{q})" for q in range(q8)) + ";"]
+    for i in range(m):
+        neon.append(f"    {{ const int16_t a = A[{i} * lda + k]; " + " ".join(
+            f"l{i}_{q} = vmlal_n_s16(l{i}_{q}, w{q}l, a); h{i}_{q} = vmlal_high_n_s16(h{i}_{q}, w{q}, a);"
+            for q in range(q8)) + " }")
+    neon.append("  }")
+    neon += ["  " + " ".join(f"vst1q_s32(C + {i} * ldc + {8 * q}, l{i}_{q}); vst1q_s32(C + {i} * ldc + {8 * q + 4}, h{i}_{q});"
+                             for q in range(q8)) for i in range(m)]
+    portable = ["  for (int32_t k = 0; k < K; ++k) {",
+                f"    for (int32_t i = 0; i < {m}; ++i) {{",
+                f"      for (int32_t j = 0; j < {n}; ++j) C[i * ldc + j] += (int32_t)A[i * lda + k] * B[k * ldb + j];",
+                "    }", "  }"]
+    return "\n".join([
+        _INCLUDE,
+        f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (int16 x int8 -> int32): NEON smlal/smlal2 by element on 16-bit "
+        "lanes, 8 channels per weight vector; portable C otherwise */",
+        gemm_signature(m, n, types) + " {",
+        f"#if {NEON}",
+        *neon,
+        "#else",
+        *portable,
+        "#endif",
+        "  return 0;",
+        "}",
+    ])
+
+
+def _dw_neon(m: int, n: int, kh: int, kw: int, s: int, a: str) -> list[str]:
+    """8 channels at a time: per tap the weights widened to 16 bits once, each pixel's 8 values
+    (int16, or int8 widened) multiplied into two int32x4 accumulators by smlal/smlal2."""
+    load_x = "vld1q_s16({p})" if a == "int16" else "vmovl_s8(vld1_s8({p}))"
+    lines = []
+    for q in range(n // 8):
+        c = 8 * q
+        lines.append("  {")
+        lines.append("    int32x4_t " + ", ".join(f"l{i} = vld1q_s32(C + {i} * ldc + {c}), h{i} = vld1q_s32(C + {i} * ldc + {c + 4})"
+                                                 for i in range(m)) + ";")
+        for ry in range(kh):
+            for rx in range(kw):
+                lines.append(f"    {{ const int16x8_t w = vmovl_s8(vld1_s8(W + {ry} * ldw_row + {rx} * ldw_px + {c}));"
+                             " const int16x4_t wl = vget_low_s16(w);")
+                for i in range(m):
+                    x = load_x.format(p=f"X + {ry} * ldx_row + {i * s + rx} * ldx_px + {c}")
+                    lines.append(f"      {{ const int16x8_t x = {x}; l{i} = vmlal_s16(l{i}, vget_low_s16(x), wl);"
+                                 f" h{i} = vmlal_high_s16(h{i}, x, w); }}")
+                lines.append("    }")
+        lines.append("    " + " ".join(f"vst1q_s32(C + {i} * ldc + {c}, l{i}); vst1q_s32(C + {i} * ldc + {c + 4}, h{i});"
+                                       for i in range(m)))
+        lines.append("  }")
+    return lines
+
+
+def dw(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types) -> str | None:
+    """C for `ec_dw_<t>_MxN_kKHxKWsS`, or None where the generic kernel is used: int16 or int8
+    activations x int8 weights, channels in eights."""
+    if not (types.a in ("int16", "int8") and types.b == "int8" and types.c == "int32" and n % 8 == 0):
+        return None
+    return "\n".join([
+        _INCLUDE,
+        f"/* depthwise {kh}x{kw}/{s} ({types.a} x int8 -> int32), C[{m}x{n}]: NEON smlal/smlal2 on 16-bit lanes, "
+        "8 channels at a time; portable C otherwise */",
+        dw_signature(m, n, kh, kw, s, types) + " {",
+        f"#if {NEON}",
+        *_dw_neon(m, n, kh, kw, s, types.a),
+        "#else",
+        *dw_body(m, n, kh, kw, s, lanes, types),
+        "#endif",
+        "  return 0;",
+        "}",
+    ])

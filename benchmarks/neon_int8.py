@@ -1,0 +1,129 @@
+"""int8 against fp32 on the emulated Raspberry Pi 4 (qemu-aarch64 -cpu cortex-a72): instructions per
+inference of this tree's rpi4 builds next to a baseline revision's (default: main), in the same run,
+and where each int8 build spends them by kernel kind (issue 14: NEON int8 kernels).
+
+    .venv/bin/python benchmarks/neon_int8.py [--baseline main] [--samples 3] [--out benchmarks/NEON_INT8.md]
+
+The baseline is the revision's tree (`git archive`) in a temporary directory, imported ahead of this
+tree's package by a child process of this script (same interpreter, same machine, same run).
+Counts: our QEMU plugin's emulator instructions per inference (`edgecompile test` on the digits set;
+the per-kernel split from `edgecompile report`). Emulator instructions, NOT cycles, and nothing about
+the time on a real Pi.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+NETWORKS = [
+    ("MobileNet V1 0.25 / 96", "mobilenet_v1", dict(width_mult=0.25, resolution=96, num_classes=10)),
+    ("MobileNet V2 0.35 / 96", "mobilenet_v2", dict(width_mult=0.35, resolution=96, num_classes=10)),
+]
+
+
+def measure(index: int, samples: int) -> dict[str, Any]:
+    """Build network `index` for rpi4 in int8 and fp32 with the `edgecompile` package on sys.path,
+    run `test` on the emulated Pi and profile the int8 build per kernel."""
+    from edgecompile.compiler import BuildOptions, Progress, write_build
+    from edgecompile.ir.frontend import ModelOptions, load_model
+    from edgecompile.measure.accuracy import run_test
+    from edgecompile.measure.report import collect, measure as profile
+    from edgecompile.targets import load_target
+
+    _, name, opts = NETWORKS[index]
+    source = load_model(name, ModelOptions(**opts))
+    target = load_target("rpi4")
+    row: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for quant in ("int8", "fp32"):
+            out = Path(tmp) / quant
+            rep = write_build(source, target, out, BuildOptions(quant=quant), Progress(quiet=True))
+            res = run_test(out, samples=samples, dataset="digits")
+            row[quant] = res["instructions_per_inference"]
+            if quant == "int8":
+                row["int8_identical_to_host_compile"] = res["host_int8"]["samples_differing"] == 0
+                prof, _ = profile(out, target, rep)
+                by_kind: dict[str, int] = {}
+                for call in collect(out, prof)["calls"]:
+                    by_kind[call["kind"]] = by_kind.get(call["kind"], 0) + int(call.get("instructions", 0))
+                row["int8_by_kind"] = by_kind
+    return row
+
+
+def measure_baseline(rev: str, samples: int) -> list[dict[str, Any]]:
+    """The same measurement on revision `rev` of this repository, in a child process."""
+    from edgecompile import proc
+
+    repo = Path(__file__).resolve().parent.parent
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ec-baseline-") as tmp:
+        tar = Path(tmp) / "tree.tar"
+        proc.run(["git", "-C", str(repo), "archive", "-o", str(tar), rev], what=f"git archive {rev}")
+        tree = Path(tmp) / "tree"
+        tree.mkdir()
+        proc.run(["tar", "-xf", str(tar), "-C", str(tree)], what="tar")
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        for i in range(len(NETWORKS)):
+            out = proc.run([sys.executable, str(Path(__file__).resolve()), "--measure", str(i), "--samples", str(samples)],
+                           cwd=tree, env=env, what=f"the {rev} builds of {NETWORKS[i][0]}", timeout=3600)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"{rev}: {json.dumps(rows[-1])}", flush=True)
+    return rows
+
+
+def _m(v: int | None) -> str:
+    return "-" if v is None else f"{v / 1e6:.2f} M"
+
+
+def table(rows: list[tuple[dict[str, Any], dict[str, Any]]], rev: str) -> list[str]:
+    lines = ["# int8 vs fp32 on the emulated Raspberry Pi 4 (NEON int8 kernels)", "",
+             f"Emulator instructions per inference (QEMU plugin under `qemu-aarch64 -cpu cortex-a72`; NOT cycles), "
+             f"median over the digits samples; before = `{rev}`, after = this tree, measured in the same run. "
+             "Aim (issue 14): int8 <= 0.5x fp32.", "",
+             "| network | int8 before | int8 after | fp32 before | fp32 after | int8/fp32 before | int8/fp32 after | "
+             "int8 after vs before |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (label, _, _), (b, a) in zip(NETWORKS, rows):
+        lines.append(f"| {label} | {_m(b['int8'])} | {_m(a['int8'])} | {_m(b['fp32'])} | {_m(a['fp32'])} | "
+                     f"{b['int8'] / b['fp32']:.2f}x | {a['int8'] / a['fp32']:.2f}x | {a['int8'] / b['int8']:.2f}x |")
+    lines += ["", "int8 instructions by kernel kind (per-kernel counts of `edgecompile report`):", "",
+              "| network | kind | before | after | after / before |", "|---|---|---|---|---|"]
+    for (label, _, _), (b, a) in zip(NETWORKS, rows):
+        for kind in sorted(set(b["int8_by_kind"]) | set(a["int8_by_kind"]), key=lambda k: -b["int8_by_kind"].get(k, 0)):
+            x, y = b["int8_by_kind"].get(kind, 0), a["int8_by_kind"].get(kind, 0)
+            lines.append(f"| {label} | {kind} | {x:,} | {y:,} | {y / x:.2f}x |" if x else
+                         f"| {label} | {kind} | {x:,} | {y:,} | - |")
+    lines += ["", "int8 bytes identical to this machine's compile of the same model.c (after): " +
+              ", ".join(f"{label}: {'yes' if a['int8_identical_to_host_compile'] else 'NO'}"
+                        for (label, _, _), (_, a) in zip(NETWORKS, rows)) + "."]
+    lines += ["", "Generated by `benchmarks/neon_int8.py`."]
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--samples", type=int, default=3)
+    ap.add_argument("--baseline", default="main", help="git revision measured as 'before'")
+    ap.add_argument("--out", default="benchmarks/NEON_INT8.md")
+    ap.add_argument("--measure", metavar="INDEX", help=argparse.SUPPRESS)   # one network, JSON on stdout
+    args = ap.parse_args()
+    if args.measure is not None:
+        print(json.dumps(measure(int(args.measure), args.samples)), flush=True)
+        return
+    before = measure_baseline(args.baseline, args.samples)
+    rows = []
+    for i in range(len(NETWORKS)):
+        after = measure(i, args.samples)
+        print(f"after: {json.dumps(after)}", flush=True)
+        rows.append((before[i], after))
+    Path(args.out).write_text("\n".join(table(rows, args.baseline)) + "\n")
+
+
+if __name__ == "__main__":
+    main()
