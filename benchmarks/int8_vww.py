@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -58,20 +57,10 @@ def measure_baseline(rev: str, boards: list[str], samples: int) -> dict[str, dic
     """The same measurement on revision `rev` of this repository, in a child process."""
     from edgecompile import proc
 
-    repo = Path(__file__).resolve().parent.parent
+    from baseline_tree import baseline_tree
+
     rows = {}
-    with tempfile.TemporaryDirectory(prefix="ec-baseline-") as tmp:
-        tar = Path(tmp) / "tree.tar"
-        proc.run(["git", "-C", str(repo), "archive", "-o", str(tar), rev], what=f"git archive {rev}")
-        tree = Path(tmp) / "tree"
-        tree.mkdir()
-        proc.run(["tar", "-xf", str(tar), "-C", str(tree)], what="tar")
-        # the baseline's own templates and board files: the installed package maps these two
-        # subpackages to this tree's directories, which the baseline's package would otherwise get
-        for sub, d in (("firmware_templates", "firmware_templates"), ("target_files", "targets")):
-            if (tree / d).is_dir() and not (tree / "edgecompile" / sub).exists():
-                (tree / "edgecompile" / sub).symlink_to(Path("..") / d)
-        env = {**os.environ, "PYTHONPATH": str(tree)}
+    with baseline_tree(rev) as (tree, env):
         for board in boards:
             out = proc.run([sys.executable, str(Path(__file__).resolve()), "--measure", board, "--samples", str(samples)],
                            cwd=tree, env=env, what=f"the {rev} build on {board}", timeout=3600)

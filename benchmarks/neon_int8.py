@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -60,15 +59,10 @@ def measure_baseline(rev: str, samples: int) -> list[dict[str, Any]]:
     """The same measurement on revision `rev` of this repository, in a child process."""
     from edgecompile import proc
 
-    repo = Path(__file__).resolve().parent.parent
+    from baseline_tree import baseline_tree
+
     rows = []
-    with tempfile.TemporaryDirectory(prefix="ec-baseline-") as tmp:
-        tar = Path(tmp) / "tree.tar"
-        proc.run(["git", "-C", str(repo), "archive", "-o", str(tar), rev], what=f"git archive {rev}")
-        tree = Path(tmp) / "tree"
-        tree.mkdir()
-        proc.run(["tar", "-xf", str(tar), "-C", str(tree)], what="tar")
-        env = {**os.environ, "PYTHONPATH": str(tree)}
+    with baseline_tree(rev) as (tree, env):
         for i in range(len(NETWORKS)):
             out = proc.run([sys.executable, str(Path(__file__).resolve()), "--measure", str(i), "--samples", str(samples)],
                            cwd=tree, env=env, what=f"the {rev} builds of {NETWORKS[i][0]}", timeout=3600)
