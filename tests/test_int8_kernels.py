@@ -30,6 +30,7 @@ from edgecompile.ir.frontend import ModelOptions, _from_torch, load_model
 from edgecompile.platforms import platform_for
 from edgecompile.platforms.host import HostModel
 from edgecompile.targets import load_target
+from test_group_conv import GROUP_LAYERS, SHAPE as GROUP_SHAPE
 from test_quant import FAMILIES
 from helpers import output_spread
 
@@ -63,6 +64,8 @@ CASES = [
     Case("conv3x3_s2", (1, 3, 12, 10), "[nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU()]", ("conv",)),
     Case("conv3x3_s1_odd", (1, 5, 7, 6), "[nn.Conv2d(5, 6, 3, padding=1), nn.ReLU6()]", ("conv",)),
     Case("fc", (1, 10, 1, 1), "[nn.Flatten(), nn.Linear(10, 7)]", ("fc",)),
+    # groups 2-8, odd channels per group, 1x1 and 3x3, strides 1 and 2 (test_group_conv.LAYERS)
+    Case("group_convs", GROUP_SHAPE, GROUP_LAYERS, ("conv_group",)),
 ]
 
 
@@ -129,6 +132,8 @@ def test_kernel_bytes_equal_the_integer_reference_on_every_core(tmp_path, monkey
                           Progress(quiet=True))
         assert rep["quant"] == quant
         kinds = {c["kind"] for c in rep["calls"] if not c["schedule"].startswith("generic")}
+        untiled = {c["kind"] for c in rep["calls"] if c["schedule"].startswith("generic")}
+        assert not set(case.kinds) & untiled, f"{board}: a {case.kinds} kernel is untiled"
         assert set(case.kinds) <= kinds, f"{board}: {case.kinds} not tiled ({[c['schedule'] for c in rep['calls']]})"
         out_shape = tuple(rep["outputs"][0]["shape"])
         host = HostModel.from_sources(out)
