@@ -5,16 +5,21 @@ output channels of a group in N-channel tiles, the reduction over the group's in
 One small network of grouped convolutions with random weights covers groups 2, 3, 4, 5 and 8,
 odd channel counts per group (in and out), 1x1 and 3x3 kernels, strides 1 and 2, and channel
 counts per group that fill whole vectors; it runs from the generated C on this machine and on the
-emulated Raspberry Pi (NEON kernels) against PyTorch. The int8 version of the same layers is in
-test_int8_kernels (bit-exact against TVM's VM on three emulated cores)."""
+emulated Raspberry Pi (NEON kernels) against PyTorch, with two channel shuffles and depthwise
+convolutions in between (the shuffle read without a division per element). The int8 version of the
+same layers and one ShuffleNet V1 unit are in test_int8_kernels (bit-exact against TVM's VM on
+three emulated cores)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+
+from edgecompile.models.shufflenet import channel_shuffle
 
 from edgecompile.compiler import BuildOptions, Progress, write_build
 from edgecompile.device.protocol import Link
@@ -27,6 +32,19 @@ from edgecompile.platforms.host import HostModel
 from edgecompile.targets import load_target
 from helpers import assert_close, compare_with_reference, output_spread, random_input
 
+
+class Shuffle(nn.Module):
+    """ShuffleNet's channel shuffle (the zoo's own function)."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x):
+        return channel_shuffle(x, self.groups)
+
+
+NAMES = {"nn": nn, "Shuffle": Shuffle}     # what the layer expressions name
 SHAPE = (1, 6, 11, 9)
 # (in, out, kernel, stride, groups): in/out per group in the comments
 LAYERS = [
@@ -34,7 +52,7 @@ LAYERS = [
     (15, 10, 3, 2, 5),     # 3 -> 2, stride 2, odd group count
     (10, 14, 3, 1, 2),     # 5 -> 7
     (14, 36, 1, 1, 2),     # 7 -> 18
-    (36, 24, 3, 2, 4),     # 9 -> 6
+    (36, 24, 3, 1, 4),     # 9 -> 6
     (24, 40, 1, 1, 8),     # 3 -> 5
     (40, 64, 1, 1, 2),     # 20 -> 32: whole vectors on every family
     (64, 48, 3, 1, 4),     # 16 -> 12
@@ -42,12 +60,23 @@ LAYERS = [
 ]
 GROUP_LAYERS = "[" + ", ".join(
     f"nn.Conv2d({i}, {o}, {k}, stride={s}, padding={k // 2}, groups={g}), nn.ReLU()" for i, o, k, s, g in LAYERS) + "]"
+# ShuffleNet V1's channel shuffle (transpose-reshape over the channels) and depthwise conv after the
+# first layer and the fourth: the shuffle becomes the depthwise window's gather (fp32) or a copy
+# kernel (int8), indexed without a division per element
+SHUFFLE_AFTER = {0: "Shuffle(3), nn.Conv2d(15, 15, 3, padding=1, groups=15)",
+                 3: "Shuffle(2), nn.Conv2d(36, 36, 3, stride=2, padding=1, groups=36)"}
+SHUFFLED_LAYERS = "[" + ", ".join(
+    f"nn.Conv2d({i}, {o}, {k}, stride={s}, padding={k // 2}, groups={g}), nn.ReLU()"
+    + (", " + SHUFFLE_AFTER[n] if n in SHUFFLE_AFTER else "") for n, (i, o, k, s, g) in enumerate(LAYERS)) + "]"
+# one ShuffleNet V1 unit's convolutions (int8: test_int8_kernels)
+UNIT_LAYERS = ("[nn.Conv2d(6, 15, 1, groups=3), nn.ReLU(), Shuffle(3), nn.Conv2d(15, 15, 3, padding=1, groups=15), "
+               "nn.Conv2d(15, 12, 1, groups=3), nn.ReLU()]")
 REL = 1e-4     # |C - PyTorch| <= REL x the spread of PyTorch's outputs (float32 rounding)
 
 
 def _source():
     torch.manual_seed(14)
-    model = nn.Sequential(*eval(GROUP_LAYERS, {"nn": nn})).eval()
+    model = nn.Sequential(*eval(SHUFFLED_LAYERS, NAMES)).eval()
     with torch.no_grad():       # He-like scale and small biases: the output keeps depending on the input
         for m in model.modules():
             if isinstance(m, nn.Conv2d):
@@ -81,6 +110,7 @@ def test_group_convs_match_pytorch_on_host(tmp_path, order):
     calls = [c for c in rep["calls"] if c["kind"] == "conv_group"]
     assert len(calls) == len(LAYERS) and all(f'"order": "{order}"' in c["schedule"] for c in calls), \
         [c["schedule"] for c in calls]
+    assert not re.search(r"\w+ % \d+", (tmp_path / "b" / "model.c").read_text()), "a shuffle divides per element"
     model = HostModel(tmp_path / "b")
     compare_with_reference(lambda x: model.run(x)[0], lambda x: source.reference(x)[0], SHAPE, REL)
     model.close()

@@ -56,6 +56,7 @@ def inline_producers_and_epilogues(sch: Any, info: Any, keep_pad: bool = False, 
         # Purely elementwise: everything but the final block is inlined into its consumers.
         for b in blocks[:-1]:
             _try(sch.compute_inline, b)
+        split_channel_gathers(sch, _children(sch)[-1])      # a channel shuffle kernel (int8)
         return
     a = names.index(info.anchor)
     keep = None
@@ -119,6 +120,49 @@ def prepare(sch: Any, info: Any, tiled: bool) -> None:
         pointwise = info.kind == Kind.CONV_PW or (info.kind == Kind.CONV_GROUP and tuple(info.kernel) == (1, 1))
         windowed = info.kind in (Kind.CONV, Kind.CONV_DW) or (info.kind == Kind.CONV_GROUP and not pointwise)
         inline_producers_and_epilogues(sch, info, keep_pad=tiled and windowed, keep_concat=tiled and pointwise)
+
+
+def _divisors_of(expr: Any, var: Any, found: set[int]) -> None:
+    """The constant divisors of every `var // g` and `var % g` in `expr` (into `found`)."""
+    import tvm
+    from tvm import tirx
+
+    if isinstance(expr, (tirx.FloorDiv, tirx.FloorMod)) and expr.a.same_as(var) and isinstance(expr.b, tirx.IntImm):
+        found.add(int(expr.b.value))
+    for attr in ("a", "b", "value", "condition", "true_value", "false_value"):
+        sub = getattr(expr, attr, None)
+        if isinstance(sub, tvm.ir.expr.Expr):
+            _divisors_of(sub, var, found)
+    for attr in ("indices", "args"):
+        for sub in getattr(expr, attr, None) or []:
+            _divisors_of(sub, var, found)
+
+
+def split_channel_gathers(sch: Any, block: Any) -> bool:
+    """A copy whose innermost index `c` is read through `c // g` and `c % g` (a channel shuffle,
+    transpose-reshape-transpose over the channels, inlined into a padding window or a copy kernel:
+    source channel (c % g) * C/g + c // g) gets its innermost loop split c = i * g + j, which
+    turns the source index into j * C/g + i: no division per element (GCC neither vectorizes nor
+    strength-reduces those). False when the block has no such index."""
+    b = sch.get(block)
+    loops = sch.get_loops(block)
+    if not loops or not b.iter_vars or not hasattr(b.body, "value"):
+        return False
+    var, n = b.iter_vars[-1].var, int(b.iter_vars[-1].dom.extent)
+    if extent(sch, loops[-1]) != n:
+        return False
+    from tvm import sym
+
+    analyzer = sym.Analyzer()       # the inlined index, simplified within the block's iteration domain
+    for iv in b.iter_vars:
+        analyzer.bind(iv.var, iv.dom)
+    found: set[int] = set()
+    _divisors_of(analyzer.simplify(b.body.value), var, found)
+    g = max((d for d in found if 1 < d < n and n % d == 0), default=0)
+    if not g:
+        return False
+    sch.split(loops[-1], [None, g])     # j inner: contiguous writes (measured faster than i inner)
+    return True
 
 
 def epilogue_block(sch: Any, info: Any) -> Any | None:
@@ -217,6 +261,7 @@ def _pixels_x_channels(sch: Any, info: Any, block: Any, n: Any, h: Any, w: Any, 
     at = outer if window_per_channel_tile and order == "channels" else h
     for p in sch.get_producers(block):   # padding kept for KxK: one row window per h
         sch.compute_at(p, at)
+        split_channel_gathers(sch, p)
 
 
 def conv_groups(sch: Any, info: Any) -> int:
