@@ -135,15 +135,21 @@ def test_group_convs_match_pytorch_on_emulated_pi(tmp_path):
 
 
 @pytest.mark.slow
-def test_shufflenet_v1_int8_on_cortex_m4_equals_the_kernel_graph(tmp_path):
-    """ShuffleNet V1 (g=3, 0.5/64) int8 on the emulated Cortex-M4 (DSP GEMM kernels per group):
-    the device's bytes are the kernel graph's on TVM's VM (the unscheduled kernels)."""
-    source = load_model("shufflenet_v1", ModelOptions(groups=3, width_mult=0.5, resolution=64, num_classes=10))
+@pytest.mark.parametrize("name,opts,groups", [
+    ("shufflenet_v1", dict(groups=3, width_mult=0.5, resolution=64, num_classes=10), 31),
+    ("shufflenet_v2", dict(width_mult=0.5, resolution=64, num_classes=10), 0),
+], ids=["shufflenet_v1", "shufflenet_v2"])
+def test_shufflenet_int8_on_cortex_m4_equals_the_kernel_graph(tmp_path, name, opts, groups):
+    """ShuffleNet int8 on the emulated Cortex-M4 (V1: DSP GEMM kernels per group; both: shuffles
+    without divisions): the device's bytes are the kernel graph's on TVM's VM (the unscheduled
+    kernels)."""
+    source = load_model(name, ModelOptions(**opts))
     out = tmp_path / "b"
     rep = write_build(source, load_target("mps2-an386"), out, BuildOptions(quant="int8", compare_unfused=False),
                       Progress(quiet=True))
-    groups = [c for c in rep["calls"] if c["kind"] == "conv_group"]
-    assert len(groups) == 31 and all(c["schedule"] == "cortex_m.schedule_conv" for c in groups)
+    calls = [c for c in rep["calls"] if c["kind"] == "conv_group"]
+    assert len(calls) == groups and all(c["schedule"] == "cortex_m.schedule_conv" for c in calls)
+    assert not re.search(r"\w+ % \d+", (out / "model.c").read_text()), "a shuffle divides per element"
     res = run_test(out, samples=3)
     assert res["passed"], res["failures"]
     assert res["kernel_graph"] == {"samples_differing": 0, "max_difference_steps": 0}, res["kernel_graph"]
