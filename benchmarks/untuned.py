@@ -3,6 +3,9 @@ untuned <= 1.15x the fastest peer).
 
     .venv/bin/python benchmarks/untuned.py [--models all|NAME,...] [--runs 50] [--out benchmarks/UNTUNED.md]
 
+With --models NAME,...: only those networks are run again; the table keeps the other rows from
+the previous run's JSON (UNTUNED.json), each row saying which run measured it.
+
 For every network: our build without tuning records and onnxruntime, timed one after the other in
 this process on the same input, one thread, median after warm-up (edgecompile.measure.bench). The
 machine is shared and has 2 cores: the medians move between runs, only the ratio in one run
@@ -48,6 +51,7 @@ BEFORE = {
     "SqueezeNet 1.1 / 224": "1.49x fastest (tuned)",
     "ShuffleNet V2 1.0x / 224": "2.99x fastest (tuned)",
     "EfficientNet-B0 / 224": "3.89x fastest (tuned)",
+    "ShuffleNet V1 g3 / 224": "39.8x onnxruntime (31 untiled group convs)",
 }
 
 
@@ -74,11 +78,18 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     chosen = [m for m in MODELS if args.models == "all" or m[0] in args.models.split(",")]
+    previous = Path(args.out).with_suffix(".json")
+    kept = {r["label"]: r for r in json.loads(previous.read_text())} if previous.exists() and args.models != "all" else {}
+    run = time.strftime("%Y-%m-%d %H:%M")
     rows = []
-    for name, opts, label in chosen:
+    for name, opts, label in MODELS:
+        if (name, opts, label) not in chosen:
+            if label in kept:
+                rows.append(kept[label])
+            continue
         print(f"{label} ...", file=sys.stderr, flush=True)
         r = run_one(name, opts, args.runs)
-        r["label"] = label
+        r["label"], r["run"] = label, run
         rows.append(r)
         print(f"  ours {r['edgecompile_ms']:.3f} ms, onnxruntime {r['onnxruntime_ms']:.3f} ms, "
               f"{r['ratio']:.2f}x, build {r['build_s']:.1f} s", file=sys.stderr, flush=True)
@@ -86,12 +97,14 @@ def main() -> None:
              f"`benchmarks/untuned.py`, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
              "one thread, median of each in one process run; 1000 classes. The machine is shared (2 cores, "
              "other jobs running): the medians move between runs, the ratio within a run is the figure. "
-             "Build time is wall clock on the same loaded machine.", "",
-             "| network | edgecompile untuned (ms) | onnxruntime (ms) | ratio | before (issue 14) | build (s) | untiled kernels with MACs |",
-             "|---|---:|---:|---:|---|---:|---|"]
+             "Build time is wall clock on the same loaded machine. A row's run says when it was measured "
+             "(`--models` reruns some rows and keeps the others).", "",
+             "| network | edgecompile untuned (ms) | onnxruntime (ms) | ratio | before (issue 14) | build (s) | untiled kernels with MACs | run |",
+             "|---|---:|---:|---:|---|---:|---|---|"]
     for r in rows:
         lines.append(f"| {r['label']} | {r['edgecompile_ms']:.3f} | {r['onnxruntime_ms']:.3f} | {r['ratio']:.2f}x | "
-                     f"{BEFORE.get(r['label'], '')} | {r['build_s']:.1f} | {len(r['untiled'])} |")
+                     f"{BEFORE.get(r['label'], '')} | {r['build_s']:.1f} | {len(r['untiled'])} | "
+                     f"{r.get('run', 'earlier')} |")
     Path(args.out).write_text("\n".join(lines) + "\n")
     Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)

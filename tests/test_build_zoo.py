@@ -84,3 +84,12 @@ def test_external_io_build_runs_from_caller_buffers(build_cache):
     assert "#define EC_EXTERNAL_IO 1" in (out / "model.h").read_text()
     model = HostModel(out)
     compare_with_reference(lambda x: model.run(x)[0], lambda x: source.reference(x)[0], source.inputs[0].shape, REL)
+
+
+def test_shufflenet_v1_convolutions_are_tiled(build_cache):
+    """ShuffleNet V1's grouped 1x1 convolutions (31 of its kernel calls at 0.5/64) run as one GEMM
+    per group, not the generic untiled loop nest."""
+    _, _, report = build_cache("shufflenet_v1", groups=3, width_mult=0.5, resolution=64, num_classes=10)
+    convs = [c for c in report["calls"] if c["kind"].startswith("conv") or c["kind"] == "fc"]
+    assert sum(c["kind"] == "conv_group" for c in convs) == 31
+    assert all("untiled" not in c["schedule"] for c in convs), [(c["name"], c["schedule"]) for c in convs]

@@ -30,6 +30,7 @@ from edgecompile.ir.frontend import ModelOptions, _from_torch, load_model
 from edgecompile.platforms import platform_for
 from edgecompile.platforms.host import HostModel
 from edgecompile.targets import load_target
+from test_group_conv import GROUP_LAYERS, NAMES, SHAPE as GROUP_SHAPE, UNIT_LAYERS
 from test_quant import FAMILIES
 from helpers import output_spread
 
@@ -63,12 +64,15 @@ CASES = [
     Case("conv3x3_s2", (1, 3, 12, 10), "[nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU()]", ("conv",)),
     Case("conv3x3_s1_odd", (1, 5, 7, 6), "[nn.Conv2d(5, 6, 3, padding=1), nn.ReLU6()]", ("conv",)),
     Case("fc", (1, 10, 1, 1), "[nn.Flatten(), nn.Linear(10, 7)]", ("fc",)),
+    # groups 2-8, odd channels per group, 1x1 and 3x3, strides 1 and 2 (test_group_conv)
+    Case("group_convs", GROUP_SHAPE, GROUP_LAYERS, ("conv_group",)),
+    Case("shufflenet_v1_unit", (1, 6, 7, 5), UNIT_LAYERS, ("conv_group", "conv_dw")),
 ]
 
 
 def _source(case: Case, seed: int):
     torch.manual_seed(seed)
-    model = nn.Sequential(*eval(case.layers, {"nn": nn}))
+    model = nn.Sequential(*eval(case.layers, NAMES))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -168,6 +172,8 @@ def _check_kernel_case(tmp_path, monkeypatch, case: Case, seed: int, boards: lis
                           Progress(quiet=True))
         assert rep["quant"] == quant
         kinds = {c["kind"] for c in rep["calls"] if not c["schedule"].startswith("generic")}
+        untiled = {c["kind"] for c in rep["calls"] if c["schedule"].startswith("generic")}
+        assert not set(case.kinds) & untiled, f"{board}: a {case.kinds} kernel is untiled"
         assert set(case.kinds) <= kinds, f"{board}: {case.kinds} not tiled ({[c['schedule'] for c in rep['calls']]})"
         out_shape = tuple(rep["outputs"][0]["shape"])
         host = HostModel.from_sources(out)

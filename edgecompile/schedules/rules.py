@@ -100,17 +100,23 @@ class TiledRules:
             Kind.ELEMENTWISE: self.schedule_elementwise,
         }[kind]
 
-    def _row_tile(self, sch: Any, info: Any, cfg: dict | None, acc: str) -> tuple[int, int] | None:
-        """The pixels x channels tile of an NHWC conv anchor (N, H, W, C + 3 reduction loops)."""
+    def _row_tile(self, sch: Any, info: Any, cfg: dict | None, acc: str, groups: int = 1) -> tuple[int, int] | None:
+        """The pixels x channels tile of an NHWC conv anchor (N, H, W, C + 3 reduction loops); the
+        channels of one group for a grouped convolution."""
         ext = tiling.anchor_extents(sch, info.anchor)
-        if len(ext) != 7:
+        if len(ext) != 7 or groups < 1 or ext[3] % groups:
             return None
-        return _pick(cfg, "tile", None) or choose_tile(ext[2], ext[3], *self._lanes_budget(sch, info.anchor, acc), 8)
+        return _pick(cfg, "tile", None) or choose_tile(ext[2], ext[3] // groups,
+                                                       *self._lanes_budget(sch, info.anchor, acc), 8)
 
     def schedule_conv(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
-        tile = self._row_tile(sch, info, cfg, "conv") if info.kind in (Kind.CONV, Kind.CONV_PW) else None
+        """Convolutions as GEMM tiles; a grouped one as one GEMM per group (tiling.tile_conv_gemm)."""
+        if info.kind not in (Kind.CONV, Kind.CONV_PW, Kind.CONV_GROUP):
+            return False
+        groups = tiling.conv_groups(sch, info) if info.kind == Kind.CONV_GROUP else 1
+        tile = self._row_tile(sch, info, cfg, "conv", groups)
         return tile is not None and tiling.tile_conv_gemm(sch, info, tile, _pick(cfg, "order", "pixels"),
-                                                          _pick(cfg, "pack", True), self.panel_order)
+                                                          _pick(cfg, "pack", True), self.panel_order, groups)
 
     def schedule_depthwise(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
         tile = self._row_tile(sch, info, cfg, "dw")
@@ -157,12 +163,13 @@ class TiledRules:
         this family's rule accepts, the rule's own choice first. Empty if the rule does not tile
         this kind."""
         out: list[dict] = []
-        if info.kind in (Kind.CONV, Kind.CONV_PW, Kind.CONV_DW):
+        if info.kind in (Kind.CONV, Kind.CONV_PW, Kind.CONV_DW, Kind.CONV_GROUP):
             ext = tiling.anchor_extents(sch, info.anchor)
-            if len(ext) != 7:
+            groups = tiling.conv_groups(sch, info) if info.kind == Kind.CONV_GROUP else 1
+            if len(ext) != 7 or groups < 1 or ext[3] % groups:
                 return []
             lanes, acc = self._lanes_budget(sch, info.anchor, "dw" if info.kind == Kind.CONV_DW else "conv")
-            for t in tile_candidates(ext[2], ext[3], lanes, acc, 8)[:limit // 2]:
+            for t in tile_candidates(ext[2], ext[3] // groups, lanes, acc, 8)[:limit // 2]:
                 out += [{"tile": list(t), "order": "pixels"}, {"tile": list(t), "order": "channels"}]
         elif info.kind == Kind.FC:
             ext = tiling.anchor_extents(sch, info.anchor)

@@ -56,6 +56,7 @@ def inline_producers_and_epilogues(sch: Any, info: Any, keep_pad: bool = False, 
         # Purely elementwise: everything but the final block is inlined into its consumers.
         for b in blocks[:-1]:
             _try(sch.compute_inline, b)
+        split_channel_gathers(sch, _children(sch)[-1])      # a channel shuffle kernel (int8)
         return
     a = names.index(info.anchor)
     keep = None
@@ -115,8 +116,53 @@ def prepare(sch: Any, info: Any, tiled: bool) -> None:
     if info.kind == Kind.DWPW:
         inline_dwpw(sch, info)
     else:
-        inline_producers_and_epilogues(sch, info, keep_pad=tiled and info.kind in (Kind.CONV, Kind.CONV_DW),
-                                       keep_concat=tiled and info.kind == Kind.CONV_PW)
+        # a 1x1 group convolution is tiled as a pointwise one (per group), a KxK one as a KxK conv
+        pointwise = info.kind == Kind.CONV_PW or (info.kind == Kind.CONV_GROUP and tuple(info.kernel) == (1, 1))
+        windowed = info.kind in (Kind.CONV, Kind.CONV_DW) or (info.kind == Kind.CONV_GROUP and not pointwise)
+        inline_producers_and_epilogues(sch, info, keep_pad=tiled and windowed, keep_concat=tiled and pointwise)
+
+
+def _divisors_of(expr: Any, var: Any, found: set[int]) -> None:
+    """The constant divisors of every `var // g` and `var % g` in `expr` (into `found`)."""
+    import tvm
+    from tvm import tirx
+
+    if isinstance(expr, (tirx.FloorDiv, tirx.FloorMod)) and expr.a.same_as(var) and isinstance(expr.b, tirx.IntImm):
+        found.add(int(expr.b.value))
+    for attr in ("a", "b", "value", "condition", "true_value", "false_value"):
+        sub = getattr(expr, attr, None)
+        if isinstance(sub, tvm.ir.expr.Expr):
+            _divisors_of(sub, var, found)
+    for attr in ("indices", "args"):
+        for sub in getattr(expr, attr, None) or []:
+            _divisors_of(sub, var, found)
+
+
+def split_channel_gathers(sch: Any, block: Any) -> bool:
+    """A copy whose innermost index `c` is read through `c // g` and `c % g` (a channel shuffle,
+    transpose-reshape-transpose over the channels, inlined into a padding window or a copy kernel:
+    source channel (c % g) * C/g + c // g) gets its innermost loop split c = i * g + j, which
+    turns the source index into j * C/g + i: no division per element (GCC neither vectorizes nor
+    strength-reduces those). False when the block has no such index."""
+    b = sch.get(block)
+    loops = sch.get_loops(block)
+    if not loops or not b.iter_vars or not hasattr(b.body, "value"):
+        return False
+    var, n = b.iter_vars[-1].var, int(b.iter_vars[-1].dom.extent)
+    if extent(sch, loops[-1]) != n:
+        return False
+    from tvm import sym
+
+    analyzer = sym.Analyzer()       # the inlined index, simplified within the block's iteration domain
+    for iv in b.iter_vars:
+        analyzer.bind(iv.var, iv.dom)
+    found: set[int] = set()
+    _divisors_of(analyzer.simplify(b.body.value), var, found)
+    g = max((d for d in found if 1 < d < n and n % d == 0), default=0)
+    if not g:
+        return False
+    sch.split(loops[-1], [None, g])     # j inner: contiguous writes (measured faster than i inner)
+    return True
 
 
 def epilogue_block(sch: Any, info: Any) -> Any | None:
@@ -194,29 +240,45 @@ def _anchor_loops(sch: Any, name: str, count: int) -> tuple[Any, Any, list[Any]]
 
 
 def _pixels_x_channels(sch: Any, info: Any, block: Any, n: Any, h: Any, w: Any, co: Any, reduction: list[Any],
-                       tile: tuple[int, int], order: str, window_per_channel_tile: bool = False) -> None:
+                       tile: tuple[int, int], order: str, window_per_channel_tile: bool = False,
+                       group: Any = None) -> None:
     """Tile an NHWC anchor's output row into M pixels x N channels (`order`: which of the two tile
     loops is outer), the reduction loops inside; the epilogue per tile, producers (padding) per row,
     or, with `window_per_channel_tile` and the channel tiles outer, per row and channel tile (a
-    depthwise window needs only its own channels: the same copies, 1/tiles of the buffer)."""
+    depthwise window needs only its own channels: the same copies, 1/tiles of the buffer).
+    `group`: the group loop of a grouped convolution (`co` then counts the channels of one
+    group), just outside the channel tiles."""
     m, nn = tile
     wo, wi = _split_pixels(sch, w, m)
     coo, coi = sch.split(co, [None, nn])
-    outer, inner = (coo, wo) if order == "channels" else (wo, coo)
-    sch.reorder(n, h, outer, inner, *reduction, *wi, coi)
+    channels = [group, coo] if group is not None else [coo]
+    tiles = [*channels, wo] if order == "channels" else [wo, *channels]
+    outer, inner = tiles[0], tiles[-1]
+    sch.reorder(n, h, *tiles, *reduction, *wi, coi)
     epi = epilogue_block(sch, info)
     if epi is not None:
         sch.reverse_compute_at(epi, inner)
     at = outer if window_per_channel_tile and order == "channels" else h
     for p in sch.get_producers(block):   # padding kept for KxK: one row window per h
         sch.compute_at(p, at)
+        split_channel_gathers(sch, p)
+
+
+def conv_groups(sch: Any, info: Any) -> int:
+    """The group count of a convolution anchor: its input's channels / input channels per group."""
+    b = sch.get(sch.get_sblock(info.anchor))
+    channels = int(b.reads[0].source.shape[-1])
+    return channels // info.channels[0] if info.channels[0] and channels % info.channels[0] == 0 else 0
 
 
 def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pixels", pack: bool = True,
-                   order_for: Any = None) -> bool:
-    """Convolution (1x1 or KxK, groups=1) as GEMM tiles: M output pixels of one row x N output
+                   order_for: Any = None, groups: int = 1) -> bool:
+    """Convolution (1x1 or KxK) as GEMM tiles: M output pixels of one row x N output
     channels, the reduction over input channels in the `ec_gemm_<t>_MxN` micro-kernel. A KxK
     convolution's padding is computed per output row (KH padded rows in a small buffer).
+    A grouped convolution (`groups` > 1) is one such GEMM per group: the output channels split
+    into groups, N dividing a group's channels, so that every tile reads the input channels of
+    its own group (K = input channels per group, at the group's offset in the pixel's row).
     `order_for(types)`: the panel order of the family's integer kernels (see pack_weights)."""
     found = _anchor_loops(sch, info.anchor, 7)
     if found is None:
@@ -225,7 +287,13 @@ def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pix
     k = extent(sch, ci)
     if k == 1:      # one input channel: no reduction loop is left for a micro-kernel to take
         return False
-    _pixels_x_channels(sch, info, conv, n, h, w, co, [ry, rx, ci], tile, order)
+    group = None
+    if groups > 1:
+        cout = extent(sch, co)
+        if cout % groups or (cout // groups) % tile[1]:
+            return False
+        group, co = sch.split(co, [groups, None])
+    _pixels_x_channels(sch, info, conv, n, h, w, co, [ry, rx, ci], tile, order, group=group)
     packed = pack and pack_weights(sch, conv, tile[1], info, _gemm_types(types, True, order_for).b_order)
     sch.decompose_reduction(conv, ry)
     sch.tensorize(ci, gemm_intrin(tile[0], tile[1], k, info.stride[1], _gemm_types(types, packed, order_for)))
