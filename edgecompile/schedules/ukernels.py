@@ -388,6 +388,15 @@ def emit_dw_c(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types
         dw_signature(m, n, kh, kw, s, types) + " {", *dw_body(m, n, kh, kw, s, lanes, types), "  return 0;", "}"])
 
 
+def guarded_kernel(prelude: str, comment: str, signature: str, condition: str, fast: list[str],
+                   portable: list[str]) -> str:
+    """A family's micro-kernel definition: its instructions where the compiler targets them
+    (`condition`, a preprocessor test), the portable C otherwise, so that the same model.c gives
+    the same bytes on the host."""
+    return "\n".join([prelude, comment, signature + " {", f"#if {condition}", *fast, "#else", *portable, "#endif",
+                      "  return 0;", "}"])
+
+
 # Scalar helpers the generated kernels call by name (the int8 rescale's saturation): each keeps a
 # portable C body under the ARM feature test, so the same model.c runs on the host.
 HELPERS = {

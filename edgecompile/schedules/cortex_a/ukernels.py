@@ -27,7 +27,7 @@ this machine gives the same bytes (`edgecompile test` compares a device's int8 o
 
 from __future__ import annotations
 
-from ..ukernels import Types, dw_body, dw_signature, gemm_signature, vector_width
+from ..ukernels import Types, dw_body, dw_signature, gemm_signature, guarded_kernel, vector_width
 
 NEON = "defined(__ARM_NEON) && defined(__aarch64__)"
 _INCLUDE = "\n".join([
@@ -137,19 +137,12 @@ def _gemm_s8_k16_portable(m: int, n: int) -> list[str]:
 
 def _gemm_s8_k16(m: int, n: int) -> str:
     types = Types("int8", "int8", "int32", "k16")
-    return "\n".join([
+    return guarded_kernel(
         _INCLUDE,
         f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (int8 x int8 -> int32), B panel in order 'k16' (16-step blocks "
         f"per channel): NEON smull/smlal2 + sadalp, {m * n} int32x4 accumulators; portable C otherwise */",
-        gemm_signature(m, n, types) + " {",
-        f"#if {NEON}",
-        *_gemm_s8_k16_neon(m, n),
-        "#else",
-        *_gemm_s8_k16_portable(m, n),
-        "#endif",
-        "  return 0;",
-        "}",
-    ])
+        gemm_signature(m, n, types), NEON,
+        _gemm_s8_k16_neon(m, n), _gemm_s8_k16_portable(m, n))
 
 
 def _gemm_s16(m: int, n: int) -> str:
@@ -176,19 +169,12 @@ def _gemm_s16(m: int, n: int) -> str:
                 f"    for (int32_t i = 0; i < {m}; ++i) {{",
                 f"      for (int32_t j = 0; j < {n}; ++j) C[i * ldc + j] += (int32_t)A[i * lda + k] * B[k * ldb + j];",
                 "    }", "  }"]
-    return "\n".join([
+    return guarded_kernel(
         _INCLUDE,
         f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (int16 x int8 -> int32): NEON smlal/smlal2 by element on 16-bit "
         "lanes, 8 channels per weight vector; portable C otherwise */",
-        gemm_signature(m, n, types) + " {",
-        f"#if {NEON}",
-        *neon,
-        "#else",
-        *portable,
-        "#endif",
-        "  return 0;",
-        "}",
-    ])
+        gemm_signature(m, n, types), NEON,
+        neon, portable)
 
 
 def _dw_neon(m: int, n: int, kh: int, kw: int, s: int, a: str) -> list[str]:
@@ -221,16 +207,9 @@ def dw(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types) -> st
     activations x int8 weights, channels in eights."""
     if not (types.a in ("int16", "int8") and types.b == "int8" and types.c == "int32" and n % 8 == 0):
         return None
-    return "\n".join([
+    return guarded_kernel(
         _INCLUDE,
         f"/* depthwise {kh}x{kw}/{s} ({types.a} x int8 -> int32), C[{m}x{n}]: NEON smlal/smlal2 on 16-bit lanes, "
         "8 channels at a time; portable C otherwise */",
-        dw_signature(m, n, kh, kw, s, types) + " {",
-        f"#if {NEON}",
-        *_dw_neon(m, n, kh, kw, s, types.a),
-        "#else",
-        *dw_body(m, n, kh, kw, s, lanes, types),
-        "#endif",
-        "  return 0;",
-        "}",
-    ])
+        dw_signature(m, n, kh, kw, s, types), NEON,
+        _dw_neon(m, n, kh, kw, s, types.a), dw_body(m, n, kh, kw, s, lanes, types))

@@ -15,7 +15,7 @@ the host (`edgecompile test` compares a device's int8 bytes with it)."""
 
 from __future__ import annotations
 
-from ..ukernels import Types, dw_body, dw_signature, gemm_signature, ordered_gemm_body
+from ..ukernels import Types, dw_body, dw_signature, gemm_signature, guarded_kernel, ordered_gemm_body
 
 _READ32 = "\n".join([
     "#ifndef EC_READ32",
@@ -109,19 +109,12 @@ def gemm(m: int, n: int, lanes: int, types: Types) -> str | None:
         return None
     if (types.a == "int16") != (types.b_order == "k4x"):
         return None
-    return "\n".join([
+    return guarded_kernel(
         _READ32,
         f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] ({types.a} x {types.b} -> int32), B panel in order "
         f"{types.b_order!r}: SMLAD on 16-bit pairs (DSP extension), portable C otherwise */",
-        gemm_signature(m, n, types) + " {",
-        "#if defined(__ARM_FEATURE_DSP)",
-        *_dsp_body(m, n, types),
-        "#else",
-        *ordered_gemm_body(m, n, types),
-        "#endif",
-        "  return 0;",
-        "}",
-    ])
+        gemm_signature(m, n, types), "defined(__ARM_FEATURE_DSP)",
+        _dsp_body(m, n, types), ordered_gemm_body(m, n, types))
 
 
 def _dw_dsp_body(m: int, n: int, kh: int, kw: int, s: int) -> list[str]:
@@ -155,16 +148,9 @@ def dw(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types) -> st
     (zero-point-shifted, padded) x int8 weights, channels in quads."""
     if not (types.a == "int16" and types.b == "int8" and types.c == "int32" and n % 4 == 0):
         return None
-    return "\n".join([
+    return guarded_kernel(
         _READ32,
         f"/* depthwise {kh}x{kw}/{s} (int16 x int8 -> int32), C[{m}x{n}]: halfword MACs of the DSP extension, "
         "portable C otherwise */",
-        dw_signature(m, n, kh, kw, s, types) + " {",
-        "#if defined(__ARM_FEATURE_DSP)",
-        *_dw_dsp_body(m, n, kh, kw, s),
-        "#else",
-        *dw_body(m, n, kh, kw, s, lanes, types),
-        "#endif",
-        "  return 0;",
-        "}",
-    ])
+        dw_signature(m, n, kh, kw, s, types), "defined(__ARM_FEATURE_DSP)",
+        _dw_dsp_body(m, n, kh, kw, s), dw_body(m, n, kh, kw, s, lanes, types))

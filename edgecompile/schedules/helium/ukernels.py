@@ -21,7 +21,7 @@ host (`edgecompile test` compares a device's int8 bytes with it)."""
 from __future__ import annotations
 
 from ..cortex_m import ukernels as dsp
-from ..ukernels import GROUP_ORDERS, Types, dw_body, dw_signature, gemm_signature, ordered_gemm_body
+from ..ukernels import GROUP_ORDERS, Types, dw_body, dw_signature, gemm_signature, guarded_kernel, ordered_gemm_body
 
 __all__ = ["dw", "gemm"]
 
@@ -68,20 +68,13 @@ def gemm(m: int, n: int, lanes: int, types: Types) -> str | None:
     wide = types.a == "int16"
     if not (types.b == "int8" and types.c == "int32" and (types.a, g) in (("int8", 16), ("int16", 8))):
         return None
-    return "\n".join([
+    return guarded_kernel(
         _MVE,
         f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] ({types.a} x int8 -> int32), B panel in order {types.b_order!r} "
         f"(groups of {g} reduction steps per channel): VMLADAVA.{'S16' if wide else 'S8'} (Helium), portable C "
         "otherwise */",
-        gemm_signature(m, n, types) + " {",
-        "#if defined(__ARM_FEATURE_MVE)",
-        *_mve_body(m, n, g, wide),
-        "#else",
-        *ordered_gemm_body(m, n, types),
-        "#endif",
-        "  return 0;",
-        "}",
-    ])
+        gemm_signature(m, n, types), "defined(__ARM_FEATURE_MVE)",
+        _mve_body(m, n, g, wide), ordered_gemm_body(m, n, types))
 
 
 def _dw_mve_body(m: int, n: int, kh: int, kw: int, s: int) -> list[str]:
@@ -117,16 +110,9 @@ def dw(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types) -> st
     (zero-point-shifted, padded) x int8 weights, 4 channels per vector."""
     if not (types.a == "int16" and types.b == "int8" and types.c == "int32"):
         return None
-    return "\n".join([
+    return guarded_kernel(
         _MVE,
         f"/* depthwise {kh}x{kw}/{s} (int16 x int8 -> int32), C[{m}x{n}]: 4 channels per Helium vector, "
         "portable C otherwise */",
-        dw_signature(m, n, kh, kw, s, types) + " {",
-        "#if defined(__ARM_FEATURE_MVE)",
-        *_dw_mve_body(m, n, kh, kw, s),
-        "#else",
-        *dw_body(m, n, kh, kw, s, 1, types),
-        "#endif",
-        "  return 0;",
-        "}",
-    ])
+        dw_signature(m, n, kh, kw, s, types), "defined(__ARM_FEATURE_MVE)",
+        _dw_mve_body(m, n, kh, kw, s), dw_body(m, n, kh, kw, s, 1, types))
