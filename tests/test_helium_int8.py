@@ -15,13 +15,7 @@ import re
 
 import pytest
 
-from edgecompile.compiler import BuildOptions, Progress, write_build
-from edgecompile.device.protocol import Link
-from edgecompile.platforms import platform_for
-from edgecompile.platforms.host import HostModel
-from edgecompile.targets import load_target
-from helpers import output_spread
-from test_int8_kernels import Case, _calibration, _inputs, _source, vm_reference
+from test_int8_kernels import Case, _check_kernel_case
 
 BOARD = "mps3-an547"
 
@@ -49,35 +43,12 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_helium_kernel_bytes_equal_the_integer_reference(tmp_path, monkeypatch, case):
-    seed = 40 + CASES.index(case)
-    source = _source(case, seed)
-    calibration = _calibration(tmp_path, case, seed)
-    reference, quant = vm_reference(source, calibration, monkeypatch)
-    inputs = _inputs(case, seed)
-    expected = [reference(x) for x in inputs]
-    output_spread(expected)      # the reference depends on the input, or the comparison proves nothing
-    out = tmp_path / BOARD
-    target = load_target(BOARD)
-    rep = write_build(source, target, out, BuildOptions(quant="int8", calibration=calibration, compare_unfused=False),
-                      Progress(quiet=True))
-    assert rep["quant"] == quant
-    kinds = {c["kind"] for c in rep["calls"] if not c["schedule"].startswith("generic")}
-    assert set(case.kinds) <= kinds, f"{case.kinds} not tiled ({[c['schedule'] for c in rep['calls']]})"
-    code = (out / "model.c").read_text()
+    """Device and host bytes equal the VM reference (test_int8_kernels' check), and the build
+    contains the Helium kernel of each kind the case exercises."""
+    code = _check_kernel_case(tmp_path, monkeypatch, case, 40 + CASES.index(case), [BOARD])[BOARD]
     if {"conv_pw", "dwpw", "fc"} & set(case.kinds):
         assert re.search(r"\bec_gemm_s8k16_\d+x\d+\(", code) and "vmladavaq_s8" in code, "no Helium GEMM kernel"
     if "conv" in case.kinds:
         assert re.search(r"\bec_gemm_s16k8_\d+x\d+\(", code) and "vmladavaq_s16" in code, "no Helium int16 GEMM"
     if {"conv_dw", "dwpw"} & set(case.kinds):
         assert re.search(r"\bvldrhq_(z_)?s32\(", code), "no Helium depthwise kernel"
-    host = HostModel.from_sources(out)
-    with platform_for(target).start_emulator(target, out, rep) as s:
-        port = s.open_port()
-        link = Link(port, timeout=30, alive=s.alive)
-        link.connect()
-        for x, want in zip(inputs, expected):
-            dev = link.infer(x, tuple(rep["outputs"][0]["shape"]), in_dtype="int8", out_dtype="int8").output
-            assert dev.tobytes() == want.tobytes(), "device bytes differ from the reference"
-            assert host.run(x)[0].tobytes() == want.tobytes(), "host compile of model.c differs"
-        port.close()
-    host.close()
