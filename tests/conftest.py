@@ -9,6 +9,8 @@ import pytest
 
 # builds through the CLI consult the default tuning database: never the user's during tests
 os.environ["EDGECOMPILE_TUNING_DB"] = tempfile.mkdtemp(prefix="ec-test-tuning-")
+# nor the user's object cache: one of this session's own (builds of the same model share objects)
+os.environ["EDGECOMPILE_OBJECT_CACHE"] = tempfile.mkdtemp(prefix="ec-test-objects-")
 
 from edgecompile.ir.frontend import ModelOptions, load_model
 from edgecompile.compiler import BuildOptions, Progress, write_build

@@ -4,6 +4,7 @@ scheduled kernel reads."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -50,6 +51,22 @@ def emit_weights_c(prog: Program) -> str:
         parts.append(f"const {weight_decl(prog, name)} ec_{name} "
                      f'__attribute__((aligned(16), section(".rodata.ec_weights"))) = {{{{\n    {body}\n}}}};')
     return "\n".join(parts) + "\n"
+
+
+def split_weights_c(text: str, parts: int) -> list[str]:
+    """weights.c (as emit_weights_c writes it) cut into at most `parts` translation units of about
+    equal size, each a whole number of arrays after the same preamble: compiled separately, they
+    define the same symbols with the same bytes (parsing 47 MB of literals is most of a big host
+    build's compile time; the pieces compile in parallel)."""
+    head, sep, rest = text.partition("\n/* ")
+    if not sep or parts <= 1:
+        return [text]
+    body = "/* " + rest             # every array starts at a line "/* <name>: <type> */"
+    starts = [m.end() for m in re.finditer(r"\n(?=/\* )", body)]
+    # each cut at the array start nearest to k/parts of the text
+    cuts = sorted({0, len(body), *(min(starts, key=lambda s: abs(s - k * len(body) / parts))
+                                   for k in range(1, parts) if starts)})
+    return [head + "\n" + body[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
 def emit_weights_asm(prog: Program) -> str:

@@ -18,9 +18,13 @@ from .. import proc
 from ..errors import EdgeCompileError
 from ..targets import Target
 from ..paths import template_dir
+from ..codegen.weights import split_weights_c
 from . import Platform, cache_geometry
+from .objects import Unit, compile_units
 
 WEIGHT_FILES = ("weights.c", "weights.S", "weights.bin")
+# weights.c is compiled in pieces of at least this many characters, one per CPU at most
+WEIGHTS_PIECE_CHARS = 4 << 20
 
 
 def _copy_sources(build: Path, dest: Path, extra: tuple[str, ...] = ()) -> str:
@@ -42,22 +46,33 @@ class Host(Platform):
     def build(self, build: Path, target: Target, report: dict[str, Any], weights_src: str,
               progress: Callable[[str], None], defines: tuple[str, ...] = ()) -> dict[str, Any]:
         """libmodel.so (for `edgecompile run`, bench and tests) and the `runner` executable."""
-        progress(f"compiling with {target.cc}")
         cflags = [*target.cflags, *defines]
         shutil.copyfile(template_dir("host") / "runner.c", build / "runner.c")
-        # each source compiled once (position-independent objects serve the library and the
-        # program): the weights are most of the compile time of a big network
-        objects = []
+        # position-independent objects serve the library and the program; the weights (most of the
+        # compile time of a big network) in pieces, all of them at once and through the object cache
         with tempfile.TemporaryDirectory() as tmp:
-            for src in ("model.c", weights_src, "runner.c"):
-                obj = Path(tmp) / (src.replace(".", "_") + ".o")
-                proc.run([target.cc, *cflags, "-fPIC", "-c", "-o", str(obj), src], build,
-                         f"{target.cc}: compiling {src}")
-                objects.append(str(obj))
-            proc.run([target.cc, *cflags, "-shared", "-o", "libmodel.so", *objects[:2], *target.ldflags],
-                     build, f"{target.cc}: linking libmodel.so")
-            proc.run([target.cc, *cflags, "-o", "runner", *objects, *target.ldflags], build,
-                     f"{target.cc}: linking runner")
+            t = Path(tmp)
+            pieces = [weights_src]
+            if weights_src == "weights.c":
+                text = (build / weights_src).read_text()
+                parts = min(os.cpu_count() or 1, max(1, len(text) // WEIGHTS_PIECE_CHARS))
+                pieces = split_weights_c(text, parts)
+            units = [Unit(build, "model.c", t / "model.o")]
+            if len(pieces) == 1:
+                units.append(Unit(build, weights_src, t / "weights.o"))
+            else:
+                for i, piece in enumerate(pieces):
+                    (t / f"weights_{i}.c").write_text(piece)
+                    units.append(Unit(t, f"weights_{i}.c", t / f"weights_{i}.o"))
+            units.append(Unit(build, "runner.c", t / "runner.o"))
+            progress(f"compiling {len(units)} translation units with {target.cc}")
+            stats = compile_units(units, target.cc, [*cflags, "-fPIC"], target.name)
+            progress(f"objects: {stats.describe()}")
+            objects = [str(u.obj) for u in units]
+            proc.run_all([([target.cc, *cflags, "-shared", "-o", "libmodel.so", *objects[:-1], *target.ldflags],
+                           build, f"{target.cc}: linking libmodel.so"),
+                          ([target.cc, *cflags, "-o", "runner", *objects, *target.ldflags], build,
+                           f"{target.cc}: linking runner")])
         return {}
 
     def program(self, build: Path, report: dict[str, Any], emulated: bool) -> Path:
