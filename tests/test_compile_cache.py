@@ -68,6 +68,14 @@ def test_object_cache_hits_misses_on_any_change_and_rejects_damaged_entries(tmp_
     stats = compile_units(changed, "gcc", FLAGS, "host")
     assert (stats.hits, stats.misses, stats.compiled) == (1, 1, ["lib.c"])
 
+    # a header found through -I counts as well
+    for k in (3, 4):
+        units_i = _sources(tmp_path / f"inc{k}", k)
+        (tmp_path / f"inc{k}" / "inc").mkdir()
+        (tmp_path / f"inc{k}" / "k.h").rename(tmp_path / f"inc{k}" / "inc" / "k.h")
+        assert compile_units(units_i, "gcc", [*FLAGS, "-Iinc"], "host").misses == 2
+        assert _link_and_run(tmp_path / f"inc{k}", units_i) == 0
+
     # damage the cached object of lib.c (O2, host, K=3): detected, compiled again, entry replaced
     key = objects.unit_key(units[1], "gcc", FLAGS, "host")
     entry = cache / key[:2] / f"{key}.o"
@@ -165,8 +173,8 @@ def test_a_second_build_takes_every_object_from_the_cache_and_writes_the_same_fi
         assert (tmp_path / "cold" / name).read_bytes() == (tmp_path / "warm" / name).read_bytes(), name
 
     # weights.c in pieces (several compilers at once): the same weight bytes in the library, the same outputs
-    monkeypatch.setattr(host, "WEIGHTS_PIECE_CHARS", 20_000)
-    monkeypatch.setattr(host.os, "cpu_count", lambda: 3)
+    monkeypatch.setattr(objects, "WEIGHTS_PIECE_CHARS", 20_000)
+    monkeypatch.setattr(objects.os, "cpu_count", lambda: 3)
     _build(tmp_path / "pieces")
     assert calls[-1].compiled == ["weights_0.c", "weights_1.c", "weights_2.c"]
     assert calls[-1].hits == 2                      # model.c and runner.c
@@ -179,3 +187,26 @@ def test_a_second_build_takes_every_object_from_the_cache_and_writes_the_same_fi
         pieces.close()
     weights = _weight_symbols(tmp_path / "cold" / "libmodel.so")
     assert len(weights) > 10 and weights == _weight_symbols(tmp_path / "pieces" / "libmodel.so")
+
+
+def test_a_pi_rebuild_takes_the_device_loop_and_the_model_from_the_cache(tmp_path, monkeypatch):
+    """rpi4 (a Linux board): the same units compiled apart link into the same `app`, twice."""
+    monkeypatch.setenv("EDGECOMPILE_OBJECT_CACHE", str(tmp_path / "cache"))
+    from edgecompile.platforms import linux
+
+    calls: list = []
+    real = linux.compile_units
+
+    def counting(*args, **kwargs):
+        calls.append(real(*args, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(linux, "compile_units", counting)
+    source = load_model("mobilenet_v1", ModelOptions(**SMALL))
+    for out in ("cold", "warm"):
+        write_build(source, load_target("rpi4"), tmp_path / out, BuildOptions(compare_unfused=False),
+                    Progress(quiet=True))
+    cold, warm = calls
+    assert cold.compiled == ["model.c", "weights.c", "ec_device.c", "ec_protocol.c", "hal_linux.c"]
+    assert (warm.hits, warm.misses) == (5, 0)
+    assert (tmp_path / "cold" / "app").read_bytes() == (tmp_path / "warm" / "app").read_bytes()

@@ -18,13 +18,10 @@ from .. import proc
 from ..errors import EdgeCompileError
 from ..targets import Target
 from ..paths import template_dir
-from ..codegen.weights import split_weights_c
 from . import Platform, cache_geometry
-from .objects import Unit, compile_units
+from .objects import compile_units, source_units
 
 WEIGHT_FILES = ("weights.c", "weights.S", "weights.bin")
-# weights.c is compiled in pieces of at least this many characters, one per CPU at most
-WEIGHTS_PIECE_CHARS = 4 << 20
 
 
 def _copy_sources(build: Path, dest: Path, extra: tuple[str, ...] = ()) -> str:
@@ -51,20 +48,7 @@ class Host(Platform):
         # position-independent objects serve the library and the program; the weights (most of the
         # compile time of a big network) in pieces, all of them at once and through the object cache
         with tempfile.TemporaryDirectory() as tmp:
-            t = Path(tmp)
-            pieces = [weights_src]
-            if weights_src == "weights.c":
-                text = (build / weights_src).read_text()
-                parts = min(os.cpu_count() or 1, max(1, len(text) // WEIGHTS_PIECE_CHARS))
-                pieces = split_weights_c(text, parts)
-            units = [Unit(build, "model.c", t / "model.o")]
-            if len(pieces) == 1:
-                units.append(Unit(build, weights_src, t / "weights.o"))
-            else:
-                for i, piece in enumerate(pieces):
-                    (t / f"weights_{i}.c").write_text(piece)
-                    units.append(Unit(t, f"weights_{i}.c", t / f"weights_{i}.o"))
-            units.append(Unit(build, "runner.c", t / "runner.o"))
+            units = source_units(build, Path(tmp), ["model.c", weights_src, "runner.c"])
             progress(f"compiling {len(units)} translation units with {target.cc}")
             stats = compile_units(units, target.cc, [*cflags, "-fPIC"], target.name)
             progress(f"objects: {stats.describe()}")

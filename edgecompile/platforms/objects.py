@@ -3,12 +3,12 @@
 
 A cached object is keyed by everything its bytes depend on: the compiler (its resolved path, size,
 modification time and `--version`), the flags, the target, the source's file name and text, and the
-bytes of every file next to it that it includes with `#include "..."` or `.incbin "..."` (model.h,
-weights.bin); system headers are covered by the compiler's identity. The cache lives under the
-user's cache directory (`objects/`; `$EDGECOMPILE_OBJECT_CACHE` names another directory, or `off`).
-An entry is written to a temporary file and renamed into place, so concurrent builds never see half
-an entry; each entry carries the SHA-256 of its object, checked before the object is used: a
-damaged entry is counted, removed and compiled again, never linked. Above
+bytes of every file it includes with `#include "..."` or `.incbin "..."` from its directory or an
+`-I` directory (model.h, weights.bin); system headers are covered by the compiler's identity. The
+cache lives under the user's cache directory (`objects/`; `$EDGECOMPILE_OBJECT_CACHE` names another
+directory, or `off`). An entry is written to a temporary file and renamed into place, so concurrent
+builds never see half an entry; each entry carries the SHA-256 of its object, checked before the
+object is used: a damaged entry is counted, removed and compiled again, never linked. Above
 `$EDGECOMPILE_OBJECT_CACHE_MB` (default 2048) the least recently used entries are removed.
 """
 
@@ -25,12 +25,15 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import proc
+from ..codegen.weights import split_weights_c
 from ..errors import EdgeCompileError
 from ..paths import cache_dir
 
 CACHE_VERSION = b"edgecompile object cache 1"
 MAGIC = b"ECOBJ1 "
 DEFAULT_LIMIT_MB = 2048
+# weights.c is compiled in pieces of at least this many characters, one per CPU at most
+WEIGHTS_PIECE_CHARS = 4 << 20
 _INCLUDE = re.compile(rb'^\s*(?:#\s*include|\.incbin)\s+"([^"]+)"', re.M)   # C headers, assembler data
 
 
@@ -56,6 +59,25 @@ class CompileStats:
         return text + (f", {self.corrupt} damaged cache entries replaced" if self.corrupt else "")
 
 
+def source_units(build: Path, tmp: Path, sources: Sequence[str]) -> list[Unit]:
+    """The units of a build's `sources` (compiled in `build`, objects in `tmp`), `weights.c` among
+    them cut into pieces in `tmp` (parsing its literals is most of a big network's compile time):
+    one per CPU, of at least WEIGHTS_PIECE_CHARS characters."""
+    units = []
+    for src in sources:
+        stem = src.rsplit(".", 1)[0]
+        if src == "weights.c":
+            text = (build / src).read_text()
+            pieces = split_weights_c(text, min(os.cpu_count() or 1, max(1, len(text) // WEIGHTS_PIECE_CHARS)))
+            if len(pieces) > 1:
+                for i, piece in enumerate(pieces):
+                    (tmp / f"weights_{i}.c").write_text(piece)
+                    units.append(Unit(tmp, f"weights_{i}.c", tmp / f"weights_{i}.o"))
+                continue
+        units.append(Unit(build, src, tmp / f"{stem}.o"))
+    return units
+
+
 def object_cache_dir() -> Path | None:
     """Where objects are cached, or None (`EDGECOMPILE_OBJECT_CACHE=off`)."""
     env = os.environ.get("EDGECOMPILE_OBJECT_CACHE", "")
@@ -73,18 +95,29 @@ def _compiler_identity(cc: str) -> bytes:
     return f"{real}\0{st.st_size}\0{st.st_mtime_ns}\0{version}".encode()
 
 
-def _local_includes(cwd: Path, text: bytes, seen: set[str]) -> list[tuple[str, bytes]]:
-    """(name, text) of every `#include "..."` found next to the source, recursively."""
+def _include_dirs(cwd: Path, flags: Sequence[str]) -> list[Path]:
+    """Where `#include "..."` finds files: the source's directory, then every -I directory."""
+    dirs, it = [cwd], iter(flags)
+    for f in it:
+        if f.startswith("-I"):
+            d = f[2:] or next(it, "")
+            dirs.append(cwd / d)
+    return dirs
+
+
+def _local_includes(dirs: list[Path], text: bytes, seen: set[str]) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every `#include "..."` / `.incbin "..."` found in `dirs`, recursively."""
     out = []
     for name in _INCLUDE.findall(text):
         n = name.decode(errors="replace")
-        if n in seen or not (cwd / n).is_file():
+        path = next((d / n for d in dirs if (d / n).is_file()), None)
+        if n in seen or path is None:
             continue
         seen.add(n)
-        data = (cwd / n).read_bytes()
+        data = path.read_bytes()
         out.append((n, data))
         if n.endswith(".h"):
-            out += _local_includes(cwd, data, seen)
+            out += _local_includes(dirs, data, seen)
     return out
 
 
@@ -93,7 +126,7 @@ def unit_key(unit: Unit, cc: str, flags: Sequence[str], target: str) -> str:
     text = (unit.cwd / unit.source).read_bytes()
     for part in (_compiler_identity(cc), "\0".join(flags).encode(), target.encode(), unit.source.encode(), text):
         h.update(len(part).to_bytes(8, "little") + part)
-    for name, data in sorted(_local_includes(unit.cwd, text, set())):
+    for name, data in sorted(_local_includes(_include_dirs(unit.cwd, flags), text, set())):
         h.update(len(name).to_bytes(8, "little") + name.encode() + len(data).to_bytes(8, "little") + data)
     return h.hexdigest()
 
