@@ -136,10 +136,10 @@ def _entry(cache: Path, key: str) -> Path:
 
 
 def _read_entry(path: Path) -> bytes | None:
-    """The object of an entry, or None when the entry is damaged."""
+    """The object of an entry, or None when the entry is damaged (OSError when there is none)."""
     data = path.read_bytes()
     head, _, obj = data.partition(b"\n")
-    if not head.startswith(MAGIC) or head[len(MAGIC):] != hashlib.sha256(obj).hexdigest().encode():
+    if not obj or not head.startswith(MAGIC) or head[len(MAGIC):] != hashlib.sha256(obj).hexdigest().encode():
         return None
     return obj
 
@@ -184,17 +184,20 @@ def compile_units(units: Sequence[Unit], cc: str, flags: Sequence[str], target: 
     jobs, keys = [], []
     for u in units:
         key = unit_key(u, cc, flags, target) if cache is not None else ""
-        if cache is not None and _entry(cache, key).is_file():
+        obj, damaged = None, False
+        if cache is not None:
             try:
                 obj = _read_entry(_entry(cache, key))
-            except OSError:
-                obj = None
-            if obj is not None:
-                u.obj.write_bytes(obj)
-                with contextlib.suppress(OSError):
-                    os.utime(_entry(cache, key))        # recently used
-                stats.hits += 1
-                continue
+                damaged = obj is None
+            except OSError:             # no entry (or removed by another build meanwhile)
+                pass
+        if obj is not None:
+            u.obj.write_bytes(obj)
+            with contextlib.suppress(OSError):
+                os.utime(_entry(cache, key))            # recently used
+            stats.hits += 1
+            continue
+        if damaged:
             stats.corrupt += 1
             with contextlib.suppress(OSError):
                 _entry(cache, key).unlink(missing_ok=True)
