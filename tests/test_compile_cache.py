@@ -1,18 +1,19 @@
 """Compiling a build's C: translation units in parallel, through the object cache (platforms/objects.py).
 A rebuild takes every object from the cache and gives the same files; a changed flag, source or
 included header misses; a damaged entry is detected and compiled again, never linked; weights.c
-compiled in pieces gives the same library data as compiled whole."""
+assembled from its arrays' bytes gives the same symbols and bytes as weights.c compiled by gcc."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from edgecompile.compiler import BuildOptions, Progress, write_build
-from edgecompile.codegen.weights import split_weights_c
+from edgecompile.codegen.weights import emit_weights_c, parse_weights_c
 from edgecompile.ir.frontend import ModelOptions, load_model
 from edgecompile.platforms import host, objects
 from edgecompile.platforms.host import HostModel
@@ -110,17 +111,27 @@ def test_a_compile_error_names_the_unit_and_stops_the_others(tmp_path, monkeypat
     assert _entries(tmp_path / "cache") == []
 
 
-def test_weights_c_pieces_are_the_whole_file_cut_between_arrays():
-    text = ("/* Generated */\n#include <stdint.h>\n\n"
-            + "".join(f"/* w{i}: float32[{i + 1}] */\nconst int ec_w{i}[] = {{\n    {', '.join(['1'] * (i + 1))}\n}};\n"
-                      for i in range(7)))
-    head = "/* Generated */\n#include <stdint.h>\n"
-    for parts in (1, 2, 3, 7, 20):
-        pieces = split_weights_c(text, parts)
-        assert 1 <= len(pieces) <= min(parts, 7)
-        assert all(p.startswith(head) for p in pieces)
-        assert pieces[0] + "".join(p[len(head) + 1:] for p in pieces[1:]) == text
-        assert sum(p.count("const int ec_w") for p in pieces) == 7
+def test_weights_c_is_read_back_exactly_and_anything_else_is_refused():
+    """parse_weights_c gives every array's bytes of a weights.c that emit_weights_c wrote (every
+    number format, odd sizes, extreme values), and None for any other text."""
+    rng = np.random.default_rng(0)
+    weights, tensors = {}, {}
+    for i, (dtype, shape) in enumerate([("float32", (3, 3, 3, 8)), ("int8", (17,)), ("int32", (9,)),
+                                        ("int16", (8,)), ("int64", (5,)), ("float32", (1,)), ("int8", (64,))]):
+        arr = rng.integers(-100, 100, size=shape).astype(dtype) if dtype != "float32" else \
+            rng.standard_normal(shape).astype(dtype)
+        arr.reshape(-1)[0] = np.iinfo(dtype).min if dtype != "float32" else -np.inf
+        weights[f"w{i}"], tensors[f"w{i}"] = arr, SimpleNamespace(dtype=dtype, shape=shape)
+    text = emit_weights_c(SimpleNamespace(weights=weights, tensors=tensors))
+    arrays = parse_weights_c(text)
+    assert [s for s, _ in arrays] == [f"ec_{n}" for n in weights]
+    assert [d for _, d in arrays] == [np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes()
+                                      for a in weights.values()]
+    first = text.index("0x")
+    for bad in (text.replace("0x", "0X", 1), text[:first] + text[first + 1:], text.replace(", ", ",  ", 1),
+                text.replace("bits[216]", "bits[217]"), text.replace("#include <stdint.h>", "#include <stddef.h>"),
+                text[:-1], text + "int x;\n", text.replace("section(", "section (", 1)):
+        assert bad != text and parse_weights_c(bad) is None
 
 
 SMALL = dict(width_mult=0.25, resolution=32, num_classes=10)
@@ -172,21 +183,21 @@ def test_a_second_build_takes_every_object_from_the_cache_and_writes_the_same_fi
     for name in names:
         assert (tmp_path / "cold" / name).read_bytes() == (tmp_path / "warm" / name).read_bytes(), name
 
-    # weights.c in pieces (several compilers at once): the same weight bytes in the library, the same outputs
-    monkeypatch.setattr(objects, "WEIGHTS_PIECE_CHARS", 20_000)
-    monkeypatch.setattr(objects.os, "cpu_count", lambda: 3)
-    _build(tmp_path / "pieces")
-    assert calls[-1].compiled == ["weights_0.c", "weights_1.c", "weights_2.c"]
-    assert calls[-1].hits == 2                      # model.c and runner.c
-    whole, pieces = HostModel(tmp_path / "cold"), HostModel(tmp_path / "pieces")
+    # weights.c went in as its arrays' bytes: the same symbols and bytes as weights.c compiled by
+    # the C compiler (that path forced), the same outputs
+    assert cold.compiled == ["model.c", "weights_data.S", "runner.c"]
+    monkeypatch.setattr(objects, "parse_weights_c", lambda text: None)
+    _build(tmp_path / "compiled")
+    assert calls[-1].compiled == ["weights.c"] and calls[-1].hits == 2        # model.c and runner.c
+    fast, compiled = HostModel(tmp_path / "cold"), HostModel(tmp_path / "compiled")
     try:
-        x = random_input(whole.inputs[0][0], seed=3)
-        assert np.array_equal(whole.run(x)[0], pieces.run(x)[0])
+        x = random_input(fast.inputs[0][0], seed=3)
+        assert np.array_equal(fast.run(x)[0], compiled.run(x)[0])
     finally:
-        whole.close()
-        pieces.close()
+        fast.close()
+        compiled.close()
     weights = _weight_symbols(tmp_path / "cold" / "libmodel.so")
-    assert len(weights) > 10 and weights == _weight_symbols(tmp_path / "pieces" / "libmodel.so")
+    assert len(weights) > 10 and weights == _weight_symbols(tmp_path / "compiled" / "libmodel.so")
 
 
 def test_a_pi_rebuild_takes_the_device_loop_and_the_model_from_the_cache(tmp_path, monkeypatch):
@@ -207,6 +218,6 @@ def test_a_pi_rebuild_takes_the_device_loop_and_the_model_from_the_cache(tmp_pat
         write_build(source, load_target("rpi4"), tmp_path / out, BuildOptions(compare_unfused=False),
                     Progress(quiet=True))
     cold, warm = calls
-    assert cold.compiled == ["model.c", "weights.c", "ec_device.c", "ec_protocol.c", "hal_linux.c"]
+    assert cold.compiled == ["model.c", "weights_data.S", "ec_device.c", "ec_protocol.c", "hal_linux.c"]
     assert (warm.hits, warm.misses) == (5, 0)
     assert (tmp_path / "cold" / "app").read_bytes() == (tmp_path / "warm" / "app").read_bytes()

@@ -45,8 +45,8 @@ class Host(Platform):
         """libmodel.so (for `edgecompile run`, bench and tests) and the `runner` executable."""
         cflags = [*target.cflags, *defines]
         shutil.copyfile(template_dir("host") / "runner.c", build / "runner.c")
-        # position-independent objects serve the library and the program; the weights (most of the
-        # compile time of a big network) in pieces, all of them at once and through the object cache
+        # position-independent objects serve the library and the program; all of them at once and
+        # through the object cache (weights.c as its arrays' bytes: objects.source_units)
         with tempfile.TemporaryDirectory() as tmp:
             units = source_units(build, Path(tmp), ["model.c", weights_src, "runner.c"])
             progress(f"compiling {len(units)} translation units with {target.cc}")

@@ -25,15 +25,13 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import proc
-from ..codegen.weights import split_weights_c
+from ..codegen.weights import arrays_asm, parse_weights_c
 from ..errors import EdgeCompileError
 from ..paths import cache_dir
 
 CACHE_VERSION = b"edgecompile object cache 1"
 MAGIC = b"ECOBJ1 "
 DEFAULT_LIMIT_MB = 2048
-# weights.c is compiled in pieces of at least this many characters, one per CPU at most
-WEIGHTS_PIECE_CHARS = 4 << 20
 _INCLUDE = re.compile(rb'^\s*(?:#\s*include|\.incbin)\s+"([^"]+)"', re.M)   # C headers, assembler data
 
 
@@ -60,21 +58,20 @@ class CompileStats:
 
 
 def source_units(build: Path, tmp: Path, sources: Sequence[str]) -> list[Unit]:
-    """The units of a build's `sources` (compiled in `build`, objects in `tmp`), `weights.c` among
-    them cut into pieces in `tmp` (parsing its literals is most of a big network's compile time):
-    one per CPU, of at least WEIGHTS_PIECE_CHARS characters."""
+    """The units of a build's `sources` (compiled in `build`, objects in `tmp`). `weights.c`, when
+    it is exactly what codegen.weights writes, becomes an assembly file that includes its arrays'
+    bytes (read from it with numpy, checked by writing them again): the same symbols and bytes,
+    without a C compiler parsing millions of literals."""
     units = []
     for src in sources:
-        stem = src.rsplit(".", 1)[0]
         if src == "weights.c":
-            text = (build / src).read_text()
-            pieces = split_weights_c(text, min(os.cpu_count() or 1, max(1, len(text) // WEIGHTS_PIECE_CHARS)))
-            if len(pieces) > 1:
-                for i, piece in enumerate(pieces):
-                    (tmp / f"weights_{i}.c").write_text(piece)
-                    units.append(Unit(tmp, f"weights_{i}.c", tmp / f"weights_{i}.o"))
+            arrays = parse_weights_c((build / src).read_text())
+            if arrays is not None:
+                (tmp / "weights_data.bin").write_bytes(b"".join(data for _, data in arrays))
+                (tmp / "weights_data.S").write_text(arrays_asm(arrays, "weights_data.bin"))
+                units.append(Unit(tmp, "weights_data.S", tmp / "weights_data.o"))
                 continue
-        units.append(Unit(build, src, tmp / f"{stem}.o"))
+        units.append(Unit(build, src, tmp / f"{src.rsplit('.', 1)[0]}.o"))
     return units
 
 
