@@ -100,6 +100,24 @@ def test_object_cache_hits_misses_on_any_change_and_rejects_damaged_entries(tmp_
     assert _entries(cache) == before
 
 
+def test_concurrent_builds_share_the_cache_safely(tmp_path, monkeypatch):
+    """Builds compiling the same sources at once: each gets correct objects, no entry is damaged
+    and no temporary file stays (each entry is written to a temporary file, then renamed)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EDGECOMPILE_OBJECT_CACHE", str(cache))
+    dirs = [tmp_path / f"b{i}" for i in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        stats = list(pool.map(lambda d: compile_units(_sources(d), "gcc", FLAGS, "host"), dirs))
+    assert all(s.corrupt == 0 and s.hits + s.misses == 2 for s in stats)
+    assert {(d / "lib.o").read_bytes() for d in dirs} == {(dirs[0] / "lib.o").read_bytes()}
+    assert all(_link_and_run(d, _sources(d)) == 0 for d in dirs[:2])
+    assert len(_entries(cache)) == 2 and not [p for p in cache.rglob("*") if p.is_file() and p.suffix != ".o"]
+    again = compile_units(_sources(tmp_path / "after"), "gcc", FLAGS, "host")
+    assert (again.hits, again.corrupt) == (2, 0)
+
+
 def test_a_compile_error_names_the_unit_and_stops_the_others(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGECOMPILE_OBJECT_CACHE", str(tmp_path / "cache"))
     units = _sources(tmp_path / "a")
