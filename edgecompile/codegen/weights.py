@@ -52,7 +52,7 @@ def emit_weights_c(prog: Program) -> str:
 
 def _hex_rows(flat: np.ndarray, width: int) -> str:
     """The values as C literals (`_HEX[width] % v`), 8 to a row: `v, v, ..., v,\n    v, ...`.
-    Built as fixed-width byte columns with numpy (a Python format per value took ~2 s of a
+    Built as fixed-width byte columns with numpy (a Python format per value took 1 s of CPU in a
     MobileNet V2 1.0 build); the text is the same."""
     n = flat.size
     if n == 0:
@@ -115,7 +115,8 @@ def parse_weights_c(text: str) -> list[tuple[str, bytes]] | None:
 
 def arrays_asm(arrays: list[tuple[str, bytes]], blob: str) -> str:
     """Assembly defining each (symbol, bytes) as weights.c does (global objects of their size, 16-byte
-    aligned, in .rodata.ec_weights), the bytes included from `blob` (the arrays one after another)."""
+    aligned, in .rodata.ec_weights), the bytes included from `blob` (the arrays one after another,
+    little-endian: for little-endian targets, as weights.S)."""
     lines = ["/* weights.c's arrays, their bytes from " + blob + " */", '    .section .rodata.ec_weights,"a"']
     off = 0
     for sym, data in arrays:
