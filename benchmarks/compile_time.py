@@ -44,7 +44,8 @@ def _run(env: dict[str, str], out: Path, cwd: Path) -> dict:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"build failed:\n{done.stderr}")
-    phases = [(float(m.group(1)), m.group(2)) for m in map(PHASE.match, done.stderr.splitlines()) if m]
+    phases = [(float(m.group(1)), m.group(2).replace(str(out), "OUT"))
+              for m in map(PHASE.match, done.stderr.splitlines()) if m]
     return {"wall_s": wall, "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
             "phases": phases}
 
