@@ -6,6 +6,8 @@ flash tools, valgrind.
   prints; the child runs in its own process group with a private TMPDIR, and when edgecompile is
   interrupted (Ctrl-C, SIGTERM, any exception) the whole group is ended and the TMPDIR removed,
   so no `cc1` keeps running and no `/tmp/cc*.s` stays behind.
+* `run_all` runs independent commands in parallel (the translation units of a build), with
+  the same guarantees.
 * `spawn` starts a long-running child (an emulator, socat) in its own process group; `stop`
   ends the group. Children still running when edgecompile exits are ended too.
 * `terminate_on_sigterm` makes SIGTERM behave like Ctrl-C (the CLI installs it), so the same
@@ -20,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Sequence
 
@@ -66,6 +69,51 @@ def run(cmd: Sequence[str], cwd: Path | str | None = None, what: str = "", timeo
     if check and proc.returncode != 0:
         raise error(f"{what} failed: {_first_error_line(err or out)}")
     return result
+
+
+def run_all(jobs: Sequence[tuple[Sequence[str], Path | str | None, str]], parallel: int | None = None,
+            timeout: float = 1800, error: type[EdgeCompileError] = ToolchainError) -> None:
+    """Run independent commands, `parallel` at a time (default: os.cpu_count()), each job
+    `(cmd, cwd, what)` as `run` runs one: its own process group and private TMPDIR, ended with the
+    others when edgecompile is interrupted. The first failure ends the jobs still running and
+    raises `error` naming its `what` and the first error line of its output."""
+    jobs = [([str(c) for c in cmd], cwd, what or str(cmd[0])) for cmd, cwd, what in jobs]
+    for cmd, _, _ in jobs:
+        require(cmd[0], error=error)
+    limit = max(1, parallel or os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory(prefix="ec-tmp-") as tmp:
+        pending = list(enumerate(jobs))
+        running: list[tuple[subprocess.Popen, str, IO[bytes], float]] = []
+        try:
+            while pending or running:
+                while pending and len(running) < limit:
+                    i, (cmd, cwd, what) = pending.pop(0)
+                    private = Path(tmp) / f"job{i}"
+                    private.mkdir()
+                    log = open(private / "output", "w+b")
+                    child = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "TMPDIR": str(private)},
+                                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                             start_new_session=True)
+                    running.append((child, what, log, time.monotonic() + timeout))
+                for job in list(running):
+                    child, what, log, deadline = job
+                    rc = child.poll()
+                    if rc is None:
+                        if time.monotonic() > deadline:
+                            raise error(f"{what}: timed out after {timeout:.0f} s")
+                        continue
+                    running.remove(job)
+                    log.seek(0)
+                    text = log.read().decode(errors="replace")
+                    log.close()
+                    if rc != 0:
+                        raise error(f"{what} failed: {_first_error_line(text)}")
+                if running:
+                    time.sleep(0.01)
+        finally:            # a failure, Ctrl-C, SIGTERM: nothing keeps running
+            for child, _, log, _ in running:
+                _end_group(child)
+                log.close()
 
 
 def spawn(cmd: Sequence[str], log: IO[bytes] | int | None = None, env: dict[str, str] | None = None,

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
 
 # builds through the CLI consult the default tuning database: never the user's during tests
 os.environ["EDGECOMPILE_TUNING_DB"] = tempfile.mkdtemp(prefix="ec-test-tuning-")
+# nor the user's object cache: one of this session's own (builds of the same model share objects),
+# removed at the end
+os.environ["EDGECOMPILE_OBJECT_CACHE"] = tempfile.mkdtemp(prefix="ec-test-objects-")
+atexit.register(shutil.rmtree, os.environ["EDGECOMPILE_OBJECT_CACHE"], True)
 
 from edgecompile.ir.frontend import ModelOptions, load_model
 from edgecompile.compiler import BuildOptions, Progress, write_build

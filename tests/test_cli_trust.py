@@ -96,7 +96,8 @@ def test_interrupting_a_build_ends_the_compiler_and_leaves_no_temporary_files(tm
     # a shell's background job (`pytest ... &`) ignores SIGINT and its children inherit that: restore
     # the default disposition, as in a terminal, so that Python installs its Ctrl-C handler
     p = subprocess.Popen([str(exe), "build", "mobilenet_v2", "--resolution", "224", "--num-classes", "10",
-                          "--out", str(tmp_path / "out"), "-q"], env={**os.environ, "TMPDIR": str(tmpdir)},
+                          "--out", str(tmp_path / "out"), "-q"],
+                         env={**os.environ, "TMPDIR": str(tmpdir), "EDGECOMPILE_OBJECT_CACHE": "off"},   # cc1 must run
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:

@@ -19,6 +19,7 @@ from ..errors import EdgeCompileError
 from ..targets import Target
 from ..paths import template_dir
 from . import Platform, cache_geometry
+from .objects import compile_units, source_units
 
 WEIGHT_FILES = ("weights.c", "weights.S", "weights.bin")
 
@@ -42,22 +43,20 @@ class Host(Platform):
     def build(self, build: Path, target: Target, report: dict[str, Any], weights_src: str,
               progress: Callable[[str], None], defines: tuple[str, ...] = ()) -> dict[str, Any]:
         """libmodel.so (for `edgecompile run`, bench and tests) and the `runner` executable."""
-        progress(f"compiling with {target.cc}")
         cflags = [*target.cflags, *defines]
         shutil.copyfile(template_dir("host") / "runner.c", build / "runner.c")
-        # each source compiled once (position-independent objects serve the library and the
-        # program): the weights are most of the compile time of a big network
-        objects = []
+        # position-independent objects serve the library and the program; all of them at once and
+        # through the object cache (weights.c as its arrays' bytes: objects.source_units)
         with tempfile.TemporaryDirectory() as tmp:
-            for src in ("model.c", weights_src, "runner.c"):
-                obj = Path(tmp) / (src.replace(".", "_") + ".o")
-                proc.run([target.cc, *cflags, "-fPIC", "-c", "-o", str(obj), src], build,
-                         f"{target.cc}: compiling {src}")
-                objects.append(str(obj))
-            proc.run([target.cc, *cflags, "-shared", "-o", "libmodel.so", *objects[:2], *target.ldflags],
-                     build, f"{target.cc}: linking libmodel.so")
-            proc.run([target.cc, *cflags, "-o", "runner", *objects, *target.ldflags], build,
-                     f"{target.cc}: linking runner")
+            units = source_units(build, Path(tmp), ["model.c", weights_src, "runner.c"])
+            progress(f"compiling {len(units)} translation units with {target.cc}")
+            stats = compile_units(units, target.cc, [*cflags, "-fPIC"], target.name)
+            progress(f"objects: {stats.describe()}")
+            objects = [str(u.obj) for u in units]
+            proc.run_all([([target.cc, *cflags, "-shared", "-o", "libmodel.so", *objects[:-1], *target.ldflags],
+                           build, f"{target.cc}: linking libmodel.so"),
+                          ([target.cc, *cflags, "-o", "runner", *objects, *target.ldflags], build,
+                           f"{target.cc}: linking runner")])
         return {}
 
     def program(self, build: Path, report: dict[str, Any], emulated: bool) -> Path:

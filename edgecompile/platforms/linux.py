@@ -1,7 +1,7 @@
 """Linux boards (Raspberry Pi 4): a static program that opens the serial device it is given.
 
 * build: the generated model + the device loop + `firmware_templates/linux/hal_linux.c` into one
-  static executable `app`.
+  static executable `app` (objects compiled in parallel, through the object cache: objects.py).
 * emulator: `qemu-aarch64 -cpu <cpu>` (user mode) runs `app` on one end of a `socat` pty pair,
   exactly as the program would open /dev/serial0 on a Pi; our QEMU plugin counts the instructions
   between the marker calls around each inference (deterministic emulator counts, not cycles).
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +27,7 @@ from ..targets import Target
 from ..paths import template_dir
 from . import Platform
 from .device_loop import copy_common, plugin_cache, render_info_header
+from .objects import compile_units, source_units
 
 TOOLCHAIN_HINT = "install gcc-aarch64-linux-gnu and libc6-dev-arm64-cross (make setup)"
 
@@ -41,10 +43,14 @@ class Linux(Platform):
         shutil.copy(template_dir("linux") / "hal_linux.c", build / "hal_linux.c")
         (build / "ec_build_info.h").write_text(render_info_header(report, target, "linux"))
         defs = ['-DEC_ARENA_ATTR=__attribute__((section("ec_arena_mem")))', "-DEC_PROFILE", *defines, "-I."]
-        progress(f"compiling and linking app with {cc}")
-        srcs = ["model.c", weights_src, *sources, "hal_linux.c"]
-        proc.run([cc, *target.cflags, *defs, "-o", "app", *srcs, *target.ldflags], build, f"{cc}: building app",
-                 hint=TOOLCHAIN_HINT)
+        # every unit at once and through the object cache (the device loop is compiled once, not per build)
+        with tempfile.TemporaryDirectory() as tmp:
+            units = source_units(build, Path(tmp), ["model.c", weights_src, *sources, "hal_linux.c"])
+            progress(f"compiling {len(units)} translation units with {cc}")
+            stats = compile_units(units, cc, [*target.cflags, *defs], target.name)
+            progress(f"objects: {stats.describe()}; linking app")
+            proc.run([cc, *target.cflags, "-o", "app", *[str(u.obj) for u in units], *target.ldflags], build,
+                     f"{cc}: linking app", hint=TOOLCHAIN_HINT)
         return {"linux": {"elf": "app", "mark_address": elf_symbol(build / "app", "ec_hal_mark"),
                           **footprint(build / "app", target)}}
 
