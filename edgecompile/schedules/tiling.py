@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..ir.operators import Kind
-from .ukernels import dw_intrin, gemm_intrin, types_for
+from .ukernels import SPAN_KW, dw_intrin, gemm_intrin, gemm_window_intrin, types_for
 
 
 def _children(sch: Any) -> list[Any]:
@@ -272,21 +272,25 @@ def conv_groups(sch: Any, info: Any) -> int:
 
 
 def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pixels", pack: bool = True,
-                   order_for: Any = None, groups: int = 1) -> bool:
+                   order_for: Any = None, groups: int = 1, window_for: Any = None) -> bool:
     """Convolution (1x1 or KxK) as GEMM tiles: M output pixels of one row x N output
     channels, the reduction over input channels in the `ec_gemm_<t>_MxN` micro-kernel. A KxK
     convolution's padding is computed per output row (KH padded rows in a small buffer).
     A grouped convolution (`groups` > 1) is one such GEMM per group: the output channels split
     into groups, N dividing a group's channels, so that every tile reads the input channels of
     its own group (K = input channels per group, at the group's offset in the pixel's row).
-    `order_for(types)`: the panel order of the family's integer kernels (see pack_weights)."""
+    `order_for(types)`: the panel order of the family's integer kernels (see pack_weights).
+    `window_for(types)`: True where the family's kernels of `types` take a whole kernel row per
+    call (K = KW x input channels, `ukernels.gemm_window_intrin`) instead of one tap (K = input
+    channels): KxK convolutions of few input channels (a network's first, on 3 colour channels)."""
     found = _anchor_loops(sch, info.anchor, 7)
     if found is None:
         return False
     conv, types, (n, h, w, co, ry, rx, ci) = found
-    k = extent(sch, ci)
+    k, kw = extent(sch, ci), extent(sch, rx)
     if k == 1:      # one input channel: no reduction loop is left for a micro-kernel to take
         return False
+    window = window_for is not None and groups == 1 and kw > 1 and window_for(types)
     group = None
     if groups > 1:
         cout = extent(sch, co)
@@ -294,9 +298,14 @@ def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pix
             return False
         group, co = sch.split(co, [groups, None])
     _pixels_x_channels(sch, info, conv, n, h, w, co, [ry, rx, ci], tile, order, group=group)
-    packed = pack and pack_weights(sch, conv, tile[1], info, _gemm_types(types, True, order_for).b_order)
+    panel = _gemm_types(types, True, order_for).b_order
+    packed = pack and pack_weights(sch, conv, tile[1], info, panel + (SPAN_KW if window and panel else ""))
     sch.decompose_reduction(conv, ry)
-    sch.tensorize(ci, gemm_intrin(tile[0], tile[1], k, info.stride[1], _gemm_types(types, packed, order_for)))
+    gemm_types = _gemm_types(types, packed, order_for)
+    if window:
+        sch.tensorize(rx, gemm_window_intrin(tile[0], tile[1], kw, k, info.stride[1], gemm_types))
+    else:
+        sch.tensorize(ci, gemm_intrin(tile[0], tile[1], k, info.stride[1], gemm_types))
     return True
 
 

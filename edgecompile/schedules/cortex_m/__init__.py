@@ -33,6 +33,13 @@ class CortexMRules(TiledRules):
             return ""
         return "k4x" if types.a == "int16" else "k4"
 
+    def window_gemm(self, types: Any) -> bool:
+        """The SMLAD kernels take a KxK convolution's whole kernel row per call (K = KW x input
+        channels, in K quads): the first convolution of the wake-word network (3 input channels)
+        otherwise makes 9 calls of K = 3 per tile, all in the scalar K % 4 tail. Only for the
+        quad panel orders (a family deriving from this one with other panels keeps one tap)."""
+        return types is not None and self.panel_order(types) in ("k4", "k4x")
+
 
 LANES = 1
 RULES = CortexMRules(lanes=LANES, conv_acc=16, dw_acc=8, fc_acc=8, wide_rows=True)
