@@ -181,6 +181,24 @@ def test_kernel_row_gemm_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, mo
         assert calls and all((int(k), int(lda)) == (kw * c, s * c) for _, k, lda in calls), (board, calls)
 
 
+# Rows of odd width on Cortex-M4/M7: integer GEMM tiles of 3 pixels x 2 channels (6 accumulators)
+# over int16 depthwise rows (a 3x3 map, as at the end of the wake-word network), and 1 x 6 over int8
+# activations (a width of 5: no 2 or 3 pixel tile divides it).
+ODD_ROW_CASES = [
+    Case("dwpw_3x3_map", (1, 16, 3, 3),
+         "[nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU6(), nn.Conv2d(16, 8, 1), nn.ReLU6()]", ("dwpw",)),
+    Case("pw_width_5", (1, 12, 4, 5), "[nn.Conv2d(12, 6, 1), nn.ReLU()]", ("conv_pw",)),
+]
+
+
+@pytest.mark.parametrize("case", ODD_ROW_CASES, ids=[c.name for c in ODD_ROW_CASES])
+def test_odd_row_gemm_tiles_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+    sources = _check_kernel_case(tmp_path, monkeypatch, case, 70 + ODD_ROW_CASES.index(case),
+                                 ["mps2-an386", "stm32f746g-disco"])
+    tile = "ec_gemm_s16k4x_3x2(" if case.kinds == ("dwpw",) else "ec_gemm_s8k4_1x6("
+    assert all(tile in model_c for model_c in sources.values())
+
+
 def _check_kernel_case(tmp_path, monkeypatch, case: Case, seed: int, boards: list[str]) -> dict[str, str]:
     """Build `case` for each board, run it on the emulated board and the board's model.c on this
     machine: both must give the VM reference's bytes. Returns each board's model.c."""
