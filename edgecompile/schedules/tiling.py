@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..ir.operators import Kind
-from .ukernels import SPAN_KW, dw_intrin, gemm_intrin, gemm_window_intrin, types_for
+from .ukernels import SPAN_KW, SPAN_WINDOW, dw_intrin, gemm_full_window_intrin, gemm_intrin, gemm_window_intrin, types_for
 
 
 def _children(sch: Any) -> list[Any]:
@@ -215,7 +215,9 @@ def pack_weights(sch: Any, block: Any, nn: int, info: Any, order: str = "") -> b
     shape = [int(d) for d in buf.shape]
     if pos is None or len(shape) not in (2, 4) or shape[-1] < nn or shape[-1] % nn or (shape[-1] == nn and not order):
         return False
-    if len(shape) == 4:
+    if len(shape) == 4 and order.endswith(SPAN_WINDOW):      # [O/nn][W][H][I][nn]: see ukernels.SPAN_WINDOW
+        sch.transform_layout(block, ("read", ri), lambda a, c, d, e: (e // nn, c, a, d, e % nn))
+    elif len(shape) == 4:
         sch.transform_layout(block, ("read", ri), lambda a, c, d, e: (e // nn, a, c, d, e % nn))
     else:
         sch.transform_layout(block, ("read", ri), lambda k, n: (n // nn, k, n % nn))
@@ -280,8 +282,10 @@ def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pix
     into groups, N dividing a group's channels, so that every tile reads the input channels of
     its own group (K = input channels per group, at the group's offset in the pixel's row).
     `order_for(types)`: the panel order of the family's integer kernels (see pack_weights).
-    `window_for(types)`: True where the family's kernels of `types` take a whole kernel row per
-    call (K = KW x input channels, `ukernels.gemm_window_intrin`) instead of one tap (K = input
+    `window_for(types)`: True where the family's kernels of `types` take the whole window per call
+    (K = KW x KH x input channels over pixel-major padded rows and [W][H][I] weight panels,
+    `ukernels.gemm_full_window_intrin`; unpacked weights or a 1xK kernel: one kernel row,
+    K = KW x input channels, `ukernels.gemm_window_intrin`) instead of one tap (K = input
     channels): KxK convolutions of few input channels (a network's first, on 3 colour channels)."""
     found = _anchor_loops(sch, info.anchor, 7)
     if found is None:
@@ -297,12 +301,20 @@ def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pix
         if cout % groups or (cout // groups) % tile[1]:
             return False
         group, co = sch.split(co, [groups, None])
-    _pixels_x_channels(sch, info, conv, n, h, w, co, [ry, rx, ci], tile, order, group=group)
     panel = _gemm_types(types, True, order_for).b_order
-    packed = pack and pack_weights(sch, conv, tile[1], info, panel + (SPAN_KW if window and panel else ""))
-    sch.decompose_reduction(conv, ry)
+    kh = extent(sch, ry)
+    full = window and pack and bool(panel) and kh > 1
+    _pixels_x_channels(sch, info, conv, n, h, w, co, [rx, ry, ci] if full else [ry, rx, ci], tile, order, group=group)
+    if full:        # the padded rows pixel-major, [pixel][KH][C]: one pixel's whole window is contiguous
+        for p in sch.get_producers(conv):
+            sch.transform_layout(p, ("write", 0), lambda a, b, c, d: (a, c, b, d))
+    span = (SPAN_WINDOW if full else SPAN_KW) if window and panel else ""
+    packed = pack and pack_weights(sch, conv, tile[1], info, panel + span)
+    sch.decompose_reduction(conv, rx if full else ry)
     gemm_types = _gemm_types(types, packed, order_for)
-    if window:
+    if full:
+        sch.tensorize(rx, gemm_full_window_intrin(tile[0], tile[1], kh, kw, k, info.stride[1], gemm_types))
+    elif window:
         sch.tensorize(rx, gemm_window_intrin(tile[0], tile[1], kw, k, info.stride[1], gemm_types))
     else:
         sch.tensorize(ci, gemm_intrin(tile[0], tile[1], k, info.stride[1], gemm_types))
