@@ -155,6 +155,54 @@ def test_neon_kernel_bytes_equal_the_integer_reference_on_rpi4(tmp_path, monkeyp
         assert "vmlal_high_n_s16" in model_c                                 # the NEON int16 x int8 GEMM ran
 
 
+# KxK convolutions whose GEMM takes the whole window per call on Cortex-M4/M7 (K = KW x KH x input
+# channels, contiguous in the pixel-major padded rows; weight panels in K quads across the taps), or
+# a whole kernel row for a 1xK kernel: 2, 3, 4, 5, 17 input channels (K = 50, 27, 36, 45, 153, 9:
+# K quads and a K % 4 tail of 0 to 3), 3x3, 5x5 and 1x3, strides 1 and 2, with and without
+# padding (int16 or int8 activations), 1 to 8 output channels.
+WINDOW_CASES = [
+    Case("window_4in_s1", (1, 4, 7, 6), "[nn.Conv2d(4, 7, 3, padding=1), nn.ReLU()]", ("conv",)),
+    Case("window_3in_s2", (1, 3, 11, 9), "[nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU6()]", ("conv",)),
+    Case("window_5in_nopad", (1, 5, 8, 7), "[nn.Conv2d(5, 4, 3, stride=2), nn.ReLU()]", ("conv",)),
+    Case("window_2in_5x5", (1, 2, 7, 7), "[nn.Conv2d(2, 6, 5, padding=2), nn.ReLU6()]", ("conv",)),
+    Case("window_17in_1out", (1, 17, 5, 6), "[nn.Conv2d(17, 1, 3, padding=1)]", ("conv",)),
+    Case("window_1x3_row_only", (1, 3, 5, 8), "[nn.Conv2d(3, 4, (1, 3), padding=(0, 1)), nn.ReLU()]", ("conv",)),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c.name in ("window_4in_s1", "window_17in_1out")
+                                                else ()) for c in WINDOW_CASES],
+                         ids=[c.name for c in WINDOW_CASES])      # two of them slow (CI budget)
+def test_kernel_window_gemm_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+    import re
+
+    sources = _check_kernel_case(tmp_path, monkeypatch, case, 50 + WINDOW_CASES.index(case),
+                                 ["mps2-an386", "stm32f746g-disco"])
+    conv = eval(case.layers, NAMES)[0]
+    c, (kh, kw), s = conv.in_channels, conv.kernel_size, conv.stride[1]
+    for board, model_c in sources.items():      # one call per window: K = KW * KH * C, pixels s * KH * C apart
+        calls = re.findall(r"ec_gemm_(s8k4|s16k4x)_\d+x\d+\([^;]*\), (\d+), \(int64_t\)(\d+),", model_c)
+        assert calls and all((int(k), int(lda)) == (kw * kh * c, s * kh * c) for _, k, lda in calls), (board, calls)
+
+
+# Rows of odd width on Cortex-M4/M7: integer GEMM tiles of 3 pixels x 2 channels (6 accumulators)
+# over int16 depthwise rows (a 3x3 map, as at the end of the wake-word network), and 1 x 6 over int8
+# activations (a width of 5: no 2 or 3 pixel tile divides it).
+ODD_ROW_CASES = [
+    Case("dwpw_3x3_map", (1, 16, 3, 3),
+         "[nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU6(), nn.Conv2d(16, 8, 1), nn.ReLU6()]", ("dwpw",)),
+    Case("pw_width_5", (1, 12, 4, 5), "[nn.Conv2d(12, 6, 1), nn.ReLU()]", ("conv_pw",)),
+]
+
+
+@pytest.mark.parametrize("case", ODD_ROW_CASES, ids=[c.name for c in ODD_ROW_CASES])
+def test_odd_row_gemm_tiles_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+    sources = _check_kernel_case(tmp_path, monkeypatch, case, 70 + ODD_ROW_CASES.index(case),
+                                 ["mps2-an386", "stm32f746g-disco"])
+    tile = "ec_gemm_s16k4x_3x2(" if case.kinds == ("dwpw",) else "ec_gemm_s8k4_1x6("
+    assert all(tile in model_c for model_c in sources.values())
+
+
 def _check_kernel_case(tmp_path, monkeypatch, case: Case, seed: int, boards: list[str]) -> dict[str, str]:
     """Build `case` for each board, run it on the emulated board and the board's model.c on this
     machine: both must give the VM reference's bytes. Returns each board's model.c."""

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import EdgeCompileError
 from ..ir.program import C_TYPES, DTYPE_BYTES, Program
-from ..schedules.ukernels import order_panel
+from ..schedules.ukernels import SPAN_KW, SPAN_WINDOW, order_panel, split_order
 
 WEIGHTS_C_LIMIT = 16 << 20   # above this, weights go to weights.bin included by weights.S
 
@@ -167,25 +167,32 @@ def pack_weight(prog: Program, name: str, nn: int, order: str = "") -> None:
     """Store a weight as panels of `nn` output channels, the layout the scheduled kernel reads
     (schedules.tiling.pack_weights): HWIO -> [O/nn][H][W][I][nn], [K, N] -> [N/nn][K][nn]; with
     `order`, each [I][nn] / [K][nn] panel's values in that order (ukernels.order_panel: what a
-    family's micro-kernel reads), the shape unchanged."""
+    family's micro-kernel reads), the shape unchanged; an order with ukernels.SPAN_KW orders each
+    [W][I][nn] block as one [W*I][nn] panel (kernels that reduce over a whole kernel row), with
+    ukernels.SPAN_WINDOW the weights are stored [O/nn][W][H][I][nn], each [W][H][I][nn] block one
+    panel (kernels that reduce over the whole window)."""
     t = prog.tensors[name]
     arr = prog.weights[name]
     if t.packed is not None:
         if (t.packed, t.panel_order) != (nn, order):
             raise EdgeCompileError(f"weight {name} is read by kernels with different panel layouts")
         return
+    base, span = split_order(order)
     if arr.ndim == 4:
         kh, kw, ci, co = arr.shape
-        new = arr.reshape(kh, kw, ci, co // nn, nn).transpose(3, 0, 1, 2, 4)
+        new = arr.reshape(kh, kw, ci, co // nn, nn).transpose(3, 1, 0, 2, 4) if span == SPAN_WINDOW \
+            else arr.reshape(kh, kw, ci, co // nn, nn).transpose(3, 0, 1, 2, 4)
     else:
         k, n = arr.shape
         new = arr.reshape(k, n // nn, nn).transpose(1, 0, 2)
     new = np.ascontiguousarray(new)
-    if order == "k16" and arr.dtype == np.int8 and (arr == -128).any():
+    if base == "k16" and arr.dtype == np.int8 and (arr == -128).any():
         raise EdgeCompileError(f"weight {name} holds -128: int8 weights of 'k16' panels must be in [-127, 127] "
                                "(the NEON kernels add int8 products in pairs in 16 bits)")
-    if order:
-        panels = new.reshape(-1, *new.shape[-2:])
-        new = np.stack([order_panel(p, order) for p in panels]).reshape(new.shape)
+    if base:
+        rows = {SPAN_KW: new.shape[-3] * new.shape[-2], SPAN_WINDOW: new.shape[-4] * new.shape[-3] * new.shape[-2]}.get(
+            span, new.shape[-2]) if new.ndim == 5 else new.shape[-2]
+        panels = new.reshape(-1, rows, new.shape[-1])
+        new = np.stack([order_panel(p, base) for p in panels]).reshape(new.shape)
     prog.weights[name] = np.ascontiguousarray(new)
     prog.tensors[name] = replace(t, shape=tuple(new.shape), packed=nn, panel_order=order)

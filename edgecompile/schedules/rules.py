@@ -91,6 +91,11 @@ class TiledRules:
         (ukernels.PANEL_ORDERS; "" row by row)."""
         return ""
 
+    def window_gemm(self, types: Any) -> bool:
+        """Whether this family's GEMM kernels of `types` take a KxK convolution's whole kernel row
+        per call (tiling.tile_conv_gemm's `window_for`); by default one tap per call."""
+        return False
+
     def rule_for(self, kind: Kind) -> Any:
         """The rule that schedules kernels of `kind` (every kind has one; most decline some shapes)."""
         return {
@@ -116,7 +121,8 @@ class TiledRules:
         groups = tiling.conv_groups(sch, info) if info.kind == Kind.CONV_GROUP else 1
         tile = self._row_tile(sch, info, cfg, "conv", groups)
         return tile is not None and tiling.tile_conv_gemm(sch, info, tile, _pick(cfg, "order", "pixels"),
-                                                          _pick(cfg, "pack", True), self.panel_order, groups)
+                                                          _pick(cfg, "pack", True), self.panel_order, groups,
+                                                          self.window_gemm)
 
     def schedule_depthwise(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
         tile = self._row_tile(sch, info, cfg, "dw")

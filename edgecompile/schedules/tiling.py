@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..ir.operators import Kind
-from .ukernels import dw_intrin, gemm_intrin, types_for
+from .ukernels import SPAN_KW, SPAN_WINDOW, dw_intrin, gemm_full_window_intrin, gemm_intrin, gemm_window_intrin, types_for
 
 
 def _children(sch: Any) -> list[Any]:
@@ -215,7 +215,9 @@ def pack_weights(sch: Any, block: Any, nn: int, info: Any, order: str = "") -> b
     shape = [int(d) for d in buf.shape]
     if pos is None or len(shape) not in (2, 4) or shape[-1] < nn or shape[-1] % nn or (shape[-1] == nn and not order):
         return False
-    if len(shape) == 4:
+    if len(shape) == 4 and order.endswith(SPAN_WINDOW):      # [O/nn][W][H][I][nn]: see ukernels.SPAN_WINDOW
+        sch.transform_layout(block, ("read", ri), lambda a, c, d, e: (e // nn, c, a, d, e % nn))
+    elif len(shape) == 4:
         sch.transform_layout(block, ("read", ri), lambda a, c, d, e: (e // nn, a, c, d, e % nn))
     else:
         sch.transform_layout(block, ("read", ri), lambda k, n: (n // nn, k, n % nn))
@@ -272,31 +274,50 @@ def conv_groups(sch: Any, info: Any) -> int:
 
 
 def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pixels", pack: bool = True,
-                   order_for: Any = None, groups: int = 1) -> bool:
+                   order_for: Any = None, groups: int = 1, window_for: Any = None) -> bool:
     """Convolution (1x1 or KxK) as GEMM tiles: M output pixels of one row x N output
     channels, the reduction over input channels in the `ec_gemm_<t>_MxN` micro-kernel. A KxK
     convolution's padding is computed per output row (KH padded rows in a small buffer).
     A grouped convolution (`groups` > 1) is one such GEMM per group: the output channels split
     into groups, N dividing a group's channels, so that every tile reads the input channels of
     its own group (K = input channels per group, at the group's offset in the pixel's row).
-    `order_for(types)`: the panel order of the family's integer kernels (see pack_weights)."""
+    `order_for(types)`: the panel order of the family's integer kernels (see pack_weights).
+    `window_for(types)`: True where the family's kernels of `types` take the whole window per call
+    (K = KW x KH x input channels over pixel-major padded rows and [W][H][I] weight panels,
+    `ukernels.gemm_full_window_intrin`; unpacked weights or a 1xK kernel: one kernel row,
+    K = KW x input channels, `ukernels.gemm_window_intrin`) instead of one tap (K = input
+    channels): KxK convolutions of few input channels (a network's first, on 3 colour channels)."""
     found = _anchor_loops(sch, info.anchor, 7)
     if found is None:
         return False
     conv, types, (n, h, w, co, ry, rx, ci) = found
-    k = extent(sch, ci)
+    k, kw = extent(sch, ci), extent(sch, rx)
     if k == 1:      # one input channel: no reduction loop is left for a micro-kernel to take
         return False
+    window = window_for is not None and groups == 1 and kw > 1 and window_for(types)
     group = None
     if groups > 1:
         cout = extent(sch, co)
         if cout % groups or (cout // groups) % tile[1]:
             return False
         group, co = sch.split(co, [groups, None])
-    _pixels_x_channels(sch, info, conv, n, h, w, co, [ry, rx, ci], tile, order, group=group)
-    packed = pack and pack_weights(sch, conv, tile[1], info, _gemm_types(types, True, order_for).b_order)
-    sch.decompose_reduction(conv, ry)
-    sch.tensorize(ci, gemm_intrin(tile[0], tile[1], k, info.stride[1], _gemm_types(types, packed, order_for)))
+    panel = _gemm_types(types, True, order_for).b_order
+    kh = extent(sch, ry)
+    full = window and pack and bool(panel) and kh > 1
+    _pixels_x_channels(sch, info, conv, n, h, w, co, [rx, ry, ci] if full else [ry, rx, ci], tile, order, group=group)
+    if full:        # the padded rows pixel-major, [pixel][KH][C]: one pixel's whole window is contiguous
+        for p in sch.get_producers(conv):
+            sch.transform_layout(p, ("write", 0), lambda a, b, c, d: (a, c, b, d))
+    span = (SPAN_WINDOW if full else SPAN_KW) if window and panel else ""
+    packed = pack and pack_weights(sch, conv, tile[1], info, panel + span)
+    sch.decompose_reduction(conv, rx if full else ry)
+    gemm_types = _gemm_types(types, packed, order_for)
+    if full:
+        sch.tensorize(rx, gemm_full_window_intrin(tile[0], tile[1], kh, kw, k, info.stride[1], gemm_types))
+    elif window:
+        sch.tensorize(rx, gemm_window_intrin(tile[0], tile[1], kw, k, info.stride[1], gemm_types))
+    else:
+        sch.tensorize(ci, gemm_intrin(tile[0], tile[1], k, info.stride[1], gemm_types))
     return True
 
 

@@ -88,6 +88,23 @@ def parse_shallow(parse: Any) -> Any:
         return pool.submit(parse).result()
 
 
+# A panel order may carry SPAN_KW: the weights of a KxK convolution whose kernels reduce over a
+# whole kernel row at once (`gemm_window_intrin`: the kernel width and the input channels, KW x C
+# steps contiguous in the padded NHWC row), so that each [KW][C][nn] block is one [KW*C][nn] panel
+# in that order rather than KW panels of C rows.
+# SPAN_WINDOW: the panel is a whole [KW][KH][C] window (`gemm_full_window_intrin`), weights stored
+# [O/nn][KW][KH][I][nn].
+SPAN_KW, SPAN_WINDOW = "+kw", "+win"
+
+
+def split_order(order: str) -> tuple[str, str]:
+    """(the panel order proper, its span: "" (one tap), SPAN_KW or SPAN_WINDOW)."""
+    for span in (SPAN_KW, SPAN_WINDOW):
+        if order.endswith(span):
+            return order[: -len(span)], span
+    return order, ""
+
+
 def order_panel(panel: "np.ndarray", order: str) -> "np.ndarray":
     """A [K][N] weight panel's values in `order` (PANEL_ORDERS), as an array of the same shape: the
     bytes the kernel reads, in its order."""
@@ -170,6 +187,120 @@ def gemm_intrin(m: int, n: int, k: int, stride: int = 1, types: Types = F32, a_n
                         with T.sblock("update"):
                             vk = T.axis.reduce(K, kk)
                             C[zero, zero] = C[zero, zero] + mac(A[zero, vk], B[vk, zero])
+
+        return f
+
+    TensorIntrin.register(name, *parse_shallow(lambda: (make(False), make(True))), override=True)
+    _REGISTERED.add(name)
+    return name
+
+
+def gemm_window_intrin(m: int, n: int, kw: int, c: int, stride: int = 1, types: Types = F32) -> str:
+    """Register (once) and return the name of the TensorIntrin for an M x N tile of a KxK
+    convolution that reduces over one whole kernel row: the KW taps x C input channels of a
+    padded NHWC row are KW * C contiguous values per output pixel (pixel m's at m * stride * C),
+    and an HWIO (or packed [..][KW][C][nn]) weight row is KW * C contiguous rows of N. The call
+    is the plain GEMM micro-kernel `ec_gemm_<t>_MxN` with K = KW * C: fewer calls, and K quads
+    where C alone has none (3 input channels). A's rows must be exactly C values apart (the
+    padded row buffer of the convolution's own input channels: no grouped convolution)."""
+    name = f"ec_gemmw_{types.tag}_{m}x{n}_w{kw}c{c}_s{stride}"
+    if name in _REGISTERED:
+        return name
+    M, N, KW, CI, S = T.int64(m), T.int64(n), T.int64(kw), T.int64(c), T.int64(stride)
+    AM = T.int64((m - 1) * stride + kw)
+    symbol = f"ec_gemm_{types.tag}_{m}x{n}"
+    ta, tb, tc = types.a, types.b, types.c
+    mac = _mac(types)
+    zero, one = T.int64(0), T.int64(1)
+
+    def make(call: bool) -> Any:
+        @T.prim_func(s_tir=True)
+        def f(a: T.handle, b: T.handle, cc: T.handle) -> None:
+            A = T.match_buffer(a, (AM, CI), ta, offset_factor=1, strides=[CI, one])
+            B = T.match_buffer(b, (KW, CI, N), tb, offset_factor=1, strides=[T.int64(), T.int64(), one])
+            C = T.match_buffer(cc, (M, N), tc, offset_factor=1, strides=[T.int64(), one])
+            with T.sblock("root"):
+                T.reads(C[0:M, 0:N], A[0:AM, 0:CI], B[0:KW, 0:CI, 0:N])
+                T.writes(C[0:M, 0:N])
+                if call:
+                    T.evaluate(T.call_extern("int32", symbol, C.access_ptr("rw"), A.access_ptr("r"),
+                                             B.access_ptr("r"), kw * c, CI * S, B.strides[1], C.strides[0]))
+                elif m > 1 and n > 1:
+                    for rx, kk, mm, nn in T.grid(KW, CI, M, N):
+                        with T.sblock("update"):
+                            vm, vn, vrx, vk = T.axis.remap("SSRR", [mm, nn, rx, kk])
+                            C[vm, vn] = C[vm, vn] + mac(A[vm * S + vrx, vk], B[vrx, vk, vn])
+                elif n > 1:
+                    for rx, kk, nn in T.grid(KW, CI, N):
+                        with T.sblock("update"):
+                            vn, vrx, vk = T.axis.remap("SRR", [nn, rx, kk])
+                            C[zero, vn] = C[zero, vn] + mac(A[vrx, vk], B[vrx, vk, vn])
+                elif m > 1:
+                    for rx, kk, mm, nn in T.grid(KW, CI, M, N):
+                        with T.sblock("update"):
+                            vm, vrx, vk = T.axis.remap("SRR", [mm, rx, kk])
+                            C[vm, zero] = C[vm, zero] + mac(A[vm * S + vrx, vk], B[vrx, vk, zero])
+                else:
+                    for rx, kk, nn in T.grid(KW, CI, N):
+                        with T.sblock("update"):
+                            vrx, vk = T.axis.remap("RR", [rx, kk])
+                            C[zero, zero] = C[zero, zero] + mac(A[vrx, vk], B[vrx, vk, zero])
+
+        return f
+
+    TensorIntrin.register(name, *parse_shallow(lambda: (make(False), make(True))), override=True)
+    _REGISTERED.add(name)
+    return name
+
+
+def gemm_full_window_intrin(m: int, n: int, kh: int, kw: int, c: int, stride: int = 1, types: Types = F32) -> str:
+    """As `gemm_window_intrin`, over the whole KH x KW window: the padded rows stored pixel-major
+    ([pixel][KH][C], so that one output pixel's KW x KH x C values are contiguous, pixel m's at
+    m * stride * KH * C) and the weights as [..][KW][KH][C][nn] (panel order + SPAN_WINDOW): one
+    call of K = KW * KH * C per tile."""
+    name = f"ec_gemmw_{types.tag}_{m}x{n}_h{kh}w{kw}c{c}_s{stride}"
+    if name in _REGISTERED:
+        return name
+    M, N, KH, KW, CI, S = (T.int64(v) for v in (m, n, kh, kw, c, stride))
+    AM = T.int64((m - 1) * stride + kw)
+    symbol = f"ec_gemm_{types.tag}_{m}x{n}"
+    ta, tb, tc = types.a, types.b, types.c
+    mac = _mac(types)
+    zero, one = T.int64(0), T.int64(1)
+
+    def make(call: bool) -> Any:
+        @T.prim_func(s_tir=True)
+        def f(a: T.handle, b: T.handle, cc: T.handle) -> None:
+            A = T.match_buffer(a, (AM, KH, CI), ta, offset_factor=1, strides=[KH * CI, CI, one])
+            B = T.match_buffer(b, (KW, KH, CI, N), tb, offset_factor=1,
+                               strides=[T.int64(), T.int64(), T.int64(), one])
+            C = T.match_buffer(cc, (M, N), tc, offset_factor=1, strides=[T.int64(), one])
+            with T.sblock("root"):
+                T.reads(C[0:M, 0:N], A[0:AM, 0:KH, 0:CI], B[0:KW, 0:KH, 0:CI, 0:N])
+                T.writes(C[0:M, 0:N])
+                if call:
+                    T.evaluate(T.call_extern("int32", symbol, C.access_ptr("rw"), A.access_ptr("r"),
+                                             B.access_ptr("r"), kw * kh * c, KH * CI * S, B.strides[2], C.strides[0]))
+                elif m > 1 and n > 1:
+                    for rx, ry, kk, mm, nn in T.grid(KW, KH, CI, M, N):
+                        with T.sblock("update"):
+                            vm, vn, vry, vrx, vk = T.axis.remap("SSRRR", [mm, nn, ry, rx, kk])
+                            C[vm, vn] = C[vm, vn] + mac(A[vm * S + vrx, vry, vk], B[vrx, vry, vk, vn])
+                elif n > 1:
+                    for rx, ry, kk, nn in T.grid(KW, KH, CI, N):
+                        with T.sblock("update"):
+                            vn, vry, vrx, vk = T.axis.remap("SRRR", [nn, ry, rx, kk])
+                            C[zero, vn] = C[zero, vn] + mac(A[vrx, vry, vk], B[vrx, vry, vk, vn])
+                elif m > 1:
+                    for rx, ry, kk, mm, nn in T.grid(KW, KH, CI, M, N):
+                        with T.sblock("update"):
+                            vm, vry, vrx, vk = T.axis.remap("SRRR", [mm, ry, rx, kk])
+                            C[vm, zero] = C[vm, zero] + mac(A[vm * S + vrx, vry, vk], B[vrx, vry, vk, zero])
+                else:
+                    for rx, ry, kk, nn in T.grid(KW, KH, CI, N):
+                        with T.sblock("update"):
+                            vry, vrx, vk = T.axis.remap("RRR", [ry, rx, kk])
+                            C[zero, zero] = C[zero, zero] + mac(A[vrx, vry, vk], B[vrx, vry, vk, zero])
 
         return f
 

@@ -6,6 +6,7 @@ depthwise rows as int16, which those kernels read two values per word without ex
 
 from typing import Any
 
+from .. import tiling
 from ..rules import TiledRules
 
 
@@ -21,6 +22,22 @@ class CortexMRules(TiledRules):
             return self.INT_ACC[which]
         return super().accumulators(which, types)
 
+    ODD_ROW_ACC = 6
+
+    def _lanes_budget(self, sch: Any, block_name: str | None, which: str) -> tuple[int, int]:
+        """An integer GEMM tile over a row of odd width (the 3 x 3 maps at the end of the wake-word
+        network) cannot take 2 pixels: rather than 1 x 4 (19 instructions per 16 MACs in the quad
+        loop), 6 accumulators let it take 3 x 2. Even widths keep 2 x 2: 3 x 2 spills registers
+        there (wake-word network on stm32f746g-disco: 3x3x256 layers 1,794,547 -> 1,516,173
+        instructions, 6x6x128 layers 895,907 -> 1,147,840 each with 6 everywhere)."""
+        lanes, acc = super()._lanes_budget(sch, block_name, which)
+        if which == "conv" and block_name and acc == self.INT_ACC["conv"]:
+            types = tiling.operand_types(sch, sch.get_sblock(block_name))
+            ext = tiling.anchor_extents(sch, block_name)
+            if types is not None and self.panel_order(types) in ("k4", "k4x") and len(ext) == 7 and ext[2] % 2:
+                return lanes, self.ODD_ROW_ACC
+        return lanes, acc
+
     def lanes_for(self, types: Any) -> int:
         """Integer kernels are the DSP extension's, in core registers: one lane (the family's
         lanes, e.g. Helium's 4, apply to its float kernels)."""
@@ -32,6 +49,15 @@ class CortexMRules(TiledRules):
         if types.c != "int32":
             return ""
         return "k4x" if types.a == "int16" else "k4"
+
+    def window_gemm(self, types: Any) -> bool:
+        """The SMLAD kernels take a KxK convolution's whole window per call (K = KW x KH x input
+        channels, in K quads): the first convolution of the wake-word network (3 input channels)
+        otherwise makes 9 calls of K = 3 per tile, all in the scalar K % 4 tail (stm32f746g-disco:
+        1,574,080 instructions with one tap per call, 1,384,800 with a kernel row, 1,162,280 with
+        the window). Only for the quad panel orders (a family deriving from this one with other
+        panels keeps one tap)."""
+        return types is not None and self.panel_order(types) in ("k4", "k4x")
 
 
 LANES = 1
