@@ -55,7 +55,9 @@ class BuildOptions:
     calibration_method: str = "minmax"   # or "percentile"
     compare_unfused: bool = True    # also plan the unfused program, for the report (costs a 2nd lowering)
     tuning: TuningRecords | None = None   # tuned configurations to use (None: the rules')
-    patch: tuple[int, int] | None = None  # (layers, rows): run the first layers in row bands (ir/patches.py)
+    # (layers, rows[, halo]): run the first layers in row bands (ir/patches.py), halo "recomputed"
+    # (the default) or "cached"
+    patch: tuple[int, int] | tuple[int, int, str] | None = None
     lean_windows: bool = False      # depthwise windows per channel tile (channel tiles outer): less RAM
     lean_kernels: frozenset[str] | None = None   # with lean_windows: only these kernels (None: all)
     perturb_first_conv: bool = False      # test-only: a wrong weight in the first convolution (see _perturb)
@@ -162,14 +164,20 @@ def _perturb(mod: Any, prog: Program) -> None:
     raise EdgeCompileError("no convolution to perturb")
 
 
+def _halo(patch: tuple) -> str:
+    return patch[2] if len(patch) > 2 else "recomputed"
+
+
 def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable[[str], None]) -> _Lowered:
     """High-level graph -> (patch stage) -> fused kernels -> scheduled kernels -> C functions ->
     memory plan."""
     patch_plan = None
     if options.patch is not None:
-        graph, patch_plan = patches.patch_graph(graph, *options.patch, in_place_input=not options.external_io)
+        graph, patch_plan = patches.patch_graph(graph, options.patch[0], options.patch[1],
+                                                in_place_input=not options.external_io, halo=_halo(options.patch))
         progress(f"patches: the first {patch_plan.layers} layers in {patch_plan.bands} bands of {patch_plan.rows} "
-                 f"rows of {patch_plan.stage_output} ({patch_plan.extra_macs:+,} MACs recomputed)")
+                 f"rows of {patch_plan.stage_output} ({patch_plan.extra_macs:+,} MACs recomputed"
+                 + (f", {patch_plan.bytes_copied:,} B of halo rows copied)" if patch_plan.halo == "cached" else ")"))
     mod = passes.lower_graph(graph, fuse_dwpw=options.fuse)
     prog = extract_program(mod)
     progress(f"scheduling {len(set(c.kernel for c in prog.calls))} kernels for family '{target.family}' "
@@ -276,7 +284,8 @@ class _Plan:
     lean_kernels: int | None = None   # lean windows in this many kernels only (None: all, when lean)
 
     def describe(self) -> str:
-        what = f"patches of {self.patch[0]} layers x {self.patch[1]} rows" if self.patch else "no patches"
+        what = (f"patches of {self.patch[0]} layers x {self.patch[1]} rows, halo {_halo(self.patch)}"
+                if self.patch else "no patches")
         if self.lean and self.lean_kernels is not None:
             return what + f", lean windows in {self.lean_kernels} kernels"
         return what + (", lean windows" if self.lean else "")
