@@ -73,8 +73,8 @@ class PatchPlan:
     shape: str = "full-width row bands (n x W); n x n tiles are not implemented"
     band_rows: list[list[int]] = field(default_factory=list)   # [first, end) stage-output rows of each band
     halo: str = "recomputed"     # or "cached": halo rows kept from the previous band (line buffers)
-    rows_copied: int = 0         # cached: halo rows copied from one band's buffer to the next's, all layers
-    bytes_copied: int = 0
+    rows_copied: int = 0         # cached: halo rows kept from one band to the next, all layers
+    bytes_copied: int = 0        # bytes the copies move (each halo row twice: out, then in)
 
     @property
     def extra_macs(self) -> int:
@@ -505,10 +505,11 @@ def _row_bytes(var: Any) -> int:
 
 
 def cached_copies(stage: Stage, cut: Cut, rows: int) -> tuple[int, int]:
-    """(rows, bytes) a cached-halo stage copies from band to band, over all its tensors."""
+    """(rows, bytes) of halo a cached-halo stage keeps from band to band, over all its tensors
+    (each row is copied twice: out of a band's buffer, into the next one's)."""
     copied = [(b.cached[v][1] - b.cached[v][0], _row_bytes(v)) for b in cached_bands(stage, cut, rows)
               for v in b.cached]
-    return sum(r for r, _ in copied), sum(r * n for r, n in copied)
+    return sum(r for r, _ in copied), 2 * sum(r * n for r, n in copied)
 
 
 # ----------------------------------------------------------------------------- rewrite
@@ -644,44 +645,55 @@ def _copy(t: Any) -> Any:
 
 def _emit_cached(bb: Any, emitter: _BandEmitter, stage: Stage, cut: Cut, rows: int, x: Any) -> list[Any]:
     """The bands of a cached-halo stage (`cached_bands`); returns the band outputs. A tensor with
-    cached rows is one buffer per band, [cached rows | new rows]: the rows copied from the end of
-    the previous band's buffer (`ec_copy_rows`, a builtin) and the node's new rows, both placed as views of the buffer (`ec_assemble_rows`)."""
+    cached rows is one buffer per band, [halo rows | new rows], both parts placed as views of it
+    (`ec_assemble_rows`). The halo rows travel in two copies (`ec_copy_rows`, a builtin): as soon
+    as a band's buffer is made, its tail rows that the next band keeps go to a halo buffer of just
+    those rows; in the next band, right before the new rows are computed, they go from the halo
+    buffer to the start of the new buffer. Only the halo rows of each layer stay live from band
+    to band, and each copy's destination may lie over its source (`memory.copy_overlaps`)."""
     from tvm import topi
 
+    nodes = stage.nodes[:cut.index + 1]
+    plan = cached_bands(stage, cut, rows)
+
+    def copy(src: Any) -> Any:
+        out = bb.emit_te(_copy, src, primfunc_name_hint="ec_copy_rows")
+        _marked(bb, out, {COPY_ROWS_ATTR: True, KEEP_CALL_ATTR: True})
+        return out
+
     prev: dict[Any, tuple[Any, int, int]] = {}
+    halo: dict[Any, Any] = {}           # the previous band's halo buffers
     outs = []
-    for b in cached_bands(stage, cut, rows):
+    for k, b in enumerate(plan):
+        nxt = plan[k + 1] if k + 1 < len(plan) else None
         band: dict[Any, tuple[Any, int, int]] = {stage.entry: (x, 0, _height(stage.entry))}
-        # every copy first: a previous buffer dies at its copy, before the band writes anything,
-        # so the band's buffer may lie over it (a ring; `memory.copy_overlaps`)
-        kept = {}
-        for node in stage.nodes[:cut.index + 1]:
-            if node.var in b.cached:
-                a, p = b.cached[node.var]
-                kept[node.var] = bb.emit_te(_copy, emitter.rows_of(prev, node.var, a, p),
-                                            primfunc_name_hint="ec_copy_rows")
-                _marked(bb, kept[node.var], {COPY_ROWS_ATTR: True, KEEP_CALL_ATTR: True})
-        for node in stage.nodes[:cut.index + 1]:
+        kept: dict[Any, Any] = {}
+        for node in nodes:
             v = node.var
             if v not in b.held:
-                continue
-            if v in b.reused:
+                pass
+            elif v in b.reused:
                 band[v] = prev[v]
-                continue
-            if node.kind == "item":            # a tuple item has the rows its tuple was computed for
+            elif node.kind == "item":            # a tuple item has the rows its tuple was computed for
                 o0, o1 = band[node.args[0]][1:]
                 band[v] = (emitter.node(node, band, o0, o1), o0, o1)
-                continue
-            o0, o1 = b.computed[v]
-            if v not in b.cached:
+            elif v not in b.cached:
+                o0, o1 = b.computed[v]
                 band[v] = (emitter.node(node, band, o0, o1), o0, o1)
-                continue
-            new = emitter.node(node, band, o0, o1)
-            buf = bb.emit_te(topi.concatenate, [kept[v], new], 1, primfunc_name_hint="ec_assemble_rows")
-            _marked(bb, buf, {ASSEMBLE_ATTR: True, KEEP_CALL_ATTR: True})
-            band[v] = (buf, b.cached[v][0], o1)
-        outs.append(band[stage.nodes[cut.index].var][0])
-        prev = band
+            else:
+                o0, o1 = b.computed[v]
+                head = copy(halo.pop(v))
+                new = emitter.node(node, band, o0, o1)
+                buf = bb.emit_te(topi.concatenate, [head, new], 1, primfunc_name_hint="ec_assemble_rows")
+                _marked(bb, buf, {ASSEMBLE_ATTR: True, KEEP_CALL_ATTR: True})
+                band[v] = (buf, b.cached[v][0], o1)
+            # the halo rows the next band keeps, copied as soon as they are made: the band's
+            # buffer then dies at its last reader as without caching (a kernel may stream its
+            # output over it), and only the small halo buffer lives on
+            if nxt is not None and v in nxt.cached and v in band:
+                kept[v] = copy(emitter.rows_of(band, v, *nxt.cached[v]))
+        outs.append(band[nodes[-1].var][0])
+        prev, halo = band, kept
     return outs
 
 

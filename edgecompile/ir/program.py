@@ -153,6 +153,8 @@ class _Extractor:
             self.calls.append(KernelCall(gv.name_hint, ins, outs, builtin="transpose_in_place"))
         elif attrs is not None and "ec.copy_rows" in attrs:
             self.calls.append(KernelCall(gv.name_hint, ins, outs, builtin="copy_rows"))
+        elif attrs is not None and "ec.copy_rows" in attrs:
+            self.calls.append(KernelCall(gv.name_hint, ins, outs, builtin="copy_rows"))
         else:
             self.calls.append(KernelCall(gv.name_hint, ins, outs))
         return outs[0] if len(fields) == 1 else tuple(outs)
