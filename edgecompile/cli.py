@@ -155,7 +155,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         pp = report.get("patch_plan")
-        patched = f"; first {pp['layers']} layers in {pp['bands']} bands of {pp['rows']} rows" if pp else ""
+        patched = (f"; first {pp['layers']} layers in {pp['bands']} bands of {pp['rows']} rows"
+                   + (", halo rows cached" if pp.get("halo") == "cached" else "")) if pp else ""
         print(f"{out}: {report['kernels']} kernel calls ({report['kernel_functions']} kernels), "
               f"{report['macs']:,} MACs, weights {report['weights_bytes']:,} B, arena {report['arena_bytes']:,} B"
               + patched)
