@@ -193,11 +193,16 @@ def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable
     kernels = lower.lower_kernels(scheduled, target.tvm, {s for s, i in infos.items() if i.streams_rows},
                                   {s: LEAN_STACK_LIMIT for k, s in symbol_of.items() if _is_lean(options, k)})
     taken = set(kernels)
+    same_builtin: dict[tuple, str] = {}       # one C function for the builtin calls of one shape
     for c in prog.calls:
         if c.builtin is not None and c.kernel not in symbol_of:
+            key = (c.builtin, prog.tensors[c.inputs[0]].shape, prog.tensors[c.inputs[0]].dtype)
+            if key in same_builtin:
+                symbol_of[c.kernel] = same_builtin[key]
+                continue
             sym = lower.unique_symbol(f"ec_{c.builtin}_{lower.shape_suffix(prog.tensors[c.inputs[0]])}", taken)
             kernels[sym], infos[sym] = builtins.builtin_kernel(c, prog, sym)
-            symbol_of[c.kernel] = sym
+            symbol_of[c.kernel] = same_builtin[key] = sym
     call_symbols = [symbol_of[c.kernel] for c in prog.calls]
     memory.add_scratch(prog, [kernels[s].scratch_bytes for s in call_symbols])
     overlaps = memory.streaming_overlaps(prog, [infos[s] for s in call_symbols]) if options.in_place else []
@@ -345,7 +350,9 @@ def _plans(graph: Any, plain_macs: int, allowance: float | None, arena_limit: in
                 if extra > 0:           # a halo to recompute: or to keep from the band before
                     copied = patches.cached_copies(stage, cut, rows)[1]
                     kept = patches.patch_macs(stage, cut, rows, "cached") - cut.macs   # 0 where every halo is kept
-                    plans.append(_Plan((layers, rows, "cached"), True, kept, bound, bytes_copied=copied))
+                    cached_bound = patches.arena_lower_bound(stage, cut, rows, "cached")
+                    if arena_limit is None or cached_bound <= arena_limit:
+                        plans.append(_Plan((layers, rows, "cached"), True, kept, cached_bound, bytes_copied=copied))
                 out += [p for p in plans if allowance is None or p.cost <= allowance * plain_macs]
     # of plans of one stage that cost the same MACs (no halo to recompute), the smallest
     best: dict[tuple, _Plan] = {}
@@ -395,7 +402,7 @@ def _plan_memory(graph: Any, target: Target, options: BuildOptions,
         arena_limit = min(room) if room else None
     candidates = _plans(graph, plain_macs, allowance, arena_limit)
     if options.patches == "min":       # the most promising first, should MAX_PLANS_TRIED cut the list
-        candidates.sort(key=lambda p: (p.arena_bound, p.cost))
+        candidates.sort(key=lambda p: (p.arena_bound, p.cost))   # (cached halo rows: a larger bound)
     tried = [first]
     for plan in candidates:
         if len(tried) >= MAX_PLANS_TRIED:

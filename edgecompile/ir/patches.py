@@ -24,6 +24,15 @@ What the executor then sees (see `program.extract_program`):
 * the stage output = `ec_assemble_rows(band outputs)`, which is no kernel: every band output
   becomes a view of the stage output at its rows.
 
+**Halo rows: recomputed or cached.** A window layer's band reads a few rows more than it
+writes (the halo), which the band before also read. By default every band recomputes them at
+every inner layer (extra MACs, `patch_macs`). With `halo="cached"` (`cached_bands`, line buffers)
+the bands run top to bottom and keep them instead: of each inner tensor a band holds [halo rows |
+new rows] in one buffer, the halo rows copied from the previous band's (through a small halo
+buffer, two `copy_rows` builtin copies), and computes only the new rows: the MACs of the whole
+network, plus a copy of the halo rows. Tensors for which that does not apply (tuples, views, the
+int8 zero-point shifts that fuse into their conv) keep recomputing their rows.
+
 Which operators a stage may contain, and how their output rows depend on input rows, is the
 operator registry's `rows` field (`operators.py`).
 """
@@ -762,12 +771,21 @@ def apply_patches(mod: Any, stage: Stage, cut: Cut, rows: int, in_place_input: b
     return new, plan
 
 
-def arena_lower_bound(stage: Stage, cut: Cut, rows: int) -> int:
+def arena_lower_bound(stage: Stage, cut: Cut, rows: int, halo: str = "recomputed") -> int:
     """Bytes any plan of this patch stage needs at least: the whole stage input, live while the
     first band runs. (Nothing more can be counted from the band shapes alone: a band's buffers and
     the stage output may overlap input rows already consumed, and fused kernels keep their
-    intermediate rows to themselves.) Used to skip plans that cannot fit a budget."""
-    return tensor_bytes(stage.entry)
+    intermediate rows to themselves.) With cached halo rows, also what the second band takes
+    over from the first: every halo buffer, and every buffer of the first band it reads whole,
+    all live between the two bands. Used to skip plans that cannot fit a budget."""
+    total = tensor_bytes(stage.entry)
+    if halo == "cached":
+        bands = cached_bands(stage, cut, rows)
+        if len(bands) > 1:
+            first, second = bands[0], bands[1]
+            total += sum((p - a) * _row_bytes(v) for v, (a, p) in second.cached.items())
+            total += sum((first.held[v][1] - first.held[v][0]) * _row_bytes(v) for v in second.reused)
+    return total
 
 
 def tensor_bytes(var: Any) -> int:
