@@ -155,21 +155,24 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         pp = report.get("patch_plan")
-        patched = f"; first {pp['layers']} layers in {pp['bands']} bands of {pp['rows']} rows" if pp else ""
+        patched = (f"; first {pp['layers']} layers in {pp['bands']} bands of {pp['rows']} rows"
+                   + (", halo rows cached" if pp.get("halo") == "cached" else "")) if pp else ""
         print(f"{out}: {report['kernels']} kernel calls ({report['kernel_functions']} kernels), "
               f"{report['macs']:,} MACs, weights {report['weights_bytes']:,} B, arena {report['arena_bytes']:,} B"
               + patched)
     return 0
 
 
-def _patches_option(value: str) -> tuple[tuple[int, int] | None, str]:
-    """--patches: off | auto | min | LAYERS:ROWS -> (explicit patch, mode)."""
+def _patches_option(value: str) -> tuple[tuple | None, str]:
+    """--patches: off | auto | min | LAYERS:ROWS[:cached|recomputed] -> (explicit patch, mode)."""
     if value in ("off", "auto", "min"):
         return None, value
     parts = value.split(":")
+    halo = parts.pop() if len(parts) == 3 and parts[2] in ("cached", "recomputed") else "recomputed"
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise EdgeCompileError(f"--patches must be off, auto, min or LAYERS:ROWS (two positive integers), got {value!r}")
-    return (int(parts[0]), int(parts[1])), "auto"
+        raise EdgeCompileError(f"--patches must be off, auto, min or LAYERS:ROWS[:cached] (two positive integers, "
+                               f"then how halo rows are had: cached or recomputed), got {value!r}")
+    return (int(parts[0]), int(parts[1])) + ((halo,) if halo == "cached" else ()), "auto"
 
 
 def _bytes_option(flag: str, value: str) -> int:
@@ -528,7 +531,7 @@ def _add_inspect(sub: Any) -> None:
                                     "the arena, the estimated peak RAM and the patch plan, with every plan tried")
     _target_args(s, default=None)
     s.add_argument("--quant", choices=["fp32", "int8"], help="with --target: number format (default: the target's)")
-    s.add_argument("--patches", default="min", metavar="off|auto|min|LAYERS:ROWS",
+    s.add_argument("--patches", default="min", metavar="off|auto|min|LAYERS:ROWS[:cached]",
                    help="with --target: as for build (default min: the least peak RAM within +10%% MACs)")
     s.add_argument("--ram-budget", metavar="BYTES", help="with --target: as for build")
     s.add_argument("--json", action="store_true", help="print one JSON object")
@@ -560,10 +563,11 @@ def _add_build(sub: Any) -> None:
                    help="int8 calibration inputs: a dataset (digits, random) or an .npy of inputs")
     s.add_argument("--calibration-samples", type=int, default=100, metavar="N")
     s.add_argument("--calibration-method", choices=["minmax", "percentile"], default="minmax")
-    s.add_argument("--patches", default="auto", metavar="off|auto|min|LAYERS:ROWS",
+    s.add_argument("--patches", default="auto", metavar="off|auto|min|LAYERS:ROWS[:cached]",
                    help="run the first layers in row bands (patch-based inference): auto (default) when the plain "
                         "plan does not fit the target's RAM or --ram-budget, min for the least peak RAM within "
-                        "+10%% MACs, LAYERS:ROWS for a given stage, off never")
+                        "+10%% MACs, LAYERS:ROWS for a given stage (LAYERS:ROWS:cached: halo rows kept from the "
+                        "band before instead of recomputed), off never")
     s.add_argument("--ram-budget", metavar="BYTES",
                    help="plan for at most this peak RAM (static data + arena + stack, e.g. 40K): tries patches and "
                         "lean windows, trading instructions, and refuses before compiling when nothing fits")

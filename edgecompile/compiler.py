@@ -55,7 +55,9 @@ class BuildOptions:
     calibration_method: str = "minmax"   # or "percentile"
     compare_unfused: bool = True    # also plan the unfused program, for the report (costs a 2nd lowering)
     tuning: TuningRecords | None = None   # tuned configurations to use (None: the rules')
-    patch: tuple[int, int] | None = None  # (layers, rows): run the first layers in row bands (ir/patches.py)
+    # (layers, rows[, halo]): run the first layers in row bands (ir/patches.py), halo "recomputed"
+    # (the default) or "cached"
+    patch: tuple[int, int] | tuple[int, int, str] | None = None
     lean_windows: bool = False      # depthwise windows per channel tile (channel tiles outer): less RAM
     lean_kernels: frozenset[str] | None = None   # with lean_windows: only these kernels (None: all)
     perturb_first_conv: bool = False      # test-only: a wrong weight in the first convolution (see _perturb)
@@ -70,6 +72,10 @@ class BuildOptions:
 MAX_EXTRA_MACS = 0.10
 # plans `auto`/`min`/--ram-budget lower and plan at the most (about 2-3 s each for a small network)
 MAX_PLANS_TRIED = 24
+# Cost of a plan in MACs: its extra (recomputed) MACs, plus for cached halo rows one MAC per this
+# many bytes copied (the copy moves a 4-byte word in about as many instructions as an int8 kernel
+# spends on a MAC or two).
+COPY_BYTES_PER_MAC = 4
 
 
 @dataclass
@@ -162,14 +168,20 @@ def _perturb(mod: Any, prog: Program) -> None:
     raise EdgeCompileError("no convolution to perturb")
 
 
+def _halo(patch: tuple) -> str:
+    return patch[2] if len(patch) > 2 else "recomputed"
+
+
 def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable[[str], None]) -> _Lowered:
     """High-level graph -> (patch stage) -> fused kernels -> scheduled kernels -> C functions ->
     memory plan."""
     patch_plan = None
     if options.patch is not None:
-        graph, patch_plan = patches.patch_graph(graph, *options.patch, in_place_input=not options.external_io)
+        graph, patch_plan = patches.patch_graph(graph, options.patch[0], options.patch[1],
+                                                in_place_input=not options.external_io, halo=_halo(options.patch))
         progress(f"patches: the first {patch_plan.layers} layers in {patch_plan.bands} bands of {patch_plan.rows} "
-                 f"rows of {patch_plan.stage_output} ({patch_plan.extra_macs:+,} MACs recomputed)")
+                 f"rows of {patch_plan.stage_output} ({patch_plan.extra_macs:+,} MACs recomputed"
+                 + (f", {patch_plan.bytes_copied:,} B of halo rows copied)" if patch_plan.halo == "cached" else ")"))
     mod = passes.lower_graph(graph, fuse_dwpw=options.fuse)
     prog = extract_program(mod)
     progress(f"scheduling {len(set(c.kernel for c in prog.calls))} kernels for family '{target.family}' "
@@ -181,11 +193,16 @@ def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable
     kernels = lower.lower_kernels(scheduled, target.tvm, {s for s, i in infos.items() if i.streams_rows},
                                   {s: LEAN_STACK_LIMIT for k, s in symbol_of.items() if _is_lean(options, k)})
     taken = set(kernels)
+    same_builtin: dict[tuple, str] = {}       # one C function for the builtin calls of one shape
     for c in prog.calls:
         if c.builtin is not None and c.kernel not in symbol_of:
+            key = (c.builtin, prog.tensors[c.inputs[0]].shape, prog.tensors[c.inputs[0]].dtype)
+            if key in same_builtin:
+                symbol_of[c.kernel] = same_builtin[key]
+                continue
             sym = lower.unique_symbol(f"ec_{c.builtin}_{lower.shape_suffix(prog.tensors[c.inputs[0]])}", taken)
             kernels[sym], infos[sym] = builtins.builtin_kernel(c, prog, sym)
-            symbol_of[c.kernel] = sym
+            symbol_of[c.kernel] = same_builtin[key] = sym
     call_symbols = [symbol_of[c.kernel] for c in prog.calls]
     memory.add_scratch(prog, [kernels[s].scratch_bytes for s in call_symbols])
     overlaps = memory.streaming_overlaps(prog, [infos[s] for s in call_symbols]) if options.in_place else []
@@ -267,16 +284,23 @@ def _call_records(low: _Lowered) -> tuple[list[dict[str, Any]], list[str]]:
 class _Plan:
     """One way to run the model that the memory planning tried."""
 
-    patch: tuple[int, int] | None
+    patch: tuple | None               # (layers, rows[, "cached"])
     lean: bool
     extra_macs: int
     arena_bound: int = 0              # the arena is at least this large (patches.arena_lower_bound)
     low: _Lowered | None = None
     estimate: MemoryEstimate | None = None
     lean_kernels: int | None = None   # lean windows in this many kernels only (None: all, when lean)
+    bytes_copied: int = 0             # cached halo rows: bytes the copies move
+
+    @property
+    def cost(self) -> int:
+        """Extra work over the plain plan, in MACs (recomputed MACs + copied bytes)."""
+        return self.extra_macs + self.bytes_copied // COPY_BYTES_PER_MAC
 
     def describe(self) -> str:
-        what = f"patches of {self.patch[0]} layers x {self.patch[1]} rows" if self.patch else "no patches"
+        what = (f"patches of {self.patch[0]} layers x {self.patch[1]} rows, halo {_halo(self.patch)}"
+                if self.patch else "no patches")
         if self.lean and self.lean_kernels is not None:
             return what + f", lean windows in {self.lean_kernels} kernels"
         return what + (", lean windows" if self.lean else "")
@@ -285,7 +309,9 @@ class _Plan:
         est = self.estimate
         return {"patch": list(self.patch) if self.patch else None, "lean_windows": self.lean,
                 "lean_kernels": self.lean_kernels if self.lean else 0,
-                "extra_macs": self.extra_macs, "arena_bytes": self.low.plan.arena_bytes if self.low else None,
+                "halo": _halo(self.patch) if self.patch else None, "bytes_copied": self.bytes_copied,
+                "extra_macs": self.extra_macs, "cost_macs": self.cost,
+                "arena_bytes": self.low.plan.arena_bytes if self.low else None,
                 "peak_ram_estimate": est.peak_ram_bytes if est else None,
                 "static_ram_estimate": est.static_ram_bytes if est else None}
 
@@ -318,15 +344,23 @@ def _plans(graph: Any, plain_macs: int, allowance: float | None, arena_limit: in
                     continue
                 extra = patches.patch_macs(stage, cut, rows) - cut.macs
                 bound = patches.arena_lower_bound(stage, cut, rows)
-                if (allowance is None or extra <= allowance * plain_macs) and (arena_limit is None or bound <= arena_limit):
-                    out.append(_Plan((layers, rows), True, extra, bound))
+                if arena_limit is not None and bound > arena_limit:
+                    continue
+                plans = [_Plan((layers, rows), True, extra, bound)]
+                if extra > 0:           # a halo to recompute: or to keep from the band before
+                    copied = patches.cached_copies(stage, cut, rows)[1]
+                    kept = patches.patch_macs(stage, cut, rows, "cached") - cut.macs   # 0 where every halo is kept
+                    cached_bound = patches.arena_lower_bound(stage, cut, rows, "cached")
+                    if arena_limit is None or cached_bound <= arena_limit:
+                        plans.append(_Plan((layers, rows, "cached"), True, kept, cached_bound, bytes_copied=copied))
+                out += [p for p in plans if allowance is None or p.cost <= allowance * plain_macs]
     # of plans of one stage that cost the same MACs (no halo to recompute), the smallest
     best: dict[tuple, _Plan] = {}
     for p in out:
-        key = (p.patch[0] if p.patch else None, p.lean, p.extra_macs)
+        key = (p.patch[0] if p.patch else None, p.lean, p.extra_macs, p.patch[1:] if p.bytes_copied else None)
         if key not in best or p.arena_bound < best[key].arena_bound:
             best[key] = p
-    return sorted(best.values(), key=lambda p: (p.extra_macs, p.lean, p.patch or (0, 0)))
+    return sorted(best.values(), key=lambda p: (p.cost, p.lean, p.patch or (0, 0)))
 
 
 def _fits(plan: _Plan, budget: int | None) -> bool:
@@ -351,6 +385,7 @@ def _plan_memory(graph: Any, target: Target, options: BuildOptions,
     first.estimate = _estimate(target, first.low)
     if first.low.patch_plan is not None:
         first.extra_macs = first.low.patch_plan.extra_macs
+        first.bytes_copied = first.low.patch_plan.bytes_copied
     budget = options.ram_budget
     if options.patch is not None or options.patches == "off" or (options.patches == "auto" and _fits(first, budget)):
         if not _fits(first, budget):
@@ -367,7 +402,7 @@ def _plan_memory(graph: Any, target: Target, options: BuildOptions,
         arena_limit = min(room) if room else None
     candidates = _plans(graph, plain_macs, allowance, arena_limit)
     if options.patches == "min":       # the most promising first, should MAX_PLANS_TRIED cut the list
-        candidates.sort(key=lambda p: (p.arena_bound, p.extra_macs))
+        candidates.sort(key=lambda p: (p.arena_bound, p.cost))   # (cached halo rows: a larger bound)
     tried = [first]
     for plan in candidates:
         if len(tried) >= MAX_PLANS_TRIED:
@@ -380,14 +415,14 @@ def _plan_memory(graph: Any, target: Target, options: BuildOptions,
         est = plan.estimate
         progress(f"memory plan with {plan.describe()}: arena {plan.low.plan.arena_bytes:,} B"
                  + (f", peak RAM about {est.peak_ram_bytes:,} B" if est else "")
-                 + f", {plan.extra_macs:+,} MACs")
+                 + f", {plan.extra_macs:+,} MACs" + (f", {plan.bytes_copied:,} B copied" if plan.bytes_copied else ""))
         if options.patches == "auto" and _fits(plan, budget):
             break
     fitting = [p for p in tried if _fits(p, budget)]
     if not fitting:
         bounds = [p.arena_bound for p in _plans(graph, plain_macs, None, None) if p.patch]
         raise _refusal(target, min(tried, key=_peak), budget, min(bounds, default=None))
-    chosen = min(fitting, key=lambda p: (_peak(p), p.extra_macs)) if options.patches == "min" else fitting[0]
+    chosen = min(fitting, key=lambda p: (_peak(p), p.cost)) if options.patches == "min" else fitting[0]
     if chosen.lean:
         _trim_lean(graph, target, options, chosen, progress)
     progress(f"memory planning ({options.patches}): {chosen.describe()}")
@@ -408,7 +443,8 @@ def _trim_lean(graph: Any, target: Target, options: BuildOptions, plan: _Plan,
     for _ in range(8):
         opts = replace(options, patch=plan.patch, lean_windows=True, lean_kernels=frozenset(lean))
         low = _lower(graph, target, opts, lambda m: None)
-        trial = _Plan(plan.patch, True, plan.extra_macs, plan.arena_bound, low, _estimate(target, low))
+        trial = _Plan(plan.patch, True, plan.extra_macs, plan.arena_bound, low, _estimate(target, low),
+                      bytes_copied=plan.bytes_copied)
         if _peak(trial) <= full:
             progress(f"lean windows in {len(lean)} of {len(set(c.kernel for c in low.program.calls))} kernels "
                      f"(where RAM peaks): peak RAM about {_peak(trial):,} B")

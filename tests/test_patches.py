@@ -209,3 +209,170 @@ def test_in_place_transpose_builtin(tmp_path, c, h, w, dtype, misalign):
     assert lib.ec_t(ptr, ptr, ctypes.c_void_p(work.ctypes.data)) == 0
     got = store[at:at + x.nbytes].view(dtype).reshape(1, h, w, c)
     assert got.tobytes() == x.transpose(0, 2, 3, 1).tobytes()
+
+
+# ----------------------------------------------------------------------------- cached halo rows
+
+
+# (family, quant, rows per band): both MobileNets' stages hold stride-2 convolutions; 1 and 2 rows
+# per band, the last band of the 16-row stage output shorter with 3
+CACHED = [
+    ("mobilenet_v1", "int8", 1),
+    pytest.param("mobilenet_v2", "int8", 2, marks=pytest.mark.slow),      # 60 s
+    pytest.param("mobilenet_v1", "fp32", 2, marks=pytest.mark.slow),
+    pytest.param("mobilenet_v2", "fp32", 1, marks=pytest.mark.slow),
+    pytest.param("mobilenet_v2", "int8", 3, marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("family,quant,rows", CACHED)
+def test_cached_halo_matches_plain_on_host(tmp_path, family, quant, rows):
+    """Halo rows kept from the band before instead of recomputed: the MACs of the plain build
+    exactly, rows copied instead, and its results (int8: the same bytes; fp32 within 1e-5)."""
+    opts, layers, _ = STAGES[family]
+    source = load_model(family, ModelOptions(**opts))
+    cached = _build(source, tmp_path / "cached", quant=quant, patch=(layers, rows, "cached"))
+    plain = _build(source, tmp_path / "plain", quant=quant)
+    plan = cached["patch_plan"]
+    assert plan["halo"] == "cached" and plan["bands"] > 2 and plan["rows_copied"] > 0 and plan["bytes_copied"] > 0
+    assert plan["extra_macs"] == 0 and cached["macs"] == plain["macs"]
+    assert "ec_copy_rows" in (tmp_path / "cached" / "model.c").read_text()
+    shape = source.inputs[0].shape
+    a, b = HostModel(tmp_path / "cached"), HostModel(tmp_path / "plain")
+    if quant == "int8":
+        xs = _int8_inputs(plain, shape)
+        outs = [b.run(x)[0] for x in xs]
+        _assert_int8_depends_on_input(outs)
+        for x, ref in zip(xs, outs):
+            assert a.run(x)[0].tobytes() == ref.tobytes()
+    else:
+        xs = [random_input(shape, s) for s in range(3)]
+        refs = [b.run(x)[0] for x in xs]
+        spread = output_spread(refs)
+        for x, ref in zip(xs, refs):
+            assert_close(a.run(x)[0], ref, spread, 1e-5)
+
+
+_CACHED_PLANS: dict = {}
+
+
+def _cached_plan(family="mobilenet_v1", patch=(5, 1, "cached")):
+    key = (family, patch)
+    if key not in _CACHED_PLANS:
+        _CACHED_PLANS[key] = _compiled(family, "int8", patch)
+    return _CACHED_PLANS[key]
+
+
+def test_byte_replay_of_a_cached_halo_plan_finds_no_clobbered_read():
+    """The halo buffers live from band to band while every other band buffer comes and goes
+    around them, and each copy's destination may lie over its source (a ring): replayed byte by
+    byte, every read finds what its producer wrote."""
+    from edgecompile.codegen.memory import replay_plan
+
+    c, infos = _cached_plan()
+    copies = [k for k in c.program.calls if k.builtin == "copy_rows"]
+    assert copies and c.patch_plan.halo == "cached"
+    assert c.plan.overlaps() == []
+    assert replay_plan(c.program, c.plan, infos) == []
+
+
+def test_byte_replay_catches_a_clobbered_halo_row():
+    """A wrong plan: a band buffer made while a halo buffer waits for the next band, placed over
+    it. The replay names the copy that then reads bytes another buffer wrote."""
+    from dataclasses import replace
+
+    from edgecompile.codegen.memory import replay_plan
+
+    c, infos = _cached_plan()
+    prog, plan = c.program, c.plan
+    # a halo buffer: written by a copy, read by a later copy into the next band's buffer
+    calls = prog.calls
+    i, copy = next((i, k) for i, k in enumerate(calls) if k.builtin == "copy_rows"
+                   and prog.storage_root(k.outputs[0]) not in prog.assembled)
+    halo = prog.storage_root(copy.outputs[0])
+    reader = next(j for j in range(i + 1, len(calls)) if any(prog.storage_root(t) == halo for t in calls[j].inputs))
+    assert calls[reader].builtin == "copy_rows"
+    # a buffer first written between the two, not the halo's own
+    victim = next(prog.storage_root(t) for k in calls[i + 1:reader] for t in k.outputs
+                  if prog.storage_root(t) not in (halo,) and plan.lifetimes[prog.storage_root(t)][0] > i)
+    assert replay_plan(prog, plan, infos) == []
+    offsets = dict(plan.offsets)
+    offsets[victim] = offsets[halo]
+    bad = replay_plan(prog, replace(plan, offsets=offsets), infos)
+    assert bad and bad[0].startswith(f"call {reader} reads") and f"after {victim} wrote there" in bad[0], bad
+
+
+def test_copy_rows_builtin(tmp_path):
+    """codegen/builtins.py's row copy, compiled by the host C compiler: the source's bytes at the
+    destination, word-aligned or not, with the destination overlapping the source from below
+    (a ring of line buffers); a destination overlapping from above is refused (-1)."""
+    import ctypes
+    import subprocess
+
+    from edgecompile.codegen.builtins import copy_rows
+    from edgecompile.ir.program import KernelCall, Program, Tensor
+
+    n = 3 * 37
+    prog = Program(["x"], ["y"], {"x": Tensor("x", (1, 3, 37, 1), "int8", "input"),
+                                  "y": Tensor("y", (1, 3, 37, 1), "int8", "output")}, {}, [])
+    src, _info = copy_rows(KernelCall("c", ["x"], ["y"], builtin="copy_rows"), prog, "ec_c")
+    (tmp_path / "c.c").write_text("#include <stdint.h>\n#include <stddef.h>\n" + src.c_code.replace(
+        "static __attribute__((noinline)) int32_t ec_c(", "int32_t ec_c("))
+    subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(tmp_path / "c.so"), str(tmp_path / "c.c")], check=True)
+    lib = ctypes.CDLL(str(tmp_path / "c.so"))
+    rng = np.random.default_rng(0)
+    for s_off, d_off in ((0, 200), (4, 0), (1, 0), (64, 8), (40, 37), (8, 8)):
+        store = np.zeros(400, np.uint8)
+        base = (-store.ctypes.data) % 16
+        data = rng.integers(0, 256, n).astype(np.uint8)
+        store[base + s_off: base + s_off + n] = data
+        rc = lib.ec_c(ctypes.c_void_p(store.ctypes.data + base + s_off), ctypes.c_void_p(store.ctypes.data + base + d_off))
+        assert rc == 0 and store[base + d_off: base + d_off + n].tobytes() == data.tobytes(), (s_off, d_off)
+    store = np.zeros(400, np.uint8)
+    assert lib.ec_c(ctypes.c_void_p(store.ctypes.data), ctypes.c_void_p(store.ctypes.data + 4)) == -1
+
+
+@pytest.mark.slow
+def test_cached_halo_bytes_on_a_board(tmp_path):
+    """A cached-halo build on the emulated Cortex-M7 board through `edgecompile test`: the
+    device's bytes equal those of the same model.c compiled for this machine."""
+    import json
+
+    from helpers import run_cli
+
+    out = tmp_path / "b"
+    run_cli("build", "mobilenet_v2", "--width-mult", "0.35", "--resolution", "64", "--num-classes", "10",
+            "--quant", "int8", "--target", "stm32f746g-disco", "--patches", "9:2:cached", "--out", str(out), "-q",
+            check=True)
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["patch_plan"]["halo"] == "cached" and rep["patch_plan"]["extra_macs"] == 0
+    proc = run_cli("test", str(out), "--samples", "3", "--json")
+    res = json.loads(proc.stdout)
+    assert proc.returncode == 0 and res["passed"], proc.stdout + proc.stderr
+    assert res["host_int8"]["samples_differing"] == 0
+
+
+def test_planner_offers_cached_halo_plans_costed_by_bytes_copied():
+    """The memory planning's candidates: for every stage and band height whose halo would be
+    recomputed, the same bands with the halo cached, costed by the bytes they copy instead of
+    MACs; `--patches L:R:cached` parses to such a plan."""
+    from edgecompile import compiler
+    from edgecompile.cli import _patches_option
+    from edgecompile.ir import patches
+
+    source = load_model("mobilenet_v1", ModelOptions(**STAGES["mobilenet_v1"][0]))
+    graph, _ = compiler._graph(source, load_target("host"), BuildOptions(quant="fp32"), lambda m: None)
+    stage = patches.find_stage(graph)
+    plans = compiler._plans(graph, 10 ** 9, None, None)
+    cached = [p for p in plans if p.patch and p.patch[2:] == ("cached",)]
+    assert len(cached) >= 3
+    for p in cached:
+        cut = patches.best_cuts(stage)[p.patch[0]]
+        assert p.bytes_copied == patches.cached_copies(stage, cut, p.patch[1])[1]
+        assert p.extra_macs == patches.patch_macs(stage, cut, p.patch[1], "cached") - cut.macs
+        assert p.cost == p.extra_macs + p.bytes_copied // compiler.COPY_BYTES_PER_MAC
+        recomputed = patches.patch_macs(stage, cut, p.patch[1]) - cut.macs
+        assert 0 < p.cost < recomputed       # a word copied per halo row, not the row recomputed
+    assert [p.cost for p in plans] == sorted(p.cost for p in plans)
+    assert _patches_option("5:2:cached") == ((5, 2, "cached"), "auto")
+    assert _patches_option("5:2") == ((5, 2), "auto")

@@ -4,6 +4,8 @@ kernel can do because they work in place (`KernelCall.builtin`).
 * `transpose_in_place`: the NCHW graph input becomes the NHWC tensor a patch stage reads
   (`ir/patches.py`), in its own storage. A transposed copy would need as much RAM again as the
   input, which on a microcontroller is often the largest buffer of the whole inference.
+* `copy_rows`: a cached-halo patch stage's halo rows, from one band's buffer to the next's (which
+  may lie over it).
 """
 
 from __future__ import annotations
@@ -96,7 +98,46 @@ static __attribute__((noinline)) int32_t {symbol}({t}* nchw, {t}* data, {t}* res
     return source, info
 
 
-BUILTINS = {"transpose_in_place": transpose_in_place}
+def copy_rows(call: KernelCall, prog: Program, symbol: str) -> tuple[KernelSource, KernelInfo]:
+    """The halo rows a cached-halo patch stage keeps (`ir/patches.py`): rows at the end of one
+    band's buffer copied to the start of the next band's. Front to back, a word at a time when
+    both ends are word-aligned: the destination may overlap the source from below (the next
+    band's buffer placed over the previous one, `memory.copy_overlaps`), never from above."""
+    src, dst = prog.tensors[call.inputs[0]], prog.tensors[call.outputs[0]]
+    if src.nbytes != dst.nbytes or src.dtype != dst.dtype:
+        raise EdgeCompileError(f"row copy {src.name} -> {dst.name}: {src.nbytes} B of {src.dtype} into "
+                               f"{dst.nbytes} B of {dst.dtype}")
+    t = C_TYPES[src.dtype]
+    n = src.nbytes
+    code = f"""static __attribute__((noinline)) int32_t {symbol}({t}* src, {t}* dst) {{
+  /* {n} B of cached halo rows, front to back (dst <= src when they overlap) */
+  const uint8_t *s = (const uint8_t *)src;
+  uint8_t *d = (uint8_t *)dst;
+  size_t n = {n}u;
+  if (d == s) return 0;
+  if (d > s && d < s + n) return -1;                  /* the plan never overlaps from above */
+  if ((((uintptr_t)d | (uintptr_t)s) & 3u) == 0u) {{
+    typedef uint32_t __attribute__((may_alias)) word;   /* any storage moved as words */
+    word *dw = (word *)(void *)d;
+    const word *sw = (const word *)(const void *)s;
+    for (; n >= 16; n -= 16, dw += 4, sw += 4) {{
+      const word a = sw[0], b = sw[1], c = sw[2], e = sw[3];
+      dw[0] = a; dw[1] = b; dw[2] = c; dw[3] = e;
+    }}
+    for (; n >= 4; n -= 4) *dw++ = *sw++;
+    d = (uint8_t *)(void *)dw;
+    s = (const uint8_t *)(const void *)sw;
+  }}
+  while (n) {{ *d++ = *s++; --n; }}
+  return 0;
+}}"""
+    source = KernelSource(symbol, [(f"{t}*", "src"), (f"{t}*", "dst")], [], 0, code)
+    info = KernelInfo(Kind.ELEMENTWISE, 0, None, ["copy_rows"])
+    info.schedule = f"builtin: {n} B of halo rows copied"
+    return source, info
+
+
+BUILTINS = {"transpose_in_place": transpose_in_place, "copy_rows": copy_rows}
 
 
 def builtin_kernel(call: KernelCall, prog: Program, symbol: str) -> tuple[KernelSource, KernelInfo]:

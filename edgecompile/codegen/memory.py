@@ -124,6 +124,23 @@ def patch_overlaps(prog: Program) -> list[Overlap]:
                 if later:
                     delta = min(delta, min(later) - end)
             overlaps.append(Overlap(root, inp, delta, interleaved=True))
+    return overlaps + copy_overlaps(prog)
+
+
+def copy_overlaps(prog: Program) -> list[Overlap]:
+    """A cached-halo patch stage (`ir/patches.py`) keeps each inner tensor in one buffer per band,
+    [halo rows copied from the end of the previous band's buffer | new rows]. The copy
+    (`copy_rows`, front to back) is the last read of the previous buffer and the first write of
+    the next: the next may lie over the previous one (a ring of line buffers) as long as the copy's
+    destination starts no later than its source, offset(out) - offset(inp) <= source offset -
+    destination offset."""
+    overlaps = []
+    for call in prog.calls:
+        if call.builtin != "copy_rows":
+            continue
+        src, dst = call.inputs[0], call.outputs[0]
+        overlaps.append(Overlap(prog.storage_root(dst), prog.storage_root(src),
+                                prog.storage_offset(src) - prog.storage_offset(dst)))
     return overlaps
 
 
@@ -362,7 +379,18 @@ def replay_plan(prog: Program, plan: MemoryPlan, infos: list[KernelInfo], limit:
             write(t)
         out = call.outputs[0]
         first = acts[0] if acts else None
-        if first is not None and (prog.storage_root(out), prog.storage_root(first)) in streamed:
+        if call.builtin == "copy_rows":
+            # front to back, each word read before it is written: the destination may overlap
+            # the source from below (`copy_overlaps`); read word by word as the C does
+            n = prog.tensors[out].nbytes
+            so, do = span(first), span(out)
+            if so is not None and do is not None and do[0] > so[0] and do[0] < so[1]:
+                bad.append(f"call {i} copies {first} to {out}, which overlaps it from above")
+            for lo in range(0, n, 16):
+                read(i, first, lo, min(n, lo + 16))
+                write(out, lo, min(n, lo + 16))
+            rest = []
+        elif first is not None and (prog.storage_root(out), prog.storage_root(first)) in streamed:
             inp, o = prog.tensors[first], prog.tensors[out]
             ri, ro = inp.nbytes // inp.shape[1], o.nbytes // o.shape[1]
             (k, _), (s, _) = info.kernel, info.stride

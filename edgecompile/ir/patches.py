@@ -24,6 +24,15 @@ What the executor then sees (see `program.extract_program`):
 * the stage output = `ec_assemble_rows(band outputs)`, which is no kernel: every band output
   becomes a view of the stage output at its rows.
 
+**Halo rows: recomputed or cached.** A window layer's band reads a few rows more than it
+writes (the halo), which the band before also read. By default every band recomputes them at
+every inner layer (extra MACs, `patch_macs`). With `halo="cached"` (`cached_bands`, line buffers)
+the bands run top to bottom and keep them instead: of each inner tensor a band holds [halo rows |
+new rows] in one buffer, the halo rows copied from the previous band's (through a small halo
+buffer, two `copy_rows` builtin copies), and computes only the new rows: the MACs of the whole
+network, plus a copy of the halo rows. Tensors for which that does not apply (tuples, views, the
+int8 zero-point shifts that fuse into their conv) keep recomputing their rows.
+
 Which operators a stage may contain, and how their output rows depend on input rows, is the
 operator registry's `rows` field (`operators.py`).
 """
@@ -41,6 +50,8 @@ from .program import DTYPE_BYTES
 
 ASSEMBLE_ATTR = "ec.assemble_rows"           # marks the stage output's (non-)kernel
 IN_PLACE_TRANSPOSE_ATTR = "ec.in_place_transpose"
+COPY_ROWS_ATTR = "ec.copy_rows"              # a band's cached halo rows, copied from the previous band
+HALO_MODES = ("recomputed", "cached")
 KEEP_CALL_ATTR = "ec.keep_call"              # never fused or merged with other calls
 
 
@@ -70,6 +81,9 @@ class PatchPlan:
     in_place_input: bool         # the NHWC stage input is the graph input transposed in place
     shape: str = "full-width row bands (n x W); n x n tiles are not implemented"
     band_rows: list[list[int]] = field(default_factory=list)   # [first, end) stage-output rows of each band
+    halo: str = "recomputed"     # or "cached": halo rows kept from the previous band (line buffers)
+    rows_copied: int = 0         # cached: halo rows kept from one band to the next, all layers
+    bytes_copied: int = 0        # bytes the copies move (each halo row twice: out, then in)
 
     @property
     def extra_macs(self) -> int:
@@ -97,6 +111,7 @@ class Stage:
     nodes: list[_Node]
     bindings: list[Any]          # every binding of main, in order
     first: int                   # index in `bindings` of nodes[0]
+    mod: Any = None              # the module (the PrimFuncs of `tir` nodes)
 
     def heights(self) -> dict[Any, int]:
         return {n.var: _height(n.var) for n in self.nodes} | {self.entry: _height(self.entry)}
@@ -332,7 +347,7 @@ def find_stage(mod: Any) -> Stage | None:
         stage.add(b.var)
     if not nodes:
         return None
-    return Stage(p, entry, transposed, nodes, bindings, start)
+    return Stage(p, entry, transposed, nodes, bindings, start, mod)
 
 
 def _last_uses(bindings: list[Any], result: Any) -> dict[Any, int]:
@@ -409,14 +424,101 @@ def _needed_rows(stage: Stage, cut: Cut, y0: int, y1: int) -> dict[Any, tuple[in
     return needed
 
 
-def patch_macs(stage: Stage, cut: Cut, rows: int) -> int:
+def patch_macs(stage: Stage, cut: Cut, rows: int, halo: str = "recomputed") -> int:
     """Multiply-accumulates of the stage computed in bands of `rows` output rows."""
+    if halo == "cached":
+        return sum(_node_macs(n, b.computed[n.var][1] - b.computed[n.var][0])
+                   for b in cached_bands(stage, cut, rows) for n in stage.nodes[:cut.index + 1] if n.var in b.computed)
     total = 0
     for y0, y1 in band_ranges(cut.shape[1], rows):
         needed = _needed_rows(stage, cut, y0, y1)
         total += sum(_node_macs(n, needed[n.var][1] - needed[n.var][0]) for n in stage.nodes[:cut.index + 1]
                      if n.var in needed)
     return total
+
+
+@dataclass
+class CachedBand:
+    """What one band does when halo rows are kept (line buffers) instead of recomputed.
+
+    `held[v]`: rows [a, e) of stage tensor v the band's buffer holds (what its consumers read).
+    `computed[v]`: rows the band's node computes: all of `held` (no usable overlap), or the rows
+    [p, e) after the previous band's [.., p), when rows [a, p) are `cached[v]`: copied from the end
+    of the previous band's buffer to the start of this one. `reused`: tensors whose rows all lie
+    in the previous band's buffer (read there, nothing computed)."""
+
+    y0: int
+    y1: int
+    held: dict[Any, tuple[int, int]]
+    computed: dict[Any, tuple[int, int]]
+    cached: dict[Any, tuple[int, int]]
+    reused: set[Any]
+
+
+def _cacheable(mod: Any, node: _Node, out: Any) -> bool:
+    """A tensor a band may hold as [cached rows | new rows]: a 4-D kernel output (the new rows
+    and the copied rows are both kernel outputs, placed as views of the band's buffer), not the
+    stage output (whose bands do not overlap)."""
+    _, relax = _tvm()
+    if node.kind == "tir" and _fused_into_consumer(mod, node):
+        return False       # (int8: the zero-point shift) recomputed inside its conv, its input cached
+    return (node.kind in ("window", "same", "tir") and not node.var.same_as(out)
+            and isinstance(node.var.ty, relax.TensorType) and node.var.ty.ndim == 4)
+
+
+def _fused_into_consumer(mod: Any, node: _Node) -> bool:
+    f = mod[node.value.args[0]]
+    return f.attrs is not None and "ec.fuse_into_consumer" in f.attrs
+
+
+def cached_bands(stage: Stage, cut: Cut, rows: int) -> list[CachedBand]:
+    """The bands of a cached-halo stage, top to bottom: each band needs, of every stage tensor,
+    the rows its consumers' *computed* rows read (a window's halo included); what the previous
+    band's buffer of the same tensor already holds is copied, not computed. Bands run in order,
+    so a held interval only moves down: its overlap with the previous one is a prefix."""
+    nodes = stage.nodes[:cut.index + 1]
+    out = nodes[-1].var
+    prev: dict[Any, tuple[int, int]] = {}
+    bands = []
+    for y0, y1 in band_ranges(cut.shape[1], rows):
+        held: dict[Any, tuple[int, int]] = {out: (y0, y1)}
+        computed: dict[Any, tuple[int, int]] = {}
+        cached: dict[Any, tuple[int, int]] = {}
+        reused: set[Any] = set()
+        for node in reversed(nodes):
+            if node.var not in held:
+                continue
+            a, e = held[node.var]
+            p = prev.get(node.var)
+            if p is not None and _cacheable(stage.mod, node, out) and p[0] <= a < p[1]:
+                if e <= p[1]:              # all in the previous buffer: read there
+                    held[node.var] = p
+                    reused.add(node.var)
+                    continue
+                cached[node.var] = (a, p[1])
+                computed[node.var] = (p[1], e)
+            else:
+                computed[node.var] = (a, e)
+            o0, o1 = computed[node.var]
+            req = _window_rows(node, o0, o1)[:2] if node.kind == "window" else (o0, o1)
+            for arg in node.args:
+                r = held.get(arg)
+                held[arg] = req if r is None else (min(r[0], req[0]), max(r[1], req[1]))
+        bands.append(CachedBand(y0, y1, held, computed, cached, reused))
+        prev = dict(held)
+    return bands
+
+
+def _row_bytes(var: Any) -> int:
+    return int(math.prod(_shape(var)[2:])) * DTYPE_BYTES[str(var.ty.dtype)]
+
+
+def cached_copies(stage: Stage, cut: Cut, rows: int) -> tuple[int, int]:
+    """(rows, bytes) of halo a cached-halo stage keeps from band to band, over all its tensors
+    (each row is copied twice: out of a band's buffer, into the next one's)."""
+    copied = [(b.cached[v][1] - b.cached[v][0], _row_bytes(v)) for b in cached_bands(stage, cut, rows)
+              for v in b.cached]
+    return sum(r for r, _ in copied), 2 * sum(r * n for r, n in copied)
 
 
 # ----------------------------------------------------------------------------- rewrite
@@ -542,14 +644,80 @@ def _marked(bb: Any, call_var: Any, attrs: dict[str, Any]) -> None:
     bb.update_func(gv, func)
 
 
-def apply_patches(mod: Any, stage: Stage, cut: Cut, rows: int, in_place_input: bool) -> tuple[Any, PatchPlan]:
-    """`mod` with its first stage (up to `cut`) computed in bands of `rows` stage-output rows."""
+def _copy(t: Any) -> Any:
+    """A copy of `t`, run by the `copy_rows` builtin (this PrimFunc is never compiled). Its value
+    goes through an opaque call so that no simplification makes it a reshape (a view, no copy)."""
+    from tvm import te, tirx
+
+    return te.compute(t.shape, lambda *i: tirx.call_pure_extern(str(t.dtype), "ec_copy_rows", t(*i)), name="copy")
+
+
+def _emit_cached(bb: Any, emitter: _BandEmitter, stage: Stage, cut: Cut, rows: int, x: Any) -> list[Any]:
+    """The bands of a cached-halo stage (`cached_bands`); returns the band outputs. A tensor with
+    cached rows is one buffer per band, [halo rows | new rows], both parts placed as views of it
+    (`ec_assemble_rows`). The halo rows travel in two copies (`ec_copy_rows`, a builtin): as soon
+    as a band's buffer is made, its tail rows that the next band keeps go to a halo buffer of just
+    those rows; in the next band, right before the new rows are computed, they go from the halo
+    buffer to the start of the new buffer. Only the halo rows of each layer stay live from band
+    to band, and each copy's destination may lie over its source (`memory.copy_overlaps`)."""
+    from tvm import topi
+
+    nodes = stage.nodes[:cut.index + 1]
+    plan = cached_bands(stage, cut, rows)
+
+    def copy(src: Any) -> Any:
+        out = bb.emit_te(_copy, src, primfunc_name_hint="ec_copy_rows")
+        _marked(bb, out, {COPY_ROWS_ATTR: True, KEEP_CALL_ATTR: True})
+        return out
+
+    prev: dict[Any, tuple[Any, int, int]] = {}
+    halo: dict[Any, Any] = {}           # the previous band's halo buffers
+    outs = []
+    for k, b in enumerate(plan):
+        nxt = plan[k + 1] if k + 1 < len(plan) else None
+        band: dict[Any, tuple[Any, int, int]] = {stage.entry: (x, 0, _height(stage.entry))}
+        kept: dict[Any, Any] = {}
+        for node in nodes:
+            v = node.var
+            if v not in b.held:
+                pass
+            elif v in b.reused:
+                band[v] = prev[v]
+            elif node.kind == "item":            # a tuple item has the rows its tuple was computed for
+                o0, o1 = band[node.args[0]][1:]
+                band[v] = (emitter.node(node, band, o0, o1), o0, o1)
+            elif v not in b.cached:
+                o0, o1 = b.computed[v]
+                band[v] = (emitter.node(node, band, o0, o1), o0, o1)
+            else:
+                o0, o1 = b.computed[v]
+                head = copy(halo.pop(v))
+                new = emitter.node(node, band, o0, o1)
+                buf = bb.emit_te(topi.concatenate, [head, new], 1, primfunc_name_hint="ec_assemble_rows")
+                _marked(bb, buf, {ASSEMBLE_ATTR: True, KEEP_CALL_ATTR: True})
+                band[v] = (buf, b.cached[v][0], o1)
+            # the halo rows the next band keeps, copied as soon as they are made: the band's
+            # buffer then dies at its last reader as without caching (a kernel may stream its
+            # output over it), and only the small halo buffer lives on
+            if nxt is not None and v in nxt.cached and v in band:
+                kept[v] = copy(emitter.rows_of(band, v, *nxt.cached[v]))
+        outs.append(band[nodes[-1].var][0])
+        prev, halo = band, kept
+    return outs
+
+
+def apply_patches(mod: Any, stage: Stage, cut: Cut, rows: int, in_place_input: bool,
+                  halo: str = "recomputed") -> tuple[Any, PatchPlan]:
+    """`mod` with its first stage (up to `cut`) computed in bands of `rows` stage-output rows,
+    the halo rows of inner layers recomputed by every band or cached from the previous one."""
     tvm, relax = _tvm()
     from tvm import topi
 
     main = mod["main"]
     if rows < 1:
         raise EdgeCompileError(f"patch rows must be >= 1, got {rows}")
+    if halo not in HALO_MODES:
+        raise EdgeCompileError(f"patch halo must be one of {', '.join(HALO_MODES)}, got {halo!r}")
     height = cut.shape[1]
     bands = band_ranges(height, rows)
     bb = relax.BlockBuilder(mod)
@@ -568,7 +736,9 @@ def apply_patches(mod: Any, stage: Stage, cut: Cut, rows: int, in_place_input: b
             else:
                 x = p
             outs = []
-            for y0, y1 in bands:
+            if halo == "cached":
+                outs = _emit_cached(bb, emitter, stage, cut, rows, x)
+            for y0, y1 in bands if halo != "cached" else ():
                 needed = _needed_rows(stage, cut, y0, y1)
                 band: dict[Any, tuple[Any, int, int]] = {stage.entry: (x, 0, _height(stage.entry))}
                 for node in stage.nodes[:cut.index + 1]:
@@ -594,17 +764,28 @@ def apply_patches(mod: Any, stage: Stage, cut: Cut, rows: int, in_place_input: b
     new = relax.transform.DeadCodeElimination()(new)
     plan = PatchPlan(layers=cut.layers, rows=rows, bands=len(bands), stage_output=cut.name,
                      stage_output_shape=list(cut.shape), macs_whole=cut.macs,
-                     macs_patched=patch_macs(stage, cut, rows), in_place_input=in_place,
-                     band_rows=[[a, b] for a, b in bands])
+                     macs_patched=patch_macs(stage, cut, rows, halo), in_place_input=in_place,
+                     band_rows=[[a, b] for a, b in bands], halo=halo)
+    if halo == "cached":
+        plan.rows_copied, plan.bytes_copied = cached_copies(stage, cut, rows)
     return new, plan
 
 
-def arena_lower_bound(stage: Stage, cut: Cut, rows: int) -> int:
+def arena_lower_bound(stage: Stage, cut: Cut, rows: int, halo: str = "recomputed") -> int:
     """Bytes any plan of this patch stage needs at least: the whole stage input, live while the
     first band runs. (Nothing more can be counted from the band shapes alone: a band's buffers and
     the stage output may overlap input rows already consumed, and fused kernels keep their
-    intermediate rows to themselves.) Used to skip plans that cannot fit a budget."""
-    return tensor_bytes(stage.entry)
+    intermediate rows to themselves.) With cached halo rows, also what the second band takes
+    over from the first: every halo buffer, and every buffer of the first band it reads whole,
+    all live between the two bands. Used to skip plans that cannot fit a budget."""
+    total = tensor_bytes(stage.entry)
+    if halo == "cached":
+        bands = cached_bands(stage, cut, rows)
+        if len(bands) > 1:
+            first, second = bands[0], bands[1]
+            total += sum((p - a) * _row_bytes(v) for v, (a, p) in second.cached.items())
+            total += sum((first.held[v][1] - first.held[v][0]) * _row_bytes(v) for v in second.reused)
+    return total
 
 
 def tensor_bytes(var: Any) -> int:
@@ -627,7 +808,8 @@ def best_cuts(stage: Stage) -> dict[int, Cut]:
     return best
 
 
-def patch_graph(mod: Any, layers: int, rows: int, in_place_input: bool = True) -> tuple[Any, PatchPlan]:
+def patch_graph(mod: Any, layers: int, rows: int, in_place_input: bool = True,
+                halo: str = "recomputed") -> tuple[Any, PatchPlan]:
     """`mod` with its first window layers, `layers` at most, run in bands of `rows` stage-output
     rows (of the deepest cuts within that many layers, the one with the smallest stage output).
     An error names what limits it."""
@@ -639,4 +821,4 @@ def patch_graph(mod: Any, layers: int, rows: int, in_place_input: bool = True) -
         least = min(best_cuts(stage), default=0)
         raise EdgeCompileError(f"patches: no stage of at most {layers} layers (the first one that can end a "
                                f"stage has {least})")
-    return apply_patches(mod, stage, cuts[max(cuts)], rows, in_place_input)
+    return apply_patches(mod, stage, cuts[max(cuts)], rows, in_place_input, halo)

@@ -78,7 +78,7 @@ def extract_program(mod: Any) -> Program:
     calls, views (reshape, `memory.view` row bands), tuples and constants. Calls to functions
     marked by the patch rewrite (`patches.py`) become what they stand for: `ec.assemble_rows` no
     call (its inputs are views of its output), `ec.in_place_transpose` a builtin whose output
-    is its input's storage."""
+    is its input's storage, `ec.copy_rows` a builtin copy (cached halo rows)."""
     return _Extractor(mod["main"], mod).program()
 
 
@@ -151,6 +151,10 @@ class _Extractor:
         elif attrs is not None and "ec.in_place_transpose" in attrs:
             self.tensors[outs[0]].alias_of = ins[0]
             self.calls.append(KernelCall(gv.name_hint, ins, outs, builtin="transpose_in_place"))
+        elif attrs is not None and "ec.copy_rows" in attrs:
+            self.calls.append(KernelCall(gv.name_hint, ins, outs, builtin="copy_rows"))
+        elif attrs is not None and "ec.copy_rows" in attrs:
+            self.calls.append(KernelCall(gv.name_hint, ins, outs, builtin="copy_rows"))
         else:
             self.calls.append(KernelCall(gv.name_hint, ins, outs))
         return outs[0] if len(fields) == 1 else tuple(outs)

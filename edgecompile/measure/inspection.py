@@ -164,18 +164,29 @@ def _format_memory_plan(m: dict[str, Any]) -> list[str]:
              + f", {m['macs']:,} MACs in {m['calls']} calls"]
     if pp:
         lines.append(f"patch stage: the first {pp['layers']} layers in {pp['bands']} bands of {pp['rows']} rows of "
-                     f"{'x'.join(map(str, pp['stage_output_shape'][1:]))}, {pp['extra_macs']:+,} MACs recomputed")
+                     f"{'x'.join(map(str, pp['stage_output_shape'][1:]))}, " + _halo_text(pp))
     else:
         lines.append("no patch stage")
     if m["tried"]:
-        lines.append(f"{'plan tried':44} {'arena':>9} {'peak RAM est.':>14} {'extra MACs':>12}")
+        lines.append(f"{'plan tried':44} {'arena':>9} {'peak RAM est.':>14} {'extra MACs':>12} {'B copied':>9}")
         for t in m["tried"]:
             what = f"{t['patch'][0]} layers x {t['patch'][1]} rows" if t["patch"] else "no patches"
+            if t.get("halo") == "cached":
+                what += ", halo cached"
             if t["lean_windows"]:
                 what += ", lean windows" + (f" in {t['lean_kernels']} kernels" if t.get("lean_kernels") else "")
             est = f"{t['peak_ram_estimate']:,}" if t["peak_ram_estimate"] is not None else "-"
-            lines.append(f"{what:44} {t['arena_bytes']:>9,} {est:>14} {t['extra_macs']:>+12,}")
+            lines.append(f"{what:44} {t['arena_bytes']:>9,} {est:>14} {t['extra_macs']:>+12,} "
+                         f"{t.get('bytes_copied', 0):>9,}")
     return lines
+
+
+def _halo_text(pp: dict[str, Any]) -> str:
+    """How a patch stage has its halo rows: recomputed (extra MACs) or cached (rows copied)."""
+    if pp.get("halo") == "cached":
+        return (f"halo rows cached: {pp['rows_copied']:,} rows kept from band to band, {pp['bytes_copied']:,} B "
+                f"copied, {pp['extra_macs']:+,} MACs")
+    return f"{pp['extra_macs']:+,} MACs recomputed"
 
 
 def format_inspection(info: dict[str, Any]) -> str:

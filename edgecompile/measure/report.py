@@ -203,7 +203,9 @@ def write_html(data: dict[str, Any], path: Path) -> list[Path]:
         first, end = pp.get("stage_calls", [0, 0])
         parts.append(f"<p>Patch stage (shaded in the memory plan): the first {pp['layers']} window layers in "
                      f"{pp['bands']} bands of {pp['rows']} rows of {e(pp['stage_output'])} ({e(pp['shape'])}), calls "
-                     f"{first}..{end - 1}, {pp['extra_macs']:+,} MACs recomputed"
+                     f"{first}..{end - 1}, "
+                     + (f"halo rows cached ({pp['bytes_copied']:,} B copied), {pp['extra_macs']:+,} MACs"
+                        if pp.get("halo") == "cached" else f"{pp['extra_macs']:+,} MACs recomputed")
                      + (f"; arena {pp['arena_bytes_before']:,} B without patches" if "arena_bytes_before" in pp else "")
                      + "</p>")
     if "footprint" in data:
