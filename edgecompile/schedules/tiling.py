@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..ir.operators import Kind
-from .ukernels import dw_intrin, gemm_intrin, types_for
+from .ukernels import dw_intrin, gemm_intrin, types_for, window_intrin
 
 
 def _children(sch: Any) -> list[Any]:
@@ -175,6 +175,28 @@ def epilogue_block(sch: Any, info: Any) -> Any | None:
     return blocks[a + 1] if a + 1 < len(blocks) else None
 
 
+def split_padding(sch: Any, pads: list[str], max_channels: int = 0) -> None:
+    """Decompose each padding block `pads` of the scheduled kernel into a pad-value fill and an
+    in-bound copy, at the block's third-innermost loop (rows, columns, channels of a padded NHWC
+    window). A block TVM does not take for padding stays as it is; so does a one-channel window
+    (its unit channel loop is not materialised: the third-innermost loop is the row loop of the
+    kernel's tile, and the split there lost the convolution that followed it), and, with
+    `max_channels`, a window of more channels (its innermost loop)."""
+    for name in pads:
+        try:
+            block = sch.get_sblock(name)
+        except Exception:  # noqa: BLE001 - inlined by the rule
+            continue
+        loops = sch.get_loops(block)
+        channels = int(sch.get(block).iter_vars[-1].dom.extent)
+        if len(loops) < 3 or channels == 1 or (max_channels and extent(sch, loops[-1]) > max_channels):
+            continue
+        try:
+            sch.decompose_padding(block, loops[-3])
+        except Exception:  # noqa: BLE001 - ScheduleError: not the padding pattern; keep the block
+            pass
+
+
 # ----------------------------------------------------------------------------- tiling
 
 
@@ -297,6 +319,27 @@ def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pix
     packed = pack and pack_weights(sch, conv, tile[1], info, _gemm_types(types, True, order_for).b_order)
     sch.decompose_reduction(conv, ry)
     sch.tensorize(ci, gemm_intrin(tile[0], tile[1], k, info.stride[1], _gemm_types(types, packed, order_for)))
+    return True
+
+
+def tile_conv_window(sch: Any, info: Any, tile: tuple[int, int], order: str = "pixels") -> bool:
+    """KxK convolution (not grouped) as M pixels x N channels tiles whose whole window (KH x KW
+    taps x CI input channels) is one `ec_window_<t>` micro-kernel call over the padded rows computed
+    per output row: for few input channels (the first convolution of a network, 3 channels), where
+    a GEMM call per tap would reduce only CI steps. The weights are packed in panels of N channels
+    read row by row ([O/N][KH][KW][CI][N])."""
+    found = _anchor_loops(sch, info.anchor, 7)
+    if found is None:
+        return False
+    conv, types, (n, h, w, co, ry, rx, ci) = found
+    (kh, kw), (s, _) = info.kernel, info.stride
+    if (extent(sch, ry), extent(sch, rx)) != (kh, kw):
+        return False
+    k = extent(sch, ci)
+    _pixels_x_channels(sch, info, conv, n, h, w, co, [ry, rx, ci], tile, order)
+    pack_weights(sch, conv, tile[1], info)     # a tile of all the channels reads the weights as they are
+    sch.decompose_reduction(conv, ry)
+    sch.tensorize(ry, window_intrin(tile[0], tile[1], kh, kw, k, s, types))
     return True
 
 

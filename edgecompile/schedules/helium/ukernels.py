@@ -21,9 +21,10 @@ host (`edgecompile test` compares a device's int8 bytes with it)."""
 from __future__ import annotations
 
 from ..cortex_m import ukernels as dsp
-from ..ukernels import GROUP_ORDERS, Types, dw_body, dw_signature, gemm_signature, guarded_kernel, ordered_gemm_body
+from ..ukernels import (GROUP_ORDERS, Types, dw_body, dw_signature, gemm_signature, guarded_kernel, ordered_gemm_body,
+                        window_body, window_signature)
 
-__all__ = ["dw", "gemm"]
+__all__ = ["dw", "gemm", "window"]
 
 _MVE = "\n".join([
     "#if defined(__ARM_FEATURE_MVE) && !defined(EC_ARM_MVE)",
@@ -116,3 +117,47 @@ def dw(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types) -> st
         "portable C otherwise */",
         dw_signature(m, n, kh, kw, s, types), "defined(__ARM_FEATURE_MVE)",
         _dw_mve_body(m, n, kh, kw, s), dw_body(m, n, kh, kw, s, 1, types))
+
+
+def _window_mve_body(m: int, n: int, kh: int, kw: int, ci: int, s: int) -> list[str]:
+    full, tail = divmod(n, 4)
+    vecs = [(q, False) for q in range(full)] + ([(full, True)] if tail else [])
+    lines = [f"  const mve_pred16_t p = vctp32q({tail});"] if tail else []
+    for i in range(m):
+        for q, t in vecs:
+            at = f"C + {i} * ldc + {4 * q}"
+            lines.append(f"  int32x4_t c{i}_{q} = " + (f"vldrwq_z_s32({at}, p);" if t else f"vldrwq_s32({at});"))
+    lines += [f"  for (int32_t ry = 0; ry < {kh}; ++ry) {{", f"    for (int32_t rx = 0; rx < {kw}; ++rx) {{",
+              "      const int16_t *x = X + ry * ldx_row + rx * ldx_px;",
+              "      const int8_t *w = W + ry * ldw_row + rx * ldw_px;"]
+    for rc in range(ci):
+        lines.append("      {")
+        for q, t in vecs:
+            at = f"w + {rc} * ldw_ci + {4 * q}"
+            lines.append(f"        const int32x4_t w{q} = " + (f"vldrbq_z_s32({at}, p);" if t else f"vldrbq_s32({at});"))
+        for i in range(m):
+            lines.append(f"        const int32_t a{i} = x[{i * s} * ldx_px + {rc}];")
+            lines.append("        " + " ".join(f"c{i}_{q} = vmlaq_n_s32(c{i}_{q}, w{q}, a{i});" for q, _ in vecs))
+        lines.append("      }")
+    lines += ["    }", "  }"]
+    for i in range(m):
+        for q, t in vecs:
+            at = f"C + {i} * ldc + {4 * q}"
+            lines.append(f"  vstrwq_p_s32({at}, c{i}_{q}, p);" if t else f"  vstrwq_s32({at}, c{i}_{q});")
+    return lines
+
+
+def window(m: int, n: int, kh: int, kw: int, ci: int, s: int, lanes: int, types: Types) -> str | None:
+    """C for `ec_window_<t>_MxN_kKHxKWcCIsS`, or None where the generic kernel is used: int16 rows
+    (zero-point-shifted, padded) x int8 weights, vectorised over 4 output channels per vector: per
+    tap and input channel, the N weights widened by their loads, one VMLA (vector x scalar) per
+    pixel and vector; a tile whose channels are not a multiple of 4 ends in one VCTP.32-predicated
+    vector."""
+    if not (types.a == "int16" and types.b == "int8" and types.c == "int32"):
+        return None
+    return guarded_kernel(
+        _MVE,
+        f"/* KxK window {kh}x{kw}x{ci}/{s} (int16 x int8 -> int32), C[{m}x{n}]: 4 output channels per Helium "
+        "vector, VMLA by each pixel's activation; portable C otherwise */",
+        window_signature(m, n, kh, kw, ci, s, types), "defined(__ARM_FEATURE_MVE)",
+        _window_mve_body(m, n, kh, kw, ci, s), window_body(m, n, kh, kw, ci, s, 1, types))
