@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..ir.operators import Kind
-from .ukernels import dw_intrin, gemm_intrin, types_for, window_intrin
+from .ukernels import dw_intrin, gemm_intrin, requant_intrin, types_for, window_intrin
 
 
 def _children(sch: Any) -> list[Any]:
@@ -195,6 +195,37 @@ def split_padding(sch: Any, pads: list[str], max_channels: int = 0) -> None:
             sch.decompose_padding(block, loops[-3])
         except Exception:  # noqa: BLE001 - ScheduleError: not the padding pattern; keep the block
             pass
+
+
+def tensorize_requant(sch: Any, min_channels: int = 1) -> int:
+    """Hand each int8 rescale block of the scheduled kernel (an epilogue computed per M x N tile,
+    `requant*`, in the folded form of ir/quantize.py) to the `ec_requant_s8_MxN` micro-kernel: its
+    two innermost loops (M pixels x N channels), or its innermost one (one pixel). A block of
+    another form (a clamp, a residual add...) or loop structure stays as it is, and so does a tile
+    of fewer than `min_channels` channels. Returns how many blocks were tensorized."""
+    names: list[str] = []
+    todo = list(_children(sch))
+    while todo:
+        b = todo.pop(0)
+        name = sch.get(b).name_hint
+        if name.startswith("requant"):
+            names.append(name)
+        todo += list(sch.get_child_blocks(b))
+    done = 0
+    for name in names:
+        block = sch.get_sblock(name)
+        loops = sch.get_loops(block)
+        b = sch.get(block)
+        if len(b.writes) != 1 or str(b.writes[0].source.ty.dtype) != "int8":
+            continue
+        tries = ([(loops[-2], extent(sch, loops[-2]), extent(sch, loops[-1]))] if len(loops) >= 2 else []) \
+            + ([(loops[-1], 1, extent(sch, loops[-1]))] if loops else [])
+        for loop, m, n in tries:
+            if m * n < 2 or n < min_channels or not _try(sch.tensorize, loop, requant_intrin(m, n)):
+                continue
+            done += 1
+            break
+    return done
 
 
 # ----------------------------------------------------------------------------- tiling

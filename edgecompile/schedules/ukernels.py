@@ -30,6 +30,7 @@ from tvm.script import tirx as T
 _REGISTERED: set[str] = set()
 GEMM_CALL_RE = re.compile(r"\bec_gemm_([a-z0-9]+)_(\d+)x(\d+)\(")
 DW_CALL_RE = re.compile(r"\bec_dw_(f32|s8|s16)_(\d+)x(\d+)_k(\d+)x(\d+)s(\d+)\(")
+REQUANT_CALL_RE = re.compile(r"\bec_requant_s8_(\d+)x(\d+)\(")
 WINDOW_CALL_RE = re.compile(r"\bec_window_(f32|s8|s16)_(\d+)x(\d+)_k(\d+)x(\d+)c(\d+)s(\d+)\(")
 
 
@@ -226,6 +227,51 @@ def dw_intrin(m: int, n: int, kh: int, kw: int, s: int, types: Types = F32) -> s
                         with T.sblock("update"):
                             vry, vrx = T.axis.remap("RR", [ry, rx])
                             C[zero, zero] = C[zero, zero] + mac(X[vry, vrx, zero], W[vry, vrx, zero, zero])
+
+        return f
+
+    TensorIntrin.register(name, *parse_shallow(lambda: (make(False), make(True))), override=True)
+    _REGISTERED.add(name)
+    return name
+
+
+def requant_intrin(m: int, n: int) -> str:
+    """TensorIntrin for the int8 rescale of an M x N tile of int32 accumulators (M pixels, N
+    channels), the folded form of ir/quantize.py's requant_plan as the kernels' TIR writes it:
+    out = sat8((int32)((acc * m0[c] + rnd[c]) >> 32) >> r[c]). M = 1: a one-pixel tile (no pixel
+    iterator)."""
+    name = f"ec_requant_s8_{m}x{n}"
+    if name in _REGISTERED:
+        return name
+    M, N, one, zero = T.int64(m), T.int64(n), T.int64(1), T.int64(0)
+    sat = "ec_sat_s8"
+
+    def make(call: bool) -> Any:
+        @T.prim_func(s_tir=True)
+        def f(c: T.handle, mu: T.handle, ad: T.handle, sh: T.handle, o: T.handle) -> None:
+            C = T.match_buffer(c, (M, N), "int32", offset_factor=1, strides=[T.int64(), one])
+            Mu = T.match_buffer(mu, (N,), "int32", offset_factor=1)
+            Ad = T.match_buffer(ad, (N,), "int64", offset_factor=1)
+            Sh = T.match_buffer(sh, (N,), "int32", offset_factor=1)
+            O = T.match_buffer(o, (M, N), "int8", offset_factor=1, strides=[T.int64(), one])
+            with T.sblock("root"):
+                T.reads(C[0:M, 0:N], Mu[0:N], Ad[0:N], Sh[0:N])
+                T.writes(O[0:M, 0:N])
+                if call:
+                    T.evaluate(T.call_extern("int32", name, O.access_ptr("w"), C.access_ptr("r"), Mu.access_ptr("r"),
+                                             Ad.access_ptr("r"), Sh.access_ptr("r"), O.strides[0], C.strides[0]))
+                elif m > 1:
+                    for i, j in T.grid(M, N):
+                        with T.sblock("requant"):
+                            vi, vj = T.axis.remap("SS", [i, j])
+                            O[vi, vj] = T.call_extern("int8", sat, T.Cast("int32", T.Cast("int64", C[vi, vj])
+                                                      * T.Cast("int64", Mu[vj]) + Ad[vj] >> T.int64(32)) >> Sh[vj])
+                else:
+                    for j in T.grid(N):
+                        with T.sblock("requant"):
+                            vj = T.axis.remap("S", [j])
+                            O[zero, vj] = T.call_extern("int8", sat, T.Cast("int32", T.Cast("int64", C[zero, vj])
+                                                        * T.Cast("int64", Mu[vj]) + Ad[vj] >> T.int64(32)) >> Sh[vj])
 
         return f
 
@@ -463,6 +509,28 @@ def emit_dw_c(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types
         f"/* depthwise {kh}x{kw}/{s} ({types.a} x {types.b} -> {types.c}): "
         f"C[{m}x{n}] += sum X[ry][m*{s}+rx][n] * W[ry][rx][n] over a padded window */",
         dw_signature(m, n, kh, kw, s, types) + " {", *dw_body(m, n, kh, kw, s, lanes, types), "  return 0;", "}"])
+
+
+def requant_signature(m: int, n: int) -> str:
+    return (f"static inline int32_t ec_requant_s8_{m}x{n}(int8_t *restrict O, const int32_t *restrict C, "
+            "const int32_t *restrict m0, const int64_t *restrict rnd, const int32_t *restrict r, int64_t ldo, "
+            "int64_t ldc)")
+
+
+def requant_body(m: int, n: int) -> list[str]:
+    """The rescale as the kernels' own C writes it, one value at a time (ir/quantize.py)."""
+    return [f"  for (int32_t i = 0; i < {m}; ++i) {{",
+            f"    for (int32_t j = 0; j < {n}; ++j) {{",
+            "      const int32_t x = ((int32_t)((((int64_t)C[i * ldc + j]) * ((int64_t)m0[j]) + rnd[j]) >> (int64_t)32)) "
+            ">> r[j];",
+            "      O[i * ldo + j] = (int8_t)(x < -128 ? -128 : x > 127 ? 127 : x);",
+            "    }", "  }"]
+
+
+def emit_requant_c(m: int, n: int) -> str:
+    return "\n".join([
+        f"/* int8 rescale of C[{m}x{n}] (int32): O = sat8((int32)((C * m0 + rnd) >> 32) >> r), per channel */",
+        requant_signature(m, n) + " {", *requant_body(m, n), "  return 0;", "}"])
 
 
 def window_signature(m: int, n: int, kh: int, kw: int, ci: int, s: int, types: Types) -> str:

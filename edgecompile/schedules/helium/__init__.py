@@ -58,6 +58,10 @@ class HeliumRules(CortexMRules):
         return _pick(cfg, "tile", None) or choose_tile(ext[2], ext[3], 4, self.WINDOW_ACC, 8)
 
     SPLIT_PAD_CHANNELS = 16
+    # int8 rescale tiles of at least this many channels go to the Helium rescale kernel; narrower
+    # ones (the 3 x 2 pointwise tiles) stay scalar: a half-empty vector per pixel plus the per-call
+    # constants cost more than SMLAL + ASR + SSAT (the wake-word network: 6.73 M with 4, 8.40 M with 1)
+    REQUANT_MIN_CHANNELS = 4
 
     def finish(self, sch: Any, info: Any, blocks_before: list[str]) -> None:
         """Padded windows of at most SPLIT_PAD_CHANNELS channels split into a fill and an in-bound
@@ -65,8 +69,11 @@ class HeliumRules(CortexMRules):
         Wider windows keep one conditional copy (the split's extra fill costs more than it saves
         there). The wake-word network, instructions: first conv (3 channels) 780 k -> 734 k, the
         dw+pw kernels on 8 and 16 channels 1,366 k -> 1,233 k and 731 k -> 703 k; its 32- and
-        64-channel windows measured 2-8% slower split (982 k -> 1,005 k, 568 k -> 579 k)."""
+        64-channel windows measured 2-8% slower split (982 k -> 1,005 k, 568 k -> 579 k).
+        Then the int8 rescale epilogues of tiles of >= REQUANT_MIN_CHANNELS channels become Helium
+        rescale kernel calls (tiling.tensorize_requant)."""
         tiling.split_padding(sch, [b for b in blocks_before if "pad" in b.lower()], self.SPLIT_PAD_CHANNELS)
+        tiling.tensorize_requant(sch, self.REQUANT_MIN_CHANNELS)
 
     def panel_order(self, types: Any) -> str:
         if types.c == "int32" and types.a in ("int8", "int16"):

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from ..cortex_m import ukernels as dsp
 from ..ukernels import (GROUP_ORDERS, Types, dw_body, dw_signature, gemm_signature, guarded_kernel, ordered_gemm_body,
-                        window_body, window_signature)
+                        requant_body, requant_signature, window_body, window_signature)
 
-__all__ = ["dw", "gemm", "window"]
+__all__ = ["dw", "gemm", "requant", "window"]
 
 _MVE = "\n".join([
     "#if defined(__ARM_FEATURE_MVE) && !defined(EC_ARM_MVE)",
@@ -161,3 +161,50 @@ def window(m: int, n: int, kh: int, kw: int, ci: int, s: int, lanes: int, types:
         "vector, VMLA by each pixel's activation; portable C otherwise */",
         window_signature(m, n, kh, kw, ci, s, types), "defined(__ARM_FEATURE_MVE)",
         _window_mve_body(m, n, kh, kw, ci, s), window_body(m, n, kh, kw, ci, s, 1, types))
+
+
+def _requant_mve_body(m: int, n: int) -> list[str]:
+    full, tail = divmod(n, 4)
+    vecs = [(q, False) for q in range(full)] + ([(full, True)] if tail else [])
+    lines = [f"  const mve_pred16_t p = vctp32q({tail});"] if tail else []
+    lines += ["  const uint32x4_t even = vidupq_n_u32(0, 2);"]
+    for q, t in vecs:       # one vector of channels at a time, its pixels inside: 4 constant vectors live
+        z, pa = ("_z", ", p") if t else ("", "")
+        lines += ["  {",
+                  f"    const int32x4_t mu = vldrwq{z}_s32(m0 + {4 * q}{pa});",
+                  f"    const int32x4_t rl = vldrwq_gather_shifted_offset{z}_s32((const int32_t *)(rnd + {4 * q}), even{pa});",
+                  f"    const int32x4_t rh = vldrwq_gather_shifted_offset{z}_s32((const int32_t *)(rnd + {4 * q}) + 1, even{pa});",
+                  f"    const int32x4_t sh = vnegq_s32(vldrwq{z}_s32(r + {4 * q}{pa}));"]
+        for i in range(m):
+            at = f"C + {i} * ldc + {4 * q}"
+            lines += ["    {",
+                      "      const int32x4_t c = " + (f"vldrwq_z_s32({at}, p);" if t else f"vldrwq_s32({at});"),
+                      "      const int32x4_t pl = vmulq_s32(c, mu);",
+                      "      const int32x4_t sl = vaddq_s32(pl, rl);",
+                      "      int32x4_t x = vaddq_s32(vmulhq_s32(c, mu), rh);",
+                      "      x = vaddq_m_n_s32(x, x, 1, vcmphiq_u32(vreinterpretq_u32_s32(pl), vreinterpretq_u32_s32(sl)));",
+                      "      x = vshlq_s32(x, sh);",
+                      "      const int8x16_t y = vqmovnbq_s16(vdupq_n_s8(0), vqmovnbq_s32(vdupq_n_s16(0), x));",
+                      (f"      vstrbq_p_s32(O + {i} * ldo + {4 * q}, vreinterpretq_s32_s8(y), p);" if t
+                       else f"      vstrbq_s32(O + {i} * ldo + {4 * q}, vreinterpretq_s32_s8(y));"),
+                      "    }"]
+        lines.append("  }")
+    return lines
+
+
+def requant(m: int, n: int) -> str:
+    """C for `ec_requant_s8_MxN`: the folded int8 rescale, 4 channels per Helium vector, bit for bit
+    the scalar form: acc * m0 as its low (VMUL) and high (VMULH, no rounding) words, the 64-bit
+    constant's low and high words (gathered from the int64 array) added with the carry of the low
+    words (unsigned compare), then VSHL by -r (a truncating arithmetic shift right, r in [0, 22]),
+    the int8 clamp as two saturating narrowings (VQMOVNB.S32 then .S16: the value lands in the low
+    byte of each 32-bit lane), stored by VSTRB.32 (the low byte of each lane)."""
+    code = guarded_kernel(
+        _MVE,
+        f"/* int8 rescale of C[{m}x{n}] (int32): O = sat8((int32)((C * m0 + rnd) >> 32) >> r) per channel, 4 "
+        "channels per Helium vector (64-bit sum as low and high words with the carry), portable C otherwise */",
+        requant_signature(m, n), "defined(__ARM_FEATURE_MVE)", _requant_mve_body(m, n), requant_body(m, n))
+    # out of line: inlined into the depthwise loops, gcc spilled their vectors (8 Q registers); the
+    # wake-word network measured 7.11 M inlined, 6.73 M out of line
+    return code.replace(requant_signature(m, n) + " {",
+                        requant_signature(m, n) + " __attribute__((noinline));\n" + requant_signature(m, n) + " {")
