@@ -175,6 +175,16 @@ def epilogue_block(sch: Any, info: Any) -> Any | None:
     return blocks[a + 1] if a + 1 < len(blocks) else None
 
 
+def block_channels(sch: Any, name: str) -> int:
+    """The extent of block `name`'s innermost iterator (the channels of an NHWC window); 0 when the
+    block is no longer there (inlined by the rule, or split into blocks of other names)."""
+    try:
+        block = sch.get_sblock(name)
+    except Exception:  # noqa: BLE001 - no such block
+        return 0
+    return int(sch.get(block).iter_vars[-1].dom.extent)
+
+
 def split_padding(sch: Any, pads: list[str], max_channels: int = 0) -> None:
     """Decompose each padding block `pads` of the scheduled kernel into a pad-value fill and an
     in-bound copy, at the block's third-innermost loop (rows, columns, channels of a padded NHWC
