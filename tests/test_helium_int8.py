@@ -3,7 +3,9 @@ of test_int8_kernels (the quantized graph on TVM's Relax VM), bit for bit: the d
 the same model.c compiled for this machine. The cases are chosen for the Helium GEMM's edges:
 reductions of 3, 5, 12, 17 and 33 input channels (a tail-predicated group alone, one full group
 and a tail, two groups and a tail), odd and single output channels, a strided 1x1 convolution;
-and the padded 3x3 convolutions' int16 GEMM: 3, 5 and 9 input channels per tap (stride 2 and 1);
+and the padded 3x3 convolutions' int16 GEMM: 5 and 9 input channels per tap (stride 2 and 1); the
+window kernel of padded KxK convolutions over 1 to 4 input channels: 1, 3, 4 (3x3 and 5x5, strides
+2 and 1; 17, 8 and 5 output channels: scalar-channel tiles, full vectors);
 the Helium depthwise kernel's: 33, 17, 5 channels (predicated vectors alone), 12 and 24
 (full vectors), stride 1 and 2 with padding, fused with the pointwise GEMM and alone; a fully
 connected layer; random weights and quantization parameters. Each build must actually contain
@@ -38,7 +40,14 @@ CASES = [
          "[nn.Conv2d(24, 24, 3, stride=2, padding=1, groups=24), nn.ReLU6(), nn.AvgPool2d((5, 4))]", ("conv_dw",)),
     Case("helium_dwpw_12_s1_28", (1, 12, 5, 6),
          "[nn.Conv2d(12, 12, 3, padding=1, groups=12), nn.ReLU(), nn.Conv2d(12, 28, 1), nn.ReLU6()]", ("dwpw",)),
+    Case("helium_window_1_3_4", (1, 1, 9, 7),
+         "[nn.Conv2d(1, 17, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(17, 3, 1),"
+         " nn.Conv2d(3, 8, 5, padding=2), nn.ReLU6(), nn.Conv2d(8, 4, 1), nn.Conv2d(4, 5, 3, stride=2, padding=1)]",
+         ("conv",)),
+    Case("helium_requant_1x6", (1, 8, 2, 2),
+         "[nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), nn.ReLU(), nn.Conv2d(8, 18, 1), nn.ReLU6()]", ("dwpw",)),
 ]
+REQUANT = {"helium_requant_1x6": "ec_requant_s8_1x6", "helium_window_1_3_4": "ec_requant_s8_2x8"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -48,7 +57,12 @@ def test_helium_kernel_bytes_equal_the_integer_reference(tmp_path, monkeypatch, 
     code = _check_kernel_case(tmp_path, monkeypatch, case, 40 + CASES.index(case), [BOARD])[BOARD]
     if {"conv_pw", "dwpw", "fc"} & set(case.kinds):
         assert re.search(r"\bec_gemm_s8k16_\d+x\d+\(", code) and "vmladavaq_s8" in code, "no Helium GEMM kernel"
-    if "conv" in case.kinds:
+    if "conv" in case.kinds and case.name != "helium_window_1_3_4":
         assert re.search(r"\bec_gemm_s16k8_\d+x\d+\(", code) and "vmladavaq_s16" in code, "no Helium int16 GEMM"
+    if "conv" in case.kinds:     # padded convolutions over at most 4 input channels: the window kernel
+        assert re.search(r"\bec_window_s16_\d+x\d+_k\d+x\d+c[1-4]s\d+\(", code) and "vmlaq_n_s32" in code, \
+            "no Helium window kernel"
+    if case.name in REQUANT:   # the Helium rescale kernel (a tail-predicated vector in 1x6)
+        assert re.search(r"\b" + REQUANT[case.name] + r"\w*\(", code) and "vmulhq_s32" in code, "no Helium rescale"
     if {"conv_dw", "dwpw"} & set(case.kinds):
         assert re.search(r"\bvldrhq_(z_)?s32\(", code), "no Helium depthwise kernel"

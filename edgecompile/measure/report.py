@@ -45,7 +45,7 @@ def symbol_groups(symbols: list[dict[str, Any]], kernel_names: set[str]) -> dict
             add("weights", s)
         elif n == "ec_arena":
             add("arena", s)
-        elif n in kernel_names or n.startswith(("ec_gemm_", "ec_dw_")):
+        elif n in kernel_names or n.startswith(("ec_gemm_", "ec_dw_", "ec_window_", "ec_requant_")):
             add("kernels", s)
         elif n in EXECUTOR:
             add("executor", s)

@@ -114,10 +114,12 @@ def emit_ukernels(kernel_code: str, family_name: str) -> str:
     own = family_ukernels(family_name)
     gemms = sorted({(t, int(m), int(n)) for t, m, n in ukernels.GEMM_CALL_RE.findall(kernel_code)})
     dws = sorted({(t, *(int(v) for v in rest)) for t, *rest in ukernels.DW_CALL_RE.findall(kernel_code)})
+    windows = sorted({(t, *(int(v) for v in rest)) for t, *rest in ukernels.WINDOW_CALL_RE.findall(kernel_code)})
+    requants = sorted({(int(m), int(n)) for m, n in ukernels.REQUANT_CALL_RE.findall(kernel_code)})
     helpers = sorted(set(ukernels.HELPER_CALL_RE.findall(kernel_code)))
-    if not gemms and not dws and not helpers:
+    if not gemms and not dws and not windows and not requants and not helpers:
         return ""
-    integer = helpers or any(t != "f32" for t, *_ in gemms + dws)
+    integer = helpers or requants or any(t != "f32" for t, *_ in gemms + dws + windows)
     parts = ([ukernels.ACLE_INCLUDE] if integer else []) + [ukernels.emit_prelude(lanes)]
     parts += [ukernels.HELPERS[h] for h in helpers]
     for t, m, n in gemms:
@@ -128,4 +130,11 @@ def emit_ukernels(kernel_code: str, family_name: str) -> str:
         types = ukernels.TYPES[t]
         code = getattr(own, "dw", lambda *a: None)(m, n, kh, kw, s, lanes, types)
         parts.append(code or ukernels.emit_dw_c(m, n, kh, kw, s, lanes, types))
+    for t, m, n, kh, kw, ci, s in windows:
+        types = ukernels.TYPES[t]
+        code = getattr(own, "window", lambda *a: None)(m, n, kh, kw, ci, s, lanes, types)
+        parts.append(code or ukernels.emit_window_c(m, n, kh, kw, ci, s, lanes, types))
+    for m, n in requants:
+        code = getattr(own, "requant", lambda *a: None)(m, n)
+        parts.append(code or ukernels.emit_requant_c(m, n))
     return "\n\n".join(parts) + "\n"

@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..ir.operators import Kind
-from .ukernels import SPAN_KW, SPAN_WINDOW, dw_intrin, gemm_full_window_intrin, gemm_intrin, gemm_window_intrin, types_for
+from .ukernels import (SPAN_KW, SPAN_WINDOW, dw_intrin, gemm_full_window_intrin, gemm_intrin, gemm_window_intrin,
+                       requant_intrin, types_for, window_intrin)
 
 
 def _children(sch: Any) -> list[Any]:
@@ -175,6 +176,69 @@ def epilogue_block(sch: Any, info: Any) -> Any | None:
     return blocks[a + 1] if a + 1 < len(blocks) else None
 
 
+def block_channels(sch: Any, name: str) -> int:
+    """The extent of block `name`'s innermost iterator (the channels of an NHWC window); 0 when the
+    block is no longer there (inlined by the rule, or split into blocks of other names)."""
+    try:
+        block = sch.get_sblock(name)
+    except Exception:  # noqa: BLE001 - no such block
+        return 0
+    return int(sch.get(block).iter_vars[-1].dom.extent)
+
+
+def split_padding(sch: Any, pads: list[str], max_channels: int = 0) -> None:
+    """Decompose each padding block `pads` of the scheduled kernel into a pad-value fill and an
+    in-bound copy, at the block's third-innermost loop (rows, columns, channels of a padded NHWC
+    window). A block TVM does not take for padding stays as it is; so does a one-channel window
+    (its unit channel loop is not materialised: the third-innermost loop is the row loop of the
+    kernel's tile, and the split there lost the convolution that followed it), and, with
+    `max_channels`, a window of more channels (its innermost loop)."""
+    for name in pads:
+        try:
+            block = sch.get_sblock(name)
+        except Exception:  # noqa: BLE001 - inlined by the rule
+            continue
+        loops = sch.get_loops(block)
+        channels = int(sch.get(block).iter_vars[-1].dom.extent)
+        if len(loops) < 3 or channels == 1 or (max_channels and extent(sch, loops[-1]) > max_channels):
+            continue
+        try:
+            sch.decompose_padding(block, loops[-3])
+        except Exception:  # noqa: BLE001 - ScheduleError: not the padding pattern; keep the block
+            pass
+
+
+def tensorize_requant(sch: Any, min_channels: int = 1) -> int:
+    """Hand each int8 rescale block of the scheduled kernel (an epilogue computed per M x N tile,
+    `requant*`, in the folded form of ir/quantize.py) to the `ec_requant_s8_MxN` micro-kernel: its
+    two innermost loops (M pixels x N channels), or its innermost one (one pixel). A block of
+    another form (a clamp, a residual add...) or loop structure stays as it is, and so does a tile
+    of fewer than `min_channels` channels. Returns how many blocks were tensorized."""
+    names: list[str] = []
+    todo = list(_children(sch))
+    while todo:
+        b = todo.pop(0)
+        name = sch.get(b).name_hint
+        if name.startswith("requant"):
+            names.append(name)
+        todo += list(sch.get_child_blocks(b))
+    done = 0
+    for name in names:
+        block = sch.get_sblock(name)
+        loops = sch.get_loops(block)
+        b = sch.get(block)
+        if len(b.writes) != 1 or str(b.writes[0].source.ty.dtype) != "int8":
+            continue
+        tries = ([(loops[-2], extent(sch, loops[-2]), extent(sch, loops[-1]))] if len(loops) >= 2 else []) \
+            + ([(loops[-1], 1, extent(sch, loops[-1]))] if loops else [])
+        for loop, m, n in tries:
+            if m * n < 2 or n < min_channels or not _try(sch.tensorize, loop, requant_intrin(m, n)):
+                continue
+            done += 1
+            break
+    return done
+
+
 # ----------------------------------------------------------------------------- tiling
 
 
@@ -318,6 +382,27 @@ def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pix
         sch.tensorize(rx, gemm_window_intrin(tile[0], tile[1], kw, k, info.stride[1], gemm_types))
     else:
         sch.tensorize(ci, gemm_intrin(tile[0], tile[1], k, info.stride[1], gemm_types))
+    return True
+
+
+def tile_conv_window(sch: Any, info: Any, tile: tuple[int, int], order: str = "pixels") -> bool:
+    """KxK convolution (not grouped) as M pixels x N channels tiles whose whole window (KH x KW
+    taps x CI input channels) is one `ec_window_<t>` micro-kernel call over the padded rows computed
+    per output row: for few input channels (the first convolution of a network, 3 channels), where
+    a GEMM call per tap would reduce only CI steps. The weights are packed in panels of N channels
+    read row by row ([O/N][KH][KW][CI][N])."""
+    found = _anchor_loops(sch, info.anchor, 7)
+    if found is None:
+        return False
+    conv, types, (n, h, w, co, ry, rx, ci) = found
+    (kh, kw), (s, _) = info.kernel, info.stride
+    if (extent(sch, ry), extent(sch, rx)) != (kh, kw):
+        return False
+    k = extent(sch, ci)
+    _pixels_x_channels(sch, info, conv, n, h, w, co, [ry, rx, ci], tile, order)
+    pack_weights(sch, conv, tile[1], info)     # a tile of all the channels reads the weights as they are
+    sch.decompose_reduction(conv, ry)
+    sch.tensorize(ry, window_intrin(tile[0], tile[1], kh, kw, k, s, types))
     return True
 
 

@@ -30,6 +30,8 @@ from tvm.script import tirx as T
 _REGISTERED: set[str] = set()
 GEMM_CALL_RE = re.compile(r"\bec_gemm_([a-z0-9]+)_(\d+)x(\d+)\(")
 DW_CALL_RE = re.compile(r"\bec_dw_(f32|s8|s16)_(\d+)x(\d+)_k(\d+)x(\d+)s(\d+)\(")
+REQUANT_CALL_RE = re.compile(r"\bec_requant_s8_(\d+)x(\d+)\(")
+WINDOW_CALL_RE = re.compile(r"\bec_window_(f32|s8|s16)_(\d+)x(\d+)_k(\d+)x(\d+)c(\d+)s(\d+)\(")
 
 
 @dataclass(frozen=True)
@@ -364,6 +366,127 @@ def dw_intrin(m: int, n: int, kh: int, kw: int, s: int, types: Types = F32) -> s
     return name
 
 
+def requant_intrin(m: int, n: int) -> str:
+    """TensorIntrin for the int8 rescale of an M x N tile of int32 accumulators (M pixels, N
+    channels), the folded form of ir/quantize.py's requant_plan as the kernels' TIR writes it:
+    out = sat8((int32)((acc * m0[c] + rnd[c]) >> 32) >> r[c]). M = 1: a one-pixel tile (no pixel
+    iterator)."""
+    name = f"ec_requant_s8_{m}x{n}"
+    if name in _REGISTERED:
+        return name
+    M, N, one, zero = T.int64(m), T.int64(n), T.int64(1), T.int64(0)
+    sat = "ec_sat_s8"
+
+    def make(call: bool) -> Any:
+        @T.prim_func(s_tir=True)
+        def f(c: T.handle, mu: T.handle, ad: T.handle, sh: T.handle, o: T.handle) -> None:
+            C = T.match_buffer(c, (M, N), "int32", offset_factor=1, strides=[T.int64(), one])
+            Mu = T.match_buffer(mu, (N,), "int32", offset_factor=1)
+            Ad = T.match_buffer(ad, (N,), "int64", offset_factor=1)
+            Sh = T.match_buffer(sh, (N,), "int32", offset_factor=1)
+            O = T.match_buffer(o, (M, N), "int8", offset_factor=1, strides=[T.int64(), one])
+            with T.sblock("root"):
+                T.reads(C[0:M, 0:N], Mu[0:N], Ad[0:N], Sh[0:N])
+                T.writes(O[0:M, 0:N])
+                if call:
+                    T.evaluate(T.call_extern("int32", name, O.access_ptr("w"), C.access_ptr("r"), Mu.access_ptr("r"),
+                                             Ad.access_ptr("r"), Sh.access_ptr("r"), O.strides[0], C.strides[0]))
+                elif m > 1:
+                    for i, j in T.grid(M, N):
+                        with T.sblock("requant"):
+                            vi, vj = T.axis.remap("SS", [i, j])
+                            O[vi, vj] = T.call_extern("int8", sat, T.Cast("int32", T.Cast("int64", C[vi, vj])
+                                                      * T.Cast("int64", Mu[vj]) + Ad[vj] >> T.int64(32)) >> Sh[vj])
+                else:
+                    for j in T.grid(N):
+                        with T.sblock("requant"):
+                            vj = T.axis.remap("S", [j])
+                            O[zero, vj] = T.call_extern("int8", sat, T.Cast("int32", T.Cast("int64", C[zero, vj])
+                                                        * T.Cast("int64", Mu[vj]) + Ad[vj] >> T.int64(32)) >> Sh[vj])
+
+        return f
+
+    TensorIntrin.register(name, *parse_shallow(lambda: (make(False), make(True))), override=True)
+    _REGISTERED.add(name)
+    return name
+
+
+def window_intrin(m: int, n: int, kh: int, kw: int, ci: int, s: int, types: Types = F32) -> str:
+    """TensorIntrin for an M x N output tile of a KxK convolution over its whole window: the
+    reduction over KH x KW taps and CI input channels in one micro-kernel call (a convolution with
+    few input channels, where one GEMM call per tap reduces only CI steps), from an already padded
+    row window. The weights are a packed panel read row by row, [KH][KW][CI][N]."""
+    name = f"ec_window_{types.tag}_{m}x{n}_k{kh}x{kw}c{ci}s{s}"
+    if name in _REGISTERED:
+        return name
+    M, N, KH, KW, CI, S = T.int64(m), T.int64(n), T.int64(kh), T.int64(kw), T.int64(ci), T.int64(s)
+    XW = T.int64((m - 1) * s + kw)
+    one, zero = T.int64(1), T.int64(0)
+    ta, tb, tc = types.a, types.b, types.c
+    mac = _mac(types)
+
+    def make(call: bool) -> Any:
+        @T.prim_func(s_tir=True)
+        def f(x: T.handle, w: T.handle, c: T.handle) -> None:
+            X = T.match_buffer(x, (KH, XW, CI), ta, offset_factor=1, strides=[T.int64(), T.int64(), one])
+            W = T.match_buffer(w, (KH, KW, CI, N), tb, offset_factor=1,
+                               strides=[T.int64(), T.int64(), T.int64(), one])
+            C = T.match_buffer(c, (M, N), tc, offset_factor=1, strides=[T.int64(), one])
+            with T.sblock("root"):
+                T.reads(C[0:M, 0:N], X[0:KH, 0:XW, 0:CI], W[0:KH, 0:KW, 0:CI, 0:N])
+                T.writes(C[0:M, 0:N])
+                if call:
+                    T.evaluate(T.call_extern("int32", name, C.access_ptr("rw"), X.access_ptr("r"),
+                                             W.access_ptr("r"), X.strides[0], X.strides[1], W.strides[0],
+                                             W.strides[1], W.strides[2], C.strides[0]))
+                elif ci == 1 and m > 1 and n > 1:     # one input channel: its unit loop has no iterator
+                    for ry, rx, rc, mm, nn in T.grid(KH, KW, CI, M, N):
+                        with T.sblock("update"):
+                            vm, vn, vry, vrx = T.axis.remap("SSRR", [mm, nn, ry, rx])
+                            C[vm, vn] = C[vm, vn] + mac(X[vry, vm * S + vrx, zero], W[vry, vrx, zero, vn])
+                elif ci == 1 and n > 1:
+                    for ry, rx, rc, nn in T.grid(KH, KW, CI, N):
+                        with T.sblock("update"):
+                            vn, vry, vrx = T.axis.remap("SRR", [nn, ry, rx])
+                            C[zero, vn] = C[zero, vn] + mac(X[vry, vrx, zero], W[vry, vrx, zero, vn])
+                elif ci == 1 and m > 1:
+                    for ry, rx, rc, mm, nn in T.grid(KH, KW, CI, M, N):
+                        with T.sblock("update"):
+                            vm, vry, vrx = T.axis.remap("SRR", [mm, ry, rx])
+                            C[vm, zero] = C[vm, zero] + mac(X[vry, vm * S + vrx, zero], W[vry, vrx, zero, zero])
+                elif ci == 1:
+                    for ry, rx, rc, nn in T.grid(KH, KW, CI, N):
+                        with T.sblock("update"):
+                            vry, vrx = T.axis.remap("RR", [ry, rx])
+                            C[zero, zero] = C[zero, zero] + mac(X[vry, vrx, zero], W[vry, vrx, zero, zero])
+                elif m > 1 and n > 1:
+                    for ry, rx, rc, mm, nn in T.grid(KH, KW, CI, M, N):
+                        with T.sblock("update"):
+                            vm, vn, vry, vrx, vrc = T.axis.remap("SSRRR", [mm, nn, ry, rx, rc])
+                            C[vm, vn] = C[vm, vn] + mac(X[vry, vm * S + vrx, vrc], W[vry, vrx, vrc, vn])
+                elif n > 1:
+                    for ry, rx, rc, nn in T.grid(KH, KW, CI, N):
+                        with T.sblock("update"):
+                            vn, vry, vrx, vrc = T.axis.remap("SRRR", [nn, ry, rx, rc])
+                            C[zero, vn] = C[zero, vn] + mac(X[vry, vrx, vrc], W[vry, vrx, vrc, vn])
+                elif m > 1:
+                    for ry, rx, rc, mm, nn in T.grid(KH, KW, CI, M, N):
+                        with T.sblock("update"):
+                            vm, vry, vrx, vrc = T.axis.remap("SRRR", [mm, ry, rx, rc])
+                            C[vm, zero] = C[vm, zero] + mac(X[vry, vm * S + vrx, vrc], W[vry, vrx, vrc, zero])
+                else:
+                    for ry, rx, rc, nn in T.grid(KH, KW, CI, N):
+                        with T.sblock("update"):
+                            vry, vrx, vrc = T.axis.remap("RRR", [ry, rx, rc])
+                            C[zero, zero] = C[zero, zero] + mac(X[vry, vrx, vrc], W[vry, vrx, vrc, zero])
+
+        return f
+
+    TensorIntrin.register(name, *parse_shallow(lambda: (make(False), make(True))), override=True)
+    _REGISTERED.add(name)
+    return name
+
+
 # ----------------------------------------------------------------------------- C source
 
 _C = {"float32": "float", "int8": "int8_t", "int16": "int16_t", "int32": "int32_t"}
@@ -517,6 +640,67 @@ def emit_dw_c(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types
         f"/* depthwise {kh}x{kw}/{s} ({types.a} x {types.b} -> {types.c}): "
         f"C[{m}x{n}] += sum X[ry][m*{s}+rx][n] * W[ry][rx][n] over a padded window */",
         dw_signature(m, n, kh, kw, s, types) + " {", *dw_body(m, n, kh, kw, s, lanes, types), "  return 0;", "}"])
+
+
+def requant_signature(m: int, n: int) -> str:
+    return (f"static inline int32_t ec_requant_s8_{m}x{n}(int8_t *restrict O, const int32_t *restrict C, "
+            "const int32_t *restrict m0, const int64_t *restrict rnd, const int32_t *restrict r, int64_t ldo, "
+            "int64_t ldc)")
+
+
+def requant_body(m: int, n: int) -> list[str]:
+    """The rescale as the kernels' own C writes it, one value at a time (ir/quantize.py)."""
+    return [f"  for (int32_t i = 0; i < {m}; ++i) {{",
+            f"    for (int32_t j = 0; j < {n}; ++j) {{",
+            "      const int32_t x = ((int32_t)((((int64_t)C[i * ldc + j]) * ((int64_t)m0[j]) + rnd[j]) >> (int64_t)32)) "
+            ">> r[j];",
+            "      O[i * ldo + j] = (int8_t)(x < -128 ? -128 : x > 127 ? 127 : x);",
+            "    }", "  }"]
+
+
+def emit_requant_c(m: int, n: int) -> str:
+    return "\n".join([
+        f"/* int8 rescale of C[{m}x{n}] (int32): O = sat8((int32)((C * m0 + rnd) >> 32) >> r), per channel */",
+        requant_signature(m, n) + " {", *requant_body(m, n), "  return 0;", "}"])
+
+
+def window_signature(m: int, n: int, kh: int, kw: int, ci: int, s: int, types: Types) -> str:
+    return (f"static inline int32_t ec_window_{types.tag}_{m}x{n}_k{kh}x{kw}c{ci}s{s}({_C[types.c]} *restrict C, "
+            f"const {_C[types.a]} *restrict X, const {_C[types.b]} *restrict W, int64_t ldx_row, int64_t ldx_px, "
+            "int64_t ldw_row, int64_t ldw_px, int64_t ldw_ci, int64_t ldc)")
+
+
+def window_body(m: int, n: int, kh: int, kw: int, ci: int, s: int, lanes: int, types: Types) -> list[str]:
+    """The generic KxK window loop: M x N accumulators, one rank-1 update (M activations x N
+    weights) per tap and input channel."""
+    e, nv = _Emit.for_tile(types, n, lanes)
+    lanes = e.lanes
+    lines = []
+    for i in range(m):
+        lines.append(f"  {e.acc_type()} " + ", ".join(
+            f"c{i}_{j} = {e.load_acc(f'C + {i} * ldc + {j * lanes}')}" for j in range(nv)) + ";")
+    lines.append(f"  for (int32_t ry = 0; ry < {kh}; ++ry) {{")
+    lines.append(f"    for (int32_t rx = 0; rx < {kw}; ++rx) {{")
+    lines.append(f"      for (int32_t rc = 0; rc < {ci}; ++rc) {{")
+    lines.append(f"        const {_C[types.a]} *x = X + ry * ldx_row + rx * ldx_px + rc;")
+    lines.append(f"        const {_C[types.b]} *w = W + ry * ldw_row + rx * ldw_px + rc * ldw_ci;")
+    lines.append(f"        const {e.acc_type()} " + ", ".join(
+        f"w{j} = {e.load(f'w + {j * lanes}', types.b)}" for j in range(nv)) + ";")
+    for i in range(m):
+        lines.append(f"        const {_C[types.c]} a{i} = {e.scalar(f'x[{i * s} * ldx_px]')};")
+        lines.append("        " + " ".join(f"c{i}_{j} += a{i} * w{j};" for j in range(nv)))
+    lines += ["      }", "    }", "  }"]
+    for i in range(m):
+        lines.append("  " + " ".join(e.store_acc(f"C + {i} * ldc + {j * lanes}", f"c{i}_{j}") for j in range(nv)))
+    return lines
+
+
+def emit_window_c(m: int, n: int, kh: int, kw: int, ci: int, s: int, lanes: int, types: Types = F32) -> str:
+    return "\n".join([
+        f"/* KxK window {kh}x{kw}x{ci}/{s} ({types.a} x {types.b} -> {types.c}): "
+        f"C[{m}x{n}] += sum X[ry][m*{s}+rx][rc] * W[ry][rx][rc][n] over a padded window */",
+        window_signature(m, n, kh, kw, ci, s, types) + " {", *window_body(m, n, kh, kw, ci, s, lanes, types),
+        "  return 0;", "}"])
 
 
 def guarded_kernel(prelude: str, comment: str, signature: str, condition: str, fast: list[str],

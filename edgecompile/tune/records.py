@@ -56,7 +56,7 @@ def _register_intrinsics(text: str) -> None:
     database replays every stored trace when it opens."""
     from ..schedules import ukernels
 
-    for name in sorted(set(re.findall(r"ec_(?:gemm|gemmw|dw)_[a-z0-9_]+", text))):
+    for name in sorted(set(re.findall(r"ec_(?:gemm|gemmw|dw|window)_[a-z0-9_]+", text))):
         m = re.fullmatch(r"ec_gemmw_([a-z0-9]+)_(\d+)x(\d+)_w(\d+)c(\d+)_s(\d+)", name)
         if m and m[1] in ukernels.TYPES:
             ukernels.gemm_window_intrin(*(int(m[i]) for i in range(2, 7)), ukernels.TYPES[m[1]])
@@ -72,6 +72,10 @@ def _register_intrinsics(text: str) -> None:
         m = re.fullmatch(r"ec_dw_(f32|s8|s16)_(\d+)x(\d+)_k(\d+)x(\d+)s(\d+)", name)
         if m:
             ukernels.dw_intrin(*(int(m[i]) for i in range(2, 7)), ukernels.TYPES[m[1]])
+            continue
+        m = re.fullmatch(r"ec_window_(f32|s8|s16)_(\d+)x(\d+)_k(\d+)x(\d+)c(\d+)s(\d+)", name)
+        if m:
+            ukernels.window_intrin(*(int(m[i]) for i in range(2, 8)), ukernels.TYPES[m[1]])
 
 
 def db_key(target: Target) -> str:

@@ -14,7 +14,7 @@ class CortexARules(TiledRules):
     1 x 16...) leave registers for the 16-byte activation and weight blocks. Their weight panels are
     stored in 16-step blocks per channel ("k16"). int16 x int8 GEMM tiles (the padded rows of KxK
     convolutions) are counted in vectors of 8 channels, 4 of them (8 int32x4 accumulators).
-    Padded windows are split into a fill and a copy (`_split_padding`)."""
+    Padded windows are split into a fill and a copy (`tiling.split_padding`)."""
 
     def _s8_gemm(self, types: Any) -> bool:
         return types is not None and (types.a, types.b, types.c) == ("int8", "int8", "int32")
@@ -51,25 +51,7 @@ class CortexARules(TiledRules):
         pad value and one that copies the in-bound values without a condition: the copy's channel
         loop is vectorized. (A build step, not part of the rules: MetaSchedule cannot print the
         trace of `decompose_padding`, so tuning measures kernels without it.)"""
-        _split_padding(sch, [b for b in blocks_before if "pad" in b.lower()])
-
-
-def _split_padding(sch: Any, pads: list[str]) -> None:
-    """Decompose each padding block `pads` of the scheduled kernel into a pad-value fill and an
-    in-bound copy, at the block's third-innermost loop (rows, columns, channels of a padded NHWC
-    window). A block TVM does not take for padding stays as it is."""
-    for name in pads:
-        try:
-            block = sch.get_sblock(name)
-        except Exception:  # noqa: BLE001 - inlined by the rule
-            continue
-        loops = sch.get_loops(block)
-        if len(loops) < 3:
-            continue
-        try:
-            sch.decompose_padding(block, loops[-3])
-        except Exception:  # noqa: BLE001 - ScheduleError: not the padding pattern; keep the block
-            pass
+        tiling.split_padding(sch, [b for b in blocks_before if "pad" in b.lower()])
 
 
 LANES = 4

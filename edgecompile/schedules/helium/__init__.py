@@ -7,8 +7,10 @@ rows x int8 weights) use 4-lane Helium vectors. Float kernels use the 4-lane vec
 
 from typing import Any
 
+from ...ir.operators import Kind
 from .. import tiling
 from ..cortex_m import CortexMRules
+from ..rules import _pick, choose_tile
 
 
 class HeliumRules(CortexMRules):
@@ -32,6 +34,52 @@ class HeliumRules(CortexMRules):
             if types is not None and types.a == "int16" and types.c == "int32":
                 return 4, self.DW_VECTORS
         return lanes, acc
+
+    WINDOW_MAX_CI = 4   # KxK convolutions with at most this many input channels: one window kernel per tile
+    WINDOW_ACC = 4      # its accumulator vectors (2 x 8 tiles): the wake-word network's first conv measured
+                        # 933 k / 780 k / 794 k instructions with 6 / 4 / 2 (gcc spills the 3 x 8 tile's)
+
+    def schedule_conv(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
+        """A KxK convolution over few input channels (int16 padded rows: the first convolution of a
+        network) as tiles whose whole window is one Helium kernel call, vectorised over the output
+        channels (tiling.tile_conv_window); the others as GEMM tiles."""
+        window = self._window_tile(sch, info, cfg)
+        if window is None:
+            return super().schedule_conv(sch, info, cfg)
+        return tiling.tile_conv_window(sch, info, window, _pick(cfg, "order", "pixels"))
+
+    def _window_tile(self, sch: Any, info: Any, cfg: dict | None) -> tuple[int, int] | None:
+        if info.kind != Kind.CONV or tuple(info.kernel) == (1, 1) or (cfg and cfg.get("window") is False):
+            return None
+        ext = tiling.anchor_extents(sch, info.anchor)
+        types = tiling.operand_types(sch, sch.get_sblock(info.anchor))
+        if len(ext) != 7 or types is None or (types.a, types.c) != ("int16", "int32") or ext[6] > self.WINDOW_MAX_CI:
+            return None
+        return _pick(cfg, "tile", None) or choose_tile(ext[2], ext[3], 4, self.WINDOW_ACC, 8)
+
+    SPLIT_PAD_CHANNELS = 16
+    # int8 rescale tiles of at least this many channels go to the Helium rescale kernel; narrower
+    # ones (the 3 x 2 pointwise tiles) stay scalar: a half-empty vector per pixel plus the per-call
+    # constants cost more than SMLAL + ASR + SSAT (the wake-word network: 6.73 M with 4, 8.40 M with 1)
+    REQUANT_MIN_CHANNELS = 4
+
+    def finish(self, sch: Any, info: Any, blocks_before: list[str]) -> None:
+        """Padded windows of at most SPLIT_PAD_CHANNELS channels split into a fill and an in-bound
+        copy (tiling.split_padding): gcc leaves the conditional copy of a short channel row scalar.
+        Wider windows keep one conditional copy (the split's extra fill costs more than it saves
+        there). The wake-word network, instructions: first conv (3 channels) 780 k -> 734 k, the
+        dw+pw kernels on 8 and 16 channels 1,366 k -> 1,233 k and 731 k -> 703 k; its 32- and
+        64-channel windows measured 2-8% slower split (982 k -> 1,005 k, 568 k -> 579 k).
+        Then, in kernels whose padded windows are that narrow (or that have none), the int8
+        rescale epilogues of tiles of >= REQUANT_MIN_CHANNELS channels become Helium rescale kernel
+        calls (tiling.tensorize_requant); kernels with wider windows keep the scalar rescale: there
+        the out-of-line call measured 0.6-5% slower (the wake-word network's dw+pw kernels on 32 to
+        128 channels), in the narrow ones 4-9% faster (first conv 734 k -> 668 k, 8 channels
+        1,233 k -> 1,157 k, 16 channels 703 k -> 691 k)."""
+        pads = [b for b in blocks_before if "pad" in b.lower()]
+        tiling.split_padding(sch, pads, self.SPLIT_PAD_CHANNELS)
+        if all(tiling.block_channels(sch, b) <= self.SPLIT_PAD_CHANNELS for b in pads):
+            tiling.tensorize_requant(sch, self.REQUANT_MIN_CHANNELS)
 
     def panel_order(self, types: Any) -> str:
         if types.c == "int32" and types.a in ("int8", "int16"):
