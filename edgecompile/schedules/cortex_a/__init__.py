@@ -73,4 +73,4 @@ def _split_padding(sch: Any, pads: list[str]) -> None:
 
 
 LANES = 4
-RULES = CortexARules(lanes=LANES, conv_acc=20, dw_acc=12, fc_acc=8)
+RULES = CortexARules(lanes=LANES, conv_acc=20, dw_acc=12, fc_acc=8, ragged=True)
