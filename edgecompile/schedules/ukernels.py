@@ -307,7 +307,7 @@ def ragged_body(m: int, n: int, lanes: int, acc: int, block: Any) -> list[str]:
     return lines
 
 
-def gemm_block(types: Types, m: int, w: int, sfx: str, v: int, off: str) -> list[str]:
+def _gemm_block(types: Types, m: int, w: int, sfx: str, v: int, off: str) -> list[str]:
     """One block of a ragged GEMM: M x v accumulators of width w over the whole reduction."""
     e = _Emit(types, w, sfx)
     lines = [f"    {e.acc_type()} " + ", ".join(f"c{i}_{j} = {e.load_acc(f'C + {i} * ldc + {off}{j * w}')}"
@@ -337,7 +337,7 @@ def emit_gemm_c(m: int, n: int, lanes: int, types: Types = F32, acc: int = 8) ->
             f"vectors in blocks of up to {max(1, min(n // w, acc // m)) * m} accumulators, the last {n % w} channels "
             "in scalars */",
             gemm_signature(m, n, types) + " {",
-            *ragged_body(m, n, lanes, acc, lambda w, sfx, v, off: gemm_block(types, m, w, sfx, v, off)),
+            *ragged_body(m, n, lanes, acc, lambda w, sfx, v, off: _gemm_block(types, m, w, sfx, v, off)),
             "  return 0;", "}"])
     e, nv = _Emit.for_tile(types, n, lanes)
     lanes = e.lanes

@@ -27,8 +27,7 @@ this machine gives the same bytes (`edgecompile test` compares a device's int8 o
 
 from __future__ import annotations
 
-from ..ukernels import (F32, Types, dw_body, dw_signature, gemm_block, gemm_signature, guarded_kernel, ragged_body,
-                        ragged_width, vector_width)
+from ..ukernels import Types, dw_body, dw_signature, gemm_signature, guarded_kernel, vector_width
 
 NEON = "defined(__ARM_NEON) && defined(__aarch64__)"
 _INCLUDE = "\n".join([
@@ -47,8 +46,6 @@ def gemm(m: int, n: int, lanes: int, types: Types) -> str | None:
         return _gemm_s8_k16(m, n)
     if not types.b_order and types.a == "int16" and types.b == "int8" and types.c == "int32" and n % 8 == 0:
         return _gemm_s16(m, n)
-    if types == F32 and ragged_width(n, lanes) == 4:
-        return _gemm_f32_ragged(m, n, lanes)
     lanes, _ = vector_width(n, lanes)
     if not (lanes == 4 and types.c == "float32" and types.a == "float32"):
         return None
@@ -58,55 +55,31 @@ def gemm(m: int, n: int, lanes: int, types: Types) -> str | None:
         "steps at a time with A rows loaded as vectors and used by lane (fmla by element) */",
         f"static inline int32_t ec_gemm_{types.tag}_{m}x{n}(float *restrict C, const float *restrict A, "
         "const float *restrict B, int32_t K, int64_t lda, int64_t ldb, int64_t ldc) {",
-        *_f32_block(m, nv, "", "  "),
     ]
+    for i in range(m):
+        lines.append("  ec_f32v " + ", ".join(f"c{i}_{j} = ec_f32v_load(C + {i} * ldc + {j * 4})"
+                                               for j in range(nv)) + ";")
+    lines.append("  int32_t k = 0;")
+    lines.append("  for (; k + 4 <= K; k += 4) {")
+    lines.append("    const ec_f32v " + ", ".join(f"a{i} = ec_f32v_load(A + {i} * lda + k)" for i in range(m)) + ";")
+    for kk in range(4):
+        lines.append("    {")
+        lines.append("      const ec_f32v " + ", ".join(f"b{j} = ec_f32v_load(B + (k + {kk}) * ldb + {j * 4})"
+                                                     for j in range(nv)) + ";")
+        for i in range(m):
+            lines.append("      " + " ".join(f"c{i}_{j} += a{i}[{kk}] * b{j};" for j in range(nv)))
+        lines.append("    }")
+    lines.append("  }")
+    lines.append("  for (; k < K; ++k) {")
+    lines.append("    const ec_f32v " + ", ".join(f"b{j} = ec_f32v_load(B + k * ldb + {j * 4})" for j in range(nv)) + ";")
+    for i in range(m):
+        lines.append(f"    const float a{i} = A[{i} * lda + k];")
+        lines.append("    " + " ".join(f"c{i}_{j} += a{i} * b{j};" for j in range(nv)))
+    lines.append("  }")
+    for i in range(m):
+        lines.append("  " + " ".join(f"ec_f32v_store(C + {i} * ldc + {j * 4}, c{i}_{j});" for j in range(nv)))
     lines += ["  return 0;", "}"]
     return "\n".join(lines)
-
-
-def _f32_block(m: int, nv: int, off: str, ind: str) -> list[str]:
-    """M x nv 4-lane accumulators at channel offset `off` (a C expression and " + ", or "") over the
-    whole reduction, 4 steps at a time by element; `ind` the indentation of its statements."""
-    lines = []
-    for i in range(m):
-        lines.append(ind + "ec_f32v " + ", ".join(f"c{i}_{j} = ec_f32v_load(C + {i} * ldc + {off}{j * 4})"
-                                                 for j in range(nv)) + ";")
-    lines.append(ind + "int32_t k = 0;")
-    lines.append(ind + "for (; k + 4 <= K; k += 4) {")
-    lines.append(ind + "  const ec_f32v " + ", ".join(f"a{i} = ec_f32v_load(A + {i} * lda + k)" for i in range(m)) + ";")
-    for kk in range(4):
-        lines.append(ind + "  {")
-        lines.append(ind + "    const ec_f32v " + ", ".join(f"b{j} = ec_f32v_load(B + (k + {kk}) * ldb + {off}{j * 4})"
-                                                         for j in range(nv)) + ";")
-        for i in range(m):
-            lines.append(ind + "    " + " ".join(f"c{i}_{j} += a{i}[{kk}] * b{j};" for j in range(nv)))
-        lines.append(ind + "  }")
-    lines.append(ind + "}")
-    lines.append(ind + "for (; k < K; ++k) {")
-    lines.append(ind + "  const ec_f32v " + ", ".join(f"b{j} = ec_f32v_load(B + k * ldb + {off}{j * 4})"
-                                                     for j in range(nv)) + ";")
-    for i in range(m):
-        lines.append(ind + f"  const float a{i} = A[{i} * lda + k];")
-        lines.append(ind + "  " + " ".join(f"c{i}_{j} += a{i} * b{j};" for j in range(nv)))
-    lines.append(ind + "}")
-    for i in range(m):
-        lines.append(ind + " ".join(f"ec_f32v_store(C + {i} * ldc + {off}{j * 4}, c{i}_{j});" for j in range(nv)))
-    return lines
-
-
-def _gemm_f32_ragged(m: int, n: int, lanes: int) -> str:
-    """A ragged float tile (rules._ragged): blocks of 4-lane vectors by element as above, the
-    last n % 4 channels in scalars (ukernels.ragged_body)."""
-    from . import RULES
-
-    acc = RULES.conv_acc
-    return "\n".join([
-        f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (float); ragged tile: 4-lane vectors in blocks of up to "
-        f"{max(1, min(n // 4, acc // m)) * m} accumulators (fmla by element), the last {n % 4} channels in scalars */",
-        gemm_signature(m, n, F32) + " {",
-        *ragged_body(m, n, lanes, acc, lambda w, sfx, v, off: _f32_block(m, v, off, "    ") if w == 4
-                     else gemm_block(F32, m, w, sfx, v, off)),
-        "  return 0;", "}"])
 
 
 def _gemm_s8_k16_neon(m: int, n: int) -> list[str]:
