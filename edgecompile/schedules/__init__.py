@@ -110,7 +110,7 @@ def schedule(func: Any, family_name: str, dwpw_rows: int | None = None, config: 
 def emit_ukernels(kernel_code: str, family_name: str) -> str:
     """C definitions of every micro-kernel that `kernel_code` calls (sorted: deterministic): the
     family's own version where it has one, else the generic one."""
-    lanes = family(family_name).LANES
+    lanes, rules = family(family_name).LANES, family(family_name).RULES
     own = family_ukernels(family_name)
     gemms = sorted({(t, int(m), int(n)) for t, m, n in ukernels.GEMM_CALL_RE.findall(kernel_code)})
     dws = sorted({(t, *(int(v) for v in rest)) for t, *rest in ukernels.DW_CALL_RE.findall(kernel_code)})
@@ -125,11 +125,11 @@ def emit_ukernels(kernel_code: str, family_name: str) -> str:
     for t, m, n in gemms:
         types = ukernels.TYPES[t]
         code = getattr(own, "gemm", lambda *a: None)(m, n, lanes, types)
-        parts.append(code or ukernels.emit_gemm_c(m, n, lanes, types))
+        parts.append(code or ukernels.emit_gemm_c(m, n, lanes, types, rules.conv_acc))
     for t, m, n, kh, kw, s in dws:
         types = ukernels.TYPES[t]
         code = getattr(own, "dw", lambda *a: None)(m, n, kh, kw, s, lanes, types)
-        parts.append(code or ukernels.emit_dw_c(m, n, kh, kw, s, lanes, types))
+        parts.append(code or ukernels.emit_dw_c(m, n, kh, kw, s, lanes, types, rules.dw_acc))
     for t, m, n, kh, kw, ci, s in windows:
         types = ukernels.TYPES[t]
         code = getattr(own, "window", lambda *a: None)(m, n, kh, kw, ci, s, lanes, types)

@@ -527,11 +527,72 @@ class _Emit:
         return f"({_C[self.t.c]})({expr})"
 
 
-def emit_gemm_c(m: int, n: int, lanes: int, types: Types = F32) -> str:
+def ragged_width(n: int, lanes: int) -> int:
+    """The vector width of a ragged tile of n channels (more than 8, no width of `narrower_widths`
+    dividing them): the width leaving the fewest channels to scalars, the wider on a tie
+    (58 channels: 4 lanes on NEON, 8 on AVX2 and AVX-512). 1 when n is no ragged tile."""
+    if n <= 8 or lanes <= 1 or vector_width(n, lanes)[0] > 1:
+        return 1
+    fits = [w for w, _ in narrower_widths(lanes) if w <= n]
+    return min(fits, key=lambda w: (n % w, -w)) if fits else 1
+
+
+def ragged_body(m: int, n: int, lanes: int, acc: int, block: Any) -> list[str]:
+    """The body of a ragged tile's micro-kernel (rules._ragged): the n channels as nv vectors of
+    w = ragged_width(n, lanes) lanes, in blocks of up to max(1, acc // m) vectors (a loop over
+    the full blocks, then the remaining vectors), then the last n % w channels in scalars.
+    `block(w, sfx, v, off)` gives the C of one block of v vectors of width w (1: scalars) at
+    channel offset `off` (a C expression followed by " + ", or "")."""
+    w = ragged_width(n, lanes)
+    sfx = dict(narrower_widths(lanes))[w]
+    nv, r = divmod(n, w)
+    v = max(1, min(nv, acc // m))
+    full, rest = divmod(nv, v)
+    lines = []
+    if full > 1:
+        lines += [f"  for (int32_t j0 = 0; j0 < {full * v * w}; j0 += {v * w}) {{",
+                  *block(w, sfx, v, "j0 + "), "  }"]
+    elif full == 1:
+        lines += ["  {", *block(w, sfx, v, ""), "  }"]
+    if rest:
+        lines += ["  {", *block(w, sfx, rest, f"{full * v * w} + "), "  }"]
+    if r:
+        lines += ["  {", *block(1, "", r, f"{nv * w} + "), "  }"]
+    return lines
+
+
+def _gemm_block(types: Types, m: int, w: int, sfx: str, v: int, off: str) -> list[str]:
+    """One block of a ragged GEMM: M x v accumulators of width w over the whole reduction."""
+    e = _Emit(types, w, sfx)
+    lines = [f"    {e.acc_type()} " + ", ".join(f"c{i}_{j} = {e.load_acc(f'C + {i} * ldc + {off}{j * w}')}"
+                                              for j in range(v)) + ";" for i in range(m)]
+    lines.append("    for (int32_t k = 0; k < K; ++k) {")
+    lines.append(f"      const {e.acc_type()} " + ", ".join(
+        f"b{j} = {e.load(f'B + k * ldb + {off}{j * w}', types.b)}" for j in range(v)) + ";")
+    for i in range(m):
+        lines.append(f"      const {_C[types.c]} a{i} = {e.scalar(f'A[{i} * lda + k]')};")
+        lines.append("      " + " ".join(f"c{i}_{j} += a{i} * b{j};" for j in range(v)))
+    lines.append("    }")
+    lines += ["    " + " ".join(e.store_acc(f"C + {i} * ldc + {off}{j * w}", f"c{i}_{j}") for j in range(v))
+              for i in range(m)]
+    return lines
+
+
+def emit_gemm_c(m: int, n: int, lanes: int, types: Types = F32, acc: int = 8) -> str:
     """The generic GEMM micro-kernel: M x N accumulators in named (vector) variables, one rank-1
-    update per reduction step."""
+    update per reduction step; a ragged tile (ragged_width > 1) in blocks of up to `acc`
+    accumulators (ragged_body)."""
     if types.b_order:
         return emit_ordered_gemm_c(m, n, types)
+    if ragged_width(n, lanes) > 1:
+        w = ragged_width(n, lanes)
+        return "\n".join([
+            f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] ({types.a} x {types.b} -> {types.c}); ragged tile: {w}-lane "
+            f"vectors in blocks of up to {max(1, min(n // w, acc // m)) * m} accumulators, the last {n % w} channels "
+            "in scalars */",
+            gemm_signature(m, n, types) + " {",
+            *ragged_body(m, n, lanes, acc, lambda w, sfx, v, off: _gemm_block(types, m, w, sfx, v, off)),
+            "  return 0;", "}"])
     e, nv = _Emit.for_tile(types, n, lanes)
     lanes = e.lanes
     lines = [
@@ -635,7 +696,35 @@ def dw_body(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types) 
     return lines
 
 
-def emit_dw_c(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types = F32) -> str:
+def _dw_block(types: Types, m: int, kh: int, kw: int, s: int, w: int, sfx: str, v: int, off: str) -> list[str]:
+    """One block of a ragged depthwise tile: M x v accumulators of width w over the whole window."""
+    e = _Emit(types, w, sfx)
+    lines = [f"    {e.acc_type()} " + ", ".join(f"c{i}_{j} = {e.load_acc(f'C + {i} * ldc + {off}{j * w}')}"
+                                              for j in range(v)) + ";" for i in range(m)]
+    lines += [f"    for (int32_t ry = 0; ry < {kh}; ++ry) {{", f"      for (int32_t rx = 0; rx < {kw}; ++rx) {{",
+              f"        const {_C[types.a]} *x = X + ry * ldx_row + rx * ldx_px + {off}0;",
+              f"        const {_C[types.b]} *w = W + ry * ldw_row + rx * ldw_px + {off}0;",
+              f"        const {e.acc_type()} " + ", ".join(f"w{j} = {e.load(f'w + {j * w}', types.b)}"
+                                                          for j in range(v)) + ";"]
+    for i in range(m):
+        lines.append("        " + " ".join(
+            f"c{i}_{j} += {e.load(f'x + {i * s} * ldx_px + {j * w}', types.a)} * w{j};" for j in range(v)))
+    lines += ["      }", "    }"]
+    lines += ["    " + " ".join(e.store_acc(f"C + {i} * ldc + {off}{j * w}", f"c{i}_{j}") for j in range(v))
+              for i in range(m)]
+    return lines
+
+
+def emit_dw_c(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types = F32, acc: int = 8) -> str:
+    if ragged_width(n, lanes) > 1:
+        w = ragged_width(n, lanes)
+        return "\n".join([
+            f"/* depthwise {kh}x{kw}/{s} ({types.a} x {types.b} -> {types.c}): "
+            f"C[{m}x{n}] += sum X[ry][m*{s}+rx][n] * W[ry][rx][n] over a padded window; ragged tile: {w}-lane "
+            f"vectors in blocks, the last {n % w} channels in scalars */",
+            dw_signature(m, n, kh, kw, s, types) + " {",
+            *ragged_body(m, n, lanes, acc, lambda w, sfx, v, off: _dw_block(types, m, kh, kw, s, w, sfx, v, off)),
+            "  return 0;", "}"])
     return "\n".join([
         f"/* depthwise {kh}x{kw}/{s} ({types.a} x {types.b} -> {types.c}): "
         f"C[{m}x{n}] += sum X[ry][m*{s}+rx][n] * W[ry][rx][n] over a padded window */",

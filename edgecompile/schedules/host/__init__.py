@@ -22,8 +22,8 @@ def _has_avx512() -> bool:
 if _has_avx512():
     VARIANT = "avx512"           # tuning records are kept per variant: their tiles depend on it
     LANES = 16
-    RULES = TiledRules(lanes=LANES, conv_acc=24, dw_acc=16, fc_acc=8)
+    RULES = TiledRules(lanes=LANES, conv_acc=24, dw_acc=16, fc_acc=8, ragged=True)
 else:
     VARIANT = "avx2"
     LANES = 8
-    RULES = TiledRules(lanes=LANES, conv_acc=12, dw_acc=8, fc_acc=4)
+    RULES = TiledRules(lanes=LANES, conv_acc=12, dw_acc=8, fc_acc=4, ragged=True)
