@@ -166,6 +166,8 @@ def arm_section(arm: list[dict]) -> list[str]:
     lines += [""] + notes + ([""] if notes else [])
     lines += ["`ours / XNNPACK` uses our best build of the row (tuned where that column has a number). "
               "`–` in `ours tuned`: not tuned in this run.", ""]
+    if (HERE / "ARM_PROFILE.md").exists():
+        lines += ["Where our instructions go on the rows furthest from XNNPACK (per kernel): [ARM_PROFILE.md](ARM_PROFILE.md).", ""]
     return lines
 
 
