@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arm_models import ARM_MODELS, BY_KEY, NUM_CLASSES, SEED, ArmModel, select  # noqa: E402
+from arm_models import BY_KEY, NUM_CLASSES, SEED, ArmModel, select  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SETUP_SCRIPT = Path(__file__).resolve().with_name("arm64_root.sh")
