@@ -229,6 +229,10 @@ def build_plugin() -> Path:
     return lib
 
 
+class ConvertError(Exception):
+    """litert-torch could not convert a network (the message is its exception, verbatim)."""
+
+
 def convert(m: ArmModel, path: Path) -> tuple[tuple[int, ...], "object"]:
     import contextlib
     import io
@@ -240,8 +244,11 @@ def convert(m: ArmModel, path: Path) -> tuple[tuple[int, ...], "object"]:
     from models import build_model
 
     model, shape = build_model(m.model, num_classes=NUM_CLASSES, seed=SEED, **m.options)
-    with contextlib.redirect_stdout(io.StringIO()):
-        litert_torch.convert(model, (torch.zeros(shape),)).export(str(path))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            litert_torch.convert(model, (torch.zeros(shape),)).export(str(path))
+    except Exception as err:  # noqa: BLE001 - whatever the converter raises is the result to record
+        raise ConvertError(f"{type(err).__name__}: {err}".strip()) from err
     return shape, model
 
 
@@ -317,8 +324,8 @@ def measure(m: ArmModel, args: argparse.Namespace, qemu: str, qemu_version: str,
         t0 = time.monotonic()
         try:
             shape, model = convert(m, tfl)
-        except Exception as err:  # noqa: BLE001 - any converter failure is a result to record
-            msg = f"{type(err).__name__}: {err}".strip()
+        except ConvertError as err:
+            msg = str(err)
             print(f"[arm_xnnpack] {m.label}: litert-torch could not convert it: {msg[:300]}", file=sys.stderr)
             return {**base, "tflite_xnnpack_instructions_per_inference": None,
                     "tflite_builtin_instructions_per_inference": None,
