@@ -13,8 +13,12 @@ subtracted, so a number is: TFLite's Invoke() plus the Python/pybind11 call into
 instructions, see `details.python_call_overhead_note`). These are instruction counts, not cycles.
 
     sudo bash benchmarks/arm64_root.sh      # once (also run automatically if the root is missing)
-    .venv-litert/bin/python benchmarks/arm_xnnpack.py --width 0.25 --resolution 96
-    .venv-litert/bin/python benchmarks/arm_xnnpack.py --width 1.0 --resolution 224
+    .venv-litert/bin/python benchmarks/arm_xnnpack.py                      # every row of arm_models.py
+    .venv-litert/bin/python benchmarks/arm_xnnpack.py --models mobilenet_v1_0.25_96 --inferences 5 --repeat 2
+
+The networks are the rows of benchmarks/arm_models.py (one per zoo family; benchmarks/arm_compare.py
+builds ours from the same rows). One JSON per network, named by its key; a network litert-torch
+cannot convert gets a JSON with `convert_error` (the exception, verbatim) instead of counts.
 
 Environment (all optional): EC_ARM64_ROOT (default <repo>/../.cache/arm64-root), EC_QEMU_AARCH64
 (default qemu-aarch64: must be the dynamically linked one, the -static build has no plugin
@@ -36,6 +40,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from arm_models import BY_KEY, NUM_CLASSES, SEED, ArmModel, select  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SETUP_SCRIPT = Path(__file__).resolve().with_name("arm64_root.sh")
@@ -222,8 +229,11 @@ def build_plugin() -> Path:
     return lib
 
 
-def convert(model_name: str, width: float | None, resolution: int | None, num_classes: int, seed: int,
-            path: Path) -> tuple[tuple[int, ...], "object"]:
+class ConvertError(Exception):
+    """litert-torch could not convert a network (the message is its exception, verbatim)."""
+
+
+def convert(m: ArmModel, path: Path) -> tuple[tuple[int, ...], "object"]:
     import contextlib
     import io
 
@@ -231,14 +241,14 @@ def convert(model_name: str, width: float | None, resolution: int | None, num_cl
     import torch
 
     sys.path.insert(0, str(REPO))
-    from models import ZOO, build_model
+    from models import build_model
 
-    kwargs = {"num_classes": num_classes, "resolution": resolution, "seed": seed}
-    if width is not None and "width_mult" in ZOO[model_name].options:
-        kwargs["width_mult"] = width
-    model, shape = build_model(model_name, **kwargs)
-    with contextlib.redirect_stdout(io.StringIO()):
-        litert_torch.convert(model, (torch.zeros(shape),)).export(str(path))
+    model, shape = build_model(m.model, num_classes=NUM_CLASSES, seed=SEED, **m.options)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            litert_torch.convert(model, (torch.zeros(shape),)).export(str(path))
+    except Exception as err:  # noqa: BLE001 - whatever the converter raises is the result to record
+        raise ConvertError(f"{type(err).__name__}: {err}".strip()) from err
     return shape, model
 
 
@@ -297,32 +307,14 @@ def run_guest(qemu: str, cpu: str, root: Path, python: Path, site: str, plugin: 
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="mobilenet_v1")
-    ap.add_argument("--width", type=float, default=1.0, help="width multiplier (models that take one)")
-    ap.add_argument("--resolution", type=int, default=None)
-    ap.add_argument("--num-classes", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--inferences", type=int, default=5, help="invokes per run; the first is reported apart")
-    ap.add_argument("--repeat", type=int, default=2, help="runs per configuration (determinism check)")
-    ap.add_argument("--cpu", default="cortex-a72")
-    ap.add_argument("--out", default=None, help="JSON path (default: the cache directory)")
-    ap.add_argument("--keep-tflite", default=None, help="also copy the .tflite here")
-    args = ap.parse_args()
-    ensure_bench_python()
-
+def measure(m: ArmModel, args: argparse.Namespace, qemu: str, qemu_version: str, root: Path, python: Path,
+            site: str, plugin: Path) -> dict:
+    """One network: convert, run under each resolver, and the result row (or the conversion error)."""
     import numpy as np
     import torch
 
-    qemu = shutil.which(os.environ.get("EC_QEMU_AARCH64", "qemu-aarch64"))
-    if not qemu:
-        sys.exit("qemu-aarch64 not found (apt-get install qemu-user)")
-    qemu_version = subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    root = arm64_root()
-    python, site = ensure_root(root)
-    plugin = build_plugin()
-
+    base = {"key": m.key, "model": m.model, "label": m.label, **m.options, "num_classes": NUM_CLASSES,
+            "seed": SEED, "qemu": qemu_version, "cpu": args.cpu}
     with tempfile.TemporaryDirectory(prefix="ec-arm-") as tmp:
         work = Path(tmp)
         if (root / work.relative_to("/")).exists():
@@ -330,22 +322,30 @@ def main() -> None:
         (work / "guest.py").write_text(GUEST_SCRIPT)
         tfl = work / "model.tflite"
         t0 = time.monotonic()
-        shape, model = convert(args.model, args.width, args.resolution, args.num_classes, args.seed, tfl)
+        try:
+            shape, model = convert(m, tfl)
+        except ConvertError as err:
+            msg = str(err)
+            print(f"[arm_xnnpack] {m.label}: litert-torch could not convert it: {msg[:300]}", file=sys.stderr)
+            return {**base, "tflite_xnnpack_instructions_per_inference": None,
+                    "tflite_builtin_instructions_per_inference": None,
+                    "convert_error": msg[:4000], "details": {"convert_s": round(time.monotonic() - t0, 1)}}
         convert_s = time.monotonic() - t0
         if args.keep_tflite:
-            shutil.copyfile(tfl, args.keep_tflite)
+            Path(args.keep_tflite).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(tfl, Path(args.keep_tflite) / f"{m.key}.tflite")
         x = np.random.RandomState(0).standard_normal(shape).astype(np.float32)
         np.save(work / "input.npy", x)
         with torch.no_grad():
             ref = model(torch.from_numpy(x)).numpy()
 
-        runs: dict[str, list[dict]] = {"xnnpack": [], "builtin": []}
+        runs: dict[str, list[dict]] = {r: [] for r in args.resolvers.split(",")}
         for rep in range(args.repeat):
             for resolver in runs:           # one qemu at a time
                 r = run_guest(qemu, args.cpu, root, python, site, plugin, tfl, work / "input.npy",
                               args.inferences, resolver, work, f"{resolver}{rep}")
-                print(f"[arm_xnnpack] {resolver} run {rep + 1}: {r['steady_median']:,} instructions/inference "
-                      f"(first {r['first_inference']:,}), {r['wall_s']} s", file=sys.stderr)
+                print(f"[arm_xnnpack] {m.label}: {resolver} run {rep + 1}: {r['steady_median']:,} "
+                      f"instructions/inference (first {r['first_inference']:,}), {r['wall_s']} s", file=sys.stderr)
                 runs[resolver].append(r)
         tflite_bytes = tfl.stat().st_size
 
@@ -364,54 +364,75 @@ def main() -> None:
             "process_total_instructions_run1": rs[0]["process_total_instructions"],
             "wall_s_per_run": [r["wall_s"] for r in rs],
             "max_abs_diff_vs_torch": float(np.abs(rs[0]["output"] - ref).max()),
+            "torch_output_max_abs": float(np.abs(ref).max()),
             "ops": rs[0]["info"]["ops"],
         }
 
-    xs, bs = summary(runs["xnnpack"]), summary(runs["builtin"])
-    info = runs["xnnpack"][0]["info"]
-    res = shape[-1]
-    result = {
-        "model": args.model,
-        "width": args.width,
-        "resolution": res,
-        "tflite_xnnpack_instructions_per_inference": runs["xnnpack"][0]["steady_median"],
-        "tflite_builtin_instructions_per_inference": runs["builtin"][0]["steady_median"],
-        "qemu": qemu_version,
-        "cpu": args.cpu,
+    first = next(iter(runs.values()))
+    info = first[0]["info"]
+    details = {
+        "input_shape": list(shape),
+        "tflite_bytes": tflite_bytes,
+        "inferences_per_run": args.inferences,
+        "runs": args.repeat,
+        "convert_s": round(convert_s, 1),
+        "guest": {k: info[k] for k in ("python", "machine", "ai_edge_litert", "numpy")},
+        **{resolver: summary(rs) for resolver, rs in runs.items()},
+    }
+    if "xnnpack" in runs and "builtin" in runs:
+        details["max_abs_diff_xnnpack_vs_builtin"] = float(np.abs(runs["xnnpack"][0]["output"]
+                                                                  - runs["builtin"][0]["output"]).max())
+    return {
+        **base,
+        "tflite_xnnpack_instructions_per_inference": runs["xnnpack"][0]["steady_median"] if "xnnpack" in runs else None,
+        "tflite_builtin_instructions_per_inference": runs["builtin"][0]["steady_median"] if "builtin" in runs else None,
         "notes": (
-            f"Guest instruction counts (not cycles), float32, batch 1, num_classes {args.num_classes}, seed "
-            f"{args.seed}, NCHW input (litert-torch adds a TRANSPOSE to NHWC). ai-edge-litert "
+            f"Guest instruction counts (not cycles), float32, batch 1, num_classes {NUM_CLASSES}, seed "
+            f"{SEED}, NCHW input (litert-torch adds a TRANSPOSE to NHWC). ai-edge-litert "
             f"{info['ai_edge_litert']} (aarch64 wheel) on Python {info['python']} in a Debian arm64 root, "
             f"qemu-aarch64 user mode with -cpu {args.cpu}, num_threads=1. 'xnnpack' = default op resolver "
             "(XNNPACK delegate applied by default); 'builtin' = BUILTIN_WITHOUT_DEFAULT_DELEGATES. Each number "
             "is the median of inferences 2..K of the first run, counted on the calling thread between "
             "marker syscalls around Interpreter.invoke(), with the cost of an empty marker pair subtracted; "
-            "it includes the Python/pybind11 call into Invoke() (about 6-7 thousand instructions: a one-op model "
-            "measures 6.0k with XNNPACK, 6.7k built-in). The first inference is ~4.5k (XNNPACK) to ~13k "
-            "(built-in) higher; later ones differ by a few hundred at most (allocator/interpreter state), "
-            "and XNNPACK's steady count was identical between runs (see details)."
+            "it includes the Python/pybind11 call into Invoke() (about 6-7 thousand instructions)."
         ),
-        "details": {
-            "num_classes": args.num_classes,
-            "seed": args.seed,
-            "input_shape": list(shape),
-            "tflite_bytes": tflite_bytes,
-            "inferences_per_run": args.inferences,
-            "runs": args.repeat,
-            "convert_s": round(convert_s, 1),
-            "guest": {k: info[k] for k in ("python", "machine", "ai_edge_litert", "numpy")},
-            "xnnpack": xs,
-            "builtin": bs,
-            "max_abs_diff_xnnpack_vs_builtin": float(np.abs(runs["xnnpack"][0]["output"]
-                                                           - runs["builtin"][0]["output"]).max()),
-        },
+        "details": details,
     }
-    out = Path(args.out) if args.out else (
-        cache_dir() / "arm_xnnpack" / f"{args.model}_w{args.width:g}_r{res}_c{args.num_classes}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    print(f"[arm_xnnpack] wrote {out}", file=sys.stderr)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="all",
+                    help=f"comma-separated rows of benchmarks/arm_models.py ({', '.join(BY_KEY)}) or zoo names")
+    ap.add_argument("--resolvers", default="xnnpack,builtin",
+                    help="xnnpack (default op resolver: XNNPACK delegate) and/or builtin (TFLite's own kernels)")
+    ap.add_argument("--inferences", type=int, default=3, help="invokes per run; the first is reported apart")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per configuration (determinism check)")
+    ap.add_argument("--cpu", default="cortex-a72")
+    ap.add_argument("--out-dir", default=None, help="where the per-network JSONs go (default: the cache directory)")
+    ap.add_argument("--keep-tflite", default=None, help="also copy each .tflite into this directory")
+    args = ap.parse_args()
+    models = select(args.models)
+    bad = set(args.resolvers.split(",")) - {"xnnpack", "builtin"}
+    if bad or args.inferences < 2 or args.repeat < 1:
+        sys.exit(f"error: --resolvers takes xnnpack,builtin (got {args.resolvers}); --inferences >= 2; --repeat >= 1")
+    ensure_bench_python()
+
+    qemu = shutil.which(os.environ.get("EC_QEMU_AARCH64", "qemu-aarch64"))
+    if not qemu:
+        sys.exit("qemu-aarch64 not found (apt-get install qemu-user)")
+    qemu_version = subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    root = arm64_root()
+    python, site = ensure_root(root)
+    plugin = build_plugin()
+    out_dir = Path(args.out_dir) if args.out_dir else cache_dir() / "arm_xnnpack"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for m in models:
+        result = measure(m, args, qemu, qemu_version, root, python, site, plugin)
+        out = out_dir / f"{m.key}.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps({k: v for k, v in result.items() if k not in ("details", "notes")}))
+        print(f"[arm_xnnpack] wrote {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
