@@ -1,13 +1,15 @@
-"""Peak RAM of the int8 wake-word network (MobileNet V1 alpha=0.25, 96x96, 2 classes) on an
-emulated board, one build per memory plan, side by side in one run, with TensorFlow Lite Micro's
+"""Peak RAM of int8 networks on an emulated board, one build per memory plan, side by side in one
+run: the wake-word network (MobileNet V1 alpha=0.25, 96x96, 2 classes) with TensorFlow Lite Micro's
 arena for the same network beside it (benchmarks/tflm_vww.json, from benchmarks/tflm_vww.py in
-.venv-bench) and the aims of issue 13.
+.venv-bench), and MobileNet V2 alpha=0.30, 80x80 (2 classes) with the published peak SRAM of other
+engines for that network; the aims of issue 13.
 
     .venv/bin/python benchmarks/peak_ram.py [--board stm32f746g-disco] [--samples 3]
 
 Plans: no in-place overlaps; the default plan (fused kernels' outputs overlap their inputs);
 lean windows (depthwise windows per channel tile, small buffers in the arena); patch-based
-execution of the first stage in full-width row bands, as the planner chooses it (`--patches min`:
+execution of the first stage in full-width row bands (halo rows recomputed, or cached from the
+previous band), as the planner chooses it (`--patches min`:
 least peak RAM within +10% MACs) and as `--ram-budget` chooses it.
 Peak RAM = static RAM of the linked firmware (data + bss, the arena included) + the stack the
 device used (stack painting), as `edgecompile test` records it. Instructions: QEMU -icount
@@ -36,15 +38,24 @@ PLANS = {   # name -> build options besides quant="int8"
     "patches (--ram-budget 37,600)": dict(ram_budget=37_600),     # issue 13's aim for this network
     "patches 4:2 + lean windows": dict(patch=(4, 2), lean_windows=True),
 }
+# MobileNet V2 0.30/80: the plans, and the published peak SRAM (Plumerai's DISCO-F746NG comparison)
+MBV2_PLANS = {
+    "default": dict(patches="off"),
+    "patches 9:4, halo recomputed": dict(patch=(9, 4)),
+    "patches (planner: min)": dict(patches="min"),
+    "patches (--ram-budget 61,440)": dict(ram_budget=61_440),        # issue 13's aim for this network
+}
+MBV2_PUBLISHED = "Plumerai 80 KiB, TinyEngine 98 KiB, X-CUBE-AI 109 KiB, TFLM 155 KiB (Plumerai, DISCO-F746NG)"
+MBV2_AIM_BYTES = 60 * 1024
 AIM_VS_TFLM = 0.35          # issue 13: peak RAM <= 0.35x TFLM's arena ...
 AIM_INSTRUCTIONS = 1.15     # ... at <= 1.15x the instructions of the plain plan
 
 
-def measure(board: str, samples: int) -> list[dict]:
-    source = load_model("mobilenet_v1", ModelOptions(width_mult=0.25, resolution=96, num_classes=2))
+def measure(board: str, samples: int, model: str, options: ModelOptions, plans: dict[str, dict]) -> list[dict]:
+    source = load_model(model, options)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, opts in PLANS.items():
+        for name, opts in plans.items():
             out = Path(tmp) / str(len(rows))
             try:
                 rep = write_build(source, load_target(board), out,
@@ -55,8 +66,8 @@ def measure(board: str, samples: int) -> list[dict]:
                 continue
             res = run_test(out, samples=samples)
             pp = rep["patch_plan"]
-            rows.append({"plan": name, "patch": f"{pp['layers']} layers, {pp['bands']} bands of {pp['rows']} rows"
-                         if pp else "", "extra_macs": pp["extra_macs"] if pp else 0, "macs": rep["macs"],
+            rows.append({"plan": name, "patch": f"{pp['layers']} layers, {pp['bands']} bands of {pp['rows']} rows, "
+                         f"halo {pp.get('halo', 'recomputed')}" if pp else "", "extra_macs": pp["extra_macs"] if pp else 0, "macs": rep["macs"],
                          "arena_bytes": rep["arena_bytes"], "ram_bytes": rep["ram_bytes"],
                          "stack_used_bytes": res["stack_used_bytes"],
                          "peak_ram_bytes": rep["ram_bytes"] + res["stack_used_bytes"],
@@ -102,6 +113,30 @@ def table(board: str, rows: list[dict], tflm: dict) -> list[str]:
     return lines
 
 
+def table_mbv2(board: str, rows: list[dict]) -> list[str]:
+    base = next(r for r in rows if r["plan"] == "default")["instructions_per_inference"]
+    lines = [
+        f"## MobileNet V2 alpha=0.30, 80x80, 2 classes, int8 on {board}",
+        "",
+        f"Published peak SRAM for this network: {MBV2_PUBLISHED}. Issue 13's aim: <= {MBV2_AIM_BYTES:,} B "
+        f"(60 KiB) at <= {AIM_INSTRUCTIONS}x the default plan's instructions.",
+        "",
+        "| plan | patch stage | arena | static RAM | stack used | peak RAM | instructions | vs default "
+        "| meets aim | test |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "refused" in r:
+            lines.append(f"| {r['plan']} | refused before compiling: {r['refused']} ||||||||")
+            continue
+        cost = r["instructions_per_inference"] / base
+        aim = "yes" if r["peak_ram_bytes"] <= MBV2_AIM_BYTES and cost <= AIM_INSTRUCTIONS else "no"
+        lines.append(f"| {r['plan']} | {r['patch'] or '-'} | {r['arena_bytes']:,} | {r['ram_bytes']:,} | "
+                     f"{r['stack_used_bytes']:,} | {r['peak_ram_bytes']:,} | {r['instructions_per_inference']:,} | "
+                     f"{cost:.3f}x | {aim} | {'pass' if r['passed'] else 'FAIL'} |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--board", default="stm32f746g-disco")
@@ -109,9 +144,14 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/PEAK_RAM.md")
     args = ap.parse_args()
     tflm = json.loads((Path(__file__).resolve().parent / "tflm_vww.json").read_text())
-    rows = measure(args.board, args.samples)
-    Path(args.out).with_suffix(".json").write_text(json.dumps({"board": args.board, "rows": rows}, indent=2) + "\n")
-    Path(args.out).write_text("\n".join(table(args.board, rows, tflm)) + "\n")
+    rows = measure(args.board, args.samples, "mobilenet_v1",
+                   ModelOptions(width_mult=0.25, resolution=96, num_classes=2), PLANS)
+    mbv2 = measure(args.board, args.samples, "mobilenet_v2",
+                   ModelOptions(width_mult=0.3, resolution=80, num_classes=2), MBV2_PLANS)
+    Path(args.out).with_suffix(".json").write_text(
+        json.dumps({"board": args.board, "rows": rows, "mobilenet_v2_0.30_80": mbv2}, indent=2) + "\n")
+    lines = table(args.board, rows, tflm)
+    Path(args.out).write_text("\n".join(lines[:-2] + [""] + table_mbv2(args.board, mbv2) + [""] + lines[-1:]) + "\n")
 
 
 if __name__ == "__main__":
