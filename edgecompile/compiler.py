@@ -404,25 +404,33 @@ def _plan_memory(graph: Any, target: Target, options: BuildOptions,
     if options.patches == "min":       # the most promising first, should MAX_PLANS_TRIED cut the list
         candidates.sort(key=lambda p: (p.arena_bound, p.cost))   # (cached halo rows: a larger bound)
     tried = [first]
-    for plan in candidates:
-        if len(tried) >= MAX_PLANS_TRIED:
-            break
-        if (plan.patch, plan.lean) == (first.patch, first.lean):
-            continue
-        plan.low = _lower(graph, target, replace(options, patch=plan.patch, lean_windows=plan.lean), lambda m: None)
-        plan.estimate = _estimate(target, plan.low)
-        tried.append(plan)
-        est = plan.estimate
-        progress(f"memory plan with {plan.describe()}: arena {plan.low.plan.arena_bytes:,} B"
-                 + (f", peak RAM about {est.peak_ram_bytes:,} B" if est else "")
-                 + f", {plan.extra_macs:+,} MACs" + (f", {plan.bytes_copied:,} B copied" if plan.bytes_copied else ""))
-        if options.patches == "auto" and _fits(plan, budget):
-            break
+
+    def scan(plans: list[_Plan], limit: int) -> None:
+        for plan in plans:
+            if len(tried) >= limit:
+                break
+            if (plan.patch, plan.lean) == (first.patch, first.lean) or plan.low is not None:
+                continue
+            plan.low = _lower(graph, target, replace(options, patch=plan.patch, lean_windows=plan.lean), lambda m: None)
+            plan.estimate = _estimate(target, plan.low)
+            tried.append(plan)
+            est = plan.estimate
+            progress(f"memory plan with {plan.describe()}: arena {plan.low.plan.arena_bytes:,} B"
+                     + (f", peak RAM about {est.peak_ram_bytes:,} B" if est else "")
+                     + f", {plan.extra_macs:+,} MACs" + (f", {plan.bytes_copied:,} B copied" if plan.bytes_copied else ""))
+            if options.patches == "auto" and _fits(plan, budget):
+                break
+
+    scan(candidates, MAX_PLANS_TRIED)
+    if options.patches == "auto" and not any(_fits(p, budget) for p in tried):
+        # the cheapest plans (cached halos: many, each a little larger than its recomputing twin)
+        # filled the tries: go on with the smallest arena bounds, as `min` does
+        scan(sorted(candidates, key=lambda p: (p.arena_bound, p.cost)), 2 * MAX_PLANS_TRIED)
     fitting = [p for p in tried if _fits(p, budget)]
     if not fitting:
         bounds = [p.arena_bound for p in _plans(graph, plain_macs, None, None) if p.patch]
         raise _refusal(target, min(tried, key=_peak), budget, min(bounds, default=None))
-    chosen = min(fitting, key=lambda p: (_peak(p), p.cost)) if options.patches == "min" else fitting[0]
+    chosen = min(fitting, key=lambda p: (_peak(p), p.cost)) if options.patches == "min" else min(fitting, key=lambda p: p.cost)
     if chosen.lean:
         _trim_lean(graph, target, options, chosen, progress)
     progress(f"memory planning ({options.patches}): {chosen.describe()}")

@@ -151,3 +151,25 @@ def test_model_that_fits_only_with_patches_passes_on_the_board(tmp_path, monkeyp
     with pytest.raises(FitError, match=rf"{ram.name} needs [\d,]+ B, budget {ram.size:,} B \(ram"):
         write_build(source, target, tmp_path / "off", BuildOptions(quant="int8", patches="off", compare_unfused=False),
                     Progress(quiet=True))
+
+
+def test_a_budget_under_every_cached_plan_still_finds_a_recomputing_one(tmp_path, monkeypatch):
+    """37,600 B (issue 13's aim for the wake-word network) is under every cached-halo plan (their
+    halo buffers stay live between bands) but over the 4-layer, 2-row plan that recomputes its
+    halo. The cached plans cost fewer MACs, so they come first in `auto`'s cost order and once
+    filled all its tries: the search must go on by arena bound and find the plan that fits.
+    Planned without compiling C."""
+    _no_c_compile(monkeypatch)
+    source = load_model("mobilenet_v1", ModelOptions(**WAKE_WORD))
+    budget = 37_600
+    rep = write_build(source, load_target(BOARD), tmp_path / "b",
+                      BuildOptions(quant="int8", ram_budget=budget, compile=False, compare_unfused=False),
+                      Progress(quiet=True))
+    planning = rep["memory_planning"]
+    chosen, tried = planning["chosen"], planning["tried"]
+    assert planning["mode"] == "auto" and chosen["peak_ram_estimate"] <= budget
+    assert chosen["halo"] == "recomputed" and chosen["extra_macs"] > 0
+    cached = [p for p in tried if p["halo"] == "cached"]
+    assert len(cached) >= compiler.MAX_PLANS_TRIED // 2 and all(p["peak_ram_estimate"] > budget for p in cached)
+    fitting = [p for p in tried if p["peak_ram_estimate"] is not None and p["peak_ram_estimate"] <= budget]
+    assert chosen["cost_macs"] == min(p["cost_macs"] for p in fitting)
