@@ -482,6 +482,12 @@ def _refusal(target: Target, plan: _Plan, budget: int | None, least_patch_arena:
     step, top = memory.arena_peak(low.plan)
     at = f"call {step} ({low.call_symbols[step]})" if 0 <= step < len(low.call_symbols) else "the graph input/output"
     detail = (f"smallest plan tried: {plan.describe()}, arena {low.plan.arena_bytes:,} B peaking at {at}")
+    live = memory.live_at(low.program, low.plan, step, low.call_symbols)
+    if live:
+        big = sorted(live, key=lambda b: -b["bytes"])[:6]
+        detail += (" with " + ", ".join(f"{b['name']} {'x'.join(map(str, b['shape']))} {b['dtype']} {b['bytes']:,} B"
+                                        for b in big)
+                   + (f" and {len(live) - len(big)} smaller buffers" if len(live) > len(big) else "") + " live there")
     if est is not None:
         detail += (f", data+bss about {est.static_ram_bytes:,} B, stack about {est.stack_used_bytes:,} B used; "
                    f"peak RAM about {est.peak_ram_bytes:,} B")

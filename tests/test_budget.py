@@ -65,6 +65,9 @@ def test_ram_budget_nothing_fits_refused_before_compiling(tmp_path, monkeypatch)
     msg = str(e.value)
     assert "--ram-budget 20,000 B (over by" in msg and "smallest plan tried:" in msg, msg
     assert "peaking at call" in msg and "peak RAM about" in msg, msg
+    # the buffers live at the peak call, largest first, with shape, dtype and bytes
+    assert " live there" in msg, msg
+    assert " uint8 " in msg or " int8 " in msg or " int32 " in msg, msg
     least = int(msg.split("every patch stage needs an arena of at least ")[1].split(" B")[0].replace(",", ""))
     assert least >= 96 * 96 * 3 > 20_000         # the int8 input is whole while the first band runs
     assert not (tmp_path / "b" / "model.c").exists()

@@ -1,6 +1,7 @@
 """The command line as a user meets it: help, outputs, determinism and every bad input."""
 
 import json
+import math
 
 import numpy as np
 import onnx
@@ -246,5 +247,16 @@ def test_inspect_plans_the_memory_for_a_target():
     tried = m["tried"]
     assert tried[0]["patch"] is None and len(tried) > 2
     assert m["peak_ram_estimate"] == min(t["peak_ram_estimate"] for t in tried) < tried[0]["peak_ram_estimate"]
+    # the buffers live where the arena peaks: they reach exactly the peak, each holds its tensor
+    peak = m["arena_peak"]
+    assert 0 <= peak["call"] < m["calls"] and peak["kernel"]
+    assert max(b["offset"] + b["bytes"] for b in peak["live"]) == peak["top"] <= m["arena_bytes"]
+    size = {"int8": 1, "uint8": 1, "int32": 4, "float32": 4}
+    assert all(b["bytes"] >= math.prod(b["shape"]) * size[b["dtype"]] for b in peak["live"])
+    assert any(b["kind"] == "input" for b in peak["live"])      # a band of the first stage reads the input
+    from edgecompile.measure.inspection import _format_memory_plan
+    text = "\n".join(_format_memory_plan(m))
+    assert f"arena peak {peak['top']:,} B at call {peak['call']} ({peak['kernel']})" in text, text
+    assert all(b["name"] in text for b in peak["live"])
     bad = run_cli("inspect", "mobilenet_v1", *SMALL, "--ram-budget", "40K")
     assert bad.returncode != 0 and "--target" in bad.stderr and "Traceback" not in bad.stderr

@@ -288,6 +288,27 @@ def arena_peak(plan: MemoryPlan) -> tuple[int, int]:
     return best
 
 
+def live_at(prog: Program, plan: MemoryPlan, step: int, symbols: list[str] | None = None) -> list[dict]:
+    """The arena buffers live at `step` (a call index; -1 the graph input, len(calls) the output),
+    highest offset first: name, arena offset and bytes, the shape and dtype of the root tensor (an
+    int32 tensor costs 4 bytes per element), its kind, and the calls that write it first and read
+    it last (with their kernel symbols when `symbols` is given). What `inspect` shows at the peak."""
+    def who(i: int) -> str:
+        if 0 <= i < len(prog.calls):
+            return f"{i} ({symbols[i] if symbols else prog.calls[i].kernel})"
+        return "graph input" if i < 0 else "graph output"
+
+    live = []
+    for name, (s, e) in plan.lifetimes.items():
+        if not s <= step <= e or name not in plan.offsets:
+            continue
+        t = prog.tensors[name]
+        live.append({"name": name, "offset": plan.offsets[name], "bytes": plan.sizes[name],
+                     "shape": list(t.shape), "dtype": t.dtype, "kind": t.kind,
+                     "written_by": who(s), "last_read_by": who(e)})
+    return sorted(live, key=lambda b: (-(b["offset"] + b["bytes"]), b["name"]))
+
+
 def program_buffers(prog: Program, external_io: bool = False) -> tuple[list[Buffer], list[str]]:
     """Lifetimes of the program's storage roots. Step i is call i; inputs are live from step -1,
     outputs until step len(calls). Scratch buffers live only during their call."""

@@ -148,13 +148,19 @@ def memory_plan(source: ModelSource, target: Any, options: Any, progress: Any) -
     arena, the estimated peak RAM, the patch plan and every plan tried with its cost."""
     from ..compiler import _patch_record, compile_model
 
+    from ..codegen import memory
+
     compiled = compile_model(source, target, options, progress)
     planning = compiled.planning or {}
     chosen = planning.get("chosen") or {}
+    step, top = memory.arena_peak(compiled.plan)
+    symbols = [c["name"] for c in compiled.calls]
     return {"target": target.name, "quant": (compiled.quant or {}).get("dtype", "fp32"),
             "arena_bytes": compiled.plan.arena_bytes, "peak_ram_estimate": chosen.get("peak_ram_estimate"),
             "macs": sum(c["macs"] for c in compiled.calls), "calls": len(compiled.calls),
-            "patch_plan": _patch_record(compiled), "tried": planning.get("tried", [])}
+            "patch_plan": _patch_record(compiled), "tried": planning.get("tried", []),
+            "arena_peak": {"call": step, "kernel": symbols[step] if 0 <= step < len(symbols) else None,
+                           "top": top, "live": memory.live_at(compiled.program, compiled.plan, step, symbols)}}
 
 
 def _format_memory_plan(m: dict[str, Any]) -> list[str]:
@@ -167,6 +173,15 @@ def _format_memory_plan(m: dict[str, Any]) -> list[str]:
                      f"{'x'.join(map(str, pp['stage_output_shape'][1:]))}, " + _halo_text(pp))
     else:
         lines.append("no patch stage")
+    peak = m.get("arena_peak")
+    if peak and peak["live"]:
+        at = f"call {peak['call']} ({peak['kernel']})" if peak["kernel"] else "the graph input/output"
+        lines.append(f"arena peak {peak['top']:,} B at {at}; buffers live there:")
+        lines.append(f"  {'offset':>9} {'bytes':>9} {'shape':>18} {'dtype':7} {'written by':32} {'last read by':32} name")
+        for b in peak["live"]:
+            shape = "x".join(map(str, b["shape"]))
+            lines.append(f"  {b['offset']:>9,} {b['bytes']:>9,} {shape:>18} {b['dtype']:7} {b['written_by'][:32]:32} "
+                         f"{b['last_read_by'][:32]:32} {b['name']}")
     if m["tried"]:
         lines.append(f"{'plan tried':44} {'arena':>9} {'peak RAM est.':>14} {'extra MACs':>12} {'B copied':>9}")
         for t in m["tried"]:
