@@ -578,6 +578,18 @@ def _gemm_block(types: Types, m: int, w: int, sfx: str, v: int, off: str) -> lis
     return lines
 
 
+def _load_acc_tile(e: "_Emit", m: int, nv: int, lanes: int) -> list[str]:
+    """C declarations of the M x nv accumulators c<i>_<j>, loaded from the output tile C (row stride ldc)."""
+    return [f"  {e.acc_type()} " + ", ".join(
+        f"c{i}_{j} = {e.load_acc(f'C + {i} * ldc + {j * lanes}')}" for j in range(nv)) + ";" for i in range(m)]
+
+
+def _store_acc_tile(e: "_Emit", m: int, nv: int, lanes: int) -> list[str]:
+    """The accumulators c<i>_<j> stored back to the output tile C, one line per row."""
+    return ["  " + " ".join(e.store_acc(f"C + {i} * ldc + {j * lanes}", f"c{i}_{j}") for j in range(nv))
+            for i in range(m)]
+
+
 def emit_gemm_c(m: int, n: int, lanes: int, types: Types = F32, acc: int = 8) -> str:
     """The generic GEMM micro-kernel: M x N accumulators in named (vector) variables, one rank-1
     update per reduction step; a ragged tile (ragged_width > 1) in blocks of up to `acc`
@@ -601,9 +613,7 @@ def emit_gemm_c(m: int, n: int, lanes: int, types: Types = F32, acc: int = 8) ->
         f"static inline int32_t ec_gemm_{types.tag}_{m}x{n}({_C[types.c]} *restrict C, const {_C[types.a]} *restrict A, "
         f"const {_C[types.b]} *restrict B, int32_t K, int64_t lda, int64_t ldb, int64_t ldc) {{",
     ]
-    for i in range(m):
-        lines.append(f"  {e.acc_type()} " + ", ".join(
-            f"c{i}_{j} = {e.load_acc(f'C + {i} * ldc + {j * lanes}')}" for j in range(nv)) + ";")
+    lines += _load_acc_tile(e, m, nv, lanes)
     lines.append("  for (int32_t k = 0; k < K; ++k) {")
     lines.append(f"    const {e.acc_type()} " + ", ".join(
         f"b{j} = {e.load(f'B + k * ldb + {j * lanes}', types.b)}" for j in range(nv)) + ";")
@@ -611,8 +621,7 @@ def emit_gemm_c(m: int, n: int, lanes: int, types: Types = F32, acc: int = 8) ->
         lines.append(f"    const {_C[types.c]} a{i} = {e.scalar(f'A[{i} * lda + k]')};")
         lines.append("    " + " ".join(f"c{i}_{j} += a{i} * b{j};" for j in range(nv)))
     lines.append("  }")
-    for i in range(m):
-        lines.append("  " + " ".join(e.store_acc(f"C + {i} * ldc + {j * lanes}", f"c{i}_{j}") for j in range(nv)))
+    lines += _store_acc_tile(e, m, nv, lanes)
     lines += ["  return 0;", "}"]
     return "\n".join(lines)
 
@@ -678,9 +687,7 @@ def dw_body(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types) 
     e, nv = _Emit.for_tile(types, n, lanes)
     lanes = e.lanes
     lines = []
-    for i in range(m):
-        lines.append(f"  {e.acc_type()} " + ", ".join(
-            f"c{i}_{j} = {e.load_acc(f'C + {i} * ldc + {j * lanes}')}" for j in range(nv)) + ";")
+    lines += _load_acc_tile(e, m, nv, lanes)
     lines.append(f"  for (int32_t ry = 0; ry < {kh}; ++ry) {{")
     lines.append(f"    for (int32_t rx = 0; rx < {kw}; ++rx) {{")
     lines.append(f"      const {_C[types.a]} *x = X + ry * ldx_row + rx * ldx_px;")
@@ -691,8 +698,7 @@ def dw_body(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types) 
         lines.append("      " + " ".join(
             f"c{i}_{j} += {e.load(f'x + {i * s} * ldx_px + {j * lanes}', types.a)} * w{j};" for j in range(nv)))
     lines += ["    }", "  }"]
-    for i in range(m):
-        lines.append("  " + " ".join(e.store_acc(f"C + {i} * ldc + {j * lanes}", f"c{i}_{j}") for j in range(nv)))
+    lines += _store_acc_tile(e, m, nv, lanes)
     return lines
 
 
@@ -765,9 +771,7 @@ def window_body(m: int, n: int, kh: int, kw: int, ci: int, s: int, lanes: int, t
     e, nv = _Emit.for_tile(types, n, lanes)
     lanes = e.lanes
     lines = []
-    for i in range(m):
-        lines.append(f"  {e.acc_type()} " + ", ".join(
-            f"c{i}_{j} = {e.load_acc(f'C + {i} * ldc + {j * lanes}')}" for j in range(nv)) + ";")
+    lines += _load_acc_tile(e, m, nv, lanes)
     lines.append(f"  for (int32_t ry = 0; ry < {kh}; ++ry) {{")
     lines.append(f"    for (int32_t rx = 0; rx < {kw}; ++rx) {{")
     lines.append(f"      for (int32_t rc = 0; rc < {ci}; ++rc) {{")
@@ -779,8 +783,7 @@ def window_body(m: int, n: int, kh: int, kw: int, ci: int, s: int, lanes: int, t
         lines.append(f"        const {_C[types.c]} a{i} = {e.scalar(f'x[{i * s} * ldx_px]')};")
         lines.append("        " + " ".join(f"c{i}_{j} += a{i} * w{j};" for j in range(nv)))
     lines += ["      }", "    }", "  }"]
-    for i in range(m):
-        lines.append("  " + " ".join(e.store_acc(f"C + {i} * ldc + {j * lanes}", f"c{i}_{j}") for j in range(nv)))
+    lines += _store_acc_tile(e, m, nv, lanes)
     return lines
 
 
