@@ -1,6 +1,8 @@
 """Patch-based execution (ir/patches.py): the first layers of a network run in row bands and give
 the same results as the whole-tensor build (int8: the same bytes), on the host and on a board."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -48,6 +50,25 @@ def _assert_int8_depends_on_input(outs):
     assert int((flat.max(0) - flat.min(0)).max()) >= 4, f"int8 outputs hardly depend on the input: {flat}"
 
 
+def _assert_same_results(source, quant: str, plain: dict, build: Path, reference: Path) -> None:
+    """Host build `build` against the plain build `reference` (report `plain`) on inputs whose
+    outputs differ: int8 the same bytes, fp32 within 1e-5 of the outputs' spread."""
+    shape = source.inputs[0].shape
+    a, b = HostModel(build), HostModel(reference)
+    if quant == "int8":
+        xs = _int8_inputs(plain, shape)
+        outs = [b.run(x)[0] for x in xs]
+        _assert_int8_depends_on_input(outs)
+        for x, ref in zip(xs, outs):
+            assert a.run(x)[0].tobytes() == ref.tobytes()
+    else:
+        xs = [random_input(shape, s) for s in range(3)]
+        refs = [b.run(x)[0] for x in xs]
+        spread = output_spread(refs)
+        for x, ref in zip(xs, refs):
+            assert_close(a.run(x)[0], ref, spread, 1e-5)
+
+
 @pytest.mark.parametrize("quant", ["fp32", "int8"])
 @pytest.mark.parametrize("family", [pytest.param(f, marks=() if f in QUICK else pytest.mark.slow) for f in STAGES])
 def test_patched_matches_plain_on_host(tmp_path, family, quant):
@@ -61,20 +82,7 @@ def test_patched_matches_plain_on_host(tmp_path, family, quant):
     assert plan["layers"] >= 2 and plan["bands"] > 1 and plan["layers"] <= layers
     assert plan["band_rows"][-1][1] - plan["band_rows"][-1][0] <= rows
     assert patched["kernels"] > plain["kernels"]          # the stage's kernels run once per band
-    shape = source.inputs[0].shape
-    a, b = HostModel(tmp_path / "patched"), HostModel(tmp_path / "plain")
-    if quant == "int8":
-        xs = _int8_inputs(plain, shape)
-        outs = [b.run(x)[0] for x in xs]
-        _assert_int8_depends_on_input(outs)
-        for x, ref in zip(xs, outs):
-            assert a.run(x)[0].tobytes() == ref.tobytes()
-    else:
-        xs = [random_input(shape, s) for s in range(3)]
-        refs = [b.run(x)[0] for x in xs]
-        spread = output_spread(refs)
-        for x, ref in zip(xs, refs):
-            assert_close(a.run(x)[0], ref, spread, 1e-5)
+    _assert_same_results(source, quant, plain, tmp_path / "patched", tmp_path / "plain")
 
 
 def test_patched_int8_bytes_on_a_board(tmp_path):
@@ -237,20 +245,7 @@ def test_cached_halo_matches_plain_on_host(tmp_path, family, quant, rows):
     assert plan["halo"] == "cached" and plan["bands"] > 2 and plan["rows_copied"] > 0 and plan["bytes_copied"] > 0
     assert plan["extra_macs"] == 0 and cached["macs"] == plain["macs"]
     assert "ec_copy_rows" in (tmp_path / "cached" / "model.c").read_text()
-    shape = source.inputs[0].shape
-    a, b = HostModel(tmp_path / "cached"), HostModel(tmp_path / "plain")
-    if quant == "int8":
-        xs = _int8_inputs(plain, shape)
-        outs = [b.run(x)[0] for x in xs]
-        _assert_int8_depends_on_input(outs)
-        for x, ref in zip(xs, outs):
-            assert a.run(x)[0].tobytes() == ref.tobytes()
-    else:
-        xs = [random_input(shape, s) for s in range(3)]
-        refs = [b.run(x)[0] for x in xs]
-        spread = output_spread(refs)
-        for x, ref in zip(xs, refs):
-            assert_close(a.run(x)[0], ref, spread, 1e-5)
+    _assert_same_results(source, quant, plain, tmp_path / "cached", tmp_path / "plain")
 
 
 _CACHED_PLANS: dict = {}
