@@ -686,8 +686,7 @@ def dw_body(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types) 
     """The generic depthwise loop: M x N accumulators, one tap of the window at a time."""
     e, nv = _Emit.for_tile(types, n, lanes)
     lanes = e.lanes
-    lines = []
-    lines += _load_acc_tile(e, m, nv, lanes)
+    lines = _load_acc_tile(e, m, nv, lanes)
     lines.append(f"  for (int32_t ry = 0; ry < {kh}; ++ry) {{")
     lines.append(f"    for (int32_t rx = 0; rx < {kw}; ++rx) {{")
     lines.append(f"      const {_C[types.a]} *x = X + ry * ldx_row + rx * ldx_px;")
@@ -770,8 +769,7 @@ def window_body(m: int, n: int, kh: int, kw: int, ci: int, s: int, lanes: int, t
     weights) per tap and input channel."""
     e, nv = _Emit.for_tile(types, n, lanes)
     lanes = e.lanes
-    lines = []
-    lines += _load_acc_tile(e, m, nv, lanes)
+    lines = _load_acc_tile(e, m, nv, lanes)
     lines.append(f"  for (int32_t ry = 0; ry < {kh}; ++ry) {{")
     lines.append(f"    for (int32_t rx = 0; rx < {kw}; ++rx) {{")
     lines.append(f"      for (int32_t rc = 0; rc < {ci}; ++rc) {{")
