@@ -10,7 +10,7 @@ from typing import Any
 
 from ..ir.operators import Kind
 from . import tiling
-from .ukernels import narrower_widths, ragged_width
+from .ukernels import mixed_widths, narrower_widths, ragged_width
 
 
 def largest_divisor(n: int, limit: int) -> int:
@@ -83,35 +83,42 @@ class GemmModel:
     def accumulators(self) -> int:
         return self.registers - self.reserved
 
-    def efficiency(self, m: int, nv: int, lanes: int) -> float:
-        """The fraction of the FMA peak an M x nv-vector tile can reach: its FMA cycles per
-        reduction step over the longest of FMA, load-issue and L2-streaming cycles."""
+    def efficiency(self, m: int, n: int, lanes: int) -> float:
+        """The fraction of the FMA peak (`lanes`-wide FMAs) an M x N float tile can reach, its N
+        channels in the vectors of `ukernels.mixed_widths`: the cycles its M x N MACs per
+        reduction step take at the peak over the longest of FMA, load-issue and L2-streaming
+        cycles (a narrower vector costs an FMA and a load as a full one)."""
+        nv = len(mixed_widths(n, lanes))
+        peak = m * n / lanes / self.fma_per_cycle
         fma = m * nv / self.fma_per_cycle
         loads = (m + nv) / self.loads_per_cycle
-        l2 = nv * lanes * 4 / self.l2_bytes_per_cycle
-        return fma / max(fma, loads, l2)
+        l2 = n * 4 / self.l2_bytes_per_cycle
+        return peak / max(fma, loads, l2)
 
 
 def model_tiles(width: int, channels: int, lanes: int, model: GemmModel) -> list[tuple[int, int]]:
-    """The float GEMM tiles (M pixels dividing `width` x N channels, N a multiple of a vector width
-    of `narrower_widths(lanes)` dividing `channels`, at most `model.accumulators` vectors), best
-    first: highest `model.efficiency`, then most accumulators (fewer calls, the C tile's load and
-    store spread over more FMAs), then more pixels (each weight vector read for more of them).
+    """The float GEMM tiles (M pixels dividing `width` x N channels, N dividing `channels` and a
+    multiple of the widest vector width of `narrower_widths(lanes)` dividing them, in full vectors
+    then narrower ones (`ukernels.mixed_widths`: 56 of 728 channels as 3 x 16 + 8 on AVX-512), at
+    most `model.accumulators` vectors), best first: highest `model.efficiency`, then most
+    accumulators (fewer calls, the C tile's load and store spread over more FMAs), then more
+    pixels (each weight vector read for more of them).
     Measured on AVX-512 (Zen 5, one pointwise layer in a loop, best of 40; GMAC/s): 14x14, 512 ->
     512: 2x128 (the rule before) 68, 1x256 41, 7x32 104, 14x32 130, 7x64 130; 7x7, 1024 -> 1024:
     1x256 27, 7x64 128; 56x56, 128 -> 128: 2x128 88, 4x64 101, 8x32 129, 14x32 126. Empty when no
     vector width divides `channels` (the caller falls back to ragged or scalar tiles)."""
-    for w in [w for w, _ in narrower_widths(lanes)]:
-        ranked = []
-        for vectors in range(1, model.accumulators + 1):
-            if channels % (vectors * w):
-                continue
-            for m in range(1, min(width, model.accumulators // vectors) + 1):
-                if width % m == 0:
-                    ranked.append(((round(model.efficiency(m, vectors, w), 6), m * vectors, m), (m, vectors * w)))
-        if ranked:
-            return [t for _, t in sorted(ranked, reverse=True)]
-    return []
+    w = next((w for w, _ in narrower_widths(lanes) if channels % w == 0), 0)
+    if not w:
+        return []
+    ranked = []
+    for n in range(w, channels + 1, w):
+        vectors = len(mixed_widths(n, lanes))
+        if channels % n or vectors > model.accumulators:
+            continue
+        for m in range(1, min(width, model.accumulators // vectors) + 1):
+            if width % m == 0:
+                ranked.append(((round(model.efficiency(m, n, lanes), 6), m * vectors, m), (m, n)))
+    return [t for _, t in sorted(ranked, reverse=True)]
 
 
 def tile_candidates(width: int, channels: int, lanes: int, acc_budget: int, max_m: int,
