@@ -5,11 +5,12 @@ that needs a different rule for one kind subclasses it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..ir.operators import Kind
 from . import tiling
-from .ukernels import narrower_widths, ragged_width
+from .ukernels import mixed_widths, narrower_widths, ragged_width
 
 
 def largest_divisor(n: int, limit: int) -> int:
@@ -17,14 +18,15 @@ def largest_divisor(n: int, limit: int) -> int:
 
 
 def choose_tile(width: int, channels: int, lanes: int, acc_budget: int, max_m: int,
-                ragged: bool = False) -> tuple[int, int] | None:
+                ragged: bool = False, model: "GemmModel | None" = None) -> tuple[int, int] | None:
     """(M, N): M output pixels (dividing `width`) x N channels (a multiple of `lanes` dividing
     `channels`) with at most `acc_budget` vector accumulators. Most accumulators wins, then the
     most balanced tile (per reduction step it loads M scalars and N/lanes vectors for M*N/lanes
     FMAs). When no multiple of `lanes` divides `channels` (10 classes, 3 channels...): a scalar
     tile over a divisor of the channels, or with `ragged`, first a ragged tile (see
-    `tile_candidates`). None when nothing fits."""
-    tiles = tile_candidates(width, channels, lanes, acc_budget, max_m, ragged)
+    `tile_candidates`). With a `model`, float GEMM tiles are ranked by it (`model_tiles`).
+    None when nothing fits."""
+    tiles = tile_candidates(width, channels, lanes, acc_budget, max_m, ragged, model)
     return tiles[0] if tiles else None
 
 
@@ -60,12 +62,76 @@ def _ragged(width: int, channels: int, lanes: int, acc_budget: int, max_m: int) 
     return [t for _, t in sorted(out, reverse=True)]
 
 
+@dataclass(frozen=True)
+class GemmModel:
+    """What a core does per cycle in a float GEMM micro-kernel (ukernels.emit_gemm_c: per reduction
+    step, nv vector loads of B, M scalar broadcasts of A, M x nv vector FMAs), from which
+    `model_tiles` ranks M x N tiles instead of `_ranked`'s most-accumulators-then-balanced rule.
+
+    `registers` vector registers, of which all but `reserved` (the B vectors and a broadcast) may
+    hold accumulators; `fma_per_cycle` vector FMAs and `loads_per_cycle` vector loads or broadcasts
+    issued per cycle; `l2_bytes_per_cycle`: the bandwidth at which B (the weight panel, K x N: larger
+    than L1 for every layer that matters) streams in from L2, once per M pixels."""
+
+    registers: int
+    reserved: int
+    fma_per_cycle: int
+    loads_per_cycle: int
+    l2_bytes_per_cycle: int
+
+    @property
+    def accumulators(self) -> int:
+        return self.registers - self.reserved
+
+    def efficiency(self, m: int, n: int, lanes: int) -> float:
+        """The fraction of the FMA peak (`lanes`-wide FMAs) an M x N float tile can reach, its N
+        channels in the vectors of `ukernels.mixed_widths`: the cycles its M x N MACs per
+        reduction step take at the peak over the longest of FMA, load-issue and L2-streaming
+        cycles (a narrower vector costs an FMA and a load as a full one)."""
+        nv = len(mixed_widths(n, lanes))
+        peak = m * n / lanes / self.fma_per_cycle
+        fma = m * nv / self.fma_per_cycle
+        loads = (m + nv) / self.loads_per_cycle
+        l2 = n * 4 / self.l2_bytes_per_cycle
+        return peak / max(fma, loads, l2)
+
+
+def model_tiles(width: int, channels: int, lanes: int, model: GemmModel) -> list[tuple[int, int]]:
+    """The float GEMM tiles (M pixels dividing `width` x N channels, N dividing `channels` and a
+    multiple of the widest vector width of `narrower_widths(lanes)` dividing them, in full vectors
+    then narrower ones (`ukernels.mixed_widths`: 56 of 728 channels as 3 x 16 + 8 on AVX-512), at
+    most `model.accumulators` vectors), best first: highest `model.efficiency`, then most
+    accumulators (fewer calls, the C tile's load and store spread over more FMAs), then more
+    pixels (each weight vector read for more of them).
+    Measured on AVX-512 (Zen 5, one pointwise layer in a loop, best of 40; GMAC/s): 14x14, 512 ->
+    512: 2x128 (the rule before) 68, 1x256 41, 7x32 104, 14x32 130, 7x64 130; 7x7, 1024 -> 1024:
+    1x256 27, 7x64 128; 56x56, 128 -> 128: 2x128 88, 4x64 101, 8x32 129, 14x32 126. Empty when no
+    vector width divides `channels` (the caller falls back to ragged or scalar tiles)."""
+    w = next((w for w, _ in narrower_widths(lanes) if channels % w == 0), 0)
+    if not w:
+        return []
+    ranked = []
+    for n in range(w, channels + 1, w):
+        vectors = len(mixed_widths(n, lanes))
+        if channels % n or vectors > model.accumulators:
+            continue
+        for m in range(1, min(width, model.accumulators // vectors) + 1):
+            if width % m == 0:
+                ranked.append(((round(model.efficiency(m, n, lanes), 6), m * vectors, m), (m, n)))
+    return [t for _, t in sorted(ranked, reverse=True)]
+
+
 def tile_candidates(width: int, channels: int, lanes: int, acc_budget: int, max_m: int,
-                    ragged: bool = False) -> list[tuple[int, int]]:
+                    ragged: bool = False, model: GemmModel | None = None) -> list[tuple[int, int]]:
     """Every (M, N) tile `choose_tile` could pick from, best first by its own ranking: the search
     space of the tuner. Families of 8 or more lanes fall back to half-width vectors (24 or 40
     channels on AVX-512; see ukernels.vector_width), then (with `ragged`: float kernels of a family
-    whose micro-kernels take them) to ragged tiles over all the channels, then to scalars."""
+    whose micro-kernels take them) to ragged tiles over all the channels, then to scalars. With a
+    `model` (float GEMM tiles of a family that has one), the vector tiles are `model_tiles`'."""
+    if model is not None and lanes > 1:
+        modelled = model_tiles(width, channels, lanes, model)
+        if modelled:
+            return modelled
     out = []
     for w in [w for w, _ in narrower_widths(lanes)] if lanes > 1 else [1]:
         out = _ranked(width, channels, w, acc_budget, max_m)
@@ -90,8 +156,9 @@ class TiledRules:
     choices: `tile`, `order`, `pack`, `rows`, `dw_tile`, `dw_order`."""
 
     def __init__(self, lanes: int, conv_acc: int, dw_acc: int, fc_acc: int, dwpw_rows: int = 2,
-                 wide_rows: bool = False, ragged: bool = False) -> None:
+                 wide_rows: bool = False, ragged: bool = False, gemm_model: GemmModel | None = None) -> None:
         self.lanes, self.conv_acc, self.dw_acc, self.fc_acc = lanes, conv_acc, dw_acc, fc_acc
+        self.gemm_model = gemm_model   # ranks the tiles of float GEMMs (convolutions, pointwise) when set
         self.dwpw_rows = dwpw_rows
         self.wide_rows = wide_rows     # fused dw+pw: int8 depthwise rows stored as int16 (tiling.tile_dwpw)
         self.ragged = ragged           # float GEMM/depthwise tiles over channels no vector width divides
@@ -113,6 +180,14 @@ class TiledRules:
         """The vector lanes of this family's micro-kernels of `types` (None: unknown); a family
         whose integer kernels work in core registers overrides this."""
         return self.lanes
+
+    def model_for(self, sch: Any, block_name: str | None) -> GemmModel | None:
+        """The family's GEMM model for a convolution's GEMM block: float32 only (integer kernels
+        keep their rule), None without a model."""
+        if self.gemm_model is None or not block_name:
+            return None
+        types = tiling.operand_types(sch, sch.get_sblock(block_name))
+        return self.gemm_model if types is not None and types.c == "float32" and not types.b_order else None
 
     def _lanes_budget(self, sch: Any, block_name: str | None, which: str) -> tuple[int, int]:
         """(vector lanes, accumulator budget) of the micro-kernel of a `which` block."""
@@ -146,7 +221,8 @@ class TiledRules:
             return None
         return _pick(cfg, "tile", None) or choose_tile(ext[2], ext[3] // groups,
                                                        *self._lanes_budget(sch, info.anchor, acc), 8,
-                                                       self.ragged_for(sch, info.anchor))
+                                                       self.ragged_for(sch, info.anchor),
+                                                       self.model_for(sch, info.anchor) if acc == "conv" else None)
 
     def schedule_conv(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
         """Convolutions as GEMM tiles; a grouped one as one GEMM per group (tiling.tile_conv_gemm)."""
@@ -179,7 +255,8 @@ class TiledRules:
         h, w, co = ext[1], ext[2], ext[3]
         r = largest_divisor(h, _pick(cfg, "rows", rows or self.dwpw_rows))
         tile = _pick(cfg, "tile", None) or choose_tile(w, co, *self._lanes_budget(sch, info.anchor, "conv"), 8,
-                                                       self.ragged_for(sch, info.anchor))
+                                                       self.ragged_for(sch, info.anchor),
+                                                       self.model_for(sch, info.anchor))
         if tile is None:
             return False
         dw_tile = _pick(cfg, "dw_tile", None) or choose_tile(w, info.dw_channels,
@@ -212,8 +289,9 @@ class TiledRules:
             if len(ext) != 7 or groups < 1 or ext[3] % groups:
                 return []
             lanes, acc = self._lanes_budget(sch, info.anchor, "dw" if info.kind == Kind.CONV_DW else "conv")
+            model = self.model_for(sch, info.anchor) if info.kind != Kind.CONV_DW else None
             for t in tile_candidates(ext[2], ext[3] // groups, lanes, acc, 8,
-                                     self.ragged_for(sch, info.anchor))[:limit // 2]:
+                                     self.ragged_for(sch, info.anchor), model)[:limit // 2]:
                 out += [{"tile": list(t), "order": "pixels"}, {"tile": list(t), "order": "channels"}]
         elif info.kind == Kind.FC:
             ext = tiling.anchor_extents(sch, info.anchor)
@@ -229,7 +307,7 @@ class TiledRules:
             default = largest_divisor(h, self.dwpw_rows)
             rows = [default] + sorted({largest_divisor(h, r) for r in (1, 2, 4, 8)} - {default})
             pw = tile_candidates(w, ext[3], *self._lanes_budget(sch, info.anchor, "conv"), 8,
-                                 self.ragged_for(sch, info.anchor))[:4]
+                                 self.ragged_for(sch, info.anchor), self.model_for(sch, info.anchor))[:4]
             dw = tile_candidates(w, info.dw_channels, *self._lanes_budget(sch, info.dw_anchor, "dw"), 8,
                                  self.ragged_for(sch, info.dw_anchor))[:3]
             out = [{"rows": r, "tile": list(t), "dw_tile": list(d)} for r in rows for t in pw for d in dw]

@@ -590,12 +590,62 @@ def _store_acc_tile(e: "_Emit", m: int, nv: int, lanes: int) -> list[str]:
             for i in range(m)]
 
 
-def emit_gemm_c(m: int, n: int, lanes: int, types: Types = F32, acc: int = 8) -> str:
+def mixed_widths(n: int, lanes: int) -> list[tuple[int, str]]:
+    """The vectors of a mixed-width row of n channels: as many full `lanes`-wide vectors as fit,
+    then the narrower widths of `narrower_widths` for the rest (104 channels on AVX-512: six
+    16-lane vectors and one of 8, where `vector_width` would take thirteen of 8). Empty when the
+    rest is no sum of those widths (n not a multiple of the narrowest)."""
+    out, rest = [], n
+    for w, sfx in narrower_widths(lanes):
+        out += [(w, sfx)] * (rest // w)
+        rest %= w
+    return out if rest == 0 and lanes > 1 else []
+
+
+def emit_mixed_gemm_c(m: int, n: int, lanes: int, types: Types) -> str:
+    """The float GEMM micro-kernel over a mixed-width row (`mixed_widths`): one reduction loop,
+    each of the M rows' accumulators a full vector but the last ones, which are narrower."""
+    vecs = mixed_widths(n, lanes)
+    offs = [sum(w for w, _ in vecs[:j]) for j in range(len(vecs))]
+    ems = [_Emit(types, w, sfx) for w, sfx in vecs]
+    lines = [
+        f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] ({types.a} x {types.b} -> {types.c}); mixed widths "
+        f"({' + '.join(str(w) for w, _ in vecs)} lanes), {m * len(vecs)} accumulators in registers */",
+        gemm_signature(m, n, types) + " {",
+    ]
+    for i in range(m):
+        lines.append("  " + " ".join(f"{e.acc_type()} c{i}_{j} = {e.load_acc(f'C + {i} * ldc + {offs[j]}')};"
+                                     for j, e in enumerate(ems)))
+    lines.append("  for (int32_t k = 0; k < K; ++k) {")
+    lines.append("    " + " ".join(f"const {e.acc_type()} b{j} = {e.load(f'B + k * ldb + {offs[j]}', types.b)};"
+                                   for j, e in enumerate(ems)))
+    for i in range(m):
+        lines.append(f"    const {_C[types.c]} a{i} = {ems[0].scalar(f'A[{i} * lda + k]')};")
+        lines.append("    " + " ".join(f"c{i}_{j} += a{i} * b{j};" for j in range(len(ems))))
+    lines.append("  }")
+    lines += ["  " + " ".join(e.store_acc(f"C + {i} * ldc + {offs[j]}", f"c{i}_{j}") for j, e in enumerate(ems))
+              for i in range(m)]
+    lines += ["  return 0;", "}"]
+    return "\n".join(lines)
+
+
+def uses_mixed_widths(n: int, lanes: int, types: Types) -> bool:
+    """Whether a float GEMM tile of n channels is a mixed-width one (fewer vectors than with the
+    widest single width dividing n)."""
+    vecs = mixed_widths(n, lanes)
+    return (types.c == "float32" and not types.b_order and bool(vecs)
+            and len(vecs) < n // vector_width(n, lanes)[0])
+
+
+def emit_gemm_c(m: int, n: int, lanes: int, types: Types = F32, acc: int = 8, mixed: bool = False) -> str:
     """The generic GEMM micro-kernel: M x N accumulators in named (vector) variables, one rank-1
     update per reduction step; a ragged tile (ragged_width > 1) in blocks of up to `acc`
-    accumulators (ragged_body)."""
+    accumulators (ragged_body); with `mixed` (a family whose rule ranks such tiles), a float tile
+    that full vectors do not divide in full and narrower ones (emit_mixed_gemm_c)."""
     if types.b_order:
         return emit_ordered_gemm_c(m, n, types)
+    if mixed and uses_mixed_widths(n, lanes, types):
+        return emit_mixed_gemm_c(m, n, lanes, types)
     if ragged_width(n, lanes) > 1:
         w = ragged_width(n, lanes)
         return "\n".join([

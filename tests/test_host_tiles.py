@@ -1,0 +1,92 @@
+"""Host float GEMM tiles chosen by a model of the core (rules.GemmModel, rules.model_tiles): per
+reduction step a tile of M pixels x nv vectors issues nv loads and M broadcasts for M x nv FMAs and
+streams nv vectors of weights from L2; the tile closest to the FMA peak wins, then the one with
+the most accumulators, then the most pixels. Before, the rule took at most 24 accumulators and 8
+pixels, most balanced first (2x128 on 14x14 maps, 1x256 on 7x7: 1/2 to 1/4 of the peak).
+
+A small network with the tiles the model picks on 14-, 7-, 4-, 2- and 1-pixel-wide maps (64, 48,
+40, 24, 33 output channels: full, 3-vector, mixed-width (16 + 16 + 8, 16 + 8 lanes) and ragged
+tiles) runs from the generated C
+against PyTorch; model.c must call the micro-kernels the model chose."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgecompile.compiler import BuildOptions, Progress, write_build
+from edgecompile.ir.frontend import ModelOptions, _from_torch
+from edgecompile.platforms.host import HostModel
+from edgecompile.schedules import host
+from edgecompile.schedules.rules import GemmModel, choose_tile, model_tiles
+from edgecompile.schedules.ukernels import mixed_widths
+from edgecompile.targets import load_target
+from helpers import compare_with_reference
+
+SHAPE = (1, 16, 14, 14)
+REL = 1e-4     # |C - PyTorch| <= REL x the spread of PyTorch's outputs (float32 rounding)
+AVX512 = GemmModel(registers=32, reserved=4, fma_per_cycle=2, loads_per_cycle=2, l2_bytes_per_cycle=32)
+AVX2 = GemmModel(registers=16, reserved=4, fma_per_cycle=2, loads_per_cycle=2, l2_bytes_per_cycle=32)
+
+
+def test_model_picks_tall_tiles_that_reach_the_fma_peak():
+    # MobileNet V1 1.0/224's pointwise layers on AVX-512 (the rule before: 2x128, 1x256, 4x64)
+    assert model_tiles(14, 512, 16, AVX512)[0] == (14, 32)
+    assert model_tiles(7, 1024, 16, AVX512)[0] == (7, 64)
+    assert model_tiles(28, 256, 16, AVX512)[0] == (14, 32)
+    assert model_tiles(112, 32, 16, AVX512)[0] == (14, 32)
+    # the efficiency terms: load issue (16x16: 17 loads per 16 FMAs), L2 (1x256: 16 vectors per FMA row)
+    assert AVX512.efficiency(14, 32, 16) == 1.0 and AVX512.efficiency(16, 16, 16) < 1.0
+    assert AVX512.efficiency(1, 256, 16) == 0.25 and AVX512.efficiency(2, 128, 16) == 0.5
+    # Xception's 728 channels (16 x 45 + 8): 7 x (3 x 16 + 8) mixed-width vectors, not 8-lane ones
+    assert mixed_widths(56, 16) == [(16, "v")] * 3 + [(8, "h")] and model_tiles(14, 728, 16, AVX512)[0] == (7, 56)
+    assert AVX512.efficiency(7, 56, 16) > 1.8 * AVX512.efficiency(14, 8, 16)
+    # AVX2: 12 accumulators at most
+    assert all(m * n // 8 <= 12 for m, n in model_tiles(56, 128, 8, AVX2)) and model_tiles(56, 128, 8, AVX2)[0] == (4, 16)
+    # narrower vectors where the full width does not divide the channels; none (ragged / scalar
+    # fallback of choose_tile) where no width does
+    assert model_tiles(4, 40, 16, AVX512)[0] == (4, 40) and model_tiles(1, 33, 16, AVX512) == []
+    assert mixed_widths(40, 16) == [(16, "v"), (16, "v"), (8, "h")] and mixed_widths(33, 16) == []
+    assert mixed_widths(12, 4) == [(4, "v")] * 3      # one width: the uniform kernel (NEON unchanged)
+    assert choose_tile(1, 33, 16, 24, 8, ragged=True, model=AVX512) == choose_tile(1, 33, 16, 24, 8, ragged=True)
+    # every tile fits the accumulators and divides the map and the channels
+    for w, c in [(7, 1000), (13, 24), (55, 116), (1, 1024), (2, 512), (112, 64)]:
+        for m, n in model_tiles(w, c, 16, AVX512):
+            assert w % m == 0 and c % n == 0 and m * -(-n // 16) <= 28
+
+
+def _source():
+    torch.manual_seed(21)
+    model = nn.Sequential(
+        nn.Conv2d(16, 64, 1), nn.ReLU(),                                              # 14x14, 64
+        nn.Conv2d(64, 64, 3, stride=2, padding=1, groups=64), nn.ReLU(), nn.Conv2d(64, 48, 1), nn.ReLU(),  # dw+pw, 7x7
+        nn.Conv2d(48, 40, 3, stride=2, padding=1), nn.ReLU(),                         # 4x4, 40
+        nn.Conv2d(40, 24, 3, stride=2, padding=1), nn.ReLU(),                         # 2x2, 24
+        nn.Conv2d(24, 33, 2), nn.ReLU(),                                              # 1x1, 33
+        nn.Flatten(), nn.Linear(33, 10)).eval()
+    with torch.no_grad():       # He-like scale and small biases: the output keeps depending on the input
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.mul_(2.5)
+                m.bias.mul_(0.1)
+    return _from_torch("host_tiles", model, SHAPE, ModelOptions(input_shape=SHAPE, seed=21))
+
+
+def test_model_tiles_match_pytorch_on_host(tmp_path):
+    source = _source()
+    out = tmp_path / "b"
+    rep = write_build(source, load_target("host"), out, BuildOptions(compare_unfused=False), Progress(quiet=True))
+    code = (out / "model.c").read_text()
+    model = host.RULES.gemm_model
+    for w, c in [(14, 64), (7, 48), (4, 40), (2, 24)]:
+        m, n = model_tiles(w, c, host.LANES, model)[0]
+        assert f"ec_gemm_f32_{m}x{n}(" in code, (w, c, m, n)
+    if host.VARIANT == "avx512":
+        assert all(f"ec_gemm_f32_{t}(" in code for t in ("14x32", "7x48", "4x40", "2x24"))
+        assert "mixed widths (16 + 16 + 8 lanes)" in code and "mixed widths (16 + 8 lanes)" in code
+    convs = [c for c in rep["calls"] if c["kind"] in ("conv", "conv_pw", "dwpw", "fc")]
+    assert len(convs) >= 5 and all(c["schedule"].startswith("host.") for c in convs), \
+        [(c["kind"], c["schedule"]) for c in rep["calls"]]
+    runner = HostModel(out)
+    compare_with_reference(lambda x: runner.run(x)[0], lambda x: source.reference(x)[0], SHAPE, REL)
+    runner.close()
