@@ -44,6 +44,10 @@ class CortexARules(TiledRules):
     def panel_order(self, types: Any) -> str:
         return "k16" if self._s8_gemm(types) else ""
 
+    # int8 rescale tiles of at least this many channels go to the NEON rescale kernel (a vector of
+    # 4 int32 accumulators per step); narrower ones keep the scalar C
+    REQUANT_MIN_CHANNELS = 4
+
     def finish(self, sch: Any, info: Any, blocks_before: list[str]) -> None:
         """Padded windows: TVM writes each padded value as `cond ? x - zero_point : 0` inside the
         channel loop, which gcc leaves scalar (one load, add, store per value: ~20% of an int8
@@ -52,6 +56,7 @@ class CortexARules(TiledRules):
         loop is vectorized. (A build step, not part of the rules: MetaSchedule cannot print the
         trace of `decompose_padding`, so tuning measures kernels without it.)"""
         tiling.split_padding(sch, [b for b in blocks_before if "pad" in b.lower()])
+        tiling.tensorize_requant(sch, self.REQUANT_MIN_CHANNELS)
 
 
 LANES = 4
