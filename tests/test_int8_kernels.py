@@ -141,6 +141,9 @@ NEON_CASES = CASES + [
     Case("fc_45_3", (1, 45, 1, 1), "[nn.Flatten(), nn.Linear(45, 3)]", ("fc",)),
     Case("conv3x3_s2_3_16", (1, 3, 11, 10), "[nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU6()]", ("conv",)),
 ]
+# NEON rescale kernels each case's build must contain (8 + 4 + a scalar tail, 4 + 1, 4 + 3, 8 + 8...)
+NEON_REQUANT = {"dwpw_s1": ("4x4", "4x8"), "pw_odd_7_5": ("3x5",), "group_convs": ("1x12", "1x16", "1x5"),
+                "fc": ("1x7",), "dwpw_24_40": ("2x24",), "dw_16_s2": ("2x16",)}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c in CASES else ()) for c in NEON_CASES],
@@ -153,6 +156,8 @@ def test_neon_kernel_bytes_equal_the_integer_reference_on_rpi4(tmp_path, monkeyp
         assert "vmlal_high_s16" in model_c                                   # the NEON depthwise ran
     if "conv" in case.kinds and "nn.Conv2d(3, 16, 3" in case.layers:
         assert "vmlal_high_n_s16" in model_c                                 # the NEON int16 x int8 GEMM ran
+    for tile in NEON_REQUANT.get(case.name, ()):                             # the NEON rescale ran
+        assert f"ec_requant_s8_{tile}(" in model_c and "vaddhn_high_s64" in model_c, tile
 
 
 # KxK convolutions whose GEMM takes the whole window per call on Cortex-M4/M7 (K = KW x KH x input
