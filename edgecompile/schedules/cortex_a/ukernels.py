@@ -91,27 +91,42 @@ def gemm(m: int, n: int, lanes: int, types: Types) -> str | None:
 
 def _gemm_s8_k16_neon(m: int, n: int) -> list[str]:
     """The NEON body: M x N int32x4 accumulators over the 16-step groups and the first 8 steps of
-    the last group, reduced; the rest of the last group in scalar C."""
-    lines = ["  int32x4_t " + ", ".join(f"s{i}_{j} = vdupq_n_s32(0)" for i in range(m) for j in range(n)) + ";",
-             "  const int8_t *b = B;", "  int32_t k = 0;",
-             "  for (; k + 16 <= K; k += 16, b += 16 * ldb) {",
-             "    const int8x16_t " + ", ".join(f"a{i} = vld1q_s8(A + {i} * lda + k)" for i in range(m)) + ";",
-             "    const int8x8_t " + ", ".join(f"a{i}l = vget_low_s8(a{i})" for i in range(m)) + ";"]
-    for j in range(n):
-        lines.append(f"    {{ const int8x16_t w = vld1q_s8(b + {16 * j}); const int8x8_t wl = vget_low_s8(w);")
-        for i in range(m):
-            lines.append(f"      s{i}_{j} = vpadalq_s16(s{i}_{j}, vmlal_high_s8(vmull_s8(a{i}l, wl), a{i}, w));")
-        lines.append("    }")
-    lines += ["  }",
-              "  const int32_t r = K - k;       /* the last group: channel j's r weights at b + j * r */",
-              "  int32_t t0 = 0;",
-              "  if (r >= 8) {",
-              "    const int8x8_t " + ", ".join(f"a{i} = vld1_s8(A + {i} * lda + k)" for i in range(m)) + ";"]
-    for j in range(n):
-        lines.append(f"    {{ const int8x8_t w = vld1_s8(b + {j} * r);")
-        lines.append("      " + " ".join(f"s{i}_{j} = vpadalq_s16(s{i}_{j}, vmull_s8(a{i}, w));" for i in range(m)))
-        lines.append("    }")
-    lines += ["    t0 = 8;", "  }"]
+    the last group, reduced; the rest of the last group in scalar C. The first block (16 steps, or
+    the last group's first 8 when K < 16) sets the accumulators by `saddlp` instead of zeroing
+    them for `sadalp` (one register copy per accumulator less per call)."""
+    def block16(first: bool) -> list[str]:
+        out = ["    const int8x16_t " + ", ".join(f"a{i} = vld1q_s8(A + {i} * lda + k)" for i in range(m)) + ";",
+               "    const int8x8_t " + ", ".join(f"a{i}l = vget_low_s8(a{i})" for i in range(m)) + ";"]
+        for j in range(n):
+            out.append(f"    {{ const int8x16_t w = vld1q_s8(b + {16 * j}); const int8x8_t wl = vget_low_s8(w);")
+            for i in range(m):
+                prod = f"vmlal_high_s8(vmull_s8(a{i}l, wl), a{i}, w)"
+                out.append(f"      s{i}_{j} = vpaddlq_s16({prod});" if first
+                           else f"      s{i}_{j} = vpadalq_s16(s{i}_{j}, {prod});")
+            out.append("    }")
+        return out
+
+    def block8(first: bool) -> list[str]:
+        out = ["    const int8x8_t " + ", ".join(f"a{i} = vld1_s8(A + {i} * lda + k)" for i in range(m)) + ";"]
+        for j in range(n):
+            out.append(f"    {{ const int8x8_t w = vld1_s8(b + {j} * r);")
+            out.append("      " + " ".join((f"s{i}_{j} = vpaddlq_s16(vmull_s8(a{i}, w));" if first
+                                            else f"s{i}_{j} = vpadalq_s16(s{i}_{j}, vmull_s8(a{i}, w));")
+                                           for i in range(m)))
+            out.append("    }")
+        return out
+
+    lines = ["  int32x4_t " + ", ".join(f"s{i}_{j}" for i in range(m) for j in range(n)) + ";",
+             "  const int8_t *b = B;", "  int32_t k = 0, t0 = 0;",
+             "  if (K >= 16) {", *block16(True), "    k = 16; b += 16 * ldb;",
+             "  } else if (K >= 8) {         /* one group of K steps: channel j's weights at B + j * K */",
+             "    const int32_t r = K;", *block8(True), "    t0 = 8;",
+             "  } else {",
+             "    " + " ".join(f"s{i}_{j} = vdupq_n_s32(0);" for i in range(m) for j in range(n)),
+             "  }",
+             "  for (; k + 16 <= K; k += 16, b += 16 * ldb) {", *block16(False), "  }",
+             "  const int32_t r = K - k;       /* the last group: channel j's r weights at b + j * r */",
+             "  if (K >= 16 && r >= 8) {", *block8(False), "    t0 = 8;", "  }"]
     for i in range(m):
         for q in range(n // 4):
             j = 4 * q
