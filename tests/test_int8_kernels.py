@@ -123,7 +123,8 @@ def test_kernel_bytes_equal_the_integer_reference_on_every_core(tmp_path, monkey
 
 
 # NEON (rpi4, Cortex-A72) int8 kernels: GEMMs over 16-step weight blocks with the 8-step block and
-# the scalar tail (K = 8, 9, 16, 24, 33, 45 ...), one and odd output channel counts (1, 3, 17),
+# the scalar tail (K = 6, 7, 8, 9, 10, 12, 16, 24, 33, 45 ...: accumulators set by the first 16-step
+# block, by the first 8 steps when K < 16, zeroed when K < 8), one and odd output channel counts (1, 3, 17),
 # tiles that are not multiples of 4 channels, depthwise on 8-channel groups (16, 24 channels) and
 # the generic depthwise beside it (odd counts), strides, padding, random quantization parameters.
 NEON_CASES = CASES + [
@@ -152,6 +153,7 @@ def test_neon_kernel_bytes_equal_the_integer_reference_on_rpi4(tmp_path, monkeyp
     model_c = _check_kernel_case(tmp_path, monkeypatch, case, NEON_CASES.index(case) + 1, ["rpi4"])["rpi4"]
     if {"conv_pw", "dwpw", "fc"} & set(case.kinds):
         assert "ec_gemm_s8k16_" in model_c and "vpadalq_s16" in model_c      # the NEON int8 GEMM ran
+        assert "vpaddlq_s16" in model_c                 # its accumulators set by the first block's saddlp
     if {"conv_dw", "dwpw"} & set(case.kinds) and case.shape[1] % 8 == 0:
         assert "vmlal_high_s16" in model_c                                   # the NEON depthwise ran
     if "conv" in case.kinds and "nn.Conv2d(3, 16, 3" in case.layers:
