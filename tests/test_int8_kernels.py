@@ -123,7 +123,8 @@ def test_kernel_bytes_equal_the_integer_reference_on_every_core(tmp_path, monkey
 
 
 # NEON (rpi4, Cortex-A72) int8 kernels: GEMMs over 16-step weight blocks with the 8-step block and
-# the scalar tail (K = 8, 9, 16, 24, 33, 45 ...), one and odd output channel counts (1, 3, 17),
+# the scalar tail (K = 6, 7, 8, 9, 10, 12, 16, 24, 33, 45 ...: accumulators set by the first 16-step
+# block, by the first 8 steps when K < 16, zeroed when K < 8), one and odd output channel counts (1, 3, 17),
 # tiles that are not multiples of 4 channels, depthwise on 8-channel groups (16, 24 channels) and
 # the generic depthwise beside it (odd counts), strides, padding, random quantization parameters.
 NEON_CASES = CASES + [
@@ -141,6 +142,9 @@ NEON_CASES = CASES + [
     Case("fc_45_3", (1, 45, 1, 1), "[nn.Flatten(), nn.Linear(45, 3)]", ("fc",)),
     Case("conv3x3_s2_3_16", (1, 3, 11, 10), "[nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU6()]", ("conv",)),
 ]
+# NEON rescale kernels each case's build must contain (8 + 4 + a scalar tail, 4 + 1, 4 + 3, 8 + 8...)
+NEON_REQUANT = {"dwpw_s1": ("4x4", "4x8"), "pw_odd_7_5": ("3x5",), "group_convs": ("1x12", "1x16", "1x5"),
+                "fc": ("1x7",), "dwpw_24_40": ("2x24",), "dw_16_s2": ("2x16",)}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c in CASES else ()) for c in NEON_CASES],
@@ -149,10 +153,13 @@ def test_neon_kernel_bytes_equal_the_integer_reference_on_rpi4(tmp_path, monkeyp
     model_c = _check_kernel_case(tmp_path, monkeypatch, case, NEON_CASES.index(case) + 1, ["rpi4"])["rpi4"]
     if {"conv_pw", "dwpw", "fc"} & set(case.kinds):
         assert "ec_gemm_s8k16_" in model_c and "vpadalq_s16" in model_c      # the NEON int8 GEMM ran
+        assert "vpaddlq_s16" in model_c                 # its accumulators set by the first block's saddlp
     if {"conv_dw", "dwpw"} & set(case.kinds) and case.shape[1] % 8 == 0:
         assert "vmlal_high_s16" in model_c                                   # the NEON depthwise ran
     if "conv" in case.kinds and "nn.Conv2d(3, 16, 3" in case.layers:
         assert "vmlal_high_n_s16" in model_c                                 # the NEON int16 x int8 GEMM ran
+    for tile in NEON_REQUANT.get(case.name, ()):                             # the NEON rescale ran
+        assert f"ec_requant_s8_{tile}(" in model_c and "vaddhn_high_s64" in model_c, tile
 
 
 # KxK convolutions whose GEMM takes the whole window per call on Cortex-M4/M7 (K = KW x KH x input

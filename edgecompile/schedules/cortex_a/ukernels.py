@@ -22,12 +22,19 @@ value multiplied into them by `smlal`/`smlal2` by element.
 8 channels at a time: the weights widened once per tap, `smlal`/`smlal2` on 16-bit lanes (one
 instruction per 4 multiply-accumulates instead of a widening load and a 32-bit multiply-add).
 
+`requant`, the int8 rescale of an M x N tile of int32 accumulators (ir/quantize.py's folded form
+sat8((int32)((acc * m0 + rnd) >> 32) >> r)), 8 channels at a time, then 4: `smull`/`smull2` give
+acc * m0 in 64 bits, `addhn`/`addhn2` add the 64-bit constant and keep the high words (exactly
+the truncating `>> 32`), `sshl` by -r (a truncating arithmetic shift right), `sqxtn` twice (the
+int8 clamp); the last n % 4 channels in scalar C.
+
 Each integer kernel keeps portable C of the same panel order under `#else`: the same model.c on
 this machine gives the same bytes (`edgecompile test` compares a device's int8 output with it)."""
 
 from __future__ import annotations
 
-from ..ukernels import Types, dw_body, dw_signature, gemm_signature, guarded_kernel, vector_width
+from ..ukernels import (Types, dw_body, dw_signature, gemm_signature, guarded_kernel, requant_body,
+                        requant_signature, vector_width)
 
 NEON = "defined(__ARM_NEON) && defined(__aarch64__)"
 _INCLUDE = "\n".join([
@@ -84,27 +91,42 @@ def gemm(m: int, n: int, lanes: int, types: Types) -> str | None:
 
 def _gemm_s8_k16_neon(m: int, n: int) -> list[str]:
     """The NEON body: M x N int32x4 accumulators over the 16-step groups and the first 8 steps of
-    the last group, reduced; the rest of the last group in scalar C."""
-    lines = ["  int32x4_t " + ", ".join(f"s{i}_{j} = vdupq_n_s32(0)" for i in range(m) for j in range(n)) + ";",
-             "  const int8_t *b = B;", "  int32_t k = 0;",
-             "  for (; k + 16 <= K; k += 16, b += 16 * ldb) {",
-             "    const int8x16_t " + ", ".join(f"a{i} = vld1q_s8(A + {i} * lda + k)" for i in range(m)) + ";",
-             "    const int8x8_t " + ", ".join(f"a{i}l = vget_low_s8(a{i})" for i in range(m)) + ";"]
-    for j in range(n):
-        lines.append(f"    {{ const int8x16_t w = vld1q_s8(b + {16 * j}); const int8x8_t wl = vget_low_s8(w);")
-        for i in range(m):
-            lines.append(f"      s{i}_{j} = vpadalq_s16(s{i}_{j}, vmlal_high_s8(vmull_s8(a{i}l, wl), a{i}, w));")
-        lines.append("    }")
-    lines += ["  }",
-              "  const int32_t r = K - k;       /* the last group: channel j's r weights at b + j * r */",
-              "  int32_t t0 = 0;",
-              "  if (r >= 8) {",
-              "    const int8x8_t " + ", ".join(f"a{i} = vld1_s8(A + {i} * lda + k)" for i in range(m)) + ";"]
-    for j in range(n):
-        lines.append(f"    {{ const int8x8_t w = vld1_s8(b + {j} * r);")
-        lines.append("      " + " ".join(f"s{i}_{j} = vpadalq_s16(s{i}_{j}, vmull_s8(a{i}, w));" for i in range(m)))
-        lines.append("    }")
-    lines += ["    t0 = 8;", "  }"]
+    the last group, reduced; the rest of the last group in scalar C. The first block (16 steps, or
+    the last group's first 8 when K < 16) sets the accumulators by `saddlp` instead of zeroing
+    them for `sadalp` (one register copy per accumulator less per call)."""
+    def block16(first: bool) -> list[str]:
+        out = ["    const int8x16_t " + ", ".join(f"a{i} = vld1q_s8(A + {i} * lda + k)" for i in range(m)) + ";",
+               "    const int8x8_t " + ", ".join(f"a{i}l = vget_low_s8(a{i})" for i in range(m)) + ";"]
+        for j in range(n):
+            out.append(f"    {{ const int8x16_t w = vld1q_s8(b + {16 * j}); const int8x8_t wl = vget_low_s8(w);")
+            for i in range(m):
+                prod = f"vmlal_high_s8(vmull_s8(a{i}l, wl), a{i}, w)"
+                out.append(f"      s{i}_{j} = vpaddlq_s16({prod});" if first
+                           else f"      s{i}_{j} = vpadalq_s16(s{i}_{j}, {prod});")
+            out.append("    }")
+        return out
+
+    def block8(first: bool) -> list[str]:
+        out = ["    const int8x8_t " + ", ".join(f"a{i} = vld1_s8(A + {i} * lda + k)" for i in range(m)) + ";"]
+        for j in range(n):
+            out.append(f"    {{ const int8x8_t w = vld1_s8(b + {j} * r);")
+            out.append("      " + " ".join((f"s{i}_{j} = vpaddlq_s16(vmull_s8(a{i}, w));" if first
+                                            else f"s{i}_{j} = vpadalq_s16(s{i}_{j}, vmull_s8(a{i}, w));")
+                                           for i in range(m)))
+            out.append("    }")
+        return out
+
+    lines = ["  int32x4_t " + ", ".join(f"s{i}_{j}" for i in range(m) for j in range(n)) + ";",
+             "  const int8_t *b = B;", "  int32_t k = 0, t0 = 0;",
+             "  if (K >= 16) {", *block16(True), "    k = 16; b += 16 * ldb;",
+             "  } else if (K >= 8) {         /* one group of K steps: channel j's weights at B + j * K */",
+             "    const int32_t r = K;", *block8(True), "    t0 = 8;",
+             "  } else {",
+             "    " + " ".join(f"s{i}_{j} = vdupq_n_s32(0);" for i in range(m) for j in range(n)),
+             "  }",
+             "  for (; k + 16 <= K; k += 16, b += 16 * ldb) {", *block16(False), "  }",
+             "  const int32_t r = K - k;       /* the last group: channel j's r weights at b + j * r */",
+             "  if (K >= 16 && r >= 8) {", *block8(False), "    t0 = 8;", "  }"]
     for i in range(m):
         for q in range(n // 4):
             j = 4 * q
@@ -213,3 +235,58 @@ def dw(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types) -> st
         "8 channels at a time; portable C otherwise */",
         dw_signature(m, n, kh, kw, s, types), NEON,
         _dw_neon(m, n, kh, kw, s, types.a), dw_body(m, n, kh, kw, s, lanes, types))
+
+
+def _requant_block(c: int, w: int, m: int) -> list[str]:
+    """Channels c .. c + w - 1 (w = 8 or 4) of every pixel: the constants loaded once, then per pixel
+    two (or one) int32x4 accumulator vectors rescaled and narrowed to w int8 values."""
+    groups = range(c, c + w, 4)
+    lines = ["  {"]
+    for g in groups:
+        lines.append(f"    const int32x4_t mu{g} = vld1q_s32(m0 + {g}), sh{g} = vnegq_s32(vld1q_s32(r + {g}));"
+                     f" const int64x2_t rl{g} = vld1q_s64(rnd + {g}), rh{g} = vld1q_s64(rnd + {g + 2});")
+    lines.append(f"    for (int32_t i = 0; i < {m}; ++i) {{")
+    for g in groups:
+        lines += [f"      const int32x4_t c{g} = vld1q_s32(C + i * ldc + {g});",
+                  f"      const int32x4_t x{g} = vshlq_s32(vaddhn_high_s64(vaddhn_s64(vmull_s32(vget_low_s32(c{g}), "
+                  f"vget_low_s32(mu{g})), rl{g}), vmull_high_s32(c{g}, mu{g}), rh{g}), sh{g});"]
+    if w == 8:
+        lines.append(f"      vst1_s8(O + i * ldo + {c}, vqmovn_s16(vqmovn_high_s32(vqmovn_s32(x{c}), x{c + 4})));")
+    else:
+        lines.append(f"      const int16x4_t h{c} = vqmovn_s32(x{c});")
+        lines.append(f"      vst1_lane_s32((int32_t *)(O + i * ldo + {c}), "
+                     f"vreinterpret_s32_s8(vqmovn_s16(vcombine_s16(h{c}, h{c}))), 0);")
+    lines += ["    }", "  }"]
+    return lines
+
+
+def _requant_neon(m: int, n: int) -> list[str]:
+    lines: list[str] = []
+    c = 0
+    while c + 8 <= n:
+        lines += _requant_block(c, 8, m)
+        c += 8
+    if c + 4 <= n:
+        lines += _requant_block(c, 4, m)
+        c += 4
+    if c < n:            # the last n % 4 channels: the scalar form
+        lines += [f"  for (int32_t i = 0; i < {m}; ++i) {{",
+                  f"    for (int32_t j = {c}; j < {n}; ++j) {{",
+                  "      const int32_t x = ((int32_t)((((int64_t)C[i * ldc + j]) * ((int64_t)m0[j]) + rnd[j]) >> "
+                  "(int64_t)32)) >> r[j];",
+                  "      O[i * ldo + j] = (int8_t)(x < -128 ? -128 : x > 127 ? 127 : x);",
+                  "    }", "  }"]
+    return lines
+
+
+def requant(m: int, n: int) -> str | None:
+    """C for `ec_requant_s8_MxN`: the folded int8 rescale on NEON, 8 then 4 channels per step,
+    bit for bit the scalar form (the 64-bit sum's high word by `addhn`); None (the generic scalar
+    kernel) below 4 channels."""
+    if n < 4:
+        return None
+    return guarded_kernel(
+        _INCLUDE,
+        f"/* int8 rescale of C[{m}x{n}] (int32): O = sat8((int32)((C * m0 + rnd) >> 32) >> r) per channel; NEON "
+        "smull/smull2 + addhn/addhn2 + sshl + sqxtn, 8 or 4 channels per step; portable C otherwise */",
+        requant_signature(m, n), NEON, _requant_neon(m, n), requant_body(m, n))
