@@ -208,19 +208,18 @@ def split_padding(sch: Any, pads: list[str], max_channels: int = 0) -> None:
             pass
 
 
-def tensorize_requant(sch: Any, min_channels: int = 1, only: list[str] | None = None) -> int:
+def tensorize_requant(sch: Any, min_channels: int = 1) -> int:
     """Hand each int8 rescale block of the scheduled kernel (an epilogue computed per M x N tile,
     `requant*`, in the folded form of ir/quantize.py) to the `ec_requant_s8_MxN` micro-kernel: its
     two innermost loops (M pixels x N channels), or its innermost one (one pixel). A block of
     another form (a clamp, a residual add...) or loop structure stays as it is, and so does a tile
-    of fewer than `min_channels` channels; with `only`, every block not named there. Returns how
-    many blocks were tensorized."""
+    of fewer than `min_channels` channels. Returns how many blocks were tensorized."""
     names: list[str] = []
     todo = list(_children(sch))
     while todo:
         b = todo.pop(0)
         name = sch.get(b).name_hint
-        if name.startswith("requant") and (only is None or name in only):
+        if name.startswith("requant"):
             names.append(name)
         todo += list(sch.get_child_blocks(b))
     done = 0

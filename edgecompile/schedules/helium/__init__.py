@@ -70,19 +70,15 @@ class HeliumRules(CortexMRules):
         there). The wake-word network, instructions: first conv (3 channels) 780 k -> 734 k, the
         dw+pw kernels on 8 and 16 channels 1,366 k -> 1,233 k and 731 k -> 703 k; its 32- and
         64-channel windows measured 2-8% slower split (982 k -> 1,005 k, 568 k -> 579 k).
-        Then, in kernels whose padded windows are that narrow (or that have none), the int8
-        rescale epilogues of tiles of >= REQUANT_MIN_CHANNELS channels become Helium rescale kernel
-        calls (tiling.tensorize_requant); kernels with wider windows keep the scalar rescale: there
-        the out-of-line call measured 0.6-5% slower (the wake-word network's dw+pw kernels on 32 to
-        128 channels), in the narrow ones 4-9% faster (first conv 734 k -> 668 k, 8 channels
-        1,233 k -> 1,157 k, 16 channels 703 k -> 691 k)."""
+        Then the int8 rescale epilogues of tiles of >= REQUANT_MIN_CHANNELS channels become Helium
+        rescale kernel calls (tiling.tensorize_requant). With the predicated rescale this was only
+        done in kernels with windows that narrow (elsewhere the out-of-line call measured 0.6-5%
+        slower); with the VHADD rescale and the pointwise rescale grouped per 16 channels, every
+        kernel: the wake-word network 6,132,609 -> 6,101,719 instructions (dw+pw 24x24x32_2
+        930,594 -> 906,719; 12x12x64_2 and the 3x3x256 ones 1-3 k slower)."""
         pads = [b for b in blocks_before if "pad" in b.lower()]
         tiling.split_padding(sch, pads, self.SPLIT_PAD_CHANNELS)
-        if all(tiling.block_channels(sch, b) <= self.SPLIT_PAD_CHANNELS for b in pads):
-            tiling.tensorize_requant(sch, self.REQUANT_MIN_CHANNELS)
-        elif info.kind == Kind.DWPW and info.anchor in blocks_before:
-            after = blocks_before[blocks_before.index(info.anchor) + 1:]
-            tiling.tensorize_requant(sch, self.REQUANT_MIN_CHANNELS, after[:1])
+        tiling.tensorize_requant(sch, self.REQUANT_MIN_CHANNELS)
 
     EPILOGUE_MAX_CHANNELS = 16
 
