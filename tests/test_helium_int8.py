@@ -44,10 +44,18 @@ CASES = [
          "[nn.Conv2d(1, 17, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(17, 3, 1),"
          " nn.Conv2d(3, 8, 5, padding=2), nn.ReLU6(), nn.Conv2d(8, 4, 1), nn.Conv2d(4, 5, 3, stride=2, padding=1)]",
          ("conv",)),
-    Case("helium_requant_1x6", (1, 8, 2, 2),
+    Case("helium_requant_tail_18", (1, 8, 2, 2),
          "[nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), nn.ReLU(), nn.Conv2d(8, 18, 1), nn.ReLU6()]", ("dwpw",)),
+    # the pointwise rescale per M pixels x 24 and x 48 channels (tile_dwpw's epilogue_channels over
+    # 2 x 3 GEMM tiles; 6 and 12 vectors: the looped form) after a narrow (8-channel, K = 8) and a
+    # wide (24-channel) padded window
+    Case("helium_dwpw_epilogue_8_24_48", (1, 8, 6, 12),
+         "[nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(), nn.Conv2d(8, 24, 1), nn.ReLU(),"
+         " nn.Conv2d(24, 24, 3, stride=2, padding=1, groups=24), nn.ReLU6(), nn.Conv2d(24, 48, 1), nn.ReLU()]",
+         ("dwpw",)),
 ]
-REQUANT = {"helium_requant_1x6": "ec_requant_s8_1x6", "helium_window_1_3_4": "ec_requant_s8_2x8"}
+REQUANT = {"helium_requant_tail_18": "ec_requant_s8_1x18", "helium_window_1_3_4": "ec_requant_s8_2x8",
+           "helium_dwpw_epilogue_8_24_48": r"ec_requant_s8_\d+x48"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -62,7 +70,8 @@ def test_helium_kernel_bytes_equal_the_integer_reference(tmp_path, monkeypatch, 
     if "conv" in case.kinds:     # padded convolutions over at most 4 input channels: the window kernel
         assert re.search(r"\bec_window_s16_\d+x\d+_k\d+x\d+c[1-4]s\d+\(", code) and "vmlaq_n_s32" in code, \
             "no Helium window kernel"
-    if case.name in REQUANT:   # the Helium rescale kernel (a tail-predicated vector in 1x6)
-        assert re.search(r"\b" + REQUANT[case.name] + r"\w*\(", code) and "vmulhq_s32" in code, "no Helium rescale"
+    if case.name in REQUANT:   # the Helium rescale kernel (4 vectors looped and a tail-predicated one in 1x18)
+        assert re.search(r"\b" + REQUANT[case.name] + r"\w*\(", code) and "vmulhq_s32" in code \
+            and "vhaddq_u32" in code, "no Helium rescale"
     if {"conv_dw", "dwpw"} & set(case.kinds):
         assert re.search(r"\bvldrhq_(z_)?s32\(", code), "no Helium depthwise kernel"

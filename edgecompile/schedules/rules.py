@@ -265,7 +265,14 @@ class TiledRules:
         if dw_tile is None:
             return False
         return tiling.tile_dwpw(sch, info, r, tile, dw_tile, _pick(cfg, "pack", True), self.panel_order,
-                                self.wide_rows, _pick(cfg, "dw_order", "pixels"))
+                                self.wide_rows, _pick(cfg, "dw_order", "pixels"),
+                                _pick(cfg, "epilogue", self.dwpw_epilogue_channels(sch, info, tile)))
+
+    def dwpw_epilogue_channels(self, sch: Any, info: Any, tile: tuple[int, int]) -> int:
+        """How many output channels the pointwise epilogue of a fused dw+pw kernel takes per call
+        (tiling.tile_dwpw's `epilogue_channels`); 0: one epilogue per GEMM tile. A family with a
+        vector rescale wider than its GEMM tiles overrides this."""
+        return 0
 
     def finish(self, sch: Any, info: Any, blocks_before: list[str]) -> None:
         """A build's last step on a kernel its rule tiled (not run by the tuner's design spaces):

@@ -443,14 +443,19 @@ def tile_dense(sch: Any, info: Any, nn: int, pack: bool = True, order_for: Any =
 
 
 def tile_dwpw(sch: Any, info: Any, rows: int, tile: tuple[int, int], dw_tile: tuple[int, int],
-              pack: bool = True, order_for: Any = None, wide_rows: bool = False, dw_order: str = "pixels") -> bool:
+              pack: bool = True, order_for: Any = None, wide_rows: bool = False, dw_order: str = "pixels",
+              epilogue_channels: int = 0) -> bool:
     """The fused kernel: for each tile of `rows` output rows, compute the depthwise output for
     those rows (padding window, micro-kernel, bias + activation) into a rows x W x C scratch
     buffer, then the pointwise GEMM tiles over it. The depthwise tensor never exists in full.
     `wide_rows`: int8 depthwise rows are stored as int16 (same values, twice the scratch), which
     the GEMM of a family with 16-bit multiply-accumulates reads without extending.
     `dw_order` "channels": the depthwise part runs channel tile by channel tile, each with the
-    padded window of its own channels only (less RAM, the same copies)."""
+    padded window of its own channels only (less RAM, the same copies).
+    `epilogue_channels`: the pointwise epilogue runs once per M pixels x this many channels (a
+    multiple of the tile's N dividing the output channels) instead of once per tile: the GEMM tiles
+    of those channels accumulate into one M x epilogue_channels buffer, which a family's vector
+    rescale then takes whole (tensorize_requant); 0 or N: per tile."""
     blocks = _children(sch)
     names = [sch.get(b).name_hint for b in blocks]
     ia, ib = names.index(info.dw_anchor), names.index(info.anchor)
@@ -471,10 +476,17 @@ def tile_dwpw(sch: Any, info: Any, rows: int, tile: tuple[int, int], dw_tile: tu
     k = extent(sch, ci)
     ho, hi = sch.split(h, [None, rows])
     wo, wi = _split_pixels(sch, w, m)
+    channels = extent(sch, co)
     coo, coi = sch.split(co, [None, nn])
-    sch.reorder(n, ho, hi, wo, coo, ry, rx, ci, *wi, coi)
+    chunk = coo
+    if epilogue_channels > nn and epilogue_channels % nn == 0 and channels % epilogue_channels == 0 \
+            and e2 is not None:
+        chunk, coo = sch.split(coo, [None, epilogue_channels // nn])
+        sch.reorder(n, ho, hi, wo, chunk, coo, ry, rx, ci, *wi, coi)
+    else:
+        sch.reorder(n, ho, hi, wo, coo, ry, rx, ci, *wi, coi)
     if e2 is not None:
-        sch.reverse_compute_at(e2, coo)
+        sch.reverse_compute_at(e2, chunk)
     if e1 is not None:
         sch.compute_at(e1, ho)
     sch.compute_at(dw, ho)

@@ -70,16 +70,31 @@ class HeliumRules(CortexMRules):
         there). The wake-word network, instructions: first conv (3 channels) 780 k -> 734 k, the
         dw+pw kernels on 8 and 16 channels 1,366 k -> 1,233 k and 731 k -> 703 k; its 32- and
         64-channel windows measured 2-8% slower split (982 k -> 1,005 k, 568 k -> 579 k).
-        Then, in kernels whose padded windows are that narrow (or that have none), the int8
-        rescale epilogues of tiles of >= REQUANT_MIN_CHANNELS channels become Helium rescale kernel
-        calls (tiling.tensorize_requant); kernels with wider windows keep the scalar rescale: there
-        the out-of-line call measured 0.6-5% slower (the wake-word network's dw+pw kernels on 32 to
-        128 channels), in the narrow ones 4-9% faster (first conv 734 k -> 668 k, 8 channels
-        1,233 k -> 1,157 k, 16 channels 703 k -> 691 k)."""
+        Then the int8 rescale epilogues of tiles of >= REQUANT_MIN_CHANNELS channels become Helium
+        rescale kernel calls (tiling.tensorize_requant). With the predicated rescale this was only
+        done in kernels with windows that narrow (elsewhere the out-of-line call measured 0.6-5%
+        slower); with the VHADD rescale and the pointwise rescale grouped per 16 channels, every
+        kernel: the wake-word network 6,132,609 -> 6,101,719 instructions (dw+pw 24x24x32_2
+        930,594 -> 906,719; 12x12x64_2 and the 3x3x256 ones 1-3 k slower)."""
         pads = [b for b in blocks_before if "pad" in b.lower()]
         tiling.split_padding(sch, pads, self.SPLIT_PAD_CHANNELS)
-        if all(tiling.block_channels(sch, b) <= self.SPLIT_PAD_CHANNELS for b in pads):
-            tiling.tensorize_requant(sch, self.REQUANT_MIN_CHANNELS)
+        tiling.tensorize_requant(sch, self.REQUANT_MIN_CHANNELS)
+
+    EPILOGUE_MAX_CHANNELS = 64     # the wake-word network: 6.10 / 6.04 / 6.02 / 6.28 M instructions with 16 / 32 / 64 / 128
+
+    def dwpw_epilogue_channels(self, sch: Any, info: Any, tile: tuple[int, int]) -> int:
+        """Integer fused dw+pw kernels: the pointwise rescale per M pixels x C output channels (the
+        largest multiple of the tile's N dividing the output channels, 4 <= C <=
+        EPILOGUE_MAX_CHANNELS), one Helium rescale call instead of one per GEMM tile (3 x 2 tiles:
+        scalar). The wake-word network, instructions (with the VHADD rescale): 6.56 M per tile,
+        6.13 M with C = 16 (before the rescale went to every kernel), 6.02 M with C <= 64 (its
+        M x C int32 buffer on the stack: 3 x 64 x 4 B)."""
+        ext = tiling.anchor_extents(sch, info.anchor)
+        types = tiling.operand_types(sch, sch.get_sblock(info.anchor))
+        if len(ext) != 7 or types is None or types.c != "int32":
+            return 0
+        n = tile[1]
+        return next((c for c in range(self.EPILOGUE_MAX_CHANNELS // n * n, n, -n) if c >= 4 and ext[3] % c == 0), 0)
 
     def panel_order(self, types: Any) -> str:
         if types.c == "int32" and types.a in ("int8", "int16"):

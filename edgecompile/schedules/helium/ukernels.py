@@ -163,32 +163,43 @@ def window(m: int, n: int, kh: int, kw: int, ci: int, s: int, lanes: int, types:
         _window_mve_body(m, n, kh, kw, ci, s), window_body(m, n, kh, kw, ci, s, 1, types))
 
 
+REQUANT_LOOP_VECTORS = 3
+# from this many full vectors of channels on, the rescale loops over them (not unrolled): unrolled
+# over the 4 vectors of a 3 x 16 tile, gcc hoisted every vector's constants and spilled them (8 Q
+# registers)
+
+
 def _requant_mve_body(m: int, n: int) -> list[str]:
     full, tail = divmod(n, 4)
-    vecs = [(q, False) for q in range(full)] + ([(full, True)] if tail else [])
+    looped = full >= REQUANT_LOOP_VECTORS
+    vecs = ([("q", False)] if looped else [(q, False) for q in range(full)]) + ([(full, True)] if tail else [])
     lines = [f"  const mve_pred16_t p = vctp32q({tail});"] if tail else []
     lines += ["  const uint32x4_t even = vidupq_n_u32(0, 2);"]
+    if looped:
+        lines += ["#pragma GCC unroll 1", f"  for (int32_t v = 0; v < {full}; ++v) {{", "    const int32_t q = 4 * v;"]
     for q, t in vecs:       # one vector of channels at a time, its pixels inside: 4 constant vectors live
         z, pa = ("_z", ", p") if t else ("", "")
+        at0 = q if q == "q" else 4 * q
         lines += ["  {",
-                  f"    const int32x4_t mu = vldrwq{z}_s32(m0 + {4 * q}{pa});",
-                  f"    const int32x4_t rl = vldrwq_gather_shifted_offset{z}_s32((const int32_t *)(rnd + {4 * q}), even{pa});",
-                  f"    const int32x4_t rh = vldrwq_gather_shifted_offset{z}_s32((const int32_t *)(rnd + {4 * q}) + 1, even{pa});",
-                  f"    const int32x4_t sh = vnegq_s32(vldrwq{z}_s32(r + {4 * q}{pa}));"]
+                  f"    const int32x4_t mu = vldrwq{z}_s32(m0 + {at0}{pa});",
+                  f"    const uint32x4_t rl = vldrwq_gather_shifted_offset{z}_u32((const uint32_t *)(rnd + {at0}), even{pa});",
+                  f"    const int32x4_t rh = vldrwq_gather_shifted_offset{z}_s32((const int32_t *)(rnd + {at0}) + 1, even{pa});",
+                  f"    const int32x4_t sh = vnegq_s32(vldrwq{z}_s32(r + {at0}{pa}));"]
         for i in range(m):
-            at = f"C + {i} * ldc + {4 * q}"
+            at = f"C + {i} * ldc + {at0}"
             lines += ["    {",
                       "      const int32x4_t c = " + (f"vldrwq_z_s32({at}, p);" if t else f"vldrwq_s32({at});"),
-                      "      const int32x4_t pl = vmulq_s32(c, mu);",
-                      "      const int32x4_t sl = vaddq_s32(pl, rl);",
-                      "      int32x4_t x = vaddq_s32(vmulhq_s32(c, mu), rh);",
-                      "      x = vaddq_m_n_s32(x, x, 1, vcmphiq_u32(vreinterpretq_u32_s32(pl), vreinterpretq_u32_s32(sl)));",
+                      "      const uint32x4_t carry = vshrq_n_u32(vhaddq_u32(vreinterpretq_u32_s32(vmulq_s32(c, mu)), rl), 31);",
+                      "      int32x4_t x = vaddq_s32(vaddq_s32(vmulhq_s32(c, mu), rh), vreinterpretq_s32_u32(carry));",
                       "      x = vshlq_s32(x, sh);",
-                      "      const int8x16_t y = vqmovnbq_s16(vdupq_n_s8(0), vqmovnbq_s32(vdupq_n_s16(0), x));",
-                      (f"      vstrbq_p_s32(O + {i} * ldo + {4 * q}, vreinterpretq_s32_s8(y), p);" if t
-                       else f"      vstrbq_s32(O + {i} * ldo + {4 * q}, vreinterpretq_s32_s8(y));"),
+                      "      const int16x8_t h = vqmovnbq_s32(vreinterpretq_s16_s32(x), x);",
+                      "      const int8x16_t y = vqmovnbq_s16(vreinterpretq_s8_s16(h), h);",
+                      (f"      vstrbq_p_s32(O + {i} * ldo + {at0}, vreinterpretq_s32_s8(y), p);" if t
+                       else f"      vstrbq_s32(O + {i} * ldo + {at0}, vreinterpretq_s32_s8(y));"),
                       "    }"]
         lines.append("  }")
+        if q == "q":
+            lines.append("  }")
     return lines
 
 
@@ -196,9 +207,11 @@ def requant(m: int, n: int) -> str:
     """C for `ec_requant_s8_MxN`: the folded int8 rescale, 4 channels per Helium vector, bit for bit
     the scalar form: acc * m0 as its low (VMUL) and high (VMULH, no rounding) words, the 64-bit
     constant's low and high words (gathered from the int64 array) added with the carry of the low
-    words (unsigned compare), then VSHL by -r (a truncating arithmetic shift right, r in [0, 22]),
-    the int8 clamp as two saturating narrowings (VQMOVNB.S32 then .S16: the value lands in the low
-    byte of each 32-bit lane), stored by VSTRB.32 (the low byte of each lane)."""
+    words: bit 31 of their unsigned halving sum (VHADD.U32 keeps the 33rd bit; no predicate), then
+    VSHL by -r (a truncating arithmetic shift right, r in [0, 22]), the int8 clamp as two
+    saturating narrowings into the value's own vector (VQMOVNB.S32 then .S16: the value lands in
+    the low byte of each 32-bit lane; the other lanes keep bytes never stored), stored by VSTRB.32
+    (the low byte of each lane)."""
     code = guarded_kernel(
         _MVE,
         f"/* int8 rescale of C[{m}x{n}] (int32): O = sat8((int32)((C * m0 + rnd) >> 32) >> r) per channel, 4 "
