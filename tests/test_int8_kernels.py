@@ -203,6 +203,30 @@ def test_odd_row_gemm_tiles_bytes_equal_the_integer_reference_on_m4_m7(tmp_path,
     assert all(tile in model_c for model_c in sources.values())
 
 
+# The aligned SMLAD loop of Cortex-M4/M7 runs two K quads per iteration, then the odd last quad, then
+# the K % 4 last steps: K = 22 over int16 depthwise rows (5 quads + 2, stride 2, padding) and K = 13 over
+# int8 activations (3 quads + 1), each through the loop, the odd quad and the tail.
+QUAD_PAIR_CASES = [
+    Case("dwpw_22_6_s2", (1, 22, 7, 8),
+         "[nn.Conv2d(22, 22, 3, stride=2, padding=1, groups=22), nn.ReLU6(), nn.Conv2d(22, 6, 1), nn.ReLU()]",
+         ("dwpw",)),
+    Case("pw_13_4", (1, 13, 4, 6), "[nn.Conv2d(13, 4, 1), nn.ReLU6()]", ("conv_pw",)),
+]
+
+
+@pytest.mark.parametrize("case", QUAD_PAIR_CASES, ids=[c.name for c in QUAD_PAIR_CASES])
+def test_quad_pair_gemm_loop_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+    import re
+
+    sources = _check_kernel_case(tmp_path, monkeypatch, case, 80 + QUAD_PAIR_CASES.index(case),
+                                 ["mps2-an386", "stm32f746g-disco"])
+    k = eval(case.layers, NAMES)[-2 if case.kinds == ("dwpw",) else 0].in_channels
+    for board, model_c in sources.items():      # the SMLAD kernel ran with this K
+        calls = re.findall(r"ec_gemm_(s8k4|s16k4x)_\d+x\d+\([^;]*\), (\d+), \(int64_t\)", model_c)
+        assert calls and all(int(kk) == k for _, kk in calls), (board, calls)
+        assert "if (K & 4) {" in model_c, board
+
+
 def _check_kernel_case(tmp_path, monkeypatch, case: Case, seed: int, boards: list[str]) -> dict[str, str]:
     """Build `case` for each board, run it on the emulated board and the board's model.c on this
     machine: both must give the VM reference's bytes. Returns each board's model.c."""

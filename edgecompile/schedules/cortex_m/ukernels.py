@@ -64,11 +64,23 @@ def _quad_loop_any(m: int, n: int, wide: bool) -> list[str]:
 
 def _quad_loop_aligned(m: int, n: int, wide: bool) -> list[str]:
     """The K quads from word-aligned rows and panels: two words per LDRD with post-increment
-    (int16 activation rows; the quads of two output channels)."""
+    (int16 activation rows; the quads of two output channels), two quads per iteration and the odd
+    last quad after the loop (a `GCC unroll 2` of one quad kept the end test after every quad: the
+    trip count's parity is unknown to the compiler, and on a 2 x 2 tile the end pointer lives on
+    the stack, one load per quad)."""
     ta = "int16_t" if wide else "int8_t"
-    lines = ["  const " + ta + " " + ", ".join(f"*a{i} = A + {i} * lda" for i in range(m)) + ";",
-             "  const int8_t *bend = B + (K / 4) * 4 * ldb;",
-             "  _Pragma(\"GCC unroll 2\")", "  while (b != bend) {"]
+    quad = _aligned_quad(m, n, wide)
+    return ["  const " + ta + " " + ", ".join(f"*a{i} = A + {i} * lda" for i in range(m)) + ";",
+            "  const int8_t *bend = B + (K / 8) * 8 * ldb;",
+            "  while (b != bend) {", *quad, *quad, "  }",
+            "  if (K & 4) {", *quad, "  }",
+            "  k = K & ~3;"]
+
+
+def _aligned_quad(m: int, n: int, wide: bool) -> list[str]:
+    """One K quad of the aligned loop (its body is written twice per iteration: one end test per
+    two quads, whatever the compiler knows of K)."""
+    lines = ["    {"]
     for i in range(m):
         if wide:
             lines.append(f"    int32_t x{i}l, x{i}h; a{i} = (const int16_t *)ec_ldrd(a{i}, &x{i}l, &x{i}h);")
@@ -81,7 +93,7 @@ def _quad_loop_aligned(m: int, n: int, wide: bool) -> list[str]:
     if n % 2:
         lines.append(f"    const int32_t w{n - 1} = ec_read32(b); b += 4;")
         lines += _smlads(m, n - 1, f"w{n - 1}")
-    return lines + ["  }", "  k = K & ~3;"]
+    return lines + ["    }"]
 
 
 def _dsp_body(m: int, n: int, types: Types) -> list[str]:
