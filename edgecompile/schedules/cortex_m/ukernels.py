@@ -48,18 +48,31 @@ def _smlads(m: int, j: int, w: str) -> list[str]:
 
 
 def _quad_loop_any(m: int, n: int, wide: bool) -> list[str]:
-    """The K quads from any alignment (LDR may read unaligned words)."""
-    lines = ["  _Pragma(\"GCC unroll 2\")", "  for (; k + 4 <= K; k += 4, b += 4 * ldb) {"]
+    """The K quads from any alignment (LDR may read unaligned words). Tiles of up to 2 pixels: two
+    quads per iteration, then the odd last quad, as in the aligned loop; 3 pixels keep one quad per
+    iteration (two there made the compiler spill in the aligned loop of the same kernel)."""
+    if m > 2:
+        return ["  _Pragma(\"GCC unroll 2\")", "  for (; k + 4 <= K; k += 4, b += 4 * ldb) {",
+                *_any_quad(m, n, wide, 0, "0"), "  }"]
+    return ["  for (; k + 8 <= K; k += 8, b += 8 * ldb) {", *_any_quad(m, n, wide, 0, "0"),
+            *_any_quad(m, n, wide, 4, "4 * ldb"), "  }",
+            "  if (k + 4 <= K) {", *_any_quad(m, n, wide, 0, "0"), "    k += 4; b += 4 * ldb;", "  }"]
+
+
+def _any_quad(m: int, n: int, wide: bool, dk: int, db: str) -> list[str]:
+    """One K quad at k + dk, its weights at b + db."""
+    lines = ["    {"]
     for i in range(m):
         if wide:     # int16 activations: (a0 a1), (a2 a3)
-            lines.append(f"    const int32_t x{i}l = ec_read32(A + {i} * lda + k), x{i}h = ec_read32(A + {i} * lda + k + 2);")
+            lines.append(f"    const int32_t x{i}l = ec_read32(A + {i} * lda + k + {dk}), "
+                         f"x{i}h = ec_read32(A + {i} * lda + k + {dk + 2});")
         else:        # int8 activations: (a0 a2), (a1 a3)
-            lines.append(f"    const int32_t x{i} = ec_read32(A + {i} * lda + k);")
+            lines.append(f"    const int32_t x{i} = ec_read32(A + {i} * lda + k + {dk});")
             lines.append(f"    const int32_t x{i}l = __sxtb16(x{i}), x{i}h = ec_sxtb16_ror8(x{i});")
     for j in range(n):
-        lines.append(f"    const int32_t w{j} = ec_read32(b + {4 * j});")
+        lines.append(f"    const int32_t w{j} = ec_read32(b + {db} + {4 * j});")
         lines += _smlads(m, j, f"w{j}")
-    return lines + ["  }"]
+    return lines + ["    }"]
 
 
 def _quad_loop_aligned(m: int, n: int, wide: bool) -> list[str]:
