@@ -125,6 +125,7 @@ def _schedule_kernels(mod: Any, prog: Program, target: Target,
     infos: dict[str, KernelInfo] = {}
     symbol_of: dict[str, str] = {}
     taken: set[str] = set()
+    wide = _wide_weights_fit(prog, target)
     for name in dict.fromkeys(c.kernel for c in prog.calls if c.builtin is None):
         calls = [c for c in prog.calls if c.kernel == name]
         config = options.tuning.config_for(mod[name], name) if options.tuning is not None else None
@@ -133,6 +134,9 @@ def _schedule_kernels(mod: Any, prog: Program, target: Target,
             config = LEAN_WINDOWS.get(kind)
             if kind == Kind.DWPW and options.dwpw_rows is not None:
                 config = {**config, "rows": options.dwpw_rows}
+        if not wide and analyze(mod[name], name).kind == Kind.DWPW:
+            rows = {"rows": options.dwpw_rows} if options.dwpw_rows is not None else {}
+            config = {**rows, **(config or {}), "wide_weights": False}
         func, info = schedules.schedule(mod[name], target.family, options.dwpw_rows, config, name)
         if info.packed and not all(c.inputs[p] in prog.weights for c in calls for p in info.packed):
             # a GEMM operand that is not a constant cannot be stored in panels at compile time
@@ -144,6 +148,21 @@ def _schedule_kernels(mod: Any, prog: Program, target: Target,
         sym = lower.kernel_symbol(info, prog.tensors[calls[0].outputs[0]], taken)
         symbol_of[name], scheduled[sym], infos[sym] = sym, func, info
     return scheduled, infos, symbol_of
+
+
+# Flash kept for code, tables and the firmware beside the weights when a family's kernels would store
+# some of them widened (rules.dwpw_panel_order: int8 weights as int16, at most twice their bytes).
+WIDE_WEIGHTS_CODE_MARGIN = 128 << 10
+
+
+def _wide_weights_fit(prog: Program, target: Target) -> bool:
+    """Whether the target's flash holds every weight twice over plus WIDE_WEIGHTS_CODE_MARGIN: the
+    most that widened weight panels can take. Otherwise the kernels keep int8 panels (a board of 1 MB
+    holds the wake-word network's 252 KB widened; a network that fits only in int8 still builds)."""
+    flash = target.region("flash")
+    if flash is None:
+        return True
+    return 2 * sum(prog.tensors[w].nbytes for w in prog.weights) + WIDE_WEIGHTS_CODE_MARGIN <= flash.size
 
 
 def _is_lean(options: BuildOptions, kernel: str) -> bool:

@@ -206,8 +206,81 @@ ODD_ROW_CASES = [
 def test_odd_row_gemm_tiles_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
     sources = _check_kernel_case(tmp_path, monkeypatch, case, 70 + ODD_ROW_CASES.index(case),
                                  ["mps2-an386", "stm32f746g-disco"])
-    tile = "ec_gemm_s16k4x_3x2(" if case.kinds == ("dwpw",) else "ec_gemm_s8k4_1x6("
+    tile = "ec_gemm_s16k4w_3x2(" if case.kinds == ("dwpw",) else "ec_gemm_s8k4_1x6("
     assert all(tile in model_c for model_c in sources.values())
+
+
+# The aligned SMLAD loop of Cortex-M4/M7 runs two K quads per iteration, then the odd last quad, then
+# the K % 4 last steps: K = 22 over int16 depthwise rows (5 quads + 2, stride 2, padding; the fused
+# kernel's weights widened to int16, "k4w") and K = 13 over int8 activations (3 quads + 1), each through
+# the loop, the odd quad and the tail.
+QUAD_PAIR_CASES = [
+    Case("dwpw_22_6_s2", (1, 22, 7, 8),
+         "[nn.Conv2d(22, 22, 3, stride=2, padding=1, groups=22), nn.ReLU6(), nn.Conv2d(22, 6, 1), nn.ReLU()]",
+         ("dwpw",)),
+    Case("pw_13_4", (1, 13, 4, 6), "[nn.Conv2d(13, 4, 1), nn.ReLU6()]", ("conv_pw",)),
+]
+
+
+@pytest.mark.parametrize("case", QUAD_PAIR_CASES, ids=[c.name for c in QUAD_PAIR_CASES])
+def test_quad_pair_gemm_loop_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+    import re
+
+    sources = _check_kernel_case(tmp_path, monkeypatch, case, 80 + QUAD_PAIR_CASES.index(case),
+                                 ["mps2-an386", "stm32f746g-disco"])
+    k = eval(case.layers, NAMES)[-2 if case.kinds == ("dwpw",) else 0].in_channels
+    for board, model_c in sources.items():      # the SMLAD kernel ran with this K
+        calls = re.findall(r"ec_gemm_(s8k4|s16k4w)_\d+x\d+\([^;]*\), (\d+), \(int64_t\)", model_c)
+        assert calls and all(int(kk) == k for _, kk in calls), (board, calls)
+        assert "if (K & 4) {" in model_c, board
+
+
+# Fused depthwise+pointwise kernels on Cortex-M4/M7 store the pointwise weights widened to int16 ("k4w"):
+# odd channel counts (17 in: 4 quads + 1; 5 out), one input channel's worth of quads (K = 4), stride 2.
+WIDE_CASES = [
+    Case("dwpw_17_5_wide", (1, 17, 6, 7),
+         "[nn.Conv2d(17, 17, 3, padding=1, groups=17), nn.ReLU(), nn.Conv2d(17, 5, 1), nn.ReLU6()]", ("dwpw",)),
+    Case("dwpw_4_3_s2_wide", (1, 4, 7, 6),
+         "[nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4), nn.ReLU6(), nn.Conv2d(4, 3, 1)]", ("dwpw",)),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c.name == "dwpw_4_3_s2_wide" else ())
+                                  for c in WIDE_CASES], ids=[c.name for c in WIDE_CASES])      # one slow (CI budget)
+def test_wide_weight_panels_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+    sources = _check_kernel_case(tmp_path, monkeypatch, case, 90 + WIDE_CASES.index(case),
+                                 ["mps2-an386", "stm32f746g-disco"])
+    for board, model_c in sources.items():
+        assert "ec_gemm_s16k4w_" in model_c and "ec_gemm_s16k4x_" not in model_c, board
+
+
+def test_wide_weight_panels_only_where_the_flash_holds_them(tmp_path, monkeypatch):
+    """The widened panels are used only where the target's flash holds every weight twice over plus
+    compiler.WIDE_WEIGHTS_CODE_MARGIN; otherwise the kernels keep int8 'k4x' panels and int8 weights.
+    The margin is moved to either side of the stm32f746g-disco's exact limit for this network."""
+    from edgecompile import compiler
+
+    case = WIDE_CASES[0]
+    source = _source(case, 7)
+    calibration = _calibration(tmp_path, case, 7)
+    board = load_target("stm32f746g-disco")
+    flash = next(r for r in board.memory if r.kind == "flash").size
+
+    def build(margin: int, label: str) -> tuple[dict, str, str]:
+        monkeypatch.setattr(compiler, "WIDE_WEIGHTS_CODE_MARGIN", margin)
+        out = tmp_path / label
+        rep = write_build(source, board, out, BuildOptions(quant="int8", calibration=calibration, compare_unfused=False),
+                          Progress(quiet=True))
+        return rep, (out / "model.c").read_text(), (out / "weights.c").read_text()
+
+    narrow, model_c, weights_c = build(flash, "narrow")            # 2 x weights + the whole flash: never fits
+    assert "ec_gemm_s16k4x_" in model_c and "ec_gemm_s16k4w_" not in model_c and "int16[" not in weights_c
+    int8_bytes = narrow["weights_bytes"]
+    wide, model_c, weights_c = build(flash - 2 * int8_bytes, "wide")            # exactly fits
+    assert "ec_gemm_s16k4w_" in model_c and "ec_gemm_s16k4x_" not in model_c and "int16[" in weights_c
+    assert wide["weights_bytes"] > int8_bytes
+    _, model_c, _ = build(flash - 2 * int8_bytes + 1, "over")                   # one byte over
+    assert "ec_gemm_s16k4x_" in model_c and "ec_gemm_s16k4w_" not in model_c
 
 
 def _check_kernel_case(tmp_path, monkeypatch, case: Case, seed: int, boards: list[str]) -> dict[str, str]:

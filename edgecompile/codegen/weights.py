@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import EdgeCompileError
 from ..ir.program import C_TYPES, DTYPE_BYTES, Program
-from ..schedules.ukernels import SPAN_KW, SPAN_WINDOW, order_panel, split_order
+from ..schedules.ukernels import SPAN_KW, SPAN_WINDOW, WIDE_ORDERS, order_panel, split_order
 
 WEIGHTS_C_LIMIT = 16 << 20   # above this, weights go to weights.bin included by weights.S
 
@@ -194,5 +194,10 @@ def pack_weight(prog: Program, name: str, nn: int, order: str = "") -> None:
             span, new.shape[-2]) if new.ndim == 5 else new.shape[-2]
         panels = new.reshape(-1, rows, new.shape[-1])
         new = np.stack([order_panel(p, base) for p in panels]).reshape(new.shape)
+    dtype = t.dtype
+    if base in WIDE_ORDERS:      # the kernels read these int8 weights as int16 values (ukernels.WIDE_ORDERS)
+        if arr.dtype != np.int8:
+            raise EdgeCompileError(f"weight {name}: panel order {base!r} widens int8 weights, got {arr.dtype}")
+        new, dtype = new.astype(np.int16), "int16"
     prog.weights[name] = np.ascontiguousarray(new)
-    prog.tensors[name] = replace(t, shape=tuple(new.shape), packed=nn, panel_order=order)
+    prog.tensors[name] = replace(t, shape=tuple(new.shape), dtype=dtype, packed=nn, panel_order=order)

@@ -199,6 +199,11 @@ class TiledRules:
         (ukernels.PANEL_ORDERS; "" row by row)."""
         return ""
 
+    def dwpw_panel_order(self, types: Any) -> str:
+        """The panel order of the pointwise GEMM of a fused depthwise+pointwise kernel (its weights
+        are read once per output pixel pair: a family may store them wider); `panel_order` by default."""
+        return self.panel_order(types)
+
     def window_gemm(self, types: Any) -> bool:
         """Whether this family's GEMM kernels of `types` take a KxK convolution's whole kernel row
         per call (tiling.tile_conv_gemm's `window_for`); by default one tap per call."""
@@ -264,7 +269,8 @@ class TiledRules:
                                                              self.ragged_for(sch, info.dw_anchor))
         if dw_tile is None:
             return False
-        return tiling.tile_dwpw(sch, info, r, tile, dw_tile, _pick(cfg, "pack", True), self.panel_order,
+        order_for = self.dwpw_panel_order if _pick(cfg, "wide_weights", True) else self.panel_order
+        return tiling.tile_dwpw(sch, info, r, tile, dw_tile, _pick(cfg, "pack", True), order_for,
                                 self.wide_rows, _pick(cfg, "dw_order", "pixels"),
                                 _pick(cfg, "epilogue", self.dwpw_epilogue_channels(sch, info, tile)))
 

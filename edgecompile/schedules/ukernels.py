@@ -60,7 +60,18 @@ class Types:
 # rows [K % 4][N] as they are). "k4": the quad in K order (int8 activations: both operands are
 # split into even and odd lanes by SXTB16); "k4x": w0 w2 w1 w3 (int16 activations, read as the
 # pairs (a0 a1), (a2 a3): SXTB16 of the weights gives (w0 w1), (w2 w3)).
-PANEL_ORDERS = {"k4": (0, 1, 2, 3), "k4x": (0, 2, 1, 3)}
+PANEL_ORDERS = {"k4": (0, 1, 2, 3), "k4x": (0, 2, 1, 3), "k4w": (0, 1, 2, 3)}
+# Panel orders whose weights are stored widened to int16 at compile time (codegen.weights.pack_weight):
+# "k4w", the quad in K order as 16-bit values, (w0 w1), (w2 w3) in two words: int16 activations read
+# as (a0 a1), (a2 a3) meet them in SMLAD without extending either operand (twice the weight bytes). The
+# kernel's TIR still types the parameter int8: its calls pass the array and the panel's element offset
+# (`wide_b`), the kernel reads int16 values from there.
+WIDE_ORDERS = {"k4w"}
+
+
+def wide_b(types: "Types") -> bool:
+    """Whether a GEMM of `types` reads its weights widened to int16 (WIDE_ORDERS)."""
+    return split_order(types.b_order)[0] in WIDE_ORDERS
 # Panel orders for integer GEMMs whose kernels reduce one vector of K values per output channel: the
 # reduction in groups of G, each output channel's G weights together ([K/G][N][G]), the last K % G
 # rows likewise ([N][K % G]), so that the kernel reads every group of every channel as one contiguous
@@ -150,6 +161,7 @@ def gemm_intrin(m: int, n: int, k: int, stride: int = 1, types: Types = F32, a_n
     symbol = f"ec_gemm_{types.tag}_{m}x{n}"
     ta, tb, tc = types.a, types.b, types.c
     mac = _mac(types, a_narrowed)
+    wide = wide_b(types)
     zero = T.int64(0)
     # a one-pixel tile has no pixel loop in the scheduled kernel; a one-channel tile keeps its unit
     # channel loop but its block has no channel iterator: the description matches both
@@ -166,7 +178,10 @@ def gemm_intrin(m: int, n: int, k: int, stride: int = 1, types: Types = F32, a_n
             with T.sblock("root"):
                 T.reads(C[0:M, 0:N], A[0:AM, 0:K], B[0:K, 0:N])
                 T.writes(C[0:M, 0:N])
-                if call:
+                if call and wide:
+                    T.evaluate(T.call_extern("int32", symbol, C.access_ptr("rw"), A.access_ptr("r"), B.data,
+                                             B.elem_offset, k, A.strides[0] * S, B.strides[0], C.strides[0]))
+                elif call:
                     T.evaluate(T.call_extern("int32", symbol, C.access_ptr("rw"), A.access_ptr("r"),
                                              B.access_ptr("r"), k, A.strides[0] * S, B.strides[0], C.strides[0]))
                 elif m > 1 and n > 1:
@@ -677,9 +692,18 @@ def emit_gemm_c(m: int, n: int, lanes: int, types: Types = F32, acc: int = 8, mi
 
 
 def gemm_signature(m: int, n: int, types: Types) -> str:
+    if wide_b(types):     # the weight array and the panel's offset in it, in int16 values
+        return (f"static inline int32_t ec_gemm_{types.tag}_{m}x{n}({_C[types.c]} *restrict C, "
+                f"const {_C[types.a]} *restrict A, const void *restrict Bw, int64_t boff, int32_t K, int64_t lda, "
+                "int64_t ldb, int64_t ldc)")
     return (f"static inline int32_t ec_gemm_{types.tag}_{m}x{n}({_C[types.c]} *restrict C, "
             f"const {_C[types.a]} *restrict A, const {_C[types.b]} *restrict B, int32_t K, int64_t lda, "
             "int64_t ldb, int64_t ldc)")
+
+
+def wide_b_pointer(types: Types) -> list[str]:
+    """A wide-weight GEMM's first line: its panel as int16 values (B)."""
+    return ["  const int16_t *restrict B = (const int16_t *)Bw + boff;"] if wide_b(types) else []
 
 
 def ordered_gemm_body(m: int, n: int, types: Types, indent: str = "  ") -> list[str]:
@@ -688,8 +712,9 @@ def ordered_gemm_body(m: int, n: int, types: Types, indent: str = "  ") -> list[
     if types.b_order in GROUP_ORDERS:
         return [indent + ln for ln in _grouped_gemm_body(m, n, GROUP_ORDERS[types.b_order])]
     perm = PANEL_ORDERS[types.b_order]
+    tb = "int16_t" if wide_b(types) else "int8_t"
     lines = ["int32_t " + ", ".join(f"c{i}_{j} = C[{i} * ldc + {j}]" for i in range(m) for j in range(n)) + ";",
-             "const int8_t *b = B;", "int32_t k = 0;",
+             f"const {tb} *b = B;", "int32_t k = 0;",
              "for (; k + 4 <= K; k += 4, b += 4 * ldb) {"]
     for j in range(n):
         for i in range(m):
@@ -723,7 +748,7 @@ def emit_ordered_gemm_c(m: int, n: int, types: Types) -> str:
     return "\n".join([
         f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] ({types.a} x {types.b} -> {types.c}); B panel in order "
         f"{types.b_order!r} (quads of K), scalar C */",
-        gemm_signature(m, n, types) + " {", *ordered_gemm_body(m, n, types), "  return 0;", "}"])
+        gemm_signature(m, n, types) + " {", *wide_b_pointer(types), *ordered_gemm_body(m, n, types), "  return 0;", "}"])
 
 
 def dw_signature(m: int, n: int, kh: int, kw: int, s: int, types: Types) -> str:

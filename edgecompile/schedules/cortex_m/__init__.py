@@ -50,6 +50,13 @@ class CortexMRules(TiledRules):
             return ""
         return "k4x" if types.a == "int16" else "k4"
 
+    def dwpw_panel_order(self, types: Any) -> str:
+        """The pointwise GEMM of a fused kernel reads int16 depthwise rows: its weights are stored
+        widened to int16 ("k4w"), so that SMLAD takes them as they are loaded (no SXTB16); twice
+        their flash (the compiler keeps "k4x" where the target's flash would not hold it)."""
+        order = self.panel_order(types)
+        return "k4w" if order == "k4x" else order
+
     def window_gemm(self, types: Any) -> bool:
         """The SMLAD kernels take a KxK convolution's whole window per call (K = KW x KH x input
         channels, in K quads): the first convolution of the wake-word network (3 input channels)

@@ -15,7 +15,8 @@ the host (`edgecompile test` compares a device's int8 bytes with it)."""
 
 from __future__ import annotations
 
-from ..ukernels import Types, dw_body, dw_signature, gemm_signature, guarded_kernel, ordered_gemm_body
+from ..ukernels import (Types, dw_body, dw_signature, gemm_signature, guarded_kernel, ordered_gemm_body,
+                        wide_b_pointer)
 
 _READ32 = "\n".join([
     "#ifndef EC_READ32",
@@ -48,27 +49,52 @@ def _smlads(m: int, j: int, w: str) -> list[str]:
 
 
 def _quad_loop_any(m: int, n: int, wide: bool) -> list[str]:
-    """The K quads from any alignment (LDR may read unaligned words)."""
-    lines = ["  _Pragma(\"GCC unroll 2\")", "  for (; k + 4 <= K; k += 4, b += 4 * ldb) {"]
+    """The K quads from any alignment (LDR may read unaligned words). Tiles of up to 2 pixels: two
+    quads per iteration, then the odd last quad, as in the aligned loop; 3 pixels keep one quad per
+    iteration (two there made the compiler spill in the aligned loop of the same kernel)."""
+    if m > 2:
+        return ["  _Pragma(\"GCC unroll 2\")", "  for (; k + 4 <= K; k += 4, b += 4 * ldb) {",
+                *_any_quad(m, n, wide, 0, "0"), "  }"]
+    return ["  for (; k + 8 <= K; k += 8, b += 8 * ldb) {", *_any_quad(m, n, wide, 0, "0"),
+            *_any_quad(m, n, wide, 4, "4 * ldb"), "  }",
+            "  if (k + 4 <= K) {", *_any_quad(m, n, wide, 0, "0"), "    k += 4; b += 4 * ldb;", "  }"]
+
+
+def _any_quad(m: int, n: int, wide: bool, dk: int, db: str) -> list[str]:
+    """One K quad at k + dk, its weights at b + db."""
+    lines = ["    {"]
     for i in range(m):
         if wide:     # int16 activations: (a0 a1), (a2 a3)
-            lines.append(f"    const int32_t x{i}l = ec_read32(A + {i} * lda + k), x{i}h = ec_read32(A + {i} * lda + k + 2);")
+            lines.append(f"    const int32_t x{i}l = ec_read32(A + {i} * lda + k + {dk}), "
+                         f"x{i}h = ec_read32(A + {i} * lda + k + {dk + 2});")
         else:        # int8 activations: (a0 a2), (a1 a3)
-            lines.append(f"    const int32_t x{i} = ec_read32(A + {i} * lda + k);")
+            lines.append(f"    const int32_t x{i} = ec_read32(A + {i} * lda + k + {dk});")
             lines.append(f"    const int32_t x{i}l = __sxtb16(x{i}), x{i}h = ec_sxtb16_ror8(x{i});")
     for j in range(n):
-        lines.append(f"    const int32_t w{j} = ec_read32(b + {4 * j});")
+        lines.append(f"    const int32_t w{j} = ec_read32(b + {db} + {4 * j});")
         lines += _smlads(m, j, f"w{j}")
-    return lines + ["  }"]
+    return lines + ["    }"]
 
 
 def _quad_loop_aligned(m: int, n: int, wide: bool) -> list[str]:
     """The K quads from word-aligned rows and panels: two words per LDRD with post-increment
-    (int16 activation rows; the quads of two output channels)."""
+    (int16 activation rows; the quads of two output channels), two quads per iteration and the odd
+    last quad after the loop (a `GCC unroll 2` of one quad kept the end test after every quad: the
+    trip count's parity is unknown to the compiler, and on a 2 x 2 tile the end pointer lives on
+    the stack, one load per quad)."""
     ta = "int16_t" if wide else "int8_t"
-    lines = ["  const " + ta + " " + ", ".join(f"*a{i} = A + {i} * lda" for i in range(m)) + ";",
-             "  const int8_t *bend = B + (K / 4) * 4 * ldb;",
-             "  _Pragma(\"GCC unroll 2\")", "  while (b != bend) {"]
+    quad = _aligned_quad(m, n, wide)
+    return ["  const " + ta + " " + ", ".join(f"*a{i} = A + {i} * lda" for i in range(m)) + ";",
+            "  const int8_t *bend = B + (K / 8) * 8 * ldb;",
+            "  while (b != bend) {", *quad, *quad, "  }",
+            "  if (K & 4) {", *quad, "  }",
+            "  k = K & ~3;"]
+
+
+def _aligned_quad(m: int, n: int, wide: bool) -> list[str]:
+    """One K quad of the aligned loop (its body is written twice per iteration: one end test per
+    two quads, whatever the compiler knows of K)."""
+    lines = ["    {"]
     for i in range(m):
         if wide:
             lines.append(f"    int32_t x{i}l, x{i}h; a{i} = (const int16_t *)ec_ldrd(a{i}, &x{i}l, &x{i}h);")
@@ -81,7 +107,7 @@ def _quad_loop_aligned(m: int, n: int, wide: bool) -> list[str]:
     if n % 2:
         lines.append(f"    const int32_t w{n - 1} = ec_read32(b); b += 4;")
         lines += _smlads(m, n - 1, f"w{n - 1}")
-    return lines + ["  }", "  k = K & ~3;"]
+    return lines + ["    }"]
 
 
 def _dsp_body(m: int, n: int, types: Types) -> list[str]:
@@ -103,8 +129,59 @@ def _dsp_body(m: int, n: int, types: Types) -> list[str]:
     return lines
 
 
+def _wide_quad(m: int, n: int, aligned: bool) -> list[str]:
+    """One K quad over int16 activations and weights widened to int16 ("k4w"): per pixel the pairs
+    (a0 a1), (a2 a3), per channel (w0 w1), (w2 w3); 2 SMLAD per pixel and channel, no extension."""
+    lines = ["    {"]
+    for i in range(m):
+        if aligned:
+            lines.append(f"    int32_t x{i}l, x{i}h; a{i} = (const int16_t *)ec_ldrd(a{i}, &x{i}l, &x{i}h);")
+        else:
+            lines.append(f"    const int32_t x{i}l = ec_read32(A + {i} * lda + k), x{i}h = ec_read32(A + {i} * lda + k + 2);")
+    for j in range(n):
+        if aligned:
+            lines.append(f"    {{ int32_t wl, wh; b = (const int16_t *)ec_ldrd(b, &wl, &wh);")
+        else:
+            lines.append(f"    {{ const int32_t wl = ec_read32(b + {4 * j}), wh = ec_read32(b + {4 * j + 2});")
+        lines += [f"      c{i}_{j} = __smlad(x{i}l, wl, c{i}_{j}); c{i}_{j} = __smlad(x{i}h, wh, c{i}_{j});"
+                  for i in range(m)]
+        lines.append("    }")
+    return lines + ["    }"]
+
+
+def _wide_body(m: int, n: int) -> list[str]:
+    """The SMLAD loop of a "k4w" panel: two quads per iteration from word-aligned rows and panels
+    (LDRD with post-increment), one per iteration from any alignment; the K % 4 last rows in plain C."""
+    aligned = ["(((uintptr_t)B & 3) == 0)", f"(ldb == {n})", "(((uintptr_t)A & 3) == 0)", "((lda & 1) == 0)"]
+    quad = _wide_quad(m, n, True)
+    return ["  int32_t " + ", ".join(f"c{i}_{j} = C[{i} * ldc + {j}]" for i in range(m) for j in range(n)) + ";",
+            "  const int16_t *b = B;", "  int32_t k = 0;",
+            f"  if ({' && '.join(aligned)}) {{",
+            "    const int16_t " + ", ".join(f"*a{i} = A + {i} * lda" for i in range(m)) + ";",
+            "    const int16_t *bend = B + (K / 8) * 8 * ldb;",
+            "    while (b != bend) {", *["  " + ln for ln in quad + quad], "    }",
+            "    if (K & 4) {", *["  " + ln for ln in quad], "    }",
+            "    k = K & ~3;",
+            "  } else {",
+            "    for (; k + 4 <= K; k += 4, b += 4 * ldb) {", *["  " + ln for ln in _wide_quad(m, n, False)], "    }",
+            "  }",
+            "  for (; k < K; ++k, b += ldb) {",
+            *["    " + " ".join(f"c{i}_{j} += (int32_t)A[{i} * lda + k] * b[{j}];" for i in range(m)) for j in range(n)],
+            "  }",
+            *["  " + " ".join(f"C[{i} * ldc + {j}] = c{i}_{j};" for j in range(n)) for i in range(m)]]
+
+
 def gemm(m: int, n: int, lanes: int, types: Types) -> str | None:
     """C for `ec_gemm_<t>_MxN`, or None where the generic kernel is used."""
+    if types.b_order == "k4w" and types.a == "int16" and types.c == "int32":
+        return "\n".join([
+            _READ32,
+            f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (int16 x int8 -> int32), B panel in order 'k4w' (weights widened "
+            "to int16 at compile time, at Bw + boff): SMLAD on 16-bit pairs of both operands (DSP extension), "
+            "portable C otherwise */",
+            gemm_signature(m, n, types) + " {", *wide_b_pointer(types),
+            "#if defined(__ARM_FEATURE_DSP)", *_wide_body(m, n), "#else", *ordered_gemm_body(m, n, types), "#endif",
+            "  return 0;", "}"])
     if types.b_order not in ("k4", "k4x") or types.c != "int32":
         return None
     if (types.a == "int16") != (types.b_order == "k4x"):
