@@ -47,7 +47,7 @@ class BuildOptions:
     external_io: bool = False       # graph input/output live in caller buffers, not the arena
     compile: bool = True            # run the target toolchain (False: sources and report only)
     fuse: bool = True               # fused depthwise+pointwise kernels (False: the unfused path)
-    in_place: bool = True           # let streaming kernels overwrite their consumed input
+    in_place: bool = True           # let streaming kernels (dw+pw, depthwise) overwrite their consumed input
     dwpw_rows: int | None = None    # row-tile height of fused kernels (None: the family's default)
     quant: str | None = None        # "fp32" or "int8" (None: the target's default_quant)
     calibration: str = "digits"     # int8: a dataset name or a .npy file of inputs
