@@ -141,3 +141,15 @@ def test_in_place_depthwise_on_a_board(tmp_path):
     res = json.loads(proc.stdout)
     assert proc.returncode == 0 and res["passed"], proc.stdout + proc.stderr
     assert res["host_int8"]["samples_differing"] == 0 and res["kernel_graph"]["samples_differing"] == 0
+
+
+def test_inspect_names_the_in_place_depthwise_calls():
+    """`inspect --target` lists the calls planned in place."""
+    from edgecompile.measure.inspection import _format_memory_plan, memory_plan
+
+    m = memory_plan(_source("mobilenet_v2"), load_target("host"), _options("mobilenet_v2", "fp32"),
+                    Progress(quiet=True))
+    dw = [c for c in m["in_place"] if c["kind"] == "conv_dw"]
+    assert dw and all(c["kernel"].startswith("ec_conv_dw_") for c in dw)
+    line = next(ln for ln in _format_memory_plan(m) if ln.startswith("in place: "))
+    assert f"{len(dw)} depthwise" in line and str(dw[0]["call"]) in line, line

@@ -43,6 +43,8 @@ class KernelInfo:
     @property
     def path(self) -> str:
         """How the kernel runs, for the report."""
+        if self.kind == Kind.CONV_DW and self.rows:
+            return "depthwise, output row by output row"
         if self.kind != Kind.DWPW:
             return "single kernel"
         return f"fused depthwise+pointwise, {self.rows} output rows per tile" if self.rows else \
