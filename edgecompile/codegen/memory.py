@@ -415,7 +415,8 @@ def replay_plan(prog: Program, plan: MemoryPlan, infos: list[KernelInfo], limit:
         write(name)
     streamed = {(o.out, o.inp) for o in streaming_overlaps(prog, infos)}
     for i, (call, info) in enumerate(zip(prog.calls, infos)):
-        acts = [t for t in call.inputs if prog.tensors[t].kind != "weight"]
+        # each activation once: a kernel passed one tensor twice (an inlined SiLU) reads it as one
+        acts = list(dict.fromkeys(t for t in call.inputs if prog.tensors[t].kind != "weight"))
         for t in call.scratch:
             write(t)
         out = call.outputs[0]
