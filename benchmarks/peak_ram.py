@@ -4,7 +4,10 @@ arena for the same network beside it (benchmarks/tflm_vww.json, from benchmarks/
 .venv-bench), and MobileNet V2 alpha=0.30, 80x80 (2 classes) with the published peak SRAM of other
 engines for that network; the aims of issue 13.
 
-    .venv/bin/python benchmarks/peak_ram.py [--board stm32f746g-disco] [--samples 3]
+    .venv/bin/python benchmarks/peak_ram.py [--board stm32f746g-disco] [--samples 3] [--models vww,mbv2,effnet]
+
+EfficientNet-B0 64x64 int8 (no depthwise fuses there: plain vs in-place depthwise vs patches) runs
+on --effnet-board, mps2-an386 by default: its 4 MB of int8 weights fit no STM32 board.
 
 Plans: no in-place overlaps; the default plan (fused kernels' outputs overlap their inputs);
 lean windows (depthwise windows per channel tile, small buffers in the arena); patch-based
@@ -45,6 +48,15 @@ MBV2_PLANS = {
     "patches (planner: min)": dict(patches="min"),
     "patches (--ram-budget 61,440)": dict(ram_budget=61_440),        # issue 13's aim for this network
 }
+# EfficientNet-B0 64x64 (2 classes), int8: squeeze-excitation needs each depthwise output whole, so no
+# depthwise fuses; plain vs in-place depthwise vs patch-based. Its 4 MB of int8 weights fit no
+# STM32 board here: mps2-an386 (weights in the PSRAM)
+EFFNET_PLANS = {
+    "no in-place": dict(in_place=False, patches="off"),
+    "default (in-place depthwise)": dict(patches="off"),
+    "patches (planner: min)": dict(patches="min"),
+}
+EFFNET_BOARD = "mps2-an386"
 MBV2_PUBLISHED = "Plumerai 80 KiB, TinyEngine 98 KiB, X-CUBE-AI 109 KiB, TFLM 155 KiB (Plumerai, DISCO-F746NG)"
 MBV2_AIM_BYTES = 60 * 1024
 AIM_VS_TFLM = 0.35          # issue 13: peak RAM <= 0.35x TFLM's arena ...
@@ -137,21 +149,60 @@ def table_mbv2(board: str, rows: list[dict]) -> list[str]:
     return lines
 
 
+def table_effnet(board: str, rows: list[dict]) -> list[str]:
+    base = next(r for r in rows if r["plan"].startswith("default"))["instructions_per_inference"]
+    lines = [
+        f"## EfficientNet-B0, 64x64, 2 classes, int8 on {board}",
+        "",
+        "No depthwise convolution fuses (squeeze-excitation reads each depthwise output whole): plain plan, "
+        "in-place depthwise (each output over the input rows it has consumed), patch-based.",
+        "",
+        "| plan | patch stage | arena | static RAM | stack used | peak RAM | instructions | vs default | test |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "refused" in r:
+            lines.append(f"| {r['plan']} | refused before compiling: {r['refused']} |||||||")
+            continue
+        lines.append(f"| {r['plan']} | {r['patch'] or '-'} | {r['arena_bytes']:,} | {r['ram_bytes']:,} | "
+                     f"{r['stack_used_bytes']:,} | {r['peak_ram_bytes']:,} | {r['instructions_per_inference']:,} | "
+                     f"{r['instructions_per_inference'] / base:.3f}x | {'pass' if r['passed'] else 'FAIL'} |")
+    return lines
+
+
+MODELS = ("vww", "mbv2", "effnet")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--board", default="stm32f746g-disco")
     ap.add_argument("--samples", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/PEAK_RAM.md")
+    ap.add_argument("--effnet-board", default=EFFNET_BOARD)
+    ap.add_argument("--models", default=",".join(MODELS),
+                    help=f"which tables to measure, comma-separated from {', '.join(MODELS)} (default: all)")
     args = ap.parse_args()
+    models = args.models.split(",")
+    if not models or any(m not in MODELS for m in models):
+        ap.error(f"--models: choose from {', '.join(MODELS)}")
     tflm = json.loads((Path(__file__).resolve().parent / "tflm_vww.json").read_text())
-    rows = measure(args.board, args.samples, "mobilenet_v1",
-                   ModelOptions(width_mult=0.25, resolution=96, num_classes=2), PLANS)
-    mbv2 = measure(args.board, args.samples, "mobilenet_v2",
-                   ModelOptions(width_mult=0.3, resolution=80, num_classes=2), MBV2_PLANS)
-    Path(args.out).with_suffix(".json").write_text(
-        json.dumps({"board": args.board, "rows": rows, "mobilenet_v2_0.30_80": mbv2}, indent=2) + "\n")
-    lines = table(args.board, rows, tflm)
-    Path(args.out).write_text("\n".join(lines[:-2] + [""] + table_mbv2(args.board, mbv2) + [""] + lines[-1:]) + "\n")
+    results: dict = {"board": args.board}
+    tables: list[list[str]] = []
+    if "vww" in models:
+        results["rows"] = measure(args.board, args.samples, "mobilenet_v1",
+                                  ModelOptions(width_mult=0.25, resolution=96, num_classes=2), PLANS)
+        tables.append(table(args.board, results["rows"], tflm)[:-2])
+    if "mbv2" in models:
+        results["mobilenet_v2_0.30_80"] = measure(args.board, args.samples, "mobilenet_v2",
+                                                  ModelOptions(width_mult=0.3, resolution=80, num_classes=2), MBV2_PLANS)
+        tables.append(table_mbv2(args.board, results["mobilenet_v2_0.30_80"]))
+    if "effnet" in models:
+        results["efficientnet_b0_64"] = {"board": args.effnet_board, "rows": measure(
+            args.effnet_board, args.samples, "efficientnet_b0", ModelOptions(resolution=64, num_classes=2), EFFNET_PLANS)}
+        tables.append(table_effnet(args.effnet_board, results["efficientnet_b0_64"]["rows"]))
+    Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    footer = ["Generated by `benchmarks/peak_ram.py` (all rows in one run); TFLM figure by `benchmarks/tflm_vww.py`."]
+    Path(args.out).write_text("\n".join(sum((t + [""] for t in tables), []) + footer) + "\n")
 
 
 if __name__ == "__main__":

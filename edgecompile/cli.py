@@ -556,7 +556,7 @@ def _add_build(sub: Any) -> None:
     s.add_argument("--no-fuse", action="store_true",
                    help="keep depthwise and pointwise convolutions as separate kernels (for comparison)")
     s.add_argument("--no-in-place", action="store_true",
-                   help="never let a fused kernel's output overlap the input it consumes")
+                   help="never let a streaming kernel's output (fused depthwise+pointwise, depthwise) overlap the input it consumes")
     s.add_argument("--quant", choices=["fp32", "int8"],
                    help="number format (default: the target's, int8 on Cortex-M, fp32 on rpi4 and host)")
     s.add_argument("--calibration", default="digits", metavar="DATASET|FILE.npy",

@@ -47,7 +47,7 @@ class BuildOptions:
     external_io: bool = False       # graph input/output live in caller buffers, not the arena
     compile: bool = True            # run the target toolchain (False: sources and report only)
     fuse: bool = True               # fused depthwise+pointwise kernels (False: the unfused path)
-    in_place: bool = True           # let streaming kernels overwrite their consumed input
+    in_place: bool = True           # let streaming kernels (dw+pw, depthwise) overwrite their consumed input
     dwpw_rows: int | None = None    # row-tile height of fused kernels (None: the family's default)
     quant: str | None = None        # "fp32" or "int8" (None: the target's default_quant)
     calibration: str = "digits"     # int8: a dataset name or a .npy file of inputs
@@ -209,7 +209,10 @@ def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable
         _perturb(mod, prog)
     scheduled, infos, symbol_of = _schedule_kernels(mod, prog, target, options)
     progress("generating C for the kernels (TVM C codegen, unpacked ABI)")
-    kernels = lower.lower_kernels(scheduled, target.tvm, {s for s, i in infos.items() if i.streams_rows},
+    # fused kernels are declared for in-place calls up front; a standalone depthwise only where
+    # the plan below overlaps it (its C otherwise stays as it was)
+    kernels = lower.lower_kernels(scheduled, target.tvm,
+                                  {s for s, i in infos.items() if i.streams_rows and i.kind == Kind.DWPW},
                                   {s: LEAN_STACK_LIMIT for k, s in symbol_of.items() if _is_lean(options, k)})
     taken = set(kernels)
     same_builtin: dict[tuple, str] = {}       # one C function for the builtin calls of one shape
@@ -227,6 +230,10 @@ def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable
     overlaps = memory.streaming_overlaps(prog, [infos[s] for s in call_symbols]) if options.in_place else []
     overlaps += memory.patch_overlaps(prog)
     plan = memory.plan_program(prog, external_io=options.external_io, overlaps=overlaps)
+    overlapped = {o.out for o in plan.in_place}
+    for call, sym in zip(prog.calls, call_symbols):
+        if prog.storage_root(call.outputs[0]) in overlapped and infos[sym].streams_rows:
+            kernels[sym] = lower.in_place(kernels[sym])
     return _Lowered(prog, plan, kernels, infos, call_symbols, patch_plan)
 
 
@@ -546,7 +553,7 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
     fusion: dict[str, Any] = {"fused": options.fuse, "arena_bytes": plan.arena_bytes}
     if options.fuse and options.compare_unfused and any(i.kind == Kind.DWPW for i in low.infos.values()):
         progress("measuring the unfused plan for comparison")
-        plain = _lower(graph, target, replace(options, fuse=False, in_place=False, patch=None), lambda m: None)
+        plain = _lower(graph, target, replace(options, fuse=False, patch=None), lambda m: None)
         fusion["arena_bytes_unfused"] = plain.plan.arena_bytes
         fusion["kernel_calls_unfused"] = len(plain.program.calls)
     calls, docs = _call_records(low)

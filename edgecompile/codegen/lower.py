@@ -13,6 +13,7 @@ the memory planner places inside the arena, so nothing is ever allocated at run 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -236,13 +237,29 @@ def _split_c_source(source: str, infos: dict[str, tuple[list[int], int]],
         for p in m.group(1).split(","):
             ctype, name = p.strip().rsplit(" ", 1)
             params.append((ctype.rstrip("*").strip() + "*", name.lstrip("*")))
-        loose = {0, len(params) - 1 - len(scratch)} if sym in streaming else set()
-        sig = ", ".join(f"{t} {'' if i in loose else 'restrict '}{n}" for i, (t, n) in enumerate(params))
-        # noinline: each kernel keeps its own symbol (footprint by kernel, per-kernel profiles)
-        code = f"static __attribute__((noinline)) int32_t {sym}({sig}) {body}"
+        code = _signature(sym, params, scratch, sym in streaming) + " " + body
         out[sym] = KernelSource(sym, params, scratch, stack, code)
         del start
     return out
+
+
+def _signature(sym: str, params: list[tuple[str, str]], scratch: list[int], streaming: bool) -> str:
+    """A kernel's C declarator: every pointer `restrict`, except, for a kernel that may run in
+    place, its first input and its output (they may overlap)."""
+    loose = {0, len(params) - 1 - len(scratch)} if streaming else set()
+    sig = ", ".join(f"{t} {'' if i in loose else 'restrict '}{n}" for i, (t, n) in enumerate(params))
+    # noinline: each kernel keeps its own symbol (footprint by kernel, per-kernel profiles)
+    return f"static __attribute__((noinline)) int32_t {sym}({sig})"
+
+
+def in_place(ks: KernelSource) -> KernelSource:
+    """The same kernel for a call the memory plan overlaps in place: its first input and output
+    pointers no longer `restrict` (the body is unchanged)."""
+    old = _signature(ks.symbol, ks.params, ks.scratch_bytes, False)
+    new = _signature(ks.symbol, ks.params, ks.scratch_bytes, True)
+    if not ks.c_code.startswith(old + " "):
+        return ks            # already declared for in-place calls
+    return dataclasses.replace(ks, c_code=new + ks.c_code[len(old):])
 
 
 def shape_suffix(t: Tensor) -> str:

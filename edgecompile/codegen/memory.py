@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ir.kernel import KernelInfo
-from ..ir.program import DTYPE_BYTES, Program, Tensor
+from ..ir.operators import Kind
+from ..ir.program import DTYPE_BYTES, KernelCall, Program, Tensor
 
 ALIGN = 16
 
@@ -44,14 +45,17 @@ class Overlap:
 
 
 def streaming_max_delta(in_rows: int, in_row_bytes: int, out_rows: int, out_row_bytes: int,
-                        tile_rows: int, stride: int, kernel: int) -> int:
+                        tile_rows: int, stride: int, kernel: int, interleaved: bool = False) -> int:
     """Largest offset(out) - offset(in) that never overwrites input still to be read, for a
     kernel that produces `tile_rows` output rows at a time after reading the input rows of that
-    tile's window. Conservative in the padding: assumes the top padding is kernel - 1 rows."""
+    tile's window. Conservative in the padding: assumes the top padding is kernel - 1 rows.
+    `interleaved`: the kernel may write a tile's output rows before it has read all of that
+    tile's window (KernelInfo.interleaves_rows), so the tile's own window must survive its writes."""
     pad = kernel - 1
     best = math.inf
     for t in range(out_rows // tile_rows):
-        need = (t + 1) * tile_rows * stride - pad   # first input row a later tile reads
+        # the first input row still to be read once tile t's rows are (being) written
+        need = (t if interleaved else t + 1) * tile_rows * stride - pad
         if need >= in_rows:
             break
         best = min(best, max(need, 0) * in_row_bytes - (t + 1) * tile_rows * out_row_bytes)
@@ -80,15 +84,30 @@ def streaming_overlaps(prog: Program, infos: list[KernelInfo]) -> list[Overlap]:
     for call, info in zip(prog.calls, infos):
         # only whole tensors: a kernel writing a row band of a larger tensor (a patch stage) does
         # not stream over the tensor's other rows
-        if info.streams_rows and all(_whole(prog, t) for t in (call.inputs[0], call.outputs[0])):
+        if info.streams_rows and all(_whole(prog, t) for t in (call.inputs[0], call.outputs[0])) \
+                and (info.kind != Kind.CONV_DW or _windowed_input(prog, call, info)):
             inp, out = prog.tensors[call.inputs[0]], prog.tensors[call.outputs[0]]
             _, hin, win, cin = inp.shape
             _, h, w, cout = out.shape
             in_row = win * cin * DTYPE_BYTES[inp.dtype]     # bytes of one NHWC row, in each tensor's own type
             out_row = w * cout * DTYPE_BYTES[out.dtype]
-            delta = streaming_max_delta(hin, in_row, h, out_row, info.rows, info.stride[0], info.kernel[0])
+            delta = streaming_max_delta(hin, in_row, h, out_row, info.rows, info.stride[0], info.kernel[0],
+                                        info.interleaves_rows)
             overlaps.append(Overlap(prog.storage_root(call.outputs[0]), prog.storage_root(call.inputs[0]), delta))
     return overlaps
+
+
+def _windowed_input(prog: Program, call: KernelCall, info: KernelInfo) -> bool:
+    """A standalone depthwise call whose only activation input is the tensor its windows read
+    (an inlined elementwise producer may pass it more than once, as SiLU does): NHWC, the
+    output's channels, as many rows as the output rows need at its stride (not, e.g., a one-row
+    tensor broadcast into every row). Anything else is not planned in place."""
+    acts = list(dict.fromkeys(t for t in call.inputs if prog.tensors[t].kind != "weight"))
+    if acts != [call.inputs[0]] or len(prog.tensors[acts[0]].shape) != 4 or len(prog.tensors[call.outputs[0]].shape) != 4:
+        return False
+    (_, hin, _, cin), (_, h, _, cout) = prog.tensors[acts[0]].shape, prog.tensors[call.outputs[0]].shape
+    (k, _), (s, _) = info.kernel, info.stride
+    return cin == cout and (h - 1) * s + 1 <= hin <= h * s + k
 
 
 def patch_overlaps(prog: Program) -> list[Overlap]:
@@ -361,7 +380,8 @@ def replay_plan(prog: Program, plan: MemoryPlan, infos: list[KernelInfo], limit:
     scratch first, then reads its inputs, writes its outputs and reads its inputs again (kernels
     may read in any order), except for a kernel that streams rows over a whole input
     (`streaming_overlaps`): it reads each tile's input window before writing the tile's rows
-    (with the widest window any top padding could give). Independent of how the planner chose
+    (with the widest window any top padding could give); a standalone depthwise, whose reads and
+    writes interleave within a row, writes each row before it reads that row's window. Independent of how the planner chose
     the offsets: it checks row-band views, in-place pairs and patch-stage overlaps alike."""
     roots = sorted(plan.offsets)
     ident = {r: i for i, r in enumerate(roots)}
@@ -395,7 +415,8 @@ def replay_plan(prog: Program, plan: MemoryPlan, infos: list[KernelInfo], limit:
         write(name)
     streamed = {(o.out, o.inp) for o in streaming_overlaps(prog, infos)}
     for i, (call, info) in enumerate(zip(prog.calls, infos)):
-        acts = [t for t in call.inputs if prog.tensors[t].kind != "weight"]
+        # each activation once: a kernel passed one tensor twice (an inlined SiLU) reads it as one
+        acts = list(dict.fromkeys(t for t in call.inputs if prog.tensors[t].kind != "weight"))
         for t in call.scratch:
             write(t)
         out = call.outputs[0]
@@ -417,8 +438,12 @@ def replay_plan(prog: Program, plan: MemoryPlan, infos: list[KernelInfo], limit:
             (k, _), (s, _) = info.kernel, info.stride
             for t in range(o.shape[1] // info.rows):
                 top = t * info.rows * s
-                read(i, first, max(0, top - (k - 1)) * ri, min(inp.shape[1], top + (info.rows - 1) * s + k) * ri)
-                write(out, t * info.rows * ro, (t + 1) * info.rows * ro)
+                window = max(0, top - (k - 1)) * ri, min(inp.shape[1], top + (info.rows - 1) * s + k) * ri
+                if info.interleaves_rows:       # the worst order: the tile's rows written before its window is read
+                    write(out, t * info.rows * ro, (t + 1) * info.rows * ro)
+                read(i, first, *window)
+                if not info.interleaves_rows:
+                    write(out, t * info.rows * ro, (t + 1) * info.rows * ro)
             rest = acts[1:]
         else:
             for t in acts:

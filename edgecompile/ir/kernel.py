@@ -28,7 +28,7 @@ class KernelInfo:
     dw_anchor: str | None = None       # dwpw: the depthwise reduction block
     dw_channels: int = 0               # dwpw: channels of the depthwise part
     out_rows: int = 0                  # output height (rows of the NHWC output)
-    rows: int = 0                      # dwpw: output rows per tile of the tiled schedule (0: untiled)
+    rows: int = 0                      # dwpw, depthwise: output rows per tile of the tiled schedule (0: untiled)
     packed: dict = field(default_factory=dict)   # weight parameter position -> output-channel panel width
     panel_order: dict = field(default_factory=dict)   # weight parameter position -> order within a panel
 
@@ -43,6 +43,8 @@ class KernelInfo:
     @property
     def path(self) -> str:
         """How the kernel runs, for the report."""
+        if self.kind == Kind.CONV_DW and self.rows:
+            return "depthwise, output row by output row"
         if self.kind != Kind.DWPW:
             return "single kernel"
         return f"fused depthwise+pointwise, {self.rows} output rows per tile" if self.rows else \
@@ -50,10 +52,20 @@ class KernelInfo:
 
     @property
     def streams_rows(self) -> bool:
-        """A fused kernel tiled by output rows: it consumes input rows before it writes the
-        output rows that could overlap them (in-place planning)."""
-        return self.kind == Kind.DWPW and self.rows > 0
+        """A kernel tiled by output rows (fused depthwise+pointwise, or a standalone depthwise
+        tiled row by row): it reads only the input rows of a tile's window while it writes that
+        tile's output rows, top to bottom, so its output may overlap the input rows it has
+        consumed (in-place planning)."""
+        return self.kind in (Kind.DWPW, Kind.CONV_DW) and self.rows > 0
 
+    @property
+    def interleaves_rows(self) -> bool:
+        """Within one row tile, reads of the tile's input window and writes of its output rows
+        interleave: a standalone depthwise writes an output row pixel tile by channel tile, and
+        reads the window (all of it, or one channel tile's part with the "channels" order, or
+        straight from the input when it has no padding) between those writes. The fused kernel
+        computes its whole depthwise row tile before it writes."""
+        return self.kind == Kind.CONV_DW
 
 def _iter_extents(block: Any) -> list[tuple[int, int]]:
     """(iter type, extent) of a block."""

@@ -159,6 +159,8 @@ def memory_plan(source: ModelSource, target: Any, options: Any, progress: Any) -
             "arena_bytes": compiled.plan.arena_bytes, "peak_ram_estimate": chosen.get("peak_ram_estimate"),
             "macs": sum(c["macs"] for c in compiled.calls), "calls": len(compiled.calls),
             "patch_plan": _patch_record(compiled), "tried": planning.get("tried", []),
+            "in_place": [{"call": c["index"], "kernel": c["name"], "kind": str(c["kind"])}
+                         for c in compiled.calls if c["in_place"]],
             "arena_peak": {"call": step, "kernel": symbols[step] if 0 <= step < len(symbols) else None,
                            "top": top, "live": memory.live_at(compiled.program, compiled.plan, step, symbols)}}
 
@@ -173,6 +175,15 @@ def _format_memory_plan(m: dict[str, Any]) -> list[str]:
                      f"{'x'.join(map(str, pp['stage_output_shape'][1:]))}, " + _halo_text(pp))
     else:
         lines.append("no patch stage")
+    ip = m.get("in_place", [])
+    if ip:
+        kinds = {"dwpw": "fused depthwise+pointwise", "conv_dw": "depthwise"}
+        counts = {k: sum(c["kind"] == k for c in ip) for k in dict.fromkeys(c["kind"] for c in ip)}
+        lines.append(f"in place: {len(ip)} kernel outputs over the input rows they consumed ("
+                     + ", ".join(f"{n} {kinds.get(k, k)}" for k, n in counts.items())
+                     + "): calls " + ", ".join(str(c["call"]) for c in ip))
+    else:
+        lines.append("in place: none")
     peak = m.get("arena_peak")
     if peak and peak["live"]:
         at = f"call {peak['call']} ({peak['kernel']})" if peak["kernel"] else "the graph input/output"

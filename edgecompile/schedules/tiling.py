@@ -420,6 +420,7 @@ def tile_depthwise(sch: Any, info: Any, tile: tuple[int, int], order: str = "pix
     _pixels_x_channels(sch, info, conv, n, h, w, co, [rc, ry, rx], tile, order, window_per_channel_tile=True)
     sch.decompose_reduction(conv, rc)
     sch.tensorize(ry, dw_intrin(tile[0], tile[1], kh, kw, s, types))
+    info.rows = 1     # output row by output row, the outermost loop after the batch (in-place planning)
     return True
 
 
