@@ -221,6 +221,7 @@ class _Quantizer:
         self.bb = relax.BlockBuilder()
         self.env: dict[Any, Any] = {}
         self.pinned: set[str] = set()
+        self.materialized: dict[tuple[int, QParams], tuple[_Acc, _Q]] = {}   # see as_q
 
     def qp(self, var: Any) -> QParams:
         if var in self.given:                      # a QDQ model's own scale and zero point
@@ -314,10 +315,19 @@ class _Quantizer:
         return self.bb.call_te(f, value.expr, *consts, primfunc_name_hint="ec_requant")
 
     def as_q(self, value: Any, var_for_scale: Any) -> _Q:
+        """The int8 tensor of an operand. An accumulator is requantized once for all its int8
+        consumers: requantizing it again for each (a block output read by the residual add and by
+        the next block) would leave the accumulator with several consumers, so FuseOps could fuse
+        the rescale into none of them but each consumer, and the producing kernel would store int32
+        (4x the bytes) in the arena."""
         if isinstance(value, _Q):
             return value
         if isinstance(value, _Acc):
-            return self.materialize(value, self.qp(var_for_scale))
+            qp = self.qp(var_for_scale)
+            key = (id(value), qp)
+            if key not in self.materialized:
+                self.materialized[key] = (value, self.materialize(value, qp))   # value kept: its id stays unique
+            return self.materialized[key][1]
         raise UnsupportedModelError("int8: a constant where an activation was expected")
 
     def sum_int32(self, x: Any, axes: list[int], keepdims: bool) -> Any:
