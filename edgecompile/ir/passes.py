@@ -332,11 +332,11 @@ def _group_anchor(mod: Any, func: Any) -> Any:
     return None
 
 
-def _merge_groups(mod: Any, mergeable: Callable[[Any, Any], bool]) -> Any:
+def _merge_groups(mod: Any, mergeable: Callable[[Any, Any], bool], producers: set[str] | None = None) -> Any:
     """Merge FuseOps groups: each group whose result is used only by another group, where
     `mergeable(producer_info, consumer_info)` holds, is merged into that consumer (so FuseTIR
     makes one kernel of both). Infos are `schedules.analyze` of the groups' anchors (None for a
-    group without a reduction)."""
+    group without a reduction). `producers`: only groups of these names may be merged."""
     tvm, relax = _tvm()
     main = mod["main"]
     uses = _use_counts(main)
@@ -371,7 +371,7 @@ def _merge_groups(mod: Any, mergeable: Callable[[Any, Any], bool]) -> Any:
             if prev is None or uses.get(arg, 0) != 1 or prev.var in pairs or prev.var in taken:
                 continue
             pkey = group_key(prev)
-            if pkey is None:
+            if pkey is None or (producers is not None and _group_name(prev, groups) not in producers):
                 continue
             if mergeable(kinds[pkey], kinds[ckey]):
                 pairs[b.var] = (prev, b, j)
@@ -428,8 +428,14 @@ def fuse_input_transforms(mod: Any) -> Any:
     """Merge a purely elementwise group (the NCHW->NHWC transpose of the model input, above all)
     into the convolution that consumes it: the convolution then reads its padded row window
     straight from the untransformed tensor and the transformed copy never exists."""
-    return _merge_groups(mod, lambda a, b: a is None and b is not None
-                         and b.kind in (Kind.CONV, Kind.CONV_PW, Kind.CONV_DW))
+    mod = _merge_groups(mod, lambda a, b: a is None and b is not None
+                        and b.kind in (Kind.CONV, Kind.CONV_PW, Kind.CONV_DW))
+    # an int8 zero-point shift (marked `ec.fuse_into_consumer`) into the average pooling or the
+    # table lookup (int8 sigmoid) it feeds: else it is a kernel of its own that stores int32
+    pinned = {gv.name_hint for gv, f in mod.functions.items()
+              if f.attrs is not None and "ec.fuse_into_consumer" in f.attrs}
+    return _merge_groups(mod, lambda a, b: a is None and (b is None or b.kind == Kind.POOL), pinned) \
+        if pinned else mod
 
 
 def _group_args(binding: Any, groups: dict) -> list[Any]:
@@ -603,9 +609,9 @@ def lower_graph(mod: Any, fuse_dwpw: bool = True) -> Any:
     mod = _pin_to_consumers(mod)
     mod = relax.transform.FuseOps()(mod)
     while True:   # chains of elementwise producers (transpose -> zero-point shift -> conv)
-        before = len(mod.functions)
+        before = _binding_count(mod)       # each merge removes a binding (not always a function)
         mod = fuse_input_transforms(mod)
-        if len(mod.functions) == before:
+        if _binding_count(mod) == before:
             break
     if fuse_dwpw:
         mod = fuse_depthwise_pointwise(mod)
@@ -618,6 +624,10 @@ def lower_graph(mod: Any, fuse_dwpw: bool = True) -> Any:
     mod = seq(mod)
     _check_lowered(mod)
     return mod
+
+
+def _binding_count(mod: Any) -> int:
+    return sum(len(block.bindings) for block in mod["main"].body.blocks)
 
 
 def _check_lowered(mod: Any) -> None:
