@@ -428,14 +428,19 @@ def fuse_input_transforms(mod: Any) -> Any:
     """Merge a purely elementwise group (the NCHW->NHWC transpose of the model input, above all)
     into the convolution that consumes it: the convolution then reads its padded row window
     straight from the untransformed tensor and the transformed copy never exists."""
-    mod = _merge_groups(mod, lambda a, b: a is None and b is not None
-                        and b.kind in (Kind.CONV, Kind.CONV_PW, Kind.CONV_DW))
-    # an int8 zero-point shift (marked `ec.fuse_into_consumer`) into the average pooling or the
-    # table lookup (int8 sigmoid) it feeds: else it is a kernel of its own that stores int32
+    return _merge_groups(mod, lambda a, b: a is None and b is not None
+                         and b.kind in (Kind.CONV, Kind.CONV_PW, Kind.CONV_DW))
+
+
+def fuse_pinned_shifts(mod: Any) -> Any:
+    """Merge each int8 zero-point shift (marked `ec.fuse_into_consumer`) left on its own into the
+    kernel it feeds: an average pooling, a table lookup (int8 sigmoid), or the convolution a
+    lookup was merged into: else it is a kernel of its own that stores an int32 tensor."""
     pinned = {gv.name_hint for gv, f in mod.functions.items()
               if f.attrs is not None and "ec.fuse_into_consumer" in f.attrs}
-    return _merge_groups(mod, lambda a, b: a is None and (b is None or b.kind == Kind.POOL), pinned) \
-        if pinned else mod
+    if not pinned:
+        return mod
+    return _merge_groups(mod, lambda a, b: a is None, pinned)
 
 
 def _group_args(binding: Any, groups: dict) -> list[Any]:
@@ -609,10 +614,11 @@ def lower_graph(mod: Any, fuse_dwpw: bool = True) -> Any:
     mod = _pin_to_consumers(mod)
     mod = relax.transform.FuseOps()(mod)
     while True:   # chains of elementwise producers (transpose -> zero-point shift -> conv)
-        before = _binding_count(mod)       # each merge removes a binding (not always a function)
+        before = len(mod.functions)
         mod = fuse_input_transforms(mod)
-        if _binding_count(mod) == before:
+        if len(mod.functions) == before:
             break
+    mod = fuse_pinned_shifts(mod)
     if fuse_dwpw:
         mod = fuse_depthwise_pointwise(mod)
     seq = tvm.transform.Sequential([
@@ -624,10 +630,6 @@ def lower_graph(mod: Any, fuse_dwpw: bool = True) -> Any:
     mod = seq(mod)
     _check_lowered(mod)
     return mod
-
-
-def _binding_count(mod: Any) -> int:
-    return sum(len(block.bindings) for block in mod["main"].body.blocks)
 
 
 def _check_lowered(mod: Any) -> None:
