@@ -613,7 +613,8 @@ def build_report(source: ModelSource, target: Target, compiled: Compiled) -> dic
         "kernels": len(compiled.calls),
         "memory_plan": [
             {"name": n, "kind": prog.tensors[n].kind, "offset": plan.offsets[n], "size": plan.sizes[n],
-             "start": plan.lifetimes[n][0], "end": plan.lifetimes[n][1]}
+             "start": plan.lifetimes[n][0], "end": plan.lifetimes[n][1], "dtype": prog.tensors[n].dtype,
+             "shape": list(prog.tensors[n].shape)}
             for n in sorted(plan.offsets, key=lambda n: (plan.offsets[n], n))
         ],
         "memory_in_place": [[o.out, o.inp] for o in plan.in_place],   # overlapping on purpose

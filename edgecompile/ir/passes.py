@@ -332,11 +332,11 @@ def _group_anchor(mod: Any, func: Any) -> Any:
     return None
 
 
-def _merge_groups(mod: Any, mergeable: Callable[[Any, Any], bool]) -> Any:
+def _merge_groups(mod: Any, mergeable: Callable[[Any, Any], bool], producers: set[str] | None = None) -> Any:
     """Merge FuseOps groups: each group whose result is used only by another group, where
     `mergeable(producer_info, consumer_info)` holds, is merged into that consumer (so FuseTIR
     makes one kernel of both). Infos are `schedules.analyze` of the groups' anchors (None for a
-    group without a reduction)."""
+    group without a reduction). `producers`: only groups of these names may be merged."""
     tvm, relax = _tvm()
     main = mod["main"]
     uses = _use_counts(main)
@@ -371,7 +371,7 @@ def _merge_groups(mod: Any, mergeable: Callable[[Any, Any], bool]) -> Any:
             if prev is None or uses.get(arg, 0) != 1 or prev.var in pairs or prev.var in taken:
                 continue
             pkey = group_key(prev)
-            if pkey is None:
+            if pkey is None or (producers is not None and _group_name(prev, groups) not in producers):
                 continue
             if mergeable(kinds[pkey], kinds[ckey]):
                 pairs[b.var] = (prev, b, j)
@@ -430,6 +430,17 @@ def fuse_input_transforms(mod: Any) -> Any:
     straight from the untransformed tensor and the transformed copy never exists."""
     return _merge_groups(mod, lambda a, b: a is None and b is not None
                          and b.kind in (Kind.CONV, Kind.CONV_PW, Kind.CONV_DW))
+
+
+def fuse_pinned_shifts(mod: Any) -> Any:
+    """Merge each int8 zero-point shift (marked `ec.fuse_into_consumer`) left on its own into the
+    kernel it feeds: an average pooling, a table lookup (int8 sigmoid), or the convolution a
+    lookup was merged into: else it is a kernel of its own that stores an int32 tensor."""
+    pinned = {gv.name_hint for gv, f in mod.functions.items()
+              if f.attrs is not None and "ec.fuse_into_consumer" in f.attrs}
+    if not pinned:
+        return mod
+    return _merge_groups(mod, lambda a, b: a is None, pinned)
 
 
 def _group_args(binding: Any, groups: dict) -> list[Any]:
@@ -607,6 +618,7 @@ def lower_graph(mod: Any, fuse_dwpw: bool = True) -> Any:
         mod = fuse_input_transforms(mod)
         if len(mod.functions) == before:
             break
+    mod = fuse_pinned_shifts(mod)
     if fuse_dwpw:
         mod = fuse_depthwise_pointwise(mod)
     seq = tvm.transform.Sequential([

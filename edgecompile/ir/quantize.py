@@ -221,6 +221,7 @@ class _Quantizer:
         self.bb = relax.BlockBuilder()
         self.env: dict[Any, Any] = {}
         self.pinned: set[str] = set()
+        self.materialized: dict[tuple[int, QParams], tuple[_Acc, _Q]] = {}   # see as_q
 
     def qp(self, var: Any) -> QParams:
         if var in self.given:                      # a QDQ model's own scale and zero point
@@ -314,10 +315,19 @@ class _Quantizer:
         return self.bb.call_te(f, value.expr, *consts, primfunc_name_hint="ec_requant")
 
     def as_q(self, value: Any, var_for_scale: Any) -> _Q:
+        """The int8 tensor of an operand. An accumulator is requantized once for all its int8
+        consumers: requantizing it again for each (a block output read by the residual add and by
+        the next block) would leave the accumulator with several consumers, so FuseOps could fuse
+        the rescale into none of them but each consumer, and the producing kernel would store int32
+        (4x the bytes) in the arena."""
         if isinstance(value, _Q):
             return value
         if isinstance(value, _Acc):
-            return self.materialize(value, self.qp(var_for_scale))
+            qp = self.qp(var_for_scale)
+            key = (id(value), qp)
+            if key not in self.materialized:
+                self.materialized[key] = (value, self.materialize(value, qp))   # value kept: its id stays unique
+            return self.materialized[key][1]
         raise UnsupportedModelError("int8: a constant where an activation was expected")
 
     def sum_int32(self, x: Any, axes: list[int], keepdims: bool) -> Any:
@@ -348,15 +358,49 @@ class _Quantizer:
 
         return self.bb.call_te(widened_sum, x, primfunc_name_hint="sum")
 
-    def zero_point_shift(self, x: _Q) -> Any:
-        """int16(x) - zero point as its own TIR function marked to fuse into its consumer: left to
-        FuseOps, it would join the producing kernel and an int16 tensor would be stored."""
+    def add_acc(self, qa: _Q, qb: _Q, twice_max: float, shape: list[int]) -> Any:
+        """The int32 sum of two int8 tensors (broadcast) at scale twice_max / 2^20, as one TE
+        function reading the int8 operands: each operand widened, zero point off, shifted left by
+        20 bits (int64) and rescaled to the common scale (m0, n), then added. As a chain of Relax
+        operators per operand, FuseOps fused one operand's chain into its producer (a skip
+        branch's conv in Xception), which then stored the int64 term (8x the int8 bytes)."""
+        import tvm
         from tvm import te
 
-        zp = x.qp.zero_point
+        terms = []
+        for operand in (qa, qb):
+            m0, n = requant_params(operand.qp.scale / twice_max)
+            terms.append((int(operand.qp.zero_point), int(m0[0]), int(n[0])))
+
+        def f(a: Any, b: Any) -> Any:
+            def at(t: Any, idx: tuple) -> Any:
+                dims = [int(d) for d in t.shape]
+                lead = len(shape) - len(dims)
+                # an axis of 1 against a longer one is broadcast; else the same index (elementwise for FuseOps)
+                return t[tuple(0 if d == 1 != shape[lead + i] else idx[lead + i] for i, d in enumerate(dims))]
+
+            def term(x: Any, zp: int, m0: int, n: int) -> Any:
+                c = lambda v, dt: tvm.tirx.const(v, dt)  # noqa: E731
+                w = (x.astype("int32") - c(zp, "int32")).astype("int64") << c(20, "int64")
+                return (w * c(m0, "int64") + c(1 << (n - 1), "int64")) >> c(n, "int64")
+
+            def body(*i: Any) -> Any:
+                return (term(at(a, i), *terms[0]) + term(at(b, i), *terms[1])).astype("int32")
+
+            return te.compute(shape, body, name="add_acc")
+
+        return self.bb.call_te(f, qa.expr, qb.expr, primfunc_name_hint="ec_add_acc")
+
+    def zero_point_shift(self, x: _Q, dtype: str = "int16", zp: int | None = None) -> Any:
+        """dtype(x) - zero point (or `zp`) as its own TIR function marked to fuse into its consumer
+        (a convolution, an average pooling, a table lookup): left to FuseOps, it would join the
+        producing kernel, or be a kernel of its own, and a tensor of int16 (int32) would be stored."""
+        from tvm import te
+
+        zp = x.qp.zero_point if zp is None else zp
 
         def shift(t: Any) -> Any:
-            return te.compute(t.shape, lambda *i: t(*i).astype("int16") - te.const(zp, "int16"), name="zp_shift")
+            return te.compute(t.shape, lambda *i: t(*i).astype(dtype) - te.const(zp, dtype), name="zp_shift")
 
         call = self.bb.call_te(shift, x.expr, primfunc_name_hint="ec_zp_shift")
         gv = call.args[0]
@@ -502,16 +546,7 @@ def _add(q: _Quantizer, var: Any, value: Any, args: list[Any]) -> Any:
     qa, qb = q.as_q(a, args[0]), q.as_q(b, args[1])
     # both operands to a common scale with 20 extra bits, summed, then to the output scale
     twice_max = 2 * max(qa.qp.scale, qb.qp.scale)
-    terms = []
-    for operand in (qa, qb):
-        x = q.emit(op.subtract(op.astype(operand.expr, "int32"), _const(operand.qp.zero_point, "int32")))
-        x = q.emit(op.left_shift(op.astype(x, "int64"), _const(20, "int64")))
-        m0, n = requant_params(operand.qp.scale / twice_max)
-        t = q.emit(op.multiply(x, _const(m0[0], "int64")))
-        t = q.emit(op.right_shift(op.add(t, _const(np.int64(1) << (n[0] - 1), "int64")), _const(n[0], "int64")))
-        terms.append(t)
-    s = q.emit(op.add(terms[0], terms[1]))
-    acc = q.emit(op.astype(s, "int32"))
+    acc = q.emit(q.add_acc(qa, qb, twice_max, [int(d) for d in var.ty.shape]))
     return q.materialize(_Acc(acc, np.array(twice_max / (1 << 20))), out_qp)
 
 
@@ -550,7 +585,7 @@ def _sigmoid(q: _Quantizer, var: Any, value: Any, args: list[Any]) -> Any:
     out_qp = QParams(1.0 / 256.0, -128)          # the sigmoid's range, fixed as in TFLite
     real = (np.arange(QMIN, QMAX + 1) - x.qp.zero_point) * x.qp.scale
     table = out_qp.quantize(1.0 / (1.0 + np.exp(-real)))
-    idx = q.emit(op.add(op.astype(x.expr, "int32"), _const(-QMIN, "int32")))
+    idx = q.zero_point_shift(x, "int32", QMIN)      # x + 128, computed inside the lookup's kernel
     return _Q(q.emit(op.take(q.relax.const(table), idx, axis=0)), out_qp)
 
 
@@ -581,7 +616,7 @@ def _mean(q: _Quantizer, var: Any, value: Any, args: list[Any]) -> Any:
 def _avg_pool2d(q: _Quantizer, var: Any, value: Any, args: list[Any]) -> Any:
     op = q.relax.op
     x = q.as_q(q.get(args[0]), args[0])
-    xs = q.emit(op.subtract(op.astype(x.expr, "int32"), _const(x.qp.zero_point, "int32")))
+    xs = q.zero_point_shift(x, "int32")      # inside the pooling kernel (passes.fuse_input_transforms)
     a = value.attrs
     pooled = q.emit(op.nn.avg_pool2d(
         xs, pool_size=a.pool_size, strides=a.strides, padding=a.padding, dilation=a.dilation,
