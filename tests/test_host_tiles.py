@@ -7,7 +7,13 @@ pixels, most balanced first (2x128 on 14x14 maps, 1x256 on 7x7: 1/2 to 1/4 of th
 A small network with the tiles the model picks on 14-, 7-, 4-, 2- and 1-pixel-wide maps (64, 48,
 40, 24, 33 output channels: full, 3-vector, mixed-width (16 + 16 + 8, 16 + 8 lanes) and ragged
 tiles) runs from the generated C
-against PyTorch; model.c must call the micro-kernels the model chose."""
+against PyTorch; model.c must call the micro-kernels the model chose.
+
+Calls of at most 8 reduction steps (a first convolution's 3 channels per tap, the pointwise of a
+fused dw+pw kernel on 8 channels) keep to 12 pixels (GemmModel.max_m): gcc spills 16- and
+24-pixel tiles of such calls (MobileNet V1 0.25/96 untuned: 24x8 and 24x16 tiles ~8% slower than
+the 8x8 and 8x16 before the model, 12x8 and 12x16 ~2% faster); a 48-pixel-wide network of such
+calls runs from the generated C against PyTorch."""
 
 from __future__ import annotations
 
@@ -53,6 +59,46 @@ def test_model_picks_tall_tiles_that_reach_the_fma_peak():
     for w, c in [(7, 1000), (13, 24), (55, 116), (1, 1024), (2, 512), (112, 64)]:
         for m, n in model_tiles(w, c, 16, AVX512):
             assert w % m == 0 and c % n == 0 and m * -(-n // 16) <= 28
+
+
+def test_short_reductions_keep_to_12_pixels():
+    # MobileNet V1 0.25/96: the first convolution (K = 3 per tap) and the first dw+pw (K = 8)
+    assert model_tiles(48, 8, 16, AVX512)[0] == (24, 8) and model_tiles(48, 8, 16, AVX512, k=3)[0] == (12, 8)
+    assert model_tiles(48, 16, 16, AVX512, k=8)[0] == (12, 16) and model_tiles(48, 16, 16, AVX512, k=9)[0] == (24, 16)
+    assert all(m <= 12 for m, _ in model_tiles(112, 32, 16, AVX512, k=3)) and AVX512.max_m(None) == 28
+    # MobileNet V1 1.0/224's long reductions keep their tall tiles
+    assert model_tiles(14, 512, 16, AVX512, k=512)[0] == (14, 32)
+    assert model_tiles(7, 1024, 16, AVX512, k=1024)[0] == (7, 64)
+    assert model_tiles(112, 32, 16, AVX512, k=32)[0] == (14, 32)
+    assert all(m * -(-n // 8) <= 12 for m, n in model_tiles(48, 16, 8, AVX2, k=8))
+
+
+def test_short_reduction_tiles_match_pytorch_on_host(tmp_path):
+    shape = (1, 3, 96, 96)
+    torch.manual_seed(22)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),                            # 48x48, K = 3 per tap
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(), nn.Conv2d(8, 16, 1)).eval()  # dw+pw, K = 8
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.mul_(2.5)
+                m.bias.mul_(0.1)
+    source = _from_torch("host_short_k", net, shape, ModelOptions(input_shape=shape, seed=22))
+    out = tmp_path / "b"
+    rep = write_build(source, load_target("host"), out, BuildOptions(compare_unfused=False), Progress(quiet=True))
+    code = (out / "model.c").read_text()
+    model = host.RULES.gemm_model
+    for c, k in [(8, 3), (16, 8)]:
+        m, n = model_tiles(48, c, host.LANES, model, k)[0]
+        assert m <= 12 and f"ec_gemm_f32_{m}x{n}(" in code, (c, k, m, n)
+    if host.VARIANT == "avx512":
+        assert "ec_gemm_f32_12x8(" in code and "ec_gemm_f32_12x16(" in code and "ec_gemm_f32_24x" not in code
+    assert [c["kind"] for c in rep["calls"] if c["schedule"].startswith("host.")][:2] == ["conv", "dwpw"], \
+        [(c["kind"], c["schedule"]) for c in rep["calls"]]
+    runner = HostModel(out)
+    compare_with_reference(lambda x: runner.run(x)[0], lambda x: source.reference(x)[0], shape, REL)
+    runner.close()
 
 
 def _source():

@@ -18,15 +18,16 @@ def largest_divisor(n: int, limit: int) -> int:
 
 
 def choose_tile(width: int, channels: int, lanes: int, acc_budget: int, max_m: int,
-                ragged: bool = False, model: "GemmModel | None" = None) -> tuple[int, int] | None:
+                ragged: bool = False, model: "GemmModel | None" = None,
+                k: int | None = None) -> tuple[int, int] | None:
     """(M, N): M output pixels (dividing `width`) x N channels (a multiple of `lanes` dividing
     `channels`) with at most `acc_budget` vector accumulators. Most accumulators wins, then the
     most balanced tile (per reduction step it loads M scalars and N/lanes vectors for M*N/lanes
     FMAs). When no multiple of `lanes` divides `channels` (10 classes, 3 channels...): a scalar
     tile over a divisor of the channels, or with `ragged`, first a ragged tile (see
-    `tile_candidates`). With a `model`, float GEMM tiles are ranked by it (`model_tiles`).
-    None when nothing fits."""
-    tiles = tile_candidates(width, channels, lanes, acc_budget, max_m, ragged, model)
+    `tile_candidates`). With a `model`, float GEMM tiles are ranked by it (`model_tiles`; `k`:
+    the reduction steps of one micro-kernel call, when known). None when nothing fits."""
+    tiles = tile_candidates(width, channels, lanes, acc_budget, max_m, ragged, model, k)
     return tiles[0] if tiles else None
 
 
@@ -78,6 +79,19 @@ class GemmModel:
     fma_per_cycle: int
     loads_per_cycle: int
     l2_bytes_per_cycle: int
+    short_k: int = 8
+    short_k_max_m: int = 12
+
+    def max_m(self, k: int | None) -> int:
+        """The most pixels a tile may have when one micro-kernel call runs `k` reduction steps
+        (None: unknown). A call of at most `short_k` steps (the first convolution's 3 input
+        channels per tap, the pointwise of a fused dw+pw kernel on 8 channels) is a handful of
+        FMAs per accumulator between the tile's load and store: gcc unrolls the constant-K loop
+        and, past `short_k_max_m` pixels, spills (MobileNet V1 0.25/96, the 48x48x8 first
+        convolution's stack references: 73 at 8x8, 65 at 12x8, 265 at 16x8, 408 at 24x8)."""
+        if k is not None and k <= self.short_k:
+            return min(self.accumulators, self.short_k_max_m)
+        return self.accumulators
 
     @property
     def accumulators(self) -> int:
@@ -96,7 +110,7 @@ class GemmModel:
         return peak / max(fma, loads, l2)
 
 
-def model_tiles(width: int, channels: int, lanes: int, model: GemmModel) -> list[tuple[int, int]]:
+def model_tiles(width: int, channels: int, lanes: int, model: GemmModel, k: int | None = None) -> list[tuple[int, int]]:
     """The float GEMM tiles (M pixels dividing `width` x N channels, N dividing `channels` and a
     multiple of the widest vector width of `narrower_widths(lanes)` dividing them, in full vectors
     then narrower ones (`ukernels.mixed_widths`: 56 of 728 channels as 3 x 16 + 8 on AVX-512), at
@@ -106,7 +120,13 @@ def model_tiles(width: int, channels: int, lanes: int, model: GemmModel) -> list
     Measured on AVX-512 (Zen 5, one pointwise layer in a loop, best of 40; GMAC/s): 14x14, 512 ->
     512: 2x128 (the rule before) 68, 1x256 41, 7x32 104, 14x32 130, 7x64 130; 7x7, 1024 -> 1024:
     1x256 27, 7x64 128; 56x56, 128 -> 128: 2x128 88, 4x64 101, 8x32 129, 14x32 126. Empty when no
-    vector width divides `channels` (the caller falls back to ragged or scalar tiles)."""
+    vector width divides `channels` (the caller falls back to ragged or scalar tiles).
+    `k`, the reduction steps of one call when known, limits the pixels (`GemmModel.max_m`):
+    MobileNet V1 0.25/96 untuned ran ~8% slower with the 24x8 and 24x16 tiles of its K = 3 and
+    K = 8 calls than with the 8x8 and 8x16 before the model, ~2% faster with 12x8 and 12x16 (one
+    process, alternating builds, median of 300 runs); 1.0/224 keeps its tiles but the first
+    convolution's (8x32 for 14x32, same speed)."""
+    max_m = model.max_m(k)
     w = next((w for w, _ in narrower_widths(lanes) if channels % w == 0), 0)
     if not w:
         return []
@@ -115,21 +135,22 @@ def model_tiles(width: int, channels: int, lanes: int, model: GemmModel) -> list
         vectors = len(mixed_widths(n, lanes))
         if channels % n or vectors > model.accumulators:
             continue
-        for m in range(1, min(width, model.accumulators // vectors) + 1):
+        for m in range(1, min(width, model.accumulators // vectors, max_m) + 1):
             if width % m == 0:
                 ranked.append(((round(model.efficiency(m, n, lanes), 6), m * vectors, m), (m, n)))
     return [t for _, t in sorted(ranked, reverse=True)]
 
 
 def tile_candidates(width: int, channels: int, lanes: int, acc_budget: int, max_m: int,
-                    ragged: bool = False, model: GemmModel | None = None) -> list[tuple[int, int]]:
+                    ragged: bool = False, model: GemmModel | None = None,
+                    k: int | None = None) -> list[tuple[int, int]]:
     """Every (M, N) tile `choose_tile` could pick from, best first by its own ranking: the search
     space of the tuner. Families of 8 or more lanes fall back to half-width vectors (24 or 40
     channels on AVX-512; see ukernels.vector_width), then (with `ragged`: float kernels of a family
     whose micro-kernels take them) to ragged tiles over all the channels, then to scalars. With a
     `model` (float GEMM tiles of a family that has one), the vector tiles are `model_tiles`'."""
     if model is not None and lanes > 1:
-        modelled = model_tiles(width, channels, lanes, model)
+        modelled = model_tiles(width, channels, lanes, model, k)
         if modelled:
             return modelled
     out = []
@@ -227,7 +248,8 @@ class TiledRules:
         return _pick(cfg, "tile", None) or choose_tile(ext[2], ext[3] // groups,
                                                        *self._lanes_budget(sch, info.anchor, acc), 8,
                                                        self.ragged_for(sch, info.anchor),
-                                                       self.model_for(sch, info.anchor) if acc == "conv" else None)
+                                                       self.model_for(sch, info.anchor) if acc == "conv" else None,
+                                                       ext[6])
 
     def schedule_conv(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
         """Convolutions as GEMM tiles; a grouped one as one GEMM per group (tiling.tile_conv_gemm)."""
@@ -261,7 +283,7 @@ class TiledRules:
         r = largest_divisor(h, _pick(cfg, "rows", rows or self.dwpw_rows))
         tile = _pick(cfg, "tile", None) or choose_tile(w, co, *self._lanes_budget(sch, info.anchor, "conv"), 8,
                                                        self.ragged_for(sch, info.anchor),
-                                                       self.model_for(sch, info.anchor))
+                                                       self.model_for(sch, info.anchor), info.dw_channels)
         if tile is None:
             return False
         dw_tile = _pick(cfg, "dw_tile", None) or choose_tile(w, info.dw_channels,
@@ -304,7 +326,7 @@ class TiledRules:
             lanes, acc = self._lanes_budget(sch, info.anchor, "dw" if info.kind == Kind.CONV_DW else "conv")
             model = self.model_for(sch, info.anchor) if info.kind != Kind.CONV_DW else None
             for t in tile_candidates(ext[2], ext[3] // groups, lanes, acc, 8,
-                                     self.ragged_for(sch, info.anchor), model)[:limit // 2]:
+                                     self.ragged_for(sch, info.anchor), model, ext[6])[:limit // 2]:
                 out += [{"tile": list(t), "order": "pixels"}, {"tile": list(t), "order": "channels"}]
         elif info.kind == Kind.FC:
             ext = tiling.anchor_extents(sch, info.anchor)
@@ -320,7 +342,8 @@ class TiledRules:
             default = largest_divisor(h, self.dwpw_rows)
             rows = [default] + sorted({largest_divisor(h, r) for r in (1, 2, 4, 8)} - {default})
             pw = tile_candidates(w, ext[3], *self._lanes_budget(sch, info.anchor, "conv"), 8,
-                                 self.ragged_for(sch, info.anchor), self.model_for(sch, info.anchor))[:4]
+                                 self.ragged_for(sch, info.anchor), self.model_for(sch, info.anchor),
+                                 info.dw_channels)[:4]
             dw = tile_candidates(w, info.dw_channels, *self._lanes_budget(sch, info.dw_anchor, "dw"), 8,
                                  self.ragged_for(sch, info.dw_anchor))[:3]
             out = [{"rows": r, "tile": list(t), "dw_tile": list(d)} for r in rows for t in pw for d in dw]
