@@ -30,7 +30,7 @@ from edgecompile.measure.accuracy import run_test
 from edgecompile.platforms import platform_for
 from edgecompile.platforms.host import HostModel
 from edgecompile.targets import load_target
-from helpers import assert_close, compare_with_reference, output_spread, random_input
+from helpers import assert_close, compare_with_reference, keep_input_dependence, output_spread, random_input
 
 
 class Shuffle(nn.Module):
@@ -77,11 +77,7 @@ REL = 1e-4     # |C - PyTorch| <= REL x the spread of PyTorch's outputs (float32
 def _source():
     torch.manual_seed(14)
     model = nn.Sequential(*eval(SHUFFLED_LAYERS, NAMES)).eval()
-    with torch.no_grad():       # He-like scale and small biases: the output keeps depending on the input
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.mul_(2.5)
-                m.bias.mul_(0.1)
+    keep_input_dependence(model, nn.Conv2d)
     return _from_torch("group_convs", model, SHAPE, ModelOptions(input_shape=SHAPE, seed=14))
 
 

@@ -27,7 +27,7 @@ from edgecompile.schedules import host
 from edgecompile.schedules.rules import GemmModel, choose_tile, model_tiles
 from edgecompile.schedules.ukernels import mixed_widths
 from edgecompile.targets import load_target
-from helpers import compare_with_reference
+from helpers import compare_with_reference, keep_input_dependence
 
 SHAPE = (1, 16, 14, 14)
 REL = 1e-4     # |C - PyTorch| <= REL x the spread of PyTorch's outputs (float32 rounding)
@@ -79,11 +79,7 @@ def test_short_reduction_tiles_match_pytorch_on_host(tmp_path):
     net = nn.Sequential(
         nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),                            # 48x48, K = 3 per tap
         nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(), nn.Conv2d(8, 16, 1)).eval()  # dw+pw, K = 8
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.mul_(2.5)
-                m.bias.mul_(0.1)
+    keep_input_dependence(net)
     source = _from_torch("host_short_k", net, shape, ModelOptions(input_shape=shape, seed=22))
     out = tmp_path / "b"
     rep = write_build(source, load_target("host"), out, BuildOptions(compare_unfused=False), Progress(quiet=True))
@@ -110,11 +106,7 @@ def _source():
         nn.Conv2d(40, 24, 3, stride=2, padding=1), nn.ReLU(),                         # 2x2, 24
         nn.Conv2d(24, 33, 2), nn.ReLU(),                                              # 1x1, 33
         nn.Flatten(), nn.Linear(33, 10)).eval()
-    with torch.no_grad():       # He-like scale and small biases: the output keeps depending on the input
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.mul_(2.5)
-                m.bias.mul_(0.1)
+    keep_input_dependence(model)
     return _from_torch("host_tiles", model, SHAPE, ModelOptions(input_shape=SHAPE, seed=21))
 
 

@@ -37,6 +37,21 @@ from helpers import output_spread
 BOARDS = ["mps2-an386", "stm32f746g-disco", "mps3-an547"]
 
 
+def board_int8_outputs(board: str, out, rep: dict, inputs, timeout: float = 120) -> list[np.ndarray]:
+    """The int8 outputs of the build in `out` (its report `rep`) on `board`'s emulator, one per
+    input, through the real serial protocol."""
+    t = load_target(board)
+    out_shape = tuple(rep["outputs"][0]["shape"])
+    with platform_for(t).start_emulator(t, out, rep) as s:
+        port = s.open_port()
+        try:
+            link = Link(port, timeout=timeout, alive=s.alive)
+            link.connect()
+            return [link.infer(x, out_shape, in_dtype="int8", out_dtype="int8").output for x in inputs]
+        finally:
+            port.close()
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -303,18 +318,10 @@ def _check_kernel_case(tmp_path, monkeypatch, case: Case, seed: int, boards: lis
         untiled = {c["kind"] for c in rep["calls"] if c["schedule"].startswith("generic")}
         assert not set(case.kinds) & untiled, f"{board}: a {case.kinds} kernel is untiled"
         assert set(case.kinds) <= kinds, f"{board}: {case.kinds} not tiled ({[c['schedule'] for c in rep['calls']]})"
-        out_shape = tuple(rep["outputs"][0]["shape"])
         host = HostModel.from_sources(out)
-        t = load_target(board)
-        with platform_for(t).start_emulator(t, out, rep) as s:
-            port = s.open_port()
-            link = Link(port, timeout=30, alive=s.alive)
-            link.connect()
-            for x, want in zip(inputs, expected):
-                dev = link.infer(x, out_shape, in_dtype="int8", out_dtype="int8").output
-                assert dev.tobytes() == want.tobytes(), f"{board}: device bytes differ from the reference"
-                assert host.run(x)[0].tobytes() == want.tobytes(), f"{board}: host compile of model.c differs"
-            port.close()
+        for x, want, dev in zip(inputs, expected, board_int8_outputs(board, out, rep, inputs, timeout=30)):
+            assert dev.tobytes() == want.tobytes(), f"{board}: device bytes differ from the reference"
+            assert host.run(x)[0].tobytes() == want.tobytes(), f"{board}: host compile of model.c differs"
         host.close()
         sources[board] = (out / "model.c").read_text()
     return sources
@@ -354,18 +361,12 @@ def test_network_int8_bytes_equal_the_host_build_on_every_core(tmp_path, host_in
         pytest.skip(str(err))
     assert rep["quant"] == host_rep["quant"]
     rng = np.random.default_rng(5)
-    shape, out_shape = tuple(rep["inputs"][0]["shape"]), tuple(rep["outputs"][0]["shape"])
+    shape = tuple(rep["inputs"][0]["shape"])
     inputs = [rng.integers(-128, 128, size=shape, dtype=np.int8) for _ in range(3)]
     expected = [host.run(x)[0] for x in inputs]
     output_spread(expected)
-    t = load_target(board)
-    with platform_for(t).start_emulator(t, tmp_path / board, rep) as s:
-        port = s.open_port()
-        link = Link(port, timeout=120, alive=s.alive)
-        link.connect()
-        for x, want in zip(inputs, expected):
-            assert link.infer(x, out_shape, in_dtype="int8", out_dtype="int8").output.tobytes() == want.tobytes()
-        port.close()
+    for want, dev in zip(expected, board_int8_outputs(board, tmp_path / board, rep, inputs)):
+        assert dev.tobytes() == want.tobytes()
 
 
 def test_k16_panel_order_and_the_weight_range_it_needs():

@@ -25,7 +25,7 @@ from edgecompile.platforms.host import HostModel
 from edgecompile.schedules.rules import choose_tile, tile_candidates
 from edgecompile.schedules.ukernels import ragged_width
 from edgecompile.targets import load_target
-from helpers import assert_close, compare_with_reference, output_spread, random_input
+from helpers import assert_close, compare_with_reference, keep_input_dependence, output_spread, random_input
 
 SHAPE = (1, 3, 9, 7)
 REL = 1e-4     # |C - PyTorch| <= REL x the spread of PyTorch's outputs (float32 rounding)
@@ -42,11 +42,7 @@ def _source():
         nn.Conv2d(116, 10, 3, stride=2, padding=1), nn.ReLU(),                       # 3x3/2, 10 out
         nn.Conv2d(10, 3, 1), nn.ReLU(), nn.Conv2d(3, 1, 1),                          # 3, then 1 channel
         nn.Flatten(), nn.Linear(20, 10)).eval()                                      # dense, 10 classes
-    with torch.no_grad():       # He-like scale and small biases: the output keeps depending on the input
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.mul_(2.5)
-                m.bias.mul_(0.1)
+    keep_input_dependence(model)
     return _from_torch("ragged", model, SHAPE, ModelOptions(input_shape=SHAPE, seed=20))
 
 
