@@ -40,6 +40,10 @@ PLANS = {   # name -> build options besides quant="int8"
     "patches (--ram-budget 40K)": dict(ram_budget=40 * 1024),
     "patches (--ram-budget 37,600)": dict(ram_budget=37_600),     # issue 13's aim for this network
     "patches 4:2 + lean windows": dict(patch=(4, 2), lean_windows=True),
+    # cached halos in 1-row bands, 1-row dw+pw tiles (half the window scratch) and lean windows:
+    # `--patches 4:1:cached --dwpw-rows 1 --lean-windows`
+    "patches 4:1 cached + 1-row dw+pw tiles + lean windows": dict(patch=(4, 1, "cached"), dwpw_rows=1,
+                                                                  lean_windows=True),
 }
 # MobileNet V2 0.30/80: the plans, and the published peak SRAM (Plumerai's DISCO-F746NG comparison)
 MBV2_PLANS = {
