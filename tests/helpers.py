@@ -77,3 +77,22 @@ def keep_input_dependence(model, layers=None):
                 m.weight.mul_(2.5)
                 m.bias.mul_(0.1)
     return model
+
+
+def board_outputs(board: str, out, rep: dict, inputs, timeout: float = 120, dtype: str = "float32") -> list:
+    """The outputs of the build in `out` (its report `rep`) on `board`'s emulator, one per input,
+    through the real serial protocol; `dtype` is the input and output type (int8 for int8 builds)."""
+    from edgecompile.device.protocol import Link
+    from edgecompile.platforms import platform_for
+    from edgecompile.targets import load_target
+
+    t = load_target(board)
+    out_shape = tuple(rep["outputs"][0]["shape"])
+    with platform_for(t).start_emulator(t, out, rep) as s:
+        port = s.open_port()
+        try:
+            link = Link(port, timeout=timeout, alive=s.alive)
+            link.connect()
+            return [link.infer(x, out_shape, in_dtype=dtype, out_dtype=dtype).output for x in inputs]
+        finally:
+            port.close()

@@ -22,15 +22,13 @@ from torch import nn
 from edgecompile.models.shufflenet import channel_shuffle
 
 from edgecompile.compiler import BuildOptions, Progress, write_build
-from edgecompile.device.protocol import Link
 from edgecompile.ir.frontend import ModelOptions, _from_torch, load_model
 from edgecompile.ir.kernel import analyze
 from edgecompile.ir.operators import Kind
 from edgecompile.measure.accuracy import run_test
-from edgecompile.platforms import platform_for
 from edgecompile.platforms.host import HostModel
 from edgecompile.targets import load_target
-from helpers import assert_close, compare_with_reference, keep_input_dependence, output_spread, random_input
+from helpers import assert_close, board_outputs, compare_with_reference, keep_input_dependence, output_spread, random_input
 
 
 class Shuffle(nn.Module):
@@ -120,14 +118,8 @@ def test_group_convs_match_pytorch_on_emulated_pi(tmp_path):
     xs = [random_input(SHAPE, s) for s in range(3)]
     refs = [source.reference(x)[0] for x in xs]
     spread = output_spread(refs)
-    out_shape = tuple(rep["outputs"][0]["shape"])
-    with platform_for(target).start_emulator(target, tmp_path / "b", rep) as s:
-        port = s.open_port()
-        link = Link(port, timeout=60, alive=s.alive)
-        link.connect()
-        for x, ref in zip(xs, refs):
-            assert_close(link.infer(x, out_shape).output, ref, spread, REL)
-        port.close()
+    for got, ref in zip(board_outputs("rpi4", tmp_path / "b", rep, xs, timeout=60), refs):
+        assert_close(got, ref, spread, REL)
 
 
 @pytest.mark.slow

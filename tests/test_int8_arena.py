@@ -23,8 +23,8 @@ from edgecompile.compiler import BuildOptions, Progress, write_build
 from edgecompile.ir.frontend import ModelOptions, _from_torch, load_model
 from edgecompile.platforms.host import HostModel
 from edgecompile.targets import load_target
-from helpers import output_spread
-from test_int8_kernels import board_int8_outputs, vm_reference
+from helpers import board_outputs, output_spread
+from test_int8_kernels import vm_reference
 
 
 class _Branches(nn.Module):
@@ -120,5 +120,5 @@ def test_int8_arena_holds_int8_activations_and_the_same_bytes(tmp_path, monkeypa
     brep = write_build(source, load_target(board), tmp_path / board, BuildOptions(quant="int8", compare_unfused=False),
                        Progress(quiet=True))
     assert wide_activations(brep) == []
-    for want, dev in zip(expected, board_int8_outputs(board, tmp_path / board, brep, inputs)):
+    for want, dev in zip(expected, board_outputs(board, tmp_path / board, brep, inputs, dtype="int8")):
         assert dev.tobytes() == want.tobytes(), f"{board} bytes differ from the reference"

@@ -23,33 +23,16 @@ import torch
 from torch import nn
 
 from edgecompile.compiler import BuildOptions, Progress, _graph, write_build
-from edgecompile.device.protocol import Link
 from edgecompile.ir import quantize
 from edgecompile.errors import FitError
 from edgecompile.ir.frontend import ModelOptions, _from_torch, load_model
-from edgecompile.platforms import platform_for
 from edgecompile.platforms.host import HostModel
 from edgecompile.targets import load_target
 from test_group_conv import GROUP_LAYERS, NAMES, SHAPE as GROUP_SHAPE, UNIT_LAYERS
 from test_quant import FAMILIES
-from helpers import output_spread
+from helpers import board_outputs, output_spread
 
 BOARDS = ["mps2-an386", "stm32f746g-disco", "mps3-an547"]
-
-
-def board_int8_outputs(board: str, out, rep: dict, inputs, timeout: float = 120) -> list[np.ndarray]:
-    """The int8 outputs of the build in `out` (its report `rep`) on `board`'s emulator, one per
-    input, through the real serial protocol."""
-    t = load_target(board)
-    out_shape = tuple(rep["outputs"][0]["shape"])
-    with platform_for(t).start_emulator(t, out, rep) as s:
-        port = s.open_port()
-        try:
-            link = Link(port, timeout=timeout, alive=s.alive)
-            link.connect()
-            return [link.infer(x, out_shape, in_dtype="int8", out_dtype="int8").output for x in inputs]
-        finally:
-            port.close()
 
 
 @dataclass(frozen=True)
@@ -319,7 +302,7 @@ def _check_kernel_case(tmp_path, monkeypatch, case: Case, seed: int, boards: lis
         assert not set(case.kinds) & untiled, f"{board}: a {case.kinds} kernel is untiled"
         assert set(case.kinds) <= kinds, f"{board}: {case.kinds} not tiled ({[c['schedule'] for c in rep['calls']]})"
         host = HostModel.from_sources(out)
-        for x, want, dev in zip(inputs, expected, board_int8_outputs(board, out, rep, inputs, timeout=30)):
+        for x, want, dev in zip(inputs, expected, board_outputs(board, out, rep, inputs, timeout=30, dtype="int8")):
             assert dev.tobytes() == want.tobytes(), f"{board}: device bytes differ from the reference"
             assert host.run(x)[0].tobytes() == want.tobytes(), f"{board}: host compile of model.c differs"
         host.close()
@@ -365,7 +348,7 @@ def test_network_int8_bytes_equal_the_host_build_on_every_core(tmp_path, host_in
     inputs = [rng.integers(-128, 128, size=shape, dtype=np.int8) for _ in range(3)]
     expected = [host.run(x)[0] for x in inputs]
     output_spread(expected)
-    for want, dev in zip(expected, board_int8_outputs(board, tmp_path / board, rep, inputs)):
+    for want, dev in zip(expected, board_outputs(board, tmp_path / board, rep, inputs, dtype="int8")):
         assert dev.tobytes() == want.tobytes()
 
 

@@ -18,14 +18,12 @@ import torch
 from torch import nn
 
 from edgecompile.compiler import BuildOptions, Progress, write_build
-from edgecompile.device.protocol import Link
 from edgecompile.ir.frontend import ModelOptions, _from_torch
-from edgecompile.platforms import platform_for
 from edgecompile.platforms.host import HostModel
 from edgecompile.schedules.rules import choose_tile, tile_candidates
 from edgecompile.schedules.ukernels import ragged_width
 from edgecompile.targets import load_target
-from helpers import assert_close, compare_with_reference, keep_input_dependence, output_spread, random_input
+from helpers import assert_close, board_outputs, compare_with_reference, keep_input_dependence, output_spread, random_input
 
 SHAPE = (1, 3, 9, 7)
 REL = 1e-4     # |C - PyTorch| <= REL x the spread of PyTorch's outputs (float32 rounding)
@@ -75,14 +73,8 @@ def test_ragged_tiles_match_pytorch_on_emulated_pi(tmp_path):
     xs = [random_input(SHAPE, s) for s in range(3)]
     refs = [source.reference(x)[0] for x in xs]
     spread = output_spread(refs)
-    out_shape = tuple(rep["outputs"][0]["shape"])
-    with platform_for(target).start_emulator(target, out, rep) as s:
-        port = s.open_port()
-        link = Link(port, timeout=60, alive=s.alive)
-        link.connect()
-        for x, ref in zip(xs, refs):
-            assert_close(link.infer(x, out_shape).output, ref, spread, REL)
-        port.close()
+    for got, ref in zip(board_outputs("rpi4", out, rep, xs, timeout=60), refs):
+        assert_close(got, ref, spread, REL)
 
 
 def test_ragged_tile_choice_and_tuning_space():
