@@ -78,7 +78,10 @@ def gemm(m: int, n: int, lanes: int, types: Types) -> str | None:
         _mve_body(m, n, g, wide), ordered_gemm_body(m, n, types))
 
 
-def _dw_mve_body(m: int, n: int, kh: int, kw: int, s: int) -> list[str]:
+def _acc_vectors_load(m: int, n: int) -> tuple[list[tuple[int, bool]], list[str]]:
+    """The int32 accumulator tile C[m x n] in vectors of 4 channels: (vector index, predicated)
+    for each vector, the last one VCTP.32-predicated when 4 does not divide n, and the lines
+    that load the tile into c<i>_<q>."""
     full, tail = divmod(n, 4)
     vecs = [(q, False) for q in range(full)] + ([(full, True)] if tail else [])
     lines = [f"  const mve_pred16_t p = vctp32q({tail});"] if tail else []
@@ -86,6 +89,21 @@ def _dw_mve_body(m: int, n: int, kh: int, kw: int, s: int) -> list[str]:
         for q, t in vecs:
             at = f"C + {i} * ldc + {4 * q}"
             lines.append(f"  int32x4_t c{i}_{q} = " + (f"vldrwq_z_s32({at}, p);" if t else f"vldrwq_s32({at});"))
+    return vecs, lines
+
+
+def _acc_vectors_store(m: int, vecs: list[tuple[int, bool]]) -> list[str]:
+    """The lines that store the accumulator vectors of `_acc_vectors_load` back to C."""
+    lines = []
+    for i in range(m):
+        for q, t in vecs:
+            at = f"C + {i} * ldc + {4 * q}"
+            lines.append(f"  vstrwq_p_s32({at}, c{i}_{q}, p);" if t else f"  vstrwq_s32({at}, c{i}_{q});")
+    return lines
+
+
+def _dw_mve_body(m: int, n: int, kh: int, kw: int, s: int) -> list[str]:
+    vecs, lines = _acc_vectors_load(m, n)
     for ry in range(kh):
         for rx in range(kw):
             lines.append(f"  {{ const int16_t *x = X + {ry} * ldx_row + {rx} * ldx_px;")
@@ -99,11 +117,7 @@ def _dw_mve_body(m: int, n: int, kh: int, kw: int, s: int) -> list[str]:
                     xv = f"vldrhq_z_s32({at}, p)" if t else f"vldrhq_s32({at})"
                     lines.append(f"    c{i}_{q} = vaddq_s32(c{i}_{q}, vmulq_s32({xv}, w{q}));")
             lines.append("  }")
-    for i in range(m):
-        for q, t in vecs:
-            at = f"C + {i} * ldc + {4 * q}"
-            lines.append(f"  vstrwq_p_s32({at}, c{i}_{q}, p);" if t else f"  vstrwq_s32({at}, c{i}_{q});")
-    return lines
+    return lines + _acc_vectors_store(m, vecs)
 
 
 def dw(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types) -> str | None:
@@ -120,13 +134,7 @@ def dw(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types) -> st
 
 
 def _window_mve_body(m: int, n: int, kh: int, kw: int, ci: int, s: int) -> list[str]:
-    full, tail = divmod(n, 4)
-    vecs = [(q, False) for q in range(full)] + ([(full, True)] if tail else [])
-    lines = [f"  const mve_pred16_t p = vctp32q({tail});"] if tail else []
-    for i in range(m):
-        for q, t in vecs:
-            at = f"C + {i} * ldc + {4 * q}"
-            lines.append(f"  int32x4_t c{i}_{q} = " + (f"vldrwq_z_s32({at}, p);" if t else f"vldrwq_s32({at});"))
+    vecs, lines = _acc_vectors_load(m, n)
     lines += [f"  for (int32_t ry = 0; ry < {kh}; ++ry) {{", f"    for (int32_t rx = 0; rx < {kw}; ++rx) {{",
               "      const int16_t *x = X + ry * ldx_row + rx * ldx_px;",
               "      const int8_t *w = W + ry * ldw_row + rx * ldw_px;"]
@@ -140,11 +148,7 @@ def _window_mve_body(m: int, n: int, kh: int, kw: int, ci: int, s: int) -> list[
             lines.append("        " + " ".join(f"c{i}_{q} = vmlaq_n_s32(c{i}_{q}, w{q}, a{i});" for q, _ in vecs))
         lines.append("      }")
     lines += ["    }", "  }"]
-    for i in range(m):
-        for q, t in vecs:
-            at = f"C + {i} * ldc + {4 * q}"
-            lines.append(f"  vstrwq_p_s32({at}, c{i}_{q}, p);" if t else f"  vstrwq_s32({at}, c{i}_{q});")
-    return lines
+    return lines + _acc_vectors_store(m, vecs)
 
 
 def window(m: int, n: int, kh: int, kw: int, ci: int, s: int, lanes: int, types: Types) -> str | None:
