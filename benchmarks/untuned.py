@@ -1,15 +1,22 @@
-"""Untuned host latency against onnxruntime, one process run per network (issue 14's first aim:
-untuned <= 1.15x the fastest peer).
+"""Untuned host latency against the peers, one process run per network (issue 14's first aim:
+untuned <= 1.15x the fastest of onnxruntime, LiteRT-XNNPACK and ExecuTorch).
 
-    .venv/bin/python benchmarks/untuned.py [--models all|NAME,...] [--runs 50] [--out benchmarks/UNTUNED.md]
+    .venv/bin/python benchmarks/untuned.py [--models all|NAME,...] [--peers onnxruntime,litert,executorch]
+                                           [--runs 50] [--out benchmarks/UNTUNED.md]
+
+The peers not installed are skipped (and named in the table): `make test`'s .venv has only
+onnxruntime; benchmarks/run.sh sets up .venv-bench with all of them (and .venv-litert, the
+converter LiteRT needs: export EDGECOMPILE_LITERT_PYTHON=.venv-litert/bin/python).
 
 With --models NAME,...: only those networks are run again; the table keeps the other rows from
 the previous run's JSON (UNTUNED.json), each row saying which run measured it.
 
-For every network: our build without tuning records and onnxruntime, timed one after the other in
+For every network: our build without tuning records and each peer, timed one after the other in
 this process on the same input, one thread, median after warm-up (edgecompile.measure.bench). The
 machine is shared and has 2 cores: the medians move between runs, only the ratio in one run
-means anything. Also records the build's wall-clock time (a loaded machine inflates it too).
+means anything. Also records the build's wall-clock time (a loaded machine inflates it too), and
+our GFLOP/s (2 x MACs / median) against the single-thread FMA peak benchmarks/peak.c measures in
+the same run.
 """
 
 from __future__ import annotations
@@ -30,6 +37,10 @@ from edgecompile.compiler import BuildOptions, Progress, write_build  # noqa: E4
 from edgecompile.ir.frontend import ModelOptions, load_model  # noqa: E402
 from edgecompile.measure.bench import bench  # noqa: E402
 from edgecompile.targets import load_target  # noqa: E402
+
+from zoo import BROKEN, available, machine_peak  # noqa: E402  (benchmarks/zoo.py)
+
+PEERS = ["onnxruntime", "litert", "executorch"]
 
 MODELS = [
     ("mobilenet_v1", dict(width_mult=0.25, resolution=32), "MobileNet V1 0.25 / 32"),
@@ -55,7 +66,7 @@ BEFORE = {
 }
 
 
-def run_one(name: str, opts: dict, runs: int) -> dict:
+def run_one(name: str, opts: dict, runs: int, peers: list[str]) -> dict:
     source = load_model(name, ModelOptions(num_classes=1000, **opts))
     with tempfile.TemporaryDirectory(prefix="ec-untuned-") as tmp:
         out = Path(tmp) / "build"
@@ -63,9 +74,18 @@ def run_one(name: str, opts: dict, runs: int) -> dict:
         report = write_build(source, load_target("host"), out, BuildOptions(compare_unfused=False),
                              Progress(quiet=True))
         build_s = time.monotonic() - t0
-        res = bench(source, str(out), ["onnxruntime"], runs=runs, warmup=max(3, runs // 5))
-    ours, ort = res["results"]["edgecompile"]["median_ms"], res["results"]["onnxruntime"]["median_ms"]
-    return {"edgecompile_ms": ours, "onnxruntime_ms": ort, "ratio": ours / ort, "build_s": build_s,
+        use = [p for p in peers if (p, name) not in BROKEN]
+        res = bench(source, str(out), use, runs=runs, warmup=max(3, runs // 5))
+    results = res["results"]
+    ours = results["edgecompile"]["median_ms"]
+    peer_ms = {p: results[p]["median_ms"] for p in use if p in results}
+    failed = {**res.get("failed", {}), **{p: why for (p, n), why in BROKEN.items() if n == name and p in peers}}
+    fastest = min(peer_ms, key=peer_ms.get) if peer_ms else None
+    return {"edgecompile_ms": ours, "peers_ms": peer_ms, "peers_failed": failed,
+            "onnxruntime_ms": peer_ms.get("onnxruntime"),
+            "ratio": ours / peer_ms["onnxruntime"] if "onnxruntime" in peer_ms else None,
+            "fastest_peer": fastest, "ratio_to_fastest": ours / peer_ms[fastest] if fastest else None,
+            "gflops": 2 * report["macs"] / (ours * 1e6), "build_s": build_s,
             "macs": report["macs"], "untiled": [c["name"] for c in report["calls"]
                                                 if c["macs"] and "untiled" in (c.get("schedule") or "")]}
 
@@ -73,10 +93,17 @@ def run_one(name: str, opts: dict, runs: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="all", help="all, or labels' model names, comma-separated")
+    ap.add_argument("--peers", default=",".join(PEERS),
+                    help="peers to time beside ours (default: %(default)s; those not installed are skipped)")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--out", default=str(HERE / "UNTUNED.md"))
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    peers, skipped = available([p for p in args.peers.split(",") if p])
+    if skipped:
+        print(f"peers not installed, skipped: {', '.join(skipped)}", file=sys.stderr)
+    peak = max((machine_peak() for _ in range(3)), key=lambda m: m["gflops"])   # the best of 3: other jobs share the cores
+    print(f"machine peak {peak['gflops']:.1f} GFLOP/s", file=sys.stderr)
     chosen = [m for m in MODELS if args.models == "all" or m[0] in args.models.split(",")]
     previous = Path(args.out).with_suffix(".json")
     kept = {r["label"]: r for r in json.loads(previous.read_text())} if previous.exists() and args.models != "all" else {}
@@ -88,23 +115,43 @@ def main() -> None:
                 rows.append(kept[label])
             continue
         print(f"{label} ...", file=sys.stderr, flush=True)
-        r = run_one(name, opts, args.runs)
-        r["label"], r["run"] = label, run
+        r = run_one(name, opts, args.runs, peers)
+        r["label"], r["run"], r["peak_gflops"] = label, run, peak["gflops"]
         rows.append(r)
-        print(f"  ours {r['edgecompile_ms']:.3f} ms, onnxruntime {r['onnxruntime_ms']:.3f} ms, "
-              f"{r['ratio']:.2f}x, build {r['build_s']:.1f} s", file=sys.stderr, flush=True)
-    lines = ["# Untuned host latency against onnxruntime", "",
+        print(f"  ours {r['edgecompile_ms']:.3f} ms, "
+              + ", ".join(f"{p} {ms:.3f} ms" for p, ms in r["peers_ms"].items())
+              + (f", {r['ratio_to_fastest']:.2f}x the fastest ({r['fastest_peer']})" if r["fastest_peer"] else "")
+              + f", build {r['build_s']:.1f} s", file=sys.stderr, flush=True)
+    shown = [p for p in PEERS if any(p in r.get("peers_ms", {}) for r in rows)] or ["onnxruntime"]
+    lines = ["# Untuned host latency against the fastest peer", "",
              f"`benchmarks/untuned.py`, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
              "one thread, median of each in one process run; 1000 classes. The machine is shared (2 cores, "
              "other jobs running): the medians move between runs, the ratio within a run is the figure. "
              "Build time is wall clock on the same loaded machine. A row's run says when it was measured "
-             "(`--models` reruns some rows and keeps the others).", "",
-             "| network | edgecompile untuned (ms) | onnxruntime (ms) | ratio | before (issue 14) | build (s) | untiled kernels with MACs | run |",
-             "|---|---:|---:|---:|---|---:|---|---|"]
+             "(`--models` reruns some rows and keeps the others). GFLOP/s = 2 x MACs / our median, against "
+             f"the single-thread FP32 FMA peak benchmarks/peak.c measured in the row's run "
+             f"({peak['gflops']:.0f} GFLOP/s in this run). Issue 14's aim: <= 1.15x the fastest peer.", ""]
+    if skipped:
+        lines += [f"Peers not installed in this run (skipped): {', '.join(skipped)}.", ""]
+    lines += ["| network | edgecompile untuned (ms) | " + " | ".join(f"{p} (ms)" for p in shown)
+              + " | fastest peer | ours / fastest | ours / onnxruntime | GFLOP/s (% of peak) | before (issue 14) "
+              "| build (s) | untiled kernels with MACs | run |",
+              "|---|---:|" + "---:|" * len(shown) + "---|---:|---:|---:|---|---:|---|---|"]
     for r in rows:
-        lines.append(f"| {r['label']} | {r['edgecompile_ms']:.3f} | {r['onnxruntime_ms']:.3f} | {r['ratio']:.2f}x | "
-                     f"{BEFORE.get(r['label'], '')} | {r['build_s']:.1f} | {len(r['untiled'])} | "
+        pm = r.get("peers_ms") or {"onnxruntime": r["onnxruntime_ms"]}
+        failed = r.get("peers_failed", {})
+        cells = [f"{pm[p]:.3f}" if p in pm else ("failed" if p in failed else "–") for p in shown]
+        fastest = r.get("fastest_peer") or "onnxruntime"
+        to_fastest = r.get("ratio_to_fastest") or r["ratio"]
+        flops = (f"{r['gflops']:.1f} ({100 * r['gflops'] / r['peak_gflops']:.0f}%)" if r.get("gflops") else "–")
+        lines.append(f"| {r['label']} | {r['edgecompile_ms']:.3f} | " + " | ".join(cells)
+                     + f" | {fastest} | {to_fastest:.2f}x | "
+                     + (f"{r['ratio']:.2f}x" if r.get("ratio") else "–")
+                     + f" | {flops} | {BEFORE.get(r['label'], '')} | {r['build_s']:.1f} | {len(r['untiled'])} | "
                      f"{r.get('run', 'earlier')} |")
+    notes = sorted({f"{p} on {r['label']}: {why}" for r in rows for p, why in r.get("peers_failed", {}).items()})
+    if notes:
+        lines += ["", "Peers that could not run a network:", ""] + [f"- {n}" for n in notes]
     Path(args.out).write_text("\n".join(lines) + "\n")
     Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
