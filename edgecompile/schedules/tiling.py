@@ -16,6 +16,11 @@ def _children(sch: Any) -> list[Any]:
     return list(sch.get_child_blocks(sch.get_sblock("root")))
 
 
+def children(sch: Any) -> list[Any]:
+    """A kernel's blocks under its root block, in order (the tensorized ones excepted)."""
+    return _children(sch)
+
+
 def _is_reduction(sch: Any, block: Any) -> bool:
     return any(int(iv.iter_type) == 2 for iv in sch.get(block).iter_vars)
 
@@ -163,6 +168,74 @@ def split_channel_gathers(sch: Any, block: Any) -> bool:
     if not g:
         return False
     sch.split(loops[-1], [None, g])     # j inner: contiguous writes (measured faster than i inner)
+    return True
+
+
+def _split_points(expr: Any, var: Any, found: set[int]) -> None:
+    """The values `k` at which a comparison of `var` with a constant in `expr` changes (`k <= var`,
+    `var < k`, `k - 1 < var`...: a concatenation's `c >= C0 ? B[c - C0] : A[c]`), into `found`."""
+    import tvm
+    from tvm import tirx
+
+    def const(e: Any) -> int | None:
+        return int(e.value) if isinstance(e, tirx.IntImm) else None
+
+    ops = {tirx.LE: (0, 1), tirx.GT: (1, 0), tirx.LT: (1, 0), tirx.GE: (0, 1)}
+    for op in ops:
+        if isinstance(expr, op):
+            a, b = const(expr.a), const(expr.b)
+            if a is not None and expr.b.same_as(var):       # k <= v, k < v, k > v, k >= v
+                found.add(a + (1 if op in (tirx.LT, tirx.GE) else 0))
+            elif b is not None and expr.a.same_as(var):     # v <= k, v < k, v > k, v >= k
+                found.add(b + (1 if op in (tirx.LE, tirx.GT) else 0))
+    for attr in ("a", "b", "value", "condition", "true_value", "false_value"):
+        sub = getattr(expr, attr, None)
+        if isinstance(sub, tvm.ir.expr.Expr):
+            _split_points(sub, var, found)
+    for attr in ("indices", "args"):
+        for sub in getattr(expr, attr, None) or []:
+            _split_points(sub, var, found)
+
+
+def split_concat_channels(sch: Any, block: Any, max_pieces: int = 8) -> bool:
+    """A copy that selects its source by comparing its innermost index `c` with constants (a
+    concatenation over the channels, alone or inlined into a GEMM's input row: `c >= C0 ? B[..,
+    c - C0] : A[.., c]`) gets that loop split at the greatest common divisor g of the channel count
+    and the boundaries, the outer loop unrolled: each of the (at most `max_pieces`) copies of the
+    inner loop then reads one source without a condition, and the C compiler vectorizes it (a
+    select between two loads stays scalar: the load not taken may be out of bounds). False when
+    there is nothing to split."""
+    import math
+
+    loops = sch.get_loops(block)
+    if not loops:
+        return False
+    realize = sch.get(loops[-1]).body
+    if not hasattr(realize, "iter_values"):
+        return False
+    b = realize.block
+    if not hasattr(b.body, "value"):
+        return False
+    loop_var = sch.get(loops[-1]).loop_var
+    hits = [iv for iv, v in zip(b.iter_vars, realize.iter_values) if v.same_as(loop_var)]
+    n = extent(sch, loops[-1])
+    if len(hits) != 1 or int(hits[0].dom.extent) != n:
+        return False
+    from tvm import sym
+
+    analyzer = sym.Analyzer()
+    for iv in b.iter_vars:
+        analyzer.bind(iv.var, iv.dom)
+    found: set[int] = set()
+    _split_points(analyzer.simplify(b.body.value), hits[0].var, found)
+    found = {k for k in found if 0 < k < n}
+    if not found:
+        return False
+    g = math.gcd(n, *found)
+    if g == 1 or n // g > max_pieces:
+        return False
+    outer, _ = sch.split(loops[-1], [n // g, g])
+    sch.unroll(outer)
     return True
 
 
@@ -421,6 +494,37 @@ def tile_depthwise(sch: Any, info: Any, tile: tuple[int, int], order: str = "pix
     sch.decompose_reduction(conv, rc)
     sch.tensorize(ry, dw_intrin(tile[0], tile[1], kh, kw, s, types))
     info.rows = 1     # output row by output row, the outermost loop after the batch (in-place planning)
+    return True
+
+
+def reduce_channels_innermost(sch: Any, block_name: str) -> bool:
+    """A window or spatial reduction over NHWC data (pooling windows, the global average pool of a
+    squeeze-and-excitation gate): the channel loop goes inside the reduction loops, so each
+    reduction step reads a contiguous run of channels into a run of accumulators (a loop the C
+    compiler vectorizes) instead of every output value running its window on its own (a strided
+    scalar loop); the accumulators are initialised before the reduction loops. Only where the
+    block's loops are its spatial iterators then its reduction iterators, and the innermost spatial
+    one indexes the last (channel) dimension of every buffer it reads: not a reduction over the
+    channels themselves (softmax)."""
+    block = sch.get_sblock(block_name)
+    b = sch.get(block)
+    loops = sch.get_loops(block)
+    kinds = [int(iv.iter_type) for iv in b.iter_vars]        # 0 spatial, 2 reduction
+    spatial = kinds.count(0)
+    if (len(loops) != len(kinds) or spatial == 0 or spatial == len(kinds)
+            or kinds != [0] * spatial + [2] * (len(kinds) - spatial)):
+        return False
+    channel = b.iter_vars[spatial - 1].var
+    written = [w.source for w in b.writes]
+    for r in b.reads:
+        if any(r.source.same_as(w) for w in written):
+            continue
+        last = r.region[-1]
+        if not (last.min.same_as(channel) and int(last.extent) == 1):
+            return False
+    sp, red = loops[:spatial], loops[spatial:]
+    sch.reorder(*sp[:-1], *red, sp[-1])
+    sch.decompose_reduction(block, red[0])
     return True
 
 

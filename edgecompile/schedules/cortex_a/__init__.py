@@ -2,10 +2,42 @@
 micro-kernels (NEON GEMM with fmla by element; int8 GEMM by smull/sadalp over 16-step weight
 blocks; int8 depthwise on 16-bit lanes; the int8 rescale) are in `ukernels.py`."""
 
+from dataclasses import dataclass, replace
 from typing import Any
 
+from ...ir.operators import Kind
 from .. import tiling
-from ..rules import TiledRules
+from ..rules import GemmModel, TiledRules
+
+
+@dataclass(frozen=True)
+class NeonGemmModel(GemmModel):
+    """The float GEMM micro-kernel of `ukernels.gemm` on a core counted in instructions (the
+    emulated A72): per reduction step an M x N tile (nv = N / lanes vectors) issues M x nv `fmla`
+    by element, nv weight-vector loads (pairs of them in one `ldp`), M / lanes activation loads
+    (each pixel's next `lanes` steps in one vector; M per step when a call has fewer than `lanes`
+    steps, `vector_a` False) and about one instruction of loop overhead. `efficiency` is the
+    fraction of those that are `fmla`s; 0 when the tile's accumulators, its M activation vectors
+    and its nv weight vectors (the kernel loads a step's weight vectors together) exceed
+    `registers - reserved`: measured on EfficientNet-B0, 4 x 24 (34 registers) took 56 x 56 x 24
+    from 2.66 M to 3.84 M instructions against 8 x 8 (26), and 7 x 12 (31) 14 x 14 x 672 from
+    22.6 M to 25.8 M against 2 x 32 (26). The most-accumulators rule this replaces took 1 x 72
+    on EfficientNet-B0's 7 x 7 x 1152 expand conv (18 weight-vector loads for 18 fmla per step,
+    37 registers) and 1 x 40 on SqueezeNet's 13 x 13 x 1000 classifier conv."""
+
+    vector_a: bool = True
+
+    def efficiency(self, m: int, n: int, lanes: int) -> float:
+        nv = n // lanes
+        if m * nv + m + nv > self.registers - self.reserved:
+            return 0.0
+        fmla = m * nv
+        return fmla / (fmla + -(-nv // 2) + (m / lanes if self.vector_a else m) + 1)
+
+
+# NEON's 32 128-bit registers, 3 left for gcc's temporaries; the other fields of GemmModel are not
+# used by NeonGemmModel.efficiency (instructions, not cycles)
+NEON_GEMM = NeonGemmModel(registers=32, reserved=3, fma_per_cycle=2, loads_per_cycle=1, l2_bytes_per_cycle=16)
 
 
 class CortexARules(TiledRules):
@@ -23,6 +55,17 @@ class CortexARules(TiledRules):
         if which in ("conv", "fc") and self._s8_gemm(types):
             return 16
         return super().accumulators(which, types)
+
+    def model_for(self, sch: Any, block_name: str | None) -> GemmModel | None:
+        """Float GEMM tiles (convolutions, the pointwise of fused dw+pw) ranked by NEON_GEMM; not
+        set as `gemm_model`, which would also switch the generic kernels to mixed widths."""
+        if not block_name:
+            return None
+        types = tiling.operand_types(sch, sch.get_sblock(block_name))
+        if types is None or types.c != "float32" or types.b_order:
+            return None
+        k = tiling.anchor_extents(sch, block_name)[-1]       # reduction steps per micro-kernel call
+        return NEON_GEMM if k >= self.lanes else replace(NEON_GEMM, vector_a=False)
 
     def _s16_gemm(self, types: Any) -> bool:
         return types is not None and (types.a, types.b, types.c) == ("int16", "int8", "int32")
@@ -44,6 +87,19 @@ class CortexARules(TiledRules):
     def panel_order(self, types: Any) -> str:
         return "k16" if self._s8_gemm(types) else ""
 
+    def schedule_pool(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
+        """Spatial means (global average pools, squeeze-and-excitation gates) with the channel
+        loop innermost (tiling.reduce_channels_innermost): gcc vectorizes it. As TVM lowers
+        them, each output value runs the whole map on its own, a strided scalar loop: 8
+        instructions per input value in EfficientNet-B0's gates (13.5 M of its 264 M in
+        kernels). Pooling windows keep the generic schedule: the same reordering made SqueezeNet
+        1.1's three 3x3/2 max pools slower (174.5 M -> 175.4 M instructions per inference; gcc
+        keeps the untiled window's maximum in a register, the reordered loop loads and stores it
+        per tap)."""
+        if info.kind != Kind.MEAN or info.anchor is None:
+            return False
+        return tiling.reduce_channels_innermost(sch, info.anchor)
+
     # int8 rescale tiles of at least this many channels go to the NEON rescale kernel (a vector of
     # 4 int32 accumulators per step); narrower ones keep the scalar C
     REQUANT_MIN_CHANNELS = 4
@@ -58,9 +114,24 @@ class CortexARules(TiledRules):
         Then the int8 rescale epilogues of tiles of >= REQUANT_MIN_CHANNELS channels become NEON
         rescale kernel calls (tiling.tensorize_requant): MobileNet V1 0.25/96 int8 4.35 M -> 3.25 M
         instructions (scalar C: a 64-bit multiply-add, two shifts and a clamp per value). Inlined,
-        as gcc does it: out of line measured 3.37 M."""
+        as gcc does it: out of line measured 3.37 M.
+        Last, a concatenation gathered into a GEMM's input rows (SqueezeNet's squeeze convs read
+        the two expand branches) is split into one copy loop per source
+        (tiling.split_concat_channels)."""
+        if info.kind == Kind.ELEMENTWISE:
+            return
         tiling.split_padding(sch, [b for b in blocks_before if "pad" in b.lower()])
         tiling.tensorize_requant(sch, self.REQUANT_MIN_CHANNELS)
+        for block in tiling.children(sch):     # a concatenation gathered into a GEMM's input rows
+            tiling.split_concat_channels(sch, block)
+
+    def schedule_elementwise(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
+        """Concatenations over the channels (SqueezeNet's fire modules, ShuffleNet's branches) as
+        one unconditional copy loop per source (tiling.split_concat_channels), which gcc
+        vectorizes: as TVM lowers them, a select between two loads per value, scalar (SqueezeNet
+        1.1: 2.5 M instructions for the 55 x 55 x 128 one). Other elementwise kernels: declined."""
+        blocks = tiling.children(sch)
+        return bool(blocks) and tiling.split_concat_channels(sch, blocks[-1])
 
 
 LANES = 4

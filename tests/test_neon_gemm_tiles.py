@@ -1,0 +1,72 @@
+"""Float GEMM tiles on the emulated Raspberry Pi are ranked by a model of the NEON micro-kernel in
+instructions (schedules/cortex_a NeonGemmModel: fmla by element, weight-vector loads, activation
+loads, the registers), not by the most accumulators: wide one-pixel tiles (1 x 40 on a 13-pixel
+row, 1 x 72 on a 7-pixel one) load a weight vector per fmla, or spill.
+
+A small network on odd sizes takes the model's tiles (13 x 4 pointwise, 7 x 8 on a stride-2 3x3
+conv, 7 x 4 pointwise after it) and must match PyTorch on the emulated Pi, on outputs that depend
+on the input."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from edgecompile.compiler import BuildOptions, Progress, write_build
+from edgecompile.ir.frontend import ModelOptions, _from_torch
+from edgecompile.schedules.cortex_a import NEON_GEMM
+from edgecompile.schedules.rules import choose_tile
+from edgecompile.targets import load_target
+from helpers import assert_close, board_outputs, keep_input_dependence, output_spread, random_input
+
+SHAPE = (1, 3, 11, 13)
+REL = 1e-4     # |C - PyTorch| <= REL x the spread of PyTorch's outputs (float32 rounding)
+
+
+def test_neon_model_tiles():
+    """The model's choices on the layers that motivated it, against the most-accumulators rule."""
+    assert choose_tile(7, 1152, 4, 20, 8) == (1, 72)                      # the rule
+    assert choose_tile(7, 1152, 4, 20, 8, True, NEON_GEMM, 192) == (7, 8)
+    assert choose_tile(13, 1000, 4, 20, 8) == (1, 40)
+    assert choose_tile(13, 1000, 4, 20, 8, True, NEON_GEMM, 512) == (13, 4)
+    assert choose_tile(55, 64, 4, 20, 8, True, NEON_GEMM, 16) == (5, 16)  # kept where it was best
+    assert choose_tile(28, 240, 4, 20, 8, True, NEON_GEMM, 40) == (4, 20)
+    assert NEON_GEMM.efficiency(7, 12, 4) == 0.0                          # 21 + 7 + 3 registers: no
+    assert NEON_GEMM.efficiency(4, 24, 4) == 0.0                          # 24 + 4 + 6
+    assert NEON_GEMM.efficiency(7, 8, 4) > NEON_GEMM.efficiency(2, 32, 4) > NEON_GEMM.efficiency(1, 40, 4)
+    # fewer than 4 reduction steps per call (a first conv's 3 channels per tap): one activation
+    # load per pixel and step, so fewer pixels: SqueezeNet's 111 x 111 x 64 first conv
+    assert choose_tile(111, 64, 4, 20, 8, True, replace(NEON_GEMM, vector_a=False), 3) == (3, 16)
+    # calls of at most 8 reduction steps keep to 12 pixels (GemmModel.max_m)
+    assert choose_tile(13, 40, 4, 20, 8, True, NEON_GEMM, 3) == (1, 40)
+    # no multiple of 4 divides the channels: the ragged tile, as before
+    assert choose_tile(28, 58, 4, 20, 8, True, NEON_GEMM, 64) == (4, 58)
+
+
+def _source():
+    torch.manual_seed(23)
+    model = nn.Sequential(
+        nn.Conv2d(3, 40, 3, padding=1), nn.ReLU(),                # 11 x 13 x 40, 3 steps per tap
+        nn.Conv2d(40, 40, 1), nn.ReLU6(),                         # pointwise on 13-pixel rows: 13 x 4
+        nn.Conv2d(40, 48, 3, stride=2, padding=1), nn.ReLU(),     # 6 x 7 x 48: 7 x 8
+        nn.Conv2d(48, 36, 1), nn.ReLU(),                          # 7 x 4 (7 x 12: 31 registers)
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(36, 10)).eval()
+    keep_input_dependence(model)
+    return _from_torch("neon_tiles", model, SHAPE, ModelOptions(input_shape=SHAPE, seed=23))
+
+
+def test_neon_model_tiles_match_pytorch_on_emulated_pi(tmp_path):
+    source = _source()
+    out = tmp_path / "b"
+    rep = write_build(source, load_target("rpi4"), out, BuildOptions(compare_unfused=False), Progress(quiet=True))
+    code = (out / "model.c").read_text()
+    tiles = set(re.findall(r"ec_gemm_f32_(\d+x\d+)\(", code))
+    assert {"13x4", "7x8", "7x4"} <= tiles, sorted(tiles)
+    xs = [random_input(SHAPE, s) for s in range(3)]
+    refs = [source.reference(x)[0] for x in xs]
+    spread = output_spread(refs)
+    for got, ref in zip(board_outputs("rpi4", out, rep, xs, timeout=60), refs):
+        assert_close(got, ref, spread, REL)
