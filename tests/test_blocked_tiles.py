@@ -124,3 +124,35 @@ def test_blocked_tiles_match_pytorch_on_host(tmp_path):
     runner = HostModel(out)
     compare_with_reference(lambda x: runner.run(x)[0], lambda x: source.reference(x)[0], shape, REL)
     runner.close()
+
+
+class _SE(nn.Module):
+    """Squeeze-excitation on a SiLU'd map, then the network's global average pool."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.fc1, self.fc2 = nn.Conv2d(c, 5, 1), nn.Conv2d(5, c, 1)
+        self.out = nn.Conv2d(c, 24, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.silu(self.conv(x))
+        g = torch.sigmoid(self.fc2(nn.functional.silu(self.fc1(y.mean((2, 3), keepdim=True)))))
+        return self.out(y * g).mean((2, 3))
+
+
+@pytest.mark.parametrize("c,hw", [(29, 9), (48, 1)])
+def test_channel_innermost_pools_match_pytorch_on_host(tmp_path, c, hw):
+    shape = (1, c, hw, hw)
+    torch.manual_seed(c)
+    net = _SE(c).eval()
+    keep_input_dependence(net)
+    source = _from_torch(f"host_pool_{c}", net, shape, ModelOptions(input_shape=shape, seed=c))
+    out = tmp_path / "b"
+    rep = write_build(source, load_target("host"), out, BuildOptions(compare_unfused=False), Progress(quiet=True))
+    means = [call for call in rep["calls"] if call["kind"] == "mean"]
+    assert len(means) == 2 and all(call["schedule"] == "host.schedule_pool" for call in means), \
+        [(call["kind"], call["schedule"]) for call in rep["calls"]]
+    runner = HostModel(out)
+    compare_with_reference(lambda x: runner.run(x)[0], lambda x: source.reference(x)[0], shape, REL)
+    runner.close()
