@@ -25,7 +25,7 @@ from edgecompile.ir.frontend import ModelOptions, _from_torch
 from edgecompile.platforms.host import HostModel
 from edgecompile.schedules import host
 from edgecompile.schedules.rules import GemmModel, choose_tile, model_tiles
-from edgecompile.schedules.ukernels import mixed_widths
+from edgecompile.schedules.ukernels import blocked_chunks, mixed_widths
 from edgecompile.targets import load_target
 from helpers import compare_with_reference, keep_input_dependence
 
@@ -33,6 +33,11 @@ SHAPE = (1, 16, 14, 14)
 REL = 1e-4     # |C - PyTorch| <= REL x the spread of PyTorch's outputs (float32 rounding)
 AVX512 = GemmModel(registers=32, reserved=4, fma_per_cycle=2, loads_per_cycle=2, l2_bytes_per_cycle=32)
 AVX2 = GemmModel(registers=16, reserved=4, fma_per_cycle=2, loads_per_cycle=2, l2_bytes_per_cycle=32)
+
+
+def _block_accumulators(m: int, n: int, lanes: int, model: GemmModel) -> int:
+    """The accumulators of the largest block of an M x N tile's micro-kernel."""
+    return m * max(len(chunk) for chunk in blocked_chunks(m, n, lanes, model.accumulators))
 
 
 def test_model_picks_tall_tiles_that_reach_the_fma_peak():
@@ -44,21 +49,25 @@ def test_model_picks_tall_tiles_that_reach_the_fma_peak():
     # the efficiency terms: load issue (16x16: 17 loads per 16 FMAs), L2 (1x256: 16 vectors per FMA row)
     assert AVX512.efficiency(14, 32, 16) == 1.0 and AVX512.efficiency(16, 16, 16) < 1.0
     assert AVX512.efficiency(1, 256, 16) == 0.25 and AVX512.efficiency(2, 128, 16) == 0.5
-    # Xception's 728 channels (16 x 45 + 8): 7 x (3 x 16 + 8) mixed-width vectors, not 8-lane ones
-    assert mixed_widths(56, 16) == [(16, "v")] * 3 + [(8, "h")] and model_tiles(14, 728, 16, AVX512)[0] == (7, 56)
+    # Xception's 728 channels (16 x 45 + 8): 7 x (3 x 16 + 8) mixed-width vectors, not 8-lane ones,
+    # the best tile of one block (all 728 channels in blocks of 14 x 32 rank first: test_blocked_tiles)
+    one_block = [t for t in model_tiles(14, 728, 16, AVX512) if len(blocked_chunks(*t, 16, 28)) == 1]
+    assert mixed_widths(56, 16) == [(16, "v")] * 3 + [(8, "h")] and one_block[0] == (7, 56)
     assert AVX512.efficiency(7, 56, 16) > 1.8 * AVX512.efficiency(14, 8, 16)
     # AVX2: 12 accumulators at most
-    assert all(m * n // 8 <= 12 for m, n in model_tiles(56, 128, 8, AVX2)) and model_tiles(56, 128, 8, AVX2)[0] == (4, 16)
+    assert all(_block_accumulators(m, n, 8, AVX2) <= 12 for m, n in model_tiles(56, 128, 8, AVX2))
+    assert model_tiles(56, 128, 8, AVX2)[0] == (4, 16)
     # narrower vectors where the full width does not divide the channels; none (ragged / scalar
     # fallback of choose_tile) where no width does
     assert model_tiles(4, 40, 16, AVX512)[0] == (4, 40) and model_tiles(1, 33, 16, AVX512) == []
     assert mixed_widths(40, 16) == [(16, "v"), (16, "v"), (8, "h")] and mixed_widths(33, 16) == []
     assert mixed_widths(12, 4) == [(4, "v")] * 3      # one width: the uniform kernel (NEON unchanged)
     assert choose_tile(1, 33, 16, 24, 8, ragged=True, model=AVX512) == choose_tile(1, 33, 16, 24, 8, ragged=True)
-    # every tile fits the accumulators and divides the map and the channels
+    # every tile divides the map and the channels, and each of its blocks fits the accumulators
+    # (one block but for the blocked tiles of test_blocked_tiles: all the channels, in blocks)
     for w, c in [(7, 1000), (13, 24), (55, 116), (1, 1024), (2, 512), (112, 64)]:
         for m, n in model_tiles(w, c, 16, AVX512):
-            assert w % m == 0 and c % n == 0 and m * -(-n // 16) <= 28
+            assert w % m == 0 and c % n == 0 and _block_accumulators(m, n, 16, AVX512) <= 28
 
 
 def test_short_reductions_keep_to_12_pixels():
@@ -70,7 +79,7 @@ def test_short_reductions_keep_to_12_pixels():
     assert model_tiles(14, 512, 16, AVX512, k=512)[0] == (14, 32)
     assert model_tiles(7, 1024, 16, AVX512, k=1024)[0] == (7, 64)
     assert model_tiles(112, 32, 16, AVX512, k=32)[0] == (14, 32)
-    assert all(m * -(-n // 8) <= 12 for m, n in model_tiles(48, 16, 8, AVX2, k=8))
+    assert all(_block_accumulators(m, n, 8, AVX2) <= 12 and m <= 12 for m, n in model_tiles(48, 16, 8, AVX2, k=8))
 
 
 def test_short_reduction_tiles_match_pytorch_on_host(tmp_path):

@@ -125,8 +125,9 @@ def emit_ukernels(kernel_code: str, family_name: str) -> str:
     for t, m, n in gemms:
         types = ukernels.TYPES[t]
         code = getattr(own, "gemm", lambda *a: None)(m, n, lanes, types)
-        parts.append(code or ukernels.emit_gemm_c(m, n, lanes, types, rules.conv_acc,
-                                                  mixed=getattr(rules, "gemm_model", None) is not None))
+        model = getattr(rules, "gemm_model", None)
+        parts.append(code or ukernels.emit_gemm_c(m, n, lanes, types, rules.conv_acc, mixed=model is not None,
+                                                  block_acc=model.accumulators if model is not None else 0))
     for t, m, n, kh, kw, s in dws:
         types = ukernels.TYPES[t]
         code = getattr(own, "dw", lambda *a: None)(m, n, kh, kw, s, lanes, types)

@@ -652,13 +652,81 @@ def uses_mixed_widths(n: int, lanes: int, types: Types) -> bool:
             and len(vecs) < n // vector_width(n, lanes)[0])
 
 
-def emit_gemm_c(m: int, n: int, lanes: int, types: Types = F32, acc: int = 8, mixed: bool = False) -> str:
+def blocked_chunks(m: int, n: int, lanes: int, acc: int) -> list[list[tuple[int, str]]]:
+    """The vector blocks of a blocked float GEMM tile (`uses_blocked`): the `mixed_widths` vectors
+    of its n channels in order, up to max(1, acc // m) per block (M x that many accumulators)."""
+    vecs = mixed_widths(n, lanes)
+    v = max(1, acc // m)
+    return [vecs[i:i + v] for i in range(0, len(vecs), v)]
+
+
+def uses_blocked(m: int, n: int, lanes: int, types: Types, acc: int) -> bool:
+    """Whether a float GEMM tile of M x n channels is a blocked one: its `mixed_widths` vectors need
+    more than `acc` accumulators (a tile over all the channels of a layer that no tile of few
+    vectors divides well: 1000 classes, 232 channels...), so its micro-kernel runs them in blocks."""
+    vecs = mixed_widths(n, lanes)
+    return types.c == "float32" and not types.b_order and acc > 0 and bool(vecs) and m * len(vecs) > acc
+
+
+def _chunk_block(types: Types, m: int, chunk: list[tuple[int, str]], off: str) -> list[str]:
+    """One block of a blocked GEMM: M x len(chunk) accumulators (the chunk's vector widths) over
+    the whole reduction, at channel offset `off` (a C expression followed by " + ", or "")."""
+    offs = [sum(w for w, _ in chunk[:j]) for j in range(len(chunk))]
+    ems = [_Emit(types, w, sfx) for w, sfx in chunk]
+    lines = ["    " + " ".join(f"{e.acc_type()} c{i}_{j} = {e.load_acc(f'C + {i} * ldc + {off}{offs[j]}')};"
+                               for j, e in enumerate(ems)) for i in range(m)]
+    lines.append("    for (int32_t k = 0; k < K; ++k) {")
+    lines.append("      " + " ".join(f"const {e.acc_type()} b{j} = {e.load(f'B + k * ldb + {off}{offs[j]}', types.b)};"
+                                     for j, e in enumerate(ems)))
+    for i in range(m):
+        lines.append(f"      const {_C[types.c]} a{i} = {ems[0].scalar(f'A[{i} * lda + k]')};")
+        lines.append("      " + " ".join(f"c{i}_{j} += a{i} * b{j};" for j in range(len(ems))))
+    lines.append("    }")
+    lines += ["    " + " ".join(e.store_acc(f"C + {i} * ldc + {off}{offs[j]}", f"c{i}_{j}") for j, e in enumerate(ems))
+              for i in range(m)]
+    return lines
+
+
+def emit_blocked_gemm_c(m: int, n: int, lanes: int, types: Types, acc: int) -> str:
+    """The float GEMM micro-kernel of a blocked tile (`uses_blocked`): the n channels in blocks of
+    `blocked_chunks`, each block M x its vectors of accumulators over the whole reduction (the A
+    tile is read again per block, the weights once): a loop over the leading run of equal
+    full-width blocks, then the other blocks one by one."""
+    chunks = blocked_chunks(m, n, lanes, acc)
+    same = 0
+    while same < len(chunks) and chunks[same] == chunks[0] and all(w == lanes for w, _ in chunks[same]):
+        same += 1
+    step = sum(w for w, _ in chunks[0])
+    lines = [
+        f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] ({types.a} x {types.b} -> {types.c}); blocked tile: {len(chunks)} blocks of up "
+        f"to {m * max(len(c) for c in chunks)} accumulators ({' + '.join(str(w) for w, _ in mixed_widths(n, lanes))} "
+        "lanes) */",
+        gemm_signature(m, n, types) + " {",
+    ]
+    if same > 1:
+        lines += [f"  for (int32_t j0 = 0; j0 < {same * step}; j0 += {step}) {{",
+                  *_chunk_block(types, m, chunks[0], "j0 + "), "  }"]
+    else:
+        same = 0
+    done = same * step
+    for chunk in chunks[same:]:
+        lines += ["  {", *_chunk_block(types, m, chunk, f"{done} + " if done else ""), "  }"]
+        done += sum(w for w, _ in chunk)
+    lines += ["  return 0;", "}"]
+    return "\n".join(lines)
+
+
+def emit_gemm_c(m: int, n: int, lanes: int, types: Types = F32, acc: int = 8, mixed: bool = False,
+                block_acc: int = 0) -> str:
     """The generic GEMM micro-kernel: M x N accumulators in named (vector) variables, one rank-1
     update per reduction step; a ragged tile (ragged_width > 1) in blocks of up to `acc`
     accumulators (ragged_body); with `mixed` (a family whose rule ranks such tiles), a float tile
-    that full vectors do not divide in full and narrower ones (emit_mixed_gemm_c)."""
+    that full vectors do not divide in full and narrower ones (emit_mixed_gemm_c), or, when its
+    vectors need more than `block_acc` accumulators, a blocked tile (emit_blocked_gemm_c)."""
     if types.b_order:
         return emit_ordered_gemm_c(m, n, types)
+    if mixed and uses_blocked(m, n, lanes, types, block_acc):
+        return emit_blocked_gemm_c(m, n, lanes, types, block_acc)
     if mixed and uses_mixed_widths(n, lanes, types):
         return emit_mixed_gemm_c(m, n, lanes, types)
     if ragged_width(n, lanes) > 1:

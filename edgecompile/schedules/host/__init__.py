@@ -8,7 +8,9 @@ EDGECOMPILE_HOST_VECTOR=avx2|avx512 overrides the detection (e.g. to build on on
 another)."""
 
 import os
+from typing import Any
 
+from ...ir.operators import Kind
 from ..rules import GemmModel, TiledRules
 
 
@@ -23,15 +25,42 @@ def _has_avx512() -> bool:
         return False
 
 
+class HostRules(TiledRules):
+    """The host's rules: `TiledRules` plus channel-innermost sums."""
+
+    def schedule_pool(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
+        """A sum over pixels (global average pool, squeeze-excitation's pool) with the channel loop
+        innermost: the reduction loops go outside it, so each pixel's channels are added to a row
+        of partial sums, contiguous vector adds, instead of one channel's sum over a strided
+        column, a chain of dependent scalar adds (EfficientNet-B0/224: 9% of the untuned
+        inference in its 17 pools). Each sum adds the same values in the same order: the same bits."""
+        if info.kind != Kind.MEAN or info.anchor is None:
+            return False
+        block = sch.get_sblock(info.anchor)
+        loops = sch.get_loops(block)
+        kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+        spatial = kinds.count(0)
+        if (len(loops) != len(kinds) or spatial < 1 or kinds != [0] * spatial + [2] * (len(kinds) - spatial)
+                or spatial == len(kinds)):
+            return False
+        src, dst = sch.get(block).reads[0].source, sch.get(block).writes[0].source
+        channels = int(sch.get(loops[spatial - 1]).extent)
+        if channels == 1 or int(src.shape[-1]) != channels or int(dst.shape[-1]) != channels:
+            return False
+        sch.reorder(*loops[spatial:], loops[spatial - 1])
+        sch.decompose_reduction(block, loops[spatial])
+        return True
+
+
 if _has_avx512():
     VARIANT = "avx512"           # tuning records are kept per variant: their tiles depend on it
     LANES = 16
-    RULES = TiledRules(lanes=LANES, conv_acc=24, dw_acc=16, fc_acc=8, ragged=True,
+    RULES = HostRules(lanes=LANES, conv_acc=24, dw_acc=16, fc_acc=8, ragged=True,
                        gemm_model=GemmModel(registers=32, reserved=4, fma_per_cycle=2, loads_per_cycle=2,
                                             l2_bytes_per_cycle=32))
 else:
     VARIANT = "avx2"
     LANES = 8
-    RULES = TiledRules(lanes=LANES, conv_acc=12, dw_acc=8, fc_acc=4, ragged=True,
+    RULES = HostRules(lanes=LANES, conv_acc=12, dw_acc=8, fc_acc=4, ragged=True,
                        gemm_model=GemmModel(registers=16, reserved=4, fma_per_cycle=2, loads_per_cycle=2,
                                             l2_bytes_per_cycle=32))
