@@ -78,6 +78,7 @@ class HeliumRules(CortexMRules):
         930,594 -> 906,719; 12x12x64_2 and the 3x3x256 ones 1-3 k slower)."""
         pads = [b for b in blocks_before if "pad" in b.lower()]
         tiling.split_padding(sch, pads, self.SPLIT_PAD_CHANNELS)
+        tiling.tensorize_widen(sch, pads)
         tiling.tensorize_requant(sch, self.REQUANT_MIN_CHANNELS)
 
     EPILOGUE_MAX_CHANNELS = 64     # the wake-word network: 6.10 / 6.04 / 6.02 / 6.28 M instructions with 16 / 32 / 64 / 128
