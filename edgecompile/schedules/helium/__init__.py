@@ -57,19 +57,22 @@ class HeliumRules(CortexMRules):
             return None
         return _pick(cfg, "tile", None) or choose_tile(ext[2], ext[3], 4, self.WINDOW_ACC, 8)
 
-    SPLIT_PAD_CHANNELS = 16
+    SPLIT_PAD_CHANNELS = 0      # every width: the split's in-bound copy is the Helium row copy (ec_widen_s8s16)
     # int8 rescale tiles of at least this many channels go to the Helium rescale kernel; narrower
     # ones (the 3 x 2 pointwise tiles) stay scalar: a half-empty vector per pixel plus the per-call
     # constants cost more than SMLAL + ASR + SSAT (the wake-word network: 6.73 M with 4, 8.40 M with 1)
     REQUANT_MIN_CHANNELS = 4
 
     def finish(self, sch: Any, info: Any, blocks_before: list[str]) -> None:
-        """Padded windows of at most SPLIT_PAD_CHANNELS channels split into a fill and an in-bound
+        """Padded windows of at most SPLIT_PAD_CHANNELS channels (0: any) split into a fill and an in-bound
         copy (tiling.split_padding): gcc leaves the conditional copy of a short channel row scalar.
-        Wider windows keep one conditional copy (the split's extra fill costs more than it saves
-        there). The wake-word network, instructions: first conv (3 channels) 780 k -> 734 k, the
+        The wake-word network, instructions: first conv (3 channels) 780 k -> 734 k, the
         dw+pw kernels on 8 and 16 channels 1,366 k -> 1,233 k and 731 k -> 703 k; its 32- and
-        64-channel windows measured 2-8% slower split (982 k -> 1,005 k, 568 k -> 579 k).
+        64-channel windows measured 2-8% slower split while the copy was scalar (982 k -> 1,005 k,
+        568 k -> 579 k). With the in-bound copy as one Helium row copy per padded row
+        (tiling.tensorize_widen, `ec_widen_s8s16`), every width is split: the network
+        5,754,905 -> 5,498,322 (dw+pw 24x24x32_2 887,656 -> 819,281, 12x12x64_2 502,240 -> 470,583,
+        6x6x128_2 293,083 -> 278,635 each).
         Then the int8 rescale epilogues of tiles of >= REQUANT_MIN_CHANNELS channels become Helium
         rescale kernel calls (tiling.tensorize_requant). With the predicated rescale this was only
         done in kernels with windows that narrow (elsewhere the out-of-line call measured 0.6-5%
