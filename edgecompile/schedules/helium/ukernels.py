@@ -229,8 +229,9 @@ def requant(m: int, n: int) -> str:
 
 def widen() -> str:
     """C for `ec_widen_s8s16`: the in-bound rows of a zero-point-shifted padded window, 8 values
-    per Helium vector: VLDRB.S16 (the load widens), VSUB of the zero point, VSTRH; the last vector
-    VCTP.16-predicated. Rows contiguous in both the source and the window (all the channels of
+    per Helium vector: VLDRB.S16 (the load widens), VSUB of the zero point, VSTRH; the last n % 8
+    values scalar (a VCTP.16-predicated VLDRB.S16 / VSTRH tail gave wrong bytes on the emulated
+    an547: the conv3x3 and widen cases of test_helium_int8). Rows contiguous in both the source and the window (all the channels of
     each pixel: the usual NHWC row) are one run of rows x cols values."""
     return guarded_kernel(
         _MVE,
@@ -245,11 +246,14 @@ def widen() -> str:
          "  for (int32_t i = 0; i < rows; ++i) {",
          "    const int8_t *x = X + i * ldx;",
          "    int16_t *o = O + i * ldo;",
-         "    for (int32_t k = n; k > 0; k -= 8) {",
-         "      const mve_pred16_t p = vctp16q((uint32_t)k);",
-         "      vstrhq_p_s16(o, vsubq_n_s16(vldrbq_z_s16(x, p), (int16_t)zp), p);",
+         "    int32_t k = n;",
+         "    for (; k >= 8; k -= 8) {",
+         "      vstrhq_s16(o, vsubq_n_s16(vldrbq_s16(x), (int16_t)zp));",
          "      x += 8;",
          "      o += 8;",
+         "    }",
+         "    for (int32_t j = 0; j < k; ++j) {",
+         "      o[j] = (int16_t)(((int16_t)x[j]) - (int16_t)zp);",
          "    }",
          "  }"],
         widen_body())
