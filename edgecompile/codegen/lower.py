@@ -107,7 +107,7 @@ def unpack_kernel(func: Any) -> Any:
     return new.with_attr("ec.stack_bytes", stack[0])
 
 
-WIDEN_PRAGMA = "pragma_ec_widen_s8s16"     # schedules.tiling.tensorize_widen
+WIDEN_PRAGMA = "pragma_ec_widen_s8s16"     # schedules.tiling.mark_widen_rows
 
 
 def _uses(expr: Any, var: Any) -> bool:
@@ -165,7 +165,7 @@ def _widen_call(loop: Any, zp: int) -> Any | None:
 
 def widen_rows(func: Any) -> Any:
     """Replace each loop nest marked WIDEN_PRAGMA (the zero-point-shifted copy of a padded window's
-    in-bound rows, schedules.tiling.tensorize_widen) by one `ec_widen_s8s16` call."""
+    in-bound rows, schedules.tiling.mark_widen_rows) by one `ec_widen_s8s16` call."""
     from tvm import tirx
 
     def walk(stmt: Any) -> Any:

@@ -226,7 +226,7 @@ def _widen_zero_point(sch: Any, block: Any) -> int | None:
 WIDEN_PRAGMA = "pragma_ec_widen_s8s16"
 
 
-def tensorize_widen(sch: Any, pads: list[str]) -> int:
+def mark_widen_rows(sch: Any, pads: list[str]) -> int:
     """Mark the in-bound copy of each padding block `pads` (after split_padding: the block that
     keeps the padding's name, int8 rows widened to int16 and shifted by the zero point) for the
     `ec_widen_s8s16` micro-kernel, one call per padded row (its two innermost loops: pixels x
