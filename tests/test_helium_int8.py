@@ -6,6 +6,7 @@ and a tail, two groups and a tail), odd and single output channels, a strided 1x
 and the padded 3x3 convolutions' int16 GEMM: 5 and 9 input channels per tap (stride 2 and 1); the
 window kernel of padded KxK convolutions over 1 to 4 input channels: 1, 3, 4 (3x3 and 5x5, strides
 2 and 1; 17, 8 and 5 output channels: scalar-channel tiles, full vectors);
+the Helium row copy of the padded windows (every case with a window; 3 and 17 channels);
 the Helium depthwise kernel's: 33, 17, 5 channels (predicated vectors alone), 12 and 24
 (full vectors), stride 1 and 2 with padding, fused with the pointwise GEMM and alone; a fully
 connected layer; random weights and quantization parameters. Each build must actually contain
@@ -54,6 +55,13 @@ CASES = [
          " nn.Conv2d(24, 24, 3, stride=2, padding=1, groups=24), nn.ReLU6(), nn.Conv2d(24, 48, 1), nn.ReLU()]",
          ("dwpw",)),
 ]
+# the Helium row copy of the zero-point-shifted padded windows (ec_widen_s8s16): 3 and 17 channels
+# (rows of 27 and 153 values: a VCTP.16-predicated last vector), strides 2 and 1, standalone
+# depthwise and fused
+CASES.append(Case("helium_widen_3_17", (1, 3, 7, 9),
+                  "[nn.Conv2d(3, 3, 3, stride=2, padding=1, groups=3), nn.BatchNorm2d(3), nn.Conv2d(3, 17, 1),"
+                  " nn.BatchNorm2d(17), nn.Conv2d(17, 17, 3, padding=1, groups=17), nn.BatchNorm2d(17),"
+                  " nn.Conv2d(17, 5, 1)]", ("dwpw",)))
 REQUANT = {"helium_requant_tail_18": "ec_requant_s8_1x18", "helium_window_1_3_4": "ec_requant_s8_2x8",
            "helium_dwpw_epilogue_8_24_48": r"ec_requant_s8_\d+x48"}
 
@@ -75,3 +83,5 @@ def test_helium_kernel_bytes_equal_the_integer_reference(tmp_path, monkeypatch, 
             and "vhaddq_u32" in code, "no Helium rescale"
     if {"conv_dw", "dwpw"} & set(case.kinds):
         assert re.search(r"\bvldrhq_(z_)?s32\(", code), "no Helium depthwise kernel"
+    if {"conv", "conv_dw", "dwpw"} & set(case.kinds):     # padded windows: the Helium row copy
+        assert re.search(r"\bec_widen_s8s16\(\(", code) and "vsubq_n_s16" in code, "no Helium padded-row copy"

@@ -107,6 +107,86 @@ def unpack_kernel(func: Any) -> Any:
     return new.with_attr("ec.stack_bytes", stack[0])
 
 
+WIDEN_PRAGMA = "pragma_ec_widen_s8s16"     # schedules.tiling.mark_widen_rows
+
+
+def _uses(expr: Any, var: Any) -> bool:
+    """Whether `expr` reads `var`."""
+    import tvm
+
+    if expr.same_as(var):
+        return True
+    for attr in ("a", "b", "value", "condition", "true_value", "false_value"):
+        sub = getattr(expr, attr, None)
+        if isinstance(sub, tvm.ir.expr.Expr) and _uses(sub, var):
+            return True
+    return any(_uses(sub, var) for attr in ("indices", "args") for sub in (getattr(expr, attr, None) or []))
+
+
+def _widen_call(loop: Any, zp: int) -> Any | None:
+    """The `ec_widen_s8s16` call replacing a row loop nest `for i: for j: [if c:] O[o + i*ldo + j] =
+    (int16)X[x + i*ldx + j] - zp` (c independent of i and j), else None (left as it is)."""
+    from tvm import sym, tirx
+
+    inner = loop.body
+    if not isinstance(inner, tirx.For):
+        return None
+    body, cond = inner.body, None
+    if isinstance(body, tirx.IfThenElse) and body.else_case is None:
+        body, cond = body.then_case, body.condition
+    value = getattr(body, "value", None)
+    if not (hasattr(body, "buffer") and isinstance(value, tirx.Sub) and isinstance(value.a, tirx.Cast)
+            and hasattr(value.a.value, "indices") and len(body.indices) == 1 and len(value.a.value.indices) == 1):
+        return None
+    i, j = loop.loop_var, inner.loop_var
+    if cond is not None and (_uses(cond, i) or _uses(cond, j)):
+        return None
+    if not all(isinstance(lp.min, tirx.IntImm) and int(lp.min.value) == 0 for lp in (loop, inner)):
+        return None
+
+    def linear(expr: Any) -> tuple[Any, int] | None:
+        """(base, row stride) of an index base + i * ld + j."""
+        coeffs = sym.detect_linear_equation(expr, [i, j])
+        if len(coeffs) != 3 or not all(isinstance(c, tirx.IntImm) for c in coeffs[:2]) or int(coeffs[1].value) != 1:
+            return None
+        return coeffs[2], int(coeffs[0].value)
+
+    load = value.a.value
+    o, x = linear(body.indices[0]), linear(load.indices[0])
+    if o is None or x is None or _uses(o[0], i) or _uses(o[0], j) or _uses(x[0], i) or _uses(x[0], j):
+        return None
+    call = tirx.Evaluate(tirx.call_extern(
+        "int32", "ec_widen_s8s16", tirx.address_of(tirx.BufferLoad(body.buffer, [o[0]])),
+        tirx.address_of(tirx.BufferLoad(load.source, [x[0]])), tirx.const(int(loop.extent), "int32"),
+        tirx.const(int(inner.extent), "int32"), tirx.const(o[1], "int64"), tirx.const(x[1], "int64"),
+        tirx.const(zp, "int32")))
+    return call if cond is None else tirx.IfThenElse(cond, call, None)
+
+
+def widen_rows(func: Any) -> Any:
+    """Replace each loop nest marked WIDEN_PRAGMA (the zero-point-shifted copy of a padded window's
+    in-bound rows, schedules.tiling.mark_widen_rows) by one `ec_widen_s8s16` call."""
+    from tvm import tirx
+
+    def walk(stmt: Any) -> Any:
+        if isinstance(stmt, tirx.AttrStmt) and str(stmt.attr_key) == WIDEN_PRAGMA and isinstance(stmt.body, tirx.For):
+            call = _widen_call(stmt.body, int(stmt.value))
+            return call if call is not None else stmt.body
+        if isinstance(stmt, tirx.SeqStmt):
+            return tirx.SeqStmt([walk(s) for s in stmt.seq])
+        if isinstance(stmt, tirx.For):
+            return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, walk(stmt.body),
+                            stmt.thread_binding, stmt.annotations, stmt.step)
+        if isinstance(stmt, tirx.IfThenElse):
+            return tirx.IfThenElse(stmt.condition, walk(stmt.then_case),
+                                   None if stmt.else_case is None else walk(stmt.else_case))
+        if isinstance(stmt, tirx.AttrStmt):
+            return tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, walk(stmt.body))
+        return stmt
+
+    return func.with_body(walk(func.body))
+
+
 def _register_pipeline() -> None:
     import tvm
     from tvm import s_tir, tirx
@@ -131,6 +211,10 @@ def _register_pipeline() -> None:
 
     tirx.op.register_intrin_lowering("tirx.exp", "c", f=exp, level=99)
 
+    @tvm.transform.module_pass(opt_level=0, name="ECWidenRows")
+    def widen(mod: Any, _ctx: Any) -> Any:
+        return tvm.IRModule({gv: widen_rows(f) for gv, f in mod.functions.items()}, attrs=mod.attrs)
+
     @tvm.transform.module_pass(opt_level=0, name="ECUnpackKernels")
     def unpack(mod: Any, _ctx: Any) -> Any:
         return tvm.IRModule({gv: unpack_kernel(f) for gv, f in mod.functions.items()}, attrs=mod.attrs)
@@ -148,6 +232,7 @@ def _register_pipeline() -> None:
                 s_tir.transform.StmtSimplify(),
                 s_tir.transform.LowerOpaqueBlock(),
                 tirx.transform.FlattenBuffer(),
+                widen,
                 tirx.transform.NarrowDataType(32),
                 s_tir.transform.LoopPartition(),
                 tirx.transform.VectorizeLoop(True),

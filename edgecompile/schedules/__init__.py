@@ -117,9 +117,10 @@ def emit_ukernels(kernel_code: str, family_name: str) -> str:
     windows = sorted({(t, *(int(v) for v in rest)) for t, *rest in ukernels.WINDOW_CALL_RE.findall(kernel_code)})
     requants = sorted({(int(m), int(n)) for m, n in ukernels.REQUANT_CALL_RE.findall(kernel_code)})
     helpers = sorted(set(ukernels.HELPER_CALL_RE.findall(kernel_code)))
-    if not gemms and not dws and not windows and not requants and not helpers:
+    widen = bool(ukernels.WIDEN_CALL_RE.search(kernel_code))
+    if not gemms and not dws and not windows and not requants and not helpers and not widen:
         return ""
-    integer = helpers or requants or any(t != "f32" for t, *_ in gemms + dws + windows)
+    integer = helpers or requants or widen or any(t != "f32" for t, *_ in gemms + dws + windows)
     parts = ([ukernels.ACLE_INCLUDE] if integer else []) + [ukernels.emit_prelude(lanes)]
     parts += [ukernels.HELPERS[h] for h in helpers]
     for t, m, n in gemms:
@@ -139,4 +140,7 @@ def emit_ukernels(kernel_code: str, family_name: str) -> str:
     for m, n in requants:
         code = getattr(own, "requant", lambda *a: None)(m, n)
         parts.append(code or ukernels.emit_requant_c(m, n))
+    if widen:
+        code = getattr(own, "widen", lambda: None)()
+        parts.append(code or ukernels.emit_widen_c())
     return "\n\n".join(parts) + "\n"

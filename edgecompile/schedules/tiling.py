@@ -281,6 +281,48 @@ def split_padding(sch: Any, pads: list[str], max_channels: int = 0) -> None:
             pass
 
 
+def _widen_zero_point(sch: Any, block: Any) -> int | None:
+    """zp when the block stores (int16)x - zp of an int8 x (the zero-point-shifted copy of a
+    padded window), else None."""
+    from tvm import tirx
+
+    b = sch.get(block)
+    value = getattr(b.body, "value", None)
+    if len(b.writes) != 1 or str(b.writes[0].source.ty.dtype) != "int16" or not isinstance(value, tirx.Sub):
+        return None
+    if not (isinstance(value.a, tirx.Cast) and isinstance(value.b, tirx.IntImm)
+            and hasattr(value.a.value, "indices") and str(value.a.value.ty) == "int8"):
+        return None
+    return int(value.b.value)
+
+
+WIDEN_PRAGMA = "pragma_ec_widen_s8s16"
+
+
+def mark_widen_rows(sch: Any, pads: list[str]) -> int:
+    """Mark the in-bound copy of each padding block `pads` (after split_padding: the block that
+    keeps the padding's name, int8 rows widened to int16 and shifted by the zero point) for the
+    `ec_widen_s8s16` micro-kernel, one call per padded row (its two innermost loops: pixels x
+    channels): the row loop carries WIDEN_PRAGMA = zp, and the lowering (codegen.lower) replaces
+    the loop nest by the call. Not sch.tensorize: the block's predicate (the window's in-bound
+    rows) keeps TVM's comparator from matching it, and a blockized row no longer lets the window
+    buffer shrink to its rows. A block of another form (unsplit: a conditional per element;
+    another type) stays as it is. Returns how many blocks were marked."""
+    done = 0
+    for name in pads:
+        try:
+            block = sch.get_sblock(name)
+        except Exception:  # noqa: BLE001 - inlined by the rule
+            continue
+        zp = _widen_zero_point(sch, block)
+        loops = sch.get_loops(block)
+        if zp is None or len(loops) < 2:
+            continue
+        sch.annotate(loops[-2], WIDEN_PRAGMA, zp)
+        done += 1
+    return done
+
+
 def tensorize_requant(sch: Any, min_channels: int = 1) -> int:
     """Hand each int8 rescale block of the scheduled kernel (an epilogue computed per M x N tile,
     `requant*`, in the folded form of ir/quantize.py) to the `ec_requant_s8_MxN` micro-kernel: its

@@ -32,6 +32,7 @@ GEMM_CALL_RE = re.compile(r"\bec_gemm_([a-z0-9]+)_(\d+)x(\d+)\(")
 DW_CALL_RE = re.compile(r"\bec_dw_(f32|s8|s16)_(\d+)x(\d+)_k(\d+)x(\d+)s(\d+)\(")
 REQUANT_CALL_RE = re.compile(r"\bec_requant_s8_(\d+)x(\d+)\(")
 WINDOW_CALL_RE = re.compile(r"\bec_window_(f32|s8|s16)_(\d+)x(\d+)_k(\d+)x(\d+)c(\d+)s(\d+)\(")
+WIDEN_CALL_RE = re.compile(r"\bec_widen_s8s16\(")
 
 
 @dataclass(frozen=True)
@@ -899,6 +900,24 @@ def emit_requant_c(m: int, n: int) -> str:
     return "\n".join([
         f"/* int8 rescale of C[{m}x{n}] (int32): O = sat8((int32)((C * m0 + rnd) >> 32) >> r), per channel */",
         requant_signature(m, n) + " {", *requant_body(m, n), "  return 0;", "}"])
+
+
+WIDEN_SIGNATURE = ("static inline int32_t ec_widen_s8s16(int16_t *restrict O, const int8_t *restrict X, int32_t rows, "
+                   "int32_t cols, int64_t ldo, int64_t ldx, int32_t zp)")
+
+
+def widen_body() -> list[str]:
+    """The zero-point-shifted int8 -> int16 row copy as the kernels' own C writes it."""
+    return ["  for (int32_t i = 0; i < rows; ++i) {",
+            "    for (int32_t j = 0; j < cols; ++j) {",
+            "      O[i * ldo + j] = (int16_t)(((int16_t)X[i * ldx + j]) - (int16_t)zp);",
+            "    }", "  }"]
+
+
+def emit_widen_c() -> str:
+    return "\n".join([
+        "/* O[rows x cols] = (int16)X - zp: the in-bound rows of a zero-point-shifted padded window */",
+        WIDEN_SIGNATURE + " {", *widen_body(), "  return 0;", "}"])
 
 
 def window_signature(m: int, n: int, kh: int, kw: int, ci: int, s: int, types: Types) -> str:

@@ -3,7 +3,9 @@ Integer GEMM tiles over int8 activations use Helium (`ukernels.py`: VMLADAVA.S8 
 in groups of 16 reduction steps per channel, "k16"); fused depthwise+pointwise kernels therefore
 keep their depthwise rows int8; int16-activation GEMM tiles (the zero-point-shifted rows of padded
 KxK convolutions) use VMLADAVA.S16 over groups of 8 ("k8"). Integer depthwise tiles (int16 padded
-rows x int8 weights) use 4-lane Helium vectors. Float kernels use the 4-lane vectors."""
+rows x int8 weights) use 4-lane Helium vectors. The zero-point-shifted padded rows themselves are
+copied by a Helium row copy (`ec_widen_s8s16`, one call per in-bound row of the window). Float
+kernels use the 4-lane vectors."""
 
 from typing import Any
 
@@ -57,19 +59,22 @@ class HeliumRules(CortexMRules):
             return None
         return _pick(cfg, "tile", None) or choose_tile(ext[2], ext[3], 4, self.WINDOW_ACC, 8)
 
-    SPLIT_PAD_CHANNELS = 16
+    SPLIT_PAD_CHANNELS = 0      # every width: the split's in-bound copy is the Helium row copy (ec_widen_s8s16)
     # int8 rescale tiles of at least this many channels go to the Helium rescale kernel; narrower
     # ones (the 3 x 2 pointwise tiles) stay scalar: a half-empty vector per pixel plus the per-call
     # constants cost more than SMLAL + ASR + SSAT (the wake-word network: 6.73 M with 4, 8.40 M with 1)
     REQUANT_MIN_CHANNELS = 4
 
     def finish(self, sch: Any, info: Any, blocks_before: list[str]) -> None:
-        """Padded windows of at most SPLIT_PAD_CHANNELS channels split into a fill and an in-bound
+        """Padded windows of at most SPLIT_PAD_CHANNELS channels (0: any) split into a fill and an in-bound
         copy (tiling.split_padding): gcc leaves the conditional copy of a short channel row scalar.
-        Wider windows keep one conditional copy (the split's extra fill costs more than it saves
-        there). The wake-word network, instructions: first conv (3 channels) 780 k -> 734 k, the
+        The wake-word network, instructions: first conv (3 channels) 780 k -> 734 k, the
         dw+pw kernels on 8 and 16 channels 1,366 k -> 1,233 k and 731 k -> 703 k; its 32- and
-        64-channel windows measured 2-8% slower split (982 k -> 1,005 k, 568 k -> 579 k).
+        64-channel windows measured 2-8% slower split while the copy was scalar (982 k -> 1,005 k,
+        568 k -> 579 k). With the in-bound copy as one Helium row copy per padded row
+        (tiling.mark_widen_rows, `ec_widen_s8s16`), every width is split: the network
+        5,754,905 -> 5,498,322 (dw+pw 24x24x32_2 887,656 -> 819,281, 12x12x64_2 502,240 -> 470,583,
+        6x6x128_2 293,083 -> 278,635 each).
         Then the int8 rescale epilogues of tiles of >= REQUANT_MIN_CHANNELS channels become Helium
         rescale kernel calls (tiling.tensorize_requant). With the predicated rescale this was only
         done in kernels with windows that narrow (elsewhere the out-of-line call measured 0.6-5%
@@ -78,6 +83,7 @@ class HeliumRules(CortexMRules):
         930,594 -> 906,719; 12x12x64_2 and the 3x3x256 ones 1-3 k slower)."""
         pads = [b for b in blocks_before if "pad" in b.lower()]
         tiling.split_padding(sch, pads, self.SPLIT_PAD_CHANNELS)
+        tiling.mark_widen_rows(sch, pads)
         tiling.tensorize_requant(sch, self.REQUANT_MIN_CHANNELS)
 
     EPILOGUE_MAX_CHANNELS = 64     # the wake-word network: 6.10 / 6.04 / 6.02 / 6.28 M instructions with 16 / 32 / 64 / 128

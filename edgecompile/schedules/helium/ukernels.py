@@ -21,10 +21,10 @@ host (`edgecompile test` compares a device's int8 bytes with it)."""
 from __future__ import annotations
 
 from ..cortex_m import ukernels as dsp
-from ..ukernels import (GROUP_ORDERS, Types, dw_body, dw_signature, gemm_signature, guarded_kernel, ordered_gemm_body,
-                        requant_body, requant_signature, window_body, window_signature)
+from ..ukernels import (GROUP_ORDERS, WIDEN_SIGNATURE, Types, dw_body, dw_signature, gemm_signature, guarded_kernel, ordered_gemm_body,
+                        requant_body, requant_signature, widen_body, window_body, window_signature)
 
-__all__ = ["dw", "gemm", "requant", "window"]
+__all__ = ["dw", "gemm", "requant", "widen", "window"]
 
 _MVE = "\n".join([
     "#if defined(__ARM_FEATURE_MVE) && !defined(EC_ARM_MVE)",
@@ -225,3 +225,35 @@ def requant(m: int, n: int) -> str:
     # wake-word network measured 7.11 M inlined, 6.73 M out of line
     return code.replace(requant_signature(m, n) + " {",
                         requant_signature(m, n) + " __attribute__((noinline));\n" + requant_signature(m, n) + " {")
+
+
+def widen() -> str:
+    """C for `ec_widen_s8s16`: the in-bound rows of a zero-point-shifted padded window, 8 values
+    per Helium vector: VLDRB.S16 (the load widens), VSUB of the zero point, VSTRH; the last n % 8
+    values scalar (a VCTP.16-predicated VLDRB.S16 / VSTRH tail gave wrong bytes on the emulated
+    an547: the conv3x3 and widen cases of test_helium_int8). Rows contiguous in both the source and the window (all the channels of
+    each pixel: the usual NHWC row) are one run of rows x cols values."""
+    return guarded_kernel(
+        _MVE,
+        "/* O[rows x cols] = (int16)X - zp (the in-bound rows of a zero-point-shifted padded window): 8 values per "
+        "Helium vector, portable C otherwise */",
+        WIDEN_SIGNATURE, "defined(__ARM_FEATURE_MVE)",
+        ["  int32_t n = cols;",
+         "  if (ldo == cols && ldx == cols) {",
+         "    n = rows * cols;",
+         "    rows = 1;",
+         "  }",
+         "  for (int32_t i = 0; i < rows; ++i) {",
+         "    const int8_t *x = X + i * ldx;",
+         "    int16_t *o = O + i * ldo;",
+         "    int32_t k = n;",
+         "    for (; k >= 8; k -= 8) {",
+         "      vstrhq_s16(o, vsubq_n_s16(vldrbq_s16(x), (int16_t)zp));",
+         "      x += 8;",
+         "      o += 8;",
+         "    }",
+         "    for (int32_t j = 0; j < k; ++j) {",
+         "      o[j] = (int16_t)(((int16_t)x[j]) - (int16_t)zp);",
+         "    }",
+         "  }"],
+        widen_body())
