@@ -21,6 +21,7 @@ from typing import Any
 from ..errors import EdgeCompileError
 from ..ir.kernel import KernelInfo
 from ..ir.program import DTYPE_BYTES, Tensor
+from ..schedules.tiling import WIDEN_PRAGMA
 from .mathlib import LIBM_REPLACEMENTS
 
 # Intermediate buffers below this size stay on the stack (register tiles, small row buffers);
@@ -107,7 +108,6 @@ def unpack_kernel(func: Any) -> Any:
     return new.with_attr("ec.stack_bytes", stack[0])
 
 
-WIDEN_PRAGMA = "pragma_ec_widen_s8s16"     # schedules.tiling.mark_widen_rows
 
 
 def _uses(expr: Any, var: Any) -> bool:
