@@ -25,7 +25,7 @@ from .codegen.lower import KernelSource
 from .codegen.memory import MemoryPlan
 from .datasets import calibration_inputs
 from .errors import EdgeCompileError, FitError
-from .ir import passes, patches, quantize
+from .ir import passes, patches, quantize, stream
 from .ir.frontend import ModelSource, to_relax
 from .ir.kernel import KernelInfo, analyze
 from .ir.operators import Kind
@@ -63,6 +63,7 @@ class BuildOptions:
     perturb_first_conv: bool = False      # test-only: a wrong weight in the first convolution (see _perturb)
     patches: str = "auto"           # without `patch`: off | auto (when the plain plan does not fit) | min (RAM)
     ram_budget: int | None = None   # bytes of peak RAM (static + arena + stack) the plan must stay under
+    stream_input: bool = True       # a patch stage reads the graph input row band by row band (ir/stream.py)
 
 
 # A patch plan found by `min` may cost this fraction of the plain plan's MACs more (recomputed halos).
@@ -203,6 +204,12 @@ def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable
                  + (f", {patch_plan.bytes_copied:,} B of halo rows copied)" if patch_plan.halo == "cached" else ")"))
     mod = passes.lower_graph(graph, fuse_dwpw=options.fuse)
     prog = extract_program(mod)
+    if patch_plan is not None and options.stream_input and not options.external_io:
+        streamed = stream.stream_input(prog)
+        if streamed is not None:
+            patch_plan.input_streamed, patch_plan.input_rows = True, streamed.to_json()
+            progress(f"streamed input: {len(streamed.reads)} reads of at most {streamed.max_rows_held} rows "
+                     f"({streamed.max_rows_held * streamed.row_bytes:,} B) instead of the whole input")
     progress(f"scheduling {len(set(c.kernel for c in prog.calls))} kernels for family '{target.family}' "
              f"({len(prog.calls)} calls)")
     if options.perturb_first_conv:
@@ -218,11 +225,14 @@ def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable
     same_builtin: dict[tuple, str] = {}       # one C function for the builtin calls of one shape
     for c in prog.calls:
         if c.builtin is not None and c.kernel not in symbol_of:
-            key = (c.builtin, prog.tensors[c.inputs[0]].shape, prog.tensors[c.inputs[0]].dtype)
+            first = (c.inputs or c.outputs)[0]
+            key = (c.builtin, prog.tensors[first].shape, prog.tensors[first].dtype)
+            if c.builtin == "input_rows":     # one function reads every band (the rows are arguments)
+                key = (c.builtin,)
             if key in same_builtin:
                 symbol_of[c.kernel] = same_builtin[key]
                 continue
-            sym = lower.unique_symbol(f"ec_{c.builtin}_{lower.shape_suffix(prog.tensors[c.inputs[0]])}", taken)
+            sym = lower.unique_symbol(f"ec_{c.builtin}_{lower.shape_suffix(prog.tensors[prog.inputs[0] if c.builtin == 'input_rows' else first])}", taken)
             kernels[sym], infos[sym] = builtins.builtin_kernel(c, prog, sym)
             symbol_of[c.kernel] = same_builtin[key] = sym
     call_symbols = [symbol_of[c.kernel] for c in prog.calls]

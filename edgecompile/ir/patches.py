@@ -84,6 +84,8 @@ class PatchPlan:
     halo: str = "recomputed"     # or "cached": halo rows kept from the previous band (line buffers)
     rows_copied: int = 0         # cached: halo rows kept from one band to the next, all layers
     bytes_copied: int = 0        # bytes the copies move (each halo row twice: out, then in)
+    input_streamed: bool = False # the graph input is read row band by row band, never whole (ir/stream.py)
+    input_rows: dict[str, Any] | None = None   # streamed: the reads, rows read and held at most
 
     @property
     def extra_macs(self) -> int:
