@@ -208,6 +208,7 @@ def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable
         streamed = stream.stream_input(prog)
         if streamed is not None:
             patch_plan.input_streamed, patch_plan.input_rows = True, streamed.to_json()
+            patch_plan.in_place_input = False           # nothing transposed in place any more
             progress(f"streamed input: {len(streamed.reads)} reads of at most {streamed.max_rows_held} rows "
                      f"({streamed.max_rows_held * streamed.row_bytes:,} B) instead of the whole input")
     progress(f"scheduling {len(set(c.kernel for c in prog.calls))} kernels for family '{target.family}' "
