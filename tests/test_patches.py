@@ -93,7 +93,7 @@ def test_patched_int8_bytes_on_a_board(tmp_path):
     outs = []
     for name, patch in (("patched", (5, 2)), ("plain", None)):
         rep = _build(source, tmp_path / name, target="stm32f746g-disco", quant="int8", patch=patch,
-                     lean_windows=patch is not None)
+                     lean_windows=patch is not None, stream_input=False)   # streamed: test_stream_input.py
         xs = _int8_inputs(rep, source.inputs[0].shape, range(4))
         with platform_for(target).start_emulator(target, tmp_path / name, rep) as s:
             port = s.open_port()

@@ -46,7 +46,7 @@ uint64_t ec_profile_clock(void) { return ec_hal_ticks(); }
 static void send_profile(uint8_t seq);
 #endif
 
-#if EC_INPUT_STREAMED && !EC_EXTERNAL_IO
+#if defined(EC_INPUT_STREAMED) && !EC_EXTERNAL_IO
 /* The input is streamed (the model reads it row band by row band): INFER carries no payload;
  * during the inference the model asks for rows through ec_read_input_rows, below. */
 #define EC_INFER_BYTES 0u
@@ -178,7 +178,7 @@ void ec_trace(int call, const void *data, uint32_t bytes) {
 }
 #endif
 
-#if EC_INPUT_STREAMED && !EC_EXTERNAL_IO
+#if defined(EC_INPUT_STREAMED) && !EC_EXTERNAL_IO
 /* The model's input source (model.h): asks the host for rows y0 <= y < y1 with a ROWS_REQ frame
  * (u32 y0, u32 y1) and receives the ROWS frame of the same seq straight into dst (NHWC, exactly
  * (y1 - y0) rows of W x C values, CRC-checked). A broken or wrongly sized answer is NAKed and the
@@ -240,7 +240,7 @@ int ec_read_input_rows(int y0, int y1, ec_input_t *dst) {
 
 static void infer(uint8_t seq) {
   uint8_t head[24];
-#if defined(EC_TEST_IGNORE_INPUT) && !(EC_INPUT_STREAMED && !EC_EXTERNAL_IO)
+#if defined(EC_TEST_IGNORE_INPUT) && !(defined(EC_INPUT_STREAMED) && !EC_EXTERNAL_IO)
   /* test-only: a broken device that ignores what it was sent (edgecompile test must fail) */
   memset((void *)input_buffer(), 0, EC_INPUT_BYTES);
 #endif
