@@ -363,7 +363,8 @@ def _estimate(target: Target, low: _Lowered) -> MemoryEstimate | None:
                                                 len(low.program.calls), stack)
 
 
-def _plans(graph: Any, plain_macs: int, allowance: float | None, arena_limit: int | None) -> list[_Plan]:
+def _plans(graph: Any, plain_macs: int, allowance: float | None, arena_limit: int | None,
+           streamed: bool = False) -> list[_Plan]:
     """The plans memory planning may try: the plain one, with lean windows, then patch stages
     (after each number of layers where the stage output is smaller than every shallower cut's and
     than the stage input) x rows per band, with lean windows, within `allowance` x the plain MACs
@@ -380,14 +381,14 @@ def _plans(graph: Any, plain_macs: int, allowance: float | None, arena_limit: in
                 if rows >= cut.shape[1]:
                     continue
                 extra = patches.patch_macs(stage, cut, rows) - cut.macs
-                bound = patches.arena_lower_bound(stage, cut, rows)
+                bound = patches.arena_lower_bound(stage, cut, rows, streamed=streamed)
                 if arena_limit is not None and bound > arena_limit:
                     continue
                 plans = [_Plan((layers, rows), True, extra, bound)]
                 if extra > 0:           # a halo to recompute: or to keep from the band before
                     copied = patches.cached_copies(stage, cut, rows)[1]
                     kept = patches.patch_macs(stage, cut, rows, "cached") - cut.macs   # 0 where every halo is kept
-                    cached_bound = patches.arena_lower_bound(stage, cut, rows, "cached")
+                    cached_bound = patches.arena_lower_bound(stage, cut, rows, "cached", streamed)
                     if arena_limit is None or cached_bound <= arena_limit:
                         plans.append(_Plan((layers, rows, "cached"), True, kept, cached_bound, bytes_copied=copied))
                 out += [p for p in plans if allowance is None or p.cost <= allowance * plain_macs]
@@ -437,7 +438,8 @@ def _plan_memory(graph: Any, target: Target, options: BuildOptions,
         if budget is not None:
             room.append(budget - est.peak_ram_bytes + est.arena_bytes)
         arena_limit = min(room) if room else None
-    candidates = _plans(graph, plain_macs, allowance, arena_limit)
+    streamed = options.stream_input and not options.external_io
+    candidates = _plans(graph, plain_macs, allowance, arena_limit, streamed)
     if options.patches == "min":       # the most promising first, should MAX_PLANS_TRIED cut the list
         candidates.sort(key=lambda p: (p.arena_bound, p.cost))   # (cached halo rows: a larger bound)
     tried = [first]
@@ -465,7 +467,7 @@ def _plan_memory(graph: Any, target: Target, options: BuildOptions,
         scan(sorted(candidates, key=lambda p: (p.arena_bound, p.cost)), 2 * MAX_PLANS_TRIED)
     fitting = [p for p in tried if _fits(p, budget)]
     if not fitting:
-        bounds = [p.arena_bound for p in _plans(graph, plain_macs, None, None) if p.patch]
+        bounds = [p.arena_bound for p in _plans(graph, plain_macs, None, None, streamed) if p.patch]
         raise _refusal(target, min(tried, key=_peak), budget, min(bounds, default=None))
     chosen = min(fitting, key=lambda p: (_peak(p), p.cost)) if options.patches == "min" else min(fitting, key=lambda p: p.cost)
     if chosen.lean:
