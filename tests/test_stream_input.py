@@ -245,3 +245,26 @@ def test_mobilenet_v2_1_0_224_int8_streamed_on_mps2_an386(tmp_path):
     assert "passed" in proc.stdout.lower() or proc.returncode == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["arena_bytes"] < 150_528        # less than the graph input alone
+
+
+@pytest.mark.slow
+def test_streamed_input_on_the_emulated_pi(small, tmp_path):
+    """The Linux device loop (rpi4 under qemu-aarch64) asks for the rows the same way."""
+    source, root, reps, _ = small
+    family, opts, patch = SMALL
+    rep = _build(source, tmp_path / "pi", "rpi4", quant="int8", patch=patch)
+    assert rep["patch_plan"]["input_streamed"]
+    target = load_target("rpi4")
+    xs = _int8_inputs(reps["whole"], source.inputs[0].shape)
+    refs = [HostModel(root / "whole").run(x)[0] for x in xs]
+    with platform_for(target).start_emulator(target, tmp_path / "pi", rep) as s:
+        port = s.open_port()
+        try:
+            link = Link(port, timeout=60, alive=s.alive)
+            assert link.connect()["input_streamed"] == 1
+            got = [link.infer(x, tuple(rep["outputs"][0]["shape"]), in_dtype="int8", out_dtype="int8").output
+                   for x in xs]
+        finally:
+            port.close()
+    for g, ref in zip(got, refs):
+        assert g.tobytes() == ref.tobytes()
