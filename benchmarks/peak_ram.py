@@ -70,6 +70,8 @@ MBV2_224_PLANS = {
     "default": dict(patches="off"),
     "patches 12:1 cached, whole input": dict(patch=(12, 1, "cached"), stream_input=False),
     "patches 12:1 cached, input streamed": dict(patch=(12, 1, "cached")),
+    "patches 12:1 cached + 1-row dw+pw tiles + lean windows, input streamed": dict(
+        patch=(12, 1, "cached"), dwpw_rows=1, lean_windows=True),
     "patches 21:1 cached + 1-row dw+pw tiles + lean windows, input streamed": dict(
         patch=(21, 1, "cached"), dwpw_rows=1, lean_windows=True),
 }
