@@ -119,7 +119,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         from .measure.inspection import memory_plan
 
         options = BuildOptions(compile=False, quant=args.quant, patch=patch, patches=patches, ram_budget=budget,
-                               compare_unfused=False)
+                               compare_unfused=False, stream_input=not args.no_stream_input)
         info["memory_plan"] = memory_plan(source, target, options, Progress(quiet=args.json))
     print(json.dumps(info, indent=2) if args.json else format_inspection(info))
     return 0
@@ -149,14 +149,16 @@ def cmd_build(args: argparse.Namespace) -> int:
                            calibration=args.calibration, calibration_samples=args.calibration_samples,
                            calibration_method=args.calibration_method, tuning=_tuning(args, target),
                            patch=patch, patches=patches, lean_windows=args.lean_windows, ram_budget=budget,
-                           perturb_first_conv=args.debug_perturb_first_conv)
+                           perturb_first_conv=args.debug_perturb_first_conv, stream_input=not args.no_stream_input)
     report = write_build(source, target, out, options, Progress(args.quiet), force=args.force)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         pp = report.get("patch_plan")
         patched = (f"; first {pp['layers']} layers in {pp['bands']} bands of {pp['rows']} rows"
-                   + (", halo rows cached" if pp.get("halo") == "cached" else "")) if pp else ""
+                   + (", halo rows cached" if pp.get("halo") == "cached" else "")
+                   + (f", input streamed ({pp['input_rows']['max_rows_held']} rows held at most)"
+                      if pp.get("input_streamed") else "")) if pp else ""
         print(f"{out}: {report['kernels']} kernel calls ({report['kernel_functions']} kernels), "
               f"{report['macs']:,} MACs, weights {report['weights_bytes']:,} B, arena {report['arena_bytes']:,} B"
               + patched)
@@ -534,6 +536,7 @@ def _add_inspect(sub: Any) -> None:
     s.add_argument("--patches", default="min", metavar="off|auto|min|LAYERS:ROWS[:cached]",
                    help="with --target: as for build (default min: the least peak RAM within +10%% MACs)")
     s.add_argument("--ram-budget", metavar="BYTES", help="with --target: as for build")
+    s.add_argument("--no-stream-input", action="store_true", help="with --target: as for build")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(fn=cmd_inspect)
 
@@ -573,6 +576,9 @@ def _add_build(sub: Any) -> None:
                         "lean windows, trading instructions, and refuses before compiling when nothing fits")
     s.add_argument("--lean-windows", action="store_true",
                    help="depthwise windows per channel tile and small buffers in the arena (less RAM)")
+    s.add_argument("--no-stream-input", action="store_true",
+                   help="with patches: keep the whole graph input in the arena (transposed in place) instead of "
+                        "reading it row band by row band as the bands need it (ec_read_input_rows)")
     s.add_argument("--dwpw-rows", type=int, metavar="R",
                    help="output rows per tile of fused depthwise+pointwise kernels (default: per target family)")
     s.add_argument("--db", metavar="DIR", help="tuning database (default: $EDGECOMPILE_TUNING_DB or "

@@ -25,7 +25,7 @@ from .codegen.lower import KernelSource
 from .codegen.memory import MemoryPlan
 from .datasets import calibration_inputs
 from .errors import EdgeCompileError, FitError
-from .ir import passes, patches, quantize
+from .ir import passes, patches, quantize, stream
 from .ir.frontend import ModelSource, to_relax
 from .ir.kernel import KernelInfo, analyze
 from .ir.operators import Kind
@@ -63,6 +63,7 @@ class BuildOptions:
     perturb_first_conv: bool = False      # test-only: a wrong weight in the first convolution (see _perturb)
     patches: str = "auto"           # without `patch`: off | auto (when the plain plan does not fit) | min (RAM)
     ram_budget: int | None = None   # bytes of peak RAM (static + arena + stack) the plan must stay under
+    stream_input: bool = True       # a patch stage reads the graph input row band by row band (ir/stream.py)
 
 
 # A patch plan found by `min` may cost this fraction of the plain plan's MACs more (recomputed halos).
@@ -203,6 +204,13 @@ def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable
                  + (f", {patch_plan.bytes_copied:,} B of halo rows copied)" if patch_plan.halo == "cached" else ")"))
     mod = passes.lower_graph(graph, fuse_dwpw=options.fuse)
     prog = extract_program(mod)
+    if patch_plan is not None and options.stream_input and not options.external_io:
+        streamed = stream.stream_input(prog)
+        if streamed is not None:
+            patch_plan.input_streamed, patch_plan.input_rows = True, streamed.to_json()
+            patch_plan.in_place_input = False           # nothing transposed in place any more
+            progress(f"streamed input: {len(streamed.reads)} reads of at most {streamed.max_rows_held} rows "
+                     f"({streamed.max_rows_held * streamed.row_bytes:,} B) instead of the whole input")
     progress(f"scheduling {len(set(c.kernel for c in prog.calls))} kernels for family '{target.family}' "
              f"({len(prog.calls)} calls)")
     if options.perturb_first_conv:
@@ -218,11 +226,14 @@ def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable
     same_builtin: dict[tuple, str] = {}       # one C function for the builtin calls of one shape
     for c in prog.calls:
         if c.builtin is not None and c.kernel not in symbol_of:
-            key = (c.builtin, prog.tensors[c.inputs[0]].shape, prog.tensors[c.inputs[0]].dtype)
+            first = (c.inputs or c.outputs)[0]
+            key = (c.builtin, prog.tensors[first].shape, prog.tensors[first].dtype)
+            if c.builtin == "input_rows":     # one function reads every band (the rows are arguments)
+                key = (c.builtin,)
             if key in same_builtin:
                 symbol_of[c.kernel] = same_builtin[key]
                 continue
-            sym = lower.unique_symbol(f"ec_{c.builtin}_{lower.shape_suffix(prog.tensors[c.inputs[0]])}", taken)
+            sym = lower.unique_symbol(f"ec_{c.builtin}_{lower.shape_suffix(prog.tensors[prog.inputs[0] if c.builtin == 'input_rows' else first])}", taken)
             kernels[sym], infos[sym] = builtins.builtin_kernel(c, prog, sym)
             symbol_of[c.kernel] = same_builtin[key] = sym
     call_symbols = [symbol_of[c.kernel] for c in prog.calls]
@@ -352,7 +363,8 @@ def _estimate(target: Target, low: _Lowered) -> MemoryEstimate | None:
                                                 len(low.program.calls), stack)
 
 
-def _plans(graph: Any, plain_macs: int, allowance: float | None, arena_limit: int | None) -> list[_Plan]:
+def _plans(graph: Any, plain_macs: int, allowance: float | None, arena_limit: int | None,
+           streamed: bool = False) -> list[_Plan]:
     """The plans memory planning may try: the plain one, with lean windows, then patch stages
     (after each number of layers where the stage output is smaller than every shallower cut's and
     than the stage input) x rows per band, with lean windows, within `allowance` x the plain MACs
@@ -369,14 +381,14 @@ def _plans(graph: Any, plain_macs: int, allowance: float | None, arena_limit: in
                 if rows >= cut.shape[1]:
                     continue
                 extra = patches.patch_macs(stage, cut, rows) - cut.macs
-                bound = patches.arena_lower_bound(stage, cut, rows)
+                bound = patches.arena_lower_bound(stage, cut, rows, streamed=streamed)
                 if arena_limit is not None and bound > arena_limit:
                     continue
                 plans = [_Plan((layers, rows), True, extra, bound)]
                 if extra > 0:           # a halo to recompute: or to keep from the band before
                     copied = patches.cached_copies(stage, cut, rows)[1]
                     kept = patches.patch_macs(stage, cut, rows, "cached") - cut.macs   # 0 where every halo is kept
-                    cached_bound = patches.arena_lower_bound(stage, cut, rows, "cached")
+                    cached_bound = patches.arena_lower_bound(stage, cut, rows, "cached", streamed)
                     if arena_limit is None or cached_bound <= arena_limit:
                         plans.append(_Plan((layers, rows, "cached"), True, kept, cached_bound, bytes_copied=copied))
                 out += [p for p in plans if allowance is None or p.cost <= allowance * plain_macs]
@@ -426,7 +438,8 @@ def _plan_memory(graph: Any, target: Target, options: BuildOptions,
         if budget is not None:
             room.append(budget - est.peak_ram_bytes + est.arena_bytes)
         arena_limit = min(room) if room else None
-    candidates = _plans(graph, plain_macs, allowance, arena_limit)
+    streamed = options.stream_input and not options.external_io
+    candidates = _plans(graph, plain_macs, allowance, arena_limit, streamed)
     if options.patches == "min":       # the most promising first, should MAX_PLANS_TRIED cut the list
         candidates.sort(key=lambda p: (p.arena_bound, p.cost))   # (cached halo rows: a larger bound)
     tried = [first]
@@ -454,7 +467,7 @@ def _plan_memory(graph: Any, target: Target, options: BuildOptions,
         scan(sorted(candidates, key=lambda p: (p.arena_bound, p.cost)), 2 * MAX_PLANS_TRIED)
     fitting = [p for p in tried if _fits(p, budget)]
     if not fitting:
-        bounds = [p.arena_bound for p in _plans(graph, plain_macs, None, None) if p.patch]
+        bounds = [p.arena_bound for p in _plans(graph, plain_macs, None, None, streamed) if p.patch]
         raise _refusal(target, min(tried, key=_peak), budget, min(bounds, default=None))
     chosen = min(fitting, key=lambda p: (_peak(p), p.cost)) if options.patches == "min" else min(fitting, key=lambda p: p.cost)
     if chosen.lean:

@@ -243,7 +243,8 @@ def test_inspect_plans_the_memory_for_a_target():
                    "--target", "stm32f746g-disco", "--json", check=True)
     m = json.loads(proc.stdout)["memory_plan"]
     assert m["target"] == "stm32f746g-disco" and m["quant"] == "int8"
-    assert m["patch_plan"]["bands"] > 1 and m["patch_plan"]["extra_macs"] > 0
+    pp = m["patch_plan"]      # the halo rows cost MACs (recomputed) or copies (cached)
+    assert pp["bands"] > 1 and (pp["extra_macs"] > 0 or pp["bytes_copied"] > 0)
     tried = m["tried"]
     assert tried[0]["patch"] is None and len(tried) > 2
     assert m["peak_ram_estimate"] == min(t["peak_ram_estimate"] for t in tried) < tried[0]["peak_ram_estimate"]
@@ -253,7 +254,8 @@ def test_inspect_plans_the_memory_for_a_target():
     assert max(b["offset"] + b["bytes"] for b in peak["live"]) == peak["top"] <= m["arena_bytes"]
     size = {"int8": 1, "uint8": 1, "int32": 4, "float32": 4}
     assert all(b["bytes"] >= math.prod(b["shape"]) * size[b["dtype"]] for b in peak["live"])
-    assert any(b["kind"] == "input" for b in peak["live"])      # a band of the first stage reads the input
+    # the stage reads the input row band by row band (ir/stream.py): it is never whole in the arena
+    assert m["patch_plan"]["input_streamed"] and not any(b["kind"] == "input" for b in peak["live"])
     from edgecompile.measure.inspection import _format_memory_plan
     text = "\n".join(_format_memory_plan(m))
     assert f"arena peak {peak['top']:,} B at call {peak['call']} ({peak['kernel']})" in text, text

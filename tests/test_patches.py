@@ -93,7 +93,7 @@ def test_patched_int8_bytes_on_a_board(tmp_path):
     outs = []
     for name, patch in (("patched", (5, 2)), ("plain", None)):
         rep = _build(source, tmp_path / name, target="stm32f746g-disco", quant="int8", patch=patch,
-                     lean_windows=patch is not None)
+                     lean_windows=patch is not None, stream_input=False)   # streamed: test_stream_input.py
         xs = _int8_inputs(rep, source.inputs[0].shape, range(4))
         with platform_for(target).start_emulator(target, tmp_path / name, rep) as s:
             port = s.open_port()
@@ -112,11 +112,14 @@ def test_patched_int8_bytes_on_a_board(tmp_path):
 
 
 def _compiled(family, quant, patch, target="stm32f746g-disco", lean=False):
+    """The compiled plan with the whole input in the arena (the stage output overlaps it); the
+    streamed input's plans are replayed in test_stream_input.py."""
     from edgecompile.compiler import compile_model
 
     opts = STAGES[family][0]
     c = compile_model(load_model(family, ModelOptions(**opts)), load_target(target),
-                      BuildOptions(quant=quant, patch=patch, lean_windows=lean, compare_unfused=False),
+                      BuildOptions(quant=quant, patch=patch, lean_windows=lean, compare_unfused=False,
+                                   stream_input=False),
                       Progress(quiet=True))
     return c, [c.kernel_infos[x["name"]] for x in c.calls]
 

@@ -6,6 +6,8 @@ kernel can do because they work in place (`KernelCall.builtin`).
   input, which on a microcontroller is often the largest buffer of the whole inference.
 * `copy_rows`: a cached-halo patch stage's halo rows, from one band's buffer to the next's (which
   may lie over it).
+* `input_rows`: rows of a streamed graph input (`ir/stream.py`), NHWC, from the caller's NCHW
+  input when `ec_model_run` is given one, else from the runtime's `ec_read_input_rows`.
 """
 
 from __future__ import annotations
@@ -137,7 +139,46 @@ def copy_rows(call: KernelCall, prog: Program, symbol: str) -> tuple[KernelSourc
     return source, info
 
 
-BUILTINS = {"transpose_in_place": transpose_in_place, "copy_rows": copy_rows}
+# what the executor calls for a streamed input (`input_rows`): set by ec_model_run_multi
+STREAM_SOURCE = "ec_stream_source_"
+
+
+def input_rows(call: KernelCall, prog: Program, symbol: str) -> tuple[KernelSource, KernelInfo]:
+    """Rows [y0, y1) of the streamed graph input into a band buffer, NHWC: transposed from the
+    caller's NCHW buffer when ec_model_run was given one, else asked of the runtime through
+    `ec_read_input_rows` (a firmware's serial link, a camera driver; a weak definition that
+    fails stands in when nothing provides it). The executor calls it as
+    `symbol(y0, y1, dst)`; one function serves every band."""
+    src = prog.tensors[prog.streamed[0]]
+    _, c, h, w = src.shape
+    t = C_TYPES[src.dtype]
+    code = f"""/* the streamed graph input: the caller's NCHW buffer for this inference, or NULL */
+static const {t} *{STREAM_SOURCE};
+
+/* Input rows y0 <= y < y1 in NHWC order ({w} x {c} values a row) into dst; 0 on success. The
+ * runtime (firmware, camera driver) provides it when the model runs without an input buffer. */
+__attribute__((weak)) int ec_read_input_rows(int y0, int y1, {t} *dst) {{
+  (void)y0; (void)y1; (void)dst;
+  return -1;                                          /* no input source */
+}}
+
+static __attribute__((noinline)) int32_t {symbol}(int32_t y0, int32_t y1, {t}* restrict dst) {{
+  /* rows [y0, y1) of the [1, {c}, {h}, {w}] input, NHWC */
+  if (y0 < 0 || y1 > {h} || y0 >= y1) return -1;
+  const {t} *src = {STREAM_SOURCE};
+  if (!src) return ec_read_input_rows(y0, y1, dst) == 0 ? 0 : -1;
+  for (int32_t y = y0; y < y1; ++y)
+    for (int32_t x = 0; x < {w}; ++x)
+      for (int32_t ch = 0; ch < {c}; ++ch) *dst++ = src[((size_t)ch * {h} + (size_t)y) * {w} + (size_t)x];
+  return 0;
+}}"""
+    source = KernelSource(symbol, [("int32_t", "y0"), ("int32_t", "y1"), (f"{t}*", "dst")], [], 0, code)
+    info = KernelInfo(Kind.ELEMENTWISE, 0, None, ["input_rows"])
+    info.schedule = f"builtin: streamed input rows, {w * c * DTYPE_BYTES[src.dtype]} B a row"
+    return source, info
+
+
+BUILTINS = {"transpose_in_place": transpose_in_place, "copy_rows": copy_rows, "input_rows": input_rows}
 
 
 def builtin_kernel(call: KernelCall, prog: Program, symbol: str) -> tuple[KernelSource, KernelInfo]:

@@ -11,6 +11,7 @@ from ..errors import EdgeCompileError
 from ..ir.program import C_TYPES, Program, Tensor
 from ..schedules import emit_ukernels
 from .mathlib import math_helpers
+from .builtins import STREAM_SOURCE
 from .lower import KernelSource
 from .memory import MemoryPlan
 from .weights import weight_decl
@@ -70,10 +71,22 @@ typedef {C_TYPES[outs[0].dtype]} ec_output_t;    /* element type of output 0 */
         for i, key in (("INPUT", "input"), ("OUTPUT", "output")):
             g.append(f"#define EC_{i}_SCALE {quant[key]['scale']!r}f   /* real = scale * (q - zero point) */")
             g.append(f"#define EC_{i}_ZERO_POINT {quant[key]['zero_point']}")
+    if prog.streamed:
+        g.append("#define EC_INPUT_STREAMED 1   /* the input is read row band by row band (ec_read_input_rows) */")
     for i, t in enumerate(ins):
         g += shape_macros("EC_INPUT" if i == 0 else f"EC_INPUT{i}", t)
     for i, t in enumerate(outs):
         g += shape_macros("EC_OUTPUT" if i == 0 else f"EC_OUTPUT{i}", t)
+    streamed_api = """/* The input is streamed: it is never whole in RAM. ec_model_run(input, output) reads the rows it
+ * needs from `input` (NCHW) as it goes; ec_model_run(NULL, output) asks for them instead:
+ * provide this function (a camera or serial driver). It writes input rows y0 <= y < y1 to dst
+ * in NHWC order (EC_INPUT_SHAPE[3] x EC_INPUT_SHAPE[1] values a row, int8 models quantized as
+ * EC_INPUT_SCALE / EC_INPUT_ZERO_POINT say) and returns 0, else non-zero (the inference stops
+ * with an error). Rows come top to bottom; a band may ask again for a few rows of the band
+ * before (its halo). ec_model_input(0) is NULL. */
+int ec_read_input_rows(int y0, int y1, ec_input_t *dst);
+
+""" if prog.streamed else ""
     g.append("""
 /* Run one inference. inputs[i] / outputs[i] point to the caller's buffers of EC_INPUT*_SIZE /
  * EC_OUTPUT*_SIZE elements. Without EC_EXTERNAL_IO a NULL pointer means "already in / leave in
@@ -83,7 +96,7 @@ int ec_model_run_multi(const void *const inputs[EC_NUM_INPUTS], void *const outp
 /* The same for single-input, single-output models (output = first output). */
 int ec_model_run(const ec_input_t *input, ec_output_t *output);
 
-#if !EC_EXTERNAL_IO
+""" + streamed_api + """#if !EC_EXTERNAL_IO
 /* Where input i / output i live inside the arena, for zero-copy use. */
 ec_input_t *ec_model_input(int index);
 const ec_output_t *ec_model_output(int index);
@@ -130,7 +143,7 @@ def emit_model_c(model: str, prog: Program, plan: MemoryPlan, kernels: dict[str,
           "}"]
     if not ext:
         c.append("")
-        c += _accessor("ec_input_t *ec_model_input", [addr(n) for n in prog.inputs])
+        c += _accessor("ec_input_t *ec_model_input", ["NULL" if n in prog.streamed else addr(n) for n in prog.inputs])
         c.append("")
         c += _accessor("const ec_output_t *ec_model_output", [addr(n) for n in prog.outputs])
     return "\n".join(c) + "\n"
@@ -201,13 +214,20 @@ def _executor(prog: Program, kernels: dict[str, KernelSource], call_symbols: lis
               "  for (int i = 0; i < EC_NUM_OUTPUTS; ++i) if (!outputs[i]) return -2;"]
     else:
         for i, name in enumerate(prog.inputs):
-            c.append(f"  if (inputs && inputs[{i}]) memcpy({addr(name)}, inputs[{i}], {prog.tensors[name].nbytes});")
+            if name in prog.streamed:       # its rows are read as the bands need them (builtins.input_rows)
+                c.append(f"  {STREAM_SOURCE} = inputs ? (const {C_TYPES[prog.tensors[name].dtype]} *)inputs[{i}] : NULL;")
+            else:
+                c.append(f"  if (inputs && inputs[{i}]) memcpy({addr(name)}, inputs[{i}], {prog.tensors[name].nbytes});")
     for i, (call, sym, doc) in enumerate(zip(prog.calls, call_symbols, call_docs)):
         names = call.inputs + call.outputs + call.scratch
         ptypes = [t.rstrip("*").strip() for t, _ in kernels[sym].params]
+        if call.builtin == "input_rows" and call.rows is not None:
+            ptypes = ptypes[2:]              # (y0, y1) come first
         if len(ptypes) != len(names):
             raise EdgeCompileError(f"{sym}: kernel takes {len(ptypes)} arguments, call passes {len(names)}")
         args = ", ".join(addr(a, t) for a, t in zip(names, ptypes))
+        if call.builtin == "input_rows" and call.rows is not None:
+            args = f"{call.rows[0]}, {call.rows[1]}, {args}"
         out = call.outputs[0]
         c += [f"  {{ /* {i}: {doc} */",
               "    EC_PROFILE_BEGIN();",

@@ -330,12 +330,14 @@ def live_at(prog: Program, plan: MemoryPlan, step: int, symbols: list[str] | Non
 
 def program_buffers(prog: Program, external_io: bool = False) -> tuple[list[Buffer], list[str]]:
     """Lifetimes of the program's storage roots. Step i is call i; inputs are live from step -1,
-    outputs until step len(calls). Scratch buffers live only during their call."""
+    outputs until step len(calls). Scratch buffers live only during their call. A streamed input
+    (`ir/stream.py`) has no storage: its rows arrive in buffers of their own."""
     n = len(prog.calls)
     start: dict[str, int] = {}
     end: dict[str, int] = {}
     for name in prog.inputs:
-        start[prog.storage_root(name)] = -1
+        if name not in prog.streamed:
+            start[prog.storage_root(name)] = -1
     for i, call in enumerate(prog.calls):
         for t in call.inputs:
             if prog.tensors[t].kind == "weight":

@@ -25,6 +25,9 @@ HEADER = struct.Struct("<2sBBI")
 MAX_FRAME_PAYLOAD = 1 << 20    # default bound on a device frame; Link raises it for big outputs
 
 PING, INFO, INFER, PROFILE = 0x01, 0x02, 0x03, 0x04
+ROWS = 0x05            # streamed input: host -> device, the rows a ROWS_REQ asked for (NHWC), its seq
+ROWS_REQ = 0x87        # streamed input: device -> host during an INFER, u32 y0, u32 y1
+ROWS_REQ_FRAME = struct.Struct("<II")
 READY, PONG, INFO_RESP, RESULT, PROFILE_RESP, TRACE = 0x80, 0x81, 0x82, 0x83, 0x84, 0x85
 TIMING = 0x86          # protocol 2: sent before an INFER's RESULT (older hosts skip it)
 PROTOCOL_VERSION = 2
@@ -156,6 +159,8 @@ class Link:
         self.ready_info: dict[str, Any] | None = None
         self.traced: dict[int, bytes] = {}    # call index -> output bytes, from a trace firmware
         self.timings: dict[int, Timing] = {}  # seq -> the TIMING frame sent before that RESULT
+        self.input_streamed = False           # the device asks for input rows (INFO's input_streamed)
+        self.rows_sent: list[tuple[int, int]] = []   # [y0, y1) of every ROWS answered in the last INFER
         if hasattr(self.port, "timeout"):
             self.port.timeout = 0.05
 
@@ -248,7 +253,46 @@ class Link:
         return self.info()
 
     def info(self) -> dict[str, Any]:
-        return _json(self.request(INFO, b"", INFO_RESP).payload)
+        info = _json(self.request(INFO, b"", INFO_RESP).payload)
+        self.input_streamed = bool(info.get("input_streamed"))
+        return info
+
+    def rows_payload(self, x: np.ndarray, payload: bytes) -> tuple[int, int, bytes]:
+        """The answer to a ROWS_REQ for input `x` (NCHW): rows [y0, y1) in NHWC order. A request
+        the input cannot answer is refused with an error naming the rows."""
+        if len(payload) != ROWS_REQ_FRAME.size:
+            raise DeviceError(f"the device asked for input rows with a {len(payload)}-byte request (expected "
+                              f"{ROWS_REQ_FRAME.size})")
+        y0, y1 = ROWS_REQ_FRAME.unpack(payload)
+        if x.ndim != 4 or not 0 <= y0 < y1 <= x.shape[2]:
+            raise DeviceError(f"the device asked for input rows {y0}..{y1} of an input of "
+                              f"{x.shape[2] if x.ndim == 4 else 0} rows (shape {list(x.shape)})")
+        return y0, y1, np.ascontiguousarray(x[0, :, y0:y1, :].transpose(1, 2, 0)).tobytes()
+
+    def _infer_streamed(self, x: np.ndarray, timeout: float) -> Frame:
+        """INFER without a payload; answer the device's ROWS_REQ frames from `x` until its RESULT.
+        A NAK (the device saw a broken ROWS frame) needs nothing: the device asks again."""
+        self.rows_sent = []
+        seq = self.send(INFER, b"")
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = self.receive(deadline)
+            if frame.kind == RESULT and frame.seq == seq:
+                return frame
+            if frame.kind == NAK:
+                self.naks += 1
+                if len(frame.payload) >= 2 and frame.payload[1] == seq and not self.rows_sent:
+                    reason = NAK_REASONS.get(frame.payload[0], "unknown")
+                    raise DeviceError(f"device rejected the INFER ({reason}): is its input streamed?")
+            elif frame.kind == ROWS_REQ:
+                y0, y1, data = self.rows_payload(x, frame.payload)
+                self.send_rows(frame.seq, data)
+                self.rows_sent.append((y0, y1))
+                deadline = time.monotonic() + timeout       # the device is alive and working
+
+    def send_rows(self, seq: int, data: bytes) -> None:
+        """The ROWS frame answering the device's request `seq` (a test may override it)."""
+        self.send(ROWS, data, seq=seq)
 
     def infer(self, x: np.ndarray, out_shape: tuple[int, ...], timeout: float | None = None,
               in_dtype: str = "float32", out_dtype: str = "float32") -> InferResult:
@@ -258,7 +302,10 @@ class Link:
         t = timeout if timeout is not None else self.timeout + len(data) / 2000.0
         self.traced = {}
         self.timings = {}
-        frame = self.request(INFER, data, RESULT, timeout=t)
+        if self.input_streamed:
+            frame = self._infer_streamed(np.frombuffer(data, dtype=np.dtype(in_dtype).newbyteorder("<")).reshape(x.shape), t)
+        else:
+            frame = self.request(INFER, data, RESULT, timeout=t)
         status, lo, hi, tick_hz, stack, arena = struct.unpack_from("<6I", frame.payload)
         if status != 0:
             raise DeviceError(f"the model failed on the device at kernel call {status}")
@@ -280,7 +327,8 @@ def _json(payload: bytes) -> dict[str, Any]:
 
 def describe(frame: Frame) -> str:
     """One line about a frame, for `edgecompile monitor`."""
-    names = {PING: "PING", INFO: "INFO", INFER: "INFER", PROFILE: "PROFILE", READY: "READY", PONG: "PONG",
+    names = {PING: "PING", INFO: "INFO", INFER: "INFER", PROFILE: "PROFILE", ROWS: "ROWS", ROWS_REQ: "ROWS_REQ",
+             READY: "READY", PONG: "PONG",
              INFO_RESP: "INFO", RESULT: "RESULT", PROFILE_RESP: "PROFILE", TRACE: "TRACE", TIMING: "TIMING", NAK: "NAK",
              FAULT: "FAULT", ERROR: "ERROR"}
     name = names.get(frame.kind, f"type 0x{frame.kind:02x}")
@@ -296,6 +344,8 @@ def describe(frame: Frame) -> str:
         if t is not None:
             return (f"TIMING #{frame.seq}: v{t.version}, {t.ticks:,} {t.counter} ticks at {t.tick_hz:,} Hz, "
                     f"core clock {t.clock_hz:,} Hz ({t.clock_source})")
+    if frame.kind == ROWS_REQ and len(p) == ROWS_REQ_FRAME.size:
+        return "ROWS_REQ #{}: input rows {}..{}".format(frame.seq, *ROWS_REQ_FRAME.unpack(p))
     if frame.kind == FAULT:
         return "FAULT: " + ", ".join(f"{k}=0x{v:08x}" for k, v in decode_fault(p).items())
     if frame.kind == NAK and len(p) >= 2:

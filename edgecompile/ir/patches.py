@@ -84,6 +84,8 @@ class PatchPlan:
     halo: str = "recomputed"     # or "cached": halo rows kept from the previous band (line buffers)
     rows_copied: int = 0         # cached: halo rows kept from one band to the next, all layers
     bytes_copied: int = 0        # bytes the copies move (each halo row twice: out, then in)
+    input_streamed: bool = False # the graph input is read row band by row band, never whole (ir/stream.py)
+    input_rows: dict[str, Any] | None = None   # streamed: the reads, rows read and held at most
 
     @property
     def extra_macs(self) -> int:
@@ -771,14 +773,18 @@ def apply_patches(mod: Any, stage: Stage, cut: Cut, rows: int, in_place_input: b
     return new, plan
 
 
-def arena_lower_bound(stage: Stage, cut: Cut, rows: int, halo: str = "recomputed") -> int:
+def arena_lower_bound(stage: Stage, cut: Cut, rows: int, halo: str = "recomputed", streamed: bool = False) -> int:
     """Bytes any plan of this patch stage needs at least: the whole stage input, live while the
     first band runs. (Nothing more can be counted from the band shapes alone: a band's buffers and
     the stage output may overlap input rows already consumed, and fused kernels keep their
     intermediate rows to themselves.) With cached halo rows, also what the second band takes
     over from the first: every halo buffer, and every buffer of the first band it reads whole,
-    all live between the two bands. Used to skip plans that cannot fit a budget."""
+    all live between the two bands. Used to skip plans that cannot fit a budget. `streamed` (the
+    graph input read row band by row band, `stream.py`): only the input rows of the first band."""
     total = tensor_bytes(stage.entry)
+    if streamed and stage.transposed:
+        a, b = _needed_rows(stage, cut, 0, min(rows, cut.shape[1])).get(stage.entry, (0, _height(stage.entry)))
+        total = (b - a) * _row_bytes(stage.entry)
     if halo == "cached":
         bands = cached_bands(stage, cut, rows)
         if len(bands) > 1:

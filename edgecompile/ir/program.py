@@ -42,6 +42,7 @@ class KernelCall:
     outputs: list[str]
     scratch: list[str] = field(default_factory=list)   # filled by codegen from the kernel's needs
     builtin: str | None = None     # run by edgecompile's own C (codegen/builtins.py), not a TVM kernel
+    rows: tuple[int, int] | None = None   # `input_rows`: the graph input rows [y0, y1) it reads (ir/stream.py)
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Program:
     calls: list[KernelCall]
 
     assembled: list[str] = field(default_factory=list)   # tensors made of row-band views (patches)
+    streamed: list[str] = field(default_factory=list)    # graph inputs read row by row, not stored (ir/stream.py)
 
     def storage_root(self, name: str) -> str:
         while self.tensors[name].alias_of is not None:

@@ -173,6 +173,13 @@ def _format_memory_plan(m: dict[str, Any]) -> list[str]:
     if pp:
         lines.append(f"patch stage: the first {pp['layers']} layers in {pp['bands']} bands of {pp['rows']} rows of "
                      f"{'x'.join(map(str, pp['stage_output_shape'][1:]))}, " + _halo_text(pp))
+        rows = pp.get("input_rows")
+        if pp.get("input_streamed") and rows:
+            lines.append(f"input streamed: {rows['reads']} reads of input rows (ec_read_input_rows), at most "
+                         f"{rows['max_rows_held']} of {rows['rows_per_image']} rows held ({rows['max_bytes_held']:,} B), "
+                         f"{rows['rows_read']} rows read an inference (halo rows read again)")
+        else:
+            lines.append("input not streamed: the whole input is in the arena")
     else:
         lines.append("no patch stage")
     ip = m.get("in_place", [])

@@ -46,9 +46,18 @@ uint64_t ec_profile_clock(void) { return ec_hal_ticks(); }
 static void send_profile(uint8_t seq);
 #endif
 
+#if defined(EC_INPUT_STREAMED) && !EC_EXTERNAL_IO
+/* The input is streamed (the model reads it row band by row band): INFER carries no payload;
+ * during the inference the model asks for rows through ec_read_input_rows, below. */
+#define EC_INFER_BYTES 0u
+#else
+#define EC_INFER_BYTES EC_INPUT_BYTES
+#endif
+
 static uint8_t *payload_sink(void *ctx, uint8_t type, uint32_t length) {
   (void)ctx;
-  if (type == EC_MSG_INFER) return length == EC_INPUT_BYTES ? (uint8_t *)input_buffer() : 0;
+  if (type == EC_MSG_INFER) return length == EC_INFER_BYTES ? (uint8_t *)input_buffer() : 0;
+  if (type == EC_MSG_ROWS) return 0;           /* only inside ec_read_input_rows */
   return length <= EC_SMALL_PAYLOAD_MAX ? small_payload_buffer() : 0;
 }
 
@@ -169,9 +178,69 @@ void ec_trace(int call, const void *data, uint32_t bytes) {
 }
 #endif
 
+#if defined(EC_INPUT_STREAMED) && !EC_EXTERNAL_IO
+/* The model's input source (model.h): asks the host for rows y0 <= y < y1 with a ROWS_REQ frame
+ * (u32 y0, u32 y1) and receives the ROWS frame of the same seq straight into dst (NHWC, exactly
+ * (y1 - y0) rows of W x C values, CRC-checked). A broken or wrongly sized answer is NAKed and the
+ * rows asked for again, EC_ROWS_ATTEMPTS times at most; then the inference fails. A camera driver
+ * provides the same function reading its sensor instead. The ticks spent here (waiting for the
+ * link) are left out of the inference's count. */
+#define EC_ROWS_ATTEMPTS 4
+static const int32_t ec_input_shape[4] = EC_INPUT_SHAPE;
+static uint8_t *rows_dst;
+static uint32_t rows_bytes;
+static uint8_t rows_seq;
+static uint64_t rows_ticks;                   /* ticks spent in ec_read_input_rows this inference */
+
+static uint8_t *rows_sink(void *ctx, uint8_t type, uint32_t length) {
+  (void)ctx;
+  return type == EC_MSG_ROWS && length == rows_bytes ? rows_dst : 0;
+}
+
+int ec_read_input_rows(int y0, int y1, ec_input_t *dst) {
+  uint64_t t0 = ec_hal_ticks();
+  int rc = -1;
+  if (y0 >= 0 && y1 <= ec_input_shape[2] && y0 < y1) {
+    rows_dst = (uint8_t *)dst;
+    rows_bytes = (uint32_t)(y1 - y0) * (uint32_t)ec_input_shape[1] * (uint32_t)ec_input_shape[3] *
+                 (uint32_t)sizeof(ec_input_t);
+    for (int attempt = 0; attempt < EC_ROWS_ATTEMPTS && rc != 0; ++attempt) {
+      uint8_t req[8];
+      ec_parser p;
+      put_u32(req, (uint32_t)y0);
+      put_u32(req + 4, (uint32_t)y1);
+      send_frame2(EC_MSG_ROWS_REQ, ++rows_seq, req, sizeof req, 0, 0);
+      ec_parser_init(&p, rows_sink, 0);
+      for (;;) {
+        int c = ec_hal_getc(ec_parser_busy(&p) ? EC_BYTE_TIMEOUT_MS : 0);
+        uint8_t reason = 0;
+        ec_parse_result r = c < 0 ? EC_PARSE_ERROR : ec_parser_feed(&p, (uint8_t)c, &reason);
+        if (c < 0) reason = EC_NAK_TIMEOUT;
+        if (r == EC_PARSE_ERROR) {                /* NAK it and ask again */
+          uint8_t nak[2] = {reason, p.seq};
+          send_frame2(EC_MSG_NAK, 0, nak, 2, 0, 0);
+          break;
+        }
+        if (r == EC_PARSE_FRAME && p.type == EC_MSG_ROWS && p.seq == rows_seq) {
+          rc = 0;
+          break;
+        }
+      }
+    }
+  }
+  rows_ticks += ec_hal_ticks() - t0;
+  return rc;
+}
+#define EC_STREAM_TICKS() rows_ticks
+#define EC_STREAM_RESET() (rows_ticks = 0)
+#else
+#define EC_STREAM_TICKS() 0u
+#define EC_STREAM_RESET() ((void)0)
+#endif
+
 static void infer(uint8_t seq) {
   uint8_t head[24];
-#ifdef EC_TEST_IGNORE_INPUT
+#if defined(EC_TEST_IGNORE_INPUT) && !(defined(EC_INPUT_STREAMED) && !EC_EXTERNAL_IO)
   /* test-only: a broken device that ignores what it was sent (edgecompile test must fail) */
   memset((void *)input_buffer(), 0, EC_INPUT_BYTES);
 #endif
@@ -179,6 +248,7 @@ static void infer(uint8_t seq) {
   trace_seq = seq;
 #endif
   ec_hal_stack_paint();
+  EC_STREAM_RESET();
   ec_hal_mark();
   uint64_t t0 = ec_hal_ticks();
 #if EC_EXTERNAL_IO
@@ -188,7 +258,7 @@ static void infer(uint8_t seq) {
 #endif
   uint64_t t1 = ec_hal_ticks();
   ec_hal_mark();
-  uint64_t dt = t1 - t0;
+  uint64_t dt = t1 - t0 - EC_STREAM_TICKS();    /* without waiting for streamed input rows */
   /* TIMING (protocol 2), before the RESULT with the same seq: hosts that do not know it skip it.
    * u8 version, u8 counter, u8 clock source, u8 0, u32 clock_hz, u32 tick_hz, u64 ticks */
   uint8_t timing[20] = {EC_TIMING_VERSION, ec_hal_counter(), ec_hal_clock_source(), 0};

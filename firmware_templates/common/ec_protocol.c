@@ -32,7 +32,7 @@ void ec_parser_init(ec_parser *p, ec_payload_sink sink, void *ctx) {
 int ec_parser_busy(const ec_parser *p) { return p->state != EC_ST_SYNC0; }
 
 static int known_type(uint8_t t) {
-  return t == EC_MSG_PING || t == EC_MSG_INFO || t == EC_MSG_INFER || t == EC_MSG_PROFILE;
+  return t == EC_MSG_PING || t == EC_MSG_INFO || t == EC_MSG_INFER || t == EC_MSG_PROFILE || t == EC_MSG_ROWS;
 }
 
 ec_parse_result ec_parser_feed(ec_parser *p, uint8_t byte, uint8_t *nak_reason) {

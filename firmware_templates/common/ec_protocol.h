@@ -24,6 +24,7 @@ enum ec_msg_type {
   EC_MSG_INFO = 0x02,
   EC_MSG_INFER = 0x03,
   EC_MSG_PROFILE = 0x04,
+  EC_MSG_ROWS = 0x05,          /* streamed input: the rows a ROWS_REQ asked for, NHWC, with its seq */
   EC_MSG_READY = 0x80,
   EC_MSG_PONG = 0x81,
   EC_MSG_INFO_RESP = 0x82,
@@ -31,6 +32,7 @@ enum ec_msg_type {
   EC_MSG_PROFILE_RESP = 0x84,
   EC_MSG_TRACE = 0x85,         /* debug firmware (EC_TRACE): one kernel call's output during INFER */
   EC_MSG_TIMING = 0x86,        /* protocol 2: counter and clock of an INFER, sent before its RESULT */
+  EC_MSG_ROWS_REQ = 0x87,      /* streamed input, during an INFER: u32 y0, u32 y1 (rows y0 <= y < y1) */
   EC_MSG_NAK = 0xE0,
   EC_MSG_FAULT = 0xE1,
   EC_MSG_ERROR = 0xE2,
