@@ -246,7 +246,11 @@ def pixel_tile(width: int, m: int) -> tuple[int, int]:
     """(pixels of the scheduled tile, P) for a tile of M pixels on a row of `width`: (M, 0) when M
     divides the row; else a ragged pixel tile, the whole row as one tensorized tile whose
     micro-kernel runs width // M tiles of M pixels and one of width % M (P = M; see
-    ukernels.rows_gemm_c): a prime width (Xception's 19 and 37) no longer forces one-pixel tiles."""
+    ukernels.rows_gemm_c): a prime width (Xception's 19 and 37) no longer forces one-pixel tiles.
+    Xception 299 fp32 on the emulated Pi: 3,985,050,747 -> 3,297,367,782 emulator instructions per
+    inference (qemu-aarch64 -icount, not cycles; TFLite + XNNPACK 2,950,720,903: 1.35x -> 1.12x).
+    On this host (AVX-512, loaded, 15 interleaved runs): 0.735x the time before, 2.41x -> 1.77x
+    onnxruntime's."""
     if m > 1 and width % m:
         return width, m
     return m, 0
