@@ -112,8 +112,13 @@ def emit_ukernels(kernel_code: str, family_name: str) -> str:
     family's own version where it has one, else the generic one."""
     lanes, rules = family(family_name).LANES, family(family_name).RULES
     own = family_ukernels(family_name)
-    gemms = sorted({(t, int(m), int(n)) for t, m, n in ukernels.GEMM_CALL_RE.findall(kernel_code)})
-    dws = sorted({(t, *(int(v) for v in rest)) for t, *rest in ukernels.DW_CALL_RE.findall(kernel_code)})
+    gemm_rows = sorted({(t, int(m), int(n), int(p)) for t, m, n, p in ukernels.GEMM_ROWS_CALL_RE.findall(kernel_code)})
+    dw_rows = sorted({(t, *(int(v) for v in rest)) for t, *rest in ukernels.DW_ROWS_CALL_RE.findall(kernel_code)})
+    # a ragged pixel tile calls the micro-kernels of its full and last tiles
+    gemms = sorted({(t, int(m), int(n)) for t, m, n in ukernels.GEMM_CALL_RE.findall(kernel_code)}
+                   | {(t, q, n) for t, m, n, p in gemm_rows for _, q in ukernels.ragged_pixels(m, p)})
+    dws = sorted({(t, *(int(v) for v in rest)) for t, *rest in ukernels.DW_CALL_RE.findall(kernel_code)}
+                 | {(t, q, n, kh, kw, s) for t, m, n, kh, kw, s, p in dw_rows for _, q in ukernels.ragged_pixels(m, p)})
     windows = sorted({(t, *(int(v) for v in rest)) for t, *rest in ukernels.WINDOW_CALL_RE.findall(kernel_code)})
     requants = sorted({(int(m), int(n)) for m, n in ukernels.REQUANT_CALL_RE.findall(kernel_code)})
     helpers = sorted(set(ukernels.HELPER_CALL_RE.findall(kernel_code)))
@@ -143,4 +148,6 @@ def emit_ukernels(kernel_code: str, family_name: str) -> str:
     if widen:
         code = getattr(own, "widen", lambda: None)()
         parts.append(code or ukernels.emit_widen_c())
+    parts += [ukernels.rows_gemm_c(m, p, n, ukernels.TYPES[t]) for t, m, n, p in gemm_rows]
+    parts += [ukernels.rows_dw_c(m, p, n, kh, kw, s, ukernels.TYPES[t]) for t, m, n, kh, kw, s, p in dw_rows]
     return "\n\n".join(parts) + "\n"

@@ -19,15 +19,17 @@ def largest_divisor(n: int, limit: int) -> int:
 
 def choose_tile(width: int, channels: int, lanes: int, acc_budget: int, max_m: int,
                 ragged: bool = False, model: "GemmModel | None" = None,
-                k: int | None = None) -> tuple[int, int] | None:
+                k: int | None = None, ragged_pixels: bool = False, depthwise: bool = False) -> tuple[int, int] | None:
     """(M, N): M output pixels (dividing `width`) x N channels (a multiple of `lanes` dividing
     `channels`) with at most `acc_budget` vector accumulators. Most accumulators wins, then the
     most balanced tile (per reduction step it loads M scalars and N/lanes vectors for M*N/lanes
     FMAs). When no multiple of `lanes` divides `channels` (10 classes, 3 channels...): a scalar
     tile over a divisor of the channels, or with `ragged`, first a ragged tile (see
     `tile_candidates`). With a `model`, float GEMM tiles are ranked by it (`model_tiles`; `k`:
-    the reduction steps of one micro-kernel call, when known). None when nothing fits."""
-    tiles = tile_candidates(width, channels, lanes, acc_budget, max_m, ragged, model, k)
+    the reduction steps of one micro-kernel call, when known). With `ragged_pixels`, M need not
+    divide `width` (a ragged pixel tile, tiling.pixel_tile) where that wins (`tile_candidates`).
+    None when nothing fits."""
+    tiles = tile_candidates(width, channels, lanes, acc_budget, max_m, ragged, model, k, ragged_pixels, depthwise)
     return tiles[0] if tiles else None
 
 
@@ -161,11 +163,97 @@ def model_tiles(width: int, channels: int, lanes: int, model: GemmModel, k: int 
     return [t for _, t in sorted(ranked, reverse=True)]
 
 
+# A ragged pixel tile is chosen over the best tile whose M divides the row only when its estimate
+# is this much better: its last tile is a separate call of another micro-kernel, and its epilogue
+# runs over the whole row (an M x N accumulator buffer of the row's width).
+RAGGED_PIXEL_MARGIN = 1.15
+
+
+def _intensity(m: int, v: int, depthwise: bool = False) -> float:
+    """Vector FMAs per FMA + load of a GEMM tile of M pixels x v vectors (per reduction step: M
+    broadcasts of A, v vector loads of B, M x v FMAs), or of a depthwise tile (per tap: M x v
+    input vectors, v weight vectors): the ranking of ragged pixel tiles of a family without a
+    GemmModel, where every instruction counts."""
+    if depthwise:
+        return m * v / (2 * m * v + v)
+    return m * v / (m * v + m + v)
+
+
+def _row_score(width: int, m: int, score: Any) -> float:
+    """`score(pixels)` (work per cost of a tile of that many pixels) of a row of `width` pixels run
+    as width // m tiles of m pixels and one of width % m: the row's work over its summed cost."""
+    q, r = divmod(width, m)
+    return width / (q * m / score(m) + (r / score(r) if r else 0.0))
+
+
+def _ragged_pixel_tiles(width: int, channels: int, lanes: int, acc_budget: int, max_m: int,
+                        model: GemmModel | None, k: int | None,
+                        depthwise: bool = False) -> list[tuple[float, tuple[int, int]]]:
+    """(row score, (M, N)) of every ragged pixel tile of a row of `width`: M (2..max_m, not
+    dividing the width) x N vector channels (as `model_tiles` or `_ranked` take them), scored per
+    row by the model's efficiency or by `_intensity`; best first."""
+    out = []
+    if model is not None:
+        w = next((w for w, _ in narrower_widths(lanes) if channels % w == 0), 0)
+        for n in range(w, channels + 1, w) if w else []:
+            vectors = len(mixed_widths(n, lanes))
+            if channels % n or vectors > model.accumulators:
+                continue
+            for m in range(2, min(width - 1, model.accumulators // vectors, model.max_m(k)) + 1):
+                if width % m:
+                    e = _row_score(width, m, lambda x: model.efficiency(x, n, lanes))
+                    out.append(((round(e, 6), m * vectors, m), (m, n)))
+    else:
+        w = next((w for w, _ in narrower_widths(lanes) if channels % w == 0), 0) if lanes > 1 else 0
+        for v in range(1, acc_budget + 1) if w else []:
+            n = v * w
+            if channels % n:
+                continue
+            for m in range(2, min(width - 1, max_m, acc_budget // v) + 1):
+                if width % m:
+                    e = _row_score(width, m, lambda x: _intensity(x, v, depthwise))
+                    out.append(((round(e, 6), m * v, m), (m, n)))
+    return [(key[0], t) for key, t in sorted(out, reverse=True)]
+
+
+def _divided_score(tile: tuple[int, int], lanes: int, model: GemmModel | None, depthwise: bool = False) -> float:
+    """The score `_ragged_pixel_tiles` gives a tile whose M divides the row."""
+    m, n = tile
+    if model is not None:
+        return model.efficiency(m, n, lanes)
+    w = next((w for w, _ in narrower_widths(lanes) if n % w == 0), 1)
+    return _intensity(m, n // w, depthwise)
+
+
 def tile_candidates(width: int, channels: int, lanes: int, acc_budget: int, max_m: int,
                     ragged: bool = False, model: GemmModel | None = None,
-                    k: int | None = None) -> list[tuple[int, int]]:
-    """Every (M, N) tile `choose_tile` could pick from, best first by its own ranking: the search
-    space of the tuner. Families of 8 or more lanes fall back to half-width vectors (24 or 40
+                    k: int | None = None, ragged_pixels: bool = False,
+                    depthwise: bool = False) -> list[tuple[int, int]]:
+    """Every (M, N) tile `choose_tile` could pick from, best first: the search space of the
+    tuner (`_dividing_candidates`: M divides `width`). With `ragged_pixels`, ragged pixel tiles
+    (M not dividing `width`, tiling.pixel_tile) come first where the best of them scores
+    RAGGED_PIXEL_MARGIN times the first dividing tile (`_divided_score`: the model's efficiency,
+    or `_intensity` without a model), e.g. the 19-pixel rows of 728 channels of Xception on the
+    A72: 1 x 56 (intensity 0.48) -> 8 x 8 (0.60 over the row's 8 + 8 + 3 pixels). Only vector
+    tiles compete: channels that no vector width divides keep their ragged channel or scalar tiles.
+    Without a model, only a row whose rule picks one-pixel tiles takes them: scored by
+    `_intensity` against several pixels, MobileNet V2 1.0/224's 2 x N depthwise tiles (rows of
+    112 to 14) lost to 8 x 4 and 6 x 8 ones and the network took 152.5 M emulated A72
+    instructions instead of 145.3 M (144.3 M with this restriction).
+    `depthwise`: the tiles of a depthwise window (scored by `_intensity`'s depthwise form)."""
+    tiles = _dividing_candidates(width, channels, lanes, acc_budget, max_m, ragged, model, k)
+    if not ragged_pixels or lanes <= 1 or width <= 2 or not tiles or (model is None and tiles[0][0] > 1):
+        return tiles
+    pixels = _ragged_pixel_tiles(width, channels, lanes, acc_budget, max_m, model, k, depthwise)
+    if not pixels or pixels[0][0] <= _divided_score(tiles[0], lanes, model, depthwise) * RAGGED_PIXEL_MARGIN:
+        return tiles
+    return [t for _, t in pixels] + tiles
+
+
+def _dividing_candidates(width: int, channels: int, lanes: int, acc_budget: int, max_m: int,
+                         ragged: bool = False, model: GemmModel | None = None,
+                         k: int | None = None) -> list[tuple[int, int]]:
+    """The (M, N) tiles whose M divides `width`, best first by their own ranking. Families of 8 or more lanes fall back to half-width vectors (24 or 40
     channels on AVX-512; see ukernels.vector_width), then (with `ragged`: float kernels of a family
     whose micro-kernels take them) to ragged tiles over all the channels, then to scalars. With a
     `model` (float GEMM tiles of a family that has one), the vector tiles are `model_tiles`'."""
@@ -180,7 +268,7 @@ def tile_candidates(width: int, channels: int, lanes: int, acc_budget: int, max_
             break
     if not out and lanes > 1:
         return ((_ragged(width, channels, lanes, acc_budget, max_m) if ragged else [])
-                + tile_candidates(width, channels, 1, min(acc_budget, 8), max_m))
+                + _dividing_candidates(width, channels, 1, min(acc_budget, 8), max_m))
     return [t for _, t in sorted(out, reverse=True)]
 
 
@@ -197,12 +285,14 @@ class TiledRules:
     choices: `tile`, `order`, `pack`, `rows`, `dw_tile`, `dw_order`."""
 
     def __init__(self, lanes: int, conv_acc: int, dw_acc: int, fc_acc: int, dwpw_rows: int = 2,
-                 wide_rows: bool = False, ragged: bool = False, gemm_model: GemmModel | None = None) -> None:
+                 wide_rows: bool = False, ragged: bool = False, gemm_model: GemmModel | None = None,
+                 ragged_pixels: bool = False) -> None:
         self.lanes, self.conv_acc, self.dw_acc, self.fc_acc = lanes, conv_acc, dw_acc, fc_acc
         self.gemm_model = gemm_model   # ranks the tiles of float GEMMs (convolutions, pointwise) when set
         self.dwpw_rows = dwpw_rows
         self.wide_rows = wide_rows     # fused dw+pw: int8 depthwise rows stored as int16 (tiling.tile_dwpw)
         self.ragged = ragged           # float GEMM/depthwise tiles over channels no vector width divides
+        self.ragged_pixels = ragged_pixels   # float tiles of M pixels not dividing the row (tiling.pixel_tile)
 
     def ragged_for(self, sch: Any, block_name: str | None) -> bool:
         """Whether the micro-kernels of a block may take ragged tiles (rules._ragged): float32 only
@@ -211,6 +301,11 @@ class TiledRules:
             return False
         types = tiling.operand_types(sch, sch.get_sblock(block_name))
         return types is not None and types.c == "float32"
+
+    def ragged_pixels_for(self, sch: Any, block_name: str | None) -> bool:
+        """Whether a block's tiles may be ragged pixel tiles (tiling.pixel_tile): float32 only, in
+        a family built with `ragged_pixels`."""
+        return self.ragged_pixels and self.ragged_for(sch, block_name)
 
     def accumulators(self, which: str, types: Any) -> int:
         """The accumulator budget of a `which` ("conv", "dw", "fc") micro-kernel of `types` (None:
@@ -269,7 +364,7 @@ class TiledRules:
                                                        *self._lanes_budget(sch, info.anchor, acc), 8,
                                                        self.ragged_for(sch, info.anchor),
                                                        self.model_for(sch, info.anchor) if acc == "conv" else None,
-                                                       ext[6])
+                                                       ext[6], self.ragged_pixels_for(sch, info.anchor), acc == "dw")
 
     def schedule_conv(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
         """Convolutions as GEMM tiles; a grouped one as one GEMM per group (tiling.tile_conv_gemm)."""
@@ -303,12 +398,14 @@ class TiledRules:
         r = largest_divisor(h, _pick(cfg, "rows", rows or self.dwpw_rows))
         tile = _pick(cfg, "tile", None) or choose_tile(w, co, *self._lanes_budget(sch, info.anchor, "conv"), 8,
                                                        self.ragged_for(sch, info.anchor),
-                                                       self.model_for(sch, info.anchor), info.dw_channels)
+                                                       self.model_for(sch, info.anchor), info.dw_channels,
+                                                       self.ragged_pixels_for(sch, info.anchor))
         if tile is None:
             return False
         dw_tile = _pick(cfg, "dw_tile", None) or choose_tile(w, info.dw_channels,
                                                              *self._lanes_budget(sch, info.dw_anchor, "dw"), 8,
-                                                             self.ragged_for(sch, info.dw_anchor))
+                                                             self.ragged_for(sch, info.dw_anchor), None, None,
+                                                             self.ragged_pixels_for(sch, info.dw_anchor), True)
         if dw_tile is None:
             return False
         order_for = self.dwpw_panel_order if _pick(cfg, "wide_weights", True) else self.panel_order
@@ -345,8 +442,9 @@ class TiledRules:
                 return []
             lanes, acc = self._lanes_budget(sch, info.anchor, "dw" if info.kind == Kind.CONV_DW else "conv")
             model = self.model_for(sch, info.anchor) if info.kind != Kind.CONV_DW else None
-            for t in tile_candidates(ext[2], ext[3] // groups, lanes, acc, 8,
-                                     self.ragged_for(sch, info.anchor), model, ext[6])[:limit // 2]:
+            for t in tile_candidates(ext[2], ext[3] // groups, lanes, acc, 8, self.ragged_for(sch, info.anchor), model,
+                                     ext[6], self.ragged_pixels_for(sch, info.anchor),
+                                     info.kind == Kind.CONV_DW)[:limit // 2]:
                 out += [{"tile": list(t), "order": "pixels"}, {"tile": list(t), "order": "channels"}]
         elif info.kind == Kind.FC:
             ext = tiling.anchor_extents(sch, info.anchor)
@@ -363,8 +461,9 @@ class TiledRules:
             rows = [default] + sorted({largest_divisor(h, r) for r in (1, 2, 4, 8)} - {default})
             pw = tile_candidates(w, ext[3], *self._lanes_budget(sch, info.anchor, "conv"), 8,
                                  self.ragged_for(sch, info.anchor), self.model_for(sch, info.anchor),
-                                 info.dw_channels)[:4]
+                                 info.dw_channels, self.ragged_pixels_for(sch, info.anchor))[:4]
             dw = tile_candidates(w, info.dw_channels, *self._lanes_budget(sch, info.dw_anchor, "dw"), 8,
-                                 self.ragged_for(sch, info.dw_anchor))[:3]
+                                 self.ragged_for(sch, info.dw_anchor), None, None,
+                                 self.ragged_pixels_for(sch, info.dw_anchor), True)[:3]
             out = [{"rows": r, "tile": list(t), "dw_tile": list(d)} for r in rows for t in pw for d in dw]
         return out[:limit]

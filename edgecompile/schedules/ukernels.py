@@ -33,6 +33,9 @@ DW_CALL_RE = re.compile(r"\bec_dw_(f32|s8|s16)_(\d+)x(\d+)_k(\d+)x(\d+)s(\d+)\("
 REQUANT_CALL_RE = re.compile(r"\bec_requant_s8_(\d+)x(\d+)\(")
 WINDOW_CALL_RE = re.compile(r"\bec_window_(f32|s8|s16)_(\d+)x(\d+)_k(\d+)x(\d+)c(\d+)s(\d+)\(")
 WIDEN_CALL_RE = re.compile(r"\bec_widen_s8s16\(")
+# ragged pixel tiles (rows_gemm_c, rows_dw_c): a row of W pixels in tiles of P, then one of W % P
+GEMM_ROWS_CALL_RE = re.compile(r"\bec_gemm_([a-z0-9]+)_(\d+)x(\d+)_p(\d+)\(")
+DW_ROWS_CALL_RE = re.compile(r"\bec_dw_(f32|s8|s16)_(\d+)x(\d+)_k(\d+)x(\d+)s(\d+)_p(\d+)\(")
 
 
 @dataclass(frozen=True)
@@ -149,17 +152,22 @@ def _mac(types: Types, a_narrowed: bool = False) -> Any:
     return mac
 
 
-def gemm_intrin(m: int, n: int, k: int, stride: int = 1, types: Types = F32, a_narrowed: bool = False) -> str:
+def gemm_intrin(m: int, n: int, k: int, stride: int = 1, types: Types = F32, a_narrowed: bool = False,
+                pixels: int = 0) -> str:
     """Register (once) and return the name of the TensorIntrin for an M x N tile over K.
     `stride` is the distance, in A rows, between consecutive output pixels (a strided conv).
     `a_narrowed`: the kernel reads int16 A values through a cast to int8 (int8 values stored
-    wide, see tiling.tile_dwpw): the same micro-kernel, which reads them as int16."""
-    name = f"ec_gemm_{types.tag}_{m}x{n}_k{k}_s{stride}" + ("_a8" if a_narrowed else "")
+    wide, see tiling.tile_dwpw): the same micro-kernel, which reads them as int16.
+    `pixels` P (0 < P < M, not dividing M): a ragged pixel tile, the M pixels (a whole row) run
+    by `ec_gemm_<t>_MxN_pP`: M // P tiles of P pixels, then one of M % P (rows_gemm_c)."""
+    ragged = 0 < pixels < m and m % pixels != 0
+    name = f"ec_gemm_{types.tag}_{m}x{n}_k{k}_s{stride}" + ("_a8" if a_narrowed else "") \
+        + (f"_p{pixels}" if ragged else "")
     if name in _REGISTERED:
         return name
     M, N, K, S = T.int64(m), T.int64(n), T.int64(k), T.int64(stride)
     AM = T.int64((m - 1) * stride + 1)
-    symbol = f"ec_gemm_{types.tag}_{m}x{n}"
+    symbol = f"ec_gemm_{types.tag}_{m}x{n}" + (f"_p{pixels}" if ragged else "")
     ta, tb, tc = types.a, types.b, types.c
     mac = _mac(types, a_narrowed)
     wide = wide_b(types)
@@ -327,17 +335,19 @@ def gemm_full_window_intrin(m: int, n: int, kh: int, kw: int, c: int, stride: in
     return name
 
 
-def dw_intrin(m: int, n: int, kh: int, kw: int, s: int, types: Types = F32) -> str:
+def dw_intrin(m: int, n: int, kh: int, kw: int, s: int, types: Types = F32, pixels: int = 0) -> str:
     """TensorIntrin for a depthwise M x N output tile (M pixels of a row, N channels) computed from
-    an already padded input window."""
-    name = f"ec_dw_{types.tag}_{m}x{n}_k{kh}x{kw}s{s}"
+    an already padded input window. `pixels` P (0 < P < M, not dividing M): a ragged pixel tile,
+    `ec_dw_<t>_MxN_kKHxKWsS_pP` (M // P tiles of P pixels, then one of M % P: rows_dw_c)."""
+    ragged = 0 < pixels < m and m % pixels != 0
+    name = f"ec_dw_{types.tag}_{m}x{n}_k{kh}x{kw}s{s}" + (f"_p{pixels}" if ragged else "")
     if name in _REGISTERED:
         return name
     M, N, KH, KW, S = T.int64(m), T.int64(n), T.int64(kh), T.int64(kw), T.int64(s)
     XW = T.int64((m - 1) * s + kw)
     one, zero = T.int64(1), T.int64(0)
     ta, tb, tc = types.a, types.b, types.c
-    symbol = f"ec_dw_{types.tag}_{m}x{n}_k{kh}x{kw}s{s}"
+    symbol = name
     mac = _mac(types)
 
     def make(call: bool) -> Any:
@@ -952,6 +962,46 @@ def emit_window_c(m: int, n: int, kh: int, kw: int, ci: int, s: int, lanes: int,
         f"/* KxK window {kh}x{kw}x{ci}/{s} ({types.a} x {types.b} -> {types.c}): "
         f"C[{m}x{n}] += sum X[ry][m*{s}+rx][rc] * W[ry][rx][rc][n] over a padded window */",
         window_signature(m, n, kh, kw, ci, s, types) + " {", *window_body(m, n, kh, kw, ci, s, lanes, types),
+        "  return 0;", "}"])
+
+
+def ragged_pixels(m: int, p: int) -> list[tuple[int, int]]:
+    """The (first pixel, pixels) of the tiles of a ragged pixel tile of M pixels in tiles of P:
+    M // P tiles of P pixels, then one of M % P."""
+    q, r = divmod(m, p)
+    return [(i * p, p) for i in range(q)] + ([(q * p, r)] if r else [])
+
+
+def rows_gemm_c(m: int, p: int, n: int, types: Types) -> str:
+    """`ec_gemm_<t>_MxN_pP`, a ragged pixel tile (gemm_intrin's `pixels`): the M pixels of a row
+    that P does not divide, as M // P calls of the P x N micro-kernel and one of the (M % P) x N
+    one, each over the whole reduction (C += A B: every pixel is computed once)."""
+    q, r = divmod(m, p)
+    tag = types.tag
+    rest = "Bw, boff, K, lda, ldb, ldc" if wide_b(types) else "B, K, lda, ldb, ldc"
+    signature = gemm_signature(m, n, types).replace(f"ec_gemm_{tag}_{m}x{n}(", f"ec_gemm_{tag}_{m}x{n}_p{p}(")
+    return "\n".join([
+        f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] ({types.a} x {types.b} -> {types.c}); ragged pixel tile: "
+        f"{q} x {p} pixels, then {r} */",
+        signature + " {",
+        f"  for (int32_t i = 0; i < {q * p}; i += {p}) ec_gemm_{tag}_{p}x{n}(C + i * ldc, A + i * lda, {rest});",
+        f"  ec_gemm_{tag}_{r}x{n}(C + {q * p} * ldc, A + {q * p} * lda, {rest});",
+        "  return 0;", "}"])
+
+
+def rows_dw_c(m: int, p: int, n: int, kh: int, kw: int, s: int, types: Types) -> str:
+    """`ec_dw_<t>_MxN_kKHxKWsS_pP`, a ragged pixel tile of a depthwise window (dw_intrin's
+    `pixels`): M // P calls of the P x N micro-kernel, then one of (M % P) x N."""
+    q, r = divmod(m, p)
+    base = f"ec_dw_{types.tag}_{{}}x{n}_k{kh}x{kw}s{s}"
+    signature = dw_signature(m, n, kh, kw, s, types).replace(base.format(m) + "(", base.format(m) + f"_p{p}(")
+    rest = "W, ldx_row, ldx_px, ldw_row, ldw_px, ldc"
+    return "\n".join([
+        f"/* depthwise {kh}x{kw}/{s} ({types.a} x {types.b} -> {types.c}), C[{m}x{n}]; ragged pixel tile: "
+        f"{q} x {p} pixels, then {r} */",
+        signature + " {",
+        f"  for (int32_t i = 0; i < {q * p}; i += {p}) {base.format(p)}(C + i * ldc, X + i{f' * {s}' if s > 1 else ''} * ldx_px, {rest});",
+        f"  {base.format(r)}(C + {q * p} * ldc, X + {q * p * s} * ldx_px, {rest});",
         "  return 0;", "}"])
 
 

@@ -65,13 +65,14 @@ def _register_intrinsics(text: str) -> None:
         if m and m[1] in ukernels.TYPES:
             ukernels.gemm_full_window_intrin(*(int(m[i]) for i in range(2, 8)), ukernels.TYPES[m[1]])
             continue
-        m = re.fullmatch(r"ec_gemm_([a-z0-9]+)_(\d+)x(\d+)_k(\d+)_s(\d+)(_a8)?", name)
+        m = re.fullmatch(r"ec_gemm_([a-z0-9]+)_(\d+)x(\d+)_k(\d+)_s(\d+)(_a8)?(?:_p(\d+))?", name)
         if m and m[1] in ukernels.TYPES:
-            ukernels.gemm_intrin(int(m[2]), int(m[3]), int(m[4]), int(m[5]), ukernels.TYPES[m[1]], bool(m[6]))
+            ukernels.gemm_intrin(int(m[2]), int(m[3]), int(m[4]), int(m[5]), ukernels.TYPES[m[1]], bool(m[6]),
+                                 int(m[7] or 0))
             continue
-        m = re.fullmatch(r"ec_dw_(f32|s8|s16)_(\d+)x(\d+)_k(\d+)x(\d+)s(\d+)", name)
+        m = re.fullmatch(r"ec_dw_(f32|s8|s16)_(\d+)x(\d+)_k(\d+)x(\d+)s(\d+)(?:_p(\d+))?", name)
         if m:
-            ukernels.dw_intrin(*(int(m[i]) for i in range(2, 7)), ukernels.TYPES[m[1]])
+            ukernels.dw_intrin(*(int(m[i]) for i in range(2, 7)), ukernels.TYPES[m[1]], int(m[7] or 0))
             continue
         m = re.fullmatch(r"ec_window_(f32|s8|s16)_(\d+)x(\d+)_k(\d+)x(\d+)c(\d+)s(\d+)", name)
         if m:

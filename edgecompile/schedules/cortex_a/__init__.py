@@ -135,4 +135,4 @@ class CortexARules(TiledRules):
 
 
 LANES = 4
-RULES = CortexARules(lanes=LANES, conv_acc=20, dw_acc=12, fc_acc=8, ragged=True)
+RULES = CortexARules(lanes=LANES, conv_acc=20, dw_acc=12, fc_acc=8, ragged=True, ragged_pixels=True)
