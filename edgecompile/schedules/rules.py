@@ -83,6 +83,7 @@ class GemmModel:
     l2_bytes_per_cycle: int
     short_k: int = 8
     short_k_max_m: int = 12
+    blocked: bool = True      # the family's GEMM emitter runs blocked tiles (ukernels.uses_blocked)
 
     def max_m(self, k: int | None) -> int:
         """The most pixels a tile may have when one micro-kernel call runs `k` reduction steps
@@ -156,7 +157,7 @@ def model_tiles(width: int, channels: int, lanes: int, model: GemmModel, k: int 
     # rank below a tile of the same efficiency. SqueezeNet 1.1/224's 13x13, 512 -> 1000 classifier:
     # 13x8 (0.46 of the peak by this model) -> 13 x 1000 in blocks of 13x32 (0.99).
     vectors = len(mixed_widths(channels, lanes))
-    for m in range(1, min(width, model.accumulators, max_m) + 1):
+    for m in range(1, min(width, model.accumulators, max_m) + 1) if model.blocked else ():
         if width % m == 0 and m * vectors > model.accumulators:
             ranked.append(((round(model.blocked_efficiency(m, channels, lanes), 6), 0,
                             m * min(vectors, model.accumulators // m), m), (m, channels)))
@@ -181,9 +182,13 @@ def _intensity(m: int, v: int, depthwise: bool = False) -> float:
 
 def _row_score(width: int, m: int, score: Any) -> float:
     """`score(pixels)` (work per cost of a tile of that many pixels) of a row of `width` pixels run
-    as width // m tiles of m pixels and one of width % m: the row's work over its summed cost."""
+    as width // m tiles of m pixels and one of width % m: the row's work over its summed cost; 0
+    when a score is 0 (a tile the model rules out, e.g. NeonGemmModel's past the registers)."""
     q, r = divmod(width, m)
-    return width / (q * m / score(m) + (r / score(r) if r else 0.0))
+    full, last = score(m), (score(r) if r else 1.0)
+    if full <= 0 or last <= 0:
+        return 0.0
+    return width / (q * m / full + (r / last if r else 0.0))
 
 
 def _ragged_pixel_tiles(width: int, channels: int, lanes: int, acc_budget: int, max_m: int,

@@ -36,8 +36,10 @@ class NeonGemmModel(GemmModel):
 
 
 # NEON's 32 128-bit registers, 3 left for gcc's temporaries; the other fields of GemmModel are not
-# used by NeonGemmModel.efficiency (instructions, not cycles)
-NEON_GEMM = NeonGemmModel(registers=32, reserved=3, fma_per_cycle=2, loads_per_cycle=1, l2_bytes_per_cycle=16)
+# used by NeonGemmModel.efficiency (instructions, not cycles). No blocked tiles: the NEON GEMM
+# micro-kernel keeps a whole tile in registers.
+NEON_GEMM = NeonGemmModel(registers=32, reserved=3, fma_per_cycle=2, loads_per_cycle=1, l2_bytes_per_cycle=16,
+                          blocked=False)
 
 
 class CortexARules(TiledRules):
