@@ -186,6 +186,15 @@ def block_channels(sch: Any, name: str) -> int:
     return int(sch.get(block).iter_vars[-1].dom.extent)
 
 
+def block_dtype(sch: Any, name: str) -> str:
+    """The element type a block of the scheduled kernel writes ("" if it is gone or writes several)."""
+    try:
+        b = sch.get(sch.get_sblock(name))
+    except Exception:  # noqa: BLE001 - inlined by the rule
+        return ""
+    return str(b.writes[0].source.ty.dtype) if len(b.writes) == 1 else ""
+
+
 def split_padding(sch: Any, pads: list[str], max_channels: int = 0, min_channels: int = 0) -> None:
     """Decompose each padding block `pads` of the scheduled kernel into a pad-value fill and an
     in-bound copy, at the block's third-innermost loop (rows, columns, channels of a padded NHWC

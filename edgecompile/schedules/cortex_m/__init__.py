@@ -69,14 +69,14 @@ class CortexMRules(TiledRules):
     SPLIT_PAD_CHANNELS = 8
 
     def finish(self, sch: Any, info: Any, blocks_before: list[str]) -> None:
-        """Padded windows of exactly SPLIT_PAD_CHANNELS channels split into a fill and an in-bound
+        """Padded int16 windows (int8 kernels) of exactly SPLIT_PAD_CHANNELS channels split into a fill and an in-bound
         copy without a per-value condition (tiling.split_padding). The wake-word network on
         mps2-an386, instructions, every window split: the 8-channel dw+pw kernel 1,627,000 ->
         1,566,920, but the first conv (3 channels) 1,162,160 -> 1,230,707 and the 16- to
         256-channel windows 0.3-2% slower (the extra fill); 8 only: 12,528,360 -> 12,486,880 for the
         network (with the short-K tiles)."""
-        tiling.split_padding(sch, [b for b in blocks_before if "pad" in b.lower()], self.SPLIT_PAD_CHANNELS,
-                             self.SPLIT_PAD_CHANNELS)
+        pads = [b for b in blocks_before if "pad" in b.lower() and tiling.block_dtype(sch, b) == "int16"]
+        tiling.split_padding(sch, pads, self.SPLIT_PAD_CHANNELS, self.SPLIT_PAD_CHANNELS)
 
     def window_gemm(self, types: Any) -> bool:
         """The SMLAD kernels take a KxK convolution's whole window per call (K = KW x KH x input
