@@ -233,6 +233,25 @@ def test_quad_pair_gemm_loop_bytes_equal_the_integer_reference_on_m4_m7(tmp_path
         assert "if (K & 4) {" in model_c, board
 
 
+# Cortex-M4/M7: a padded window of exactly SPLIT_PAD_CHANNELS (8) channels is split into a fill and an
+# unconditional copy, and a pointwise GEMM of K <= 8 takes 8 accumulators (2 x 4 here, 4 x 2 for 6 output
+# channels): the first dw+pw kernel of the wake-word network. Stride 2 with padding on one side only, odd width.
+SHORT_K_CASES = [
+    Case("dwpw_8_12_s2_short_k", (1, 8, 9, 8),
+         "[nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), nn.ReLU6(), nn.Conv2d(8, 12, 1), nn.ReLU6()]",
+         ("dwpw",)),
+]
+
+
+@pytest.mark.parametrize("case", SHORT_K_CASES, ids=[c.name for c in SHORT_K_CASES])
+def test_split_window_and_short_k_tiles_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+    sources = _check_kernel_case(tmp_path, monkeypatch, case, 95 + SHORT_K_CASES.index(case),
+                                 ["mps2-an386", "stm32f746g-disco"])
+    for board, model_c in sources.items():
+        assert "ec_gemm_s16k4w_2x4(" in model_c, board
+        assert "condval" not in model_c, board          # the window's copy has no per-value condition
+
+
 # Fused depthwise+pointwise kernels on Cortex-M4/M7 store the pointwise weights widened to int16 ("k4w"):
 # odd channel counts (17 in: 4 quads + 1; 5 out), one input channel's worth of quads (K = 4), stride 2.
 WIDE_CASES = [

@@ -259,13 +259,23 @@ def block_channels(sch: Any, name: str) -> int:
     return int(sch.get(block).iter_vars[-1].dom.extent)
 
 
-def split_padding(sch: Any, pads: list[str], max_channels: int = 0) -> None:
+def block_dtype(sch: Any, name: str) -> str:
+    """The element type a block of the scheduled kernel writes ("" if it is gone or writes several)."""
+    try:
+        b = sch.get(sch.get_sblock(name))
+    except Exception:  # noqa: BLE001 - inlined by the rule
+        return ""
+    return str(b.writes[0].source.ty.dtype) if len(b.writes) == 1 else ""
+
+
+def split_padding(sch: Any, pads: list[str], max_channels: int = 0, min_channels: int = 0) -> None:
     """Decompose each padding block `pads` of the scheduled kernel into a pad-value fill and an
     in-bound copy, at the block's third-innermost loop (rows, columns, channels of a padded NHWC
     window). A block TVM does not take for padding stays as it is; so does a one-channel window
     (its unit channel loop is not materialised: the third-innermost loop is the row loop of the
     kernel's tile, and the split there lost the convolution that followed it), and, with
-    `max_channels`, a window of more channels (its innermost loop)."""
+    `max_channels`, a window of more channels (its innermost loop), with `min_channels`, one of
+    fewer."""
     for name in pads:
         try:
             block = sch.get_sblock(name)
@@ -273,7 +283,8 @@ def split_padding(sch: Any, pads: list[str], max_channels: int = 0) -> None:
             continue
         loops = sch.get_loops(block)
         channels = int(sch.get(block).iter_vars[-1].dom.extent)
-        if len(loops) < 3 or channels == 1 or (max_channels and extent(sch, loops[-1]) > max_channels):
+        if len(loops) < 3 or channels == 1 or (max_channels and extent(sch, loops[-1]) > max_channels) \
+                or extent(sch, loops[-1]) < min_channels:
             continue
         try:
             sch.decompose_padding(block, loops[-3])

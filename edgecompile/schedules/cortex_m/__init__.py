@@ -23,6 +23,12 @@ class CortexMRules(TiledRules):
         return super().accumulators(which, types)
 
     ODD_ROW_ACC = 6
+    # A 1x1 GEMM of at most SHORT_K reduction steps (one pass of the two-quad loop) takes SHORT_K_ACC
+    # accumulators: the call, its accumulator loads and stores cost more than the spills of a wider
+    # tile there. The wake-word network's first dw+pw kernel (K = 8), mps2-an386: 2 x 2 -> 2 x 4 tiles
+    # 1,627,000 -> 1,596,973 instructions; 4 x 4 (16) measured 1,704,120; K <= 64 with 8 accumulators
+    # made every other kernel slower (12.56 M -> 12.85 M for the network).
+    SHORT_K, SHORT_K_ACC = 8, 8
 
     def _lanes_budget(self, sch: Any, block_name: str | None, which: str) -> tuple[int, int]:
         """An integer GEMM tile over a row of odd width (the 3 x 3 maps at the end of the wake-word
@@ -34,8 +40,11 @@ class CortexMRules(TiledRules):
         if which == "conv" and block_name and acc == self.INT_ACC["conv"]:
             types = tiling.operand_types(sch, sch.get_sblock(block_name))
             ext = tiling.anchor_extents(sch, block_name)
-            if types is not None and self.panel_order(types) in ("k4", "k4x") and len(ext) == 7 and ext[2] % 2:
-                return lanes, self.ODD_ROW_ACC
+            if types is not None and self.panel_order(types) in ("k4", "k4x") and len(ext) == 7:
+                if ext[4] == ext[5] == 1 and ext[6] <= self.SHORT_K:
+                    return lanes, self.SHORT_K_ACC
+                if ext[2] % 2:
+                    return lanes, self.ODD_ROW_ACC
         return lanes, acc
 
     def lanes_for(self, types: Any) -> int:
@@ -56,6 +65,18 @@ class CortexMRules(TiledRules):
         their flash (the compiler keeps "k4x" where the target's flash would not hold it)."""
         order = self.panel_order(types)
         return "k4w" if order == "k4x" else order
+
+    SPLIT_PAD_CHANNELS = 8
+
+    def finish(self, sch: Any, info: Any, blocks_before: list[str]) -> None:
+        """Padded int16 windows (int8 kernels) of exactly SPLIT_PAD_CHANNELS channels split into a fill and an in-bound
+        copy without a per-value condition (tiling.split_padding). The wake-word network on
+        mps2-an386, instructions, every window split: the 8-channel dw+pw kernel 1,627,000 ->
+        1,566,920, but the first conv (3 channels) 1,162,160 -> 1,230,707 and the 16- to
+        256-channel windows 0.3-2% slower (the extra fill); 8 only: 12,528,360 -> 12,486,880 for the
+        network (with the short-K tiles)."""
+        pads = [b for b in blocks_before if "pad" in b.lower() and tiling.block_dtype(sch, b) == "int16"]
+        tiling.split_padding(sch, pads, self.SPLIT_PAD_CHANNELS, self.SPLIT_PAD_CHANNELS)
 
     def window_gemm(self, types: Any) -> bool:
         """The SMLAD kernels take a KxK convolution's whole window per call (K = KW x KH x input
