@@ -480,8 +480,10 @@ def _plan_memory(graph: Any, target: Target, options: BuildOptions,
         arena_limit = min(room) if room else None
     vary_rows = options.dwpw_rows is None        # a --dwpw-rows given holds for every plan
     candidates = _plans(graph, coef, plain, plain_macs, allowance, arena_limit, vary_rows)
-    if options.patches == "min":       # the most promising first, should MAX_PLANS_TRIED cut the list
-        candidates.sort(key=lambda p: (p.arena_bound, p.cost, p.dwpw_rows or 0))   # (cached halo rows: a larger bound)
+    if options.patches == "min":       # the most promising first, should MAX_PLANS_TRIED cut the list:
+        # fewer rows per band first (less RAM per band; deep stages in 1- and 2-row bands before any
+        # stage in 8-row bands), then the smallest arena bound (cached halo rows: a larger bound)
+        candidates.sort(key=lambda p: (p.patch[1] if p.patch else 0, p.arena_bound, p.cost, p.dwpw_rows or 0))
     tried = [first]
 
     def scan(plans: list[_Plan], limit: int) -> None:
@@ -579,7 +581,7 @@ def _trim(graph: Any, target: Target, options: BuildOptions, plan: _Plan,
     for start in starts:
         lean: set[str] = set()
         rows = set(start) if start is not None else None
-        for _ in range(10):
+        for _ in range(16):
             opts = replace(plan.options(options), lean_kernels=frozenset(lean) if plan.lean else None,
                            dwpw_rows_kernels=frozenset(rows) if plan.dwpw_rows is not None and rows is not None else None)
             low = _lower(graph, target, opts, lambda m: None)
@@ -601,13 +603,20 @@ def _trim(graph: Any, target: Target, options: BuildOptions, plan: _Plan,
                 if not 0 <= step < len(low.program.calls):
                     break
                 kernel, sym = low.program.calls[step].kernel, low.call_symbols[step]
+                # the arena: the kernel's row buffers first (one-row tiles), then its windows
+                if rows is not None and plan.dwpw_rows is not None and kernel not in rows \
+                        and low.infos[sym].kind == Kind.DWPW:
+                    rows.add(kernel)
+                    continue
+                if plan.lean and (kernel in lean or low.infos[sym].kind not in (Kind.CONV_DW, Kind.DWPW)):
+                    # a copy or a kernel lean already peaks there: the nearest window kernel not yet lean
+                    near = sorted((abs(i - step), c.kernel) for i, (c, s) in enumerate(zip(low.program.calls,
+                                                                                         low.call_symbols))
+                                  if low.infos[s].kind in (Kind.CONV_DW, Kind.DWPW) and c.kernel not in lean)
+                    kernel = near[0][1] if near else kernel
             else:
-                kernel = max(stacks, key=lambda k: stacks[k])
-                sym = next(s for c, s in zip(low.program.calls, low.call_symbols) if c.kernel == kernel)
-            if rows is not None and plan.dwpw_rows is not None and kernel not in rows \
-                    and low.infos[sym].kind == Kind.DWPW:
-                rows.add(kernel)
-            elif plan.lean and kernel not in lean:
+                kernel = max(stacks, key=lambda k: stacks[k])     # the stack: its windows (lean: in the arena)
+            if plan.lean and kernel not in lean:
                 lean.add(kernel)
             else:
                 break

@@ -160,6 +160,7 @@ def memory_plan(source: ModelSource, target: Any, options: Any, progress: Any) -
             "macs": sum(c["macs"] for c in compiled.calls), "calls": len(compiled.calls),
             "patch_plan": _patch_record(compiled), "tried": planning.get("tried", []),
             "chosen": planning.get("chosen"), "max_instructions": planning.get("max_instructions"),
+            "model_error": planning.get("model_error"),
             "predicted_plain_instructions": planning.get("predicted_plain_instructions"),
             "in_place": [{"call": c["index"], "kernel": c["name"], "kind": str(c["kind"])}
                          for c in compiled.calls if c["in_place"]],
