@@ -37,7 +37,6 @@ def test_call_features_count_what_the_kernel_does():
     assert copy["copy_byte"] == 768 and copy["call"] == 0 and copy["out_byte"] == 0
 
 
-@pytest.mark.slow        # about 30 lowerings: 2-3 minutes on a quiet machine, over the default run's budget
 def test_min_finds_a_plan_under_the_aim_within_the_instruction_bound(tmp_path, monkeypatch):
     """Planning only (no C compiled): `--patches min` on the wake-word network chooses a plan whose
     static RAM and arena leave 1 KB of 37,600 B for the stack and whose predicted instructions, with
