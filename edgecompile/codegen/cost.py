@@ -22,8 +22,14 @@ kernels cost more per MAC than whole-tensor ones through the per-call and per-ou
 a patch stage that cuts a fused dw+pw kernel in two pays the stand-alone pointwise rate.
 
 Calibration (stm32f746g-disco, int8, QEMU -icount emulator instructions per kernel call from
-`edgecompile report`, non-negative least squares over every call of 8 builds of the wake-word
-network and MobileNet V2 0.30/80): see targets/stm32f746g-disco.toml and the commit that set it.
+`edgecompile report`, non-negative least squares over every call of 6 builds of the wake-word
+network: plain, one-row tiles everywhere, patches 4:2 recomputed, 4:2 and 4:1 cached, 4:1 cached
+with one-row tiles). Plan/plain ratios, predicted against measured: -1.9% (4:2 recomputed) to
++2.4% (the plan `--patches min` then chose: 1.086x predicted, 1.061x measured); held out, 4:2
+recomputed with one-row tiles +0.6%, MobileNet V2 0.30/80 6:2 recomputed with one-row tiles
++0.9% and 6:2 cached -0.7% (its absolute instructions err +9..10%: the ratios cancel it). Not
+modelled: GCC specialising a kernel (.constprop) when all its calls share some pointer arguments,
+which the memory plan decides (up to 10% on a kernel, about 2% of the wake-word network).
 """
 
 from __future__ import annotations
