@@ -21,6 +21,7 @@ import numpy as np
 from . import schedules
 from .build_dir import check_out_dir, mark_build, write_atomically
 from .codegen import builtins, executor, lower, memory, weights
+from .codegen import cost as cost_model
 from .codegen.lower import KernelSource
 from .codegen.memory import MemoryPlan
 from .datasets import calibration_inputs
@@ -30,6 +31,7 @@ from .ir.frontend import ModelSource, to_relax
 from .ir.kernel import KernelInfo, analyze
 from .ir.operators import Kind
 from .ir.program import Program, extract_program
+from .schedules.rules import largest_divisor
 from .platforms import MemoryEstimate, platform_for
 from .targets import Target
 from .tune.records import TuningRecords, db_key
@@ -49,6 +51,7 @@ class BuildOptions:
     fuse: bool = True               # fused depthwise+pointwise kernels (False: the unfused path)
     in_place: bool = True           # let streaming kernels (dw+pw, depthwise) overwrite their consumed input
     dwpw_rows: int | None = None    # row-tile height of fused kernels (None: the family's default)
+    dwpw_rows_kernels: frozenset[str] | None = None   # with dwpw_rows: only these kernels (None: all)
     quant: str | None = None        # "fp32" or "int8" (None: the target's default_quant)
     calibration: str = "digits"     # int8: a dataset name or a .npy file of inputs
     calibration_samples: int = 100
@@ -66,17 +69,15 @@ class BuildOptions:
     stream_input: bool = True       # a patch stage reads the graph input row band by row band (ir/stream.py)
 
 
-# A patch plan found by `min` may cost this fraction of the plain plan's MACs more (recomputed halos).
-# Instructions grow faster than MACs (per-band calls, halo windows): on the wake-word network on
-# stm32f746g-disco +12.5% MACs measured +16.5% emulator instructions, +6.0% MACs +7.7%
-# (benchmarks/PEAK_RAM.md); 10% keeps `min` within issue 13's 1.15x instructions.
-MAX_EXTRA_MACS = 0.10
+# A plan `min` picks may take at most this many times the plain plan's predicted instructions
+# (codegen/cost.py, the target's [cost]): issue 13's bound. Recomputed MACs alone were a poor guide
+# (the wake-word network's 4-layer, 2-row plan: +6.0% MACs, 1.176x measured instructions).
+MAX_INSTRUCTIONS = 1.15
+# row-tile heights of fused dw+pw kernels the planning tries beside the family's default (less
+# scratch and row buffers where RAM peaks, at some instructions: kept only where it peaks)
+PLAN_DWPW_ROWS = (1,)
 # plans `auto`/`min`/--ram-budget lower and plan at the most (about 2-3 s each for a small network)
 MAX_PLANS_TRIED = 24
-# Cost of a plan in MACs: its extra (recomputed) MACs, plus for cached halo rows one MAC per this
-# many bytes copied (the copy moves a 4-byte word in about as many instructions as an int8 kernel
-# spends on a MAC or two).
-COPY_BYTES_PER_MAC = 4
 
 
 @dataclass
@@ -133,16 +134,16 @@ def _schedule_kernels(mod: Any, prog: Program, target: Target,
         if config is None and _is_lean(options, name):
             kind = analyze(mod[name], name).kind
             config = LEAN_WINDOWS.get(kind)
-            if kind == Kind.DWPW and options.dwpw_rows is not None:
-                config = {**config, "rows": options.dwpw_rows}
+            if kind == Kind.DWPW and _rows_of(options, name) is not None:
+                config = {**config, "rows": _rows_of(options, name)}
         if not wide and analyze(mod[name], name).kind == Kind.DWPW:
-            rows = {"rows": options.dwpw_rows} if options.dwpw_rows is not None else {}
+            rows = {"rows": _rows_of(options, name)} if _rows_of(options, name) is not None else {}
             config = {**rows, **(config or {}), "wide_weights": False}
-        func, info = schedules.schedule(mod[name], target.family, options.dwpw_rows, config, name)
+        func, info = schedules.schedule(mod[name], target.family, _rows_of(options, name), config, name)
         if info.packed and not all(c.inputs[p] in prog.weights for c in calls for p in info.packed):
             # a GEMM operand that is not a constant cannot be stored in panels at compile time
-            func, info = schedules.schedule(mod[name], target.family, options.dwpw_rows, {**(config or {}), "pack": False},
-                                            name)
+            func, info = schedules.schedule(mod[name], target.family, _rows_of(options, name),
+                                            {**(config or {}), "pack": False}, name)
         for c in calls:
             for pos, nn in sorted(info.packed.items()):
                 weights.pack_weight(prog, c.inputs[pos], nn, info.panel_order.get(pos, ""))
@@ -168,6 +169,13 @@ def _wide_weights_fit(prog: Program, target: Target) -> bool:
 
 def _is_lean(options: BuildOptions, kernel: str) -> bool:
     return options.lean_windows and (options.lean_kernels is None or kernel in options.lean_kernels)
+
+
+def _rows_of(options: BuildOptions, kernel: str) -> int | None:
+    """The row-tile height `kernel` gets when it is a fused dw+pw kernel (None: the family's default)."""
+    if options.dwpw_rows is None or (options.dwpw_rows_kernels is not None and kernel not in options.dwpw_rows_kernels):
+        return None
+    return options.dwpw_rows
 
 
 def _perturb(mod: Any, prog: Program) -> None:
@@ -329,25 +337,36 @@ class _Plan:
     estimate: MemoryEstimate | None = None
     lean_kernels: int | None = None   # lean windows in this many kernels only (None: all, when lean)
     bytes_copied: int = 0             # cached halo rows: bytes the copies move
-
-    @property
-    def cost(self) -> int:
-        """Extra work over the plain plan, in MACs (recomputed MACs + copied bytes)."""
-        return self.extra_macs + self.bytes_copied // COPY_BYTES_PER_MAC
+    dwpw_rows: int | None = None      # row-tile height of fused dw+pw kernels (None: the family's default)
+    rows_kernels: int | None = None   # that height in this many kernels only (None: all, when dwpw_rows)
+    cost: int = 0                     # before lowering: the instructions it adds to the plain plan (estimated)
+    predicted: int | None = None      # lowered: predicted instructions (codegen/cost.py)
+    floor: int | None = None          # the same without the lean-window and one-row terms
 
     def describe(self) -> str:
         what = (f"patches of {self.patch[0]} layers x {self.patch[1]} rows, halo {_halo(self.patch)}"
                 if self.patch else "no patches")
-        if self.lean and self.lean_kernels is not None:
-            return what + f", lean windows in {self.lean_kernels} kernels"
-        return what + (", lean windows" if self.lean else "")
+        if self.lean:
+            what += ", lean windows" + (f" in {self.lean_kernels} kernels" if self.lean_kernels is not None else "")
+        if self.dwpw_rows is not None:
+            what += (f", {self.dwpw_rows}-row dw+pw tiles"
+                     + (f" in {self.rows_kernels} kernels" if self.rows_kernels is not None else ""))
+        return what
 
-    def record(self) -> dict[str, Any]:
+    def options(self, options: BuildOptions) -> BuildOptions:
+        return replace(options, patch=self.patch, lean_windows=self.lean, lean_kernels=None,
+                       dwpw_rows=self.dwpw_rows if self.dwpw_rows is not None else options.dwpw_rows,
+                       dwpw_rows_kernels=None)
+
+    def record(self, plain: int | None = None) -> dict[str, Any]:
         est = self.estimate
         return {"patch": list(self.patch) if self.patch else None, "lean_windows": self.lean,
                 "lean_kernels": self.lean_kernels if self.lean else 0,
+                "dwpw_rows": self.dwpw_rows, "dwpw_rows_kernels": self.rows_kernels if self.dwpw_rows else 0,
                 "halo": _halo(self.patch) if self.patch else None, "bytes_copied": self.bytes_copied,
-                "extra_macs": self.extra_macs, "cost_macs": self.cost,
+                "extra_macs": self.extra_macs, "cost_estimate": self.cost,
+                "predicted_instructions": self.predicted, "predicted_floor": self.floor,
+                "predicted_ratio": round(self.predicted / plain, 4) if self.predicted and plain else None,
                 "arena_bytes": self.low.plan.arena_bytes if self.low else None,
                 "peak_ram_estimate": est.peak_ram_bytes if est else None,
                 "static_ram_estimate": est.static_ram_bytes if est else None}
@@ -363,13 +382,35 @@ def _estimate(target: Target, low: _Lowered) -> MemoryEstimate | None:
                                                 len(low.program.calls), stack)
 
 
-def _plans(graph: Any, plain_macs: int, allowance: float | None, arena_limit: int | None,
-           streamed: bool = False) -> list[_Plan]:
+def _predict(plan: _Plan, target: Target, options: BuildOptions) -> None:
+    """The plan's predicted instructions (lowered with `options`), and its floor: the same without
+    lean windows and with the family's own dw+pw row tiles, what the plan costs at least once _trim
+    keeps them only where RAM peaks."""
+    low, coef = plan.low, target.cost.coefficients()
+    default_rows = schedules.family(target.family).RULES.dwpw_rows
+
+    def natural_row1(kernel: str, info: KernelInfo) -> bool | None:
+        if _rows_of(options, kernel) is None or info.kind != Kind.DWPW or not info.rows:
+            return None
+        return largest_divisor(info.out_rows, default_rows) == 1
+
+    plan.predicted = cost_model.predict(
+        cost_model.program_features(low.program, low.infos, low.call_symbols, lambda k: _is_lean(options, k)), coef)
+    plan.floor = cost_model.predict(
+        cost_model.program_features(low.program, low.infos, low.call_symbols, lambda k: False, natural_row1), coef)
+
+
+def _plans(graph: Any, coef: dict[str, float], plain: int, plain_macs: int, allowance: float | None,
+           arena_limit: int | None, vary_rows: bool = True, streamed: bool = False) -> list[_Plan]:
     """The plans memory planning may try: the plain one, with lean windows, then patch stages
     (after each number of layers where the stage output is smaller than every shallower cut's and
-    than the stage input) x rows per band, with lean windows, within `allowance` x the plain MACs
-    and whose arena lower bound is within `arena_limit`. Cheapest in MACs first."""
-    out = [_Plan(None, False, 0), _Plan(None, True, 0)]
+    than the stage input) x rows per band x halo recomputed or cached, with lean windows; each lean
+    plan also with one-row dw+pw tiles (`vary_rows`). Only those whose estimated added instructions
+    (codegen/cost.extra_estimate) are within `allowance` x `plain` (the plain plan's predicted
+    instructions, for `plain_macs` MACs) and whose arena lower bound is within `arena_limit`.
+    Cheapest first."""
+    rows_options = (None,) + (PLAN_DWPW_ROWS if vary_rows else ())
+    out = [_Plan(None, False, 0)] + [_Plan(None, True, 0, dwpw_rows=r) for r in rows_options]
     stage = patches.find_stage(graph)
     if stage is not None:
         smallest = patches.tensor_bytes(stage.entry)
@@ -382,23 +423,27 @@ def _plans(graph: Any, plain_macs: int, allowance: float | None, arena_limit: in
                     continue
                 extra = patches.patch_macs(stage, cut, rows) - cut.macs
                 bound = patches.arena_lower_bound(stage, cut, rows, streamed=streamed)
-                if arena_limit is not None and bound > arena_limit:
-                    continue
-                plans = [_Plan((layers, rows), True, extra, bound)]
+                plans = []
+                if arena_limit is None or bound <= arena_limit:
+                    plans.append(_Plan((layers, rows), True, extra, bound))
                 if extra > 0:           # a halo to recompute: or to keep from the band before
                     copied = patches.cached_copies(stage, cut, rows)[1]
                     kept = patches.patch_macs(stage, cut, rows, "cached") - cut.macs   # 0 where every halo is kept
                     cached_bound = patches.arena_lower_bound(stage, cut, rows, "cached", streamed)
                     if arena_limit is None or cached_bound <= arena_limit:
                         plans.append(_Plan((layers, rows, "cached"), True, kept, cached_bound, bytes_copied=copied))
-                out += [p for p in plans if allowance is None or p.cost <= allowance * plain_macs]
+                for p in plans:
+                    p.cost = cost_model.extra_estimate(coef, plain / max(plain_macs, 1), p.extra_macs, p.bytes_copied)
+                    if allowance is None or p.cost <= allowance * plain:
+                        out += [p] + [replace(p, dwpw_rows=r) for r in rows_options[1:]]
     # of plans of one stage that cost the same MACs (no halo to recompute), the smallest
     best: dict[tuple, _Plan] = {}
     for p in out:
-        key = (p.patch[0] if p.patch else None, p.lean, p.extra_macs, p.patch[1:] if p.bytes_copied else None)
+        key = (p.patch[0] if p.patch else None, p.lean, p.dwpw_rows, p.extra_macs,
+               p.patch[1:] if p.bytes_copied else None)
         if key not in best or p.arena_bound < best[key].arena_bound:
             best[key] = p
-    return sorted(best.values(), key=lambda p: (p.cost, p.lean, p.patch or (0, 0)))
+    return sorted(best.values(), key=lambda p: (p.cost, p.lean, p.dwpw_rows or 0, p.patch or (0, 0)))
 
 
 def _fits(plan: _Plan, budget: int | None) -> bool:
@@ -413,9 +458,10 @@ def _plan_memory(graph: Any, target: Target, options: BuildOptions,
                  progress: Callable[[str], None]) -> tuple[_Lowered, dict[str, Any] | None]:
     """Lower the graph with the patch plan and schedules that fit: the options' own (`patch`,
     `patches=off`); else the plain plan when it fits the target's RAM and --ram-budget (`auto`);
-    else the first plan in MAC order that fits (`auto`), or the one of least peak RAM within
-    MAX_EXTRA_MACS (`min`). A model that fits in no plan tried is refused before its C is
-    compiled, naming the numbers of the smallest plan."""
+    else the fitting plan of least predicted instructions (`auto`), or the one of least peak RAM
+    whose predicted instructions are within MAX_INSTRUCTIONS x the plain plan's (`min`); lean
+    windows and one-row dw+pw tiles then kept only where RAM peaks (_trim). A model that fits in no
+    plan tried is refused before its C is compiled, naming the numbers of the smallest plan."""
     if options.patches not in ("off", "auto", "min"):
         raise EdgeCompileError(f"--patches must be off, auto, min or LAYERS:ROWS, got {options.patches!r}")
     first = _Plan(options.patch, options.lean_windows, 0)
@@ -429,8 +475,13 @@ def _plan_memory(graph: Any, target: Target, options: BuildOptions,
         if not _fits(first, budget):
             raise _refusal(target, first, budget)
         return first.low, None
+    _predict(first, target, options)
+    plain = first.predicted
     plain_macs = sum(i.macs for i in (first.low.infos[s] for s in first.low.call_symbols))
-    allowance = MAX_EXTRA_MACS if options.patches == "min" else None
+    coef = target.cost.coefficients()
+    # the bound on predictions, less the model's calibrated error: what keeps measured instructions within it
+    bound = MAX_INSTRUCTIONS * plain / (1 + target.cost.error)
+    allowance = bound / plain - 1 if options.patches == "min" else None
     est = first.estimate
     arena_limit = None
     if options.patches == "auto" and est is not None:     # what the arena may take of the budgets
@@ -439,75 +490,159 @@ def _plan_memory(graph: Any, target: Target, options: BuildOptions,
             room.append(budget - est.peak_ram_bytes + est.arena_bytes)
         arena_limit = min(room) if room else None
     streamed = options.stream_input and not options.external_io
-    candidates = _plans(graph, plain_macs, allowance, arena_limit, streamed)
-    if options.patches == "min":       # the most promising first, should MAX_PLANS_TRIED cut the list
-        candidates.sort(key=lambda p: (p.arena_bound, p.cost))   # (cached halo rows: a larger bound)
+    vary_rows = options.dwpw_rows is None        # a --dwpw-rows given holds for every plan
+    candidates = _plans(graph, coef, plain, plain_macs, allowance, arena_limit, vary_rows, streamed)
+    if options.patches == "min":       # the most promising first, should MAX_PLANS_TRIED cut the list:
+        # fewer rows per band first (less RAM per band; deep stages in 1- and 2-row bands before any
+        # stage in 8-row bands), then the smallest arena bound (cached halo rows: a larger bound)
+        candidates.sort(key=lambda p: (p.patch[1] if p.patch else 0, p.arena_bound, p.cost, p.dwpw_rows or 0))
     tried = [first]
 
     def scan(plans: list[_Plan], limit: int) -> None:
         for plan in plans:
             if len(tried) >= limit:
                 break
-            if (plan.patch, plan.lean) == (first.patch, first.lean) or plan.low is not None:
+            if ((plan.patch, plan.lean, plan.dwpw_rows) == (first.patch, first.lean, first.dwpw_rows)
+                    or plan.low is not None):
                 continue
-            plan.low = _lower(graph, target, replace(options, patch=plan.patch, lean_windows=plan.lean), lambda m: None)
+            opts = plan.options(options)
+            plan.low = _lower(graph, target, opts, lambda m: None)
             plan.estimate = _estimate(target, plan.low)
+            _predict(plan, target, opts)
             tried.append(plan)
             est = plan.estimate
             progress(f"memory plan with {plan.describe()}: arena {plan.low.plan.arena_bytes:,} B"
                      + (f", peak RAM about {est.peak_ram_bytes:,} B" if est else "")
-                     + f", {plan.extra_macs:+,} MACs" + (f", {plan.bytes_copied:,} B copied" if plan.bytes_copied else ""))
+                     + f", {plan.extra_macs:+,} MACs" + (f", {plan.bytes_copied:,} B copied" if plan.bytes_copied else "")
+                     + f", predicted {plan.floor / plain:.3f}x"
+                     + (f" ({plan.predicted / plain:.3f}x with the overheads everywhere)"
+                        if plan.predicted != plan.floor else "") + " the plain plan's instructions")
             if options.patches == "auto" and _fits(plan, budget):
                 break
 
-    scan(candidates, MAX_PLANS_TRIED)
+    if options.patches == "min":
+        # the family's row tiles first; then one-row dw+pw tiles for the plans of least peak RAM
+        # that can be within the bound (a row-tile height changes the row buffers, not the bands)
+        scan([p for p in candidates if p.dwpw_rows is None], MAX_PLANS_TRIED)
+        best = sorted((p for p in tried if p.lean and p.dwpw_rows is None and p.floor <= bound),
+                      key=lambda p: (_peak(p), p.floor))[:MAX_ROW_TWINS]
+        twins = [c for p in best for c in candidates
+                 if c.dwpw_rows is not None and (c.patch, c.lean, c.extra_macs) == (p.patch, p.lean, p.extra_macs)]
+        scan(twins, len(tried) + len(twins))
+    else:
+        scan(candidates, MAX_PLANS_TRIED)
     if options.patches == "auto" and not any(_fits(p, budget) for p in tried):
         # the cheapest plans (cached halos: many, each a little larger than its recomputing twin)
         # filled the tries: go on with the smallest arena bounds, as `min` does
-        scan(sorted(candidates, key=lambda p: (p.arena_bound, p.cost)), 2 * MAX_PLANS_TRIED)
+        scan(sorted(candidates, key=lambda p: (p.arena_bound, p.cost, p.dwpw_rows or 0)), 2 * MAX_PLANS_TRIED)
     fitting = [p for p in tried if _fits(p, budget)]
     if not fitting:
-        bounds = [p.arena_bound for p in _plans(graph, plain_macs, None, None, streamed) if p.patch]
+        bounds = [p.arena_bound for p in _plans(graph, coef, plain, plain_macs, None, None, False, streamed) if p.patch]
         raise _refusal(target, min(tried, key=_peak), budget, min(bounds, default=None))
-    chosen = min(fitting, key=lambda p: (_peak(p), p.cost)) if options.patches == "min" else min(fitting, key=lambda p: p.cost)
-    if chosen.lean:
-        _trim_lean(graph, target, options, chosen, progress)
-    progress(f"memory planning ({options.patches}): {chosen.describe()}")
-    return chosen.low, {"mode": options.patches, "ram_budget": budget, "chosen": chosen.record(),
-                        "tried": [p.record() for p in tried]}
+    if options.patches == "min":
+        # least peak RAM within the bound: a plan's floor first (its overheads trimmed to where RAM
+        # peaks can cost no less), then its prediction once trimmed
+        order = sorted((p for p in fitting if p.floor <= bound), key=lambda p: (_peak(p), p.floor))
+    else:
+        order = sorted(fitting, key=lambda p: (p.floor, _peak(p)))
+    chosen = None
+    trimmed: set[int] = set()
+    for plan in order[:MAX_TRIMMED]:
+        if plan.lean or plan.dwpw_rows is not None:
+            _trim(graph, target, options, plan, progress)
+            trimmed.add(id(plan))
+        if options.patches != "min" or plan.predicted <= bound:
+            chosen = plan
+            break
+        progress(f"{plan.describe()}: predicted {plan.predicted / plain:.3f}x the plain plan's instructions, "
+                 f"over {MAX_INSTRUCTIONS}x / (1 + {target.cost.error}) = {bound / plain:.3f}x")
+    if chosen is None:      # nothing within the bound fits: the cheapest plan that fits
+        chosen = min(fitting, key=lambda p: (p.predicted if id(p) in trimmed else p.floor, _peak(p)))
+        if (chosen.lean or chosen.dwpw_rows is not None) and id(chosen) not in trimmed:
+            _trim(graph, target, options, chosen, progress)
+    progress(f"memory planning ({options.patches}): {chosen.describe()}, predicted {chosen.predicted / plain:.3f}x "
+             "the plain plan's instructions")
+    return chosen.low, {"mode": options.patches, "ram_budget": budget, "max_instructions": MAX_INSTRUCTIONS,
+                        "model_error": target.cost.error,
+                        "predicted_plain_instructions": plain, "chosen": chosen.record(plain),
+                        "tried": [p.record(plain) for p in tried]}
 
 
-def _trim_lean(graph: Any, target: Target, options: BuildOptions, plan: _Plan,
-               progress: Callable[[str], None]) -> None:
-    """Lean windows cost instructions (about 5% on the wake-word network) and save RAM only in the
-    kernels that run when the arena or the stack peaks. Keep them lean in those kernels alone:
-    starting from none, make lean the kernel of the call at the peak (of the arena, or of the stack
-    arrays) until the estimated peak RAM is no more than with every kernel lean. A few lowerings;
-    the fully lean plan stays when that does not converge."""
+# `min`: the plans of least peak RAM that are also tried with one-row dw+pw tiles
+MAX_ROW_TWINS = 4
+# plans that `_trim` lowers again (a few lowerings each) before `min` gives up on the bound
+MAX_TRIMMED = 3
+
+
+def _trim(graph: Any, target: Target, options: BuildOptions, plan: _Plan,
+          progress: Callable[[str], None]) -> None:
+    """Lean windows and one-row dw+pw tiles cost instructions (about 2% and 10% on the wake-word
+    network when everywhere) and save RAM only in the kernels that run when the arena or the stack
+    peaks. Keep them in those kernels alone: one-row tiles in the fused kernels of the patch stage
+    and the first one after it (where the stage's row buffers and the next kernel's scratch live);
+    lean windows in none; then, until the estimated peak RAM is no more than with both everywhere,
+    give the kernel of the call at the peak (of the arena, or of the stack arrays) one-row tiles if
+    it is a fused kernel without them, else lean windows. A few lowerings; when that does not
+    converge, the same with one-row tiles everywhere, then the plan as it was. Updates the plan's
+    prediction."""
     full = _peak(plan)
     full_stack = max((plan.low.kernels[s].stack_bytes for s in set(plan.low.call_symbols)), default=0)
-    lean: set[str] = set()
-    for _ in range(8):
-        opts = replace(options, patch=plan.patch, lean_windows=True, lean_kernels=frozenset(lean))
-        low = _lower(graph, target, opts, lambda m: None)
-        trial = _Plan(plan.patch, True, plan.extra_macs, plan.arena_bound, low, _estimate(target, low),
-                      bytes_copied=plan.bytes_copied)
-        if _peak(trial) <= full:
-            progress(f"lean windows in {len(lean)} of {len(set(c.kernel for c in low.program.calls))} kernels "
-                     f"(where RAM peaks): peak RAM about {_peak(trial):,} B")
-            plan.low, plan.estimate, plan.lean_kernels = low, trial.estimate, len(lean)
-            return
-        stacks = {c.kernel: low.kernels[s].stack_bytes for c, s in zip(low.program.calls, low.call_symbols)}
-        if low.plan.arena_bytes > plan.low.plan.arena_bytes or max(stacks.values(), default=0) <= full_stack:
-            step, _top = memory.arena_peak(low.plan)
-            if not 0 <= step < len(low.program.calls):
+    starts = [_stage_rows_kernels(plan.low)] if plan.dwpw_rows is not None else [set()]
+    if plan.dwpw_rows is not None:
+        starts.append(None)               # one-row tiles everywhere
+    for start in starts:
+        lean: set[str] = set()
+        rows = set(start) if start is not None else None
+        for _ in range(16):
+            opts = replace(plan.options(options), lean_kernels=frozenset(lean) if plan.lean else None,
+                           dwpw_rows_kernels=frozenset(rows) if plan.dwpw_rows is not None and rows is not None else None)
+            low = _lower(graph, target, opts, lambda m: None)
+            trial = _Plan(plan.patch, plan.lean, plan.extra_macs, plan.arena_bound, low, _estimate(target, low),
+                          bytes_copied=plan.bytes_copied)
+            if _peak(trial) <= full:
+                kernels = len(set(c.kernel for c in low.program.calls))
+                plan.low, plan.estimate = low, trial.estimate
+                plan.lean_kernels = len(lean) if plan.lean else None
+                plan.rows_kernels = (len(rows) if rows is not None else None) if plan.dwpw_rows is not None else None
+                _predict(plan, target, opts)
+                progress(f"lean windows in {len(lean)}, one-row dw+pw tiles in "
+                         f"{len(rows) if rows is not None else 'all'} (of {kernels}) kernels, where RAM peaks: "
+                         f"peak RAM about {_peak(trial):,} B")
                 return
-            kernel = low.program.calls[step].kernel
-        else:
-            kernel = max(stacks, key=lambda k: stacks[k])
-        if kernel in lean:
-            return
-        lean.add(kernel)
+            stacks = {c.kernel: low.kernels[s].stack_bytes for c, s in zip(low.program.calls, low.call_symbols)}
+            if low.plan.arena_bytes > plan.low.plan.arena_bytes or max(stacks.values(), default=0) <= full_stack:
+                step, _top = memory.arena_peak(low.plan)
+                if not 0 <= step < len(low.program.calls):
+                    break
+                kernel, sym = low.program.calls[step].kernel, low.call_symbols[step]
+                # the arena: the kernel's row buffers first (one-row tiles), then its windows
+                if rows is not None and plan.dwpw_rows is not None and kernel not in rows \
+                        and low.infos[sym].kind == Kind.DWPW:
+                    rows.add(kernel)
+                    continue
+                if plan.lean and (kernel in lean or low.infos[sym].kind not in (Kind.CONV_DW, Kind.DWPW)):
+                    # a copy or a kernel lean already peaks there: the nearest window kernel not yet lean
+                    near = sorted((abs(i - step), c.kernel) for i, (c, s) in enumerate(zip(low.program.calls,
+                                                                                         low.call_symbols))
+                                  if low.infos[s].kind in (Kind.CONV_DW, Kind.DWPW) and c.kernel not in lean)
+                    kernel = near[0][1] if near else kernel
+            else:
+                kernel = max(stacks, key=lambda k: stacks[k])     # the stack: its windows (lean: in the arena)
+            if plan.lean and kernel not in lean:
+                lean.add(kernel)
+            else:
+                break
+
+
+def _stage_rows_kernels(low: _Lowered) -> set[str]:
+    """The fused dw+pw kernels of the patch stage and the first one after it (none without patches)."""
+    if low.patch_plan is None:
+        return set()
+    prog = low.program
+    end = _stage_calls(prog, low.patch_plan.bands)[1]
+    dwpw = [i for i, s in enumerate(low.call_symbols) if low.infos[s].kind == Kind.DWPW]
+    after = [i for i in dwpw if i >= end][:1]
+    return {prog.calls[i].kernel for i in dwpw if i < end} | {prog.calls[i].kernel for i in after}
 
 
 def _peak(plan: _Plan) -> int:

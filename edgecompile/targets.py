@@ -117,6 +117,31 @@ class TuningSpec:
     llvm: dict[str, Any] = field(default_factory=dict)   # the same core as an LLVM target
 
 
+@dataclass(frozen=True)
+class CostSpec:
+    """Instructions per unit of work of the target's kernels, for the memory planning's predicted
+    instructions (codegen/cost.py: what each term counts). The defaults are the calibration on
+    stm32f746g-disco (Cortex-M7, int8 kernels, QEMU -icount instructions); a target whose kernels
+    differ gives its own in `[cost]`."""
+
+    conv: float = 2.04
+    dw: float = 6.44
+    pw_fused: float = 0.78
+    pw: float = 2.41
+    fc: float = 2.0
+    out_byte: float = 6.52
+    copy_byte: float = 0.55
+    call: float = 3314.0
+    lean_dw: float = 0.0
+    row1: float = 0.21
+    # the largest relative error of a plan's predicted ratio to the plain plan against the measured
+    # one in the calibration: `--patches min` keeps predicted x (1 + error) within its bound
+    error: float = 0.02
+
+    def coefficients(self) -> dict[str, float]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "error"}
+
+
 @dataclass(frozen=True, kw_only=True)
 class _Board:
     """What a board file and the Target record have in common."""
@@ -134,6 +159,7 @@ class _Board:
     flash: FlashSpec = FlashSpec()
     uart: UartSpec = UartSpec()
     tuning: TuningSpec = TuningSpec()
+    cost: CostSpec = CostSpec()      # the planner's instruction model (codegen/cost.py)
     stack_bytes: int = 8192
     enable_icache: bool = False      # older name of clock.icache
     clock: ClockSpec | None = None   # clock set-up at boot; None: the firmware runs on the reset clock
@@ -280,6 +306,10 @@ def _value(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise TargetError(f"{where}: expected true or false, got {value!r}")
         return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise TargetError(f"{where}: expected a non-negative number, got {value!r}")
+        return float(value)
     if tp is str:
         if not isinstance(value, str):
             raise TargetError(f"{where}: expected a string, got {value!r}")

@@ -238,16 +238,21 @@ def test_a_closed_pipe_is_not_a_traceback():
 
 def test_inspect_plans_the_memory_for_a_target():
     """`inspect --target`: the memory planning `build` would do, without compiling C: the chosen
-    patch stage and every plan tried, the chosen one the least estimated peak RAM."""
+    patch stage and every plan tried with its predicted instructions, the chosen one the least
+    estimated peak RAM of those within the bound on predicted instructions."""
     proc = run_cli("inspect", "mobilenet_v1", "--width-mult", "0.25", "--resolution", "64", "--num-classes", "2",
                    "--target", "stm32f746g-disco", "--json", check=True)
     m = json.loads(proc.stdout)["memory_plan"]
     assert m["target"] == "stm32f746g-disco" and m["quant"] == "int8"
-    pp = m["patch_plan"]      # the halo rows cost MACs (recomputed) or copies (cached)
-    assert pp["bands"] > 1 and (pp["extra_macs"] > 0 or pp["bytes_copied"] > 0)
+    pp = m["patch_plan"]         # halo rows recomputed (extra MACs) or cached (rows copied)
+    assert pp["bands"] > 1 and (pp["extra_macs"] > 0 or (pp["halo"] == "cached" and pp["bytes_copied"] > 0))
     tried = m["tried"]
     assert tried[0]["patch"] is None and len(tried) > 2
-    assert m["peak_ram_estimate"] == min(t["peak_ram_estimate"] for t in tried) < tried[0]["peak_ram_estimate"]
+    bound = m["max_instructions"] * m["predicted_plain_instructions"] / (1 + m["model_error"])
+    assert m["chosen"]["predicted_instructions"] <= bound
+    assert m["peak_ram_estimate"] == m["chosen"]["peak_ram_estimate"] < tried[0]["peak_ram_estimate"]
+    assert all(t["predicted_floor"] > bound or t["predicted_instructions"] > bound
+               for t in tried if t["peak_ram_estimate"] < m["peak_ram_estimate"])
     # the buffers live where the arena peaks: they reach exactly the peak, each holds its tensor
     peak = m["arena_peak"]
     assert 0 <= peak["call"] < m["calls"] and peak["kernel"]

@@ -352,25 +352,31 @@ def test_cached_halo_bytes_on_a_board(tmp_path):
 
 def test_planner_offers_cached_halo_plans_costed_by_bytes_copied():
     """The memory planning's candidates: for every stage and band height whose halo would be
-    recomputed, the same bands with the halo cached, costed by the bytes they copy instead of
-    MACs; `--patches L:R:cached` parses to such a plan."""
+    recomputed, the same bands with the halo cached, costed (before lowering: the
+    instructions they add, estimated by codegen/cost.extra_estimate) by the bytes they copy instead of
+    MACs, each also with one-row dw+pw tiles; `--patches L:R:cached` parses to such a plan."""
     from edgecompile import compiler
     from edgecompile.cli import _patches_option
+    from edgecompile.codegen import cost
     from edgecompile.ir import patches
 
     source = load_model("mobilenet_v1", ModelOptions(**STAGES["mobilenet_v1"][0]))
-    graph, _ = compiler._graph(source, load_target("host"), BuildOptions(quant="fp32"), lambda m: None)
+    target = load_target("host")
+    graph, _ = compiler._graph(source, target, BuildOptions(quant="fp32"), lambda m: None)
     stage = patches.find_stage(graph)
-    plans = compiler._plans(graph, 10 ** 9, None, None)
+    coef = target.cost.coefficients()
+    plans = compiler._plans(graph, coef, 10 ** 9, 10 ** 9, None, None)      # one instruction per MAC
     cached = [p for p in plans if p.patch and p.patch[2:] == ("cached",)]
-    assert len(cached) >= 3
+    assert len(cached) >= 6
     for p in cached:
         cut = patches.best_cuts(stage)[p.patch[0]]
         assert p.bytes_copied == patches.cached_copies(stage, cut, p.patch[1])[1]
         assert p.extra_macs == patches.patch_macs(stage, cut, p.patch[1], "cached") - cut.macs
-        assert p.cost == p.extra_macs + p.bytes_copied // compiler.COPY_BYTES_PER_MAC
+        assert p.cost == cost.extra_estimate(coef, 1.0, p.extra_macs, p.bytes_copied)
         recomputed = patches.patch_macs(stage, cut, p.patch[1]) - cut.macs
-        assert 0 < p.cost < recomputed       # a word copied per halo row, not the row recomputed
+        # a row copied per halo row, not the row recomputed
+        assert 0 < p.cost < cost.extra_estimate(coef, 1.0, recomputed, 0)
+    assert {p.dwpw_rows for p in cached} == {None, 1}
     assert [p.cost for p in plans] == sorted(p.cost for p in plans)
     assert _patches_option("5:2:cached") == ((5, 2, "cached"), "auto")
     assert _patches_option("5:2") == ((5, 2), "auto")

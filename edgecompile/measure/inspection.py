@@ -159,6 +159,9 @@ def memory_plan(source: ModelSource, target: Any, options: Any, progress: Any) -
             "arena_bytes": compiled.plan.arena_bytes, "peak_ram_estimate": chosen.get("peak_ram_estimate"),
             "macs": sum(c["macs"] for c in compiled.calls), "calls": len(compiled.calls),
             "patch_plan": _patch_record(compiled), "tried": planning.get("tried", []),
+            "chosen": planning.get("chosen"), "max_instructions": planning.get("max_instructions"),
+            "model_error": planning.get("model_error"),
+            "predicted_plain_instructions": planning.get("predicted_plain_instructions"),
             "in_place": [{"call": c["index"], "kernel": c["name"], "kind": str(c["kind"])}
                          for c in compiled.calls if c["in_place"]],
             "arena_peak": {"call": step, "kernel": symbols[step] if 0 <= step < len(symbols) else None,
@@ -201,16 +204,25 @@ def _format_memory_plan(m: dict[str, Any]) -> list[str]:
             lines.append(f"  {b['offset']:>9,} {b['bytes']:>9,} {shape:>18} {b['dtype']:7} {b['written_by'][:32]:32} "
                          f"{b['last_read_by'][:32]:32} {b['name']}")
     if m["tried"]:
-        lines.append(f"{'plan tried':44} {'arena':>9} {'peak RAM est.':>14} {'extra MACs':>12} {'B copied':>9}")
+        lines.append(f"{'plan tried':58} {'arena':>9} {'peak RAM est.':>14} {'extra MACs':>12} {'B copied':>9} "
+                     f"{'pred. instr.':>12}")
         for t in m["tried"]:
             what = f"{t['patch'][0]} layers x {t['patch'][1]} rows" if t["patch"] else "no patches"
             if t.get("halo") == "cached":
                 what += ", halo cached"
             if t["lean_windows"]:
-                what += ", lean windows" + (f" in {t['lean_kernels']} kernels" if t.get("lean_kernels") else "")
+                what += ", lean windows" + (f" in {t['lean_kernels']}" if t.get("lean_kernels") else "")
+            if t.get("dwpw_rows"):
+                what += f", {t['dwpw_rows']}-row dw+pw" + (f" in {t['dwpw_rows_kernels']}"
+                                                           if t.get("dwpw_rows_kernels") else "")
             est = f"{t['peak_ram_estimate']:,}" if t["peak_ram_estimate"] is not None else "-"
-            lines.append(f"{what:44} {t['arena_bytes']:>9,} {est:>14} {t['extra_macs']:>+12,} "
-                         f"{t.get('bytes_copied', 0):>9,}")
+            ratio = f"{t['predicted_ratio']:.3f}x" if t.get("predicted_ratio") else "-"
+            lines.append(f"{what:58} {t['arena_bytes']:>9,} {est:>14} {t['extra_macs']:>+12,} "
+                         f"{t.get('bytes_copied', 0):>9,} {ratio:>12}")
+        if m.get("chosen"):
+            c = m["chosen"]
+            lines.append(f"chosen: predicted {c['predicted_instructions']:,} instructions, {c['predicted_ratio']:.3f}x the "
+                         f"plain plan's {m['predicted_plain_instructions']:,} (bound {m['max_instructions']}x for min)")
     return lines
 
 
