@@ -87,14 +87,15 @@ def test_plan_off_under_a_budget_is_refused(tmp_path, monkeypatch):
 
 def test_budget_picks_patches_and_the_board_stays_under_it(tmp_path):
     """The wake-word network needs about 66 KB of peak RAM plain; under a 45,000 B budget the
-    planner picks a patch stage, the firmware passes `test` on the emulated board, and what the
+    planner picks a patch stage (the whole input in RAM: tests/test_stream_input.py streams it), the firmware passes `test` on the emulated board, and what the
     device measures (static RAM of the linked firmware + stack used) stays under the budget.
     The static RAM estimated before compiling is the linked firmware's."""
     source = load_model("mobilenet_v1", ModelOptions(**WAKE_WORD))
     budget = 45_000
     out = tmp_path / "b"
     rep = write_build(source, load_target(BOARD), out,
-                      BuildOptions(quant="int8", ram_budget=budget, compare_unfused=False), Progress(quiet=True))
+                      BuildOptions(quant="int8", ram_budget=budget, compare_unfused=False, stream_input=False),
+                      Progress(quiet=True))
     planning = rep["memory_planning"]
     chosen = planning["chosen"]
     assert chosen["patch"] is not None and rep["patch_plan"]["bands"] > 1
@@ -163,13 +164,14 @@ def test_a_budget_under_every_cached_plan_still_finds_a_recomputing_one(tmp_path
     halo buffers stay live between bands) but over the 4-layer, 2-row plan that recomputes its
     halo. The cached plans cost fewer MACs, so they come first in `auto`'s cost order and once
     filled all its tries: the search must go on by arena bound and find the plan that fits.
-    Planned without compiling C."""
+    The whole input in RAM (streamed, its 27 KB leave room for a cached plan). Planned without
+    compiling C."""
     _no_c_compile(monkeypatch)
     source = load_model("mobilenet_v1", ModelOptions(**WAKE_WORD))
     budget = 37_600
     rep = write_build(source, load_target(BOARD), tmp_path / "b",
-                      BuildOptions(quant="int8", ram_budget=budget, compile=False, compare_unfused=False),
-                      Progress(quiet=True))
+                      BuildOptions(quant="int8", ram_budget=budget, compile=False, compare_unfused=False,
+                                   stream_input=False), Progress(quiet=True))
     planning = rep["memory_planning"]
     chosen, tried = planning["chosen"], planning["tried"]
     assert planning["mode"] == "auto" and chosen["peak_ram_estimate"] <= budget

@@ -38,7 +38,8 @@ def test_call_features_count_what_the_kernel_does():
 
 
 def test_min_finds_a_plan_under_the_aim_within_the_instruction_bound(tmp_path, monkeypatch):
-    """Planning only (no C compiled): `--patches min` on the wake-word network chooses a plan whose
+    """Planning only (no C compiled), the whole input in RAM as TFLM holds it (streaming it is
+    tests/test_stream_input.py's): `--patches min` on the wake-word network chooses a plan whose
     static RAM and arena leave 1 KB of 37,600 B for the stack and whose predicted instructions, with
     the model's error, are within 1.15x the plain plan's. It tried one-row dw+pw tiles, and the plan of least peak RAM it tried
     (recomputed halos) was over the bound: the bound, not RAM alone, made the choice."""
@@ -47,8 +48,8 @@ def test_min_finds_a_plan_under_the_aim_within_the_instruction_bound(tmp_path, m
     monkeypatch.setattr(CortexM, "build", compiled)
     source = load_model("mobilenet_v1", ModelOptions(**WAKE_WORD))
     rep = write_build(source, load_target(BOARD), tmp_path / "b",
-                      BuildOptions(quant="int8", patches="min", compile=False, compare_unfused=False),
-                      Progress(quiet=True))
+                      BuildOptions(quant="int8", patches="min", compile=False, compare_unfused=False,
+                                   stream_input=False), Progress(quiet=True))
     planning = rep["memory_planning"]
     chosen, tried, plain = planning["chosen"], planning["tried"], planning["predicted_plain_instructions"]
     # static RAM and arena (exact before compiling: the linked firmware's) leave at least 1 KB of the
@@ -82,7 +83,7 @@ def test_min_plan_measured_on_the_board_against_the_plain_plan(tmp_path):
     runs = {}
     for name, patches in (("plain", "off"), ("min", "min")):
         out = tmp_path / name
-        rep = write_build(source, target, out, BuildOptions(quant="int8", patches=patches, compare_unfused=False),
+        rep = write_build(source, target, out, BuildOptions(quant="int8", patches=patches, compare_unfused=False, stream_input=False),
                           Progress(quiet=True))
         res = run_test(out, samples=2)
         assert res["passed"], res["failures"]
