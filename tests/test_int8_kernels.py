@@ -233,8 +233,8 @@ def test_quad_pair_gemm_loop_bytes_equal_the_integer_reference_on_m4_m7(tmp_path
         assert "if (K & 4) {" in model_c, board
 
 
-# Cortex-M4/M7: a padded window of exactly SPLIT_PAD_CHANNELS (8) channels is split into a fill and an
-# unconditional copy, and a pointwise GEMM of K <= 8 takes 8 accumulators (2 x 4 here, 4 x 2 for 6 output
+# Cortex-M4/M7: a padded window of 8 channels (>= WIDEN_MIN_CHANNELS) is split into a fill and an
+# unconditional copy (the ec_widen_s8s16 row copy), and a pointwise GEMM of K <= 8 takes 8 accumulators (2 x 4 here, 4 x 2 for 6 output
 # channels): the first dw+pw kernel of the wake-word network. Stride 2 with padding on one side only, odd width.
 SHORT_K_CASES = [
     Case("dwpw_8_12_s2_short_k", (1, 8, 9, 8),
