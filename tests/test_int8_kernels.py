@@ -233,8 +233,8 @@ def test_quad_pair_gemm_loop_bytes_equal_the_integer_reference_on_m4_m7(tmp_path
         assert "if (K & 4) {" in model_c, board
 
 
-# Cortex-M4/M7: a padded window of exactly SPLIT_PAD_CHANNELS (8) channels is split into a fill and an
-# unconditional copy, and a pointwise GEMM of K <= 8 takes 8 accumulators (2 x 4 here, 4 x 2 for 6 output
+# Cortex-M4/M7: a padded window of 8 channels (>= WIDEN_MIN_CHANNELS) is split into a fill and an
+# unconditional copy (the ec_widen_s8s16 row copy), and a pointwise GEMM of K <= 8 takes 8 accumulators (2 x 4 here, 4 x 2 for 6 output
 # channels): the first dw+pw kernel of the wake-word network. Stride 2 with padding on one side only, odd width.
 SHORT_K_CASES = [
     Case("dwpw_8_12_s2_short_k", (1, 8, 9, 8),
@@ -250,6 +250,33 @@ def test_split_window_and_short_k_tiles_bytes_equal_the_integer_reference_on_m4_
     for board, model_c in sources.items():
         assert "ec_gemm_s16k4w_2x4(" in model_c, board
         assert "condval" not in model_c, board          # the window's copy has no per-value condition
+
+
+# Cortex-M4/M7: the in-bound rows of every padded int16 window of >= 4 channels are copied by the DSP row
+# copy ec_widen_s8s16 (4 values per word, a scalar head to align the window and an n % 4 tail): 17
+# channels (rows of 85 and 51 values, starting at an odd int16 offset), strides 1 and 2, the window's zero
+# point at both extremes (-128 after a ReLU, 127 after a clamp to [-6, 0]); the 3-channel window before
+# them keeps the conditional copy.
+WIDEN_CASES = [
+    Case("dwpw_widen_3_17_zp", (1, 3, 7, 9),
+         "[nn.Conv2d(3, 3, 3, stride=2, padding=1, groups=3), nn.ReLU(), nn.Conv2d(3, 17, 1), nn.ReLU(),"
+         " nn.Conv2d(17, 17, 3, padding=1, groups=17), nn.ReLU6(), nn.Conv2d(17, 17, 1), nn.Hardtanh(-6.0, 0.0),"
+         " nn.Conv2d(17, 17, 3, stride=2, padding=1, groups=17), nn.BatchNorm2d(17), nn.Conv2d(17, 5, 1)]", ("dwpw",)),
+]
+
+
+@pytest.mark.parametrize("case", WIDEN_CASES, ids=[c.name for c in WIDEN_CASES])
+def test_widen_row_copy_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+    import re
+
+    sources = _check_kernel_case(tmp_path, monkeypatch, case, 98 + WIDEN_CASES.index(case),
+                                 ["mps2-an386", "stm32f746g-disco"])
+    for board, model_c in sources.items():
+        calls = re.findall(r"\bec_widen_s8s16\(\([^;]*, (\d+), (\d+), \(int64_t\)(\d+), \(int64_t\)(\d+), (-?\d+)\);",
+                           model_c)
+        assert {int(c[-1]) for c in calls} == {-128, 127}, (board, calls)     # both extremes of the zero point
+        assert all(int(cols) == 17 for _, cols, *_ in calls), (board, calls)  # not the 3-channel window
+        assert "__ssub16(__sxtb16(w), zz)" in model_c, board                  # the DSP row copy
 
 
 # Fused depthwise+pointwise kernels on Cortex-M4/M7 store the pointwise weights widened to int16 ("k4w"):

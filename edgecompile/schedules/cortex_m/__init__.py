@@ -66,17 +66,27 @@ class CortexMRules(TiledRules):
         order = self.panel_order(types)
         return "k4w" if order == "k4x" else order
 
-    SPLIT_PAD_CHANNELS = 8
+    WIDEN_MIN_CHANNELS = 4
 
     def finish(self, sch: Any, info: Any, blocks_before: list[str]) -> None:
-        """Padded int16 windows (int8 kernels) of exactly SPLIT_PAD_CHANNELS channels split into a fill and an in-bound
-        copy without a per-value condition (tiling.split_padding). The wake-word network on
-        mps2-an386, instructions, every window split: the 8-channel dw+pw kernel 1,627,000 ->
-        1,566,920, but the first conv (3 channels) 1,162,160 -> 1,230,707 and the 16- to
-        256-channel windows 0.3-2% slower (the extra fill); 8 only: 12,528,360 -> 12,486,880 for the
-        network (with the short-K tiles)."""
+        """Padded int16 windows (int8 kernels) of at least WIDEN_MIN_CHANNELS channels split into a
+        fill and an in-bound copy without a per-value condition (tiling.split_padding), and that
+        copy is one `ec_widen_s8s16` call per padded row (tiling.mark_widen_rows; the DSP row copy of
+        `ukernels.widen`, 4 values per word). Narrower windows (the first conv's 3 channels: per
+        pixel only the kernel's scalar tail) keep the conditional copy. The wake-word network on
+        mps2-an386, instructions per inference (edgecompile test --samples 2, one run): before
+        (8-channel windows split, scalar copies) 12,486,880; every window split and widened
+        12,229,580 (the 3-channel window 9 values per call); windows of >= 8 channels 12,105,360;
+        8-channel windows only 12,432,180. Split without the row copy, windows of 16-256
+        channels were 0.3-2% slower (the extra fill). Before -> after in one run, windows of >= 4
+        channels widened: stm32f746g-disco 12,332,340 -> 11,824,500; per kernel on mps2-an386
+        (edgecompile report) dw+pw 48x48x16 1,555,507 -> 1,500,787, 24x24x32 1,113,080 -> 997,267,
+        24x24x32_2 1,559,947 -> 1,492,173, 6x6x128_2 741,920 -> 729,400 each, but 3x3x256_2
+        761,227 -> 775,960 (a 5-pixel window row with 3 in bounds: the fill outweighs the copy).
+        Flash 476,080 -> 475,632 B, RAM unchanged."""
         pads = [b for b in blocks_before if "pad" in b.lower() and tiling.block_dtype(sch, b) == "int16"]
-        tiling.split_padding(sch, pads, self.SPLIT_PAD_CHANNELS, self.SPLIT_PAD_CHANNELS)
+        tiling.split_padding(sch, pads, 0, self.WIDEN_MIN_CHANNELS)
+        tiling.mark_widen_rows(sch, pads)
 
     def window_gemm(self, types: Any) -> bool:
         """The SMLAD kernels take a KxK convolution's whole window per call (K = KW x KH x input

@@ -15,8 +15,8 @@ the host (`edgecompile test` compares a device's int8 bytes with it)."""
 
 from __future__ import annotations
 
-from ..ukernels import (Types, dw_body, dw_signature, gemm_signature, guarded_kernel, ordered_gemm_body,
-                        wide_b_pointer)
+from ..ukernels import (WIDEN_SIGNATURE, Types, dw_body, dw_signature, gemm_signature, guarded_kernel,
+                        ordered_gemm_body, wide_b_pointer, widen_body)
 
 _READ32 = "\n".join([
     "#ifndef EC_READ32",
@@ -231,3 +231,51 @@ def dw(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types) -> st
         "portable C otherwise */",
         dw_signature(m, n, kh, kw, s, types), "defined(__ARM_FEATURE_DSP)",
         _dw_dsp_body(m, n, kh, kw, s), dw_body(m, n, kh, kw, s, lanes, types))
+
+
+def _widen_dsp_body() -> list[str]:
+    """The row copy 4 values per word: SXTB16 of the word and of the word rotated by 8 give
+    (x0 x2) and (x1 x3) as 16-bit lanes, SSUB16 takes the packed (zp zp) from both (no overflow:
+    x - zp is within [-255, 255]), PKHBT / PKHTB re-pair them as (x0 x1), (x2 x3) in memory order,
+    two word stores. A scalar head aligns the output to a word (one value at most: the window is
+    int16), the source is read by LDR from any alignment (allowed on ARMv7E-M), n % 4 scalar tail."""
+    return ["  int32_t n = cols;",
+            "  if (ldo == cols && ldx == cols) {",
+            "    n = rows * cols;",
+            "    rows = 1;",
+            "  }",
+            "  const int32_t zz = (int32_t)(((uint32_t)zp & 0xffffu) * 0x10001u);",
+            "  for (int32_t i = 0; i < rows; ++i) {",
+            "    const int8_t *x = X + i * ldx;",
+            "    int16_t *o = O + i * ldo;",
+            "    int32_t k = n;",
+            "    if (k > 0 && ((uintptr_t)o & 2u)) {",
+            "      *o++ = (int16_t)(((int16_t)*x++) - (int16_t)zp);",
+            "      --k;",
+            "    }",
+            "    for (; k >= 4; k -= 4) {",
+            "      const int32_t w = ec_read32(x);",
+            "      const int32_t e = __ssub16(__sxtb16(w), zz), d = __ssub16(ec_sxtb16_ror8(w), zz);",
+            "      int32_t lo, hi;",
+            "      __asm__(\"pkhbt %0, %1, %2, lsl #16\" : \"=r\"(lo) : \"r\"(e), \"r\"(d));",
+            "      __asm__(\"pkhtb %0, %1, %2, asr #16\" : \"=r\"(hi) : \"r\"(d), \"r\"(e));",
+            "      ((int32_t *)o)[0] = lo;",
+            "      ((int32_t *)o)[1] = hi;",
+            "      x += 4;",
+            "      o += 4;",
+            "    }",
+            "    for (int32_t j = 0; j < k; ++j) {",
+            "      o[j] = (int16_t)(((int16_t)x[j]) - (int16_t)zp);",
+            "    }",
+            "  }"]
+
+
+def widen() -> str:
+    """C for `ec_widen_s8s16`: the in-bound rows of a zero-point-shifted padded window (int8 ->
+    int16, minus the zero point), 4 values per word with the DSP extension, portable C otherwise.
+    Rows contiguous in both the source and the window (each pixel's whole channel row) are one run."""
+    return guarded_kernel(
+        _READ32,
+        "/* O[rows x cols] = (int16)X - zp (the in-bound rows of a zero-point-shifted padded window): 4 values per "
+        "word (SXTB16, SSUB16, PKHBT/PKHTB; DSP extension), portable C otherwise */",
+        WIDEN_SIGNATURE, "defined(__ARM_FEATURE_DSP)", _widen_dsp_body(), widen_body())
