@@ -55,7 +55,7 @@ def _mve_body(m: int, n: int, g: int, wide: bool) -> list[str]:
         lines.append(f"    const {vt} x{i} = {xs}_z_{sfx}(a{i}, p);")
     for j in range(n):
         lines.append(f"    {{ const {vt} w = {ws}_z_{sfx}(b + {j} * k, p);")
-        lines.append("      " + " ".join(f"c{i}_{j} = vmladavaq_{sfx}(c{i}_{j}, x{i}, w);" for i in range(m)) + " }")
+        lines.append("      " + " ".join(f"c{i}_{j} += vmladavq_{sfx}(x{i}, w);" for i in range(m)) + " }")
     lines.append("  }")
     lines += ["  " + " ".join(f"C[{i} * ldc + {j}] = c{i}_{j};" for j in range(n)) for i in range(m)]
     return lines
