@@ -67,7 +67,7 @@ CASES.append(Case("helium_widen_3_17", (1, 3, 7, 9),
 # group) and 8 after fused depthwise kernels, 17 (a group and a tail of 1), 2, 3, 4 and 5 in
 # standalone pointwise convolutions (a 1x1 convolution over 1 channel is left untiled); 1, 2, 3,
 # 4, 5 and 17 output channels (odd and single)
-CASES.append(Case("helium_short_k_16_8_1_5", (1, 16, 5, 7),
+CASES.append(Case("helium_short_k_16_8_1_5", (1, 16, 5, 6),
                   "[nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU(), nn.Conv2d(16, 3, 1), nn.ReLU(),"
                   " nn.Conv2d(3, 8, 1), nn.ReLU6(), nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), nn.ReLU(),"
                   " nn.Conv2d(8, 17, 1), nn.ReLU(), nn.Conv2d(17, 2, 1), nn.Conv2d(2, 5, 1), nn.Conv2d(5, 4, 1),"
