@@ -9,7 +9,8 @@ window kernel of padded KxK convolutions over 1 to 4 input channels: 1, 3, 4 (3x
 the Helium row copy of the padded windows (every case with a window; 3 and 17 channels);
 the Helium depthwise kernel's: 33, 17, 5 channels (predicated vectors alone), 12 and 24
 (full vectors), stride 1 and 2 with padding, fused with the pointwise GEMM and alone; a fully
-connected layer; random weights and quantization parameters. Each build must actually contain
+connected layer; short reductions (K = 16, 8, 1 to 5: one group or less); random weights and
+quantization parameters. Each build must actually contain
 the Helium kernels."""
 
 from __future__ import annotations
@@ -62,6 +63,15 @@ CASES.append(Case("helium_widen_3_17", (1, 3, 7, 9),
                   "[nn.Conv2d(3, 3, 3, stride=2, padding=1, groups=3), nn.BatchNorm2d(3), nn.Conv2d(3, 17, 1),"
                   " nn.BatchNorm2d(17), nn.Conv2d(17, 17, 3, padding=1, groups=17), nn.BatchNorm2d(17),"
                   " nn.Conv2d(17, 5, 1)]", ("dwpw",)))
+# reductions of at most one group of 16 (the GEMM's tail group alone, C + VMLADAV): K = 16 (one full
+# group) and 8 after fused depthwise kernels, 17 (a group and a tail of 1), 2, 3, 4 and 5 in
+# standalone pointwise convolutions (a 1x1 convolution over 1 channel is left untiled); 1, 2, 3,
+# 4, 5 and 17 output channels (odd and single)
+CASES.append(Case("helium_short_k_16_8_1_5", (1, 16, 5, 6),
+                  "[nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU(), nn.Conv2d(16, 3, 1), nn.ReLU(),"
+                  " nn.Conv2d(3, 8, 1), nn.ReLU6(), nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), nn.ReLU(),"
+                  " nn.Conv2d(8, 17, 1), nn.ReLU(), nn.Conv2d(17, 2, 1), nn.Conv2d(2, 5, 1), nn.Conv2d(5, 4, 1),"
+                  " nn.Conv2d(4, 1, 1)]", ("conv_pw", "dwpw")))
 REQUANT = {"helium_requant_tail_18": "ec_requant_s8_1x18", "helium_window_1_3_4": "ec_requant_s8_2x8",
            "helium_dwpw_epilogue_8_24_48": r"ec_requant_s8_\d+x48"}
 

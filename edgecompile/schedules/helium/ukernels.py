@@ -6,7 +6,9 @@ in one 16-byte vector). Per 16 steps an M x N tile loads M activation vectors (o
 and N weight vectors and issues M*N VMLADAVA.S8 (16 int8 x int8 products summed into a 32-bit
 core register): 16 MACs an instruction, accumulators in the even core registers. The last
 K % 16 steps are one tail-predicated group (VCTP.8: the loads read only the lanes it enables
-and leave the others zero). int16 activations (the zero-point-shifted rows of padded KxK
+and leave the others zero). The tail group and a reduction of exactly one group (K = 16) add a
+VMLADAV (no accumulate) to C: inlined where C was just zeroed, gcc drops the add, where VMLADAVA
+on the zero took a MOV per output (the pointwise GEMMs after 8 and 16 depthwise channels). int16 activations (the zero-point-shifted rows of padded KxK
 convolutions) likewise in groups of 8 ("k8", VMLADAVA.S16, the int8 weights widened by VLDRB.S16).
 
 `dw` over int16 rows (the zero-point-shifted, padded depthwise window) and int8 weights: 4
@@ -36,7 +38,12 @@ _MVE = "\n".join([
 
 def _mve_body(m: int, n: int, g: int, wide: bool) -> list[str]:
     """VMLADAVA over full groups of g steps (16 int8 or, `wide`, 8 int16 activations; the int8
-    weights widened to int16 by their load), then one predicated group for the K % g last steps."""
+    weights widened to int16 by their load), then one predicated group for the K % g last steps.
+    K == g and the tail group: C + VMLADAV (the wake-word network, mps3-an547, same session:
+    5,234,719 -> 5,192,438 instructions with the tail, 5,186,562 with K == g too; its dw+pw
+    kernels' pointwise K = 8: 801,156 -> 758,844, K = 16: 489,677 -> 483,792). Peeling the first of
+    several full groups the same way measured worse (K = 64-256 kernels +16-28%: gcc's unrolling
+    changed), and so did a separate K <= g branch storing C directly (K = 8: 918 k)."""
     vt, xs, ws, ps = ("int16x8_t", "vldrhq", "vldrbq", "vctp16q") if wide else ("int8x16_t", "vldrbq", "vldrbq", "vctp8q")
     sfx = "s16" if wide else "s8"
     ta = "int16_t" if wide else "int8_t"
@@ -44,7 +51,13 @@ def _mve_body(m: int, n: int, g: int, wide: bool) -> list[str]:
              f"  const {ta} " + ", ".join(f"*a{i} = A + {i} * lda" for i in range(m)) + ";",
              "  const int8_t *b = B;",
              "  int32_t k = K;",
-             f"  for (; k >= {g}; k -= {g}) {{"]
+             f"  if (k == {g}) {{"]
+    for i in range(m):     # exactly one group: C + VMLADAV (where C was just zeroed, gcc folds the add)
+        lines.append(f"    const {vt} x{i} = {xs}_{sfx}(a{i});")
+    for j in range(n):
+        lines.append(f"    {{ const {vt} w = {ws}_{sfx}(b + {g * j});")
+        lines.append("      " + " ".join(f"c{i}_{j} += vmladavq_{sfx}(x{i}, w);" for i in range(m)) + " }")
+    lines += ["    k = 0;", "  }", f"  for (; k >= {g}; k -= {g}) {{"]
     for i in range(m):
         lines.append(f"    const {vt} x{i} = {xs}_{sfx}(a{i}); a{i} += {g};")
     for j in range(n):
@@ -55,7 +68,7 @@ def _mve_body(m: int, n: int, g: int, wide: bool) -> list[str]:
         lines.append(f"    const {vt} x{i} = {xs}_z_{sfx}(a{i}, p);")
     for j in range(n):
         lines.append(f"    {{ const {vt} w = {ws}_z_{sfx}(b + {j} * k, p);")
-        lines.append("      " + " ".join(f"c{i}_{j} = vmladavaq_{sfx}(c{i}_{j}, x{i}, w);" for i in range(m)) + " }")
+        lines.append("      " + " ".join(f"c{i}_{j} += vmladavq_{sfx}(x{i}, w);" for i in range(m)) + " }")
     lines.append("  }")
     lines += ["  " + " ".join(f"C[{i} * ldc + {j}] = c{i}_{j};" for j in range(n)) for i in range(m)]
     return lines
