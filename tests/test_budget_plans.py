@@ -37,6 +37,7 @@ def test_call_features_count_what_the_kernel_does():
     assert copy["copy_byte"] == 768 and copy["call"] == 0 and copy["out_byte"] == 0
 
 
+@pytest.mark.slow     # ~50-90 s of planning (about 30 lowerings); test_budget keeps the cost-ordered search in the default run
 def test_min_finds_a_plan_under_the_aim_within_the_instruction_bound(tmp_path, monkeypatch):
     """Planning only (no C compiled), the whole input in RAM as TFLM holds it (streaming it is
     tests/test_stream_input.py's): `--patches min` on the wake-word network chooses a plan whose
