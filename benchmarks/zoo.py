@@ -42,7 +42,8 @@ MODELS = [
 ALL_PEERS = ["onnxruntime", "litert", "executorch", "tvm-vm", "torch", "tflm"]
 SLOW_PEERS = {"tflm": 2e8}     # reference kernels: only for networks under this many MACs
 # peers that crash the process on a network (a segfault cannot be caught in-process)
-BROKEN = {("executorch", "efficientnet_b0"): "ExecuTorch 1.5.1 segfaults (or fails with error 0x10) executing it"}
+BROKEN = {("executorch", "efficientnet_b0"): "ExecuTorch 1.5.1 segfaults (or fails with error 0x10) executing it",
+          ("executorch", "xception"): "ExecuTorch 1.5.1 segfaults executing it (Xception / 224)"}
 
 
 def machine_peak() -> dict[str, float]:
