@@ -79,9 +79,11 @@ def keep_input_dependence(model, layers=None):
     return model
 
 
-def board_outputs(board: str, out, rep: dict, inputs, timeout: float = 120, dtype: str = "float32") -> list:
+def board_outputs(board: str, out, rep: dict, inputs, timeout: float = 120, dtype: str = "float32",
+                  on_connect=None) -> list:
     """The outputs of the build in `out` (its report `rep`) on `board`'s emulator, one per input,
-    through the real serial protocol; `dtype` is the input and output type (int8 for int8 builds)."""
+    through the real serial protocol; `dtype` is the input and output type (int8 for int8 builds).
+    `on_connect(info)` sees the device's INFO answer before the first input is sent."""
     from edgecompile.device.protocol import Link
     from edgecompile.platforms import platform_for
     from edgecompile.targets import load_target
@@ -92,7 +94,9 @@ def board_outputs(board: str, out, rep: dict, inputs, timeout: float = 120, dtyp
         port = s.open_port()
         try:
             link = Link(port, timeout=timeout, alive=s.alive)
-            link.connect()
+            info = link.connect()
+            if on_connect is not None:
+                on_connect(info)
             return [link.infer(x, out_shape, in_dtype=dtype, out_dtype=dtype).output for x in inputs]
         finally:
             port.close()

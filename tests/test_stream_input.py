@@ -21,7 +21,7 @@ from edgecompile.ir.frontend import ModelOptions, load_model
 from edgecompile.platforms import platform_for
 from edgecompile.platforms.host import HostModel
 from edgecompile.targets import load_target
-from helpers import assert_close, output_spread, random_input
+from helpers import assert_close, board_outputs, output_spread, random_input
 
 SMALL = ("mobilenet_v1", dict(width_mult=0.25, resolution=32, num_classes=10), (3, 2))
 
@@ -259,17 +259,10 @@ def test_streamed_input_on_the_emulated_pi(small, tmp_path):
     family, opts, patch = SMALL
     rep = _build(source, tmp_path / "pi", "rpi4", quant="int8", patch=patch)
     assert rep["patch_plan"]["input_streamed"]
-    target = load_target("rpi4")
     xs = _int8_inputs(reps["whole"], source.inputs[0].shape)
     refs = [HostModel(root / "whole").run(x)[0] for x in xs]
-    with platform_for(target).start_emulator(target, tmp_path / "pi", rep) as s:
-        port = s.open_port()
-        try:
-            link = Link(port, timeout=60, alive=s.alive)
-            assert link.connect()["input_streamed"] == 1
-            got = [link.infer(x, tuple(rep["outputs"][0]["shape"]), in_dtype="int8", out_dtype="int8").output
-                   for x in xs]
-        finally:
-            port.close()
+    infos: list[dict] = []
+    got = board_outputs("rpi4", tmp_path / "pi", rep, xs, timeout=60, dtype="int8", on_connect=infos.append)
+    assert infos[0]["input_streamed"] == 1
     for g, ref in zip(got, refs):
         assert g.tobytes() == ref.tobytes()
