@@ -534,7 +534,8 @@ def _add_inspect(sub: Any) -> None:
     _target_args(s, default=None)
     s.add_argument("--quant", choices=["fp32", "int8"], help="with --target: number format (default: the target's)")
     s.add_argument("--patches", default="min", metavar="off|auto|min|LAYERS:ROWS[:cached]",
-                   help="with --target: as for build (default min: the least peak RAM within +10%% MACs)")
+                   help="with --target: as for build (default min: the least peak RAM within 1.15x the plain plan's "
+                        "predicted instructions)")
     s.add_argument("--ram-budget", metavar="BYTES", help="with --target: as for build")
     s.add_argument("--no-stream-input", action="store_true", help="with --target: as for build")
     s.add_argument("--json", action="store_true", help="print one JSON object")
@@ -569,7 +570,7 @@ def _add_build(sub: Any) -> None:
     s.add_argument("--patches", default="auto", metavar="off|auto|min|LAYERS:ROWS[:cached]",
                    help="run the first layers in row bands (patch-based inference): auto (default) when the plain "
                         "plan does not fit the target's RAM or --ram-budget, min for the least peak RAM within "
-                        "+10%% MACs, LAYERS:ROWS for a given stage (LAYERS:ROWS:cached: halo rows kept from the "
+                        "1.15x the plain plan's predicted instructions (the target's [cost] model), LAYERS:ROWS for a given stage (LAYERS:ROWS:cached: halo rows kept from the "
                         "band before instead of recomputed), off never")
     s.add_argument("--ram-budget", metavar="BYTES",
                    help="plan for at most this peak RAM (static data + arena + stack, e.g. 40K): tries patches and "
