@@ -123,8 +123,11 @@ def _dw_mve_body(m: int, n: int, kh: int, kw: int, s: int) -> list[str]:
             lines.append(f"    const int8_t *w = W + {ry} * ldw_row + {rx} * ldw_px;")
             full = [q for q, t in vecs if not t and 4 * q <= 124]    # VLDRB's immediate offset: 0-127
             # the accumulators, the tap's weight vectors and a temporary must fit the 8 Q registers,
-            # else (the 1 x 16 tiles) each vector's weights are loaded inside the asm statement
+            # else (the 1 x 16 and 3 x 8 tiles) each vector's weights are loaded inside the asm
+            # statement (a second temporary); tiles whose accumulators leave no room for that stay C
             w_inside = len(vecs) * (m + 1) + 1 > 8
+            if w_inside and m * len(vecs) + 2 > 8:
+                full = []
             for q, t in vecs:
                 if not (w_inside and q in full):
                     lines.append(f"    const int32x4_t w{q} = " + (f"vldrbq_z_s32(w + {4 * q}, p);" if t
