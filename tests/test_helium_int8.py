@@ -72,6 +72,17 @@ CASES.append(Case("helium_short_k_16_8_1_5", (1, 16, 5, 6),
                   " nn.Conv2d(3, 8, 1), nn.ReLU6(), nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), nn.ReLU(),"
                   " nn.Conv2d(8, 17, 1), nn.ReLU(), nn.Conv2d(17, 2, 1), nn.Conv2d(2, 5, 1), nn.Conv2d(5, 4, 1),"
                   " nn.Conv2d(4, 1, 1)]", ("conv_pw", "dwpw")))
+# the depthwise taps as asm statements (full vectors; the weights loaded inside the statement where the
+# accumulators and weights would not fit the 8 Q registers) beside intrinsic tail vectors: 3 and 17
+# channels (tiles of 1 and 3 channels: predicated vectors alone), 16 and 32 (full vectors), strides 1 and
+# 2, padding, the windows' zero point at both extremes (-128 after a ReLU, 127 after a clamp to [-6, 0]),
+# 1 output channel at the end
+CASES.append(Case("helium_dw_asm_3_16_17_32_zp", (1, 3, 9, 11),
+                  "[nn.Conv2d(3, 3, 3, stride=2, padding=1, groups=3), nn.ReLU(), nn.Conv2d(3, 16, 1), nn.ReLU(),"
+                  " nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU6(), nn.Conv2d(16, 17, 1), nn.Hardtanh(-6.0, 0.0),"
+                  " nn.Conv2d(17, 17, 3, padding=1, groups=17), nn.BatchNorm2d(17), nn.Conv2d(17, 32, 1), nn.ReLU(),"
+                  " nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=32), nn.ReLU6(), nn.Conv2d(32, 1, 1)]",
+                  ("dwpw",)))
 REQUANT = {"helium_requant_tail_18": "ec_requant_s8_1x18", "helium_window_1_3_4": "ec_requant_s8_2x8",
            "helium_dwpw_epilogue_8_24_48": r"ec_requant_s8_\d+x48"}
 
@@ -92,6 +103,12 @@ def test_helium_kernel_bytes_equal_the_integer_reference(tmp_path, monkeypatch, 
         assert re.search(r"\b" + REQUANT[case.name] + r"\w*\(", code) and "vmulhq_s32" in code \
             and "vhaddq_u32" in code, "no Helium rescale"
     if {"conv_dw", "dwpw"} & set(case.kinds):
-        assert re.search(r"\bvldrhq_(z_)?s32\(", code), "no Helium depthwise kernel"
+        # the depthwise taps of full vectors are asm statements (VLDRH.S32, VMUL.I32, VADD.I32), tails intrinsics
+        assert re.search(r"\bvldrhq_(z_)?s32\(|vldrh\.s32 %q\[t\]", code), "no Helium depthwise kernel"
+    if case.name == "helium_dw_asm_3_16_17_32_zp":
+        zps = re.findall(r"\bec_widen_s8s16\(\([^;]*, (-?\d+)\);", code)
+        assert {int(z) for z in zps} >= {-128, 127}, zps        # both extremes of the zero point
+        assert "vldrh.s32 %q[t]" in code and "vldrhq_z_s32(" in code, "no asm taps beside predicated tails"
+        assert "vldrb.s32 %q[u]" in code, "no asm taps loading their weights (the 1 x 16 tile)"
     if {"conv", "conv_dw", "dwpw"} & set(case.kinds):     # padded windows: the Helium row copy
         assert re.search(r"\bec_widen_s8s16\(\(", code) and "vsubq_n_s16" in code, "no Helium padded-row copy"

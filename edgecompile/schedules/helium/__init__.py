@@ -18,7 +18,10 @@ from ..rules import _pick, choose_tile
 class HeliumRules(CortexMRules):
     """Integer GEMM tiles read "k16" (int8 activations) or "k8" (int16) panels: Helium kernels."""
 
-    DW_VECTORS = 4      # the wake-word network: 7.93 M / 7.92 M / 7.76 M / 8.35 M / 8.22 M with 2 / 3 / 4 / 6 / 8
+    # the wake-word network: 7.93 M / 7.92 M / 7.76 M / 8.35 M / 8.22 M with 2 / 3 / 4 / 6 / 8 while gcc
+    # spilled the depthwise products; with the taps as asm statements (ukernels._dw_tap_asm, the same
+    # session): 4,749,484 with 4 (2 x 8 tiles), 4,617,281 with 6 (3 x 8, weights loaded in the asm)
+    DW_VECTORS = 6
 
     def accumulators(self, which: str, types: Any) -> int:
         """Integer GEMM tiles: 6 accumulators (VMLADAVA accumulates into even core registers; the
