@@ -87,6 +87,16 @@ class CortexMRules(TiledRules):
         pads = [b for b in blocks_before if "pad" in b.lower() and tiling.block_dtype(sch, b) == "int16"]
         tiling.split_padding(sch, pads, 0, self.WIDEN_MIN_CHANNELS)
         tiling.mark_widen_rows(sch, pads)
+        if info.rescale_kernel:
+            tiling.tensorize_requant(sch, 1, info.rescale)
+
+    def after_finish(self, func: Any, info: Any) -> Any | None:
+        """With rescale tiles tensorized (info.rescale), their accumulators start at the channels'
+        offsets (tiling.rescale_offsets_into_init: the low words of the re-encoded constants), so
+        that the SMMLA rescale kernel (ukernels.requant) adds nothing."""
+        if not info.rescale:
+            return func
+        return tiling.rescale_offsets_into_init(func)
 
     def window_gemm(self, types: Any) -> bool:
         """The SMLAD kernels take a KxK convolution's whole window per call (K = KW x KH x input
