@@ -142,13 +142,29 @@ def _schedule_kernels(mod: Any, prog: Program, target: Target,
         func, info = schedules.schedule(mod[name], target.family, _rows_of(options, name), config, name)
         if info.packed and not all(c.inputs[p] in prog.weights for c in calls for p in info.packed):
             # a GEMM operand that is not a constant cannot be stored in panels at compile time
-            func, info = schedules.schedule(mod[name], target.family, _rows_of(options, name),
-                                            {**(config or {}), "pack": False}, name)
+            config = {**(config or {}), "pack": False}
+            func, info = schedules.schedule(mod[name], target.family, _rows_of(options, name), config, name)
+        if info.rescale and not all(weights.rescale_fits(prog, c.inputs[pos], c.inputs[m0], c.inputs[r], target.family)
+                                    for c in calls for pos, (m0, r) in info.rescale.items()):
+            # constants the family's rescale kernel cannot take (e.g. a shift of 32): the kernel's own C
+            func, info = schedules.schedule(mod[name], target.family, _rows_of(options, name), config, name,
+                                            rescale_kernel=False)
         for c in calls:
             for pos, nn in sorted(info.packed.items()):
                 weights.pack_weight(prog, c.inputs[pos], nn, info.panel_order.get(pos, ""))
+            for pos, (pos_m0, pos_r) in sorted(info.rescale.items()):
+                weights.encode_rescale(prog, c.inputs[pos], c.inputs[pos_m0], c.inputs[pos_r], target.family)
         sym = lower.kernel_symbol(info, prog.tensors[calls[0].outputs[0]], taken)
         symbol_of[name], scheduled[sym], infos[sym] = sym, func, info
+    for c in prog.calls:      # a re-encoded rescale weight must be read only by kernels that expect it
+        if c.builtin is not None:
+            continue
+        enc = infos[symbol_of[c.kernel]].rescale
+        for pos, w in enumerate(c.inputs):
+            if w in prog.weights and prog.tensors[w].panel_order and prog.tensors[w].dtype == "int64" \
+                    and pos not in enc:
+                raise EdgeCompileError(f"weight {w} is read by kernels with different rescale constant layouts "
+                                       f"({c.kernel} reads it in the folded form)")
     return scheduled, infos, symbol_of
 
 

@@ -422,3 +422,108 @@ def test_k16_panel_order_and_the_weight_range_it_needs():
     w[5, 4] = -127
     pack_weight(prog, "w", 3, "k16")
     assert prog.tensors["w"].panel_order == "k16"
+
+
+# ----------------------------------------------------------------------------- Cortex-M4/M7 SMMLA rescale
+
+def test_rescale_constants_reproduce_the_folded_form():
+    """cortex_m.ukernels.rescale_constants: for shifts n = 33..54, zero points -128 and 127, offsets
+    and accumulators at the int32 extremes, even multipliers (several trailing zero bits, 2^30) and
+    m0 = 0, SMMLA(acc + off, m0, Ra) (the high word of (acc + off) * m0 + Ra * 2^32, wrapped to 32
+    bits as the instruction does) equals the high word of the folded form acc * m0 + rnd; a shift
+    of 32 (SMMLAR's) is refused."""
+    from edgecompile.errors import EdgeCompileError
+    from edgecompile.schedules.cortex_m.ukernels import rescale_constants
+
+    rng = np.random.default_rng(12)
+    m0s = [0, 1 << 30, (1 << 31) - 1, 3 << 28, 0x5A5A5A5A, 0x40000001] + [int(v) for v in rng.integers(1 << 30, 1 << 31, 6)]
+    seen = set()
+    for m0 in m0s:
+        for n in (33, 34, 40, 47, 54):
+            for zp in (-128, 127, 0):
+                offs = [0, 1, -1, 12345, -(1 << 20)] if m0 == 0 else [int(v) for v in rng.integers(-(1 << 24), 1 << 24, 3)]
+                for off in offs + ([(1 << 30) - 7, -(1 << 30)] if m0 else []):
+                    rnd = off * m0 + (1 << (n - 1)) + zp * (1 << n)
+                    enc = int(rescale_constants(np.array([m0], np.int32), np.array([rnd], np.int64),
+                                                np.array([n - 32], np.int32))[0])
+                    off2, ra = ((enc & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000, enc >> 32
+                    seen.add((ra == (1 << (n - 33)) + zp * (1 << (n - 32))) if m0 % 2 else None)
+                    lim = (1 << 31) - 1 - max(abs(off), abs(off2))
+                    for acc in [0, 1, -1, lim, -lim, *(int(v) for v in rng.integers(-lim, lim, 8))]:
+                        want = (acc * m0 + rnd) >> 32
+                        if not -(1 << 31) <= want < (1 << 31):
+                            continue
+                        a = acc + off2
+                        assert -(1 << 31) <= a < (1 << 31)
+                        got = ((((a * m0) >> 32) + ra + (1 << 31)) % (1 << 32)) - (1 << 31)
+                        assert got == want, (m0, n, zp, off, acc)
+    assert True in seen           # an odd multiplier: Ra is exactly 2^(n-33) + zp * 2^(n-32)
+    with pytest.raises(EdgeCompileError, match="n > 32"):
+        rescale_constants(np.array([1 << 30], np.int32), np.array([1 << 31], np.int64), np.array([0], np.int32), "w")
+
+
+class _RescaleNet(nn.Module):
+    """pw 3 -> 16 (ReLU6: output zero point -128), dw 3x3 + pw 16 -> 4 (ReLU6) whose channel 0 has
+    a multiplier in [0.25, 0.5) (a shift n == 32: that kernel keeps its own C), pw 4 -> 2 with a
+    negative bias (every output negative: zero point 127). Saturation on both sides: the clipped
+    outputs. (Odd channel counts get tiles of one channel, pixels innermost: the generic rescale.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(31)
+        self.pw1 = nn.Conv2d(3, 16, 1)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.pw2 = nn.Conv2d(16, 4, 1)
+        self.pw3 = nn.Conv2d(4, 2, 1)
+        with torch.no_grad():
+            self.pw1.weight.copy_(torch.randn(16, 3, 1, 1, generator=g) * 1.5)
+            self.pw1.bias.copy_(torch.randn(16, generator=g))
+            self.dw.weight.copy_(torch.randn(16, 1, 3, 3, generator=g) * 0.4)
+            self.pw2.weight.copy_(torch.randn(4, 16, 1, 1, generator=g) * 0.3)
+            self.pw2.weight[0].copy_(torch.randn(16, 1, 1, generator=g).clamp(-1, 1) * 45.0)   # multiplier ~0.35
+            self.pw3.weight.copy_(torch.rand(2, 4, 1, 1, generator=g) + 0.5)
+            self.pw3.bias.fill_(-40.0)
+
+    def forward(self, x):
+        x = torch.clamp(self.pw1(x), 0, 6)
+        x = self.pw2(torch.clamp(self.dw(x), 0, 6))
+        return self.pw3(torch.clamp(x, 0, 6))
+
+
+def test_smmla_rescale_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch):
+    """The Cortex-M4/M7 rescale kernel (SMMLA over (off, Ra) constants, accumulators started at the
+    offsets) on 16- and 2-channel outputs with zero points -128 and 127, beside a kernel with a
+    shift-32 channel that keeps the generic rescale: the emulated boards and the host compile of
+    the same model.c give the VM reference's bytes."""
+    import re
+
+    shape = (1, 3, 6, 8)
+    model = _RescaleNet().eval()
+    source = _from_torch("rescale_net", model, shape, ModelOptions(input_shape=shape, seed=0))
+    rng = np.random.default_rng(3)
+    path = tmp_path / "calibration.npy"
+    np.save(path, rng.uniform(-1.0, 1.0, (8, *shape[1:])).astype(np.float32))
+    reference, quant = vm_reference(source, str(path), monkeypatch)
+    inputs = [rng.integers(-128, 128, size=shape, dtype=np.int8) for _ in range(4)]
+    expected = [reference(x) for x in inputs]
+    output_spread(expected)
+    assert quant["output"]["zero_point"] == 127
+    for board in ["mps2-an386", "stm32f746g-disco"]:
+        out = tmp_path / board
+        rep = write_build(source, load_target(board), out,
+                          BuildOptions(quant="int8", calibration=str(path), compare_unfused=False), Progress(quiet=True))
+        model_c = (out / "model.c").read_text()
+        smmla = set(re.findall(r"\bec_requant_s8_(\d+x\d+)\(\(", model_c))
+        assert len(smmla) >= 2 and "smmla %0" in model_c, (board, smmla)              # pw 3 -> 16 and 3 -> 2
+        dwpw = model_c[model_c.index("int32_t ec_dwpw_s8_"):]
+        dwpw = dwpw[:dwpw.index("\n}\n")]
+        assert "ec_requant_s8_" not in dwpw and "param_2_1[" in dwpw, board          # the n == 32 kernel: generic
+        shifts = [[int(v, 16) for v in re.findall(r"0x([0-9a-f]+)u", body)] for body in
+                  re.findall(r"/\* w\d+: int32\[4\] \*/\n[^\n]*= \{\{([^}]*)\}\}", (out / "weights.c").read_text())]
+        assert any(0 in v and max(v) <= 22 for v in shifts), board                    # ... because of its r == 0
+        assert "dwpw" in {c["kind"] for c in rep["calls"]}
+        host = HostModel.from_sources(out)
+        for x, want, dev in zip(inputs, expected, board_outputs(board, out, rep, inputs, timeout=30, dtype="int8")):
+            assert dev.tobytes() == want.tobytes(), f"{board}: device bytes differ from the reference"
+            assert host.run(x)[0].tobytes() == want.tobytes(), f"{board}: host compile of model.c differs"
+        host.close()

@@ -201,3 +201,37 @@ def pack_weight(prog: Program, name: str, nn: int, order: str = "") -> None:
         new, dtype = new.astype(np.int16), "int16"
     prog.weights[name] = np.ascontiguousarray(new)
     prog.tensors[name] = replace(t, shape=tuple(new.shape), dtype=dtype, packed=nn, panel_order=order)
+
+
+def encode_rescale(prog: Program, name: str, m0: str, r: str, family_name: str) -> None:
+    """Store a rescale's int64 rounding constants `name` in the form the family's rescale kernel
+    reads (its `rescale_constants(m0, rnd, r)`, e.g. the (off, Ra) pairs of the Cortex-M4/M7
+    SMMLA kernel), the dtype and shape unchanged. A weight read by kernels in both forms is refused."""
+    from ..schedules import family_ukernels
+
+    t = prog.tensors[name]
+    own = family_ukernels(family_name)
+    order = getattr(own, "RESCALE_ORDER", "")
+    if t.panel_order == order:
+        return
+    if t.packed is not None or t.panel_order or not order or t.dtype != "int64":
+        raise EdgeCompileError(f"weight {name} is read by kernels with different rescale constant layouts")
+    new = own.rescale_constants(prog.weights[m0], prog.weights[name], prog.weights[r], name)
+    prog.weights[name] = np.ascontiguousarray(new)
+    prog.tensors[name] = replace(t, panel_order=order)
+
+
+def rescale_fits(prog: Program, name: str, m0: str, r: str, family_name: str) -> bool:
+    """Whether the family's rescale kernel takes these constants (`rescale_constants` succeeds)."""
+    from ..schedules import family_ukernels
+
+    own = family_ukernels(family_name)
+    if not all(w in prog.weights for w in (name, m0, r)) or not hasattr(own, "rescale_constants"):
+        return False
+    if prog.tensors[name].panel_order == getattr(own, "RESCALE_ORDER", None):
+        return True        # re-encoded already (another call of a kernel reading the same weights)
+    try:
+        own.rescale_constants(prog.weights[m0], prog.weights[name], prog.weights[r], name)
+    except EdgeCompileError:
+        return False
+    return True

@@ -31,6 +31,8 @@ class KernelInfo:
     rows: int = 0                      # dwpw, depthwise: output rows per tile of the tiled schedule (0: untiled)
     packed: dict = field(default_factory=dict)   # weight parameter position -> output-channel panel width
     panel_order: dict = field(default_factory=dict)   # weight parameter position -> order within a panel
+    rescale: dict = field(default_factory=dict)   # rnd weight position -> (m0, r positions): constants re-encoded
+    rescale_kernel: bool = True        # a family may hand rescale tiles to a kernel over re-encoded constants
 
     def describe(self) -> str:
         (kh, kw), (sh, _) = self.kernel, self.stride

@@ -66,17 +66,21 @@ def apply_config(sch: Any, info: KernelInfo, family_name: str, config: dict) -> 
 
 
 def schedule(func: Any, family_name: str, dwpw_rows: int | None = None, config: dict | None = None,
-             name: str = "") -> tuple[Any, KernelInfo]:
+             name: str = "", rescale_kernel: bool = True) -> tuple[Any, KernelInfo]:
     """Schedule one fused kernel for a target family. Returns (scheduled PrimFunc, info).
 
     The family's rule runs first; if it declines (returns False) or a schedule primitive
     rejects the kernel, the kernel falls back to the portable untiled schedule, and
     `info.schedule` says which one ran. `dwpw_rows` overrides the family's row-tile height of
     fused depthwise+pointwise kernels. `config` (from the tuner, see `space`) fixes the rule's
-    choices (tile sizes, loop order, rows) or asks for the untiled schedule."""
+    choices (tile sizes, loop order, rows) or asks for the untiled schedule. `rescale_kernel`
+    False keeps the int8 rescale tiles in the kernel's own C where a family would hand them to a
+    rescale kernel over re-encoded constants (`info.rescale`: the compiler found constants that
+    kernel cannot take)."""
     from tvm import s_tir
 
     info = analyze(func, name)
+    info.rescale_kernel = rescale_kernel
     if config and config.get("untiled"):
         sch = s_tir.Schedule(func)
         tiling.prepare(sch, info, tiled=False)
@@ -98,10 +102,13 @@ def schedule(func: Any, family_name: str, dwpw_rows: int | None = None, config: 
     if ok:
         rules.finish(sch, info, blocks_before)
         info.schedule = f"{family_name}.{rule.__name__}" + (f" {json.dumps(config, sort_keys=True)}" if config else "")
-        return sch.mod["main"], info
+        out = rules.after_finish(sch.mod["main"], info)
+        if out is None:         # the family's post-schedule rewrite does not apply: without its rescale kernel
+            return schedule(func, family_name, dwpw_rows, config, name, rescale_kernel=False)
+        return out, info
     sch = s_tir.Schedule(func)
     tiling.prepare(sch, info, tiled=False)
-    info.packed, info.panel_order = {}, {}   # whatever the failed rule packed is gone with its schedule
+    info.packed, info.panel_order, info.rescale = {}, {}, {}   # whatever the failed rule packed is gone with its schedule
     info.rows = 0
     info.schedule = "generic.untiled"
     return sch.mod["main"], info

@@ -340,6 +340,12 @@ class TiledRules:
         (ukernels.PANEL_ORDERS; "" row by row)."""
         return ""
 
+    def after_finish(self, func: Any, info: Any) -> Any | None:
+        """The scheduled function, rewritten where a family needs what no schedule primitive does;
+        None: the rewrite does not apply (the kernel is scheduled again with `info.rescale_kernel`
+        False)."""
+        return func
+
     def dwpw_panel_order(self, types: Any) -> str:
         """The panel order of the pointwise GEMM of a fused depthwise+pointwise kernel (its weights
         are read once per output pixel pair: a family may store them wider); `panel_order` by default."""

@@ -334,12 +334,31 @@ def mark_widen_rows(sch: Any, pads: list[str]) -> int:
     return done
 
 
-def tensorize_requant(sch: Any, min_channels: int = 1) -> int:
+def _requant_params(sch: Any, block: Any) -> tuple[int, int, int] | None:
+    """The kernel parameter positions of a rescale block's per-channel constants (m0, rnd, r), in
+    the order the folded form reads them (int32 m0, int64 rnd, int32 r), or None when they are not
+    all kernel parameters."""
+    params = list(sch.mod["main"].params)      # buffer parameters
+    found = []
+    for region in sch.get(block).reads:
+        for i, p in enumerate(params):
+            if region.source.same_as(p):
+                found.append((i, str(p.ty.dtype)))
+    dtypes = [d for _, d in found]
+    if dtypes != ["int32", "int64", "int32"]:
+        return None
+    return found[0][0], found[1][0], found[2][0]
+
+
+def tensorize_requant(sch: Any, min_channels: int = 1, constants: dict | None = None) -> int:
     """Hand each int8 rescale block of the scheduled kernel (an epilogue computed per M x N tile,
     `requant*`, in the folded form of ir/quantize.py) to the `ec_requant_s8_MxN` micro-kernel: its
     two innermost loops (M pixels x N channels), or its innermost one (one pixel). A block of
     another form (a clamp, a residual add...) or loop structure stays as it is, and so does a tile
-    of fewer than `min_channels` channels. Returns how many blocks were tensorized."""
+    of fewer than `min_channels` channels. Returns how many blocks were tensorized. With
+    `constants` (a family whose rescale kernel reads its constants re-encoded at compile time):
+    only blocks whose constants are kernel parameters, recorded there as
+    {rnd position: (m0 position, r position)}."""
     names: list[str] = []
     todo = list(_children(sch))
     while todo:
@@ -355,11 +374,16 @@ def tensorize_requant(sch: Any, min_channels: int = 1) -> int:
         b = sch.get(block)
         if len(b.writes) != 1 or str(b.writes[0].source.ty.dtype) != "int8":
             continue
+        params = _requant_params(sch, block) if constants is not None else None
+        if constants is not None and params is None:
+            continue
         tries = ([(loops[-2], extent(sch, loops[-2]), extent(sch, loops[-1]))] if len(loops) >= 2 else []) \
             + ([(loops[-1], 1, extent(sch, loops[-1]))] if loops else [])
         for loop, m, n in tries:
             if m * n < 2 or n < min_channels or not _try(sch.tensorize, loop, requant_intrin(m, n)):
                 continue
+            if params is not None and constants is not None:
+                constants[params[1]] = (params[0], params[2])
             done += 1
             break
     return done
@@ -712,3 +736,92 @@ def tile_dwpw(sch: Any, info: Any, rows: int, tile: tuple[int, int], dw_tile: tu
     sch.tensorize(dry, dw_intrin(dtm, dn, kh, kw, s, dw_types, pixels=dpx))
     info.rows = rows
     return True
+
+
+def rescale_offsets_into_init(func: Any, call_prefix: str = "ec_requant_s8_") -> Any | None:
+    """Start each int8 rescale tile's accumulators at its channels' offsets: every block that
+    initialises to 0 an accumulator buffer read by a tensorized rescale call (`call_prefix`) gets
+    `(int32) rnd[c]` instead, rnd the call's constants (re-encoded by the family with the offset in
+    the low word, e.g. cortex_m.ukernels.rescale_constants) and c the channel (the buffer's last
+    index, as the rescale reads its constants). The rescale kernel then adds nothing. Returns the
+    rewritten function, or None when some rescale call's buffer has no such init block (the caller
+    falls back)."""
+    from tvm import s_tir, tirx
+
+    calls: dict[Any, Any] = {}          # accumulator buffer -> rnd parameter buffer
+
+    def visit(stmt: Any) -> None:
+        if isinstance(stmt, s_tir.SBlockRealize):
+            b = stmt.block
+            body = b.body
+            call = body.value if isinstance(body, tirx.Evaluate) else None
+            name = str(call.args[0].value) if call is not None and len(call.args) and hasattr(call.args[0], "value") \
+                and isinstance(call.args[0].value, str) else ""
+            if name.startswith(call_prefix):
+                mbs = {str(mb.buffer.name): mb.source.source for mb in b.match_buffers}
+                if "C" not in mbs or "Ad" not in mbs:
+                    raise LookupError
+                calls[mbs["C"]] = mbs["Ad"]
+            visit(body)
+            if b.init is not None:
+                visit(b.init)
+        elif isinstance(stmt, tirx.SeqStmt):
+            for s in stmt.seq:
+                visit(s)
+        elif isinstance(stmt, (tirx.For, tirx.AttrStmt, tirx.While)):
+            visit(stmt.body)
+        elif isinstance(stmt, tirx.IfThenElse):
+            visit(stmt.then_case)
+            if stmt.else_case is not None:
+                visit(stmt.else_case)
+
+    try:
+        visit(func.body)
+    except LookupError:
+        return None
+    if not calls:
+        return None
+    done: set[Any] = set()
+
+    def is_init(b: Any) -> bool:
+        body = b.body
+        return isinstance(body, tirx.BufferStore) and any(body.buffer.same_as(c) for c in calls) \
+            and isinstance(body.value, tirx.IntImm) and int(body.value.value) == 0
+
+    def rewrite(stmt: Any) -> Any:
+        if isinstance(stmt, s_tir.SBlockRealize):
+            b = stmt.block
+            if is_init(b):
+                store = b.body
+                acc = next(c for c in calls if store.buffer.same_as(c))
+                rnd = calls[acc]
+                value = tirx.Cast("int32", tirx.BufferLoad(rnd, [store.indices[-1]]))
+                # reads left as they were: a kernel parameter, nothing the lowering plans for
+                nb = s_tir.SBlock(b.iter_vars, b.reads, b.writes, b.name_hint,
+                                  tirx.BufferStore(store.buffer, value, store.indices), b.init, b.alloc_buffers,
+                                  b.match_buffers, b.annotations)
+                done.add(acc)
+                return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, nb)
+            init = None if b.init is None else rewrite(b.init)
+            nb = s_tir.SBlock(b.iter_vars, b.reads, b.writes, b.name_hint, rewrite(b.body), init, b.alloc_buffers,
+                              b.match_buffers, b.annotations)
+            return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, nb)
+        if isinstance(stmt, tirx.SeqStmt):
+            return tirx.SeqStmt([rewrite(s) for s in stmt.seq])
+        if isinstance(stmt, tirx.For):
+            return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, rewrite(stmt.body),
+                            stmt.thread_binding, stmt.annotations, stmt.step)
+        if isinstance(stmt, tirx.IfThenElse):
+            return tirx.IfThenElse(stmt.condition, rewrite(stmt.then_case),
+                                   None if stmt.else_case is None else rewrite(stmt.else_case))
+        if isinstance(stmt, tirx.AttrStmt):
+            return tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, rewrite(stmt.body))
+        if isinstance(stmt, tirx.While):
+            return tirx.While(stmt.condition, rewrite(stmt.body))
+        return stmt
+
+    body = rewrite(func.body)
+    if len(done) != len(calls):
+        return None
+    return func.with_body(body)
+

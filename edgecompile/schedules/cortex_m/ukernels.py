@@ -15,7 +15,7 @@ the host (`edgecompile test` compares a device's int8 bytes with it)."""
 
 from __future__ import annotations
 
-from ..ukernels import (WIDEN_SIGNATURE, Types, dw_body, dw_signature, gemm_signature, guarded_kernel,
+from ..ukernels import (WIDEN_SIGNATURE, Types, dw_body, dw_signature, gemm_signature, guarded_kernel, requant_signature,
                         ordered_gemm_body, wide_b_pointer, widen_body)
 
 _READ32 = "\n".join([
@@ -279,3 +279,92 @@ def widen() -> str:
         "/* O[rows x cols] = (int16)X - zp (the in-bound rows of a zero-point-shifted padded window): 4 values per "
         "word (SXTB16, SSUB16, PKHBT/PKHTB; DSP extension), portable C otherwise */",
         WIDEN_SIGNATURE, "defined(__ARM_FEATURE_DSP)", _widen_dsp_body(), widen_body())
+
+
+# ----------------------------------------------------------------------------- int8 rescale
+#
+# The rescale tiles of this family read their per-channel constants re-encoded at compile time
+# (`rescale_constants`, applied by the compiler to the weights that `CortexMRules.finish` names in
+# `info.rescale`): each channel's int64 `rnd` of ir/quantize.py's folded form is stored as the int32
+# pair (off, Ra) in its low and high words. With acc' = acc + off (exact in int32: |acc + off| < 2^31)
+# and n > 32, (acc * m0 + rnd) >> 32 == SMMLA(acc', m0, Ra) (the high word of acc' * m0 + Ra * 2^32;
+# Ra = 2^(n-33) + zp * 2^(n-32)), then >> r and SSAT #8: per value ADD, SMMLA, ASR, SSAT, STRB
+# instead of a 64-bit multiply-add whose 64-bit addend is copied into its destination registers
+# first. A shift n == 32 needs SMMLAR (the rounding bias 2^31 in the low word): kernels with such a
+# channel keep the rescale in their own C (the compiler reschedules them; `rescale_constants`
+# refuses those constants).
+
+RESCALE_ORDER = "offra"     # the re-encoded rnd weights (prog.tensors[...].panel_order)
+
+
+def rescale_constants(m0: "np.ndarray", rnd: "np.ndarray", r: "np.ndarray", name: str = "") -> "np.ndarray":
+    """The (off, Ra) pairs of one rescale's channels, as int64 values (off in the low word, Ra in
+    the high word: the bytes the micro-kernel reads as two int32), such that for every channel
+    acc * m0 + rnd == (acc + off) * m0 + Ra * 2^32 exactly. `off` is the representative of its
+    class modulo 2^(32 - t) nearest to zero (t: the trailing zero bits of m0): for an odd m0 the
+    folded offset itself (|off| < 2^31), else within 2^(31 - t), |acc + off| < 2^31 kept where
+    |acc| < 2^30 (an int8 GEMM of K < 32,000 steps). Refused (EdgeCompileError): a shift of 32
+    (r == 0), constants not of the folded form."""
+    import numpy as np
+
+    from ...errors import EdgeCompileError
+
+    out = []
+    for k, (m, c, s) in enumerate(zip(np.ravel(m0).tolist(), np.ravel(rnd).tolist(), np.ravel(r).tolist())):
+        m, c, s = int(m), int(c), int(s)
+        if m < 0 or not 1 <= s <= 22:
+            raise EdgeCompileError(f"weight {name}: channel {k} has multiplier {m} and shift {s}: the SMMLA "
+                                   "rescale needs m0 >= 0 and 1 <= r <= 22 (n > 32)")
+        if m == 0:
+            off = 0
+        else:
+            t = (m & -m).bit_length() - 1
+            mod = 1 << (32 - t)
+            if c % (1 << t):
+                raise EdgeCompileError(f"weight {name}: channel {k}'s rounding constant {c} is not of the folded "
+                                       f"form (not a multiple of 2^{t})")
+            off = ((c >> t) * pow(m >> t, -1, mod)) % mod
+            if off >= mod // 2:
+                off -= mod
+        hi, rem = divmod(c - off * m, 1 << 32)
+        if rem or not (-(1 << 31) <= off < (1 << 31) and -(1 << 31) <= hi < (1 << 31)):
+            raise EdgeCompileError(f"weight {name}: channel {k}'s rescale constants do not fit the 32-bit "
+                                   f"(off, Ra) form (off {off}, Ra {hi})")
+        out.append((hi << 32) | (off & 0xFFFFFFFF))
+    return np.array(out, dtype=np.int64).reshape(np.shape(rnd))
+
+
+def _rescale_dsp_body(m: int, n: int) -> list[str]:
+    """Per channel its constants once (Ra, m0, r); per value SMMLA, ASR, SSAT, STRB (the offset is in
+    the accumulator: its tile started at it, tiling.rescale_offsets_into_init)."""
+    lines = ["  const int32_t *q = (const int32_t *)rnd;"]
+    for j in range(n):
+        lines.append(f"  {{ const int32_t mu = m0[{j}], ra = q[{2 * j + 1}], sh = r[{j}];")
+        for i in range(m):
+            lines.append(f"    {{ int32_t h; __asm__(\"smmla %0, %1, %2, %3\" : \"=r\"(h) : \"r\"(C[{i} * ldc + {j}]), "
+                         f"\"r\"(mu), \"r\"(ra)); O[{i} * ldo + {j}] = (int8_t)__ssat(h >> sh, 8); }}")
+        lines.append("  }")
+    return lines
+
+
+def _rescale_portable_body(m: int, n: int) -> list[str]:
+    """The same arithmetic in portable C (the host's model.c gives the same bytes)."""
+    return [f"  for (int32_t j = 0; j < {n}; ++j) {{",
+            "    const int64_t ra = (int64_t)(int32_t)(rnd[j] >> 32);",
+            f"    for (int32_t i = 0; i < {m}; ++i) {{",
+            "      const int32_t h = (int32_t)((((int64_t)C[i * ldc + j]) * ((int64_t)m0[j]) + ra * (int64_t)4294967296)"
+            " >> 32);",
+            "      const int32_t x = h >> r[j];",
+            "      O[i * ldo + j] = (int8_t)(x < -128 ? -128 : x > 127 ? 127 : x);",
+            "    }", "  }"]
+
+
+def requant(m: int, n: int) -> str:
+    """C for `ec_requant_s8_MxN` over re-encoded constants (`rescale_constants`): SMMLA where the
+    core has the DSP extension, portable C otherwise."""
+    return guarded_kernel(
+        "",
+        f"/* int8 rescale of C[{m}x{n}] (int32, started at the channels' offsets), constants (m0, (off, Ra), r) "
+        "per channel, r > 0: O = sat8(SMMLA(C, m0, Ra) >> r) */",
+        requant_signature(m, n), "defined(__ARM_FEATURE_DSP)",
+        _rescale_dsp_body(m, n), _rescale_portable_body(m, n))
