@@ -172,6 +172,8 @@ WINDOW_CASES = [
     Case("window_2in_5x5", (1, 2, 7, 7), "[nn.Conv2d(2, 6, 5, padding=2), nn.ReLU6()]", ("conv",)),
     Case("window_17in_1out", (1, 17, 5, 6), "[nn.Conv2d(17, 1, 3, padding=1)]", ("conv",)),
     Case("window_1x3_row_only", (1, 3, 5, 8), "[nn.Conv2d(3, 4, (1, 3), padding=(0, 1)), nn.ReLU()]", ("conv",)),
+    # 3 inputs, 17 outputs (one-channel weight panels widened to int16), stride 1, padded
+    Case("window_3in_17out_s1", (1, 3, 6, 7), "[nn.Conv2d(3, 17, 3, padding=1), nn.ReLU6()]", ("conv",)),
 ]
 
 
