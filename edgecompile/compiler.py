@@ -136,8 +136,9 @@ def _schedule_kernels(mod: Any, prog: Program, target: Target,
             config = LEAN_WINDOWS.get(kind)
             if kind == Kind.DWPW and _rows_of(options, name) is not None:
                 config = {**config, "rows": _rows_of(options, name)}
-        if not wide and analyze(mod[name], name).kind == Kind.DWPW:
-            rows = {"rows": _rows_of(options, name)} if _rows_of(options, name) is not None else {}
+        kind = analyze(mod[name], name).kind
+        if not wide and kind in (Kind.DWPW, Kind.CONV):     # KxK convolutions: rules.window_panel_order
+            rows = {"rows": _rows_of(options, name)} if kind == Kind.DWPW and _rows_of(options, name) is not None else {}
             config = {**rows, **(config or {}), "wide_weights": False}
         func, info = schedules.schedule(mod[name], target.family, _rows_of(options, name), config, name)
         if info.packed and not all(c.inputs[p] in prog.weights for c in calls for p in info.packed):

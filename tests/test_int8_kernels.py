@@ -172,6 +172,8 @@ WINDOW_CASES = [
     Case("window_2in_5x5", (1, 2, 7, 7), "[nn.Conv2d(2, 6, 5, padding=2), nn.ReLU6()]", ("conv",)),
     Case("window_17in_1out", (1, 17, 5, 6), "[nn.Conv2d(17, 1, 3, padding=1)]", ("conv",)),
     Case("window_1x3_row_only", (1, 3, 5, 8), "[nn.Conv2d(3, 4, (1, 3), padding=(0, 1)), nn.ReLU()]", ("conv",)),
+    # 3 inputs, 17 outputs (one-channel weight panels widened to int16), stride 1, padded
+    Case("window_3in_17out_s1", (1, 3, 6, 7), "[nn.Conv2d(3, 17, 3, padding=1), nn.ReLU6()]", ("conv",)),
 ]
 
 
@@ -185,9 +187,13 @@ def test_kernel_window_gemm_bytes_equal_the_integer_reference_on_m4_m7(tmp_path,
                                  ["mps2-an386", "stm32f746g-disco"])
     conv = eval(case.layers, NAMES)[0]
     c, (kh, kw), s = conv.in_channels, conv.kernel_size, conv.stride[1]
+    padded = conv.padding != (0, 0)
     for board, model_c in sources.items():      # one call per window: K = KW * KH * C, pixels s * KH * C apart
-        calls = re.findall(r"ec_gemm_(s8k4|s16k4x)_\d+x\d+\([^;]*\), (\d+), \(int64_t\)(\d+),", model_c)
+        calls = re.findall(r"ec_gemm_(s8k4|s16k4x|s16k4w)_\d+x\d+\([^;]*, (\d+), \(int64_t\)(\d+), "
+                           r"\(int64_t\)\d+, \(int64_t\)\d+\);", model_c)
         assert calls and all((int(k), int(lda)) == (kw * kh * c, s * kh * c) for _, k, lda in calls), (board, calls)
+        if padded and kh > 1:       # int16 padded windows: weights widened at compile time (rules.window_panel_order)
+            assert {t for t, _, _ in calls} == {"s16k4w"}, (board, calls)
 
 
 # Rows of odd width on Cortex-M4/M7: integer GEMM tiles of 3 pixels x 2 channels (6 accumulators)

@@ -351,6 +351,12 @@ class TiledRules:
         are read once per output pixel pair: a family may store them wider); `panel_order` by default."""
         return self.panel_order(types)
 
+    def window_panel_order(self, types: Any) -> str:
+        """The panel order of a KxK convolution whose GEMM kernels take the whole window per call
+        (`window_gemm`: few input channels, weights read once per pixel pair: a family may store
+        them wider); `panel_order` by default."""
+        return self.panel_order(types)
+
     def window_gemm(self, types: Any) -> bool:
         """Whether this family's GEMM kernels of `types` take a KxK convolution's whole kernel row
         per call (tiling.tile_conv_gemm's `window_for`); by default one tap per call."""
@@ -383,9 +389,10 @@ class TiledRules:
             return False
         groups = tiling.conv_groups(sch, info) if info.kind == Kind.CONV_GROUP else 1
         tile = self._row_tile(sch, info, cfg, "conv", groups)
+        window_order_for = self.window_panel_order if _pick(cfg, "wide_weights", True) else self.panel_order
         return tile is not None and tiling.tile_conv_gemm(sch, info, tile, _pick(cfg, "order", "pixels"),
                                                           _pick(cfg, "pack", True), self.panel_order, groups,
-                                                          self.window_gemm)
+                                                          self.window_gemm, window_order_for)
 
     def schedule_depthwise(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
         tile = self._row_tile(sch, info, cfg, "dw")

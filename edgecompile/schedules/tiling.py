@@ -505,7 +505,8 @@ def conv_groups(sch: Any, info: Any) -> int:
 
 
 def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pixels", pack: bool = True,
-                   order_for: Any = None, groups: int = 1, window_for: Any = None) -> bool:
+                   order_for: Any = None, groups: int = 1, window_for: Any = None,
+                   window_order_for: Any = None) -> bool:
     """Convolution (1x1 or KxK) as GEMM tiles: M output pixels of one row x N output
     channels, the reduction over input channels in the `ec_gemm_<t>_MxN` micro-kernel. A KxK
     convolution's padding is computed per output row (KH padded rows in a small buffer).
@@ -517,7 +518,8 @@ def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pix
     (K = KW x KH x input channels over pixel-major padded rows and [W][H][I] weight panels,
     `ukernels.gemm_full_window_intrin`; unpacked weights or a 1xK kernel: one kernel row,
     K = KW x input channels, `ukernels.gemm_window_intrin`) instead of one tap (K = input
-    channels): KxK convolutions of few input channels (a network's first, on 3 colour channels)."""
+    channels): KxK convolutions of few input channels (a network's first, on 3 colour channels).
+    `window_order_for(types)`: the panel order of those whole-window tiles (`order_for` if None)."""
     found = _anchor_loops(sch, info.anchor, 7)
     if found is None:
         return False
@@ -537,6 +539,9 @@ def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pix
     panel = _gemm_types(types, True, order_for).b_order
     kh = extent(sch, ry)
     full = window and pack and bool(panel) and kh > 1
+    if full and window_order_for is not None:
+        order_for = window_order_for
+        panel = _gemm_types(types, True, order_for).b_order
     _pixels_x_channels(sch, info, conv, n, h, w, co, [rx, ry, ci] if full else [ry, rx, ci], tile, order, group=group)
     if full:        # the padded rows pixel-major, [pixel][KH][C]: one pixel's whole window is contiguous
         for p in sch.get_producers(conv):

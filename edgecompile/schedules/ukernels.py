@@ -292,6 +292,7 @@ def gemm_full_window_intrin(m: int, n: int, kh: int, kw: int, c: int, stride: in
     symbol = f"ec_gemm_{types.tag}_{m}x{n}"
     ta, tb, tc = types.a, types.b, types.c
     mac = _mac(types)
+    wide = wide_b(types)     # weights widened to int16: the call passes the array and the panel's offset
     zero, one = T.int64(0), T.int64(1)
 
     def make(call: bool) -> Any:
@@ -304,7 +305,10 @@ def gemm_full_window_intrin(m: int, n: int, kh: int, kw: int, c: int, stride: in
             with T.sblock("root"):
                 T.reads(C[0:M, 0:N], A[0:AM, 0:KH, 0:CI], B[0:KW, 0:KH, 0:CI, 0:N])
                 T.writes(C[0:M, 0:N])
-                if call:
+                if call and wide:
+                    T.evaluate(T.call_extern("int32", symbol, C.access_ptr("rw"), A.access_ptr("r"), B.data,
+                                             B.elem_offset, kw * kh * c, KH * CI * S, B.strides[2], C.strides[0]))
+                elif call:
                     T.evaluate(T.call_extern("int32", symbol, C.access_ptr("rw"), A.access_ptr("r"),
                                              B.access_ptr("r"), kw * kh * c, KH * CI * S, B.strides[2], C.strides[0]))
                 elif m > 1 and n > 1:

@@ -66,6 +66,16 @@ class CortexMRules(TiledRules):
         order = self.panel_order(types)
         return "k4w" if order == "k4x" else order
 
+    def window_panel_order(self, types: Any) -> str:
+        """A whole-window GEMM over int16 padded rows (the first convolution: K = 3 x 3 x 3) reads its
+        weights widened to int16 ("k4w"), as the fused kernels' pointwise GEMMs do: SMLAD takes
+        them as loaded (no SXTB16 per weight word), and every channel tile's panel starts on a word
+        (27 int8 weights per channel put every other "k4x" panel off a word: the kernel's
+        unaligned path). Twice the weight bytes of that convolution (162 -> 324 B on the
+        wake-word network)."""
+        order = self.panel_order(types)
+        return "k4w" if order == "k4x" else order
+
     WIDEN_MIN_CHANNELS = 4
 
     def finish(self, sch: Any, info: Any, blocks_before: list[str]) -> None:
