@@ -22,7 +22,8 @@ from edgecompile.ir.frontend import ModelOptions, _from_torch, to_relax
 from edgecompile.platforms.host import HostModel
 from edgecompile.schedules import host
 from edgecompile.schedules.host import ukernels as host_ukernels
-from edgecompile.schedules.ukernels import F32
+from edgecompile.schedules.rules import GemmModel, _overlapped, choose_tile
+from edgecompile.schedules.ukernels import F32, overlap_blocks
 from edgecompile.targets import load_target
 from helpers import compare_with_reference, keep_input_dependence
 
@@ -79,6 +80,18 @@ def test_overlapped_ragged_blocks_cover_every_channel_once_per_block():
         # the overlapping last vector shares its block with the vector it overlaps
         assert len(blocks[-1]) >= 2 or len(offs) == 1
         assert all(m * len(b) <= max(acc, 2 * m) for b in blocks)
+    # ShuffleNet V2's 28x28, 58 -> 58: 7 x (4 x 16 lanes), 28 accumulators, on AVX-512; 2 x 58 in
+    # blocks of 6 + 2 vectors of 8 lanes on AVX2 (12 accumulators); 4 x 58 (7 x 8 lanes + 2 scalars) before
+    avx512 = GemmModel(registers=32, reserved=4, fma_per_cycle=2, loads_per_cycle=2, l2_bytes_per_cycle=32,
+                       overlap_tail=True)
+    avx2 = GemmModel(registers=16, reserved=4, fma_per_cycle=2, loads_per_cycle=2, l2_bytes_per_cycle=32,
+                     overlap_tail=True)
+    assert choose_tile(28, 58, 16, 24, 8, True, avx512, 58) == (7, 58)
+    assert choose_tile(28, 58, 8, 12, 8, True, avx2, 58) == (2, 58)
+    assert overlap_blocks(2, 58, 8, 12) == [[0, 8, 16, 24, 32, 40], [48, 50]]
+    # a family without the overlapping kernels keeps its ragged tiles
+    plain = GemmModel(registers=32, reserved=4, fma_per_cycle=2, loads_per_cycle=2, l2_bytes_per_cycle=32)
+    assert choose_tile(28, 58, 16, 24, 8, True, plain, 58) == (4, 58)
     assert host_ukernels.gemm(4, 64, 16, F32) is None and host_ukernels.gemm(4, 12, 16, F32) is None
     assert host_ukernels.gemm(4, 58, 16, F32.ordered("k16")) is None
 
@@ -89,6 +102,10 @@ def test_shuffle_units_match_pytorch_on_host(tmp_path):
     rep = write_build(source, load_target("host"), out, BuildOptions(compare_unfused=False), Progress(quiet=True))
     code = (out / "model.c").read_text()
     assert f"the last at channel {58 - host.LANES} overlapping" in code
+    # the pointwise tiles ranked by the model with the overlap (rules._overlapped)
+    for w in (16, 8):
+        m, n = _overlapped(w, 58, host.LANES, host.RULES.gemm_model, 58)[0]
+        assert f"ec_gemm_f32_{m}x{n}(" in code, (w, m, n)
     assert "/* depthwise" in code and code.count("overlapping the one before it") >= 3
     convs = [c for c in rep["calls"] if c["kind"] in ("conv", "conv_pw", "dwpw")]
     assert convs and all(c["schedule"].startswith("host.") for c in convs), \

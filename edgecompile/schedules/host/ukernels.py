@@ -13,7 +13,7 @@ same block of accumulators (`_blocks`)."""
 from __future__ import annotations
 
 from ..ukernels import (F32, Types, _C, _Emit, dw_signature, gemm_signature, narrower_widths,
-                        ragged_width)
+                        overlap_blocks, ragged_width)
 from . import RULES
 
 
@@ -24,19 +24,11 @@ def overlapped(n: int, lanes: int, types: Types) -> bool:
 
 
 def _offsets(n: int, lanes: int) -> list[int]:
-    nv = -(-n // lanes)
-    return [j * lanes for j in range(nv - 1)] + [n - lanes]
+    return [o for b in overlap_blocks(1, n, lanes, 2 * n) for o in b]
 
 
 def _blocks(m: int, n: int, lanes: int, acc: int) -> list[list[int]]:
-    """The vector offsets in blocks of up to max(2, acc // m) vectors (M x that many accumulators),
-    the last block never a lone overlapping vector."""
-    offs = _offsets(n, lanes)
-    v = max(2, acc // m)
-    blocks = [offs[i:i + v] for i in range(0, len(offs), v)]
-    if len(blocks) > 1 and len(blocks[-1]) == 1:
-        blocks[-1].insert(0, blocks[-2].pop())
-    return blocks
+    return overlap_blocks(m, n, lanes, acc)
 
 
 def _gemm_block(e: _Emit, m: int, offs: list[int]) -> list[str]:
@@ -82,7 +74,7 @@ def gemm(m: int, n: int, lanes: int, types: Types, acc: int = 0) -> str | None:
     if not overlapped(n, lanes, types):
         return None
     e = _Emit(types, lanes, dict(narrower_widths(lanes))[lanes])
-    blocks = _blocks(m, n, lanes, acc or RULES.conv_acc)
+    blocks = _blocks(m, n, lanes, acc or (RULES.gemm_model.accumulators if RULES.gemm_model else RULES.conv_acc))
     lines = [f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (float32); {_describe(n, lanes, m, blocks)} */",
              gemm_signature(m, n, types) + " {"]
     for offs in blocks:
