@@ -51,7 +51,9 @@ def _check_tiles(rep: dict, out: Path, family: str) -> None:
     code = (out / "model.c").read_text()
     for pattern in RAGGED:
         assert re.search(pattern, code), (pattern, sorted(set(re.findall(r"ec_(?:gemm|dw)_f32_\w+?\(", code))))
-    assert "ragged tile" in code
+    # the host runs ragged tiles of at least one full vector as full vectors, the last overlapping
+    # (schedules/host/ukernels.py: on AVX2 every ragged tile here)
+    assert "ragged tile" in code or (family == "host" and "overlapping the one before it" in code)
 
 
 def test_ragged_tiles_match_pytorch_on_host(tmp_path):

@@ -85,7 +85,8 @@ def streaming_overlaps(prog: Program, infos: list[KernelInfo]) -> list[Overlap]:
         # only whole tensors: a kernel writing a row band of a larger tensor (a patch stage) does
         # not stream over the tensor's other rows
         if info.streams_rows and all(_whole(prog, t) for t in (call.inputs[0], call.outputs[0])) \
-                and (info.kind != Kind.CONV_DW or _windowed_input(prog, call, info)):
+                and (info.kind != Kind.CONV_DW or _windowed_input(prog, call, info)) \
+                and (info.kind != Kind.DWPW or _nhwc_dw_input(prog, call, info)):
             inp, out = prog.tensors[call.inputs[0]], prog.tensors[call.outputs[0]]
             _, hin, win, cin = inp.shape
             _, h, w, cout = out.shape
@@ -95,6 +96,21 @@ def streaming_overlaps(prog: Program, infos: list[KernelInfo]) -> list[Overlap]:
                                         info.interleaves_rows)
             overlaps.append(Overlap(prog.storage_root(call.outputs[0]), prog.storage_root(call.inputs[0]), delta))
     return overlaps
+
+
+def _nhwc_dw_input(prog: Program, call: KernelCall, info: KernelInfo) -> bool:
+    """A fused dw+pw call whose input is NHWC rows of the depthwise channels: not, e.g., the NCHW
+    graph input read through a transpose fused into the kernel (channel planes, not rows: writing
+    output rows over it destroyed the planes still to be read). A graph input whose shape cannot
+    tell the two layouts apart (as many channels as rows and columns) is not planned in place."""
+    shape = prog.tensors[call.inputs[0]].shape
+    out = prog.tensors[call.outputs[0]].shape
+    if len(shape) != 4 or len(out) != 4 or shape[3] != info.dw_channels:
+        return False
+    (k, _), (s, _) = info.kernel, info.stride
+    if not (out[1] - 1) * s + 1 <= shape[1] <= out[1] * s + k:
+        return False
+    return not (call.inputs[0] in prog.inputs and shape[1] == shape[2] == shape[3])
 
 
 def _windowed_input(prog: Program, call: KernelCall, info: KernelInfo) -> bool:

@@ -319,6 +319,82 @@ def to_nhwc(mod: Any) -> Any:
     return relax.transform.CanonicalizeBindings()(mod)
 
 
+def channels_last_shuffles(mod: Any) -> Any:
+    """Keep channel splits, concatenations and channel shuffles (ShuffleNet) channels-last.
+
+    `to_nhwc` converts only convolutions: a shuffle (NCHW reshape to [1, g, C/g, H, W], swap of
+    the two channel axes, reshape back) and the channel slices and concatenations around it stay
+    NCHW between transposes, so every shuffle became a transposing copy and every 1x1 convolution
+    after it a transposing read. Here each NCHW tensor that is a transpose of an NHWC one (or a
+    channel slice, channel concatenation or shuffle of such tensors) gets its NHWC twin: the same
+    op on the channels-last axis (the shuffle: reshape to [1, H, W, g, C/g], swap the last two
+    axes, reshape back); a transpose back to NHWC becomes the twin itself, and the NCHW ops that
+    nothing uses any more are dropped."""
+    tvm, relax = _tvm()
+    twin: dict[Any, Any] = {}     # NCHW var -> its NHWC equivalent
+    defs: dict[Any, Any] = {}     # var -> bound value (for the shuffle's reshape/permute chain)
+
+    def op_name(v: Any) -> str:
+        return v.op.name if isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op) else ""
+
+    def ints(e: Any) -> list[int] | None:
+        try:
+            return [int(x) for x in e]
+        except (TypeError, ValueError):
+            return None
+
+    def shuffle_source(value: Any) -> tuple[Any, int] | None:
+        """(NCHW source, groups) when `value` is reshape(permute(reshape(src, [1,g,C/g,H,W])))."""
+        if op_name(value) != "relax.reshape" or len(_shape(value)) != 4:
+            return None
+        perm = defs.get(value.args[0])
+        if op_name(perm) != "relax.permute_dims" or _attr_axes(perm.attrs, "axes") != [0, 2, 1, 3, 4]:
+            return None
+        split = defs.get(perm.args[0])
+        if op_name(split) != "relax.reshape":
+            return None
+        src = split.args[0]
+        n, c, h, w = _shape(value)
+        five = _shape(split)
+        if len(five) != 5 or _shape(src) != (n, c, h, w) or five[0] != n or five[3:] != (h, w) \
+                or five[1] * five[2] != c:
+            return None
+        return src, five[1]
+
+    def rewrite(var: Any, value: Any, env: dict, emit: Callable) -> Any:
+        defs[var] = value
+        name = op_name(value)
+        if name == "relax.permute_dims" and len(_shape(value)) == 4:
+            axes = _attr_axes(value.attrs, "axes")
+            src = value.args[0]
+            if axes == [0, 3, 1, 2]:
+                twin[var] = src
+            elif axes == [0, 2, 3, 1] and src in twin:
+                env[var] = twin[src]
+                return None
+            return value
+        if name == "relax.strided_slice" and value.args[0] in twin and ints(value.args[1]) == [1]:
+            strides = value.args[4] if len(value.args) > 4 else None
+            twin[var] = emit(relax.op.strided_slice(twin[value.args[0]], [3], value.args[2], value.args[3],
+                                                    strides, bool(value.attrs.assume_inbound)), "slice_nhwc")
+            return value
+        if name == "relax.concat" and int(value.attrs.axis) == 1 and len(_shape(value)) == 4:
+            fields = value.args[0].fields if isinstance(value.args[0], relax.Tuple) else None
+            if fields is not None and all(f in twin for f in fields):
+                twin[var] = emit(relax.op.concat([twin[f] for f in fields], axis=3), "concat_nhwc")
+            return value
+        found = shuffle_source(value)
+        if found is not None and found[0] in twin:
+            src, g = found
+            n, c, h, w = _shape(value)
+            x = emit(relax.op.reshape(twin[src], [n, h, w, g, c // g]), "shuffle_nhwc")
+            x = emit(relax.op.permute_dims(x, [0, 1, 2, 4, 3]), "shuffle_nhwc")
+            twin[var] = emit(relax.op.reshape(x, [n, h, w, c]), "shuffle_nhwc")
+        return value
+
+    return _rebuild_main(mod, rewrite)
+
+
 def _group_anchor(mod: Any, func: Any) -> Any:
     """The anchor (first reduction) of a FuseOps group, analysed: None if it has none."""
     _, relax = _tvm()
@@ -496,6 +572,7 @@ def prepare_graph(mod: Any) -> tuple[Any, dict[Any, tuple[float, int]]]:
     mod = clip_calls_to_relax_ops(mod)
     mod = fold_affine_into_conv(mod)
     mod = to_nhwc(mod)
+    mod = channels_last_shuffles(mod)
     mod = fold_constants(mod)
     mod, given = strip_qdq(mod)
     _check_no_quantize(mod)

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..ir.operators import Kind
 from . import tiling
-from .ukernels import blocked_chunks, mixed_widths, narrower_widths, ragged_width
+from .ukernels import blocked_chunks, mixed_widths, narrower_widths, overlap_blocks, ragged_width
 
 
 def largest_divisor(n: int, limit: int) -> int:
@@ -65,6 +65,26 @@ def _ragged(width: int, channels: int, lanes: int, acc_budget: int, max_m: int) 
     return [t for _, t in sorted(out, reverse=True)]
 
 
+def _overlapped(width: int, channels: int, lanes: int, model: "GemmModel", k: int | None) -> list[tuple[int, int]]:
+    """Ragged float tiles of a family whose kernels run them as ceil(channels / lanes) full vectors,
+    the last overlapping the one before it (`GemmModel.overlap_tail`, ukernels.overlap_blocks): M
+    pixels (dividing `width`) x all the channels, in blocks of up to `model.accumulators`; ranked
+    like `model_tiles` (the FMA-peak fraction, the blocks' cycles as in `blocked_efficiency`, the
+    overlap's wasted lanes counted), then the fewest blocks (each reads the A tile again), then
+    the most accumulators, then the most pixels.
+    ShuffleNet V2's 28x28, 58 -> 58 on AVX-512: 7 x (4 x 16 lanes) instead of 4 x (7 x 8 lanes + 2)."""
+    out = []
+    for m in range(1, min(width, max(1, model.accumulators // 2), model.max_m(k)) + 1):
+        if width % m:
+            continue
+        blocks = overlap_blocks(m, channels, lanes, model.accumulators)
+        cycles = sum(max(m * len(b) / model.fma_per_cycle, (m + len(b)) / model.loads_per_cycle,
+                         len(b) * lanes * 4 / model.l2_bytes_per_cycle) for b in blocks)
+        out.append(((round(m * channels / lanes / model.fma_per_cycle / cycles, 6), -len(blocks),
+                     m * max(len(b) for b in blocks), m), (m, channels)))
+    return [t for _, t in sorted(out, reverse=True)]
+
+
 @dataclass(frozen=True)
 class GemmModel:
     """What a core does per cycle in a float GEMM micro-kernel (ukernels.emit_gemm_c: per reduction
@@ -84,6 +104,7 @@ class GemmModel:
     short_k: int = 8
     short_k_max_m: int = 12
     blocked: bool = True      # the family's GEMM emitter runs blocked tiles (ukernels.uses_blocked)
+    overlap_tail: bool = False   # ragged channels as full vectors, the last overlapping (host/ukernels.py)
 
     def max_m(self, k: int | None) -> int:
         """The most pixels a tile may have when one micro-kernel call runs `k` reduction steps
@@ -272,6 +293,9 @@ def _dividing_candidates(width: int, channels: int, lanes: int, acc_budget: int,
         if out:
             break
     if not out and lanes > 1:
+        if ragged and model is not None and model.overlap_tail and channels > lanes:
+            return (_overlapped(width, channels, lanes, model, k)
+                    + _dividing_candidates(width, channels, 1, min(acc_budget, 8), max_m))
         return ((_ragged(width, channels, lanes, acc_budget, max_m) if ragged else [])
                 + _dividing_candidates(width, channels, 1, min(acc_budget, 8), max_m))
     return [t for _, t in sorted(out, reverse=True)]

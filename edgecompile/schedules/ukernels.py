@@ -567,6 +567,21 @@ def ragged_width(n: int, lanes: int) -> int:
     return min(fits, key=lambda w: (n % w, -w)) if fits else 1
 
 
+def overlap_blocks(m: int, n: int, lanes: int, acc: int) -> list[list[int]]:
+    """The channel offsets of a ragged float tile run as ceil(n / lanes) full vectors, the last at
+    n - lanes overlapping the one before it (the host's kernels, schedules/host/ukernels.py), in
+    blocks of up to max(2, acc // m) vectors (M x that many accumulators), the last block never a
+    lone overlapping vector: both compute the overlapped channels from the same loaded values,
+    which is exact only when they are loaded before either is stored."""
+    nv = -(-n // lanes)
+    offs = [j * lanes for j in range(nv - 1)] + [n - lanes]
+    v = max(2, acc // m)
+    blocks = [offs[i:i + v] for i in range(0, len(offs), v)]
+    if len(blocks) > 1 and len(blocks[-1]) == 1:
+        blocks[-1].insert(0, blocks[-2].pop())
+    return blocks
+
+
 def ragged_body(m: int, n: int, lanes: int, acc: int, block: Any) -> list[str]:
     """The body of a ragged tile's micro-kernel (rules._ragged): the n channels as nv vectors of
     w = ragged_width(n, lanes) lanes, in blocks of up to max(1, acc // m) vectors (a loop over

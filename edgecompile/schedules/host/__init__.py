@@ -57,10 +57,10 @@ if _has_avx512():
     LANES = 16
     RULES = HostRules(lanes=LANES, conv_acc=24, dw_acc=16, fc_acc=8, ragged=True, ragged_pixels=True,
                        gemm_model=GemmModel(registers=32, reserved=4, fma_per_cycle=2, loads_per_cycle=2,
-                                            l2_bytes_per_cycle=32))
+                                            l2_bytes_per_cycle=32, overlap_tail=True))
 else:
     VARIANT = "avx2"
     LANES = 8
     RULES = HostRules(lanes=LANES, conv_acc=12, dw_acc=8, fc_acc=4, ragged=True, ragged_pixels=True,
                        gemm_model=GemmModel(registers=16, reserved=4, fma_per_cycle=2, loads_per_cycle=2,
-                                            l2_bytes_per_cycle=32))
+                                            l2_bytes_per_cycle=32, overlap_tail=True))

@@ -1,0 +1,98 @@
+"""The host's own float micro-kernels: ragged channel tiles in full vectors with an overlapping last
+vector.
+
+A float tile of n channels that no vector width divides (58 on AVX2 and AVX-512: ShuffleNet V2's
+first stage) runs in the generic kernel (ukernels.ragged_body) as half- or quarter-width vectors
+and the last n % w channels as scalars: 58 channels are 7 x 8 lanes + 2 scalars per pixel on
+AVX-512, 9 FMA instructions where 4 would do. Here the tile is ceil(n / lanes) full vectors, the
+last one at channel n - lanes: it overlaps the one before it, both compute the overlapped channels
+from the same loaded values in the same order, and the later store writes the same bits again.
+That is exact only when both vectors are loaded before either is stored: they are always in the
+same block of accumulators (`_blocks`)."""
+
+from __future__ import annotations
+
+from ..ukernels import (F32, Types, _C, _Emit, dw_signature, gemm_signature, narrower_widths,
+                        overlap_blocks, ragged_width)
+from . import RULES
+
+
+def overlapped(n: int, lanes: int, types: Types) -> bool:
+    """Whether a tile of n channels gets the overlapped kernel: a float ragged tile (no vector width
+    divides n) at least one full vector wide."""
+    return types == F32 and lanes > 1 and n > lanes and ragged_width(n, lanes) > 1
+
+
+def _offsets(n: int, lanes: int) -> list[int]:
+    return [o for b in overlap_blocks(1, n, lanes, 2 * n) for o in b]
+
+
+def _blocks(m: int, n: int, lanes: int, acc: int) -> list[list[int]]:
+    return overlap_blocks(m, n, lanes, acc)
+
+
+def _gemm_block(e: _Emit, m: int, offs: list[int]) -> list[str]:
+    c = _C["float32"]
+    lines = ["    " + " ".join(f"{e.acc_type()} c{i}_{j} = {e.load_acc(f'C + {i} * ldc + {o}')};"
+                               for j, o in enumerate(offs)) for i in range(m)]
+    lines.append("    for (int32_t k = 0; k < K; ++k) {")
+    lines.append("      " + " ".join(f"const {e.acc_type()} b{j} = {e.load(f'B + k * ldb + {o}', 'float32')};"
+                                     for j, o in enumerate(offs)))
+    for i in range(m):
+        lines.append(f"      const {c} a{i} = A[{i} * lda + k];")
+        lines.append("      " + " ".join(f"c{i}_{j} += a{i} * b{j};" for j in range(len(offs))))
+    lines.append("    }")
+    lines += ["    " + " ".join(e.store_acc(f"C + {i} * ldc + {o}", f"c{i}_{j}") for j, o in enumerate(offs))
+              for i in range(m)]
+    return lines
+
+
+def _dw_block(e: _Emit, m: int, kh: int, kw: int, s: int, offs: list[int]) -> list[str]:
+    lines = ["    " + " ".join(f"{e.acc_type()} c{i}_{j} = {e.load_acc(f'C + {i} * ldc + {o}')};"
+                               for j, o in enumerate(offs)) for i in range(m)]
+    lines += [f"    for (int32_t ry = 0; ry < {kh}; ++ry) {{", f"      for (int32_t rx = 0; rx < {kw}; ++rx) {{",
+              "        const float *x = X + ry * ldx_row + rx * ldx_px;",
+              "        const float *w = W + ry * ldw_row + rx * ldw_px;",
+              "        " + " ".join(f"const {e.acc_type()} w{j} = {e.load(f'w + {o}', 'float32')};"
+                                    for j, o in enumerate(offs))]
+    for i in range(m):
+        lines.append("        " + " ".join(
+            f"c{i}_{j} += {e.load(f'x + {i * s} * ldx_px + {o}', 'float32')} * w{j};" for j, o in enumerate(offs)))
+    lines += ["      }", "    }"]
+    lines += ["    " + " ".join(e.store_acc(f"C + {i} * ldc + {o}", f"c{i}_{j}") for j, o in enumerate(offs))
+              for i in range(m)]
+    return lines
+
+
+def _describe(n: int, lanes: int, m: int, blocks: list[list[int]]) -> str:
+    return (f"{len(_offsets(n, lanes))} {lanes}-lane vectors, the last at channel {n - lanes} overlapping the one "
+            f"before it, in blocks of up to {m * max(len(b) for b in blocks)} accumulators")
+
+
+def gemm(m: int, n: int, lanes: int, types: Types, acc: int = 0) -> str | None:
+    """C for `ec_gemm_f32_MxN` of a ragged float tile (`overlapped`), or None (the generic kernel)."""
+    if not overlapped(n, lanes, types):
+        return None
+    e = _Emit(types, lanes, dict(narrower_widths(lanes))[lanes])
+    blocks = _blocks(m, n, lanes, acc or (RULES.gemm_model.accumulators if RULES.gemm_model else RULES.conv_acc))
+    lines = [f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (float32); {_describe(n, lanes, m, blocks)} */",
+             gemm_signature(m, n, types) + " {"]
+    for offs in blocks:
+        lines += ["  {", *_gemm_block(e, m, offs), "  }"]
+    lines += ["  return 0;", "}"]
+    return "\n".join(lines)
+
+
+def dw(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types, acc: int = 0) -> str | None:
+    """C for `ec_dw_f32_MxN_kKHxKWsS` of a ragged float tile (`overlapped`), or None."""
+    if not overlapped(n, lanes, types):
+        return None
+    e = _Emit(types, lanes, dict(narrower_widths(lanes))[lanes])
+    blocks = _blocks(m, n, lanes, acc or RULES.dw_acc)
+    lines = [f"/* depthwise {kh}x{kw}/{s} (float32): C[{m}x{n}] += sum X[ry][m*{s}+rx][n] * W[ry][rx][n] over a "
+             f"padded window; {_describe(n, lanes, m, blocks)} */",
+             dw_signature(m, n, kh, kw, s, types) + " {"]
+    for offs in blocks:
+        lines += ["  {", *_dw_block(e, m, kh, kw, s, offs), "  }"]
+    lines += ["  return 0;", "}"]
+    return "\n".join(lines)
