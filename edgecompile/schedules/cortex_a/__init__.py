@@ -69,6 +69,12 @@ class CortexARules(TiledRules):
         k = tiling.anchor_extents(sch, block_name)[-1]       # reduction steps per micro-kernel call
         return NEON_GEMM if k >= self.lanes else replace(NEON_GEMM, vector_a=False)
 
+    def window_gemm(self, types: Any) -> bool:
+        """Float KxK convolutions take a whole kernel row per GEMM call (K = KW x input channels,
+        tiling.tile_conv_gemm's `window_for`): a first convolution on 3 colour channels otherwise
+        makes KH x KW calls of K = 3 per tile, all in the one-step tail of the asm loop."""
+        return types is not None and (types.a, types.b, types.c) == ("float32", "float32", "float32")
+
     def _s16_gemm(self, types: Any) -> bool:
         return types is not None and (types.a, types.b, types.c) == ("int16", "int8", "int32")
 

@@ -57,12 +57,16 @@ def gemm(m: int, n: int, lanes: int, types: Types) -> str | None:
     if not (lanes == 4 and types.c == "float32" and types.a == "float32"):
         return None
     nv = n // lanes
+    asm = _gemm_f32_asm(m, nv)
     lines = [
         f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (float); 4-lane vectors, {m * nv} accumulators; the reduction 4 "
-        "steps at a time with A rows loaded as vectors and used by lane (fmla by element) */",
+        "steps at a time with A rows loaded as vectors and used by lane (fmla by element)"
+        + ("; on aarch64 with a packed panel (ldb == N) one asm loop, registers fixed" if asm else "") + " */",
         f"static inline int32_t ec_gemm_{types.tag}_{m}x{n}(float *restrict C, const float *restrict A, "
         "const float *restrict B, int32_t K, int64_t lda, int64_t ldb, int64_t ldc) {",
     ]
+    if asm:
+        lines += [f"#if {NEON}", f"  if (ldb == {n}) {{", *asm, "    return 0;", "  }", "#endif"]
     for i in range(m):
         lines.append("  ec_f32v " + ", ".join(f"c{i}_{j} = ec_f32v_load(C + {i} * ldc + {j * 4})"
                                                for j in range(nv)) + ";")
@@ -87,6 +91,77 @@ def gemm(m: int, n: int, lanes: int, types: Types) -> str | None:
         lines.append("  " + " ".join(f"ec_f32v_store(C + {i} * ldc + {j * 4}, c{i}_{j});" for j in range(nv)))
     lines += ["  return 0;", "}"]
     return "\n".join(lines)
+
+
+# the asm float GEMM: at most this many pixels (one general register per A row; gcc allows 30 asm
+# operands, a "+r" counting twice)
+ASM_MAX_M = 11
+
+
+def _gemm_f32_asm(m: int, nv: int) -> list[str] | None:
+    """The float M x 4nv tile over a packed weight panel (B rows contiguous, ldb == N) as one
+    inline-asm loop with its registers fixed: accumulators v0.., then the M activation vectors,
+    then one reduction step's nv weight vectors. Per 4 reduction steps: M `ldr q` (post-indexed
+    row pointers), nv `ldp`/`ldr q` weight loads per step (post-indexed), 4 M nv `fmla` by element,
+    `subs` + `b.ne`; the last K % 4 steps one at a time (`ldr s`). The in/out operands are
+    early-clobbered ("+&r"): else gcc may give an input of the same value (ldc * 4 == K / 4) the
+    register of the step counter. gcc, given the same loop in C,
+    rotates accumulators through extra `mov`s (8 per 4 steps in the 7 x 8 tile: 79 instructions
+    for 56 fmla) and indexes B by a multiple of ldb. None where the registers do not suffice."""
+    if m > ASM_MAX_M or m * nv + m + nv > 32:
+        return None
+    acc = [[i * nv + j for j in range(nv)] for i in range(m)]
+    av = [m * nv + i for i in range(m)]
+    bv = [m * nv + m + j for j in range(nv)]
+
+    def row_io(op: str) -> list[str]:
+        out = []
+        for i in range(m):
+            j = 0
+            while j < nv:
+                if j + 1 < nv:
+                    out.append(f"{op}p q{acc[i][j]}, q{acc[i][j + 1]}, [x16, #{16 * j}]")
+                    j += 2
+                else:
+                    out.append(f"{op}r q{acc[i][j]}, [x16, #{16 * j}]")
+                    j += 1
+            if i + 1 < m:
+                out.append("add x16, x16, %[ldc]")
+        return out
+
+    def load_b() -> list[str]:
+        out, j = [], 0
+        while j < nv:
+            if j + 1 < nv:
+                out.append(f"ldp q{bv[j]}, q{bv[j + 1]}, [%[b]], #32")
+                j += 2
+            else:
+                out.append(f"ldr q{bv[j]}, [%[b]], #16")
+                j += 1
+        return out
+
+    body = ["mov x16, %[c]", *row_io("ld"), "cbz %[n4], 2f", "1:"]
+    body += [f"ldr q{av[i]}, [%[a{i}]], #16" for i in range(m)]
+    for kk in range(4):
+        body += load_b()
+        body += [f"fmla v{acc[i][j]}.4s, v{bv[j]}.4s, v{av[i]}.s[{kk}]" for i in range(m) for j in range(nv)]
+    body += ["subs %[n4], %[n4], #1", "b.ne 1b", "2:", "cbz %[r], 4f", "3:"]
+    body += [f"ldr s{av[i]}, [%[a{i}]], #4" for i in range(m)]
+    body += load_b()
+    body += [f"fmla v{acc[i][j]}.4s, v{bv[j]}.4s, v{av[i]}.s[0]" for i in range(m) for j in range(nv)]
+    body += ["subs %[r], %[r], #1", "b.ne 3b", "4:", "mov x16, %[c]", *row_io("st")]
+    used = m * nv + m + nv
+    return [
+        "    const float " + ", ".join(f"*a{i} = A + {i} * lda" for i in range(m)) + ";",
+        "    const float *b = B;",
+        "    int64_t n4 = K >> 2, r = K & 3;",
+        "    __asm__ volatile(",
+        *[f'      "{ins}\\n\\t"' for ins in body],
+        "      : [n4] \"+&r\"(n4), [r] \"+&r\"(r), [b] \"+&r\"(b), "
+        + ", ".join(f'[a{i}] \"+&r\"(a{i})' for i in range(m)),
+        "      : [c] \"r\"(C), [ldc] \"r\"(ldc * 4)",
+        "      : \"x16\", \"cc\", \"memory\", " + ", ".join(f'\"v{v}\"' for v in range(used)) + ");",
+    ]
 
 
 def _gemm_s8_k16_neon(m: int, n: int) -> list[str]:
