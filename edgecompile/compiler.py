@@ -161,13 +161,13 @@ _SCHEDULE_CACHE: dict | None = None
 
 
 def _cached(key: tuple, func: Any, make: Callable[[], Any]) -> Any:
-    import tvm
+    import tvm_ffi
 
     if _SCHEDULE_CACHE is None:
         return make()
-    key = (tvm.ir.structural_hash(func),) + key
+    key = (tvm_ffi.structural_hash(func),) + key
     for f, value in _SCHEDULE_CACHE.get(key, ()):
-        if tvm.ir.structural_equal(f, func):
+        if tvm_ffi.structural_equal(f, func):
             return _fresh(value)
     value = make()
     _SCHEDULE_CACHE.setdefault(key, []).append((func, _fresh(value)))
