@@ -502,12 +502,9 @@ def _fits(plan: _Plan, budget: int | None) -> bool:
 
 def _plan_memory(graph: Any, target: Target, options: BuildOptions,
                  progress: Callable[[str], None]) -> tuple[_Lowered, dict[str, Any] | None]:
-    global _SCHEDULE_CACHE
-    _SCHEDULE_CACHE = {}
-    try:
-        return _plan_memory_run(graph, target, options, progress)
-    finally:
-        _SCHEDULE_CACHE = None
+    # The schedule cache (_cached) is not enabled: with it the wake-word network's model.c under
+    # --ram-budget 37600 differed from the same build without it (same plan); not yet understood.
+    return _plan_memory_run(graph, target, options, progress)
 
 
 def _plan_memory_run(graph: Any, target: Target, options: BuildOptions,
