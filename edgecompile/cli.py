@@ -107,8 +107,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.target is not None:
         from .targets import load_target
 
-        patch, patches = _patches_option(args.patches)
         budget = _bytes_option("--ram-budget", args.ram_budget) if args.ram_budget is not None else None
+        patch, patches = _patches_option(args.patches or ("auto" if budget is not None else "min"))
         target = load_target(args.target, args.targets_dir)
     elif args.ram_budget is not None or args.quant is not None:
         raise EdgeCompileError("--quant and --ram-budget plan the memory for a target: give --target")
@@ -533,9 +533,9 @@ def _add_inspect(sub: Any) -> None:
                                     "the arena, the estimated peak RAM and the patch plan, with every plan tried")
     _target_args(s, default=None)
     s.add_argument("--quant", choices=["fp32", "int8"], help="with --target: number format (default: the target's)")
-    s.add_argument("--patches", default="min", metavar="off|auto|min|LAYERS:ROWS[:cached]",
-                   help="with --target: as for build (default min: the least peak RAM within 1.15x the plain plan's "
-                        "predicted instructions)")
+    s.add_argument("--patches", default=None, metavar="off|auto|min|LAYERS:ROWS[:cached]",
+                   help="with --target: as for build (default: auto with --ram-budget, as build does; else min, "
+                        "the least peak RAM within 1.15x the plain plan's predicted instructions)")
     s.add_argument("--ram-budget", metavar="BYTES", help="with --target: as for build")
     s.add_argument("--no-stream-input", action="store_true", help="with --target: as for build")
     s.add_argument("--json", action="store_true", help="print one JSON object")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -217,9 +218,14 @@ def _halo(patch: tuple) -> str:
     return patch[2] if len(patch) > 2 else "recomputed"
 
 
+# lowerings done by this process (memory planning reports how many it took)
+_LOWERINGS = [0]
+
+
 def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable[[str], None]) -> _Lowered:
     """High-level graph -> (patch stage) -> fused kernels -> scheduled kernels -> C functions ->
     memory plan."""
+    _LOWERINGS[0] += 1
     patch_plan = None
     if options.patch is not None:
         graph, patch_plan = patches.patch_graph(graph, options.patch[0], options.patch[1],
@@ -359,6 +365,8 @@ class _Plan:
     cost: int = 0                     # before lowering: the instructions it adds to the plain plan (estimated)
     predicted: int | None = None      # lowered: predicted instructions (codegen/cost.py)
     floor: int | None = None          # the same without the lean-window and one-row terms
+    note: str | None = None           # why the search chose it or left it out
+    trimmed_from: int | None = None   # trimmed (_trim): its peak RAM before
 
     def describe(self) -> str:
         what = (f"patches of {self.patch[0]} layers x {self.patch[1]} rows, halo {_halo(self.patch)}"
@@ -386,7 +394,8 @@ class _Plan:
                 "predicted_ratio": round(self.predicted / plain, 4) if self.predicted and plain else None,
                 "arena_bytes": self.low.plan.arena_bytes if self.low else None,
                 "peak_ram_estimate": est.peak_ram_bytes if est else None,
-                "static_ram_estimate": est.static_ram_bytes if est else None}
+                "static_ram_estimate": est.static_ram_bytes if est else None,
+                "peak_ram_untrimmed": self.trimmed_from, "note": self.note}
 
 
 def _weights_bytes(low: _Lowered) -> int:
@@ -473,6 +482,13 @@ def _fits(plan: _Plan, budget: int | None) -> bool:
 
 def _plan_memory(graph: Any, target: Target, options: BuildOptions,
                  progress: Callable[[str], None]) -> tuple[_Lowered, dict[str, Any] | None]:
+    # The schedule cache (_cached) is not enabled: with it the wake-word network's model.c under
+    # --ram-budget 37600 differed from the same build without it (same plan); not yet understood.
+    return _plan_memory_run(graph, target, options, progress)
+
+
+def _plan_memory_run(graph: Any, target: Target, options: BuildOptions,
+                     progress: Callable[[str], None]) -> tuple[_Lowered, dict[str, Any] | None]:
     """Lower the graph with the patch plan and schedules that fit: the options' own (`patch`,
     `patches=off`); else the plain plan when it fits the target's RAM and --ram-budget (`auto`);
     else the fitting plan of least predicted instructions (`auto`), or the one of least peak RAM
@@ -481,6 +497,7 @@ def _plan_memory(graph: Any, target: Target, options: BuildOptions,
     plan tried is refused before its C is compiled, naming the numbers of the smallest plan."""
     if options.patches not in ("off", "auto", "min"):
         raise EdgeCompileError(f"--patches must be off, auto, min or LAYERS:ROWS, got {options.patches!r}")
+    lowerings = _LOWERINGS[0]
     first = _Plan(options.patch, options.lean_windows, 0)
     first.low = _lower(graph, target, options, progress)
     first.estimate = _estimate(target, first.low)
@@ -515,12 +532,12 @@ def _plan_memory(graph: Any, target: Target, options: BuildOptions,
         candidates.sort(key=lambda p: (p.patch[1] if p.patch else 0, p.arena_bound, p.cost, p.dwpw_rows or 0))
     tried = [first]
 
-    def scan(plans: list[_Plan], limit: int) -> None:
+    def scan(plans: list[_Plan], limit: int, skip: Callable[[_Plan], bool] = lambda p: False) -> None:
         for plan in plans:
             if len(tried) >= limit:
                 break
             if ((plan.patch, plan.lean, plan.dwpw_rows) == (first.patch, first.lean, first.dwpw_rows)
-                    or plan.low is not None):
+                    or plan.low is not None or skip(plan)):
                 continue
             opts = plan.options(options)
             plan.low = _lower(graph, target, opts, lambda m: None)
@@ -534,8 +551,6 @@ def _plan_memory(graph: Any, target: Target, options: BuildOptions,
                      + f", predicted {plan.floor / plain:.3f}x"
                      + (f" ({plan.predicted / plain:.3f}x with the overheads everywhere)"
                         if plan.predicted != plan.floor else "") + " the plain plan's instructions")
-            if options.patches == "auto" and _fits(plan, budget):
-                break
 
     if options.patches == "min":
         # the family's row tiles first; then one-row dw+pw tiles for the plans of least peak RAM
@@ -543,56 +558,179 @@ def _plan_memory(graph: Any, target: Target, options: BuildOptions,
         scan([p for p in candidates if p.dwpw_rows is None], MAX_PLANS_TRIED)
         best = sorted((p for p in tried if p.lean and p.dwpw_rows is None and p.floor <= bound),
                       key=lambda p: (_peak(p), p.floor))[:MAX_ROW_TWINS]
-        twins = [c for p in best for c in candidates
-                 if c.dwpw_rows is not None and (c.patch, c.lean, c.extra_macs) == (p.patch, p.lean, p.extra_macs)]
+        twins = _twins(best, candidates)
         scan(twins, len(tried) + len(twins))
+        fitting = [p for p in tried if _fits(p, budget)]
+        if not fitting:
+            _refuse(graph, target, tried, budget, coef, plain, plain_macs, streamed)
+        chosen = _choose_min(graph, target, options, fitting, bound, plain, progress)
     else:
-        scan(candidates, MAX_PLANS_TRIED)
-    if options.patches == "auto" and not any(_fits(p, budget) for p in tried):
-        # the cheapest plans (cached halos: many, each a little larger than its recomputing twin)
-        # filled the tries: go on with the smallest arena bounds, as `min` does
-        scan(sorted(candidates, key=lambda p: (p.arena_bound, p.cost, p.dwpw_rows or 0)), 2 * MAX_PLANS_TRIED)
-    fitting = [p for p in tried if _fits(p, budget)]
-    if not fitting:
-        bounds = [p.arena_bound for p in _plans(graph, coef, plain, plain_macs, None, None, False, streamed) if p.patch]
-        raise _refusal(target, min(tried, key=_peak), budget, min(bounds, default=None))
-    if options.patches == "min":
-        # least peak RAM within the bound: a plan's floor first (its overheads trimmed to where RAM
-        # peaks can cost no less), then its prediction once trimmed
-        order = sorted((p for p in fitting if p.floor <= bound), key=lambda p: (_peak(p), p.floor))
-    else:
-        order = sorted(fitting, key=lambda p: (p.floor, _peak(p)))
-    chosen = None
+        chosen = _search_fit(graph, target, options, candidates, tried, scan, budget, plain, plain_macs,
+                             coef, streamed, progress)
+    progress(f"memory planning ({options.patches}): {chosen.describe()}, predicted {chosen.predicted / plain:.3f}x "
+             "the plain plan's instructions")
+    return chosen.low, {"mode": options.patches, "ram_budget": budget, "max_instructions": MAX_INSTRUCTIONS,
+                        "model_error": target.cost.error,
+                        "predicted_plain_instructions": plain, "lowerings": _LOWERINGS[0] - lowerings,
+                        "chosen": chosen.record(plain), "tried": [p.record(plain) for p in tried]}
+
+
+def _twins(plans: list[_Plan], candidates: list[_Plan]) -> list[_Plan]:
+    """The candidates that are `plans` with other dw+pw row tiles."""
+    return [c for p in plans for c in candidates
+            if c.dwpw_rows is not None and (c.patch, c.lean, c.extra_macs) == (p.patch, p.lean, p.extra_macs)]
+
+
+def _refuse(graph: Any, target: Target, tried: list[_Plan], budget: int | None, coef: dict[str, float],
+            plain: int, plain_macs: int, streamed: bool) -> None:
+    bounds = [p.arena_bound for p in _plans(graph, coef, plain, plain_macs, None, None, False, streamed) if p.patch]
+    raise _refusal(target, min(tried, key=_peak), budget, min(bounds, default=None))
+
+
+def _choose_min(graph: Any, target: Target, options: BuildOptions, fitting: list[_Plan], bound: float,
+                plain: int, progress: Callable[[str], None]) -> _Plan:
+    """`min`: the plan of least peak RAM within the bound: a plan's floor first (its overheads
+    trimmed to where RAM peaks can cost no less), then its prediction once trimmed; when none is
+    within the bound, the cheapest plan that fits."""
+    order = sorted((p for p in fitting if p.floor <= bound), key=lambda p: (_peak(p), p.floor))
     trimmed: set[int] = set()
     for plan in order[:MAX_TRIMMED]:
         if plan.lean or plan.dwpw_rows is not None:
             _trim(graph, target, options, plan, progress)
             trimmed.add(id(plan))
-        if options.patches != "min" or plan.predicted <= bound:
-            chosen = plan
-            break
+        if plan.predicted <= bound:
+            plan.note = f"the least peak RAM within the bound {bound / plain:.3f}x"
+            return plan
+        plan.note = f"over the bound {bound / plain:.3f}x once trimmed"
         progress(f"{plan.describe()}: predicted {plan.predicted / plain:.3f}x the plain plan's instructions, "
                  f"over {MAX_INSTRUCTIONS}x / (1 + {target.cost.error}) = {bound / plain:.3f}x")
-    if chosen is None:      # nothing within the bound fits: the cheapest plan that fits
-        chosen = min(fitting, key=lambda p: (p.predicted if id(p) in trimmed else p.floor, _peak(p)))
-        if (chosen.lean or chosen.dwpw_rows is not None) and id(chosen) not in trimmed:
-            _trim(graph, target, options, chosen, progress)
-    progress(f"memory planning ({options.patches}): {chosen.describe()}, predicted {chosen.predicted / plain:.3f}x "
-             "the plain plan's instructions")
-    return chosen.low, {"mode": options.patches, "ram_budget": budget, "max_instructions": MAX_INSTRUCTIONS,
-                        "model_error": target.cost.error,
-                        "predicted_plain_instructions": plain, "chosen": chosen.record(plain),
-                        "tried": [p.record(plain) for p in tried]}
+    chosen = min(fitting, key=lambda p: (p.predicted if id(p) in trimmed else p.floor, _peak(p)))
+    if (chosen.lean or chosen.dwpw_rows is not None) and id(chosen) not in trimmed:
+        _trim(graph, target, options, chosen, progress)
+    chosen.note = "nothing fits within the bound: the cheapest plan that fits"
+    return chosen
 
 
-# `min`: the plans of least peak RAM that are also tried with one-row dw+pw tiles
+def _search_fit(graph: Any, target: Target, options: BuildOptions, candidates: list[_Plan], tried: list[_Plan],
+                scan: Callable[..., None], budget: int | None, plain: int, plain_macs: int, coef: dict[str, float],
+                streamed: bool, progress: Callable[[str], None]) -> _Plan:
+    """`auto` when the plain plan does not fit (the target's RAM or --ram-budget): among the plans
+    that fit, the one of fewest predicted instructions, searched over the dimensions `min` explores.
+
+    1. The candidates with the family's row tiles (patch stages x rows x halo cached or recomputed,
+       lean windows everywhere), fewest rows per band and then cheapest estimate first, skipping those whose estimate
+       (codegen/cost.extra_estimate, which errs low) is over the floor of a plan found to fit.
+    2. One-row dw+pw tiles for the MAX_ROW_TWINS plans of least peak RAM that do not fit (by at most
+       ROWS_SLACK) and could be cheaper than the best fitting one (one-row tiles shrink the row buffers where RAM peaks).
+    3. By floor (the least a plan costs once its lean windows and one-row tiles are kept only where
+       RAM peaks): each plan that fits, or is within TRIM_SLACK of the budget (trimming can lower
+       the peak: lean windows everywhere put small windows in the arena), is trimmed (_trim, a few
+       lowerings, at most MAX_TRIMMED plans) and judged on its trimmed peak and prediction; stop
+       once the next floor is no less than the best prediction found.
+    Stages whose bands of fewer rows are over by more than ROWS_SLACK are not lowered with more
+    rows. Every plan tried gets a note saying why it lost or won (report.json `memory_planning.tried`)."""
+    best_floor = [math.inf]
+    done: list[_Plan] = []
+
+    def pruned(plan: _Plan) -> bool:
+        if plan.patch is not None and plain + plan.cost >= best_floor[0]:
+            plan.note = "not lowered: its estimated cost is over the floor of a plan that fits"
+            return True
+        # more rows per band hold more rows at once: over the budget by more than ROWS_SLACK with
+        # fewer rows (the same layers and halo), over it with these
+        for p in done:
+            if (p.patch is not None and plan.patch is not None and p.patch[0] == plan.patch[0]
+                    and _halo(p.patch) == _halo(plan.patch) and p.patch[1] < plan.patch[1]
+                    and _excess(p, budget) > ROWS_SLACK):
+                plan.note = (f"not lowered: {p.patch[1]}-row bands of this stage are over by "
+                             f"{_excess(p, budget):.1%} already")
+                return True
+        return False
+
+    # fewer rows per band first (the least RAM of each stage), cheapest first within
+    base = sorted((p for p in candidates if p.dwpw_rows is None),
+                  key=lambda p: (p.patch[1] if p.patch else 0, p.cost, p.arena_bound))
+    for plan in base:                       # one at a time: what was found prunes the rest
+        before = len(tried)
+        scan([plan], MAX_PLANS_TRIED, pruned)
+        if len(tried) > before:
+            done.append(plan)
+            if _fits(plan, budget):
+                best_floor[0] = min(best_floor[0], plan.floor)
+    # one-row tiles for the plans of least excess that do not fit yet and could be cheaper
+    near = sorted((p for p in tried if p.lean and p.dwpw_rows is None and 0 < _excess(p, budget) <= ROWS_SLACK
+                   and p.floor < best_floor[0]), key=lambda p: (_peak(p), p.floor))[:MAX_ROW_TWINS]
+    twins = _twins(near, candidates)
+    scan(twins, len(tried) + len(twins))
+    slack = int(budget * (1 + TRIM_SLACK)) if budget is not None else None
+    trimmable = [p for p in tried if (p.lean or p.dwpw_rows is not None) and _fits(p, slack)]
+    if not any(_fits(p, budget) for p in tried) and not trimmable:
+        _refuse(graph, target, tried, budget, coef, plain, plain_macs, streamed)
+    order = sorted((p for p in tried if _fits(p, budget) or p in trimmable), key=lambda p: (p.floor, _peak(p)))
+    chosen: _Plan | None = None
+    trims = 0
+    for plan in order:
+        if chosen is not None and plan.floor >= chosen.predicted:
+            plan.note = (f"not trimmed: its floor {plan.floor / plain:.3f}x is no less than the chosen plan's "
+                         f"{chosen.predicted / plain:.3f}x")
+            continue
+        fits_untrimmed = _fits(plan, budget)
+        if (plan.lean or plan.dwpw_rows is not None) and trims < MAX_TRIMMED:
+            before = _peak(plan)
+            _trim(graph, target, options, plan, progress, goal=budget if not fits_untrimmed else None)
+            trims += 1
+            plan.trimmed_from = before
+        elif not fits_untrimmed:
+            plan.note = f"over the budget by {_peak(plan) - budget:,} B; not trimmed (at most {MAX_TRIMMED} plans)"
+            continue
+        if not _fits(plan, budget):
+            plan.note = "over " + (f"the budget by {_peak(plan) - budget:,} B" if budget is not None
+                                   and _peak(plan) > budget else "the target's RAM") + " once trimmed"
+            continue
+        if chosen is None or (plan.predicted, _peak(plan)) < (chosen.predicted, _peak(chosen)):
+            if chosen is not None:
+                chosen.note = (f"fits, predicted {chosen.predicted / plain:.3f}x: more than "
+                               f"{plan.predicted / plain:.3f}x")
+            chosen = plan
+        else:
+            plan.note = f"fits, predicted {plan.predicted / plain:.3f}x: more than {chosen.predicted / plain:.3f}x"
+    if chosen is None:
+        _refuse(graph, target, tried, budget, coef, plain, plain_macs, streamed)
+    chosen.note = f"the fewest predicted instructions of the plans that fit ({chosen.predicted / plain:.3f}x)"
+    for p in tried:
+        if p.note is None and p is not chosen:
+            p.note = ("fits" if _fits(p, budget) else
+                      f"over the budget by {_peak(p) - budget:,} B" if budget is not None and _peak(p) > budget
+                      else "over the target's RAM")
+    return chosen
+
+
+# `min`: the plans of least peak RAM that are also tried with one-row dw+pw tiles (`auto`: those
+# that do not fit)
 MAX_ROW_TWINS = 4
+# `auto`: plans whose peak RAM with lean windows and one-row tiles everywhere is within this
+# fraction over the budget are trimmed too (trimming lowered the wake-word network's 4:1 cached
+# one-row plan from 37,772 to 37,540 B)
+TRIM_SLACK = 0.02
+# `auto`: a plan over by more than this fraction is not tried with one-row tiles (they saved 3% on
+# the wake-word network), nor its stage with more rows per band
+ROWS_SLACK = 0.10
+
+
+def _excess(plan: _Plan, budget: int | None) -> float:
+    """How far over the budget and the target's RAM regions the plan's peak RAM is, as a fraction
+    (<= 0: it fits)."""
+    est = plan.estimate
+    over = [_peak(plan) / budget - 1] if budget is not None else []
+    if est is not None:
+        over += [est.needs[r] / est.budgets[r] - 1 for r in est.needs if est.kinds[r] == "ram" and est.budgets[r]]
+    return max(over, default=0.0)
 # plans that `_trim` lowers again (a few lowerings each) before `min` gives up on the bound
 MAX_TRIMMED = 3
 
 
 def _trim(graph: Any, target: Target, options: BuildOptions, plan: _Plan,
-          progress: Callable[[str], None]) -> None:
+          progress: Callable[[str], None], goal: int | None = None) -> None:
     """Lean windows and one-row dw+pw tiles cost instructions (about 2% and 10% on the wake-word
     network when everywhere) and save RAM only in the kernels that run when the arena or the stack
     peaks. Keep them in those kernels alone: one-row tiles in the fused kernels of the patch stage
@@ -601,8 +739,9 @@ def _trim(graph: Any, target: Target, options: BuildOptions, plan: _Plan,
     give the kernel of the call at the peak (of the arena, or of the stack arrays) one-row tiles if
     it is a fused kernel without them, else lean windows. A few lowerings; when that does not
     converge, the same with one-row tiles everywhere, then the plan as it was. Updates the plan's
-    prediction."""
-    full = _peak(plan)
+    prediction. `goal`: a peak RAM to reach instead (a plan over a budget that trimming may bring
+    under it)."""
+    full = _peak(plan) if goal is None else goal
     full_stack = max((plan.low.kernels[s].stack_bytes for s in set(plan.low.call_symbols)), default=0)
     starts = [_stage_rows_kernels(plan.low)] if plan.dwpw_rows is not None else [set()]
     if plan.dwpw_rows is not None:

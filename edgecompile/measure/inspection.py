@@ -162,6 +162,7 @@ def memory_plan(source: ModelSource, target: Any, options: Any, progress: Any) -
             "chosen": planning.get("chosen"), "max_instructions": planning.get("max_instructions"),
             "model_error": planning.get("model_error"),
             "predicted_plain_instructions": planning.get("predicted_plain_instructions"),
+            "lowerings": planning.get("lowerings"),
             "in_place": [{"call": c["index"], "kernel": c["name"], "kind": str(c["kind"])}
                          for c in compiled.calls if c["in_place"]],
             "arena_peak": {"call": step, "kernel": symbols[step] if 0 <= step < len(symbols) else None,
@@ -218,11 +219,14 @@ def _format_memory_plan(m: dict[str, Any]) -> list[str]:
             est = f"{t['peak_ram_estimate']:,}" if t["peak_ram_estimate"] is not None else "-"
             ratio = f"{t['predicted_ratio']:.3f}x" if t.get("predicted_ratio") else "-"
             lines.append(f"{what:58} {t['arena_bytes']:>9,} {est:>14} {t['extra_macs']:>+12,} "
-                         f"{t.get('bytes_copied', 0):>9,} {ratio:>12}")
+                         f"{t.get('bytes_copied', 0):>9,} {ratio:>12}"
+                         + (f"  ({t['peak_ram_untrimmed']:,} B untrimmed)" if t.get("peak_ram_untrimmed") else "")
+                         + (f"  {t['note']}" if t.get("note") else ""))
         if m.get("chosen"):
             c = m["chosen"]
             lines.append(f"chosen: predicted {c['predicted_instructions']:,} instructions, {c['predicted_ratio']:.3f}x the "
-                         f"plain plan's {m['predicted_plain_instructions']:,} (bound {m['max_instructions']}x for min)")
+                         f"plain plan's {m['predicted_plain_instructions']:,} (bound {m['max_instructions']}x for min)"
+                         + (f"; {m['lowerings']} lowerings" if m.get("lowerings") else ""))
     return lines
 
 
