@@ -86,6 +86,7 @@ class PatchPlan:
     bytes_copied: int = 0        # bytes the copies move (each halo row twice: out, then in)
     input_streamed: bool = False # the graph input is read row band by row band, never whole (ir/stream.py)
     input_rows: dict[str, Any] | None = None   # streamed: the reads, rows read and held at most
+    second_stage: dict[str, Any] | None = None # a second patch stage from this stage's output (`patch_second`)
 
     @property
     def extra_macs(self) -> int:
@@ -320,9 +321,11 @@ def _keeps_rows(value: Any, var: Any, tensors: list[Any]) -> bool:
     return False
 
 
-def find_stage(mod: Any) -> Stage | None:
+def find_stage(mod: Any, after: Any = None) -> Stage | None:
     """The longest prefix of `main` that can run on row bands, from the graph input (NCHW,
-    transposed to NHWC by the first binding, or NHWC feeding a window operator)."""
+    transposed to NHWC by the first binding, or NHWC feeding a window operator); with `after`
+    (a var of `main`), the longest run of bindings from that NHWC tensor instead (a second
+    stage, `patch_second`)."""
     _, relax = _tvm()
     main = mod["main"]
     if len(main.params) != 1 or not isinstance(main.params[0].ty, relax.TensorType) or main.params[0].ty.ndim != 4:
@@ -331,6 +334,8 @@ def find_stage(mod: Any) -> Stage | None:
     bindings = [b for block in main.body.blocks for b in block.bindings]
     if not bindings:
         return None
+    if after is not None:
+        return _stage_after(mod, p, bindings, after)
     first = bindings[0]
     v = first.value
     transposed = (isinstance(v, relax.Call) and getattr(v.op, "name", "") == "relax.permute_dims"
@@ -350,6 +355,26 @@ def find_stage(mod: Any) -> Stage | None:
     if not nodes:
         return None
     return Stage(p, entry, transposed, nodes, bindings, start, mod)
+
+
+def _stage_after(mod: Any, p: Any, bindings: list[Any], after: Any) -> Stage | None:
+    """The stage that starts at `after`, an NHWC tensor some binding of `main` makes: the bindings
+    after it that run on row bands. The bindings before it run as they are."""
+    _, relax = _tvm()
+    at = next((i for i, b in enumerate(bindings) if b.var.same_as(after)), None)
+    if at is None or not isinstance(after.ty, relax.TensorType) or after.ty.ndim != 4:
+        return None
+    stage: set[Any] = {after}
+    nodes = []
+    for b in bindings[at + 1:]:
+        node = _classify(mod, b, stage)
+        if node is None:
+            break
+        nodes.append(node)
+        stage.add(b.var)
+    if not nodes:
+        return None
+    return Stage(p, after, False, nodes, bindings, at + 1, mod)
 
 
 def _last_uses(bindings: list[Any], result: Any) -> dict[Any, int]:
@@ -727,9 +752,14 @@ def apply_patches(mod: Any, stage: Stage, cut: Cut, rows: int, in_place_input: b
     emitter = _BandEmitter(bb, mod)
     env: dict[Any, Any] = {stage.param: p}
     in_place = stage.transposed and in_place_input
+    interior = not stage.entry.same_as(stage.param) and not stage.transposed     # a second stage
     with bb.function("ec_patched_main", [p]):
         with bb.dataflow():
-            if stage.transposed:
+            if interior:       # the bindings before the stage (a first stage's bands) as they are
+                for b in stage.bindings[:stage.first]:
+                    env[b.var] = bb.emit(_substitute(b.value, env), b.var.name)
+                x = env[stage.entry]
+            elif stage.transposed:
                 if in_place:
                     x = bb.emit_te(topi.transpose, p, [0, 2, 3, 1], primfunc_name_hint="ec_transpose_in_place")
                     _marked(bb, x, {IN_PLACE_TRANSPOSE_ATTR: True, KEEP_CALL_ATTR: True})
@@ -828,3 +858,36 @@ def patch_graph(mod: Any, layers: int, rows: int, in_place_input: bool = True,
         raise EdgeCompileError(f"patches: no stage of at most {layers} layers (the first one that can end a "
                                f"stage has {least})")
     return apply_patches(mod, stage, cuts[max(cuts)], rows, in_place_input, halo)
+
+
+def stage_output_var(mod: Any) -> Any:
+    """The output of the patch stage `apply_patches` made in `mod` (the last `ec.assemble_rows`
+    binding of `main`: a stage's own [halo | new rows] buffers all come before it)."""
+    _, relax = _tvm()
+    found = None
+    for block in mod["main"].body.blocks:
+        for b in block.bindings:
+            v = b.value
+            if isinstance(v, relax.Call) and getattr(v.op, "name", "") == "relax.call_tir":
+                f = mod[v.args[0]]
+                if f.attrs is not None and ASSEMBLE_ATTR in f.attrs:
+                    found = b.var
+    return found
+
+
+def patch_second(mod: Any, first: PatchPlan, layers: int, rows: int, halo: str = "recomputed") -> tuple[Any, PatchPlan]:
+    """A second patch stage: after the first stage (`patch_graph`) of `mod`, its output -- which
+    exists whole -- is the input of up to `layers` more window layers run in bands of `rows`
+    rows, so that the large tensors of the next resolutions (MobileNet V2's 28x28 and 14x14
+    expansions) exist a band at a time too. The stage's output overlaps its input as the first
+    stage's does (`memory.patch_overlaps` covers every assembled stage output)."""
+    entry = stage_output_var(mod)
+    stage = find_stage(mod, after=entry) if entry is not None else None
+    if stage is None:
+        raise EdgeCompileError(f"patches: nothing after the first stage's output {first.stage_output} runs on row bands")
+    cuts = {n: c for n, c in best_cuts(stage).items() if n <= layers}
+    if not cuts:
+        least = min(best_cuts(stage), default=0)
+        raise EdgeCompileError(f"patches: no second stage of at most {layers} layers after {first.stage_output} "
+                               f"(the first one that can end a stage has {least})")
+    return apply_patches(mod, stage, cuts[max(cuts)], rows, False, halo)
