@@ -157,6 +157,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         pp = report.get("patch_plan")
         patched = (f"; first {pp['layers']} layers in {pp['bands']} bands of {pp['rows']} rows"
                    + (", halo rows cached" if pp.get("halo") == "cached" else "")
+                   + (f"; then {pp['second_stage']['layers']} layers in {pp['second_stage']['bands']} bands of "
+                      f"{pp['second_stage']['rows']} rows" if pp.get("second_stage") else "")
                    + (f", input streamed ({pp['input_rows']['max_rows_held']} rows held at most)"
                       if pp.get("input_streamed") else "")) if pp else ""
         print(f"{out}: {report['kernels']} kernel calls ({report['kernel_functions']} kernels), "

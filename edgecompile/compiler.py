@@ -365,7 +365,9 @@ class _Plan:
         return what
 
     def options(self, options: BuildOptions) -> BuildOptions:
-        return replace(options, patch=self.patch, lean_windows=self.lean, lean_kernels=None,
+        # a second stage (explicit only) goes with the explicit first stage it follows
+        return replace(options, patch=self.patch, patch2=options.patch2 if self.patch == options.patch else None,
+                       lean_windows=self.lean, lean_kernels=None,
                        dwpw_rows=self.dwpw_rows if self.dwpw_rows is not None else options.dwpw_rows,
                        dwpw_rows_kernels=None)
 
@@ -712,7 +714,7 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
     fusion: dict[str, Any] = {"fused": options.fuse, "arena_bytes": plan.arena_bytes}
     if options.fuse and options.compare_unfused and any(i.kind == Kind.DWPW for i in low.infos.values()):
         progress("measuring the unfused plan for comparison")
-        plain = _lower(graph, target, replace(options, fuse=False, patch=None), lambda m: None)
+        plain = _lower(graph, target, replace(options, fuse=False, patch=None, patch2=None), lambda m: None)
         fusion["arena_bytes_unfused"] = plain.plan.arena_bytes
         fusion["kernel_calls_unfused"] = len(plain.program.calls)
     calls, docs = _call_records(low)

@@ -443,7 +443,36 @@ def test_second_stage_needs_a_first_one_and_names_what_limits_it():
     for bad in ("12:1+", "12:1+18:2+3:1", "min+3:1"):
         with pytest.raises(EdgeCompileError, match="--patches"):
             _patches_option(bad)
+    # a plan without the explicit first stage (the plain plan, the unfused comparison) drops the second
+    from edgecompile.compiler import _Plan
+
+    explicit = BuildOptions(patch=(12, 1, "cached"), patch2=(18, 1))
+    assert _Plan((12, 1, "cached"), True, 0).options(explicit).patch2 == (18, 1)
+    assert _Plan(None, False, 0).options(explicit).patch2 is None
     source = load_model("mobilenet_v2", ModelOptions(**SECOND[0]))
     with pytest.raises(EdgeCompileError, match="a second patch stage needs a first one"):
         compile_model(source, load_target("host"), BuildOptions(quant="fp32", patch2=(3, 1), compare_unfused=False),
                       Progress(quiet=True))
+
+
+@pytest.mark.slow
+def test_second_stage_bytes_on_a_board(tmp_path):
+    """Two patch stages (input streamed into the first) built by the CLI for mps2-an386 and run
+    by `edgecompile test`: the device's bytes equal those of the same model.c compiled for this
+    machine, which equal the plain build's (test_second_stage_matches_plain_int8_bytes_on_host)."""
+    import json
+
+    from helpers import run_cli
+
+    out = tmp_path / "b"
+    proc = run_cli("build", "mobilenet_v2", "--width-mult", "0.35", "--resolution", "64", "--num-classes", "10",
+                   "--quant", "int8", "--target", "mps2-an386", "--patches", "12:1:cached+18:1:cached",
+                   "--dwpw-rows", "1", "--lean-windows", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "then 18 layers in 4 bands of 1 rows" in proc.stdout
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["patch_plan"]["second_stage"]["bands"] == 4 and rep["patch_plan"]["input_streamed"]
+    proc = run_cli("test", str(out), "--samples", "3", "--json")
+    res = json.loads(proc.stdout)
+    assert proc.returncode == 0 and res["passed"], proc.stdout + proc.stderr
+    assert res["host_int8"]["samples_differing"] == 0
