@@ -157,6 +157,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         pp = report.get("patch_plan")
         patched = (f"; first {pp['layers']} layers in {pp['bands']} bands of {pp['rows']} rows"
                    + (", halo rows cached" if pp.get("halo") == "cached" else "")
+                   + (", halo rows cached (expansions' recomputed)" if pp.get("halo") == "narrow" else "")
                    + (f"; then {pp['second_stage']['layers']} layers in {pp['second_stage']['bands']} bands of "
                       f"{pp['second_stage']['rows']} rows" if pp.get("second_stage") else "")
                    + (f", input streamed ({pp['input_rows']['max_rows_held']} rows held at most)"
@@ -180,11 +181,11 @@ def _patches_option(value: str) -> tuple[tuple | None, str]:
             raise EdgeCompileError(f"--patches FIRST+SECOND takes two LAYERS:ROWS[:cached] stages, got {value!r}")
         return (*a, b) if len(a) == 3 else (*a, "recomputed", b), "auto"
     parts = value.split(":")
-    halo = parts.pop() if len(parts) == 3 and parts[2] in ("cached", "recomputed") else "recomputed"
+    halo = parts.pop() if len(parts) == 3 and parts[2] in ("cached", "narrow", "recomputed") else "recomputed"
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise EdgeCompileError(f"--patches must be off, auto, min or LAYERS:ROWS[:cached] (two positive integers, "
                                f"then how halo rows are had: cached or recomputed), got {value!r}")
-    return (int(parts[0]), int(parts[1])) + ((halo,) if halo == "cached" else ()), "auto"
+    return (int(parts[0]), int(parts[1])) + ((halo,) if halo != "recomputed" else ()), "auto"
 
 
 def _split_patch(patch: tuple | None) -> tuple[tuple | None, tuple | None]:

@@ -211,14 +211,14 @@ def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable
                                                 in_place_input=not options.external_io, halo=_halo(options.patch))
         progress(f"patches: the first {patch_plan.layers} layers in {patch_plan.bands} bands of {patch_plan.rows} "
                  f"rows of {patch_plan.stage_output} ({patch_plan.extra_macs:+,} MACs recomputed"
-                 + (f", {patch_plan.bytes_copied:,} B of halo rows copied)" if patch_plan.halo == "cached" else ")"))
+                 + (f", {patch_plan.bytes_copied:,} B of halo rows copied)" if patch_plan.halo != "recomputed" else ")"))
         if options.patch2 is not None:
             graph, second = patches.patch_second(graph, patch_plan, options.patch2[0], options.patch2[1],
                                                  halo=_halo(options.patch2))
             patch_plan.second_stage = second.to_json()
             progress(f"patches: a second stage of {second.layers} layers in {second.bands} bands of {second.rows} "
                      f"rows of {second.stage_output} ({second.extra_macs:+,} MACs recomputed"
-                     + (f", {second.bytes_copied:,} B of halo rows copied)" if second.halo == "cached" else ")"))
+                     + (f", {second.bytes_copied:,} B of halo rows copied)" if second.halo != "recomputed" else ")"))
     elif options.patch2 is not None:
         raise EdgeCompileError("a second patch stage needs a first one (--patches FIRST+SECOND)")
     mod = passes.lower_graph(graph, fuse_dwpw=options.fuse)

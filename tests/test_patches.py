@@ -387,8 +387,9 @@ def test_planner_offers_cached_halo_plans_costed_by_bytes_copied():
 
 # MobileNet V2's first stage to the end of block 4 (12 layers, the 28x28x32 tensor at 224), a
 # second one from there through block 10 (18 more layers, 14x14x64 at 224: the 28x28x192 and
-# 14x14x384 expansions a band at a time); 8 and 4 one-row bands here
-SECOND = (dict(width_mult=0.35, resolution=64, num_classes=10), (12, 1, "cached"), (18, 1, "cached"))
+# 14x14x384 expansions a band at a time), its expansions' halo rows recomputed from the block
+# inputs' cached ones ("narrow"); 8 and 4 one-row bands here
+SECOND = (dict(width_mult=0.35, resolution=64, num_classes=10), (12, 1, "cached"), (18, 1, "narrow"))
 
 
 def _second_stage_plan(target="mps2-an386"):
@@ -411,8 +412,8 @@ def test_byte_replay_of_a_second_stage_plan_finds_no_clobbered_read():
     plan = c.patch_plan
     assert plan.layers == 12 and plan.bands == 8 and plan.halo == "cached" and plan.input_streamed
     s2 = plan.second_stage
-    assert s2["layers"] == 18 and s2["bands"] == 4 and s2["halo"] == "cached" and s2["stage_output_shape"] == [1, 4, 4, 24]
-    assert s2["extra_macs"] == 0 and s2["bytes_copied"] > 0
+    assert s2["layers"] == 18 and s2["bands"] == 4 and s2["halo"] == "narrow" and s2["stage_output_shape"] == [1, 4, 4, 24]
+    assert s2["extra_macs"] > 0 and s2["bytes_copied"] > 0
     stage_outputs = [t for t in c.program.assembled if list(c.program.tensors[t].shape) in ([1, 8, 8, 16], [1, 4, 4, 24])]
     assert len(stage_outputs) == 2
     assert sum(o.interleaved for o in c.plan.in_place) >= 2
@@ -420,15 +421,41 @@ def test_byte_replay_of_a_second_stage_plan_finds_no_clobbered_read():
     assert replay_plan(c.program, c.plan, [c.kernel_infos[x["name"]] for x in c.calls]) == []
 
 
+def test_narrow_halo_keeps_the_block_inputs_rows_not_the_expansions():
+    """"narrow" halo rows: of MobileNet V2's second stage no widening 1x1 convolution's output
+    (nor its rescale/activation) keeps rows from band to band; the narrow tensors do, and the
+    recomputed expansion rows are the only extra MACs (fewer bytes copied than "cached")."""
+    from edgecompile import compiler
+    from edgecompile.ir import patches
+
+    opts, first, second = SECOND
+    source = load_model("mobilenet_v2", ModelOptions(**opts))
+    graph, _ = compiler._graph(source, load_target("host"), BuildOptions(quant="fp32"), lambda m: None)
+    g1, p1 = patches.patch_graph(graph, first[0], first[1], halo=first[2])
+    stage = patches.find_stage(g1, after=patches.stage_output_var(g1))
+    cut = patches.best_cuts(stage)[18]
+    narrow = patches.cached_bands(stage, cut, 1, narrow=True)
+    cached = patches.cached_bands(stage, cut, 1)
+    nodes = {n.var: n for n in stage.nodes}
+    kept_narrow = {v for b in narrow for v in b.cached}
+    kept_cached = {v for b in cached for v in b.cached}
+    widening = {v for v in kept_cached if patches._widening(stage, nodes[v])}
+    assert widening and not widening & kept_narrow and kept_narrow
+    assert all(patches._shape(v)[-1] <= 64 * 0.35 + 8 for v in kept_narrow)     # block inputs/outputs, not expansions
+    assert patches.cached_copies(stage, cut, 1, True)[1] < patches.cached_copies(stage, cut, 1)[1]
+    assert patches.patch_macs(stage, cut, 1, "narrow") > patches.patch_macs(stage, cut, 1, "cached") == cut.macs
+
+
 @pytest.mark.slow
 def test_second_stage_matches_plain_int8_bytes_on_host(tmp_path):
-    """The two stages on the host: the same bytes as the plain build and its MACs exactly (both
-    stages cache their halo rows). 126 s in a loaded run."""
+    """The two stages on the host: the same bytes as the plain build and its MACs plus the
+    recomputed expansion rows of the second stage. 126 s in a loaded run."""
     opts, first, second = SECOND
     source = load_model("mobilenet_v2", ModelOptions(**opts))
     two = _build(source, tmp_path / "two", quant="int8", patch=first, patch2=second, lean_windows=True, dwpw_rows=1)
     plain = _build(source, tmp_path / "plain", quant="int8")
-    assert two["patch_plan"]["second_stage"]["layers"] == 18 and two["macs"] == plain["macs"]
+    s2 = two["patch_plan"]["second_stage"]
+    assert s2["layers"] == 18 and two["macs"] == plain["macs"] + s2["extra_macs"]
     _assert_same_results(source, "int8", plain, tmp_path / "two", tmp_path / "plain")
 
 
@@ -438,6 +465,7 @@ def test_second_stage_needs_a_first_one_and_names_what_limits_it():
     from edgecompile.errors import EdgeCompileError
 
     assert _patches_option("12:1:cached+18:2") == ((12, 1, "cached", (18, 2)), "auto")
+    assert _patches_option("12:1:cached+18:2:narrow") == ((12, 1, "cached", (18, 2, "narrow")), "auto")
     assert _split_patch(_patches_option("12:1+18:2:cached")[0]) == ((12, 1, "recomputed"), (18, 2, "cached"))
     assert _split_patch((5, 2)) == ((5, 2), None)
     for bad in ("12:1+", "12:1+18:2+3:1", "min+3:1"):
@@ -466,7 +494,7 @@ def test_second_stage_bytes_on_a_board(tmp_path):
 
     out = tmp_path / "b"
     proc = run_cli("build", "mobilenet_v2", "--width-mult", "0.35", "--resolution", "64", "--num-classes", "10",
-                   "--quant", "int8", "--target", "mps2-an386", "--patches", "12:1:cached+18:1:cached",
+                   "--quant", "int8", "--target", "mps2-an386", "--patches", "12:1:cached+18:1:narrow",
                    "--dwpw-rows", "1", "--lean-windows", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "then 18 layers in 4 bands of 1 rows" in proc.stdout

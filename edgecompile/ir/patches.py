@@ -51,7 +51,8 @@ from .program import DTYPE_BYTES
 ASSEMBLE_ATTR = "ec.assemble_rows"           # marks the stage output's (non-)kernel
 IN_PLACE_TRANSPOSE_ATTR = "ec.in_place_transpose"
 COPY_ROWS_ATTR = "ec.copy_rows"              # a band's cached halo rows, copied from the previous band
-HALO_MODES = ("recomputed", "cached")
+HALO_MODES = ("recomputed", "cached", "narrow")
+CACHED_MODES = ("cached", "narrow")          # line buffers; "narrow": not of widening 1x1 convolutions
 KEEP_CALL_ATTR = "ec.keep_call"              # never fused or merged with other calls
 
 
@@ -81,7 +82,9 @@ class PatchPlan:
     in_place_input: bool         # the NHWC stage input is the graph input transposed in place
     shape: str = "full-width row bands (n x W); n x n tiles are not implemented"
     band_rows: list[list[int]] = field(default_factory=list)   # [first, end) stage-output rows of each band
-    halo: str = "recomputed"     # or "cached": halo rows kept from the previous band (line buffers)
+    halo: str = "recomputed"     # or "cached": halo rows kept from the previous band (line buffers);
+    # "narrow": cached, except the outputs of widening 1x1 convolutions (an inverted residual's
+    # expansion): their halo rows are recomputed from the narrow block input's, which is cached
     rows_copied: int = 0         # cached: halo rows kept from one band to the next, all layers
     bytes_copied: int = 0        # bytes the copies move (each halo row twice: out, then in)
     input_streamed: bool = False # the graph input is read row band by row band, never whole (ir/stream.py)
@@ -453,9 +456,9 @@ def _needed_rows(stage: Stage, cut: Cut, y0: int, y1: int) -> dict[Any, tuple[in
 
 def patch_macs(stage: Stage, cut: Cut, rows: int, halo: str = "recomputed") -> int:
     """Multiply-accumulates of the stage computed in bands of `rows` output rows."""
-    if halo == "cached":
+    if halo in CACHED_MODES:
         return sum(_node_macs(n, b.computed[n.var][1] - b.computed[n.var][0])
-                   for b in cached_bands(stage, cut, rows) for n in stage.nodes[:cut.index + 1] if n.var in b.computed)
+                   for b in cached_bands(stage, cut, rows, halo == "narrow") for n in stage.nodes[:cut.index + 1] if n.var in b.computed)
     total = 0
     for y0, y1 in band_ranges(cut.shape[1], rows):
         needed = _needed_rows(stage, cut, y0, y1)
@@ -498,7 +501,23 @@ def _fused_into_consumer(mod: Any, node: _Node) -> bool:
     return f.attrs is not None and "ec.fuse_into_consumer" in f.attrs
 
 
-def cached_bands(stage: Stage, cut: Cut, rows: int) -> list[CachedBand]:
+def _widening(stage: Stage, node: _Node) -> bool:
+    """Whether `node`'s output is a 1x1 stride-1 convolution's that widens its input (an inverted
+    residual's expansion), or made from one by elementwise nodes (bias, activation, the int8
+    rescale): a tensor whose halo rows cost more bytes to keep than MACs to recompute."""
+    producer = {n.var: n for n in stage.nodes}
+    while node.kind in ("tir", "same") and len(node.args) == 1 and node.args[0] in producer:
+        node = producer[node.args[0]]
+    if node.kind != "window" or node.value.op.name != "relax.nn.conv2d" or len(node.args) != 1:
+        return False
+    w = _shape(node.value.args[1])
+    kl = str(node.value.attrs.kernel_layout)
+    k, s = _window(node.value)[:2]     # type: ignore[index]
+    return (k == 1 and s == 1 and w[kl.index("W")] == 1 and int(node.value.attrs.groups) == 1
+            and _shape(node.var)[-1] > _shape(node.args[0])[-1])
+
+
+def cached_bands(stage: Stage, cut: Cut, rows: int, narrow: bool = False) -> list[CachedBand]:
     """The bands of a cached-halo stage, top to bottom: each band needs, of every stage tensor,
     the rows its consumers' *computed* rows read (a window's halo included); what the previous
     band's buffer of the same tensor already holds is copied, not computed. Bands run in order,
@@ -517,7 +536,8 @@ def cached_bands(stage: Stage, cut: Cut, rows: int) -> list[CachedBand]:
                 continue
             a, e = held[node.var]
             p = prev.get(node.var)
-            if p is not None and _cacheable(stage.mod, node, out) and p[0] <= a < p[1]:
+            if p is not None and _cacheable(stage.mod, node, out) and p[0] <= a < p[1] \
+                    and not (narrow and _widening(stage, node)):
                 if e <= p[1]:              # all in the previous buffer: read there
                     held[node.var] = p
                     reused.add(node.var)
@@ -540,10 +560,10 @@ def _row_bytes(var: Any) -> int:
     return int(math.prod(_shape(var)[2:])) * DTYPE_BYTES[str(var.ty.dtype)]
 
 
-def cached_copies(stage: Stage, cut: Cut, rows: int) -> tuple[int, int]:
+def cached_copies(stage: Stage, cut: Cut, rows: int, narrow: bool = False) -> tuple[int, int]:
     """(rows, bytes) of halo a cached-halo stage keeps from band to band, over all its tensors
     (each row is copied twice: out of a band's buffer, into the next one's)."""
-    copied = [(b.cached[v][1] - b.cached[v][0], _row_bytes(v)) for b in cached_bands(stage, cut, rows)
+    copied = [(b.cached[v][1] - b.cached[v][0], _row_bytes(v)) for b in cached_bands(stage, cut, rows, narrow)
               for v in b.cached]
     return sum(r for r, _ in copied), 2 * sum(r * n for r, n in copied)
 
@@ -679,7 +699,8 @@ def _copy(t: Any) -> Any:
     return te.compute(t.shape, lambda *i: tirx.call_pure_extern(str(t.dtype), "ec_copy_rows", t(*i)), name="copy")
 
 
-def _emit_cached(bb: Any, emitter: _BandEmitter, stage: Stage, cut: Cut, rows: int, x: Any) -> list[Any]:
+def _emit_cached(bb: Any, emitter: _BandEmitter, stage: Stage, cut: Cut, rows: int, x: Any,
+                 narrow: bool = False) -> list[Any]:
     """The bands of a cached-halo stage (`cached_bands`); returns the band outputs. A tensor with
     cached rows is one buffer per band, [halo rows | new rows], both parts placed as views of it
     (`ec_assemble_rows`). The halo rows travel in two copies (`ec_copy_rows`, a builtin): as soon
@@ -690,7 +711,7 @@ def _emit_cached(bb: Any, emitter: _BandEmitter, stage: Stage, cut: Cut, rows: i
     from tvm import topi
 
     nodes = stage.nodes[:cut.index + 1]
-    plan = cached_bands(stage, cut, rows)
+    plan = cached_bands(stage, cut, rows, narrow)
 
     def copy(src: Any) -> Any:
         out = bb.emit_te(_copy, src, primfunc_name_hint="ec_copy_rows")
@@ -768,9 +789,9 @@ def apply_patches(mod: Any, stage: Stage, cut: Cut, rows: int, in_place_input: b
             else:
                 x = p
             outs = []
-            if halo == "cached":
-                outs = _emit_cached(bb, emitter, stage, cut, rows, x)
-            for y0, y1 in bands if halo != "cached" else ():
+            if halo in CACHED_MODES:
+                outs = _emit_cached(bb, emitter, stage, cut, rows, x, halo == "narrow")
+            for y0, y1 in bands if halo not in CACHED_MODES else ():
                 needed = _needed_rows(stage, cut, y0, y1)
                 band: dict[Any, tuple[Any, int, int]] = {stage.entry: (x, 0, _height(stage.entry))}
                 for node in stage.nodes[:cut.index + 1]:
@@ -798,8 +819,8 @@ def apply_patches(mod: Any, stage: Stage, cut: Cut, rows: int, in_place_input: b
                      stage_output_shape=list(cut.shape), macs_whole=cut.macs,
                      macs_patched=patch_macs(stage, cut, rows, halo), in_place_input=in_place,
                      band_rows=[[a, b] for a, b in bands], halo=halo)
-    if halo == "cached":
-        plan.rows_copied, plan.bytes_copied = cached_copies(stage, cut, rows)
+    if halo in CACHED_MODES:
+        plan.rows_copied, plan.bytes_copied = cached_copies(stage, cut, rows, halo == "narrow")
     return new, plan
 
 
@@ -815,8 +836,8 @@ def arena_lower_bound(stage: Stage, cut: Cut, rows: int, halo: str = "recomputed
     if streamed and stage.transposed:
         a, b = _needed_rows(stage, cut, 0, min(rows, cut.shape[1])).get(stage.entry, (0, _height(stage.entry)))
         total = (b - a) * _row_bytes(stage.entry)
-    if halo == "cached":
-        bands = cached_bands(stage, cut, rows)
+    if halo in CACHED_MODES:
+        bands = cached_bands(stage, cut, rows, halo == "narrow")
         if len(bands) > 1:
             first, second = bands[0], bands[1]
             total += sum((p - a) * _row_bytes(v) for v, (a, p) in second.cached.items())

@@ -232,7 +232,7 @@ def _format_memory_plan(m: dict[str, Any]) -> list[str]:
 
 def _halo_text(pp: dict[str, Any]) -> str:
     """How a patch stage has its halo rows: recomputed (extra MACs) or cached (rows copied)."""
-    if pp.get("halo") == "cached":
+    if pp.get("halo") in ("cached", "narrow"):
         return (f"halo rows cached: {pp['rows_copied']:,} rows kept from band to band, {pp['bytes_copied']:,} B "
                 f"copied, {pp['extra_macs']:+,} MACs")
     return f"{pp['extra_macs']:+,} MACs recomputed"
