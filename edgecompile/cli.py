@@ -158,8 +158,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         patched = (f"; first {pp['layers']} layers in {pp['bands']} bands of {pp['rows']} rows"
                    + (", halo rows cached" if pp.get("halo") == "cached" else "")
                    + (", halo rows cached (expansions' recomputed)" if pp.get("halo") == "narrow" else "")
-                   + (f"; then {pp['second_stage']['layers']} layers in {pp['second_stage']['bands']} bands of "
-                      f"{pp['second_stage']['rows']} rows" if pp.get("second_stage") else "")
+                   + "".join(f"; then {st['layers']} layers in {st['bands']} bands of {st['rows']} rows"
+                             for st in _later_stages(pp))
                    + (f", input streamed ({pp['input_rows']['max_rows_held']} rows held at most)"
                       if pp.get("input_streamed") else "")) if pp else ""
         print(f"{out}: {report['kernels']} kernel calls ({report['kernel_functions']} kernels), "
@@ -175,10 +175,11 @@ def _patches_option(value: str) -> tuple[tuple | None, str]:
     if value in ("off", "auto", "min"):
         return None, value
     if "+" in value:
-        first, _, second = value.partition("+")
-        a, b = _patches_option(first)[0], _patches_option(second)[0]
-        if a is None or b is None or "+" in second:
-            raise EdgeCompileError(f"--patches FIRST+SECOND takes two LAYERS:ROWS[:cached] stages, got {value!r}")
+        first, *rest = value.split("+")
+        a, later = _patches_option(first)[0], [_patches_option(r)[0] if r else None for r in rest]
+        if a is None or any(b is None for b in later):
+            raise EdgeCompileError(f"--patches FIRST+SECOND[+...] takes LAYERS:ROWS[:cached|narrow] stages, got {value!r}")
+        b = later[0] if len(later) == 1 else tuple(later)
         return (*a, b) if len(a) == 3 else (*a, "recomputed", b), "auto"
     parts = value.split(":")
     halo = parts.pop() if len(parts) == 3 and parts[2] in ("cached", "narrow", "recomputed") else "recomputed"
@@ -186,6 +187,15 @@ def _patches_option(value: str) -> tuple[tuple | None, str]:
         raise EdgeCompileError(f"--patches must be off, auto, min or LAYERS:ROWS[:cached] (two positive integers, "
                                f"then how halo rows are had: cached or recomputed), got {value!r}")
     return (int(parts[0]), int(parts[1])) + ((halo,) if halo != "recomputed" else ()), "auto"
+
+
+def _later_stages(pp: dict) -> list[dict]:
+    """The records of the patch stages after the first (each holds the next under `second_stage`)."""
+    out = []
+    while pp.get("second_stage"):
+        pp = pp["second_stage"]
+        out.append(pp)
+    return out
 
 
 def _split_patch(patch: tuple | None) -> tuple[tuple | None, tuple | None]:

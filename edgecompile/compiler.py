@@ -61,8 +61,9 @@ class BuildOptions:
     # (layers, rows[, halo]): run the first layers in row bands (ir/patches.py), halo "recomputed"
     # (the default) or "cached"
     patch: tuple[int, int] | tuple[int, int, str] | None = None
-    # with `patch`: a second stage from the first stage's output, (layers, rows[, halo]) as `patch`
-    patch2: tuple[int, int] | tuple[int, int, str] | None = None
+    # with `patch`: a second stage from the first stage's output, (layers, rows[, halo]) as `patch`,
+    # or a tuple of such stages, each from the output of the one before
+    patch2: tuple | None = None
     lean_windows: bool = False      # depthwise windows per channel tile (channel tiles outer): less RAM
     lean_kernels: frozenset[str] | None = None   # with lean_windows: only these kernels (None: all)
     perturb_first_conv: bool = False      # test-only: a wrong weight in the first convolution (see _perturb)
@@ -212,13 +213,17 @@ def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable
         progress(f"patches: the first {patch_plan.layers} layers in {patch_plan.bands} bands of {patch_plan.rows} "
                  f"rows of {patch_plan.stage_output} ({patch_plan.extra_macs:+,} MACs recomputed"
                  + (f", {patch_plan.bytes_copied:,} B of halo rows copied)" if patch_plan.halo != "recomputed" else ")"))
-        if options.patch2 is not None:
-            graph, second = patches.patch_second(graph, patch_plan, options.patch2[0], options.patch2[1],
-                                                 halo=_halo(options.patch2))
-            patch_plan.second_stage = second.to_json()
-            progress(f"patches: a second stage of {second.layers} layers in {second.bands} bands of {second.rows} "
+        later = [] if options.patch2 is None else \
+            [options.patch2] if isinstance(options.patch2[0], int) else list(options.patch2)
+        chain = [patch_plan]
+        for st in later:
+            graph, second = patches.patch_second(graph, chain[-1], st[0], st[1], halo=_halo(st))
+            chain.append(second)
+            progress(f"patches: then a stage of {second.layers} layers in {second.bands} bands of {second.rows} "
                      f"rows of {second.stage_output} ({second.extra_macs:+,} MACs recomputed"
                      + (f", {second.bytes_copied:,} B of halo rows copied)" if second.halo != "recomputed" else ")"))
+        for a, b in reversed(list(zip(chain, chain[1:]))):     # each stage's record holds the next one's
+            a.second_stage = b.to_json()
     elif options.patch2 is not None:
         raise EdgeCompileError("a second patch stage needs a first one (--patches FIRST+SECOND)")
     mod = passes.lower_graph(graph, fuse_dwpw=options.fuse)

@@ -468,7 +468,8 @@ def test_second_stage_needs_a_first_one_and_names_what_limits_it():
     assert _patches_option("12:1:cached+18:2:narrow") == ((12, 1, "cached", (18, 2, "narrow")), "auto")
     assert _split_patch(_patches_option("12:1+18:2:cached")[0]) == ((12, 1, "recomputed"), (18, 2, "cached"))
     assert _split_patch((5, 2)) == ((5, 2), None)
-    for bad in ("12:1+", "12:1+18:2+3:1", "min+3:1"):
+    assert _patches_option("12:1+18:2+3:1:narrow")[0][3] == ((18, 2), (3, 1, "narrow"))
+    for bad in ("12:1+", "12:1+18:2+", "min+3:1", "12:1+off"):
         with pytest.raises(EdgeCompileError, match="--patches"):
             _patches_option(bad)
     # a plan without the explicit first stage (the plain plan, the unfused comparison) drops the second
