@@ -447,16 +447,18 @@ def test_narrow_halo_keeps_the_block_inputs_rows_not_the_expansions():
 
 
 @pytest.mark.slow
-def test_second_stage_matches_plain_int8_bytes_on_host(tmp_path):
-    """The two stages on the host: the same bytes as the plain build and its MACs plus the
-    recomputed expansion rows of the second stage. 126 s in a loaded run."""
+@pytest.mark.parametrize("quant", ["int8", "fp32"])
+def test_second_stage_matches_plain_on_host(tmp_path, quant):
+    """The two stages on the host: int8 the same bytes as the plain build, fp32 within 1e-5 of
+    the outputs' spread; the plain build's MACs plus the recomputed expansion rows of the second
+    stage. 134 s (int8) in a loaded run."""
     opts, first, second = SECOND
     source = load_model("mobilenet_v2", ModelOptions(**opts))
-    two = _build(source, tmp_path / "two", quant="int8", patch=first, patch2=second, lean_windows=True, dwpw_rows=1)
-    plain = _build(source, tmp_path / "plain", quant="int8")
+    two = _build(source, tmp_path / "two", quant=quant, patch=first, patch2=second, lean_windows=True, dwpw_rows=1)
+    plain = _build(source, tmp_path / "plain", quant=quant)
     s2 = two["patch_plan"]["second_stage"]
     assert s2["layers"] == 18 and two["macs"] == plain["macs"] + s2["extra_macs"]
-    _assert_same_results(source, "int8", plain, tmp_path / "two", tmp_path / "plain")
+    _assert_same_results(source, quant, plain, tmp_path / "two", tmp_path / "plain")
 
 
 def test_second_stage_needs_a_first_one_and_names_what_limits_it():
@@ -488,7 +490,7 @@ def test_second_stage_needs_a_first_one_and_names_what_limits_it():
 def test_second_stage_bytes_on_a_board(tmp_path):
     """Two patch stages (input streamed into the first) built by the CLI for mps2-an386 and run
     by `edgecompile test`: the device's bytes equal those of the same model.c compiled for this
-    machine, which equal the plain build's (test_second_stage_matches_plain_int8_bytes_on_host)."""
+    machine, which equal the plain build's (test_second_stage_matches_plain_on_host)."""
     import json
 
     from helpers import run_cli
