@@ -82,6 +82,8 @@ MBV2_224_PLANS = {
         patch=(21, 1, "cached"), dwpw_rows=1, lean_windows=True),
     "patches 12:1 cached, then a second stage 30:1 cached + 1-row dw+pw tiles + lean windows, input streamed": dict(
         patch=(12, 1, "cached"), patch2=(30, 1, "cached"), dwpw_rows=1, lean_windows=True),
+    "patches 12:1 cached, then 9:1 cached, then 21:2 narrow + 1-row dw+pw tiles + lean windows, input streamed": dict(
+        patch=(12, 1, "cached"), patch2=((9, 1, "cached"), (21, 2, "narrow")), dwpw_rows=1, lean_windows=True),
 }
 MBV2_224_BOARD = "mps2-an386"
 MBV2_224_AIM_BYTES = 160_000
