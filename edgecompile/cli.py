@@ -185,7 +185,7 @@ def _patches_option(value: str) -> tuple[tuple | None, str]:
     halo = parts.pop() if len(parts) == 3 and parts[2] in ("cached", "narrow", "recomputed") else "recomputed"
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise EdgeCompileError(f"--patches must be off, auto, min or LAYERS:ROWS[:cached] (two positive integers, "
-                               f"then how halo rows are had: cached or recomputed), got {value!r}")
+                               f"then how halo rows are had: cached, narrow or recomputed), got {value!r}")
     return (int(parts[0]), int(parts[1])) + ((halo,) if halo != "recomputed" else ()), "auto"
 
 
