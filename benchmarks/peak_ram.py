@@ -80,6 +80,10 @@ MBV2_224_PLANS = {
         patch=(12, 1, "cached"), dwpw_rows=1, lean_windows=True),
     "patches 21:1 cached + 1-row dw+pw tiles + lean windows, input streamed": dict(
         patch=(21, 1, "cached"), dwpw_rows=1, lean_windows=True),
+    "patches 12:1 cached, then a second stage 30:1 cached + 1-row dw+pw tiles + lean windows, input streamed": dict(
+        patch=(12, 1, "cached"), patch2=(30, 1, "cached"), dwpw_rows=1, lean_windows=True),
+    "patches 12:1 cached, then 9:1 cached, then 21:2 narrow + 1-row dw+pw tiles + lean windows, input streamed": dict(
+        patch=(12, 1, "cached"), patch2=((9, 1, "cached"), (21, 2, "narrow")), dwpw_rows=1, lean_windows=True),
 }
 MBV2_224_BOARD = "mps2-an386"
 MBV2_224_AIM_BYTES = 160_000
@@ -107,7 +111,10 @@ def measure(board: str, samples: int, model: str, options: ModelOptions, plans: 
             pp = rep["patch_plan"]
             rows.append({"plan": name, "patch": f"{pp['layers']} layers, {pp['bands']} bands of {pp['rows']} rows, "
                          f"halo {pp.get('halo', 'recomputed')}"
-                         + (", input streamed" if pp.get("input_streamed") else "") if pp else "", "extra_macs": pp["extra_macs"] if pp else 0, "macs": rep["macs"],
+                         + (", input streamed" if pp.get("input_streamed") else "")
+                         + (f"; then {pp['second_stage']['layers']} layers, {pp['second_stage']['bands']} bands of "
+                            f"{pp['second_stage']['rows']} rows, halo {pp['second_stage']['halo']}"
+                            if pp.get("second_stage") else "") if pp else "", "extra_macs": pp["extra_macs"] if pp else 0, "macs": rep["macs"],
                          "arena_bytes": rep["arena_bytes"], "ram_bytes": rep["ram_bytes"],
                          "stack_used_bytes": res["stack_used_bytes"],
                          "peak_ram_bytes": rep["ram_bytes"] + res["stack_used_bytes"],

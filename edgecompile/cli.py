@@ -118,7 +118,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         from .compiler import BuildOptions, Progress
         from .measure.inspection import memory_plan
 
-        options = BuildOptions(compile=False, quant=args.quant, patch=patch, patches=patches, ram_budget=budget,
+        options = BuildOptions(compile=False, quant=args.quant, patch=_split_patch(patch)[0], patch2=_split_patch(patch)[1], patches=patches, ram_budget=budget,
                                compare_unfused=False, stream_input=not args.no_stream_input)
         info["memory_plan"] = memory_plan(source, target, options, Progress(quiet=args.json))
     print(json.dumps(info, indent=2) if args.json else format_inspection(info))
@@ -148,7 +148,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                            in_place=not args.no_in_place, dwpw_rows=args.dwpw_rows, quant=args.quant,
                            calibration=args.calibration, calibration_samples=args.calibration_samples,
                            calibration_method=args.calibration_method, tuning=_tuning(args, target),
-                           patch=patch, patches=patches, lean_windows=args.lean_windows, ram_budget=budget,
+                           patch=_split_patch(patch)[0], patch2=_split_patch(patch)[1], patches=patches, lean_windows=args.lean_windows, ram_budget=budget,
                            perturb_first_conv=args.debug_perturb_first_conv, stream_input=not args.no_stream_input)
     report = write_build(source, target, out, options, Progress(args.quiet), force=args.force)
     if args.json:
@@ -157,6 +157,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         pp = report.get("patch_plan")
         patched = (f"; first {pp['layers']} layers in {pp['bands']} bands of {pp['rows']} rows"
                    + (", halo rows cached" if pp.get("halo") == "cached" else "")
+                   + (", halo rows cached (expansions' recomputed)" if pp.get("halo") == "narrow" else "")
+                   + "".join(f"; then {st['layers']} layers in {st['bands']} bands of {st['rows']} rows"
+                             for st in _later_stages(pp))
                    + (f", input streamed ({pp['input_rows']['max_rows_held']} rows held at most)"
                       if pp.get("input_streamed") else "")) if pp else ""
         print(f"{out}: {report['kernels']} kernel calls ({report['kernel_functions']} kernels), "
@@ -166,15 +169,40 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def _patches_option(value: str) -> tuple[tuple | None, str]:
-    """--patches: off | auto | min | LAYERS:ROWS[:cached|recomputed] -> (explicit patch, mode)."""
+    """--patches: off | auto | min | LAYERS:ROWS[:cached|recomputed] -> (explicit patch, mode).
+    FIRST+SECOND (two such stages): the first patch's tuple gets the second's as its last item
+    (`_split_patch`)."""
     if value in ("off", "auto", "min"):
         return None, value
+    if "+" in value:
+        first, *rest = value.split("+")
+        a, later = _patches_option(first)[0], [_patches_option(r)[0] if r else None for r in rest]
+        if a is None or any(b is None for b in later):
+            raise EdgeCompileError(f"--patches FIRST+SECOND[+...] takes LAYERS:ROWS[:cached|narrow] stages, got {value!r}")
+        b = later[0] if len(later) == 1 else tuple(later)
+        return (*a, b) if len(a) == 3 else (*a, "recomputed", b), "auto"
     parts = value.split(":")
-    halo = parts.pop() if len(parts) == 3 and parts[2] in ("cached", "recomputed") else "recomputed"
+    halo = parts.pop() if len(parts) == 3 and parts[2] in ("cached", "narrow", "recomputed") else "recomputed"
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise EdgeCompileError(f"--patches must be off, auto, min or LAYERS:ROWS[:cached] (two positive integers, "
-                               f"then how halo rows are had: cached or recomputed), got {value!r}")
-    return (int(parts[0]), int(parts[1])) + ((halo,) if halo == "cached" else ()), "auto"
+                               f"then how halo rows are had: cached, narrow or recomputed), got {value!r}")
+    return (int(parts[0]), int(parts[1])) + ((halo,) if halo != "recomputed" else ()), "auto"
+
+
+def _later_stages(pp: dict) -> list[dict]:
+    """The records of the patch stages after the first (each holds the next under `second_stage`)."""
+    out = []
+    while pp.get("second_stage"):
+        pp = pp["second_stage"]
+        out.append(pp)
+    return out
+
+
+def _split_patch(patch: tuple | None) -> tuple[tuple | None, tuple | None]:
+    """(first stage, second stage) of a `_patches_option` tuple."""
+    if patch is not None and len(patch) == 4:
+        return patch[:3], patch[3]
+    return patch, None
 
 
 def _bytes_option(flag: str, value: str) -> int:
@@ -533,7 +561,7 @@ def _add_inspect(sub: Any) -> None:
                                     "the arena, the estimated peak RAM and the patch plan, with every plan tried")
     _target_args(s, default=None)
     s.add_argument("--quant", choices=["fp32", "int8"], help="with --target: number format (default: the target's)")
-    s.add_argument("--patches", default=None, metavar="off|auto|min|LAYERS:ROWS[:cached]",
+    s.add_argument("--patches", default=None, metavar="off|auto|min|STAGE[+STAGE...]",
                    help="with --target: as for build (default: auto with --ram-budget, as build does; else min, "
                         "the least peak RAM within 1.15x the plain plan's predicted instructions)")
     s.add_argument("--ram-budget", metavar="BYTES", help="with --target: as for build")
@@ -567,11 +595,14 @@ def _add_build(sub: Any) -> None:
                    help="int8 calibration inputs: a dataset (digits, random) or an .npy of inputs")
     s.add_argument("--calibration-samples", type=int, default=100, metavar="N")
     s.add_argument("--calibration-method", choices=["minmax", "percentile"], default="minmax")
-    s.add_argument("--patches", default="auto", metavar="off|auto|min|LAYERS:ROWS[:cached]",
+    s.add_argument("--patches", default="auto", metavar="off|auto|min|STAGE[+STAGE...]",
                    help="run the first layers in row bands (patch-based inference): auto (default) when the plain "
                         "plan does not fit the target's RAM or --ram-budget, min for the least peak RAM within "
-                        "1.15x the plain plan's predicted instructions (the target's [cost] model), LAYERS:ROWS for a given stage (LAYERS:ROWS:cached: halo rows kept from the "
-                        "band before instead of recomputed), off never")
+                        "1.15x the plain plan's predicted instructions (the target's [cost] model), off never; "
+                        "or stages by hand: STAGE = LAYERS:ROWS[:cached|:narrow] runs LAYERS layers in bands of "
+                        "ROWS output rows (cached: halo rows kept from the band before instead of recomputed; "
+                        "narrow: kept except an expansion's, which are recomputed), and FIRST+SECOND[+...] "
+                        "starts each further stage from the output of the one before")
     s.add_argument("--ram-budget", metavar="BYTES",
                    help="plan for at most this peak RAM (static data + arena + stack, e.g. 40K): tries patches and "
                         "lean windows, trading instructions, and refuses before compiling when nothing fits")

@@ -62,6 +62,9 @@ class BuildOptions:
     # (layers, rows[, halo]): run the first layers in row bands (ir/patches.py), halo "recomputed"
     # (the default) or "cached"
     patch: tuple[int, int] | tuple[int, int, str] | None = None
+    # with `patch`: a second stage from the first stage's output, (layers, rows[, halo]) as `patch`,
+    # or a tuple of such stages, each from the output of the one before
+    patch2: tuple | None = None
     lean_windows: bool = False      # depthwise windows per channel tile (channel tiles outer): less RAM
     lean_kernels: frozenset[str] | None = None   # with lean_windows: only these kernels (None: all)
     perturb_first_conv: bool = False      # test-only: a wrong weight in the first convolution (see _perturb)
@@ -232,7 +235,20 @@ def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable
                                                 in_place_input=not options.external_io, halo=_halo(options.patch))
         progress(f"patches: the first {patch_plan.layers} layers in {patch_plan.bands} bands of {patch_plan.rows} "
                  f"rows of {patch_plan.stage_output} ({patch_plan.extra_macs:+,} MACs recomputed"
-                 + (f", {patch_plan.bytes_copied:,} B of halo rows copied)" if patch_plan.halo == "cached" else ")"))
+                 + (f", {patch_plan.bytes_copied:,} B of halo rows copied)" if patch_plan.halo != "recomputed" else ")"))
+        later = [] if options.patch2 is None else \
+            [options.patch2] if isinstance(options.patch2[0], int) else list(options.patch2)
+        chain = [patch_plan]
+        for st in later:
+            graph, second = patches.patch_second(graph, chain[-1], st[0], st[1], halo=_halo(st))
+            chain.append(second)
+            progress(f"patches: then a stage of {second.layers} layers in {second.bands} bands of {second.rows} "
+                     f"rows of {second.stage_output} ({second.extra_macs:+,} MACs recomputed"
+                     + (f", {second.bytes_copied:,} B of halo rows copied)" if second.halo != "recomputed" else ")"))
+        for a, b in reversed(list(zip(chain, chain[1:]))):     # each stage's record holds the next one's
+            a.second_stage = b.to_json()
+    elif options.patch2 is not None:
+        raise EdgeCompileError("a second patch stage needs a first one (--patches FIRST+SECOND)")
     mod = passes.lower_graph(graph, fuse_dwpw=options.fuse)
     prog = extract_program(mod)
     if patch_plan is not None and options.stream_input and not options.external_io:
@@ -379,7 +395,9 @@ class _Plan:
         return what
 
     def options(self, options: BuildOptions) -> BuildOptions:
-        return replace(options, patch=self.patch, lean_windows=self.lean, lean_kernels=None,
+        # a second stage (explicit only) goes with the explicit first stage it follows
+        return replace(options, patch=self.patch, patch2=options.patch2 if self.patch == options.patch else None,
+                       lean_windows=self.lean, lean_kernels=None,
                        dwpw_rows=self.dwpw_rows if self.dwpw_rows is not None else options.dwpw_rows,
                        dwpw_rows_kernels=None)
 
@@ -857,7 +875,7 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
     fusion: dict[str, Any] = {"fused": options.fuse, "arena_bytes": plan.arena_bytes}
     if options.fuse and options.compare_unfused and any(i.kind == Kind.DWPW for i in low.infos.values()):
         progress("measuring the unfused plan for comparison")
-        plain = _lower(graph, target, replace(options, fuse=False, patch=None), lambda m: None)
+        plain = _lower(graph, target, replace(options, fuse=False, patch=None, patch2=None), lambda m: None)
         fusion["arena_bytes_unfused"] = plain.plan.arena_bytes
         fusion["kernel_calls_unfused"] = len(plain.program.calls)
     calls, docs = _call_records(low)

@@ -380,3 +380,130 @@ def test_planner_offers_cached_halo_plans_costed_by_bytes_copied():
     assert [p.cost for p in plans] == sorted(p.cost for p in plans)
     assert _patches_option("5:2:cached") == ((5, 2, "cached"), "auto")
     assert _patches_option("5:2") == ((5, 2), "auto")
+
+
+# ----------------------------------------------------------------------------- a second stage
+
+
+# MobileNet V2's first stage to the end of block 4 (12 layers, the 28x28x32 tensor at 224), a
+# second one from there through block 10 (18 more layers, 14x14x64 at 224: the 28x28x192 and
+# 14x14x384 expansions a band at a time), its expansions' halo rows recomputed from the block
+# inputs' cached ones ("narrow"); 8 and 4 one-row bands here
+SECOND = (dict(width_mult=0.35, resolution=64, num_classes=10), (12, 1, "cached"), (18, 1, "narrow"))
+
+
+def _second_stage_plan(target="mps2-an386"):
+    from edgecompile.compiler import compile_model
+
+    opts, first, second = SECOND
+    return compile_model(load_model("mobilenet_v2", ModelOptions(**opts)), load_target(target),
+                         BuildOptions(quant="int8", patch=first, patch2=second, lean_windows=True, dwpw_rows=1,
+                                      compare_unfused=False), Progress(quiet=True))
+
+
+def test_byte_replay_of_a_second_stage_plan_finds_no_clobbered_read():
+    """A second patch stage from the first stage's output (input streamed into the first): both
+    stages' outputs are assembled from their bands, the second overlapping its input (the first
+    one's output) as the first overlaps its own; replayed byte by byte over the planned arena,
+    every read finds what its producer wrote. The plan's report says what each stage is."""
+    from edgecompile.codegen.memory import replay_plan
+
+    c = _second_stage_plan()
+    plan = c.patch_plan
+    assert plan.layers == 12 and plan.bands == 8 and plan.halo == "cached" and plan.input_streamed
+    s2 = plan.second_stage
+    assert s2["layers"] == 18 and s2["bands"] == 4 and s2["halo"] == "narrow" and s2["stage_output_shape"] == [1, 4, 4, 24]
+    assert s2["extra_macs"] > 0 and s2["bytes_copied"] > 0
+    stage_outputs = [t for t in c.program.assembled if list(c.program.tensors[t].shape) in ([1, 8, 8, 16], [1, 4, 4, 24])]
+    assert len(stage_outputs) == 2
+    assert sum(o.interleaved for o in c.plan.in_place) >= 2
+    assert c.plan.overlaps() == []
+    assert replay_plan(c.program, c.plan, [c.kernel_infos[x["name"]] for x in c.calls]) == []
+
+
+def test_narrow_halo_keeps_the_block_inputs_rows_not_the_expansions():
+    """"narrow" halo rows: of MobileNet V2's second stage no widening 1x1 convolution's output
+    (nor its rescale/activation) keeps rows from band to band; the narrow tensors do, and the
+    recomputed expansion rows are the only extra MACs (fewer bytes copied than "cached")."""
+    from edgecompile import compiler
+    from edgecompile.ir import patches
+
+    opts, first, second = SECOND
+    source = load_model("mobilenet_v2", ModelOptions(**opts))
+    graph, _ = compiler._graph(source, load_target("host"), BuildOptions(quant="fp32"), lambda m: None)
+    g1, p1 = patches.patch_graph(graph, first[0], first[1], halo=first[2])
+    stage = patches.find_stage(g1, after=patches.stage_output_var(g1))
+    cut = patches.best_cuts(stage)[18]
+    narrow = patches.cached_bands(stage, cut, 1, narrow=True)
+    cached = patches.cached_bands(stage, cut, 1)
+    nodes = {n.var: n for n in stage.nodes}
+    kept_narrow = {v for b in narrow for v in b.cached}
+    kept_cached = {v for b in cached for v in b.cached}
+    widening = {v for v in kept_cached if patches._widening(stage, nodes[v])}
+    assert widening and not widening & kept_narrow and kept_narrow
+    assert all(patches._shape(v)[-1] <= 64 * 0.35 + 8 for v in kept_narrow)     # block inputs/outputs, not expansions
+    assert patches.cached_copies(stage, cut, 1, True)[1] < patches.cached_copies(stage, cut, 1)[1]
+    assert patches.patch_macs(stage, cut, 1, "narrow") > patches.patch_macs(stage, cut, 1, "cached") == cut.macs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quant", ["int8", "fp32"])
+def test_second_stage_matches_plain_on_host(tmp_path, quant):
+    """The two stages on the host: int8 the same bytes as the plain build, fp32 within 1e-5 of
+    the outputs' spread; the plain build's MACs plus the recomputed expansion rows of the second
+    stage. 134 s (int8) in a loaded run."""
+    opts, first, second = SECOND
+    source = load_model("mobilenet_v2", ModelOptions(**opts))
+    two = _build(source, tmp_path / "two", quant=quant, patch=first, patch2=second, lean_windows=True, dwpw_rows=1)
+    plain = _build(source, tmp_path / "plain", quant=quant)
+    s2 = two["patch_plan"]["second_stage"]
+    assert s2["layers"] == 18 and two["macs"] == plain["macs"] + s2["extra_macs"]
+    _assert_same_results(source, quant, plain, tmp_path / "two", tmp_path / "plain")
+
+
+def test_second_stage_needs_a_first_one_and_names_what_limits_it():
+    from edgecompile.cli import _patches_option, _split_patch
+    from edgecompile.compiler import compile_model
+    from edgecompile.errors import EdgeCompileError
+
+    assert _patches_option("12:1:cached+18:2") == ((12, 1, "cached", (18, 2)), "auto")
+    assert _patches_option("12:1:cached+18:2:narrow") == ((12, 1, "cached", (18, 2, "narrow")), "auto")
+    assert _split_patch(_patches_option("12:1+18:2:cached")[0]) == ((12, 1, "recomputed"), (18, 2, "cached"))
+    assert _split_patch((5, 2)) == ((5, 2), None)
+    assert _patches_option("12:1+18:2+3:1:narrow")[0][3] == ((18, 2), (3, 1, "narrow"))
+    for bad in ("12:1+", "12:1+18:2+", "min+3:1", "12:1+off"):
+        with pytest.raises(EdgeCompileError, match="--patches"):
+            _patches_option(bad)
+    # a plan without the explicit first stage (the plain plan, the unfused comparison) drops the second
+    from edgecompile.compiler import _Plan
+
+    explicit = BuildOptions(patch=(12, 1, "cached"), patch2=(18, 1))
+    assert _Plan((12, 1, "cached"), True, 0).options(explicit).patch2 == (18, 1)
+    assert _Plan(None, False, 0).options(explicit).patch2 is None
+    source = load_model("mobilenet_v2", ModelOptions(**SECOND[0]))
+    with pytest.raises(EdgeCompileError, match="a second patch stage needs a first one"):
+        compile_model(source, load_target("host"), BuildOptions(quant="fp32", patch2=(3, 1), compare_unfused=False),
+                      Progress(quiet=True))
+
+
+@pytest.mark.slow
+def test_second_stage_bytes_on_a_board(tmp_path):
+    """Two patch stages (input streamed into the first) built by the CLI for mps2-an386 and run
+    by `edgecompile test`: the device's bytes equal those of the same model.c compiled for this
+    machine, which equal the plain build's (test_second_stage_matches_plain_on_host)."""
+    import json
+
+    from helpers import run_cli
+
+    out = tmp_path / "b"
+    proc = run_cli("build", "mobilenet_v2", "--width-mult", "0.35", "--resolution", "64", "--num-classes", "10",
+                   "--quant", "int8", "--target", "mps2-an386", "--patches", "12:1:cached+18:1:narrow",
+                   "--dwpw-rows", "1", "--lean-windows", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "then 18 layers in 4 bands of 1 rows" in proc.stdout
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["patch_plan"]["second_stage"]["bands"] == 4 and rep["patch_plan"]["input_streamed"]
+    proc = run_cli("test", str(out), "--samples", "3", "--json")
+    res = json.loads(proc.stdout)
+    assert proc.returncode == 0 and res["passed"], proc.stdout + proc.stderr
+    assert res["host_int8"]["samples_differing"] == 0

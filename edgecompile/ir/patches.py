@@ -51,7 +51,8 @@ from .program import DTYPE_BYTES
 ASSEMBLE_ATTR = "ec.assemble_rows"           # marks the stage output's (non-)kernel
 IN_PLACE_TRANSPOSE_ATTR = "ec.in_place_transpose"
 COPY_ROWS_ATTR = "ec.copy_rows"              # a band's cached halo rows, copied from the previous band
-HALO_MODES = ("recomputed", "cached")
+HALO_MODES = ("recomputed", "cached", "narrow")
+CACHED_MODES = ("cached", "narrow")          # line buffers; "narrow": not of widening 1x1 convolutions
 KEEP_CALL_ATTR = "ec.keep_call"              # never fused or merged with other calls
 
 
@@ -81,11 +82,14 @@ class PatchPlan:
     in_place_input: bool         # the NHWC stage input is the graph input transposed in place
     shape: str = "full-width row bands (n x W); n x n tiles are not implemented"
     band_rows: list[list[int]] = field(default_factory=list)   # [first, end) stage-output rows of each band
-    halo: str = "recomputed"     # or "cached": halo rows kept from the previous band (line buffers)
+    halo: str = "recomputed"     # or "cached": halo rows kept from the previous band (line buffers);
+    # "narrow": cached, except the outputs of widening 1x1 convolutions (an inverted residual's
+    # expansion): their halo rows are recomputed from the narrow block input's, which is cached
     rows_copied: int = 0         # cached: halo rows kept from one band to the next, all layers
     bytes_copied: int = 0        # bytes the copies move (each halo row twice: out, then in)
     input_streamed: bool = False # the graph input is read row band by row band, never whole (ir/stream.py)
     input_rows: dict[str, Any] | None = None   # streamed: the reads, rows read and held at most
+    second_stage: dict[str, Any] | None = None # a second patch stage from this stage's output (`patch_second`)
 
     @property
     def extra_macs(self) -> int:
@@ -320,9 +324,11 @@ def _keeps_rows(value: Any, var: Any, tensors: list[Any]) -> bool:
     return False
 
 
-def find_stage(mod: Any) -> Stage | None:
+def find_stage(mod: Any, after: Any = None) -> Stage | None:
     """The longest prefix of `main` that can run on row bands, from the graph input (NCHW,
-    transposed to NHWC by the first binding, or NHWC feeding a window operator)."""
+    transposed to NHWC by the first binding, or NHWC feeding a window operator); with `after`
+    (a var of `main`), the longest run of bindings from that NHWC tensor instead (a second
+    stage, `patch_second`)."""
     _, relax = _tvm()
     main = mod["main"]
     if len(main.params) != 1 or not isinstance(main.params[0].ty, relax.TensorType) or main.params[0].ty.ndim != 4:
@@ -331,6 +337,8 @@ def find_stage(mod: Any) -> Stage | None:
     bindings = [b for block in main.body.blocks for b in block.bindings]
     if not bindings:
         return None
+    if after is not None:
+        return _stage_after(mod, p, bindings, after)
     first = bindings[0]
     v = first.value
     transposed = (isinstance(v, relax.Call) and getattr(v.op, "name", "") == "relax.permute_dims"
@@ -350,6 +358,26 @@ def find_stage(mod: Any) -> Stage | None:
     if not nodes:
         return None
     return Stage(p, entry, transposed, nodes, bindings, start, mod)
+
+
+def _stage_after(mod: Any, p: Any, bindings: list[Any], after: Any) -> Stage | None:
+    """The stage that starts at `after`, an NHWC tensor some binding of `main` makes: the bindings
+    after it that run on row bands. The bindings before it run as they are."""
+    _, relax = _tvm()
+    at = next((i for i, b in enumerate(bindings) if b.var.same_as(after)), None)
+    if at is None or not isinstance(after.ty, relax.TensorType) or after.ty.ndim != 4:
+        return None
+    stage: set[Any] = {after}
+    nodes = []
+    for b in bindings[at + 1:]:
+        node = _classify(mod, b, stage)
+        if node is None:
+            break
+        nodes.append(node)
+        stage.add(b.var)
+    if not nodes:
+        return None
+    return Stage(p, after, False, nodes, bindings, at + 1, mod)
 
 
 def _last_uses(bindings: list[Any], result: Any) -> dict[Any, int]:
@@ -428,9 +456,9 @@ def _needed_rows(stage: Stage, cut: Cut, y0: int, y1: int) -> dict[Any, tuple[in
 
 def patch_macs(stage: Stage, cut: Cut, rows: int, halo: str = "recomputed") -> int:
     """Multiply-accumulates of the stage computed in bands of `rows` output rows."""
-    if halo == "cached":
+    if halo in CACHED_MODES:
         return sum(_node_macs(n, b.computed[n.var][1] - b.computed[n.var][0])
-                   for b in cached_bands(stage, cut, rows) for n in stage.nodes[:cut.index + 1] if n.var in b.computed)
+                   for b in cached_bands(stage, cut, rows, halo == "narrow") for n in stage.nodes[:cut.index + 1] if n.var in b.computed)
     total = 0
     for y0, y1 in band_ranges(cut.shape[1], rows):
         needed = _needed_rows(stage, cut, y0, y1)
@@ -473,7 +501,23 @@ def _fused_into_consumer(mod: Any, node: _Node) -> bool:
     return f.attrs is not None and "ec.fuse_into_consumer" in f.attrs
 
 
-def cached_bands(stage: Stage, cut: Cut, rows: int) -> list[CachedBand]:
+def _widening(stage: Stage, node: _Node) -> bool:
+    """Whether `node`'s output is a 1x1 stride-1 convolution's that widens its input (an inverted
+    residual's expansion), or made from one by elementwise nodes (bias, activation, the int8
+    rescale): a tensor whose halo rows cost more bytes to keep than MACs to recompute."""
+    producer = {n.var: n for n in stage.nodes}
+    while node.kind in ("tir", "same") and len(node.args) == 1 and node.args[0] in producer:
+        node = producer[node.args[0]]
+    if node.kind != "window" or node.value.op.name != "relax.nn.conv2d" or len(node.args) != 1:
+        return False
+    w = _shape(node.value.args[1])
+    kl = str(node.value.attrs.kernel_layout)
+    k, s = _window(node.value)[:2]     # type: ignore[index]
+    return (k == 1 and s == 1 and w[kl.index("W")] == 1 and int(node.value.attrs.groups) == 1
+            and _shape(node.var)[-1] > _shape(node.args[0])[-1])
+
+
+def cached_bands(stage: Stage, cut: Cut, rows: int, narrow: bool = False) -> list[CachedBand]:
     """The bands of a cached-halo stage, top to bottom: each band needs, of every stage tensor,
     the rows its consumers' *computed* rows read (a window's halo included); what the previous
     band's buffer of the same tensor already holds is copied, not computed. Bands run in order,
@@ -492,7 +536,8 @@ def cached_bands(stage: Stage, cut: Cut, rows: int) -> list[CachedBand]:
                 continue
             a, e = held[node.var]
             p = prev.get(node.var)
-            if p is not None and _cacheable(stage.mod, node, out) and p[0] <= a < p[1]:
+            if p is not None and _cacheable(stage.mod, node, out) and p[0] <= a < p[1] \
+                    and not (narrow and _widening(stage, node)):
                 if e <= p[1]:              # all in the previous buffer: read there
                     held[node.var] = p
                     reused.add(node.var)
@@ -515,10 +560,10 @@ def _row_bytes(var: Any) -> int:
     return int(math.prod(_shape(var)[2:])) * DTYPE_BYTES[str(var.ty.dtype)]
 
 
-def cached_copies(stage: Stage, cut: Cut, rows: int) -> tuple[int, int]:
+def cached_copies(stage: Stage, cut: Cut, rows: int, narrow: bool = False) -> tuple[int, int]:
     """(rows, bytes) of halo a cached-halo stage keeps from band to band, over all its tensors
     (each row is copied twice: out of a band's buffer, into the next one's)."""
-    copied = [(b.cached[v][1] - b.cached[v][0], _row_bytes(v)) for b in cached_bands(stage, cut, rows)
+    copied = [(b.cached[v][1] - b.cached[v][0], _row_bytes(v)) for b in cached_bands(stage, cut, rows, narrow)
               for v in b.cached]
     return sum(r for r, _ in copied), 2 * sum(r * n for r, n in copied)
 
@@ -654,7 +699,8 @@ def _copy(t: Any) -> Any:
     return te.compute(t.shape, lambda *i: tirx.call_pure_extern(str(t.dtype), "ec_copy_rows", t(*i)), name="copy")
 
 
-def _emit_cached(bb: Any, emitter: _BandEmitter, stage: Stage, cut: Cut, rows: int, x: Any) -> list[Any]:
+def _emit_cached(bb: Any, emitter: _BandEmitter, stage: Stage, cut: Cut, rows: int, x: Any,
+                 narrow: bool = False) -> list[Any]:
     """The bands of a cached-halo stage (`cached_bands`); returns the band outputs. A tensor with
     cached rows is one buffer per band, [halo rows | new rows], both parts placed as views of it
     (`ec_assemble_rows`). The halo rows travel in two copies (`ec_copy_rows`, a builtin): as soon
@@ -665,7 +711,7 @@ def _emit_cached(bb: Any, emitter: _BandEmitter, stage: Stage, cut: Cut, rows: i
     from tvm import topi
 
     nodes = stage.nodes[:cut.index + 1]
-    plan = cached_bands(stage, cut, rows)
+    plan = cached_bands(stage, cut, rows, narrow)
 
     def copy(src: Any) -> Any:
         out = bb.emit_te(_copy, src, primfunc_name_hint="ec_copy_rows")
@@ -727,9 +773,14 @@ def apply_patches(mod: Any, stage: Stage, cut: Cut, rows: int, in_place_input: b
     emitter = _BandEmitter(bb, mod)
     env: dict[Any, Any] = {stage.param: p}
     in_place = stage.transposed and in_place_input
+    interior = not stage.entry.same_as(stage.param) and not stage.transposed     # a second stage
     with bb.function("ec_patched_main", [p]):
         with bb.dataflow():
-            if stage.transposed:
+            if interior:       # the bindings before the stage (a first stage's bands) as they are
+                for b in stage.bindings[:stage.first]:
+                    env[b.var] = bb.emit(_substitute(b.value, env), b.var.name)
+                x = env[stage.entry]
+            elif stage.transposed:
                 if in_place:
                     x = bb.emit_te(topi.transpose, p, [0, 2, 3, 1], primfunc_name_hint="ec_transpose_in_place")
                     _marked(bb, x, {IN_PLACE_TRANSPOSE_ATTR: True, KEEP_CALL_ATTR: True})
@@ -738,9 +789,9 @@ def apply_patches(mod: Any, stage: Stage, cut: Cut, rows: int, in_place_input: b
             else:
                 x = p
             outs = []
-            if halo == "cached":
-                outs = _emit_cached(bb, emitter, stage, cut, rows, x)
-            for y0, y1 in bands if halo != "cached" else ():
+            if halo in CACHED_MODES:
+                outs = _emit_cached(bb, emitter, stage, cut, rows, x, halo == "narrow")
+            for y0, y1 in bands if halo not in CACHED_MODES else ():
                 needed = _needed_rows(stage, cut, y0, y1)
                 band: dict[Any, tuple[Any, int, int]] = {stage.entry: (x, 0, _height(stage.entry))}
                 for node in stage.nodes[:cut.index + 1]:
@@ -768,8 +819,8 @@ def apply_patches(mod: Any, stage: Stage, cut: Cut, rows: int, in_place_input: b
                      stage_output_shape=list(cut.shape), macs_whole=cut.macs,
                      macs_patched=patch_macs(stage, cut, rows, halo), in_place_input=in_place,
                      band_rows=[[a, b] for a, b in bands], halo=halo)
-    if halo == "cached":
-        plan.rows_copied, plan.bytes_copied = cached_copies(stage, cut, rows)
+    if halo in CACHED_MODES:
+        plan.rows_copied, plan.bytes_copied = cached_copies(stage, cut, rows, halo == "narrow")
     return new, plan
 
 
@@ -785,8 +836,8 @@ def arena_lower_bound(stage: Stage, cut: Cut, rows: int, halo: str = "recomputed
     if streamed and stage.transposed:
         a, b = _needed_rows(stage, cut, 0, min(rows, cut.shape[1])).get(stage.entry, (0, _height(stage.entry)))
         total = (b - a) * _row_bytes(stage.entry)
-    if halo == "cached":
-        bands = cached_bands(stage, cut, rows)
+    if halo in CACHED_MODES:
+        bands = cached_bands(stage, cut, rows, halo == "narrow")
         if len(bands) > 1:
             first, second = bands[0], bands[1]
             total += sum((p - a) * _row_bytes(v) for v, (a, p) in second.cached.items())
@@ -828,3 +879,36 @@ def patch_graph(mod: Any, layers: int, rows: int, in_place_input: bool = True,
         raise EdgeCompileError(f"patches: no stage of at most {layers} layers (the first one that can end a "
                                f"stage has {least})")
     return apply_patches(mod, stage, cuts[max(cuts)], rows, in_place_input, halo)
+
+
+def stage_output_var(mod: Any) -> Any:
+    """The output of the patch stage `apply_patches` made in `mod` (the last `ec.assemble_rows`
+    binding of `main`: a stage's own [halo | new rows] buffers all come before it)."""
+    _, relax = _tvm()
+    found = None
+    for block in mod["main"].body.blocks:
+        for b in block.bindings:
+            v = b.value
+            if isinstance(v, relax.Call) and getattr(v.op, "name", "") == "relax.call_tir":
+                f = mod[v.args[0]]
+                if f.attrs is not None and ASSEMBLE_ATTR in f.attrs:
+                    found = b.var
+    return found
+
+
+def patch_second(mod: Any, first: PatchPlan, layers: int, rows: int, halo: str = "recomputed") -> tuple[Any, PatchPlan]:
+    """A second patch stage: after the first stage (`patch_graph`) of `mod`, its output -- which
+    exists whole -- is the input of up to `layers` more window layers run in bands of `rows`
+    rows, so that the large tensors of the next resolutions (MobileNet V2's 28x28 and 14x14
+    expansions) exist a band at a time too. The stage's output overlaps its input as the first
+    stage's does (`memory.patch_overlaps` covers every assembled stage output)."""
+    entry = stage_output_var(mod)
+    stage = find_stage(mod, after=entry) if entry is not None else None
+    if stage is None:
+        raise EdgeCompileError(f"patches: nothing after the first stage's output {first.stage_output} runs on row bands")
+    cuts = {n: c for n, c in best_cuts(stage).items() if n <= layers}
+    if not cuts:
+        least = min(best_cuts(stage), default=0)
+        raise EdgeCompileError(f"patches: no second stage of at most {layers} layers after {first.stage_output} "
+                               f"(the first one that can end a stage has {least})")
+    return apply_patches(mod, stage, cuts[max(cuts)], rows, False, halo)

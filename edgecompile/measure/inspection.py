@@ -177,6 +177,10 @@ def _format_memory_plan(m: dict[str, Any]) -> list[str]:
     if pp:
         lines.append(f"patch stage: the first {pp['layers']} layers in {pp['bands']} bands of {pp['rows']} rows of "
                      f"{'x'.join(map(str, pp['stage_output_shape'][1:]))}, " + _halo_text(pp))
+        s2 = pp.get("second_stage")
+        if s2:
+            lines.append(f"second patch stage: {s2['layers']} more layers in {s2['bands']} bands of {s2['rows']} rows "
+                         f"of {'x'.join(map(str, s2['stage_output_shape'][1:]))}, " + _halo_text(s2))
         rows = pp.get("input_rows")
         if pp.get("input_streamed") and rows:
             lines.append(f"input streamed: {rows['reads']} reads of input rows (ec_read_input_rows), at most "
@@ -232,7 +236,7 @@ def _format_memory_plan(m: dict[str, Any]) -> list[str]:
 
 def _halo_text(pp: dict[str, Any]) -> str:
     """How a patch stage has its halo rows: recomputed (extra MACs) or cached (rows copied)."""
-    if pp.get("halo") == "cached":
+    if pp.get("halo") in ("cached", "narrow"):
         return (f"halo rows cached: {pp['rows_copied']:,} rows kept from band to band, {pp['bytes_copied']:,} B "
                 f"copied, {pp['extra_macs']:+,} MACs")
     return f"{pp['extra_macs']:+,} MACs recomputed"

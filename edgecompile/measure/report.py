@@ -210,7 +210,7 @@ def write_html(data: dict[str, Any], path: Path) -> list[Path]:
                      f"{pp['bands']} bands of {pp['rows']} rows of {e(pp['stage_output'])} ({e(pp['shape'])}), calls "
                      f"{first}..{end - 1}, "
                      + (f"halo rows cached ({pp['bytes_copied']:,} B copied), {pp['extra_macs']:+,} MACs"
-                        if pp.get("halo") == "cached" else f"{pp['extra_macs']:+,} MACs recomputed")
+                        if pp.get("halo") in ("cached", "narrow") else f"{pp['extra_macs']:+,} MACs recomputed")
                      + (f"; arena {pp['arena_bytes_before']:,} B without patches" if "arena_bytes_before" in pp else "")
                      + "</p>")
     if "footprint" in data:
