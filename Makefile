@@ -9,6 +9,10 @@ STAMP   := $(VENV)/.edgecompile-installed
 APT_PKGS := qemu-system-arm qemu-user gcc-arm-none-eabi libnewlib-arm-none-eabi \
             gcc-aarch64-linux-gnu libc6-dev-arm64-cross socat clang libclang-rt-14-dev valgrind
 PYTEST_ARGS ?=
+# test files run on this many pytest-xdist workers (a file stays on one worker, so its module
+# fixtures are built once); TEST_JOBS=0 runs them in this process, one after the other
+TEST_JOBS ?= 2
+XDIST := $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile)
 
 .PHONY: setup toolchains venv demo test test-all bench clean
 
@@ -50,10 +54,10 @@ endif
 
 # The default run: everything except tests marked slow.
 test: setup
-	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 test-all: setup
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q $(XDIST) $(PYTEST_ARGS)
 
 bench: setup
 	$(VENV)/bin/edgecompile bench mobilenet_v1 --width-mult 0.25 --resolution 96 --num-classes 10 --against onnxruntime,torch
