@@ -171,7 +171,7 @@ def test_streaming_overlaps_use_the_tensors_element_size(dtype, rows, stride):
     tensors = {"x": Tensor("x", (1, hin, win, cin), dtype, "activation"),
                "y": Tensor("y", (1, hout, hout, cout), dtype, "activation")}
     prog = Program(["x"], ["y"], tensors, {}, [KernelCall("k", ["x"], ["y"])])
-    info = KernelInfo(Kind.DWPW, 0, "pw", kernel=(3, 3), stride=(stride, stride), rows=rows)
+    info = KernelInfo(Kind.DWPW, 0, "pw", kernel=(3, 3), stride=(stride, stride), rows=rows, dw_channels=cin)
     (overlap,) = streaming_overlaps(prog, [info])
     esize = DTYPE_BYTES[dtype]
     ri, ro = win * cin * esize, hout * cout * esize
