@@ -219,8 +219,6 @@ def _elementwise_block(func: Any) -> Any | None:
     """The block of a PrimFunc that computes each output element from the same element of its
     inputs (one spatial block, identity indexing, known expression nodes), else None: such a
     function can be re-made for a band's shape."""
-    from tvm import tirx
-
     from .kernel import root_blocks
 
     blocks = root_blocks(func)
@@ -347,6 +345,13 @@ def find_stage(mod: Any, after: Any = None) -> Stage | None:
     if not transposed and not (isinstance(v, relax.Call) and row_mapping(getattr(v.op, "name", "")) == "window"
                                and v.args[0].same_as(p) and _window(v) is not None):
         return None
+    nodes = _grow(mod, bindings, start, entry)
+    return Stage(p, entry, transposed, nodes, bindings, start, mod) if nodes else None
+
+
+def _grow(mod: Any, bindings: list[Any], start: int, entry: Any) -> list[Any]:
+    """The nodes of a stage entered at `entry`: bindings from `start` on while each runs on row bands
+    of what the stage has made so far."""
     stage: set[Any] = {entry}
     nodes = []
     for b in bindings[start:]:
@@ -355,9 +360,7 @@ def find_stage(mod: Any, after: Any = None) -> Stage | None:
             break
         nodes.append(node)
         stage.add(b.var)
-    if not nodes:
-        return None
-    return Stage(p, entry, transposed, nodes, bindings, start, mod)
+    return nodes
 
 
 def _stage_after(mod: Any, p: Any, bindings: list[Any], after: Any) -> Stage | None:
@@ -367,17 +370,8 @@ def _stage_after(mod: Any, p: Any, bindings: list[Any], after: Any) -> Stage | N
     at = next((i for i, b in enumerate(bindings) if b.var.same_as(after)), None)
     if at is None or not isinstance(after.ty, relax.TensorType) or after.ty.ndim != 4:
         return None
-    stage: set[Any] = {after}
-    nodes = []
-    for b in bindings[at + 1:]:
-        node = _classify(mod, b, stage)
-        if node is None:
-            break
-        nodes.append(node)
-        stage.add(b.var)
-    if not nodes:
-        return None
-    return Stage(p, after, False, nodes, bindings, at + 1, mod)
+    nodes = _grow(mod, bindings, at + 1, after)
+    return Stage(p, after, False, nodes, bindings, at + 1, mod) if nodes else None
 
 
 def _last_uses(bindings: list[Any], result: Any) -> dict[Any, int]:
