@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import EdgeCompileError
 from ..ir.kernel import KernelInfo
 from ..ir.program import DTYPE_BYTES, Tensor
-from ..schedules.tiling import WIDEN_PRAGMA
+from ..schedules.tiling import WIDEN_PRAGMA, map_children
 from .mathlib import LIBM_REPLACEMENTS
 
 # Intermediate buffers below this size stay on the stack (register tiles, small row buffers);
@@ -172,17 +172,7 @@ def widen_rows(func: Any) -> Any:
         if isinstance(stmt, tirx.AttrStmt) and str(stmt.attr_key) == WIDEN_PRAGMA and isinstance(stmt.body, tirx.For):
             call = _widen_call(stmt.body, int(stmt.value))
             return call if call is not None else stmt.body
-        if isinstance(stmt, tirx.SeqStmt):
-            return tirx.SeqStmt([walk(s) for s in stmt.seq])
-        if isinstance(stmt, tirx.For):
-            return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, walk(stmt.body),
-                            stmt.thread_binding, stmt.annotations, stmt.step)
-        if isinstance(stmt, tirx.IfThenElse):
-            return tirx.IfThenElse(stmt.condition, walk(stmt.then_case),
-                                   None if stmt.else_case is None else walk(stmt.else_case))
-        if isinstance(stmt, tirx.AttrStmt):
-            return tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, walk(stmt.body))
-        return stmt
+        return map_children(stmt, walk)
 
     return func.with_body(walk(func.body))
 

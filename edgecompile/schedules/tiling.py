@@ -811,22 +811,29 @@ def rescale_offsets_into_init(func: Any, call_prefix: str = "ec_requant_s8_") ->
             nb = s_tir.SBlock(b.iter_vars, b.reads, b.writes, b.name_hint, rewrite(b.body), init, b.alloc_buffers,
                               b.match_buffers, b.annotations)
             return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, nb)
-        if isinstance(stmt, tirx.SeqStmt):
-            return tirx.SeqStmt([rewrite(s) for s in stmt.seq])
-        if isinstance(stmt, tirx.For):
-            return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, rewrite(stmt.body),
-                            stmt.thread_binding, stmt.annotations, stmt.step)
-        if isinstance(stmt, tirx.IfThenElse):
-            return tirx.IfThenElse(stmt.condition, rewrite(stmt.then_case),
-                                   None if stmt.else_case is None else rewrite(stmt.else_case))
-        if isinstance(stmt, tirx.AttrStmt):
-            return tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, rewrite(stmt.body))
-        if isinstance(stmt, tirx.While):
-            return tirx.While(stmt.condition, rewrite(stmt.body))
-        return stmt
+        return map_children(stmt, rewrite)
 
     body = rewrite(func.body)
     if len(done) != len(calls):
         return None
     return func.with_body(body)
 
+
+def map_children(stmt: Any, fn: Any) -> Any:
+    """`stmt` rebuilt with `fn` applied to each statement directly inside it (sequences, loops,
+    conditionals, attributes, while loops); any other statement as it is. A rewrite of TIR calls it
+    for the statements it does not handle itself."""
+    from tvm import tirx
+
+    if isinstance(stmt, tirx.SeqStmt):
+        return tirx.SeqStmt([fn(s) for s in stmt.seq])
+    if isinstance(stmt, tirx.For):
+        return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, fn(stmt.body),
+                        stmt.thread_binding, stmt.annotations, stmt.step)
+    if isinstance(stmt, tirx.IfThenElse):
+        return tirx.IfThenElse(stmt.condition, fn(stmt.then_case), None if stmt.else_case is None else fn(stmt.else_case))
+    if isinstance(stmt, tirx.AttrStmt):
+        return tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, fn(stmt.body))
+    if isinstance(stmt, tirx.While):
+        return tirx.While(stmt.condition, fn(stmt.body))
+    return stmt
