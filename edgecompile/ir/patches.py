@@ -867,12 +867,18 @@ def patch_graph(mod: Any, layers: int, rows: int, in_place_input: bool = True,
     stage = find_stage(mod)
     if stage is None:
         raise EdgeCompileError("patches: the network does not start with a convolution on its input")
+    cut = _deepest_cut(stage, layers, f"stage of at most {layers} layers")
+    return apply_patches(mod, stage, cut, rows, in_place_input, halo)
+
+
+def _deepest_cut(stage: Stage, layers: int, what: str) -> Any:
+    """The cut of `stage` ending the most layers, `layers` at most; an error names the first layer
+    count that can end it (`what`: the stage the message names)."""
     cuts = {n: c for n, c in best_cuts(stage).items() if n <= layers}
     if not cuts:
         least = min(best_cuts(stage), default=0)
-        raise EdgeCompileError(f"patches: no stage of at most {layers} layers (the first one that can end a "
-                               f"stage has {least})")
-    return apply_patches(mod, stage, cuts[max(cuts)], rows, in_place_input, halo)
+        raise EdgeCompileError(f"patches: no {what} (the first one that can end a stage has {least})")
+    return cuts[max(cuts)]
 
 
 def stage_output_var(mod: Any) -> Any:
@@ -900,9 +906,5 @@ def patch_second(mod: Any, first: PatchPlan, layers: int, rows: int, halo: str =
     stage = find_stage(mod, after=entry) if entry is not None else None
     if stage is None:
         raise EdgeCompileError(f"patches: nothing after the first stage's output {first.stage_output} runs on row bands")
-    cuts = {n: c for n, c in best_cuts(stage).items() if n <= layers}
-    if not cuts:
-        least = min(best_cuts(stage), default=0)
-        raise EdgeCompileError(f"patches: no second stage of at most {layers} layers after {first.stage_output} "
-                               f"(the first one that can end a stage has {least})")
-    return apply_patches(mod, stage, cuts[max(cuts)], rows, False, halo)
+    cut = _deepest_cut(stage, layers, f"second stage of at most {layers} layers after {first.stage_output}")
+    return apply_patches(mod, stage, cut, rows, False, halo)

@@ -33,6 +33,8 @@ this machine gives the same bytes (`edgecompile test` compares a device's int8 o
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..ukernels import (Types, dw_body, dw_signature, gemm_signature, guarded_kernel, requant_body,
                         requant_signature, vector_width)
 
@@ -114,31 +116,30 @@ def _gemm_f32_asm(m: int, nv: int) -> list[str] | None:
     av = [m * nv + i for i in range(m)]
     bv = [m * nv + m + j for j in range(nv)]
 
+    def paired(regs: list[int], pair: Callable[[int], str], single: Callable[[int], str]) -> list[str]:
+        """Vector registers `regs` moved two at a time (`pair(j)`: LDP/STP of regs j, j + 1), the odd
+        last one alone (`single(j)`)."""
+        out, j = [], 0
+        while j < len(regs):
+            if j + 1 < len(regs):
+                out.append(pair(j))
+                j += 2
+            else:
+                out.append(single(j))
+                j += 1
+        return out
+
     def row_io(op: str) -> list[str]:
         out = []
         for i in range(m):
-            j = 0
-            while j < nv:
-                if j + 1 < nv:
-                    out.append(f"{op}p q{acc[i][j]}, q{acc[i][j + 1]}, [x16, #{16 * j}]")
-                    j += 2
-                else:
-                    out.append(f"{op}r q{acc[i][j]}, [x16, #{16 * j}]")
-                    j += 1
+            out += paired(acc[i], lambda j: f"{op}p q{acc[i][j]}, q{acc[i][j + 1]}, [x16, #{16 * j}]",
+                          lambda j: f"{op}r q{acc[i][j]}, [x16, #{16 * j}]")
             if i + 1 < m:
                 out.append("add x16, x16, %[ldc]")
         return out
 
     def load_b() -> list[str]:
-        out, j = [], 0
-        while j < nv:
-            if j + 1 < nv:
-                out.append(f"ldp q{bv[j]}, q{bv[j + 1]}, [%[b]], #32")
-                j += 2
-            else:
-                out.append(f"ldr q{bv[j]}, [%[b]], #16")
-                j += 1
-        return out
+        return paired(bv, lambda j: f"ldp q{bv[j]}, q{bv[j + 1]}, [%[b]], #32", lambda j: f"ldr q{bv[j]}, [%[b]], #16")
 
     body = ["mov x16, %[c]", *row_io("ld"), "cbz %[n4], 2f", "1:"]
     body += [f"ldr q{av[i]}, [%[a{i}]], #16" for i in range(m)]
