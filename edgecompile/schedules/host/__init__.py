@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from ...ir.operators import Kind
+from .. import tiling
 from ..rules import GemmModel, TiledRules
 
 
@@ -26,7 +27,16 @@ def _has_avx512() -> bool:
 
 
 class HostRules(TiledRules):
-    """The host's rules: `TiledRules` plus channel-innermost sums."""
+    """The host's rules: `TiledRules` plus channel-innermost sums and split float windows."""
+
+    def finish(self, sch: Any, info: Any, blocks_before: list[str]) -> None:
+        """Padded float windows split into a fill and an in-bound copy (tiling.split_padding).
+        Unsplit, each window value is `cond ? f(x[i]) : 0` with the load under the condition: GCC
+        neither hoists the whole condition out of the channel loop nor speculates the load, so a
+        window with a ReLU before it (Xception's separable convolutions) or a channel shuffle
+        folded into its indexing (ShuffleNet V1) is copied one scalar and one branch at a time."""
+        pads = [b for b in blocks_before if "pad" in b.lower() and tiling.block_dtype(sch, b) == "float32"]
+        tiling.split_padding(sch, pads)
 
     def schedule_pool(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
         """A sum over pixels (global average pool, squeeze-excitation's pool) with the channel loop

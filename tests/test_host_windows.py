@@ -1,0 +1,70 @@
+"""The host's padded float windows, split into a fill and an in-bound copy (schedules/host:
+HostRules.finish): the copy has no per-value condition, so GCC vectorizes it even when a ReLU
+(Xception's separable convolutions) or a channel shuffle (ShuffleNet V1: folded into the next
+depthwise window's indexing) sits in it.
+
+A small network with both, odd channel counts, a stride-2 depthwise, a 3x3/2 max pool and a
+residual add (Xception's downsampling block) runs from the generated C against PyTorch."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from edgecompile.compiler import BuildOptions, Progress, write_build
+from edgecompile.ir.frontend import ModelOptions, _from_torch
+from edgecompile.platforms.host import HostModel
+from edgecompile.targets import load_target
+from helpers import compare_with_reference, keep_input_dependence
+
+SHAPE = (1, 9, 15, 15)
+REL = 1e-4
+
+
+def _shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        # ShuffleNet V1 unit: group 1x1 (g=3) -> shuffle -> depthwise 3x3 -> group 1x1
+        self.g1 = nn.Conv2d(9, 60, 1, groups=3)
+        self.dw = nn.Conv2d(60, 60, 3, 1, 1, groups=60)
+        self.g2 = nn.Conv2d(60, 27, 1, groups=3)
+        # Xception downsampling block: ReLU -> sep conv -> ReLU -> sep conv (stride-2 dw) -> max pool,
+        # plus a strided 1x1 shortcut
+        self.dw1, self.pw1 = nn.Conv2d(27, 27, 3, 1, 1, groups=27), nn.Conv2d(27, 41, 1)
+        self.dw2, self.pw2 = nn.Conv2d(41, 41, 3, 2, 1, groups=41), nn.Conv2d(41, 41, 1)
+        self.pool = nn.MaxPool2d(3, 1, 1)
+        self.short = nn.Conv2d(27, 41, 1, 2)
+        self.head = nn.Conv2d(41, 13, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.g1(x))
+        x = self.g2(self.dw(_shuffle(x, 3)))
+        y = self.pw1(self.dw1(torch.relu(x)))
+        y = self.pool(self.pw2(self.dw2(torch.relu(y))))
+        return self.head(y + self.short(x))
+
+
+def test_split_windows_match_pytorch_on_host(tmp_path):
+    torch.manual_seed(31)
+    net = keep_input_dependence(_Net().eval())
+    source = _from_torch("host_windows", net, SHAPE, ModelOptions(input_shape=SHAPE, seed=31))
+    out = tmp_path / "b"
+    rep = write_build(source, load_target("host"), out, BuildOptions(compare_unfused=False), Progress(quiet=True))
+    code = (out / "model.c").read_text()
+    windows = [c["name"] for c in rep["calls"] if c["kind"] in ("conv_dw", "dwpw")]
+    assert len(windows) >= 3, [(c["kind"], c["name"]) for c in rep["calls"]]
+    for name in windows:
+        body = re.search(rf"int32_t {name}\(.*?\n}}\n", code, re.S)
+        assert body is not None, name
+        # the window's in-bound copy: one bounds test per window row, none per value
+        assert "condval" not in body.group(0), body.group(0)
+    runner = HostModel(out)
+    compare_with_reference(lambda x: runner.run(x)[0], lambda x: source.reference(x)[0], SHAPE, REL)
+    runner.close()
