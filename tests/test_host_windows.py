@@ -3,8 +3,12 @@ HostRules.finish): the copy has no per-value condition, so GCC vectorizes it eve
 (Xception's separable convolutions) or a channel shuffle (ShuffleNet V1: folded into the next
 depthwise window's indexing) sits in it.
 
-A small network with both, odd channel counts, a stride-2 depthwise, a 3x3/2 max pool and a
-residual add (Xception's downsampling block) runs from the generated C against PyTorch."""
+Pooling windows (HostRules.schedule_pool) run with the channels innermost and their epilogue
+(Xception's residual add) per output pixel.
+
+A small network with both, odd channel counts, a stride-2 depthwise, a 3x3/2 average pool
+(ShuffleNet V1's downsampling unit), a 3x3/2 max pool and a residual add (Xception's block) runs
+from the generated C against PyTorch."""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from edgecompile.platforms.host import HostModel
 from edgecompile.targets import load_target
 from helpers import compare_with_reference, keep_input_dependence
 
-SHAPE = (1, 9, 15, 15)
+SHAPE = (1, 3, 15, 15)
 REL = 1e-4
 
 
@@ -31,21 +35,25 @@ def _shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
 class _Net(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        # ShuffleNet V1 unit: group 1x1 (g=3) -> shuffle -> depthwise 3x3 -> group 1x1
+        # ShuffleNet V1 downsampling unit: group 1x1 (g=3) -> shuffle -> stride-2 depthwise 3x3 ->
+        # group 1x1, beside a 3x3/2 average pool, concatenated
+        self.stem = nn.Conv2d(3, 9, 3, 1, 1)
         self.g1 = nn.Conv2d(9, 60, 1, groups=3)
-        self.dw = nn.Conv2d(60, 60, 3, 1, 1, groups=60)
+        self.dw = nn.Conv2d(60, 60, 3, 2, 1, groups=60)
         self.g2 = nn.Conv2d(60, 27, 1, groups=3)
-        # Xception downsampling block: ReLU -> sep conv -> ReLU -> sep conv (stride-2 dw) -> max pool,
-        # plus a strided 1x1 shortcut
-        self.dw1, self.pw1 = nn.Conv2d(27, 27, 3, 1, 1, groups=27), nn.Conv2d(27, 41, 1)
-        self.dw2, self.pw2 = nn.Conv2d(41, 41, 3, 2, 1, groups=41), nn.Conv2d(41, 41, 1)
-        self.pool = nn.MaxPool2d(3, 1, 1)
-        self.short = nn.Conv2d(27, 41, 1, 2)
+        self.avg = nn.AvgPool2d(3, 2, 1)
+        # Xception block: ReLU -> sep conv -> ReLU -> sep conv -> 3x3/2 max pool, plus a strided 1x1
+        # shortcut
+        self.dw1, self.pw1 = nn.Conv2d(36, 36, 3, 1, 1, groups=36), nn.Conv2d(36, 41, 1)
+        self.dw2, self.pw2 = nn.Conv2d(41, 41, 3, 1, 1, groups=41), nn.Conv2d(41, 41, 1)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.short = nn.Conv2d(36, 41, 1, 2)
         self.head = nn.Conv2d(41, 13, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.g1(x))
-        x = self.g2(self.dw(_shuffle(x, 3)))
+        x = torch.relu(self.stem(x))
+        r = self.g2(self.dw(_shuffle(torch.relu(self.g1(x)), 3)))
+        x = torch.relu(torch.cat([self.avg(x), r], 1))
         y = self.pw1(self.dw1(torch.relu(x)))
         y = self.pool(self.pw2(self.dw2(torch.relu(y))))
         return self.head(y + self.short(x))
@@ -65,6 +73,10 @@ def test_split_windows_match_pytorch_on_host(tmp_path):
         assert body is not None, name
         # the window's in-bound copy: one bounds test per window row, none per value
         assert "condval" not in body.group(0), body.group(0)
+    pools = [c for c in rep["calls"] if c["kind"] == "pool"]
+    # both pools channels-innermost; the max pool's residual add per output pixel (no map-sized scratch)
+    assert len(pools) == 2 and all(c["schedule"] == "host.schedule_pool" for c in pools), [(c["name"], c["schedule"]) for c in pools]
+    assert all(s["size"] < 41 * 4 * 4 * 4 for c in pools for s in c.get("scratch", [])), pools
     runner = HostModel(out)
     compare_with_reference(lambda x: runner.run(x)[0], lambda x: source.reference(x)[0], SHAPE, REL)
     runner.close()

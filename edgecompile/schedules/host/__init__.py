@@ -44,6 +44,8 @@ class HostRules(TiledRules):
         of partial sums, contiguous vector adds, instead of one channel's sum over a strided
         column, a chain of dependent scalar adds (EfficientNet-B0/224: 9% of the untuned
         inference in its 17 pools). Each sum adds the same values in the same order: the same bits."""
+        if info.kind == Kind.POOL and info.anchor is not None and tiling.block_dtype(sch, info.anchor) == "float32":
+            return self._schedule_window_pool(sch, info)
         if info.kind != Kind.MEAN or info.anchor is None:
             return False
         block = sch.get_sblock(info.anchor)
@@ -59,6 +61,31 @@ class HostRules(TiledRules):
             return False
         sch.reorder(*loops[spatial:], loops[spatial - 1])
         sch.decompose_reduction(block, loops[spatial])
+        return True
+
+    def _schedule_window_pool(self, sch: Any, info: Any) -> bool:
+        """A max or average pool over NHWC windows (Xception's 3x3/2 max pools, ShuffleNet V1's 3x3/2
+        average pools) with the channel loop inside the window loops (tiling.reduce_channels_innermost):
+        each window tap is a contiguous run of channels. Untiled, every output value ran its own 3x3
+        window, a strided scalar chain, and the kernel kept the whole pooled map in a scratch buffer
+        for its epilogue (Xception's residual add: 1.5 MB at 55x55x128). Here the epilogue runs per
+        output pixel, right after its channels are pooled, so the pooled values stay a row of C
+        floats. Each output adds or compares the same values in the same order: the same bits. Float
+        pools only (int8 pools keep their schedule).
+        Xception/224, thread CPU time per inference, interleaved in one process (20 runs each,
+        medians): 55.2 ms with split windows alone -> 52.3 ms with this; onnxruntime 46.0 ms."""
+        from tvm import s_tir
+
+        epi = tiling.epilogue_block(sch, info)
+        block = sch.get_sblock(info.anchor)
+        loops = sch.get_loops(block)
+        if len(sch.get(block).iter_vars) != 6 or len(loops) != 6 or not tiling.reduce_channels_innermost(sch, info.anchor):
+            return False
+        if epi is not None:
+            try:
+                sch.reverse_compute_at(epi, loops[2])
+            except s_tir.ScheduleError:
+                pass    # an epilogue that reads other pixels of the pool stays a loop of its own
         return True
 
 
