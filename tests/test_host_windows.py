@@ -3,6 +3,9 @@ HostRules.finish): the copy has no per-value condition, so GCC vectorizes it eve
 (Xception's separable convolutions) or a channel shuffle (ShuffleNet V1: folded into the next
 depthwise window's indexing) sits in it.
 
+A float depthwise tile over channels that full vectors do not divide takes them all, in full
+vectors with an overlapping last one (HostRules._row_tile, host/ukernels.dw).
+
 Pooling windows (HostRules.schedule_pool) run with the channels innermost and their epilogue
 (Xception's residual add) per output pixel.
 
@@ -20,6 +23,7 @@ from torch import nn
 from edgecompile.compiler import BuildOptions, Progress, write_build
 from edgecompile.ir.frontend import ModelOptions, _from_torch
 from edgecompile.platforms.host import HostModel
+from edgecompile.schedules import host
 from edgecompile.targets import load_target
 from helpers import compare_with_reference, keep_input_dependence
 
@@ -73,6 +77,12 @@ def test_split_windows_match_pytorch_on_host(tmp_path):
         assert body is not None, name
         # the window's in-bound copy: one bounds test per window row, none per value
         assert "condval" not in body.group(0), body.group(0)
+    # the standalone depthwise over 60 channels (no 16-lane multiple): all of them per tile in full
+    # vectors, the last overlapping (host.HostRules._row_tile, host/ukernels.dw), not 15 x 4 lanes
+    lanes = host.LANES
+    if lanes == 16:
+        assert re.search(r"depthwise 3x3/2 \(float32\): C\[\d+x60\].*the last at channel 44 overlapping", code)
+    assert not re.search(r"ec_dw_f32_\d+x(4|8|12)_k3x3s2\(", code)
     pools = [c for c in rep["calls"] if c["kind"] == "pool"]
     # both pools channels-innermost; the max pool's residual add per output pixel (no map-sized scratch)
     assert len(pools) == 2 and all(c["schedule"] == "host.schedule_pool" for c in pools), [(c["name"], c["schedule"]) for c in pools]

@@ -12,7 +12,7 @@ from typing import Any
 
 from ...ir.operators import Kind
 from .. import tiling
-from ..rules import GemmModel, TiledRules
+from ..rules import GemmModel, TiledRules, _pick, largest_divisor
 
 
 def _has_avx512() -> bool:
@@ -37,6 +37,22 @@ class HostRules(TiledRules):
         folded into its indexing (ShuffleNet V1) is copied one scalar and one branch at a time."""
         pads = [b for b in blocks_before if "pad" in b.lower() and tiling.block_dtype(sch, b) == "float32"]
         tiling.split_padding(sch, pads)
+
+    def _row_tile(self, sch: Any, info: Any, cfg: dict | None, acc: str, groups: int = 1) -> tuple[int, int] | None:
+        """`TiledRules._row_tile`, except a float depthwise convolution over channels that full
+        vectors do not divide (ShuffleNet V1's 60, 120; Xception's 728) takes all its channels per
+        tile, in full vectors with an overlapping last one (host/ukernels.dw), instead of a tile of
+        the widest narrower vector that divides them (60 channels: 15 x 4 lanes). Its pixels: the
+        most (at most 8, dividing the row) that keep a block of all the channels' vectors within
+        the depthwise accumulators."""
+        if acc != "dw" or _pick(cfg, "tile", None) is not None or not self.ragged_for(sch, info.anchor):
+            return super()._row_tile(sch, info, cfg, acc, groups)
+        ext = tiling.anchor_extents(sch, info.anchor)
+        if len(ext) != 7 or groups != 1 or ext[3] <= self.lanes or ext[3] % self.lanes == 0:
+            return super()._row_tile(sch, info, cfg, acc, groups)
+        width, vectors = ext[2], -(-ext[3] // self.lanes)
+        m = largest_divisor(width, max(1, min(8, self.dw_acc // min(vectors, self.dw_acc))))
+        return (m, ext[3])
 
     def schedule_pool(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
         """A sum over pixels (global average pool, squeeze-excitation's pool) with the channel loop

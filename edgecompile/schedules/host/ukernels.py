@@ -23,6 +23,14 @@ def overlapped(n: int, lanes: int, types: Types) -> bool:
     return types == F32 and lanes > 1 and n > lanes and ragged_width(n, lanes) > 1
 
 
+def dw_overlapped(n: int, lanes: int, types: Types) -> bool:
+    """Whether a depthwise tile of n channels gets the overlapped kernel: any float tile wider than
+    a vector that full vectors do not divide. Not only ragged ones (`overlapped`): 60 channels ran as
+    15 quarter-width vectors, 120 as 15 half-width ones, 56 (Xception's fused 2 x 56 tiles) as 7,
+    where 4, 8 and 4 full vectors do (ShuffleNet V1's standalone depthwise on AVX-512)."""
+    return types == F32 and lanes > 1 and n > lanes and n % lanes != 0
+
+
 def _offsets(n: int, lanes: int) -> list[int]:
     return [o for b in overlap_blocks(1, n, lanes, 2 * n) for o in b]
 
@@ -84,8 +92,9 @@ def gemm(m: int, n: int, lanes: int, types: Types, acc: int = 0) -> str | None:
 
 
 def dw(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types, acc: int = 0) -> str | None:
-    """C for `ec_dw_f32_MxN_kKHxKWsS` of a ragged float tile (`overlapped`), or None."""
-    if not overlapped(n, lanes, types):
+    """C for `ec_dw_f32_MxN_kKHxKWsS` of a float tile that full vectors do not divide
+    (`dw_overlapped`), or None."""
+    if not dw_overlapped(n, lanes, types):
         return None
     e = _Emit(types, lanes, dict(narrower_widths(lanes))[lanes])
     blocks = _blocks(m, n, lanes, acc or RULES.dw_acc)
