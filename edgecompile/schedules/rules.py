@@ -105,6 +105,14 @@ class GemmModel:
     short_k_max_m: int = 12
     blocked: bool = True      # the family's GEMM emitter runs blocked tiles (ukernels.uses_blocked)
     overlap_tail: bool = False   # ragged channels as full vectors, the last overlapping (host/ukernels.py)
+    b_in_registers: bool = False  # the B vectors of a step and a broadcast need registers beside the accumulators
+
+    def fits_registers(self, m: int, nv: int) -> bool:
+        """Whether an M x nv-vector tile's accumulators, its nv B vectors and one broadcast fit the
+        registers (`b_in_registers`; always true without it). GCC keeps a step's B vectors in
+        registers: EfficientNet-B0's 7 x 64 tiles on AVX-512 (28 accumulators + 4 + 1 > 32) spilled
+        accumulators to the stack in every reduction step."""
+        return not self.b_in_registers or m * nv + nv + 1 <= self.registers
 
     def max_m(self, k: int | None) -> int:
         """The most pixels a tile may have when one micro-kernel call runs `k` reduction steps
@@ -172,7 +180,7 @@ def model_tiles(width: int, channels: int, lanes: int, model: GemmModel, k: int 
         if channels % n or vectors > model.accumulators:
             continue
         for m in range(1, min(width, model.accumulators // vectors, max_m) + 1):
-            if width % m == 0:
+            if width % m == 0 and model.fits_registers(m, vectors):
                 ranked.append(((round(model.efficiency(m, n, lanes), 6), 1, m * vectors, m), (m, n)))
     # Blocked tiles (all the channels, more vectors than accumulators, in blocks: ukernels.uses_blocked)
     # rank below a tile of the same efficiency. SqueezeNet 1.1/224's 13x13, 512 -> 1000 classifier:
