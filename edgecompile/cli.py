@@ -169,24 +169,38 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def _patches_option(value: str) -> tuple[tuple | None, str]:
-    """--patches: off | auto | min | LAYERS:ROWS[:cached|recomputed] -> (explicit patch, mode).
-    FIRST+SECOND (two such stages): the first patch's tuple gets the second's as its last item
-    (`_split_patch`)."""
+    """--patches: off | auto | min | LAYERS:ROWS[xCOLS][:cached|narrow|recomputed] -> (explicit
+    patch, mode): (layers, rows[, halo[, cols]]) as BuildOptions.patch. FIRST+SECOND (two such
+    stages): the first patch's tuple gets the second's as its last item (`_split_patch`)."""
     if value in ("off", "auto", "min"):
         return None, value
-    if "+" in value:
-        first, *rest = value.split("+")
-        a, later = _patches_option(first)[0], [_patches_option(r)[0] if r else None for r in rest]
-        if a is None or any(b is None for b in later):
-            raise EdgeCompileError(f"--patches FIRST+SECOND[+...] takes LAYERS:ROWS[:cached|narrow] stages, got {value!r}")
-        b = later[0] if len(later) == 1 else tuple(later)
-        return (*a, b) if len(a) == 3 else (*a, "recomputed", b), "auto"
-    parts = value.split(":")
+    first, *rest = value.split("+")
+    a = _stage_option(first, value)
+    if not rest:
+        return a, "auto"
+    later = [_stage_option(r, value) for r in rest]
+    b = later[0] if len(later) == 1 else tuple(later)
+    return ((*a, b) if len(a) >= 3 else (*a, "recomputed", b)), "auto"
+
+
+def _stage_option(text: str, value: str) -> tuple:
+    """One patch stage: LAYERS:ROWS[xCOLS][:cached|narrow|recomputed] -> (layers, rows[, halo[, cols]])."""
+    parts = text.split(":")
     halo = parts.pop() if len(parts) == 3 and parts[2] in ("cached", "narrow", "recomputed") else "recomputed"
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise EdgeCompileError(f"--patches must be off, auto, min or LAYERS:ROWS[:cached] (two positive integers, "
-                               f"then how halo rows are had: cached, narrow or recomputed), got {value!r}")
-    return (int(parts[0]), int(parts[1])) + ((halo,) if halo != "recomputed" else ()), "auto"
+    cols = "1"
+    if len(parts) == 2 and "x" in parts[1]:
+        parts[1], _, cols = parts[1].partition("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in (*parts, cols)):
+        raise EdgeCompileError(f"--patches must be off, auto, min or stages LAYERS:ROWS[xCOLS][:cached|narrow] "
+                               f"joined by + (positive integers: window layers, rows per band, column tiles per "
+                               f"band; then how halo rows are had), got {value!r}")
+    if int(cols) > 1 and halo != "recomputed":
+        raise EdgeCompileError(f"--patches {text}: 2-D tiles (xCOLS) recompute their halos; cached and narrow "
+                               f"halos are for full-width bands")
+    stage = (int(parts[0]), int(parts[1]))
+    if int(cols) > 1:
+        return (*stage, halo, int(cols))
+    return stage + ((halo,) if halo != "recomputed" else ())
 
 
 def _later_stages(pp: dict) -> list[dict]:
@@ -199,9 +213,10 @@ def _later_stages(pp: dict) -> list[dict]:
 
 
 def _split_patch(patch: tuple | None) -> tuple[tuple | None, tuple | None]:
-    """(first stage, second stage) of a `_patches_option` tuple."""
-    if patch is not None and len(patch) == 4:
-        return patch[:3], patch[3]
+    """(first stage, second stage) of a `_patches_option` tuple (the second, when there is one,
+    is its last item: a tuple)."""
+    if patch is not None and isinstance(patch[-1], tuple):
+        return patch[:-1], patch[-1]
     return patch, None
 
 

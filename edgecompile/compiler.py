@@ -59,9 +59,10 @@ class BuildOptions:
     calibration_method: str = "minmax"   # or "percentile"
     compare_unfused: bool = True    # also plan the unfused program, for the report (costs a 2nd lowering)
     tuning: TuningRecords | None = None   # tuned configurations to use (None: the rules')
-    # (layers, rows[, halo]): run the first layers in row bands (ir/patches.py), halo "recomputed"
-    # (the default) or "cached"
-    patch: tuple[int, int] | tuple[int, int, str] | None = None
+    # (layers, rows[, halo[, cols]]): run the first layers in row bands (ir/patches.py), halo
+    # "recomputed" (the default) or "cached"; cols > 1: each band in that many column tiles (2-D
+    # tiles, halo "recomputed")
+    patch: tuple[int, int] | tuple[int, int, str] | tuple[int, int, str, int] | None = None
     # with `patch`: a second stage from the first stage's output, (layers, rows[, halo]) as `patch`,
     # or a tuple of such stages, each from the output of the one before
     patch2: tuple | None = None
@@ -221,6 +222,16 @@ def _halo(patch: tuple) -> str:
     return patch[2] if len(patch) > 2 else "recomputed"
 
 
+def _cols(patch: tuple) -> int:
+    """Column tiles per band of a patch stage (layers, rows, halo, cols); 1: full-width bands."""
+    return patch[3] if len(patch) > 3 else 1
+
+
+def _tiling(plan: patches.PatchPlan) -> str:
+    return (f"{plan.bands} bands of {plan.rows} rows" if plan.cols == 1 else
+            f"{plan.tiles} tiles ({plan.bands} bands of {plan.rows} rows x {plan.cols} column tiles)")
+
+
 # lowerings done by this process (memory planning reports how many it took)
 _LOWERINGS = [0]
 
@@ -232,18 +243,19 @@ def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable
     patch_plan = None
     if options.patch is not None:
         graph, patch_plan = patches.patch_graph(graph, options.patch[0], options.patch[1],
-                                                in_place_input=not options.external_io, halo=_halo(options.patch))
-        progress(f"patches: the first {patch_plan.layers} layers in {patch_plan.bands} bands of {patch_plan.rows} "
-                 f"rows of {patch_plan.stage_output} ({patch_plan.extra_macs:+,} MACs recomputed"
+                                                in_place_input=not options.external_io, halo=_halo(options.patch),
+                                                cols=_cols(options.patch))
+        progress(f"patches: the first {patch_plan.layers} layers in {_tiling(patch_plan)} "
+                 f"of {patch_plan.stage_output} ({patch_plan.extra_macs:+,} MACs recomputed"
                  + (f", {patch_plan.bytes_copied:,} B of halo rows copied)" if patch_plan.halo != "recomputed" else ")"))
         later = [] if options.patch2 is None else \
             [options.patch2] if isinstance(options.patch2[0], int) else list(options.patch2)
         chain = [patch_plan]
         for st in later:
-            graph, second = patches.patch_second(graph, chain[-1], st[0], st[1], halo=_halo(st))
+            graph, second = patches.patch_second(graph, chain[-1], st[0], st[1], halo=_halo(st), cols=_cols(st))
             chain.append(second)
-            progress(f"patches: then a stage of {second.layers} layers in {second.bands} bands of {second.rows} "
-                     f"rows of {second.stage_output} ({second.extra_macs:+,} MACs recomputed"
+            progress(f"patches: then a stage of {second.layers} layers in {_tiling(second)} "
+                     f"of {second.stage_output} ({second.extra_macs:+,} MACs recomputed"
                      + (f", {second.bytes_copied:,} B of halo rows copied)" if second.halo != "recomputed" else ")"))
         for a, b in reversed(list(zip(chain, chain[1:]))):     # each stage's record holds the next one's
             a.second_stage = b.to_json()
