@@ -119,7 +119,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         from .measure.inspection import memory_plan
 
         options = BuildOptions(compile=False, quant=args.quant, patch=_split_patch(patch)[0], patch2=_split_patch(patch)[1], patches=patches, ram_budget=budget,
-                               compare_unfused=False, stream_input=not args.no_stream_input)
+                               compare_unfused=False, stream_input=not args.no_stream_input, patch_before=True)
         info["memory_plan"] = memory_plan(source, target, options, Progress(quiet=args.json))
     print(json.dumps(info, indent=2) if args.json else format_inspection(info))
     return 0
@@ -149,13 +149,15 @@ def cmd_build(args: argparse.Namespace) -> int:
                            calibration=args.calibration, calibration_samples=args.calibration_samples,
                            calibration_method=args.calibration_method, tuning=_tuning(args, target),
                            patch=_split_patch(patch)[0], patch2=_split_patch(patch)[1], patches=patches, lean_windows=args.lean_windows, ram_budget=budget,
-                           perturb_first_conv=args.debug_perturb_first_conv, stream_input=not args.no_stream_input)
+                           perturb_first_conv=args.debug_perturb_first_conv, stream_input=not args.no_stream_input,
+                           patch_before=patch is not None)
     report = write_build(source, target, out, options, Progress(args.quiet), force=args.force)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         pp = report.get("patch_plan")
         patched = (f"; first {pp['layers']} layers in {pp['bands']} bands of {pp['rows']} rows"
+                   + (f" x {pp['cols']} column tiles ({pp['extra_macs']:+,} MACs)" if pp.get("cols", 1) > 1 else "")
                    + (", halo rows cached" if pp.get("halo") == "cached" else "")
                    + (", halo rows cached (expansions' recomputed)" if pp.get("halo") == "narrow" else "")
                    + "".join(f"; then {st['layers']} layers in {st['bands']} bands of {st['rows']} rows"
@@ -191,7 +193,7 @@ def _stage_option(text: str, value: str) -> tuple:
     if len(parts) == 2 and "x" in parts[1]:
         parts[1], _, cols = parts[1].partition("x")
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in (*parts, cols)):
-        raise EdgeCompileError(f"--patches must be off, auto, min or stages LAYERS:ROWS[xCOLS][:cached|narrow] "
+        raise EdgeCompileError(f"--patches must be off, auto, min or LAYERS:ROWS[xCOLS][:cached|narrow] stages "
                                f"joined by + (positive integers: window layers, rows per band, column tiles per "
                                f"band; then how halo rows are had), got {value!r}")
     if int(cols) > 1 and halo != "recomputed":
@@ -614,10 +616,11 @@ def _add_build(sub: Any) -> None:
                    help="run the first layers in row bands (patch-based inference): auto (default) when the plain "
                         "plan does not fit the target's RAM or --ram-budget, min for the least peak RAM within "
                         "1.15x the plain plan's predicted instructions (the target's [cost] model), off never; "
-                        "or stages by hand: STAGE = LAYERS:ROWS[:cached|:narrow] runs LAYERS layers in bands of "
-                        "ROWS output rows (cached: halo rows kept from the band before instead of recomputed; "
-                        "narrow: kept except an expansion's, which are recomputed), and FIRST+SECOND[+...] "
-                        "starts each further stage from the output of the one before")
+                        "or stages by hand: STAGE = LAYERS:ROWS[xCOLS][:cached|:narrow] runs LAYERS layers in "
+                        "bands of ROWS output rows (xCOLS: each band in COLS column tiles, 2-D tiles whose halo "
+                        "rows and columns are recomputed; cached: halo rows kept from the band before instead of "
+                        "recomputed; narrow: kept except an expansion's, which are recomputed), and "
+                        "FIRST+SECOND[+...] starts each further stage from the output of the one before")
     s.add_argument("--ram-budget", metavar="BYTES",
                    help="plan for at most this peak RAM (static data + arena + stack, e.g. 40K): tries patches and "
                         "lean windows, trading instructions, and refuses before compiling when nothing fits")

@@ -72,6 +72,8 @@ class BuildOptions:
     patches: str = "auto"           # without `patch`: off | auto (when the plain plan does not fit) | min (RAM)
     ram_budget: int | None = None   # bytes of peak RAM (static + arena + stack) the plan must stay under
     stream_input: bool = True       # a patch stage reads the graph input row band by row band (ir/stream.py)
+    # explicit `patch`: also lower the plain plan, for patch_plan's arena and peak RAM before/after
+    patch_before: bool = False
 
 
 # A plan `min` picks may take at most this many times the plain plan's predicted instructions
@@ -100,6 +102,7 @@ class Compiled:
     tuning: dict[str, Any] | None = None
     patch_plan: patches.PatchPlan | None = None
     planning: dict[str, Any] | None = None
+    patch_before: dict[str, Any] | None = None     # explicit patches: the plain plan's arena and peak RAM
 
 
 class Progress:
@@ -133,6 +136,7 @@ def _schedule_kernels(mod: Any, prog: Program, target: Target,
     symbol_of: dict[str, str] = {}
     taken: set[str] = set()
     wide = _wide_weights_fit(prog, target)
+    unpacked: dict[str, tuple] = {}       # weights (array, tensor) as they were before packing
     for name in dict.fromkeys(c.kernel for c in prog.calls if c.builtin is None):
         calls = [c for c in prog.calls if c.kernel == name]
         config = options.tuning.config_for(mod[name], name) if options.tuning is not None else None
@@ -157,8 +161,20 @@ def _schedule_kernels(mod: Any, prog: Program, target: Target,
                                             rescale_kernel=False)
         for c in calls:
             for pos, nn in sorted(info.packed.items()):
-                weights.pack_weight(prog, c.inputs[pos], nn, info.panel_order.get(pos, ""))
+                w = c.inputs[pos]
+                if prog.tensors[w].packed is not None and \
+                        (prog.tensors[w].packed, prog.tensors[w].panel_order) != (nn, info.panel_order.get(pos, "")):
+                    # 2-D patch tiles of different widths tile a layer differently: this kernel
+                    # gets its own copy of the weight, in its own panels
+                    w = _weight_copy(prog, w, unpacked, f"{name}_{pos}")
+                    for other in calls:
+                        other.inputs[pos] = w
+                if prog.tensors[w].packed is None:
+                    unpacked.setdefault(w, (prog.weights[w], prog.tensors[w]))
+                weights.pack_weight(prog, w, nn, info.panel_order.get(pos, ""))
             for pos, (pos_m0, pos_r) in sorted(info.rescale.items()):
+                if c.inputs[pos] in prog.weights and not prog.tensors[c.inputs[pos]].panel_order:
+                    unpacked.setdefault(c.inputs[pos], (prog.weights[c.inputs[pos]], prog.tensors[c.inputs[pos]]))
                 weights.encode_rescale(prog, c.inputs[pos], c.inputs[pos_m0], c.inputs[pos_r], target.family)
         sym = lower.kernel_symbol(info, prog.tensors[calls[0].outputs[0]], taken)
         symbol_of[name], scheduled[sym], infos[sym] = sym, func, info
@@ -168,10 +184,24 @@ def _schedule_kernels(mod: Any, prog: Program, target: Target,
         enc = infos[symbol_of[c.kernel]].rescale
         for pos, w in enumerate(c.inputs):
             if w in prog.weights and prog.tensors[w].panel_order and prog.tensors[w].dtype == "int64" \
+                    and pos not in enc and w in unpacked and not unpacked[w][1].panel_order:
+                # (2-D patch tiles: a tile's kernel without the family's rescale) its own plain copy
+                c.inputs[pos] = _weight_copy(prog, w, unpacked, "plain")
+            elif w in prog.weights and prog.tensors[w].panel_order and prog.tensors[w].dtype == "int64" \
                     and pos not in enc:
                 raise EdgeCompileError(f"weight {w} is read by kernels with different rescale constant layouts "
                                        f"({c.kernel} reads it in the folded form)")
     return scheduled, infos, symbol_of
+
+
+def _weight_copy(prog: Program, w: str, unpacked: dict[str, Any], key: str) -> str:
+    """A copy of weight `w` as it was before packing, for the kernel `key` names (one per key)."""
+    name = f"{w}_{key}"
+    if name not in prog.weights:
+        arr, tensor = unpacked[w]
+        prog.weights[name] = arr
+        prog.tensors[name] = replace(tensor, name=name)
+    return name
 
 
 # Flash kept for code, tables and the firmware beside the weights when a family's kernels would store
@@ -876,6 +906,14 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
     graph, quant = _graph(source, target, options, progress)
     progress("legalize, fuse, schedule")
     low, planning = _plan_memory(graph, target, options, progress)
+    before = None
+    if low.patch_plan is not None and planning is None and options.patch_before:
+        progress("lowering the plain plan for the patch stage's before/after")
+        plain = _lower(graph, target, replace(options, patch=None, patch2=None), lambda m: None)
+        est_plain, est = _estimate(target, plain), _estimate(target, low)
+        before = {"arena_bytes_before": plain.plan.arena_bytes, "arena_bytes_after": low.plan.arena_bytes,
+                  "peak_ram_estimate_before": est_plain.peak_ram_bytes if est_plain else None,
+                  "peak_ram_estimate_after": est.peak_ram_bytes if est else None}
     prog, plan = low.program, low.plan
     tuning = None
     if options.tuning is not None:
@@ -898,7 +936,8 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
     files["model.h"] = executor.emit_model_h(source.name, prog, plan, options.external_io, target.name, digest,
                                              quant).encode()
     files["model.c"] = body.encode()
-    return Compiled(prog, plan, files, calls, low.infos, digest, fusion, quant, tuning, low.patch_plan, planning)
+    return Compiled(prog, plan, files, calls, low.infos, digest, fusion, quant, tuning, low.patch_plan, planning,
+                    before)
 
 
 def _patch_record(compiled: Compiled) -> dict[str, Any] | None:
@@ -913,6 +952,8 @@ def _patch_record(compiled: Compiled) -> dict[str, Any] | None:
         out.update({"arena_bytes_before": before["arena_bytes"], "arena_bytes_after": after["arena_bytes"],
                     "peak_ram_estimate_before": before["peak_ram_estimate"],
                     "peak_ram_estimate_after": after["peak_ram_estimate"]})
+    elif compiled.patch_before is not None:
+        out.update(compiled.patch_before)
     return out
 
 

@@ -980,7 +980,7 @@ def check_columns(stage: Stage, cut: Cut, cols: int) -> None:
     width = cut.shape[2]
     if cols > width:
         raise EdgeCompileError(f"patches: {cols} column tiles, but the stage output {cut.name} "
-                               f"{'x'.join(map(str, cut.shape))} has only {width} columns")
+                               f"{'x'.join(map(str, cut.shape[1:]))} has only {width} columns")
     for node in stage.nodes[:cut.index + 1]:
         v = node.value
         ty = node.var.ty
