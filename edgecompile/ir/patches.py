@@ -6,11 +6,22 @@ output is cut into bands of `n` rows; each band is computed from the input rows 
 through every layer of the stage, its halo rows recomputed. Only the stage's input and output
 exist whole; every intermediate tensor exists one band at a time.
 
-**Full-width row bands (n x W), not n x n tiles.** A row band of an NHWC tensor is contiguous, so
+**Full-width row bands (n x W) by default.** A row band of an NHWC tensor is contiguous, so
 a band reads its input rows and writes its output rows through views with a byte offset (no
 copies), the kernels of all inner bands are one function, and the stage output can overwrite the
-input rows no later band reads (`codegen/memory.py`). 2-D tiles would need strided views and
-twice the halo recomputation; they are not implemented.
+input rows no later band reads (`codegen/memory.py`).
+
+**2-D tiles (`cols` > 1, `--patches K:RxC`).** Each band is cut into `cols` column tiles (widths
+as even as integers allow), every tile computed through all the stage's layers from the rows and
+columns it needs, its halo rows *and* columns recomputed (`tile_macs`; no cached halos). A tile
+reads the stage input through the band's row view (one per band, shared by its tiles: a streamed
+input reads those rows once) and a strided copy of its columns into a tile buffer
+(`ec_tile_columns`); inner tensors a consumer needs fewer columns of are copied the same way.
+Only the border tiles get the layers' padding, on their border sides. The band's tiles are put
+side by side by one copy (`ec_assemble_columns`) whose output is the band's rows of the stage
+output (a view, as a band's). Measured (benchmarks/TILES.md, tiles_sweep.py): on the wake-word
+network and MobileNet V2 0.35/96 they never beat the best row-band plans, whose peak is outside
+the stage or set by the stage input's rows.
 
 The rewrite works on the high-level Relax graph (float, or after the int8 rewrite), so a band
 runs exactly the arithmetic of the whole layer: int8 results are bit-identical. Inside the image
@@ -80,7 +91,7 @@ class PatchPlan:
     macs_whole: int              # MACs of the stage without patches
     macs_patched: int            # with the recomputed halo rows
     in_place_input: bool         # the NHWC stage input is the graph input transposed in place
-    shape: str = "full-width row bands (n x W); n x n tiles are not implemented"
+    shape: str = "full-width row bands (n x W)"     # or 2-D tiles (`cols` > 1)
     band_rows: list[list[int]] = field(default_factory=list)   # [first, end) stage-output rows of each band
     halo: str = "recomputed"     # or "cached": halo rows kept from the previous band (line buffers);
     # "narrow": cached, except the outputs of widening 1x1 convolutions (an inverted residual's
