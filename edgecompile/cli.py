@@ -119,7 +119,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         from .measure.inspection import memory_plan
 
         options = BuildOptions(compile=False, quant=args.quant, patch=_split_patch(patch)[0], patch2=_split_patch(patch)[1], patches=patches, ram_budget=budget,
-                               compare_unfused=False, stream_input=not args.no_stream_input)
+                               compare_unfused=False, stream_input=not args.no_stream_input, patch_before=True)
         info["memory_plan"] = memory_plan(source, target, options, Progress(quiet=args.json))
     print(json.dumps(info, indent=2) if args.json else format_inspection(info))
     return 0
@@ -149,13 +149,15 @@ def cmd_build(args: argparse.Namespace) -> int:
                            calibration=args.calibration, calibration_samples=args.calibration_samples,
                            calibration_method=args.calibration_method, tuning=_tuning(args, target),
                            patch=_split_patch(patch)[0], patch2=_split_patch(patch)[1], patches=patches, lean_windows=args.lean_windows, ram_budget=budget,
-                           perturb_first_conv=args.debug_perturb_first_conv, stream_input=not args.no_stream_input)
+                           perturb_first_conv=args.debug_perturb_first_conv, stream_input=not args.no_stream_input,
+                           patch_before=patch is not None)
     report = write_build(source, target, out, options, Progress(args.quiet), force=args.force)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         pp = report.get("patch_plan")
         patched = (f"; first {pp['layers']} layers in {pp['bands']} bands of {pp['rows']} rows"
+                   + (f" x {pp['cols']} column tiles ({pp['extra_macs']:+,} MACs)" if pp.get("cols", 1) > 1 else "")
                    + (", halo rows cached" if pp.get("halo") == "cached" else "")
                    + (", halo rows cached (expansions' recomputed)" if pp.get("halo") == "narrow" else "")
                    + "".join(f"; then {st['layers']} layers in {st['bands']} bands of {st['rows']} rows"
@@ -169,24 +171,38 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def _patches_option(value: str) -> tuple[tuple | None, str]:
-    """--patches: off | auto | min | LAYERS:ROWS[:cached|recomputed] -> (explicit patch, mode).
-    FIRST+SECOND (two such stages): the first patch's tuple gets the second's as its last item
-    (`_split_patch`)."""
+    """--patches: off | auto | min | LAYERS:ROWS[xCOLS][:cached|narrow|recomputed] -> (explicit
+    patch, mode): (layers, rows[, halo[, cols]]) as BuildOptions.patch. FIRST+SECOND (two such
+    stages): the first patch's tuple gets the second's as its last item (`_split_patch`)."""
     if value in ("off", "auto", "min"):
         return None, value
-    if "+" in value:
-        first, *rest = value.split("+")
-        a, later = _patches_option(first)[0], [_patches_option(r)[0] if r else None for r in rest]
-        if a is None or any(b is None for b in later):
-            raise EdgeCompileError(f"--patches FIRST+SECOND[+...] takes LAYERS:ROWS[:cached|narrow] stages, got {value!r}")
-        b = later[0] if len(later) == 1 else tuple(later)
-        return (*a, b) if len(a) == 3 else (*a, "recomputed", b), "auto"
-    parts = value.split(":")
+    first, *rest = value.split("+")
+    a = _stage_option(first, value)
+    if not rest:
+        return a, "auto"
+    later = [_stage_option(r, value) for r in rest]
+    b = later[0] if len(later) == 1 else tuple(later)
+    return ((*a, b) if len(a) >= 3 else (*a, "recomputed", b)), "auto"
+
+
+def _stage_option(text: str, value: str) -> tuple:
+    """One patch stage: LAYERS:ROWS[xCOLS][:cached|narrow|recomputed] -> (layers, rows[, halo[, cols]])."""
+    parts = text.split(":")
     halo = parts.pop() if len(parts) == 3 and parts[2] in ("cached", "narrow", "recomputed") else "recomputed"
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise EdgeCompileError(f"--patches must be off, auto, min or LAYERS:ROWS[:cached] (two positive integers, "
-                               f"then how halo rows are had: cached, narrow or recomputed), got {value!r}")
-    return (int(parts[0]), int(parts[1])) + ((halo,) if halo != "recomputed" else ()), "auto"
+    cols = "1"
+    if len(parts) == 2 and "x" in parts[1]:
+        parts[1], _, cols = parts[1].partition("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in (*parts, cols)):
+        raise EdgeCompileError(f"--patches must be off, auto, min or LAYERS:ROWS[xCOLS][:cached|narrow] stages "
+                               f"joined by + (positive integers: window layers, rows per band, column tiles per "
+                               f"band; then how halo rows are had), got {value!r}")
+    if int(cols) > 1 and halo != "recomputed":
+        raise EdgeCompileError(f"--patches {text}: 2-D tiles (xCOLS) recompute their halos; cached and narrow "
+                               f"halos are for full-width bands")
+    stage = (int(parts[0]), int(parts[1]))
+    if int(cols) > 1:
+        return (*stage, halo, int(cols))
+    return stage + ((halo,) if halo != "recomputed" else ())
 
 
 def _later_stages(pp: dict) -> list[dict]:
@@ -199,9 +215,10 @@ def _later_stages(pp: dict) -> list[dict]:
 
 
 def _split_patch(patch: tuple | None) -> tuple[tuple | None, tuple | None]:
-    """(first stage, second stage) of a `_patches_option` tuple."""
-    if patch is not None and len(patch) == 4:
-        return patch[:3], patch[3]
+    """(first stage, second stage) of a `_patches_option` tuple (the second, when there is one,
+    is its last item: a tuple)."""
+    if patch is not None and isinstance(patch[-1], tuple):
+        return patch[:-1], patch[-1]
     return patch, None
 
 
@@ -599,10 +616,11 @@ def _add_build(sub: Any) -> None:
                    help="run the first layers in row bands (patch-based inference): auto (default) when the plain "
                         "plan does not fit the target's RAM or --ram-budget, min for the least peak RAM within "
                         "1.15x the plain plan's predicted instructions (the target's [cost] model), off never; "
-                        "or stages by hand: STAGE = LAYERS:ROWS[:cached|:narrow] runs LAYERS layers in bands of "
-                        "ROWS output rows (cached: halo rows kept from the band before instead of recomputed; "
-                        "narrow: kept except an expansion's, which are recomputed), and FIRST+SECOND[+...] "
-                        "starts each further stage from the output of the one before")
+                        "or stages by hand: STAGE = LAYERS:ROWS[xCOLS][:cached|:narrow] runs LAYERS layers in "
+                        "bands of ROWS output rows (xCOLS: each band in COLS column tiles, 2-D tiles whose halo "
+                        "rows and columns are recomputed; cached: halo rows kept from the band before instead of "
+                        "recomputed; narrow: kept except an expansion's, which are recomputed), and "
+                        "FIRST+SECOND[+...] starts each further stage from the output of the one before")
     s.add_argument("--ram-budget", metavar="BYTES",
                    help="plan for at most this peak RAM (static data + arena + stack, e.g. 40K): tries patches and "
                         "lean windows, trading instructions, and refuses before compiling when nothing fits")

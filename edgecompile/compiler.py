@@ -59,9 +59,10 @@ class BuildOptions:
     calibration_method: str = "minmax"   # or "percentile"
     compare_unfused: bool = True    # also plan the unfused program, for the report (costs a 2nd lowering)
     tuning: TuningRecords | None = None   # tuned configurations to use (None: the rules')
-    # (layers, rows[, halo]): run the first layers in row bands (ir/patches.py), halo "recomputed"
-    # (the default) or "cached"
-    patch: tuple[int, int] | tuple[int, int, str] | None = None
+    # (layers, rows[, halo[, cols]]): run the first layers in row bands (ir/patches.py), halo
+    # "recomputed" (the default) or "cached"; cols > 1: each band in that many column tiles (2-D
+    # tiles, halo "recomputed")
+    patch: tuple[int, int] | tuple[int, int, str] | tuple[int, int, str, int] | None = None
     # with `patch`: a second stage from the first stage's output, (layers, rows[, halo]) as `patch`,
     # or a tuple of such stages, each from the output of the one before
     patch2: tuple | None = None
@@ -71,6 +72,8 @@ class BuildOptions:
     patches: str = "auto"           # without `patch`: off | auto (when the plain plan does not fit) | min (RAM)
     ram_budget: int | None = None   # bytes of peak RAM (static + arena + stack) the plan must stay under
     stream_input: bool = True       # a patch stage reads the graph input row band by row band (ir/stream.py)
+    # explicit `patch`: also lower the plain plan, for patch_plan's arena and peak RAM before/after
+    patch_before: bool = False
 
 
 # A plan `min` picks may take at most this many times the plain plan's predicted instructions
@@ -99,6 +102,7 @@ class Compiled:
     tuning: dict[str, Any] | None = None
     patch_plan: patches.PatchPlan | None = None
     planning: dict[str, Any] | None = None
+    patch_before: dict[str, Any] | None = None     # explicit patches: the plain plan's arena and peak RAM
 
 
 class Progress:
@@ -132,6 +136,7 @@ def _schedule_kernels(mod: Any, prog: Program, target: Target,
     symbol_of: dict[str, str] = {}
     taken: set[str] = set()
     wide = _wide_weights_fit(prog, target)
+    unpacked: dict[str, tuple] = {}       # weights (array, tensor) as they were before packing
     for name in dict.fromkeys(c.kernel for c in prog.calls if c.builtin is None):
         calls = [c for c in prog.calls if c.kernel == name]
         config = options.tuning.config_for(mod[name], name) if options.tuning is not None else None
@@ -156,8 +161,20 @@ def _schedule_kernels(mod: Any, prog: Program, target: Target,
                                             rescale_kernel=False)
         for c in calls:
             for pos, nn in sorted(info.packed.items()):
-                weights.pack_weight(prog, c.inputs[pos], nn, info.panel_order.get(pos, ""))
+                w = c.inputs[pos]
+                if prog.tensors[w].packed is not None and \
+                        (prog.tensors[w].packed, prog.tensors[w].panel_order) != (nn, info.panel_order.get(pos, "")):
+                    # 2-D patch tiles of different widths tile a layer differently: this kernel
+                    # gets its own copy of the weight, in its own panels
+                    w = _weight_copy(prog, w, unpacked, f"{name}_{pos}")
+                    for other in calls:
+                        other.inputs[pos] = w
+                if prog.tensors[w].packed is None:
+                    unpacked.setdefault(w, (prog.weights[w], prog.tensors[w]))
+                weights.pack_weight(prog, w, nn, info.panel_order.get(pos, ""))
             for pos, (pos_m0, pos_r) in sorted(info.rescale.items()):
+                if c.inputs[pos] in prog.weights and not prog.tensors[c.inputs[pos]].panel_order:
+                    unpacked.setdefault(c.inputs[pos], (prog.weights[c.inputs[pos]], prog.tensors[c.inputs[pos]]))
                 weights.encode_rescale(prog, c.inputs[pos], c.inputs[pos_m0], c.inputs[pos_r], target.family)
         sym = lower.kernel_symbol(info, prog.tensors[calls[0].outputs[0]], taken)
         symbol_of[name], scheduled[sym], infos[sym] = sym, func, info
@@ -167,10 +184,24 @@ def _schedule_kernels(mod: Any, prog: Program, target: Target,
         enc = infos[symbol_of[c.kernel]].rescale
         for pos, w in enumerate(c.inputs):
             if w in prog.weights and prog.tensors[w].panel_order and prog.tensors[w].dtype == "int64" \
+                    and pos not in enc and w in unpacked and not unpacked[w][1].panel_order:
+                # (2-D patch tiles: a tile's kernel without the family's rescale) its own plain copy
+                c.inputs[pos] = _weight_copy(prog, w, unpacked, "plain")
+            elif w in prog.weights and prog.tensors[w].panel_order and prog.tensors[w].dtype == "int64" \
                     and pos not in enc:
                 raise EdgeCompileError(f"weight {w} is read by kernels with different rescale constant layouts "
                                        f"({c.kernel} reads it in the folded form)")
     return scheduled, infos, symbol_of
+
+
+def _weight_copy(prog: Program, w: str, unpacked: dict[str, Any], key: str) -> str:
+    """A copy of weight `w` as it was before packing, for the kernel `key` names (one per key)."""
+    name = f"{w}_{key}"
+    if name not in prog.weights:
+        arr, tensor = unpacked[w]
+        prog.weights[name] = arr
+        prog.tensors[name] = replace(tensor, name=name)
+    return name
 
 
 # Flash kept for code, tables and the firmware beside the weights when a family's kernels would store
@@ -221,6 +252,16 @@ def _halo(patch: tuple) -> str:
     return patch[2] if len(patch) > 2 else "recomputed"
 
 
+def _cols(patch: tuple) -> int:
+    """Column tiles per band of a patch stage (layers, rows, halo, cols); 1: full-width bands."""
+    return patch[3] if len(patch) > 3 else 1
+
+
+def _tiling(plan: patches.PatchPlan) -> str:
+    return (f"{plan.bands} bands of {plan.rows} rows" if plan.cols == 1 else
+            f"{plan.tiles} tiles ({plan.bands} bands of {plan.rows} rows x {plan.cols} column tiles)")
+
+
 # lowerings done by this process (memory planning reports how many it took)
 _LOWERINGS = [0]
 
@@ -232,18 +273,19 @@ def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable
     patch_plan = None
     if options.patch is not None:
         graph, patch_plan = patches.patch_graph(graph, options.patch[0], options.patch[1],
-                                                in_place_input=not options.external_io, halo=_halo(options.patch))
-        progress(f"patches: the first {patch_plan.layers} layers in {patch_plan.bands} bands of {patch_plan.rows} "
-                 f"rows of {patch_plan.stage_output} ({patch_plan.extra_macs:+,} MACs recomputed"
+                                                in_place_input=not options.external_io, halo=_halo(options.patch),
+                                                cols=_cols(options.patch))
+        progress(f"patches: the first {patch_plan.layers} layers in {_tiling(patch_plan)} "
+                 f"of {patch_plan.stage_output} ({patch_plan.extra_macs:+,} MACs recomputed"
                  + (f", {patch_plan.bytes_copied:,} B of halo rows copied)" if patch_plan.halo != "recomputed" else ")"))
         later = [] if options.patch2 is None else \
             [options.patch2] if isinstance(options.patch2[0], int) else list(options.patch2)
         chain = [patch_plan]
         for st in later:
-            graph, second = patches.patch_second(graph, chain[-1], st[0], st[1], halo=_halo(st))
+            graph, second = patches.patch_second(graph, chain[-1], st[0], st[1], halo=_halo(st), cols=_cols(st))
             chain.append(second)
-            progress(f"patches: then a stage of {second.layers} layers in {second.bands} bands of {second.rows} "
-                     f"rows of {second.stage_output} ({second.extra_macs:+,} MACs recomputed"
+            progress(f"patches: then a stage of {second.layers} layers in {_tiling(second)} "
+                     f"of {second.stage_output} ({second.extra_macs:+,} MACs recomputed"
                      + (f", {second.bytes_copied:,} B of halo rows copied)" if second.halo != "recomputed" else ")"))
         for a, b in reversed(list(zip(chain, chain[1:]))):     # each stage's record holds the next one's
             a.second_stage = b.to_json()
@@ -864,6 +906,14 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
     graph, quant = _graph(source, target, options, progress)
     progress("legalize, fuse, schedule")
     low, planning = _plan_memory(graph, target, options, progress)
+    before = None
+    if low.patch_plan is not None and planning is None and options.patch_before:
+        progress("lowering the plain plan for the patch stage's before/after")
+        plain = _lower(graph, target, replace(options, patch=None, patch2=None), lambda m: None)
+        est_plain, est = _estimate(target, plain), _estimate(target, low)
+        before = {"arena_bytes_before": plain.plan.arena_bytes, "arena_bytes_after": low.plan.arena_bytes,
+                  "peak_ram_estimate_before": est_plain.peak_ram_bytes if est_plain else None,
+                  "peak_ram_estimate_after": est.peak_ram_bytes if est else None}
     prog, plan = low.program, low.plan
     tuning = None
     if options.tuning is not None:
@@ -886,7 +936,8 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
     files["model.h"] = executor.emit_model_h(source.name, prog, plan, options.external_io, target.name, digest,
                                              quant).encode()
     files["model.c"] = body.encode()
-    return Compiled(prog, plan, files, calls, low.infos, digest, fusion, quant, tuning, low.patch_plan, planning)
+    return Compiled(prog, plan, files, calls, low.infos, digest, fusion, quant, tuning, low.patch_plan, planning,
+                    before)
 
 
 def _patch_record(compiled: Compiled) -> dict[str, Any] | None:
@@ -901,6 +952,8 @@ def _patch_record(compiled: Compiled) -> dict[str, Any] | None:
         out.update({"arena_bytes_before": before["arena_bytes"], "arena_bytes_after": after["arena_bytes"],
                     "peak_ram_estimate_before": before["peak_ram_estimate"],
                     "peak_ram_estimate_after": after["peak_ram_estimate"]})
+    elif compiled.patch_before is not None:
+        out.update(compiled.patch_before)
     return out
 
 

@@ -6,11 +6,22 @@ output is cut into bands of `n` rows; each band is computed from the input rows 
 through every layer of the stage, its halo rows recomputed. Only the stage's input and output
 exist whole; every intermediate tensor exists one band at a time.
 
-**Full-width row bands (n x W), not n x n tiles.** A row band of an NHWC tensor is contiguous, so
+**Full-width row bands (n x W) by default.** A row band of an NHWC tensor is contiguous, so
 a band reads its input rows and writes its output rows through views with a byte offset (no
 copies), the kernels of all inner bands are one function, and the stage output can overwrite the
-input rows no later band reads (`codegen/memory.py`). 2-D tiles would need strided views and
-twice the halo recomputation; they are not implemented.
+input rows no later band reads (`codegen/memory.py`).
+
+**2-D tiles (`cols` > 1, `--patches K:RxC`).** Each band is cut into `cols` column tiles (widths
+as even as integers allow), every tile computed through all the stage's layers from the rows and
+columns it needs, its halo rows *and* columns recomputed (`tile_macs`; no cached halos). A tile
+reads the stage input through the band's row view (one per band, shared by its tiles: a streamed
+input reads those rows once) and a strided copy of its columns into a tile buffer
+(`ec_tile_columns`); inner tensors a consumer needs fewer columns of are copied the same way.
+Only the border tiles get the layers' padding, on their border sides. The band's tiles are put
+side by side by one copy (`ec_assemble_columns`) whose output is the band's rows of the stage
+output (a view, as a band's). Measured (benchmarks/TILES.md, tiles_sweep.py): on the wake-word
+network and MobileNet V2 0.35/96 they never beat the best row-band plans, whose peak is outside
+the stage or set by the stage input's rows.
 
 The rewrite works on the high-level Relax graph (float, or after the int8 rewrite), so a band
 runs exactly the arithmetic of the whole layer: int8 results are bit-identical. Inside the image
@@ -80,7 +91,7 @@ class PatchPlan:
     macs_whole: int              # MACs of the stage without patches
     macs_patched: int            # with the recomputed halo rows
     in_place_input: bool         # the NHWC stage input is the graph input transposed in place
-    shape: str = "full-width row bands (n x W); n x n tiles are not implemented"
+    shape: str = "full-width row bands (n x W)"     # or 2-D tiles (`cols` > 1)
     band_rows: list[list[int]] = field(default_factory=list)   # [first, end) stage-output rows of each band
     halo: str = "recomputed"     # or "cached": halo rows kept from the previous band (line buffers);
     # "narrow": cached, except the outputs of widening 1x1 convolutions (an inverted residual's
@@ -90,6 +101,9 @@ class PatchPlan:
     input_streamed: bool = False # the graph input is read row band by row band, never whole (ir/stream.py)
     input_rows: dict[str, Any] | None = None   # streamed: the reads, rows read and held at most
     second_stage: dict[str, Any] | None = None # a second patch stage from this stage's output (`patch_second`)
+    cols: int = 1                # column tiles per band (2-D tiles, `--patches K:RxC`); 1: full-width bands
+    tiles: int = 0               # bands x cols
+    band_cols: list[list[int]] = field(default_factory=list)   # [first, end) stage-output columns of each tile column
 
     @property
     def extra_macs(self) -> int:
@@ -612,15 +626,17 @@ class _BandEmitter:
             return self.bb.emit(self._reshaped_call(v, x, o1 - o0), name)
         return self.bb.emit(relax.Call(v.op, [arg(a) for a in v.args], v.attrs, v.ty_args), name)
 
-    def _reshaped_call(self, call: Any, args: list[Any], rows: int) -> Any:
+    def _reshaped_call(self, call: Any, args: list[Any], rows: int, cols: int | None = None) -> Any:
         """call_tir of an elementwise PrimFunc on band-shaped arguments: the same function made
-        for the band's shape (one per distinct shape)."""
+        for the band's shape (one per distinct shape); `cols`: a 2-D tile's columns too."""
         _, relax = _tvm()
         gv = call.args[0]
         func = self.mod[gv]
         out_ty = call.ty_args[0]
         shape = [int(d) for d in out_ty.shape]
         shape[1] = rows
+        if cols is not None:
+            shape[2] = cols
         key = (gv.name_hint, tuple(shape))
         if key not in self.reshaped:
             new = _elementwise_for_shape(func, shape)
@@ -628,12 +644,14 @@ class _BandEmitter:
         return relax.call_tir(self.reshaped[key], args, relax.TensorType(shape, str(out_ty.dtype)))
 
 
-def _window_call(value: Any, data: Any, top: int, bottom: int) -> Any:
-    """The conv/pool call `value` on `data` with (top, bottom) padding instead of its own."""
+def _window_call(value: Any, data: Any, top: int, bottom: int, left: int | None = None,
+                 right: int | None = None) -> Any:
+    """The conv/pool call `value` on `data` with (top, bottom) padding instead of its own (and
+    (left, right) too for a 2-D tile)."""
     _, relax = _tvm()
     a = value.attrs
     pad = [int(p) for p in a.padding]
-    padding = (top, pad[1], bottom, pad[3])
+    padding = (top, pad[1] if left is None else left, bottom, pad[3] if right is None else right)
     ints = lambda t: tuple(int(x) for x in t)  # noqa: E731
     if value.op.name == "relax.nn.conv2d":
         out_dtype = None if str(a.out_dtype) in ("", "None", "void") else str(a.out_dtype)
@@ -749,9 +767,11 @@ def _emit_cached(bb: Any, emitter: _BandEmitter, stage: Stage, cut: Cut, rows: i
 
 
 def apply_patches(mod: Any, stage: Stage, cut: Cut, rows: int, in_place_input: bool,
-                  halo: str = "recomputed") -> tuple[Any, PatchPlan]:
+                  halo: str = "recomputed", cols: int = 1) -> tuple[Any, PatchPlan]:
     """`mod` with its first stage (up to `cut`) computed in bands of `rows` stage-output rows,
-    the halo rows of inner layers recomputed by every band or cached from the previous one."""
+    the halo rows of inner layers recomputed by every band or cached from the previous one.
+    `cols` > 1: each band in that many column tiles (2-D tiles, halo rows and columns
+    recomputed), put side by side into the band's rows of the stage output by one copy."""
     tvm, relax = _tvm()
     from tvm import topi
 
@@ -760,11 +780,17 @@ def apply_patches(mod: Any, stage: Stage, cut: Cut, rows: int, in_place_input: b
         raise EdgeCompileError(f"patch rows must be >= 1, got {rows}")
     if halo not in HALO_MODES:
         raise EdgeCompileError(f"patch halo must be one of {', '.join(HALO_MODES)}, got {halo!r}")
+    if cols < 1:
+        raise EdgeCompileError(f"patch column tiles must be >= 1, got {cols}")
+    if cols > 1 and halo != "recomputed":
+        raise EdgeCompileError(f"patches: 2-D tiles recompute their halos; {halo} halo rows are for full-width bands")
+    if cols > 1:
+        check_columns(stage, cut, cols)
     height = cut.shape[1]
     bands = band_ranges(height, rows)
     bb = relax.BlockBuilder(mod)
     p = relax.Var(stage.param.name, stage.param.ty)
-    emitter = _BandEmitter(bb, mod)
+    emitter = _BandEmitter(bb, mod) if cols == 1 else _TileEmitter(bb, mod)
     env: dict[Any, Any] = {stage.param: p}
     in_place = stage.transposed and in_place_input
     interior = not stage.entry.same_as(stage.param) and not stage.transposed     # a second stage
@@ -785,7 +811,9 @@ def apply_patches(mod: Any, stage: Stage, cut: Cut, rows: int, in_place_input: b
             outs = []
             if halo in CACHED_MODES:
                 outs = _emit_cached(bb, emitter, stage, cut, rows, x, halo == "narrow")
-            for y0, y1 in bands if halo not in CACHED_MODES else ():
+            if cols > 1:
+                outs = _emit_tiles(bb, emitter, stage, cut, rows, cols, x)
+            for y0, y1 in bands if halo not in CACHED_MODES and cols == 1 else ():
                 needed = _needed_rows(stage, cut, y0, y1)
                 band: dict[Any, tuple[Any, int, int]] = {stage.entry: (x, 0, _height(stage.entry))}
                 for node in stage.nodes[:cut.index + 1]:
@@ -813,6 +841,13 @@ def apply_patches(mod: Any, stage: Stage, cut: Cut, rows: int, in_place_input: b
                      stage_output_shape=list(cut.shape), macs_whole=cut.macs,
                      macs_patched=patch_macs(stage, cut, rows, halo), in_place_input=in_place,
                      band_rows=[[a, b] for a, b in bands], halo=halo)
+    if cols > 1:
+        plan.cols, plan.tiles = cols, len(bands) * cols
+        plan.band_cols = [[a, b] for a, b in column_ranges(cut.shape[2], cols)]
+        plan.macs_patched = tile_macs(stage, cut, rows, cols)
+        plan.shape = "2-D tiles (n rows x W/c columns), halos recomputed"
+    else:
+        plan.tiles = len(bands)
     if halo in CACHED_MODES:
         plan.rows_copied, plan.bytes_copied = cached_copies(stage, cut, rows, halo == "narrow")
     return new, plan
@@ -860,7 +895,7 @@ def best_cuts(stage: Stage) -> dict[int, Cut]:
 
 
 def patch_graph(mod: Any, layers: int, rows: int, in_place_input: bool = True,
-                halo: str = "recomputed") -> tuple[Any, PatchPlan]:
+                halo: str = "recomputed", cols: int = 1) -> tuple[Any, PatchPlan]:
     """`mod` with its first window layers, `layers` at most, run in bands of `rows` stage-output
     rows (of the deepest cuts within that many layers, the one with the smallest stage output).
     An error names what limits it."""
@@ -868,7 +903,7 @@ def patch_graph(mod: Any, layers: int, rows: int, in_place_input: bool = True,
     if stage is None:
         raise EdgeCompileError("patches: the network does not start with a convolution on its input")
     cut = _deepest_cut(stage, layers, f"stage of at most {layers} layers")
-    return apply_patches(mod, stage, cut, rows, in_place_input, halo)
+    return apply_patches(mod, stage, cut, rows, in_place_input, halo, cols)
 
 
 def _deepest_cut(stage: Stage, layers: int, what: str) -> Any:
@@ -896,7 +931,8 @@ def stage_output_var(mod: Any) -> Any:
     return found
 
 
-def patch_second(mod: Any, first: PatchPlan, layers: int, rows: int, halo: str = "recomputed") -> tuple[Any, PatchPlan]:
+def patch_second(mod: Any, first: PatchPlan, layers: int, rows: int, halo: str = "recomputed",
+                 cols: int = 1) -> tuple[Any, PatchPlan]:
     """A second patch stage: after the first stage (`patch_graph`) of `mod`, its output -- which
     exists whole -- is the input of up to `layers` more window layers run in bands of `rows`
     rows, so that the large tensors of the next resolutions (MobileNet V2's 28x28 and 14x14
@@ -907,4 +943,202 @@ def patch_second(mod: Any, first: PatchPlan, layers: int, rows: int, halo: str =
     if stage is None:
         raise EdgeCompileError(f"patches: nothing after the first stage's output {first.stage_output} runs on row bands")
     cut = _deepest_cut(stage, layers, f"second stage of at most {layers} layers after {first.stage_output}")
-    return apply_patches(mod, stage, cut, rows, False, halo)
+    return apply_patches(mod, stage, cut, rows, False, halo, cols)
+
+
+# ----------------------------------------------------------------------------- 2-D tiles
+
+
+def column_ranges(width: int, cols: int) -> list[tuple[int, int]]:
+    """`cols` column ranges of a `width`-wide tensor, as even as integers allow."""
+    return [(i * width // cols, (i + 1) * width // cols) for i in range(cols)]
+
+
+def _window_w(value: Any) -> tuple[int, int, int, int]:
+    """(effective kernel width, stride, left padding, right padding) of a conv/pool call."""
+    a = value.attrs
+    if value.op.name == "relax.nn.conv2d":
+        kernel = _shape(value.args[1])
+        kw = kernel[str(a.kernel_layout).index("W")]
+    else:
+        kw = int(a.pool_size[1])
+    pad = [int(p) for p in a.padding]
+    return (kw - 1) * int(a.dilation[1]) + 1, int(a.strides[1]), pad[1], pad[3]
+
+
+def _window_cols(node: _Node, o0: int, o1: int) -> tuple[int, int, int, int]:
+    """Input columns [c0, c1) and the (left, right) padding that compute output columns [o0, o1)."""
+    k, s, pl, _ = _window_w(node.value)
+    w_in = _width(node.args[0])
+    u0, u1 = o0 * s - pl, (o1 - 1) * s - pl + k
+    c0, c1 = max(u0, 0), min(u1, w_in)
+    return c0, c1, c0 - u0, u1 - c1
+
+
+def _width(var: Any) -> int:
+    _, relax = _tvm()
+    ty = var.ty
+    if isinstance(ty, relax.TupleType):
+        return int(ty.fields[0].shape[2])
+    return int(ty.shape[2])
+
+
+def check_columns(stage: Stage, cut: Cut, cols: int) -> None:
+    """Raise an error naming the node or limit that keeps the stage from running in `cols` column
+    tiles: more tiles than the stage output has columns, a tensor without a column axis, a
+    layout operator that moves the columns, a constant that varies along them."""
+    _, relax = _tvm()
+    width = cut.shape[2]
+    if cols > width:
+        raise EdgeCompileError(f"patches: {cols} column tiles, but the stage output {cut.name} "
+                               f"{'x'.join(map(str, cut.shape[1:]))} has only {width} columns")
+    for node in stage.nodes[:cut.index + 1]:
+        v = node.value
+        ty = node.var.ty
+        tys = ty.fields if isinstance(ty, relax.TupleType) else [ty]
+        if any(t.ndim != 4 for t in tys):
+            raise EdgeCompileError(f"patches: column tiles need NHWC tensors; {node.var.name} has rank "
+                                   f"{tys[0].ndim}")
+        if node.kind == "layout":
+            name, a = v.op.name, v.attrs
+            rank = 4
+            ok = (name == "relax.reshape" and _shape(node.args[0])[:3] == _shape(node.var)[:3]) or \
+                 (name == "relax.permute_dims" and a.axes is not None and [int(x) for x in a.axes][:3] == [0, 1, 2]) or \
+                 (name == "relax.strided_slice" and all(ax % rank == 3 for ax in _ints(v.args[1]))) or \
+                 (name in ("relax.split", "relax.concat") and a.axis is not None and int(a.axis) % rank == 3)
+            if not ok:
+                raise EdgeCompileError(f"patches: {node.var.name} ({name}) moves the columns: no column tiles "
+                                       f"across it")
+        if node.kind in ("same", "tir"):
+            args = v.args[1].fields if node.kind == "tir" else v.args
+            for c in args:
+                if _is_const(c):
+                    cs = _shape(c)
+                    if len(cs) >= 2 and cs[-2] != 1:
+                        raise EdgeCompileError(f"patches: {node.var.name} has a constant that varies along the "
+                                               f"columns: no column tiles across it")
+
+
+def _needed_tiles(stage: Stage, cut: Cut, y0: int, y1: int, x0: int, x1: int
+                  ) -> dict[Any, tuple[int, int, int, int]]:
+    """Rows [r0, r1) and columns [c0, c1) of every stage tensor that tile [y0, y1) x [x0, x1) of
+    the stage output needs."""
+    needed: dict[Any, tuple[int, int, int, int]] = {stage.nodes[cut.index].var: (y0, y1, x0, x1)}
+    for node in reversed(stage.nodes[:cut.index + 1]):
+        if node.var not in needed:
+            continue
+        r0, r1, c0, c1 = needed[node.var]
+        if node.kind == "window":
+            req = (*_window_rows(node, r0, r1)[:2], *_window_cols(node, c0, c1)[:2])
+        else:
+            req = (r0, r1, c0, c1)
+        for a in node.args:
+            r = needed.get(a)
+            needed[a] = req if r is None else (min(r[0], req[0]), max(r[1], req[1]), min(r[2], req[2]),
+                                               max(r[3], req[3]))
+    return needed
+
+
+def tile_macs(stage: Stage, cut: Cut, rows: int, cols: int) -> int:
+    """Multiply-accumulates of the stage computed in tiles of `rows` rows x `cols` column tiles,
+    every halo (rows and columns) recomputed."""
+    total = 0
+    for y0, y1 in band_ranges(cut.shape[1], rows):
+        for x0, x1 in column_ranges(cut.shape[2], cols):
+            needed = _needed_tiles(stage, cut, y0, y1, x0, x1)
+            for n in stage.nodes[:cut.index + 1]:
+                if n.var in needed:
+                    r0, r1, c0, c1 = needed[n.var]
+                    total += _node_macs(n, r1 - r0) * (c1 - c0) // _width(n.var)
+    return total
+
+
+class _TileEmitter(_BandEmitter):
+    """Emits one 2-D tile's bindings. A tile tensor is (expr, r0, r1, c0, c1); the stage input's
+    rows are read through one full-width row view per band (shared by the band's tiles, so that a
+    streamed input reads them once), its columns by a copy into a tile buffer."""
+
+    def __init__(self, bb: Any, mod: Any) -> None:
+        super().__init__(bb, mod)
+        self.windows: dict[tuple, Any] = {}
+
+    def window(self, tile: dict[Any, tuple], var: Any, r0: int, r1: int, c0: int, c1: int) -> Any:
+        """Stage tensor `var` restricted to rows [r0, r1) and columns [c0, c1): the tile tensor, a
+        row view of it, or a copy of its columns (`ec_tile_columns`)."""
+        from tvm import topi
+
+        expr, b0, b1, d0, d1 = tile[var]
+        if not (b0 <= r0 < r1 <= b1 and d0 <= c0 < c1 <= d1):
+            raise EdgeCompileError(f"patch tile: rows {r0}..{r1} x columns {c0}..{c1} of {var.name} are not "
+                                   f"computed ({b0}..{b1} x {d0}..{d1})")
+        if (r0, r1, c0, c1) == (b0, b1, d0, d1):
+            return expr
+        key = (var, r0, r1, c0, c1)
+        if key in self.windows:              # (per tile: two readers of one window share it)
+            return self.windows[key]
+        if (r0, r1) != (b0, b1):
+            expr = self.rows_of({var: (expr, b0, b1)}, var, r0, r1)
+        if (c0, c1) != (d0, d1):
+            shape = _shape(expr)
+            expr = self.bb.emit_te(topi.strided_slice, expr, [0, 0, c0 - d0, 0],
+                                   [shape[0], shape[1], c1 - d0, shape[3]], primfunc_name_hint="ec_tile_columns")
+            _marked(self.bb, expr, {KEEP_CALL_ATTR: True})
+        self.windows[key] = expr
+        return expr
+
+    def tile_node(self, node: _Node, tile: dict[Any, tuple], r0: int, r1: int, c0: int, c1: int) -> Any:
+        _, relax = _tvm()
+        v = node.value
+        name = node.var.name
+        if node.kind == "item":
+            return self.bb.emit(relax.TupleGetItem(tile[node.args[0]][0], v.index), name)
+        if node.kind == "window":
+            a0, a1, pt, pb = _window_rows(node, r0, r1)
+            e0, e1, pl, pr = _window_cols(node, c0, c1)
+            return self.bb.emit(_window_call(v, self.window(tile, node.args[0], a0, a1, e0, e1), pt, pb, pl, pr), name)
+
+        def arg(a: Any) -> Any:
+            if isinstance(a, relax.Tuple):
+                return relax.Tuple([arg(f) for f in a.fields])
+            if isinstance(a, relax.Var):
+                return self.window(tile, a, r0, r1, c0, c1)
+            if isinstance(a, relax.ShapeExpr) and v.op.name == "relax.reshape":
+                dims = [int(d) for d in a.values]
+                return relax.ShapeExpr([dims[0], r1 - r0, c1 - c0, *dims[3:]])
+            return a
+
+        if node.kind == "tir":
+            x = [self.window(tile, a, r0, r1, c0, c1) if isinstance(a, relax.Var) else a for a in v.args[1].fields]
+            return self.bb.emit(self._reshaped_call(v, x, r1 - r0, c1 - c0), name)
+        return self.bb.emit(relax.Call(v.op, [arg(a) for a in v.args], v.attrs, v.ty_args), name)
+
+
+def _emit_tiles(bb: Any, emitter: _TileEmitter, stage: Stage, cut: Cut, rows: int, cols: int, x: Any) -> list[Any]:
+    """The row bands of a 2-D tiled stage; returns each band's output: its column tiles put side by
+    side by one copy (`ec_assemble_columns`) into the band's rows of the stage output."""
+    from tvm import topi
+
+    nodes = stage.nodes[:cut.index + 1]
+    entry = (x, 0, _height(stage.entry), 0, _width(stage.entry))
+    outs = []
+    for y0, y1 in band_ranges(cut.shape[1], rows):
+        tiles = []
+        shared: dict[Any, tuple] = {stage.entry: entry}
+        band_rows: dict[Any, tuple] = {}         # the band's input rows, read once
+        for x0, x1 in column_ranges(cut.shape[2], cols):
+            needed = _needed_tiles(stage, cut, y0, y1, x0, x1)
+            if stage.entry in needed and stage.entry not in band_rows:
+                r0, r1 = needed[stage.entry][:2]
+                view = emitter.rows_of({stage.entry: (x, 0, _height(stage.entry))}, stage.entry, r0, r1)
+                band_rows[stage.entry] = (view, r0, r1, 0, _width(stage.entry))
+            emitter.windows = {}
+            tile = {**shared, **band_rows}
+            for node in nodes:
+                if node.var in needed:
+                    r0, r1, c0, c1 = tile[node.args[0]][1:] if node.kind == "item" else needed[node.var]
+                    tile[node.var] = (emitter.tile_node(node, tile, r0, r1, c0, c1), r0, r1, c0, c1)
+            tiles.append(tile[nodes[-1].var][0])
+        band = bb.emit_te(topi.concatenate, tiles, 2, primfunc_name_hint="ec_assemble_columns")
+        _marked(bb, band, {KEEP_CALL_ATTR: True})
+        outs.append(band)
+    return outs

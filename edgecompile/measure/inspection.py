@@ -169,17 +169,30 @@ def memory_plan(source: ModelSource, target: Any, options: Any, progress: Any) -
                            "top": top, "live": memory.live_at(compiled.program, compiled.plan, step, symbols)}}
 
 
+def _tiles_text(pp: dict[str, Any]) -> str:
+    """How a patch stage is cut: full-width row bands, or 2-D tiles (rows x column tiles)."""
+    if pp.get("cols", 1) <= 1:
+        return f"{pp['bands']} bands of {pp['rows']} rows"
+    widths = sorted({b - a for a, b in pp["band_cols"]})
+    return (f"{pp['tiles']} 2-D tiles ({pp['bands']} row bands of {pp['rows']} rows x {pp['cols']} column tiles of "
+            f"{'-'.join(map(str, [widths[0], widths[-1]] if len(widths) > 1 else widths))} columns)")
+
+
 def _format_memory_plan(m: dict[str, Any]) -> list[str]:
     pp = m["patch_plan"]
     lines = ["", f"memory plan for {m['target']} ({m['quant']}): arena {m['arena_bytes']:,} B"
              + (f", peak RAM about {m['peak_ram_estimate']:,} B" if m["peak_ram_estimate"] else "")
              + f", {m['macs']:,} MACs in {m['calls']} calls"]
     if pp:
-        lines.append(f"patch stage: the first {pp['layers']} layers in {pp['bands']} bands of {pp['rows']} rows of "
+        lines.append(f"patch stage: the first {pp['layers']} layers in {_tiles_text(pp)} of "
                      f"{'x'.join(map(str, pp['stage_output_shape'][1:]))}, " + _halo_text(pp))
+        if pp.get("arena_bytes_before") is not None:
+            lines.append(f"patch stage memory: arena {pp['arena_bytes_before']:,} B plain -> {pp['arena_bytes_after']:,} B"
+                         + (f", peak RAM about {pp['peak_ram_estimate_before']:,} -> {pp['peak_ram_estimate_after']:,} B"
+                            if pp.get("peak_ram_estimate_before") else ""))
         s2 = pp.get("second_stage")
         if s2:
-            lines.append(f"second patch stage: {s2['layers']} more layers in {s2['bands']} bands of {s2['rows']} rows "
+            lines.append(f"second patch stage: {s2['layers']} more layers in {_tiles_text(s2)} "
                          f"of {'x'.join(map(str, s2['stage_output_shape'][1:]))}, " + _halo_text(s2))
         rows = pp.get("input_rows")
         if pp.get("input_streamed") and rows:
