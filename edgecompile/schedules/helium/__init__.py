@@ -87,7 +87,8 @@ class HeliumRules(CortexMRules):
         pads = [b for b in blocks_before if "pad" in b.lower()]
         tiling.split_padding(sch, pads, self.SPLIT_PAD_CHANNELS)
         tiling.mark_widen_rows(sch, pads)
-        tiling.tensorize_requant(sch, self.REQUANT_MIN_CHANNELS)
+        if info.rescale_kernel:     # over re-encoded constants (ukernels.rescale_constants); else the kernel's own C
+            tiling.tensorize_requant(sch, self.REQUANT_MIN_CHANNELS, info.rescale)
 
     EPILOGUE_MAX_CHANNELS = 64     # the wake-word network: 6.10 / 6.04 / 6.02 / 6.28 M instructions with 16 / 32 / 64 / 128
 

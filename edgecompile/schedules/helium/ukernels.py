@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from ..cortex_m import ukernels as dsp
 from ..ukernels import (GROUP_ORDERS, WIDEN_SIGNATURE, Types, dw_body, dw_signature, gemm_signature, guarded_kernel, ordered_gemm_body,
-                        requant_body, requant_signature, widen_body, window_body, window_signature)
+                        requant_signature, widen_body, window_body, window_signature)
 
 __all__ = ["dw", "gemm", "requant", "widen", "window"]
 
@@ -221,34 +221,42 @@ REQUANT_LOOP_VECTORS = 3
 # over the 4 vectors of a 3 x 16 tile, gcc hoisted every vector's constants and spilled them (8 Q
 # registers)
 
+# The rescale tiles read their constants re-encoded at compile time as the Cortex-M4/M7 SMMLA kernel
+# does (cortex_m.ukernels.rescale_constants: each channel's int64 rnd stored as the int32 pair
+# (off, Ra), the offset added by the accumulators' init, tiling.rescale_offsets_into_init), so that
+# (acc * m0 + rnd) >> 32 == VMULH.S32(acc', m0) + Ra: no 64-bit sum, no carry.
+RESCALE_ORDER = dsp.RESCALE_ORDER
+rescale_constants = dsp.rescale_constants
+
 
 def _requant_mve_body(m: int, n: int) -> list[str]:
+    """Per vector of 4 channels and pixel: VLDRW, VMULH.S32, VADD (Ra), VQSHL.S32 by 24 - r, VSHR #24,
+    VSTRB.32. sat8(x >> r) == (sat32(x << (24 - r))) >> 24 for 0 <= r <= 24: x << (24 - r)
+    stays in int32 exactly when x >> r is in [-128, 127] (both ranges are [-2^(7+r), 2^(7+r))),
+    and saturates to INT32_MAX / INT32_MIN (>> 24: 127 / -128) otherwise."""
     full, tail = divmod(n, 4)
     looped = full >= REQUANT_LOOP_VECTORS
     vecs = ([("q", False)] if looped else [(q, False) for q in range(full)]) + ([(full, True)] if tail else [])
     lines = [f"  const mve_pred16_t p = vctp32q({tail});"] if tail else []
-    lines += ["  const uint32x4_t even = vidupq_n_u32(0, 2);"]
+    lines += ["  const uint32x4_t odd = vidupq_n_u32(1, 2);",
+              "  const int32x4_t s24 = vdupq_n_s32(24);",
+              "  const int32_t *ra_lo = (const int32_t *)rnd;"]
     if looped:
         lines += ["#pragma GCC unroll 1", f"  for (int32_t v = 0; v < {full}; ++v) {{", "    const int32_t q = 4 * v;"]
-    for q, t in vecs:       # one vector of channels at a time, its pixels inside: 4 constant vectors live
+    for q, t in vecs:       # one vector of channels at a time, its pixels inside: 3 constant vectors live
         z, pa = ("_z", ", p") if t else ("", "")
         at0 = q if q == "q" else 4 * q
         lines += ["  {",
                   f"    const int32x4_t mu = vldrwq{z}_s32(m0 + {at0}{pa});",
-                  f"    const uint32x4_t rl = vldrwq_gather_shifted_offset{z}_u32((const uint32_t *)(rnd + {at0}), even{pa});",
-                  f"    const int32x4_t rh = vldrwq_gather_shifted_offset{z}_s32((const int32_t *)(rnd + {at0}) + 1, even{pa});",
-                  f"    const int32x4_t sh = vnegq_s32(vldrwq{z}_s32(r + {at0}{pa}));"]
+                  f"    const int32x4_t ra = vldrwq_gather_shifted_offset{z}_s32(ra_lo + 2 * {at0}, odd{pa});",
+                  f"    const int32x4_t sh = vsubq_s32(s24, vldrwq{z}_s32(r + {at0}{pa}));"]
         for i in range(m):
             at = f"C + {i} * ldc + {at0}"
             lines += ["    {",
                       "      const int32x4_t c = " + (f"vldrwq_z_s32({at}, p);" if t else f"vldrwq_s32({at});"),
-                      "      const uint32x4_t carry = vshrq_n_u32(vhaddq_u32(vreinterpretq_u32_s32(vmulq_s32(c, mu)), rl), 31);",
-                      "      int32x4_t x = vaddq_s32(vaddq_s32(vmulhq_s32(c, mu), rh), vreinterpretq_s32_u32(carry));",
-                      "      x = vshlq_s32(x, sh);",
-                      "      const int16x8_t h = vqmovnbq_s32(vreinterpretq_s16_s32(x), x);",
-                      "      const int8x16_t y = vqmovnbq_s16(vreinterpretq_s8_s16(h), h);",
-                      (f"      vstrbq_p_s32(O + {i} * ldo + {at0}, vreinterpretq_s32_s8(y), p);" if t
-                       else f"      vstrbq_s32(O + {i} * ldo + {at0}, vreinterpretq_s32_s8(y));"),
+                      "      const int32x4_t x = vshrq_n_s32(vqshlq_s32(vaddq_s32(vmulhq_s32(c, mu), ra), sh), 24);",
+                      (f"      vstrbq_p_s32(O + {i} * ldo + {at0}, x, p);" if t
+                       else f"      vstrbq_s32(O + {i} * ldo + {at0}, x);"),
                       "    }"]
         lines.append("  }")
         if q == "q":
@@ -257,19 +265,15 @@ def _requant_mve_body(m: int, n: int) -> list[str]:
 
 
 def requant(m: int, n: int) -> str:
-    """C for `ec_requant_s8_MxN`: the folded int8 rescale, 4 channels per Helium vector, bit for bit
-    the scalar form: acc * m0 as its low (VMUL) and high (VMULH, no rounding) words, the 64-bit
-    constant's low and high words (gathered from the int64 array) added with the carry of the low
-    words: bit 31 of their unsigned halving sum (VHADD.U32 keeps the 33rd bit; no predicate), then
-    VSHL by -r (a truncating arithmetic shift right, r in [0, 22]), the int8 clamp as two
-    saturating narrowings into the value's own vector (VQMOVNB.S32 then .S16: the value lands in
-    the low byte of each 32-bit lane; the other lanes keep bytes never stored), stored by VSTRB.32
-    (the low byte of each lane)."""
+    """C for `ec_requant_s8_MxN` over re-encoded constants (`rescale_constants`; the accumulators
+    started at the channels' offsets): O = sat8((VMULH(C, m0) + Ra) >> r), 4 channels per Helium
+    vector, bit for bit the scalar form (the portable C of the Cortex-M4/M7 kernel otherwise: the
+    host's model.c gives the same bytes)."""
     code = guarded_kernel(
         _MVE,
-        f"/* int8 rescale of C[{m}x{n}] (int32): O = sat8((int32)((C * m0 + rnd) >> 32) >> r) per channel, 4 "
-        "channels per Helium vector (64-bit sum as low and high words with the carry), portable C otherwise */",
-        requant_signature(m, n), "defined(__ARM_FEATURE_MVE)", _requant_mve_body(m, n), requant_body(m, n))
+        f"/* int8 rescale of C[{m}x{n}] (int32, started at the channels' offsets), constants (m0, (off, Ra), r) per "
+        "channel, r > 0: O = sat8((((C * m0) >> 32) + Ra) >> r), 4 channels per Helium vector, portable C otherwise */",
+        requant_signature(m, n), "defined(__ARM_FEATURE_MVE)", _requant_mve_body(m, n), dsp._rescale_portable_body(m, n))
     # out of line: inlined into the depthwise loops, gcc spilled their vectors (8 Q registers); the
     # wake-word network measured 7.11 M inlined, 6.73 M out of line
     return code.replace(requant_signature(m, n) + " {",
