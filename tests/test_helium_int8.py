@@ -83,6 +83,14 @@ CASES.append(Case("helium_dw_asm_3_16_17_32_zp", (1, 3, 9, 11),
                   " nn.Conv2d(17, 17, 3, padding=1, groups=17), nn.BatchNorm2d(17), nn.Conv2d(17, 32, 1), nn.ReLU(),"
                   " nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=32), nn.ReLU6(), nn.Conv2d(32, 1, 1)]",
                   ("dwpw",)))
+# the GEMM's full groups as an asm loop (K >= 64: 4 groups and more, ukernels._asm_groups): K = 67 (4 groups
+# and a tail of 3) into 17 output channels, K = 96 after a depthwise window of zero point 127 (stride 2)
+# into 3, K = 64 after one of zero point -128 (stride 1) into 1 output channel
+CASES.append(Case("helium_asm_gemm_k67_96_64", (1, 67, 5, 7),
+                  "[nn.Conv2d(67, 17, 1), nn.ReLU(), nn.Conv2d(17, 96, 1), nn.Hardtanh(-6.0, 0.0),"
+                  " nn.Conv2d(96, 96, 3, stride=2, padding=1, groups=96), nn.ReLU(), nn.Conv2d(96, 3, 1), nn.ReLU6(),"
+                  " nn.Conv2d(3, 64, 1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.ReLU6(),"
+                  " nn.Conv2d(64, 1, 1)]", ("conv_pw", "dwpw")))
 REQUANT = {"helium_requant_tail_18": "ec_requant_s8_1x18", "helium_window_1_3_4": "ec_requant_s8_2x8",
            "helium_dwpw_epilogue_8_24_48": r"ec_requant_s8_\d+x48"}
 
@@ -105,6 +113,10 @@ def test_helium_kernel_bytes_equal_the_integer_reference(tmp_path, monkeypatch, 
     if {"conv_dw", "dwpw"} & set(case.kinds):
         # the depthwise taps of full vectors are asm statements (VLDRH.S32, VMUL.I32, VADD.I32), tails intrinsics
         assert re.search(r"\bvldrhq_(z_)?s32\(|vldrh\.s32 %q\[t\]", code), "no Helium depthwise kernel"
+    if case.name == "helium_asm_gemm_k67_96_64":
+        assert "vmladava.s8 %[c0_0], q0, q3" in code and "le lr, 1b" in code, "no asm GEMM loop"
+        ks = {int(k) for k in re.findall(r"\bec_gemm_s8k16_\d+x\d+\((?:\(&\([^;]*?\)\), ){3}(\d+), ", code)}
+        assert {64, 67, 96} <= ks, ks        # the reductions that take the asm loop
     if case.name == "helium_dw_asm_3_16_17_32_zp":
         zps = re.findall(r"\bec_widen_s8s16\(\([^;]*, (-?\d+)\);", code)
         assert {int(z) for z in zps} >= {-128, 127}, zps        # both extremes of the zero point
