@@ -270,6 +270,27 @@ RESCALE_ORDER = dsp.RESCALE_ORDER
 rescale_constants = dsp.rescale_constants
 
 
+REQUANT_ASM_PIXELS = 3
+
+
+def _requant_vector_asm(m: int, at0: object) -> str:
+    """One full vector of 4 channels over the M pixels as one asm statement: its constants (VLDRW m0,
+    the gathered Ra words, VLDRW r and 24 - r), then per pixel VLDRW, VMULH.S32, VADD, VQSHL.S32,
+    VSHR #24, VSTRB.32. In C gcc hoisted the loads and products of every vector and spilled them
+    (79 instructions per 3 x 8 call; the narrowing store takes a low core register as its base)."""
+    steps = ["vldrw.32 %q[mu], [%[m0]]", "vldrw.u32 %q[ra], [%[rp], %q[odd], uxtw #2]", "vldrw.32 %q[sh], [%[r]]",
+             "vsub.i32 %q[sh], %q[s24], %q[sh]"]
+    for i in range(m):
+        steps += [f"vldrw.32 %q[t], [%[c{i}]]", "vmulh.s32 %q[t], %q[t], %q[mu]", "vadd.i32 %q[t], %q[t], %q[ra]",
+                  "vqshl.s32 %q[t], %q[t], %q[sh]", "vshr.s32 %q[t], %q[t], #24", f"vstrb.32 %q[t], [%[o{i}]]"]
+    body = "\\n\\t".join(steps)
+    ins = [f'[m0] "r"(m0 + {at0})', f'[rp] "r"(ra_lo + 2 * {at0})', '[odd] "w"(odd)', f'[r] "r"(r + {at0})',
+           '[s24] "w"(s24)'] + [f'[c{i}] "r"(C + {i} * ldc + {at0})' for i in range(m)] \
+        + [f'[o{i}] "l"(O + {i} * ldo + {at0})' for i in range(m)]
+    return (f'  {{ int32x4_t mu, ra, sh, t; __asm__ volatile("{body}" : [mu] "=&w"(mu), [ra] "=&w"(ra), [sh] "=&w"(sh), '
+            f'[t] "=&w"(t) : {", ".join(ins)} : "memory"); }}')
+
+
 def _requant_mve_body(m: int, n: int) -> list[str]:
     """Per vector of 4 channels and pixel: VLDRW, VMULH.S32, VADD (Ra), VQSHL.S32 by 24 - r, VSHR #24,
     VSTRB.32. sat8(x >> r) == (sat32(x << (24 - r))) >> 24 for 0 <= r <= 24: x << (24 - r)
@@ -287,6 +308,11 @@ def _requant_mve_body(m: int, n: int) -> list[str]:
     for q, t in vecs:       # one vector of channels at a time, its pixels inside: 3 constant vectors live
         z, pa = ("_z", ", p") if t else ("", "")
         at0 = q if q == "q" else 4 * q
+        if not t and m <= REQUANT_ASM_PIXELS:
+            lines.append(_requant_vector_asm(m, at0))
+            if q == "q":
+                lines.append("  }")
+            continue
         lines += ["  {",
                   f"    const int32x4_t mu = vldrwq{z}_s32(m0 + {at0}{pa});",
                   f"    const int32x4_t ra = vldrwq_gather_shifted_offset{z}_s32(ra_lo + 2 * {at0}, odd{pa});",
