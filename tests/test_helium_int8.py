@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 import pytest
 
 from test_int8_kernels import Case, _check_kernel_case
@@ -125,3 +127,43 @@ def test_helium_kernel_bytes_equal_the_integer_reference(tmp_path, monkeypatch, 
         assert "vldrb.s32 %q[u]" in code, "no asm taps loading their weights (the 1 x 16 tile)"
     if {"conv", "conv_dw", "dwpw"} & set(case.kinds):     # padded windows: the Helium row copy
         assert re.search(r"\bec_widen_s8s16\(\(", code) and "vsubq_n_s16" in code, "no Helium padded-row copy"
+
+
+SATURATING = Case("helium_rescale_saturating_8_24_12", (1, 8, 6, 8),
+                  "[nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU6(), nn.Conv2d(8, 24, 1), nn.Hardtanh(-6.0, 0.0),"
+                  " nn.Conv2d(24, 24, 3, stride=2, padding=1, groups=24), nn.ReLU(), nn.Conv2d(24, 12, 1)]", ("dwpw",))
+
+
+def test_helium_rescale_saturates_on_both_sides(tmp_path, monkeypatch):
+    """The Helium rescale (VMULH + Ra, VQSHL by 24 - r, VSHR #24; asm for full vectors) where it
+    saturates: a depthwise 3 x 8 tile clamped by ReLU6, a pointwise epilogue of 24 channels clamped
+    to [-6, 0] (zero point 127 into the next padded window), and a last pointwise layer without
+    activation whose outputs reach both -128 and 127 on the test inputs. Device and host bytes equal
+    the VM reference (test_int8_kernels' check, its reference computed once)."""
+    from edgecompile.compiler import BuildOptions, Progress, write_build
+    from edgecompile.platforms.host import HostModel
+    from edgecompile.targets import load_target
+    from helpers import board_outputs
+    from test_int8_kernels import _calibration, _inputs, _source, vm_reference
+
+    seed = 71
+    source, calibration = _source(SATURATING, seed), _calibration(tmp_path, SATURATING, seed)
+    reference, quant = vm_reference(source, calibration, monkeypatch)
+    inputs = _inputs(SATURATING, seed)
+    expected = [reference(x) for x in inputs]
+    outs = np.concatenate([e.ravel() for e in expected])
+    assert outs.min() == -128 and outs.max() == 127, (outs.min(), outs.max())     # saturated both ways
+    out = tmp_path / BOARD
+    rep = write_build(source, load_target(BOARD), out, BuildOptions(quant="int8", calibration=calibration,
+                                                                     compare_unfused=False), Progress(quiet=True))
+    assert rep["quant"] == quant and "dwpw" in {c["kind"] for c in rep["calls"] if not c["schedule"].startswith("generic")}
+    code = (out / "model.c").read_text()
+    assert "vqshl.s32 %q[t]" in code and re.search(r"\bec_requant_s8_\d+x24\w*\(", code), "no Helium rescale"
+    assert 127 in {int(z) for z in re.findall(r"\bec_widen_s8s16\(\([^;]*, (-?\d+)\);", code)}   # after [-6, 0]
+    host = HostModel.from_sources(out)
+    try:
+        for x, want, dev in zip(inputs, expected, board_outputs(BOARD, out, rep, inputs, timeout=30, dtype="int8")):
+            assert dev.tobytes() == want.tobytes(), "device bytes differ from the reference"
+            assert host.run(x)[0].tobytes() == want.tobytes(), "host compile of model.c differs"
+    finally:
+        host.close()
