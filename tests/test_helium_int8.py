@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 import pytest
 
 from test_int8_kernels import Case, _check_kernel_case
@@ -83,6 +85,14 @@ CASES.append(Case("helium_dw_asm_3_16_17_32_zp", (1, 3, 9, 11),
                   " nn.Conv2d(17, 17, 3, padding=1, groups=17), nn.BatchNorm2d(17), nn.Conv2d(17, 32, 1), nn.ReLU(),"
                   " nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=32), nn.ReLU6(), nn.Conv2d(32, 1, 1)]",
                   ("dwpw",)))
+# the GEMM's full groups as an asm loop (K >= 64: 4 groups and more, ukernels._asm_groups): K = 67 (4 groups
+# and a tail of 3) into 17 output channels, K = 96 after a depthwise window of zero point 127 (stride 2)
+# into 3, K = 64 after one of zero point -128 (stride 1) into 1 output channel
+CASES.append(Case("helium_asm_gemm_k67_96_64", (1, 67, 5, 7),
+                  "[nn.Conv2d(67, 17, 1), nn.ReLU(), nn.Conv2d(17, 96, 1), nn.Hardtanh(-6.0, 0.0),"
+                  " nn.Conv2d(96, 96, 3, stride=2, padding=1, groups=96), nn.ReLU(), nn.Conv2d(96, 3, 1), nn.ReLU6(),"
+                  " nn.Conv2d(3, 64, 1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.ReLU6(),"
+                  " nn.Conv2d(64, 1, 1)]", ("conv_pw", "dwpw")))
 REQUANT = {"helium_requant_tail_18": "ec_requant_s8_1x18", "helium_window_1_3_4": "ec_requant_s8_2x8",
            "helium_dwpw_epilogue_8_24_48": r"ec_requant_s8_\d+x48"}
 
@@ -100,11 +110,16 @@ def test_helium_kernel_bytes_equal_the_integer_reference(tmp_path, monkeypatch, 
         assert re.search(r"\bec_window_s16_\d+x\d+_k\d+x\d+c[1-4]s\d+\(", code) and "vmlaq_n_s32" in code, \
             "no Helium window kernel"
     if case.name in REQUANT:   # the Helium rescale kernel (4 vectors looped and a tail-predicated one in 1x18)
-        assert re.search(r"\b" + REQUANT[case.name] + r"\w*\(", code) and "vmulhq_s32" in code \
-            and "vhaddq_u32" in code, "no Helium rescale"
+        # full vectors of at most 3 pixels as asm statements, predicated tails and wider tiles intrinsics
+        assert re.search(r"\b" + REQUANT[case.name] + r"\w*\(", code) and ("vmulhq_s32" in code or "vmulh.s32 %q[t]" in code) \
+            and ("vqshlq_s32" in code or "vqshl.s32 %q[t]" in code), "no Helium rescale"
     if {"conv_dw", "dwpw"} & set(case.kinds):
         # the depthwise taps of full vectors are asm statements (VLDRH.S32, VMUL.I32, VADD.I32), tails intrinsics
         assert re.search(r"\bvldrhq_(z_)?s32\(|vldrh\.s32 %q\[t\]", code), "no Helium depthwise kernel"
+    if case.name == "helium_asm_gemm_k67_96_64":
+        assert "vmladava.s8 %[c0_0], q0, q3" in code and "le lr, 1b" in code, "no asm GEMM loop"
+        ks = {int(k) for k in re.findall(r"\bec_gemm_s8k16_\d+x\d+\((?:\(&\([^;]*?\)\), ){3}(\d+), ", code)}
+        assert {64, 67, 96} <= ks, ks        # the reductions that take the asm loop
     if case.name == "helium_dw_asm_3_16_17_32_zp":
         zps = re.findall(r"\bec_widen_s8s16\(\([^;]*, (-?\d+)\);", code)
         assert {int(z) for z in zps} >= {-128, 127}, zps        # both extremes of the zero point
@@ -112,3 +127,43 @@ def test_helium_kernel_bytes_equal_the_integer_reference(tmp_path, monkeypatch, 
         assert "vldrb.s32 %q[u]" in code, "no asm taps loading their weights (the 1 x 16 tile)"
     if {"conv", "conv_dw", "dwpw"} & set(case.kinds):     # padded windows: the Helium row copy
         assert re.search(r"\bec_widen_s8s16\(\(", code) and "vsubq_n_s16" in code, "no Helium padded-row copy"
+
+
+SATURATING = Case("helium_rescale_saturating_8_24_12", (1, 8, 6, 8),
+                  "[nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU6(), nn.Conv2d(8, 24, 1), nn.Hardtanh(-6.0, 0.0),"
+                  " nn.Conv2d(24, 24, 3, stride=2, padding=1, groups=24), nn.ReLU(), nn.Conv2d(24, 12, 1)]", ("dwpw",))
+
+
+def test_helium_rescale_saturates_on_both_sides(tmp_path, monkeypatch):
+    """The Helium rescale (VMULH + Ra, VQSHL by 24 - r, VSHR #24; asm for full vectors) where it
+    saturates: a depthwise 3 x 8 tile clamped by ReLU6, a pointwise epilogue of 24 channels clamped
+    to [-6, 0] (zero point 127 into the next padded window), and a last pointwise layer without
+    activation whose outputs reach both -128 and 127 on the test inputs. Device and host bytes equal
+    the VM reference (test_int8_kernels' check, its reference computed once)."""
+    from edgecompile.compiler import BuildOptions, Progress, write_build
+    from edgecompile.platforms.host import HostModel
+    from edgecompile.targets import load_target
+    from helpers import board_outputs
+    from test_int8_kernels import _calibration, _inputs, _source, vm_reference
+
+    seed = 71
+    source, calibration = _source(SATURATING, seed), _calibration(tmp_path, SATURATING, seed)
+    reference, quant = vm_reference(source, calibration, monkeypatch)
+    inputs = _inputs(SATURATING, seed)
+    expected = [reference(x) for x in inputs]
+    outs = np.concatenate([e.ravel() for e in expected])
+    assert outs.min() == -128 and outs.max() == 127, (outs.min(), outs.max())     # saturated both ways
+    out = tmp_path / BOARD
+    rep = write_build(source, load_target(BOARD), out, BuildOptions(quant="int8", calibration=calibration,
+                                                                     compare_unfused=False), Progress(quiet=True))
+    assert rep["quant"] == quant and "dwpw" in {c["kind"] for c in rep["calls"] if not c["schedule"].startswith("generic")}
+    code = (out / "model.c").read_text()
+    assert "vqshl.s32 %q[t]" in code and re.search(r"\bec_requant_s8_\d+x24\w*\(", code), "no Helium rescale"
+    assert 127 in {int(z) for z in re.findall(r"\bec_widen_s8s16\(\([^;]*, (-?\d+)\);", code)}   # after [-6, 0]
+    host = HostModel.from_sources(out)
+    try:
+        for x, want, dev in zip(inputs, expected, board_outputs(BOARD, out, rep, inputs, timeout=30, dtype="int8")):
+            assert dev.tobytes() == want.tobytes(), "device bytes differ from the reference"
+            assert host.run(x)[0].tobytes() == want.tobytes(), "host compile of model.c differs"
+    finally:
+        host.close()

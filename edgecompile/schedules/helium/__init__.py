@@ -4,8 +4,10 @@ in groups of 16 reduction steps per channel, "k16"); fused depthwise+pointwise k
 keep their depthwise rows int8; int16-activation GEMM tiles (the zero-point-shifted rows of padded
 KxK convolutions) use VMLADAVA.S16 over groups of 8 ("k8"). Integer depthwise tiles (int16 padded
 rows x int8 weights) use 4-lane Helium vectors. The zero-point-shifted padded rows themselves are
-copied by a Helium row copy (`ec_widen_s8s16`, one call per in-bound row of the window). Float
-kernels use the 4-lane vectors."""
+copied by a Helium row copy (`ec_widen_s8s16`, one call per in-bound row of the window). The int8
+rescale tiles read their constants re-encoded as the Cortex-M4/M7 kernels' (off, Ra) pairs, the
+offsets added by the accumulators' init (`after_finish`, inherited): VMULH + VADD per vector, no
+64-bit sum. Float kernels use the 4-lane vectors."""
 
 from typing import Any
 
@@ -83,11 +85,16 @@ class HeliumRules(CortexMRules):
         done in kernels with windows that narrow (elsewhere the out-of-line call measured 0.6-5%
         slower); with the VHADD rescale and the pointwise rescale grouped per 16 channels, every
         kernel: the wake-word network 6,132,609 -> 6,101,719 instructions (dw+pw 24x24x32_2
-        930,594 -> 906,719; 12x12x64_2 and the 3x3x256 ones 1-3 k slower)."""
+        930,594 -> 906,719; 12x12x64_2 and the 3x3x256 ones 1-3 k slower). Over re-encoded constants
+        (info.rescale: ukernels.rescale_constants, the offsets in the accumulators' init) the rescale
+        is VMULH + VADD Ra, VQSHL by 24 - r, VSHR #24: the network 4,617,296 -> 4,272,609 (same
+        session). Without the rescale kernel (constants it cannot take, e.g. a shift of 32) the
+        kernel keeps its own C."""
         pads = [b for b in blocks_before if "pad" in b.lower()]
         tiling.split_padding(sch, pads, self.SPLIT_PAD_CHANNELS)
         tiling.mark_widen_rows(sch, pads)
-        tiling.tensorize_requant(sch, self.REQUANT_MIN_CHANNELS)
+        if info.rescale_kernel:     # over re-encoded constants (ukernels.rescale_constants); else the kernel's own C
+            tiling.tensorize_requant(sch, self.REQUANT_MIN_CHANNELS, info.rescale)
 
     EPILOGUE_MAX_CHANNELS = 64     # the wake-word network: 6.10 / 6.04 / 6.02 / 6.28 M instructions with 16 / 32 / 64 / 128
 

@@ -24,16 +24,53 @@ from __future__ import annotations
 
 from ..cortex_m import ukernels as dsp
 from ..ukernels import (GROUP_ORDERS, WIDEN_SIGNATURE, Types, dw_body, dw_signature, gemm_signature, guarded_kernel, ordered_gemm_body,
-                        requant_body, requant_signature, widen_body, window_body, window_signature)
+                        requant_signature, widen_body, window_body, window_signature)
 
 __all__ = ["dw", "gemm", "requant", "widen", "window"]
 
+# The pragma (in model.c only: the firmware's startup runs before the FPU/MVE is enabled) keeps gcc from
+# turning the padded windows' zero fills into calls of newlib-nano's byte-by-byte memset: they stay loops
+# that gcc vectorises. Wake-word int8 on mps3-an547 (--samples 2 PASS, same session): 4,075,796 ->
+# 3,962,562 instructions. The same flag in the target's cflags vectorised the startup's .bss loop
+# (a fault before CPACR enables MVE).
 _MVE = "\n".join([
     "#if defined(__ARM_FEATURE_MVE) && !defined(EC_ARM_MVE)",
     "#define EC_ARM_MVE",
     "#include <arm_mve.h>",
+    "#pragma GCC optimize (\"no-tree-loop-distribute-patterns\")",
     "#endif",
 ])
+
+
+ASM_MIN_GROUPS = 4
+# reductions of at least this many full groups take the asm loop; shorter ones gcc's unrolled C: with the
+# loop for K = 32 too, the wake-word network's dw+pw 24x24x32_2 measured 553,938 -> 599,354 instructions
+_ACC_REGS = ("r0", "r2", "r4", "r6", "r8", "r10")    # VMLADAVA's accumulator: an even core register
+
+
+def _asm_groups(m: int, n: int) -> list[str]:
+    """The full groups of 16 int8 steps as one asm loop (DLS/LE): per group M activation loads and N
+    weight loads with post-increment (q0-q2, q3), M x N VMLADAVA.S8 into accumulators held in even
+    core registers (local register variables), so that nothing but the loads, the MACs and LE
+    remains in the loop. Where gcc unrolled the C loop over a constant K (64-256), it kept the
+    pointers of every group in stack slots (3 x 2 tile, K = 128: 145 instructions per call)."""
+    accs = [(i, j) for i in range(m) for j in range(n)]
+    lines = [f"  if (k >= {16 * ASM_MIN_GROUPS}) {{",
+             "    const int32_t groups = k >> 4;"]
+    lines += [f"    register int32_t r{i}_{j} __asm__(\"{_ACC_REGS[t]}\") = c{i}_{j};" for t, (i, j) in enumerate(accs)]
+    body = ["dls lr, %[groups]", "1:"]
+    body += [f"vldrb.8 q{i}, [%[a{i}]], #16" for i in range(m)]
+    for j in range(n):
+        body.append("vldrb.8 q3, [%[b]], #16")
+        body += [f"vmladava.s8 %[c{i}_{j}], q{i}, q3" for i in range(m)]
+    body.append("le lr, 1b")
+    lines.append("    __asm__ volatile(" + " ".join(f'"{t}\\n"' for t in body))
+    outs = [f'[c{i}_{j}] "+r"(r{i}_{j})' for i, j in accs] + [f'[a{i}] "+r"(a{i})' for i in range(m)] + ['[b] "+r"(b)']
+    lines.append("      : " + ", ".join(outs))
+    lines.append('      : [groups] "r"(groups)')
+    lines.append('      : "q0", "q1", "q2", "q3", "lr", "memory");')
+    lines += ["    " + " ".join(f"c{i}_{j} = r{i}_{j};" for i, j in accs), "    k &= 15;", "  }"]
+    return lines
 
 
 def _mve_body(m: int, n: int, g: int, wide: bool) -> list[str]:
@@ -57,13 +94,17 @@ def _mve_body(m: int, n: int, g: int, wide: bool) -> list[str]:
     for j in range(n):
         lines.append(f"    {{ const {vt} w = {ws}_{sfx}(b + {g * j});")
         lines.append("      " + " ".join(f"c{i}_{j} += vmladavq_{sfx}(x{i}, w);" for i in range(m)) + " }")
-    lines += ["    k = 0;", "  }", f"  for (; k >= {g}; k -= {g}) {{"]
+    lines += ["    k = 0;", "  }"]
+    if not wide and m * n <= len(_ACC_REGS) and m <= 3:
+        lines += _asm_groups(m, n)
+    lines += [f"  for (; k >= {g}; k -= {g}) {{"]
     for i in range(m):
         lines.append(f"    const {vt} x{i} = {xs}_{sfx}(a{i}); a{i} += {g};")
     for j in range(n):
         lines.append(f"    {{ const {vt} w = {ws}_{sfx}(b + {g * j});")
         lines.append("      " + " ".join(f"c{i}_{j} = vmladavaq_{sfx}(c{i}_{j}, x{i}, w);" for i in range(m)) + " }")
-    lines += [f"    b += {g * n};", "  }", "  if (k > 0) {", f"    const mve_pred16_t p = {ps}((uint32_t)k);"]
+    lines += [f"    b += {g * n};", "  }"]
+    lines += ["  if (k > 0) {", f"    const mve_pred16_t p = {ps}((uint32_t)k);"]
     for i in range(m):
         lines.append(f"    const {vt} x{i} = {xs}_z_{sfx}(a{i}, p);")
     for j in range(n):
@@ -221,34 +262,68 @@ REQUANT_LOOP_VECTORS = 3
 # over the 4 vectors of a 3 x 16 tile, gcc hoisted every vector's constants and spilled them (8 Q
 # registers)
 
+# The rescale tiles read their constants re-encoded at compile time as the Cortex-M4/M7 SMMLA kernel
+# does (cortex_m.ukernels.rescale_constants: each channel's int64 rnd stored as the int32 pair
+# (off, Ra), the offset added by the accumulators' init, tiling.rescale_offsets_into_init), so that
+# (acc * m0 + rnd) >> 32 == VMULH.S32(acc', m0) + Ra: no 64-bit sum, no carry.
+RESCALE_ORDER = dsp.RESCALE_ORDER
+rescale_constants = dsp.rescale_constants
+
+
+REQUANT_ASM_PIXELS = 3
+
+
+def _requant_vector_asm(m: int, at0: object) -> str:
+    """One full vector of 4 channels over the M pixels as one asm statement: its constants (VLDRW m0,
+    the gathered Ra words, VLDRW r and 24 - r), then per pixel VLDRW, VMULH.S32, VADD, VQSHL.S32,
+    VSHR #24, VSTRB.32. In C gcc hoisted the loads and products of every vector and spilled them
+    (79 instructions per 3 x 8 call; the narrowing store takes a low core register as its base)."""
+    steps = ["vldrw.32 %q[mu], [%[m0]]", "vldrw.u32 %q[ra], [%[rp], %q[odd], uxtw #2]", "vldrw.32 %q[sh], [%[r]]",
+             "vsub.i32 %q[sh], %q[s24], %q[sh]"]
+    for i in range(m):
+        steps += [f"vldrw.32 %q[t], [%[c{i}]]", "vmulh.s32 %q[t], %q[t], %q[mu]", "vadd.i32 %q[t], %q[t], %q[ra]",
+                  "vqshl.s32 %q[t], %q[t], %q[sh]", "vshr.s32 %q[t], %q[t], #24", f"vstrb.32 %q[t], [%[o{i}]]"]
+    body = "\\n\\t".join(steps)
+    ins = [f'[m0] "r"(m0 + {at0})', f'[rp] "r"(ra_lo + 2 * {at0})', '[odd] "w"(odd)', f'[r] "r"(r + {at0})',
+           '[s24] "w"(s24)'] + [f'[c{i}] "r"(C + {i} * ldc + {at0})' for i in range(m)] \
+        + [f'[o{i}] "l"(O + {i} * ldo + {at0})' for i in range(m)]
+    return (f'  {{ int32x4_t mu, ra, sh, t; __asm__ volatile("{body}" : [mu] "=&w"(mu), [ra] "=&w"(ra), [sh] "=&w"(sh), '
+            f'[t] "=&w"(t) : {", ".join(ins)} : "memory"); }}')
+
 
 def _requant_mve_body(m: int, n: int) -> list[str]:
+    """Per vector of 4 channels and pixel: VLDRW, VMULH.S32, VADD (Ra), VQSHL.S32 by 24 - r, VSHR #24,
+    VSTRB.32. sat8(x >> r) == (sat32(x << (24 - r))) >> 24 for 0 <= r <= 24: x << (24 - r)
+    stays in int32 exactly when x >> r is in [-128, 127] (both ranges are [-2^(7+r), 2^(7+r))),
+    and saturates to INT32_MAX / INT32_MIN (>> 24: 127 / -128) otherwise."""
     full, tail = divmod(n, 4)
     looped = full >= REQUANT_LOOP_VECTORS
     vecs = ([("q", False)] if looped else [(q, False) for q in range(full)]) + ([(full, True)] if tail else [])
     lines = [f"  const mve_pred16_t p = vctp32q({tail});"] if tail else []
-    lines += ["  const uint32x4_t even = vidupq_n_u32(0, 2);"]
+    lines += ["  const uint32x4_t odd = vidupq_n_u32(1, 2);",
+              "  const int32x4_t s24 = vdupq_n_s32(24);",
+              "  const int32_t *ra_lo = (const int32_t *)rnd;"]
     if looped:
         lines += ["#pragma GCC unroll 1", f"  for (int32_t v = 0; v < {full}; ++v) {{", "    const int32_t q = 4 * v;"]
-    for q, t in vecs:       # one vector of channels at a time, its pixels inside: 4 constant vectors live
+    for q, t in vecs:       # one vector of channels at a time, its pixels inside: 3 constant vectors live
         z, pa = ("_z", ", p") if t else ("", "")
         at0 = q if q == "q" else 4 * q
+        if not t and m <= REQUANT_ASM_PIXELS:
+            lines.append(_requant_vector_asm(m, at0))
+            if q == "q":
+                lines.append("  }")
+            continue
         lines += ["  {",
                   f"    const int32x4_t mu = vldrwq{z}_s32(m0 + {at0}{pa});",
-                  f"    const uint32x4_t rl = vldrwq_gather_shifted_offset{z}_u32((const uint32_t *)(rnd + {at0}), even{pa});",
-                  f"    const int32x4_t rh = vldrwq_gather_shifted_offset{z}_s32((const int32_t *)(rnd + {at0}) + 1, even{pa});",
-                  f"    const int32x4_t sh = vnegq_s32(vldrwq{z}_s32(r + {at0}{pa}));"]
+                  f"    const int32x4_t ra = vldrwq_gather_shifted_offset{z}_s32(ra_lo + 2 * {at0}, odd{pa});",
+                  f"    const int32x4_t sh = vsubq_s32(s24, vldrwq{z}_s32(r + {at0}{pa}));"]
         for i in range(m):
             at = f"C + {i} * ldc + {at0}"
             lines += ["    {",
                       "      const int32x4_t c = " + (f"vldrwq_z_s32({at}, p);" if t else f"vldrwq_s32({at});"),
-                      "      const uint32x4_t carry = vshrq_n_u32(vhaddq_u32(vreinterpretq_u32_s32(vmulq_s32(c, mu)), rl), 31);",
-                      "      int32x4_t x = vaddq_s32(vaddq_s32(vmulhq_s32(c, mu), rh), vreinterpretq_s32_u32(carry));",
-                      "      x = vshlq_s32(x, sh);",
-                      "      const int16x8_t h = vqmovnbq_s32(vreinterpretq_s16_s32(x), x);",
-                      "      const int8x16_t y = vqmovnbq_s16(vreinterpretq_s8_s16(h), h);",
-                      (f"      vstrbq_p_s32(O + {i} * ldo + {at0}, vreinterpretq_s32_s8(y), p);" if t
-                       else f"      vstrbq_s32(O + {i} * ldo + {at0}, vreinterpretq_s32_s8(y));"),
+                      "      const int32x4_t x = vshrq_n_s32(vqshlq_s32(vaddq_s32(vmulhq_s32(c, mu), ra), sh), 24);",
+                      (f"      vstrbq_p_s32(O + {i} * ldo + {at0}, x, p);" if t
+                       else f"      vstrbq_s32(O + {i} * ldo + {at0}, x);"),
                       "    }"]
         lines.append("  }")
         if q == "q":
@@ -257,19 +332,15 @@ def _requant_mve_body(m: int, n: int) -> list[str]:
 
 
 def requant(m: int, n: int) -> str:
-    """C for `ec_requant_s8_MxN`: the folded int8 rescale, 4 channels per Helium vector, bit for bit
-    the scalar form: acc * m0 as its low (VMUL) and high (VMULH, no rounding) words, the 64-bit
-    constant's low and high words (gathered from the int64 array) added with the carry of the low
-    words: bit 31 of their unsigned halving sum (VHADD.U32 keeps the 33rd bit; no predicate), then
-    VSHL by -r (a truncating arithmetic shift right, r in [0, 22]), the int8 clamp as two
-    saturating narrowings into the value's own vector (VQMOVNB.S32 then .S16: the value lands in
-    the low byte of each 32-bit lane; the other lanes keep bytes never stored), stored by VSTRB.32
-    (the low byte of each lane)."""
+    """C for `ec_requant_s8_MxN` over re-encoded constants (`rescale_constants`; the accumulators
+    started at the channels' offsets): O = sat8((VMULH(C, m0) + Ra) >> r), 4 channels per Helium
+    vector, bit for bit the scalar form (the portable C of the Cortex-M4/M7 kernel otherwise: the
+    host's model.c gives the same bytes)."""
     code = guarded_kernel(
         _MVE,
-        f"/* int8 rescale of C[{m}x{n}] (int32): O = sat8((int32)((C * m0 + rnd) >> 32) >> r) per channel, 4 "
-        "channels per Helium vector (64-bit sum as low and high words with the carry), portable C otherwise */",
-        requant_signature(m, n), "defined(__ARM_FEATURE_MVE)", _requant_mve_body(m, n), requant_body(m, n))
+        f"/* int8 rescale of C[{m}x{n}] (int32, started at the channels' offsets), constants (m0, (off, Ra), r) per "
+        "channel, r > 0: O = sat8((((C * m0) >> 32) + Ra) >> r), 4 channels per Helium vector, portable C otherwise */",
+        requant_signature(m, n), "defined(__ARM_FEATURE_MVE)", _requant_mve_body(m, n), dsp._rescale_portable_body(m, n))
     # out of line: inlined into the depthwise loops, gcc spilled their vectors (8 Q registers); the
     # wake-word network measured 7.11 M inlined, 6.73 M out of line
     return code.replace(requant_signature(m, n) + " {",
