@@ -258,11 +258,11 @@ def test_split_window_and_short_k_tiles_bytes_equal_the_integer_reference_on_m4_
         assert "condval" not in model_c, board          # the window's copy has no per-value condition
 
 
-# Cortex-M4/M7: the in-bound rows of every padded int16 window of >= 4 channels are copied by the DSP row
+# Cortex-M4/M7: the in-bound rows of every padded int16 window of >= 3 channels are copied by the DSP row
 # copy ec_widen_s8s16 (4 values per word, a scalar head to align the window and an n % 4 tail): 17
 # channels (rows of 85 and 51 values, starting at an odd int16 offset), strides 1 and 2, the window's zero
-# point at both extremes (-128 after a ReLU, 127 after a clamp to [-6, 0]); the 3-channel window before
-# them keeps the conditional copy.
+# point at both extremes (-128 after a ReLU, 127 after a clamp to [-6, 0]); the 3-channel depthwise window
+# before them is one contiguous run per row too.
 WIDEN_CASES = [
     Case("dwpw_widen_3_17_zp", (1, 3, 7, 9),
          "[nn.Conv2d(3, 3, 3, stride=2, padding=1, groups=3), nn.ReLU(), nn.Conv2d(3, 17, 1), nn.ReLU(),"
@@ -280,9 +280,41 @@ def test_widen_row_copy_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, mon
     for board, model_c in sources.items():
         calls = re.findall(r"\bec_widen_s8s16\(\([^;]*, (\d+), (\d+), \(int64_t\)(\d+), \(int64_t\)(\d+), (-?\d+)\);",
                            model_c)
-        assert {int(c[-1]) for c in calls} == {-128, 127}, (board, calls)     # both extremes of the zero point
-        assert all(int(cols) == 17 for _, cols, *_ in calls), (board, calls)  # not the 3-channel window
+        wide = [c for c in calls if int(c[1]) == 17]
+        assert {int(c[-1]) for c in wide} == {-128, 127}, (board, calls)      # both extremes of the zero point
+        assert {int(c[1]) for c in calls} == {3, 17}, (board, calls)          # the 3-channel window too
+        assert all(int(c[2]) == int(c[3]) == int(c[1]) for c in calls if int(c[1]) == 3), (board, calls)
         assert "__ssub16(__sxtb16(w), zz)" in model_c, board                  # the DSP row copy
+
+
+# Cortex-M4/M7, a network's first convolution (3 input channels, the whole window per GEMM call): its
+# padded rows are stored pixel-major ([pixel][KH][C]), the pad-value fill walks them in memory order
+# (tiling.fill_in_memory_order) and each in-bound window row is one ec_widen_s8s16 call over rows of 3
+# values, KH x 3 apart (the 4-rows-per-iteration RGB path, then the rows % 4 last rows): stride 2 on 11
+# pixels (2 quads of rows + 3), stride 1 on 9 (2 quads + 1) with 17 output channels; the window's zero
+# point at both extremes (-128 after a ReLU, 127 after a clamp to [-6, 0]).
+RGB_WINDOW_CASES = [
+    Case("rgb_window_s2_zp_min", (1, 3, 13, 11),
+         "[nn.Conv2d(3, 3, 1), nn.ReLU(), nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU6()]", ("conv",)),
+    Case("rgb_window_s1_zp_max", (1, 3, 6, 9),
+         "[nn.Conv2d(3, 3, 1), nn.Hardtanh(-6.0, 0.0), nn.Conv2d(3, 17, 3, padding=1)]", ("conv",)),
+]
+
+
+@pytest.mark.parametrize("case", RGB_WINDOW_CASES, ids=[c.name for c in RGB_WINDOW_CASES])
+def test_rgb_window_rows_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+    import re
+
+    sources = _check_kernel_case(tmp_path, monkeypatch, case, 105 + RGB_WINDOW_CASES.index(case),
+                                 ["mps2-an386", "stm32f746g-disco"])
+    zp = -128 if "ReLU()" in case.layers else 127
+    for board, model_c in sources.items():
+        calls = re.findall(r"\bec_widen_s8s16\(\([^;]*, (\d+), (\d+), \(int64_t\)(\d+), \(int64_t\)(\d+), (-?\d+)\);",
+                           model_c)
+        # the 3 x 3 window: rows of 3 values 9 apart in the window, 3 apart in the source, at the zero point
+        assert (str(case.shape[3]), "3", "9", "3", str(zp)) in calls, (board, calls)
+        assert "condval" not in model_c, board          # no conditional copy per value
+        assert "if (cols == 3 && ldx == 3 && ldo != 3) {" in model_c, board
 
 
 # Fused depthwise+pointwise kernels on Cortex-M4/M7 store the pointwise weights widened to int16 ("k4w"):
