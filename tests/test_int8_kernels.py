@@ -301,7 +301,8 @@ RGB_WINDOW_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", RGB_WINDOW_CASES, ids=[c.name for c in RGB_WINDOW_CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c.name == "rgb_window_s1_zp_max" else ())
+                                  for c in RGB_WINDOW_CASES], ids=[c.name for c in RGB_WINDOW_CASES])  # one slow (CI budget)
 def test_rgb_window_rows_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
     import re
 
@@ -315,6 +316,31 @@ def test_rgb_window_rows_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, mo
         assert (str(case.shape[3]), "3", "9", "3", str(zp)) in calls, (board, calls)
         assert "condval" not in model_c, board          # no conditional copy per value
         assert "if (cols == 3 && ldx == 3 && ldo != 3) {" in model_c, board
+
+
+# Cortex-M4/M7 depthwise tiles of 2 pixels at stride 1 load each window column once per row for both
+# pixels (cortex_m.ukernels._dw_row_shared_columns): two fused dw+pw kernels on rows of 10 pixels
+# (5 tiles), 12 and 16 channels (3 and 4 channel quads), the window's zero point at both extremes
+# (127 after a clamp to [-6, 0], -128 after a ReLU), padded.
+DW_SHARED_CASES = [
+    Case("dwpw_s1_shared_columns_zp", (1, 12, 5, 10),
+         "[nn.Conv2d(12, 12, 1), nn.Hardtanh(-6.0, 0.0), nn.Conv2d(12, 12, 3, padding=1, groups=12), nn.ReLU6(),"
+         " nn.Conv2d(12, 16, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU6(),"
+         " nn.Conv2d(16, 5, 1)]", ("dwpw",)),
+]
+
+
+@pytest.mark.parametrize("case", DW_SHARED_CASES, ids=[c.name for c in DW_SHARED_CASES])
+def test_dw_shared_column_loads_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+    import re
+
+    sources = _check_kernel_case(tmp_path, monkeypatch, case, 110 + DW_SHARED_CASES.index(case),
+                                 ["mps2-an386", "stm32f746g-disco"])
+    for board, model_c in sources.items():
+        assert "ec_dw_s16_2x4_k3x3s1(" in model_c, board
+        assert "xa = ec_ldr32(xr + 3 * ldx_px + 0); xb = ec_ldr32(xr + 3 * ldx_px + 0 + 2);" in model_c, board
+        zps = {int(z) for z in re.findall(r"\bec_widen_s8s16\([^;]*, (-?\d+)\);", model_c)}
+        assert {-128, 127} <= zps, (board, zps)
 
 
 # Fused depthwise+pointwise kernels on Cortex-M4/M7 store the pointwise weights widened to int16 ("k4w"):
