@@ -82,8 +82,8 @@ class CortexMRules(TiledRules):
         """Padded int16 windows (int8 kernels) of at least WIDEN_MIN_CHANNELS channels split into a
         fill and an in-bound copy without a per-value condition (tiling.split_padding), and that
         copy is one `ec_widen_s8s16` call per padded row (tiling.mark_widen_rows; the DSP row copy of
-        `ukernels.widen`, 4 values per word). Narrower windows keep the conditional copy. The wake-word network on
-        mps2-an386, instructions per inference (edgecompile test --samples 2, one run): before
+        `ukernels.widen`, 4 values per word). Narrower windows keep the conditional copy. The
+        wake-word network on mps2-an386, instructions per inference (edgecompile test --samples 2, one run): before
         (8-channel windows split, scalar copies) 12,486,880; every window split and widened
         12,229,580 (the 3-channel window 9 values per call); windows of >= 8 channels 12,105,360;
         8-channel windows only 12,432,180. Split without the row copy, windows of 16-256
