@@ -273,7 +273,9 @@ def split_padding(sch: Any, pads: list[str], max_channels: int = 0, min_channels
     in-bound copy, at the block's third-innermost loop (rows, columns, channels of a padded NHWC
     window). A block TVM does not take for padding stays as it is; so does a one-channel window
     (its unit channel loop is not materialised: the third-innermost loop is the row loop of the
-    kernel's tile, and the split there lost the convolution that followed it), and, with
+    kernel's tile, and the split there lost the convolution that followed it; likewise a window of
+    one row, whose unit row loop is not materialised either: the split is only made at a loop that
+    holds the padding block alone), and, with
     `max_channels`, a window of more channels (its innermost loop), with `min_channels`, one of
     fewer."""
     for name in pads:
@@ -286,6 +288,8 @@ def split_padding(sch: Any, pads: list[str], max_channels: int = 0, min_channels
         if len(loops) < 3 or channels == 1 or (max_channels and extent(sch, loops[-1]) > max_channels) \
                 or extent(sch, loops[-1]) < min_channels:
             continue
+        if len(sch.get_child_blocks(loops[-3])) != 1:
+            continue    # a window of one row (a 1xK kernel): the third-innermost loop is the output row loop
         try:
             sch.decompose_padding(block, loops[-3])
         except Exception:  # noqa: BLE001 - ScheduleError: not the padding pattern; keep the block
