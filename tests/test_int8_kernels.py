@@ -258,11 +258,11 @@ def test_split_window_and_short_k_tiles_bytes_equal_the_integer_reference_on_m4_
         assert "condval" not in model_c, board          # the window's copy has no per-value condition
 
 
-# Cortex-M4/M7: the in-bound rows of every padded int16 window of >= 4 channels are copied by the DSP row
+# Cortex-M4/M7: the in-bound rows of every padded int16 window of >= 3 channels are copied by the DSP row
 # copy ec_widen_s8s16 (4 values per word, a scalar head to align the window and an n % 4 tail): 17
 # channels (rows of 85 and 51 values, starting at an odd int16 offset), strides 1 and 2, the window's zero
-# point at both extremes (-128 after a ReLU, 127 after a clamp to [-6, 0]); the 3-channel window before
-# them keeps the conditional copy.
+# point at both extremes (-128 after a ReLU, 127 after a clamp to [-6, 0]); the 3-channel depthwise window
+# before them is one contiguous run per row too.
 WIDEN_CASES = [
     Case("dwpw_widen_3_17_zp", (1, 3, 7, 9),
          "[nn.Conv2d(3, 3, 3, stride=2, padding=1, groups=3), nn.ReLU(), nn.Conv2d(3, 17, 1), nn.ReLU(),"
@@ -280,9 +280,67 @@ def test_widen_row_copy_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, mon
     for board, model_c in sources.items():
         calls = re.findall(r"\bec_widen_s8s16\(\([^;]*, (\d+), (\d+), \(int64_t\)(\d+), \(int64_t\)(\d+), (-?\d+)\);",
                            model_c)
-        assert {int(c[-1]) for c in calls} == {-128, 127}, (board, calls)     # both extremes of the zero point
-        assert all(int(cols) == 17 for _, cols, *_ in calls), (board, calls)  # not the 3-channel window
+        wide = [c for c in calls if int(c[1]) == 17]
+        assert {int(c[-1]) for c in wide} == {-128, 127}, (board, calls)      # both extremes of the zero point
+        assert {int(c[1]) for c in calls} == {3, 17}, (board, calls)          # the 3-channel window too
+        assert all(int(c[2]) == int(c[3]) == int(c[1]) for c in calls if int(c[1]) == 3), (board, calls)
         assert "__ssub16(__sxtb16(w), zz)" in model_c, board                  # the DSP row copy
+
+
+# Cortex-M4/M7, a network's first convolution (3 input channels, the whole window per GEMM call): its
+# padded rows are stored pixel-major ([pixel][KH][C]), the pad-value fill walks them in memory order
+# (tiling.fill_in_memory_order) and each in-bound window row is one ec_widen_s8s16 call over rows of 3
+# values, KH x 3 apart (the 4-rows-per-iteration RGB path, then the rows % 4 last rows): stride 2 on 11
+# pixels (2 quads of rows + 3), stride 1 on 9 (2 quads + 1) with 17 output channels; the window's zero
+# point at both extremes (-128 after a ReLU, 127 after a clamp to [-6, 0]).
+RGB_WINDOW_CASES = [
+    Case("rgb_window_s2_zp_min", (1, 3, 13, 11),
+         "[nn.Conv2d(3, 3, 1), nn.ReLU(), nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU6()]", ("conv",)),
+    Case("rgb_window_s1_zp_max", (1, 3, 6, 9),
+         "[nn.Conv2d(3, 3, 1), nn.Hardtanh(-6.0, 0.0), nn.Conv2d(3, 17, 3, padding=1)]", ("conv",)),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c.name == "rgb_window_s1_zp_max" else ())
+                                  for c in RGB_WINDOW_CASES], ids=[c.name for c in RGB_WINDOW_CASES])  # one slow (CI budget)
+def test_rgb_window_rows_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+    import re
+
+    sources = _check_kernel_case(tmp_path, monkeypatch, case, 105 + RGB_WINDOW_CASES.index(case),
+                                 ["mps2-an386", "stm32f746g-disco"])
+    zp = -128 if "ReLU()" in case.layers else 127
+    for board, model_c in sources.items():
+        calls = re.findall(r"\bec_widen_s8s16\(\([^;]*, (\d+), (\d+), \(int64_t\)(\d+), \(int64_t\)(\d+), (-?\d+)\);",
+                           model_c)
+        # the 3 x 3 window: rows of 3 values 9 apart in the window, 3 apart in the source, at the zero point
+        assert (str(case.shape[3]), "3", "9", "3", str(zp)) in calls, (board, calls)
+        assert "condval" not in model_c, board          # no conditional copy per value
+        assert "if (cols == 3 && ldx == 3 && ldo != 3) {" in model_c, board
+
+
+# Cortex-M4/M7 depthwise tiles of 2 pixels at stride 1 load each window column once per row for both
+# pixels (cortex_m.ukernels._dw_row_shared_columns): two fused dw+pw kernels on rows of 10 pixels
+# (5 tiles), 12 and 16 channels (3 and 4 channel quads), the window's zero point at both extremes
+# (127 after a clamp to [-6, 0], -128 after a ReLU), padded.
+DW_SHARED_CASES = [
+    Case("dwpw_s1_shared_columns_zp", (1, 12, 5, 10),
+         "[nn.Conv2d(12, 12, 1), nn.Hardtanh(-6.0, 0.0), nn.Conv2d(12, 12, 3, padding=1, groups=12), nn.ReLU6(),"
+         " nn.Conv2d(12, 16, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU6(),"
+         " nn.Conv2d(16, 5, 1)]", ("dwpw",)),
+]
+
+
+@pytest.mark.parametrize("case", DW_SHARED_CASES, ids=[c.name for c in DW_SHARED_CASES])
+def test_dw_shared_column_loads_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+    import re
+
+    sources = _check_kernel_case(tmp_path, monkeypatch, case, 110 + DW_SHARED_CASES.index(case),
+                                 ["mps2-an386", "stm32f746g-disco"])
+    for board, model_c in sources.items():
+        assert "ec_dw_s16_2x4_k3x3s1(" in model_c, board
+        assert "xa = ec_ldr32(xr + 3 * ldx_px + 0); xb = ec_ldr32(xr + 3 * ldx_px + 0 + 2);" in model_c, board
+        zps = {int(z) for z in re.findall(r"\bec_widen_s8s16\([^;]*, (-?\d+)\);", model_c)}
+        assert {-128, 127} <= zps, (board, zps)
 
 
 # Fused depthwise+pointwise kernels on Cortex-M4/M7 store the pointwise weights widened to int16 ("k4w"):

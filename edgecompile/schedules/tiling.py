@@ -273,7 +273,9 @@ def split_padding(sch: Any, pads: list[str], max_channels: int = 0, min_channels
     in-bound copy, at the block's third-innermost loop (rows, columns, channels of a padded NHWC
     window). A block TVM does not take for padding stays as it is; so does a one-channel window
     (its unit channel loop is not materialised: the third-innermost loop is the row loop of the
-    kernel's tile, and the split there lost the convolution that followed it), and, with
+    kernel's tile, and the split there lost the convolution that followed it; likewise a window of
+    one row, whose unit row loop is not materialised either: the split is only made at a loop that
+    holds the padding block alone), and, with
     `max_channels`, a window of more channels (its innermost loop), with `min_channels`, one of
     fewer."""
     for name in pads:
@@ -286,10 +288,64 @@ def split_padding(sch: Any, pads: list[str], max_channels: int = 0, min_channels
         if len(loops) < 3 or channels == 1 or (max_channels and extent(sch, loops[-1]) > max_channels) \
                 or extent(sch, loops[-1]) < min_channels:
             continue
+        if len(sch.get_child_blocks(loops[-3])) != 1:
+            continue    # a window of one row (a 1xK kernel): the third-innermost loop is the output row loop
         try:
             sch.decompose_padding(block, loops[-3])
         except Exception:  # noqa: BLE001 - ScheduleError: not the padding pattern; keep the block
             pass
+
+
+def fill_in_memory_order(sch: Any, pads: list[str]) -> int:
+    """Reorder the pad-value fill of each split padding block `pads` (split_padding: the block
+    `<name>_pad_const`) so that its loops walk the window buffer in memory order: a whole-window
+    GEMM's padded rows are stored pixel-major ([pixel][KH][C], tile_conv_gemm's transform_layout)
+    while the fill's loops stay rows x pixels x channels, a strided store per channel run (the
+    compiler's 3 stores per 3 int16 of the first convolution's window); in memory order the fill
+    is one contiguous run the compiler stores a word pair at a time. Returns how many fills were
+    reordered."""
+    from tvm import s_tir, tirx
+
+    done = 0
+    for name in pads:
+        try:
+            fill = sch.get_sblock(name + "_pad_const")
+        except Exception:  # noqa: BLE001 - not split
+            continue
+        loops = sch.get_loops(fill)
+        if len(loops) < 3:
+            continue
+        realize = sch.get(loops[-1]).body
+        if not isinstance(realize, s_tir.SBlockRealize):
+            continue
+        block = realize.block
+        if len(block.writes) != 1:
+            continue
+        # the loop each iter var is bound to (itself or an expression using it): innermost loops only
+        inner = {sch.get(lp).loop_var: lp for lp in loops[-3:]}
+        bound = {}
+        for iv, value in zip(block.iter_vars, realize.iter_values):
+            used = [lv for lv in inner if _uses_var(value, lv)]
+            if len(used) == 1:
+                bound[iv.var] = used[0]
+        order = []
+        for index in block.writes[0].region:
+            var = index.min
+            if isinstance(var, tirx.Var) and var in bound and bound[var] not in order:
+                order.append(bound[var])
+        if len(order) != 3 or order == list(inner):
+            continue
+        sch.reorder(*[inner[v] for v in order])
+        done += 1
+    return done
+
+
+def _uses_var(expr: Any, var: Any) -> bool:
+    """Whether the index expression `expr` reads the variable `var`."""
+    if expr.same_as(var):
+        return True
+    return any(_uses_var(sub, var) for sub in (getattr(expr, "a", None), getattr(expr, "b", None),
+                                               getattr(expr, "value", None)) if sub is not None and hasattr(sub, "same_as"))
 
 
 def _widen_zero_point(sch: Any, block: Any) -> int | None:

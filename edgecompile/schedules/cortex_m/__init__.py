@@ -76,15 +76,14 @@ class CortexMRules(TiledRules):
         order = self.panel_order(types)
         return "k4w" if order == "k4x" else order
 
-    WIDEN_MIN_CHANNELS = 4
+    WIDEN_MIN_CHANNELS = 3
 
     def finish(self, sch: Any, info: Any, blocks_before: list[str]) -> None:
         """Padded int16 windows (int8 kernels) of at least WIDEN_MIN_CHANNELS channels split into a
         fill and an in-bound copy without a per-value condition (tiling.split_padding), and that
         copy is one `ec_widen_s8s16` call per padded row (tiling.mark_widen_rows; the DSP row copy of
-        `ukernels.widen`, 4 values per word). Narrower windows (the first conv's 3 channels: per
-        pixel only the kernel's scalar tail) keep the conditional copy. The wake-word network on
-        mps2-an386, instructions per inference (edgecompile test --samples 2, one run): before
+        `ukernels.widen`, 4 values per word). Narrower windows keep the conditional copy. The
+        wake-word network on mps2-an386, instructions per inference (edgecompile test --samples 2, one run): before
         (8-channel windows split, scalar copies) 12,486,880; every window split and widened
         12,229,580 (the 3-channel window 9 values per call); windows of >= 8 channels 12,105,360;
         8-channel windows only 12,432,180. Split without the row copy, windows of 16-256
@@ -93,9 +92,16 @@ class CortexMRules(TiledRules):
         (edgecompile report) dw+pw 48x48x16 1,555,507 -> 1,500,787, 24x24x32 1,113,080 -> 997,267,
         24x24x32_2 1,559,947 -> 1,492,173, 6x6x128_2 741,920 -> 729,400 each, but 3x3x256_2
         761,227 -> 775,960 (a 5-pixel window row with 3 in bounds: the fill outweighs the copy).
-        Flash 476,080 -> 475,632 B, RAM unchanged."""
+        Flash 476,080 -> 475,632 B, RAM unchanged.
+        Since then the 3-channel window of a first convolution too (WIDEN_MIN_CHANNELS 4 -> 3): its
+        rows of 3 values go through the widen kernel's RGB path (4 rows per iteration), and its fill
+        walks the pixel-major window in memory order (tiling.fill_in_memory_order: a contiguous
+        run of word-pair stores instead of one STR + STRH per 3 values). Wake-word network,
+        mps2-an386, `ec_conv_s8_k3x3s2_48x48x8` (edgecompile report): 987,680 -> 939,987 (the
+        copy) -> 893,600 (the fill) instructions."""
         pads = [b for b in blocks_before if "pad" in b.lower() and tiling.block_dtype(sch, b) == "int16"]
         tiling.split_padding(sch, pads, 0, self.WIDEN_MIN_CHANNELS)
+        tiling.fill_in_memory_order(sch, pads)
         tiling.mark_widen_rows(sch, pads)
         if info.rescale_kernel:
             tiling.tensorize_requant(sch, 1, info.rescale)

@@ -23,6 +23,8 @@ _READ32 = "\n".join([
     "#define EC_READ32",
     "/* 4 bytes from any address as one word (LDR: unaligned access is allowed on ARMv7-M/v8-M) */",
     "static inline int32_t ec_read32(const void *p) { int32_t v; __builtin_memcpy(&v, p, 4); return v; }",
+    "/* one word to any address (STR: unaligned access is allowed on ARMv7-M/v8-M) */",
+    "static inline void ec_write32(void *p, int32_t v) { __builtin_memcpy(p, &v, 4); }",
     "#if defined(__ARM_FEATURE_DSP)",
     "/* bytes 1 and 3 of a word, sign-extended into two 16-bit lanes: SXTB16 with its ROR #8 (gcc does",
     "   not fold the rotation into the instruction by itself) */",
@@ -221,18 +223,29 @@ def _dw_dsp_body(m: int, n: int, kh: int, kw: int, s: int) -> list[str]:
     address from the arena's (two ADDs per load). arm-none-eabi-gcc 12 -O3, a 2 x 4 tile of a
     3x3 window at an arena offset, 8 calls: 254 instructions (M4; 186 M7) with the compiler's own
     loads (hoisted through FPU registers, VLDR + VMOV, accumulators spilled), 232 with `ec_ldr32`,
-    185 with the row pointers too (M4 and M7); 1 x 8 tiles 221 -> 204, 237 with row pointers."""
+    185 with the row pointers too (M4 and M7); 1 x 8 tiles 221 -> 204, 237 with row pointers.
+    Tiles of 2 pixels at stride 1 load each window column once per row (_dw_row_shared_columns):
+    the wake-word network on mps2-an386 (edgecompile report, one session) dw+pw 48x48x16
+    1,419,840 -> 1,392,240 instructions, 24x24x32_2 1,425,520 -> 1,399,853, 12x12x64_2
+    937,387 -> 923,600, 6x6x128_2 703,000 -> 695,587 each."""
     rows = m > 1
     lines = []
     for q in range(n // 4):
         lines.append("  {")
         for i in range(m):
             lines.append("    int32_t " + ", ".join(f"c{i}_{j} = C[{i} * ldc + {4 * q + j}]" for j in range(4)) + ";")
+        if m == 2 and s == 1:
+            lines.append("    int32_t xa, xb;")
         for ry in range(kh):
             if rows:
                 lines.append(f"    {{ const int16_t *xr = X + {ry} * ldx_row; const int8_t *wr = W + {ry} * ldw_row;")
                 lines.append("      __asm__(\"\" : \"+r\"(xr), \"+r\"(wr));")
             xrow, wrow = ("xr", "wr") if rows else (f"X + {ry} * ldx_row", f"W + {ry} * ldw_row")
+            if m == 2 and s == 1:
+                lines += _dw_row_shared_columns(kw, q, xrow, wrow)
+                if rows:
+                    lines.append("    }")
+                continue
             for rx in range(kw):
                 lines.append(f"    {{ const int32_t w = ec_ldr32({wrow} + {rx} * ldw_px + {4 * q});")
                 lines.append("      const int32_t w02 = __sxtb16(w), w13 = ec_sxtb16_ror8(w);")
@@ -250,6 +263,33 @@ def _dw_dsp_body(m: int, n: int, kh: int, kw: int, s: int) -> list[str]:
     return lines
 
 
+def _dw_quad_macs(i: int, xa: str, xb: str) -> str:
+    """Pixel i's 4 channels of one tap: the halfword MACs of its words (x0 x1), (x2 x3)."""
+    return (f"c{i}_0 = __smlabb({xa}, w02, c{i}_0); c{i}_1 = __smlatb({xa}, w13, c{i}_1); "
+            f"c{i}_2 = __smlabt({xb}, w02, c{i}_2); c{i}_3 = __smlatt({xb}, w13, c{i}_3);")
+
+
+def _dw_row_shared_columns(kw: int, q: int, xrow: str, wrow: str) -> list[str]:
+    """One window row of a 2-pixel stride-1 tile: pixel 1's tap rx reads the column of pixel 0's
+    tap rx + 1, so each column's words are loaded once (kw + 1 column loads per row instead of
+    2 kw) and used by both pixels before the next: tap rx's weights, pixel 0 on the column loaded
+    for pixel 1 at tap rx - 1 (column 0 loaded first), then column rx + 1 for pixel 1. The same
+    registers as the tap-by-tap order (8 accumulators, one tap's weights, one column's words)."""
+    lines = []
+    for rx in range(kw):
+        lines.append(f"    {{ const int32_t w = ec_ldr32({wrow} + {rx} * ldw_px + {4 * q});")
+        lines.append("      const int32_t w02 = __sxtb16(w), w13 = ec_sxtb16_ror8(w);")
+        if rx == 0:
+            at = f"{xrow} + {4 * q}"
+            lines.append(f"      xa = ec_ldr32({at}); xb = ec_ldr32({at} + 2);")
+        lines.append("      " + _dw_quad_macs(0, "xa", "xb"))
+        at = f"{xrow} + {rx + 1} * ldx_px + {4 * q}"
+        lines.append(f"      xa = ec_ldr32({at}); xb = ec_ldr32({at} + 2);")
+        lines.append("      " + _dw_quad_macs(1, "xa", "xb"))
+        lines.append("    }")
+    return lines
+
+
 def dw(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types) -> str | None:
     """C for `ec_dw_<t>_MxN_kKHxKWsS`, or None where the generic kernel is used: int16 rows
     (zero-point-shifted, padded) x int8 weights, channels in quads."""
@@ -263,18 +303,59 @@ def dw(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types) -> st
         _dw_dsp_body(m, n, kh, kw, s), dw_body(m, n, kh, kw, s, lanes, types))
 
 
+def _widen_rgb_rows() -> list[str]:
+    """Rows of 3 values contiguous in the source (the first convolution's window of an RGB input:
+    each pixel's 3 channels go to their own window slot, ldo apart), 4 rows per iteration: 3 LDR
+    of the 12 source bytes, SXTB16 / SXTB16 ROR #8 and SSUB16 give their 16-bit values in pairs
+    (even and odd bytes), each row stores two values as one (unaligned, allowed on ARMv7E-M) STR
+    and the third as STRH: 37 instructions per 12 values (arm-none-eabi-gcc 12 -O3, M4) instead of
+    13 per 3 for the conditional int16 copy, 6+ per value in the general path's per-row scalar tail.
+    The last rows % 4 one by one. (Rows contiguous in the window too, ldo == 3, are one run of the
+    general path.)"""
+    return ["  if (cols == 3 && ldx == 3 && ldo != 3) {",
+            "    const int8_t *x = X;",
+            "    int16_t *o = O;",
+            "    int32_t i = rows;",
+            "    for (; i >= 4; i -= 4) {",
+            "      const int32_t w0 = ec_read32(x), w1 = ec_read32(x + 4), w2 = ec_read32(x + 8);",
+            "      const int32_t e0 = __ssub16(__sxtb16(w0), zz), d0 = __ssub16(ec_sxtb16_ror8(w0), zz);",
+            "      const int32_t e1 = __ssub16(__sxtb16(w1), zz), d1 = __ssub16(ec_sxtb16_ror8(w1), zz);",
+            "      const int32_t e2 = __ssub16(__sxtb16(w2), zz), d2 = __ssub16(ec_sxtb16_ror8(w2), zz);",
+            "      /* e0 = (x0 x2), d0 = (x1 x3), e1 = (x4 x6), d1 = (x5 x7), e2 = (x8 x10), d2 = (x9 x11) */",
+            "      int32_t p0, p2, p3;",
+            "      __asm__(\"pkhbt %0, %1, %2, lsl #16\" : \"=r\"(p0) : \"r\"(e0), \"r\"(d0));   /* (x0 x1) */",
+            "      __asm__(\"pkhtb %0, %1, %2, asr #16\" : \"=r\"(p2) : \"r\"(d1), \"r\"(e1));   /* (x6 x7) */",
+            "      __asm__(\"pkhbt %0, %1, %2\" : \"=r\"(p3) : \"r\"(d2), \"r\"(e2));            /* (x9 x10) */",
+            "      int16_t *o1 = o + ldo, *o2 = o1 + ldo, *o3 = o2 + ldo;",
+            "      ec_write32(o, p0); o[2] = (int16_t)(e0 >> 16);",
+            "      o1[0] = (int16_t)(d0 >> 16); o1[1] = (int16_t)e1; o1[2] = (int16_t)d1;",
+            "      ec_write32(o2, p2); o2[2] = (int16_t)e2;",
+            "      ec_write32(o3, p3); o3[2] = (int16_t)(d2 >> 16);",
+            "      x += 12;",
+            "      o = o3 + ldo;",
+            "    }",
+            "    for (; i > 0; --i, x += 3, o += ldo) {",
+            "      o[0] = (int16_t)(((int16_t)x[0]) - (int16_t)zp);",
+            "      o[1] = (int16_t)(((int16_t)x[1]) - (int16_t)zp);",
+            "      o[2] = (int16_t)(((int16_t)x[2]) - (int16_t)zp);",
+            "    }",
+            "    return 0;",
+            "  }"]
+
+
 def _widen_dsp_body() -> list[str]:
     """The row copy 4 values per word: SXTB16 of the word and of the word rotated by 8 give
     (x0 x2) and (x1 x3) as 16-bit lanes, SSUB16 takes the packed (zp zp) from both (no overflow:
     x - zp is within [-255, 255]), PKHBT / PKHTB re-pair them as (x0 x1), (x2 x3) in memory order,
     two word stores. A scalar head aligns the output to a word (one value at most: the window is
     int16), the source is read by LDR from any alignment (allowed on ARMv7E-M), n % 4 scalar tail."""
-    return ["  int32_t n = cols;",
+    return ["  const int32_t zz = (int32_t)(((uint32_t)zp & 0xffffu) * 0x10001u);",
+            *_widen_rgb_rows(),
+            "  int32_t n = cols;",
             "  if (ldo == cols && ldx == cols) {",
             "    n = rows * cols;",
             "    rows = 1;",
             "  }",
-            "  const int32_t zz = (int32_t)(((uint32_t)zp & 0xffffu) * 0x10001u);",
             "  for (int32_t i = 0; i < rows; ++i) {",
             "    const int8_t *x = X + i * ldx;",
             "    int16_t *o = O + i * ldo;",
