@@ -215,9 +215,9 @@ def test_odd_row_gemm_tiles_bytes_equal_the_integer_reference_on_m4_m7(tmp_path,
 
 
 # The aligned SMLAD loop of Cortex-M4/M7 runs two K quads per iteration, then the odd last quad, then
-# the K % 4 last steps: K = 22 over int16 depthwise rows (5 quads + 2, stride 2, padding; the fused
-# kernel's weights widened to int16, "k4w") and K = 13 over int8 activations (3 quads + 1), each through
-# the loop, the odd quad and the tail.
+# the K % 4 last steps: K = 13 over int8 activations (3 quads + 1), through the loop, the odd quad and
+# the tail; K = 22 over int16 depthwise rows (5 quads + 2, stride 2, padding; the fused kernel's weights
+# widened to int16, "k4w"): its 2 x 2 tiles' quads unrolled (one asm statement each), then the tail.
 QUAD_PAIR_CASES = [
     Case("dwpw_22_6_s2", (1, 22, 7, 8),
          "[nn.Conv2d(22, 22, 3, stride=2, padding=1, groups=22), nn.ReLU6(), nn.Conv2d(22, 6, 1), nn.ReLU()]",
@@ -236,7 +236,10 @@ def test_quad_pair_gemm_loop_bytes_equal_the_integer_reference_on_m4_m7(tmp_path
     for board, model_c in sources.items():      # the SMLAD kernel ran with this K
         calls = re.findall(r"ec_gemm_(s8k4|s16k4w)_\d+x\d+\([^;]*\), (\d+), \(int64_t\)", model_c)
         assert calls and all(int(kk) == k for _, kk in calls), (board, calls)
-        assert "if (K & 4) {" in model_c, board
+        if case.kinds == ("dwpw",):      # 2 x 2 tiles: every quad one asm statement, unrolled (K constant)
+            assert "ec_gemm_s16k4w_2x2(" in model_c and "smlad %[c1_1], %[x1h], %[wh], %[c1_1]" in model_c, board
+        else:
+            assert "if (K & 4) {" in model_c, board
 
 
 # Cortex-M4/M7: a padded window of 8 channels (>= WIDEN_MIN_CHANNELS) is split into a fill and an

@@ -30,6 +30,7 @@ _READ32 = "\n".join([
     "/* two words from a word-aligned address, the pointer advanced by 8: one LDRD with post-increment",
     "   (gcc splits such loads into two LDR on Cortex-M) */",
     "typedef struct { int32_t w[2]; } __attribute__((may_alias)) ec_words2;",
+    "typedef struct { int32_t w[4]; } __attribute__((may_alias)) ec_words4;",
     "static inline const void *ec_ldrd(const void *p, int32_t *lo, int32_t *hi) {",
     "  int32_t a, b;",
     "  __asm__(\"ldrd %0, %1, [%2], #8\" : \"=&r\"(a), \"=&r\"(b), \"+r\"(p) : \"m\"(*(const ec_words2 *)p));",
@@ -166,18 +167,57 @@ def _wide_quad(m: int, n: int, aligned: bool) -> list[str]:
     return lines + ["    }"]
 
 
+# Registers of the 2 x 2 "k4w" quads (r7, the Thumb frame pointer, is left to the compiler). The wake-word
+# network on mps2-an386 (edgecompile test --samples 2, report), the gcc loop of two quads per iteration
+# -> these quads: 11,433,056 -> 11,087,082 instructions (kernels); one asm statement per quad with
+# operands of the compiler's choice: 11,236,028 (two MOV per quad); the whole K loop in one asm
+# statement (14 registers: the compiler then spills around it): 11,530,120.
+_WIDE_REGS = {"c0_0": "r0", "c1_0": "r1", "c0_1": "r2", "c1_1": "r3", "a0": "r4", "a1": "r5", "b": "r6",
+              "x0l": "r8", "x0h": "r9", "x1l": "r10", "x1h": "r11", "wl": "r12", "wh": "lr"}
+
+
+def _wide_asm_quads(m: int, n: int) -> list[str]:
+    """The K quads of a 2 x 2 "k4w" tile from word-aligned rows and panels: one asm statement per
+    quad (LDRD with post-increment of both pixels' activation pairs, then per channel its weight
+    pairs and 4 SMLAD: 12 instructions per 16 MACs), all quads unrolled where K is a constant
+    (up to 64 quads). Every operand lives in a register of its own for the whole loop (register
+    variables): with operands of the compiler's choice it moved accumulators and pointers between
+    registers between the quads, and with C loads it hoisted later quads' loads (spills)."""
+    temps = [f"x{i}{h}" for i in range(m) for h in "lh"] + ["wl", "wh"]
+    quad = [f"ldrd %[x{i}l], %[x{i}h], [%[a{i}]], #8" for i in range(m)]
+    for j in range(n):
+        quad.append("ldrd %[wl], %[wh], [%[b]], #8")
+        quad += [f"smlad %[c{i}_{j}], %[x{i}{h}], %[w{h}], %[c{i}_{j}]" for h in "lh" for i in range(m)]
+    acc = [f"c{i}_{j}" for j in range(n) for i in range(m)]
+    ptrs = [f"a{i}" for i in range(m)] + ["b"]
+    outs = [f"[{v}] \"+r\"(r_{v})" for v in acc + ptrs] + [f"[{v}] \"=&r\"(r_{v})" for v in temps]
+    lines = [f"    register int32_t r_{v} __asm__(\"{_WIDE_REGS[v]}\") = {v};" for v in acc]
+    lines += [f"    register const int16_t *r_{v} __asm__(\"{_WIDE_REGS[v]}\") = {v};" for v in ptrs]
+    lines += [f"    register int32_t r_{v} __asm__(\"{_WIDE_REGS[v]}\");" for v in temps]
+    lines += ["    _Pragma(\"GCC unroll 64\")",
+              "    for (int32_t q = K >> 2; q > 0; --q) {",
+              "      __asm__(" + "\n              ".join(f'"{t}\\n\\t"' for t in quad[:-1]) + f'\n              "{quad[-1]}"',
+              "              : " + ", ".join(outs),
+              "              : : \"memory\");",
+              "    }"]
+    lines += [f"    {v} = r_{v};" for v in acc] + [f"    b = r_b;"]
+    return lines
+
+
 def _wide_body(m: int, n: int) -> list[str]:
-    """The SMLAD loop of a "k4w" panel: two quads per iteration from word-aligned rows and panels
-    (LDRD with post-increment), one per iteration from any alignment; the K % 4 last rows in plain C."""
+    """The SMLAD loop of a "k4w" panel: from word-aligned rows and panels (LDRD with post-increment),
+    2 x 2 tiles one asm statement per quad (`_wide_asm_quads`), other tiles two quads per iteration;
+    one quad per iteration from any alignment; the K % 4 last rows in plain C."""
     aligned = ["(((uintptr_t)B & 3) == 0)", f"(ldb == {n})", "(((uintptr_t)A & 3) == 0)", "((lda & 1) == 0)"]
     quad = _wide_quad(m, n, True)
     return ["  int32_t " + ", ".join(f"c{i}_{j} = C[{i} * ldc + {j}]" for i in range(m) for j in range(n)) + ";",
             "  const int16_t *b = B;", "  int32_t k = 0;",
             f"  if ({' && '.join(aligned)}) {{",
             "    const int16_t " + ", ".join(f"*a{i} = A + {i} * lda" for i in range(m)) + ";",
-            "    const int16_t *bend = B + (K / 8) * 8 * ldb;",
-            "    while (b != bend) {", *["  " + ln for ln in quad + quad], "    }",
-            "    if (K & 4) {", *["  " + ln for ln in quad], "    }",
+            *(_wide_asm_quads(m, n) if (m, n) == (2, 2) else
+              ["    const int16_t *bend = B + (K / 8) * 8 * ldb;",
+               "    while (b != bend) {", *["  " + ln for ln in quad + quad], "    }",
+               "    if (K & 4) {", *["  " + ln for ln in quad], "    }"]),
             "    k = K & ~3;",
             "  } else {",
             "    for (; k + 4 <= K; k += 4, b += 4 * ldb) {", *["  " + ln for ln in _wide_quad(m, n, False)], "    }",
