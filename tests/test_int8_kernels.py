@@ -307,6 +307,42 @@ def test_wide_weight_panels_bytes_equal_the_integer_reference_on_m4_m7(tmp_path,
         assert "ec_gemm_s16k4w_" in model_c and "ec_gemm_s16k4x_" not in model_c, board
 
 
+# Cortex-M4/M7 2 x 2 "k4w" tiles (the fused kernels' pointwise GEMM): one asm statement per K quad, in
+# fixed registers, unrolled up to 64 quads: K = 260 (65 quads: past the unroll, a loop) and 10 (two
+# quads and the tail), output zero points -128 (ReLU) and 127 (clamp to [-6, 0]); beside them the
+# short-K tiles (K = 3 and 8: 2 x 4; K = 6 to 17 channels, odd: 8 x 1); the last layer of the second
+# case saturates on both sides (checked on the reference's bytes).
+ASM_QUAD_CASES = [
+    Case("dwpw_asm_quads_k3_k260", (1, 3, 7, 8),
+         "[nn.Conv2d(3, 3, 3, padding=1, groups=3), nn.ReLU(), nn.Conv2d(3, 8, 1), nn.ReLU(),"
+         " nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), nn.ReLU(), nn.Conv2d(8, 260, 1), nn.ReLU(),"
+         " nn.Conv2d(260, 260, 3, padding=1, groups=260), nn.ReLU(), nn.Conv2d(260, 6, 1)]", ("dwpw",)),
+    Case("dwpw_asm_quads_zp_sat", (1, 10, 6, 8),
+         "[nn.Conv2d(10, 10, 3, padding=1, groups=10), nn.ReLU6(), nn.Conv2d(10, 6, 1), nn.Hardtanh(-6.0, 0.0),"
+         " nn.Conv2d(6, 6, 3, padding=1, groups=6), nn.BatchNorm2d(6), nn.Conv2d(6, 17, 1)]", ("dwpw",)),
+]
+ASM_QUAD_K = {"dwpw_asm_quads_k3_k260": {260}, "dwpw_asm_quads_zp_sat": {10}}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c.name.endswith("zp_sat") else ())
+                                  for c in ASM_QUAD_CASES], ids=[c.name for c in ASM_QUAD_CASES])  # one slow (CI budget)
+def test_asm_quad_gemm_tiles_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+    import re
+
+    seed = 110 + ASM_QUAD_CASES.index(case)
+    if case.name.endswith("zp_sat"):          # saturation on both sides in the reference's own bytes
+        reference, _ = vm_reference(_source(case, seed), _calibration(tmp_path, case, seed), monkeypatch)
+        out = np.concatenate([reference(x).ravel() for x in _inputs(case, seed)])
+        assert out.min() == -128 and out.max() == 127
+    sources = _check_kernel_case(tmp_path, monkeypatch, case, seed, ["mps2-an386", "stm32f746g-disco"])
+    for board, model_c in sources.items():
+        ks = {int(k) for k in re.findall(r"ec_gemm_s16k4w_2x2\([^;]*\), (\d+), \(int64_t\)", model_c)}
+        assert ASM_QUAD_K[case.name] <= ks, (board, ks)
+        assert "smlad %[c1_1], %[x1h], %[wh], %[c1_1]" in model_c, board
+        zps = {int(z) for z in re.findall(r"\bec_widen_s8s16\([^;]*, (-?\d+)\);", model_c)}
+        assert (127 if case.name.endswith("zp_sat") else -128) in zps, (board, zps)     # the GEMM's output zero point
+
+
 def test_wide_weight_panels_only_where_the_flash_holds_them(tmp_path, monkeypatch):
     """The widened panels are used only where the target's flash holds every weight twice over plus
     compiler.WIDE_WEIGHTS_CODE_MARGIN; otherwise the kernels keep int8 'k4x' panels and int8 weights.
