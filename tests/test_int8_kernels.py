@@ -310,8 +310,9 @@ def test_wide_weight_panels_bytes_equal_the_integer_reference_on_m4_m7(tmp_path,
 # Cortex-M4/M7 2 x 2 "k4w" tiles (the fused kernels' pointwise GEMM): one asm statement per K quad, in
 # fixed registers, unrolled up to 64 quads: K = 260 (65 quads: past the unroll, a loop) and 10 (two
 # quads and the tail), output zero points -128 (ReLU) and 127 (clamp to [-6, 0]); beside them the
-# short-K tiles (K = 3 and 8: 2 x 4; K = 6 to 17 channels, odd: 8 x 1); the last layer of the second
-# case saturates on both sides (checked on the reference's bytes).
+# short-K tiles (K = 3 and 8: 2 x 4; K = 6 to 17 channels, odd: 8 x 1). 3 x 2 tiles (rows of odd
+# width): K = 44 (11 quads, the row offsets as LDR immediates). The last layer of the second and third
+# cases saturates on both sides (checked on the reference's bytes).
 ASM_QUAD_CASES = [
     Case("dwpw_asm_quads_k3_k260", (1, 3, 7, 8),
          "[nn.Conv2d(3, 3, 3, padding=1, groups=3), nn.ReLU(), nn.Conv2d(3, 8, 1), nn.ReLU(),"
@@ -320,8 +321,12 @@ ASM_QUAD_CASES = [
     Case("dwpw_asm_quads_zp_sat", (1, 10, 6, 8),
          "[nn.Conv2d(10, 10, 3, padding=1, groups=10), nn.ReLU6(), nn.Conv2d(10, 6, 1), nn.Hardtanh(-6.0, 0.0),"
          " nn.Conv2d(6, 6, 3, padding=1, groups=6), nn.BatchNorm2d(6), nn.Conv2d(6, 17, 1)]", ("dwpw",)),
+    Case("dwpw_asm_quads_3x2", (1, 44, 5, 3),
+         "[nn.Conv2d(44, 44, 3, padding=1, groups=44), nn.ReLU6(), nn.Conv2d(44, 6, 1), nn.Hardtanh(-6.0, 0.0)]",
+         ("dwpw",)),
 ]
-ASM_QUAD_K = {"dwpw_asm_quads_k3_k260": {260}, "dwpw_asm_quads_zp_sat": {10}}
+ASM_QUAD_K = {"dwpw_asm_quads_k3_k260": ("2x2", {260}), "dwpw_asm_quads_zp_sat": ("2x2", {10}),
+              "dwpw_asm_quads_3x2": ("3x2", {44})}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c.name.endswith("zp_sat") else ())
@@ -330,17 +335,19 @@ def test_asm_quad_gemm_tiles_bytes_equal_the_integer_reference_on_m4_m7(tmp_path
     import re
 
     seed = 110 + ASM_QUAD_CASES.index(case)
-    if case.name.endswith("zp_sat"):          # saturation on both sides in the reference's own bytes
+    if not case.name.endswith("k260"):        # saturation on both sides in the reference's own bytes
         reference, _ = vm_reference(_source(case, seed), _calibration(tmp_path, case, seed), monkeypatch)
         out = np.concatenate([reference(x).ravel() for x in _inputs(case, seed)])
         assert out.min() == -128 and out.max() == 127
     sources = _check_kernel_case(tmp_path, monkeypatch, case, seed, ["mps2-an386", "stm32f746g-disco"])
     for board, model_c in sources.items():
-        ks = {int(k) for k in re.findall(r"ec_gemm_s16k4w_2x2\([^;]*\), (\d+), \(int64_t\)", model_c)}
-        assert ASM_QUAD_K[case.name] <= ks, (board, ks)
-        assert "smlad %[c1_1], %[x1h], %[wh], %[c1_1]" in model_c, board
-        zps = {int(z) for z in re.findall(r"\bec_widen_s8s16\([^;]*, (-?\d+)\);", model_c)}
-        assert (127 if case.name.endswith("zp_sat") else -128) in zps, (board, zps)     # the GEMM's output zero point
+        tile, want = ASM_QUAD_K[case.name]
+        ks = {int(k) for k in re.findall(rf"ec_gemm_s16k4w_{tile}\([^;]*\), (\d+), \(int64_t\)", model_c)}
+        assert want <= ks, (board, ks)
+        assert ("smlad %[c1_1], %[x1h], %[wh], %[c1_1]" if tile == "2x2" else "ldr %[x], [%[a], %[o2h]]") in model_c
+        if not case.name.endswith("3x2"):   # the 2 x 2 GEMM's output zero point: the next window's
+            zps = {int(z) for z in re.findall(r"\bec_widen_s8s16\([^;]*, (-?\d+)\);", model_c)}
+            assert (-128 if case.name.endswith("k260") else 127) in zps, (board, zps)
 
 
 def test_wide_weight_panels_only_where_the_flash_holds_them(tmp_path, monkeypatch):
