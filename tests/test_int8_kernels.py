@@ -308,8 +308,10 @@ def test_wide_weight_panels_bytes_equal_the_integer_reference_on_m4_m7(tmp_path,
 
 
 # Cortex-M4/M7 2 x 2 "k4w" tiles (the fused kernels' pointwise GEMM): one asm statement per K quad, in
-# fixed registers, unrolled up to 64 quads: K = 260 (65 quads: past the unroll, a loop) and 10 (two
-# quads and the tail), output zero points -128 (ReLU) and 127 (clamp to [-6, 0]); beside them the
+# fixed registers, unrolled up to 64 quads, the second row at its offset from the first (LDRD
+# immediate, rows up to 510 values apart): K = 260 (65 quads: past the unroll, a loop) and 10 (two
+# quads and the tail), output zero points -128 (ReLU) and 127 (clamp to [-6, 0]); K = 520 (rows too far
+# apart: a pointer per row); beside them the
 # short-K tiles (K = 3 and 8: 2 x 4; K = 6 to 17 channels, odd: 8 x 1). 3 x 2 tiles (rows of odd
 # width): K = 44 (11 quads, the row offsets as LDR immediates). The last layer of the second and third
 # cases saturates on both sides (checked on the reference's bytes).
@@ -324,18 +326,21 @@ ASM_QUAD_CASES = [
     Case("dwpw_asm_quads_3x2", (1, 44, 5, 3),
          "[nn.Conv2d(44, 44, 3, padding=1, groups=44), nn.ReLU6(), nn.Conv2d(44, 6, 1), nn.Hardtanh(-6.0, 0.0)]",
          ("dwpw",)),
+    Case("dwpw_asm_quads_k520", (1, 520, 2, 4),
+         "[nn.Conv2d(520, 520, 3, padding=1, groups=520), nn.ReLU6(), nn.Conv2d(520, 4, 1), nn.ReLU()]", ("dwpw",)),
 ]
 ASM_QUAD_K = {"dwpw_asm_quads_k3_k260": ("2x2", {260}), "dwpw_asm_quads_zp_sat": ("2x2", {10}),
-              "dwpw_asm_quads_3x2": ("3x2", {44})}
+              "dwpw_asm_quads_3x2": ("3x2", {44}), "dwpw_asm_quads_k520": ("2x2", {520})}
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c.name.endswith("zp_sat") else ())
-                                  for c in ASM_QUAD_CASES], ids=[c.name for c in ASM_QUAD_CASES])  # one slow (CI budget)
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c.name.endswith(("zp_sat", "3x2")) else ())
+                                  for c in ASM_QUAD_CASES], ids=[c.name for c in ASM_QUAD_CASES])
+# two slow (CI budget): the 3 x 2 quads also run in the default test_odd_row_gemm_tiles (K = 16)
 def test_asm_quad_gemm_tiles_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
     import re
 
     seed = 110 + ASM_QUAD_CASES.index(case)
-    if not case.name.endswith("k260"):        # saturation on both sides in the reference's own bytes
+    if case.name.endswith(("zp_sat", "3x2")):  # saturation on both sides in the reference's own bytes
         reference, _ = vm_reference(_source(case, seed), _calibration(tmp_path, case, seed), monkeypatch)
         out = np.concatenate([reference(x).ravel() for x in _inputs(case, seed)])
         assert out.min() == -128 and out.max() == 127
@@ -345,7 +350,7 @@ def test_asm_quad_gemm_tiles_bytes_equal_the_integer_reference_on_m4_m7(tmp_path
         ks = {int(k) for k in re.findall(rf"ec_gemm_s16k4w_{tile}\([^;]*\), (\d+), \(int64_t\)", model_c)}
         assert want <= ks, (board, ks)
         assert ("smlad %[c1_1], %[x1h], %[wh], %[c1_1]" if tile == "2x2" else "ldr %[x], [%[a], %[o2h]]") in model_c
-        if not case.name.endswith("3x2"):   # the 2 x 2 GEMM's output zero point: the next window's
+        if case.name.endswith(("k260", "zp_sat")):      # the 2 x 2 GEMM's output zero point: the next window's
             zps = {int(z) for z in re.findall(r"\bec_widen_s8s16\([^;]*, (-?\d+)\);", model_c)}
             assert (-128 if case.name.endswith("k260") else 127) in zps, (board, zps)
 

@@ -171,12 +171,14 @@ def _wide_quad(m: int, n: int, aligned: bool) -> list[str]:
 # network on mps2-an386 (edgecompile test --samples 2, report), the gcc loop of two quads per iteration
 # -> these quads: 11,433,056 -> 11,087,082 instructions (kernels); one asm statement per quad with
 # operands of the compiler's choice: 11,236,028 (two MOV per quad); the whole K loop in one asm
-# statement (14 registers: the compiler then spills around it): 11,530,120.
+# statement (14 registers: the compiler then spills around it): 11,530,120. The second row at its
+# offset from the first (one pointer, `_wide_asm_quads(one_pointer=True)`, where lda is a constant up
+# to 510): 10,903,360 -> 10,828,522.
 _WIDE_REGS = {"c0_0": "r0", "c1_0": "r1", "c0_1": "r2", "c1_1": "r3", "a0": "r4", "a1": "r5", "b": "r6",
               "x0l": "r8", "x0h": "r9", "x1l": "r10", "x1h": "r11", "wl": "r12", "wh": "lr"}
 
 
-def _wide_asm_quads(m: int, n: int) -> list[str]:
+def _wide_asm_quads(m: int, n: int, one_pointer: bool = False) -> list[str]:
     """The K quads of a 2 x 2 "k4w" tile from word-aligned rows and panels: one asm statement per
     quad (LDRD with post-increment of both pixels' activation pairs, then per channel its weight
     pairs and 4 SMLAD: 12 instructions per 16 MACs), all quads unrolled where K is a constant
@@ -185,11 +187,13 @@ def _wide_asm_quads(m: int, n: int) -> list[str]:
     registers between the quads, and with C loads it hoisted later quads' loads (spills)."""
     temps = [f"x{i}{h}" for i in range(m) for h in "lh"] + ["wl", "wh"]
     quad = [f"ldrd %[x{i}l], %[x{i}h], [%[a{i}]], #8" for i in range(m)]
+    if one_pointer:     # the second row at its (constant) offset from the first: one register less
+        quad = ["ldrd %[x1l], %[x1h], [%[a0], %[o1]]", "ldrd %[x0l], %[x0h], [%[a0]], #8"]
     for j in range(n):
         quad.append("ldrd %[wl], %[wh], [%[b]], #8")
         quad += [f"smlad %[c{i}_{j}], %[x{i}{h}], %[w{h}], %[c{i}_{j}]" for h in "lh" for i in range(m)]
     acc = [f"c{i}_{j}" for j in range(n) for i in range(m)]
-    ptrs = [f"a{i}" for i in range(m)] + ["b"]
+    ptrs = (["a0"] if one_pointer else [f"a{i}" for i in range(m)]) + ["b"]
     outs = [f"[{v}] \"+r\"(r_{v})" for v in acc + ptrs] + [f"[{v}] \"=&r\"(r_{v})" for v in temps]
     lines = [f"    register int32_t r_{v} __asm__(\"{_WIDE_REGS[v]}\") = {v};" for v in acc]
     lines += [f"    register const int16_t *r_{v} __asm__(\"{_WIDE_REGS[v]}\") = {v};" for v in ptrs]
@@ -198,7 +202,7 @@ def _wide_asm_quads(m: int, n: int) -> list[str]:
               "    for (int32_t q = K >> 2; q > 0; --q) {",
               "      __asm__(" + "\n              ".join(f'"{t}\\n\\t"' for t in quad[:-1]) + f'\n              "{quad[-1]}"',
               "              : " + ", ".join(outs),
-              "              : : \"memory\");",
+              "              : " + ("[o1] \"i\"(2 * lda) " if one_pointer else "") + ": \"memory\");",
               "    }"]
     lines += [f"    {v} = r_{v};" for v in acc] + [f"    b = r_b;"]
     return lines
@@ -256,7 +260,9 @@ def _wide_body(m: int, n: int) -> list[str]:
             "  const int16_t *b = B;", "  int32_t k = 0;",
             f"  if ({' && '.join(aligned)}) {{",
             "    const int16_t " + ", ".join(f"*a{i} = A + {i} * lda" for i in range(m)) + ";",
-            *(_wide_asm_quads(m, n) if (m, n) == (2, 2) else
+            *(["    if (__builtin_constant_p(lda) && lda >= 0 && lda <= 510) {",
+               *["  " + ln for ln in _wide_asm_quads(m, n, True)],
+               "    } else {", *["  " + ln for ln in _wide_asm_quads(m, n)], "    }"] if (m, n) == (2, 2) else
               ["    if (__builtin_constant_p(lda) && lda >= 0 && lda <= 1022) {", *["  " + ln for ln in _wide_asm_quads_3x2()],
                "    } else {", *["  " + ln for ln in loop], "    }"] if (m, n) == (3, 2) else loop),
             "    k = K & ~3;",
