@@ -243,8 +243,9 @@ def test_quad_pair_gemm_loop_bytes_equal_the_integer_reference_on_m4_m7(tmp_path
 
 
 # Cortex-M4/M7: a padded window of 8 channels (>= WIDEN_MIN_CHANNELS) is split into a fill and an
-# unconditional copy (the ec_widen_s8s16 row copy), and a pointwise GEMM of K <= 8 takes 8 accumulators (2 x 4 here, 4 x 2 for 6 output
-# channels): the first dw+pw kernel of the wake-word network. Stride 2 with padding on one side only, odd width.
+# unconditional copy (the ec_widen_s8s16 row copy), and its pointwise GEMM of K = 8 over the int16 rows takes
+# 2 x 2 tiles (the asm quads; over int8 activations K <= 8 takes 8 accumulators): the first dw+pw kernel of the
+# wake-word network. Stride 2 with padding on one side only, odd width.
 SHORT_K_CASES = [
     Case("dwpw_8_12_s2_short_k", (1, 8, 9, 8),
          "[nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), nn.ReLU6(), nn.Conv2d(8, 12, 1), nn.ReLU6()]",
@@ -257,7 +258,7 @@ def test_split_window_and_short_k_tiles_bytes_equal_the_integer_reference_on_m4_
     sources = _check_kernel_case(tmp_path, monkeypatch, case, 95 + SHORT_K_CASES.index(case),
                                  ["mps2-an386", "stm32f746g-disco"])
     for board, model_c in sources.items():
-        assert "ec_gemm_s16k4w_2x4(" in model_c, board
+        assert "ec_gemm_s16k4w_2x2(" in model_c and "ec_gemm_s16k4w_2x4(" not in model_c, board
         assert "condval" not in model_c, board          # the window's copy has no per-value condition
 
 
@@ -309,10 +310,10 @@ def test_wide_weight_panels_bytes_equal_the_integer_reference_on_m4_m7(tmp_path,
 
 # Cortex-M4/M7 2 x 2 "k4w" tiles (the fused kernels' pointwise GEMM): one asm statement per K quad, in
 # fixed registers, unrolled up to 64 quads, the second row at its offset from the first (LDRD
-# immediate, rows up to 510 values apart): K = 260 (65 quads: past the unroll, a loop) and 10 (two
-# quads and the tail), output zero points -128 (ReLU) and 127 (clamp to [-6, 0]); K = 520 (rows too far
-# apart: a pointer per row); beside them the
-# short-K tiles (K = 3 and 8: 2 x 4; K = 6 to 17 channels, odd: 8 x 1). 3 x 2 tiles (rows of odd
+# immediate, rows up to 510 values apart): K = 3 (no quad: the C tail only), 8, 260 (65 quads: past
+# the unroll, a loop) and 10 (two quads and the tail), output zero points -128 (ReLU) and 127 (clamp to
+# [-6, 0]); K = 520 (rows too far apart: a pointer per row); beside them 8 x 1 tiles (K = 6 to 17
+# channels, odd). 3 x 2 tiles (rows of odd
 # width): K = 44 (11 quads, the row offsets as LDR immediates). The last layer of the second and third
 # cases saturates on both sides (checked on the reference's bytes).
 ASM_QUAD_CASES = [
@@ -329,7 +330,7 @@ ASM_QUAD_CASES = [
     Case("dwpw_asm_quads_k520", (1, 520, 2, 4),
          "[nn.Conv2d(520, 520, 3, padding=1, groups=520), nn.ReLU6(), nn.Conv2d(520, 4, 1), nn.ReLU()]", ("dwpw",)),
 ]
-ASM_QUAD_K = {"dwpw_asm_quads_k3_k260": ("2x2", {260}), "dwpw_asm_quads_zp_sat": ("2x2", {10}),
+ASM_QUAD_K = {"dwpw_asm_quads_k3_k260": ("2x2", {3, 8, 260}), "dwpw_asm_quads_zp_sat": ("2x2", {10}),
               "dwpw_asm_quads_3x2": ("3x2", {44}), "dwpw_asm_quads_k520": ("2x2", {520})}
 
 
