@@ -30,7 +30,6 @@ _READ32 = "\n".join([
     "/* two words from a word-aligned address, the pointer advanced by 8: one LDRD with post-increment",
     "   (gcc splits such loads into two LDR on Cortex-M) */",
     "typedef struct { int32_t w[2]; } __attribute__((may_alias)) ec_words2;",
-    "typedef struct { int32_t w[4]; } __attribute__((may_alias)) ec_words4;",
     "static inline const void *ec_ldrd(const void *p, int32_t *lo, int32_t *hi) {",
     "  int32_t a, b;",
     "  __asm__(\"ldrd %0, %1, [%2], #8\" : \"=&r\"(a), \"=&r\"(b), \"+r\"(p) : \"m\"(*(const ec_words2 *)p));",
