@@ -215,9 +215,9 @@ def test_odd_row_gemm_tiles_bytes_equal_the_integer_reference_on_m4_m7(tmp_path,
 
 
 # The aligned SMLAD loop of Cortex-M4/M7 runs two K quads per iteration, then the odd last quad, then
-# the K % 4 last steps: K = 22 over int16 depthwise rows (5 quads + 2, stride 2, padding; the fused
-# kernel's weights widened to int16, "k4w") and K = 13 over int8 activations (3 quads + 1), each through
-# the loop, the odd quad and the tail.
+# the K % 4 last steps: K = 13 over int8 activations (3 quads + 1), through the loop, the odd quad and
+# the tail; K = 22 over int16 depthwise rows (5 quads + 2, stride 2, padding; the fused kernel's weights
+# widened to int16, "k4w"): its 2 x 2 tiles' quads unrolled (one asm statement each), then the tail.
 QUAD_PAIR_CASES = [
     Case("dwpw_22_6_s2", (1, 22, 7, 8),
          "[nn.Conv2d(22, 22, 3, stride=2, padding=1, groups=22), nn.ReLU6(), nn.Conv2d(22, 6, 1), nn.ReLU()]",
@@ -236,12 +236,16 @@ def test_quad_pair_gemm_loop_bytes_equal_the_integer_reference_on_m4_m7(tmp_path
     for board, model_c in sources.items():      # the SMLAD kernel ran with this K
         calls = re.findall(r"ec_gemm_(s8k4|s16k4w)_\d+x\d+\([^;]*\), (\d+), \(int64_t\)", model_c)
         assert calls and all(int(kk) == k for _, kk in calls), (board, calls)
-        assert "if (K & 4) {" in model_c, board
+        if case.kinds == ("dwpw",):      # 2 x 2 tiles: every quad one asm statement, unrolled (K constant)
+            assert "ec_gemm_s16k4w_2x2(" in model_c and "smlad %[c1_1], %[x1h], %[wh], %[c1_1]" in model_c, board
+        else:
+            assert "if (K & 4) {" in model_c, board
 
 
 # Cortex-M4/M7: a padded window of 8 channels (>= WIDEN_MIN_CHANNELS) is split into a fill and an
-# unconditional copy (the ec_widen_s8s16 row copy), and a pointwise GEMM of K <= 8 takes 8 accumulators (2 x 4 here, 4 x 2 for 6 output
-# channels): the first dw+pw kernel of the wake-word network. Stride 2 with padding on one side only, odd width.
+# unconditional copy (the ec_widen_s8s16 row copy), and its pointwise GEMM of K = 8 over the int16 rows takes
+# 2 x 2 tiles (the asm quads; over int8 activations K <= 8 takes 8 accumulators): the first dw+pw kernel of the
+# wake-word network. Stride 2 with padding on one side only, odd width.
 SHORT_K_CASES = [
     Case("dwpw_8_12_s2_short_k", (1, 8, 9, 8),
          "[nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), nn.ReLU6(), nn.Conv2d(8, 12, 1), nn.ReLU6()]",
@@ -254,7 +258,7 @@ def test_split_window_and_short_k_tiles_bytes_equal_the_integer_reference_on_m4_
     sources = _check_kernel_case(tmp_path, monkeypatch, case, 95 + SHORT_K_CASES.index(case),
                                  ["mps2-an386", "stm32f746g-disco"])
     for board, model_c in sources.items():
-        assert "ec_gemm_s16k4w_2x4(" in model_c, board
+        assert "ec_gemm_s16k4w_2x2(" in model_c and "ec_gemm_s16k4w_2x4(" not in model_c, board
         assert "condval" not in model_c, board          # the window's copy has no per-value condition
 
 
@@ -360,6 +364,54 @@ def test_wide_weight_panels_bytes_equal_the_integer_reference_on_m4_m7(tmp_path,
                                  ["mps2-an386", "stm32f746g-disco"])
     for board, model_c in sources.items():
         assert "ec_gemm_s16k4w_" in model_c and "ec_gemm_s16k4x_" not in model_c, board
+
+
+# Cortex-M4/M7 2 x 2 "k4w" tiles (the fused kernels' pointwise GEMM): one asm statement per K quad, in
+# fixed registers, unrolled up to 64 quads, the second row at its offset from the first (LDRD
+# immediate, rows up to 510 values apart): K = 3 (no quad: the C tail only), 8, 260 (65 quads: past
+# the unroll, a loop) and 10 (two quads and the tail), output zero points -128 (ReLU) and 127 (clamp to
+# [-6, 0]); K = 520 (rows too far apart: a pointer per row); beside them 8 x 1 tiles (K = 6 to 17
+# channels, odd). 3 x 2 tiles (rows of odd
+# width): K = 44 (11 quads, the row offsets as LDR immediates). The last layer of the second and third
+# cases saturates on both sides (checked on the reference's bytes).
+ASM_QUAD_CASES = [
+    Case("dwpw_asm_quads_k3_k260", (1, 3, 7, 8),
+         "[nn.Conv2d(3, 3, 3, padding=1, groups=3), nn.ReLU(), nn.Conv2d(3, 8, 1), nn.ReLU(),"
+         " nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), nn.ReLU(), nn.Conv2d(8, 260, 1), nn.ReLU(),"
+         " nn.Conv2d(260, 260, 3, padding=1, groups=260), nn.ReLU(), nn.Conv2d(260, 6, 1)]", ("dwpw",)),
+    Case("dwpw_asm_quads_zp_sat", (1, 10, 6, 8),
+         "[nn.Conv2d(10, 10, 3, padding=1, groups=10), nn.ReLU6(), nn.Conv2d(10, 6, 1), nn.Hardtanh(-6.0, 0.0),"
+         " nn.Conv2d(6, 6, 3, padding=1, groups=6), nn.BatchNorm2d(6), nn.Conv2d(6, 17, 1)]", ("dwpw",)),
+    Case("dwpw_asm_quads_3x2", (1, 44, 5, 3),
+         "[nn.Conv2d(44, 44, 3, padding=1, groups=44), nn.ReLU6(), nn.Conv2d(44, 6, 1), nn.Hardtanh(-6.0, 0.0)]",
+         ("dwpw",)),
+    Case("dwpw_asm_quads_k520", (1, 520, 2, 4),
+         "[nn.Conv2d(520, 520, 3, padding=1, groups=520), nn.ReLU6(), nn.Conv2d(520, 4, 1), nn.ReLU()]", ("dwpw",)),
+]
+ASM_QUAD_K = {"dwpw_asm_quads_k3_k260": ("2x2", {3, 8, 260}), "dwpw_asm_quads_zp_sat": ("2x2", {10}),
+              "dwpw_asm_quads_3x2": ("3x2", {44}), "dwpw_asm_quads_k520": ("2x2", {520})}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c.name.endswith(("zp_sat", "3x2")) else ())
+                                  for c in ASM_QUAD_CASES], ids=[c.name for c in ASM_QUAD_CASES])
+# two slow (CI budget): the 3 x 2 quads also run in the default test_odd_row_gemm_tiles (K = 16)
+def test_asm_quad_gemm_tiles_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+    import re
+
+    seed = 110 + ASM_QUAD_CASES.index(case)
+    if case.name.endswith(("zp_sat", "3x2")):  # saturation on both sides in the reference's own bytes
+        reference, _ = vm_reference(_source(case, seed), _calibration(tmp_path, case, seed), monkeypatch)
+        out = np.concatenate([reference(x).ravel() for x in _inputs(case, seed)])
+        assert out.min() == -128 and out.max() == 127
+    sources = _check_kernel_case(tmp_path, monkeypatch, case, seed, ["mps2-an386", "stm32f746g-disco"])
+    for board, model_c in sources.items():
+        tile, want = ASM_QUAD_K[case.name]
+        ks = {int(k) for k in re.findall(rf"ec_gemm_s16k4w_{tile}\([^;]*\), (\d+), \(int64_t\)", model_c)}
+        assert want <= ks, (board, ks)
+        assert ("smlad %[c1_1], %[x1h], %[wh], %[c1_1]" if tile == "2x2" else "ldr %[x], [%[a], %[o2h]]") in model_c
+        if case.name.endswith(("k260", "zp_sat")):      # the 2 x 2 GEMM's output zero point: the next window's
+            zps = {int(z) for z in re.findall(r"\bec_widen_s8s16\([^;]*, (-?\d+)\);", model_c)}
+            assert (-128 if case.name.endswith("k260") else 127) in zps, (board, zps)
 
 
 def test_wide_weight_panels_only_where_the_flash_holds_them(tmp_path, monkeypatch):

@@ -27,7 +27,9 @@ class CortexMRules(TiledRules):
     # accumulators: the call, its accumulator loads and stores cost more than the spills of a wider
     # tile there. The wake-word network's first dw+pw kernel (K = 8), mps2-an386: 2 x 2 -> 2 x 4 tiles
     # 1,627,000 -> 1,596,973 instructions; 4 x 4 (16) measured 1,704,120; K <= 64 with 8 accumulators
-    # made every other kernel slower (12.56 M -> 12.85 M for the network).
+    # made every other kernel slower (12.56 M -> 12.85 M for the network). Not in fused kernels (int16
+    # rows) since their 2 x 2 tiles run as asm quads (ukernels._wide_asm_quads): that kernel
+    # 1,419,840 -> 1,340,400 with 2 x 2 instead of 2 x 4, the network 10,828,522 -> 10,748,986.
     SHORT_K, SHORT_K_ACC = 8, 8
 
     def _lanes_budget(self, sch: Any, block_name: str | None, which: str) -> tuple[int, int]:
@@ -41,11 +43,23 @@ class CortexMRules(TiledRules):
             types = tiling.operand_types(sch, sch.get_sblock(block_name))
             ext = tiling.anchor_extents(sch, block_name)
             if types is not None and self.panel_order(types) in ("k4", "k4x") and len(ext) == 7:
-                if ext[4] == ext[5] == 1 and ext[6] <= self.SHORT_K:
+                if ext[4] == ext[5] == 1 and ext[6] <= self.SHORT_K and not self._wide_rows_gemm:
                     return lanes, self.SHORT_K_ACC
                 if ext[2] % 2:
                     return lanes, self.ODD_ROW_ACC
         return lanes, acc
+
+    _wide_rows_gemm = False
+
+    def schedule_dwpw(self, sch: Any, info: Any, rows: int | None = None, cfg: dict | None = None) -> bool:
+        """As the generic rule; its pointwise GEMM reads the depthwise rows widened to int16 (wide_rows:
+        its operand types still say int8 while the tile is chosen), whose 2 x 2 tiles are asm quads:
+        no SHORT_K tiles there."""
+        self._wide_rows_gemm = self.wide_rows
+        try:
+            return super().schedule_dwpw(sch, info, rows, cfg)
+        finally:
+            self._wide_rows_gemm = False
 
     def lanes_for(self, types: Any) -> int:
         """Integer kernels are the DSP extension's, in core registers: one lane (the family's

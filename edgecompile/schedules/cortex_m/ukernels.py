@@ -168,18 +168,104 @@ def _wide_quad(m: int, n: int, aligned: bool) -> list[str]:
     return lines + ["    }"]
 
 
+# Registers of the 2 x 2 "k4w" quads (r7, the Thumb frame pointer, is left to the compiler). The wake-word
+# network on mps2-an386 (edgecompile test --samples 2, report), the gcc loop of two quads per iteration
+# -> these quads: 11,433,056 -> 11,087,082 instructions (kernels); one asm statement per quad with
+# operands of the compiler's choice: 11,236,028 (two MOV per quad); the whole K loop in one asm
+# statement (14 registers: the compiler then spills around it): 11,530,120. The second row at its
+# offset from the first (one pointer, `_wide_asm_quads(one_pointer=True)`, where lda is a constant up
+# to 510): 10,903,360 -> 10,828,522.
+_WIDE_REGS = {"c0_0": "r0", "c1_0": "r1", "c0_1": "r2", "c1_1": "r3", "a0": "r4", "a1": "r5", "b": "r6",
+              "x0l": "r8", "x0h": "r9", "x1l": "r10", "x1h": "r11", "wl": "r12", "wh": "lr"}
+
+
+def _wide_asm_quads(m: int, n: int, one_pointer: bool = False) -> list[str]:
+    """The K quads of a 2 x 2 "k4w" tile from word-aligned rows and panels: one asm statement per
+    quad (LDRD with post-increment of both pixels' activation pairs, then per channel its weight
+    pairs and 4 SMLAD: 12 instructions per 16 MACs), all quads unrolled where K is a constant
+    (up to 64 quads). Every operand lives in a register of its own for the whole loop (register
+    variables): with operands of the compiler's choice it moved accumulators and pointers between
+    registers between the quads, and with C loads it hoisted later quads' loads (spills)."""
+    temps = [f"x{i}{h}" for i in range(m) for h in "lh"] + ["wl", "wh"]
+    quad = [f"ldrd %[x{i}l], %[x{i}h], [%[a{i}]], #8" for i in range(m)]
+    if one_pointer:     # the second row at its (constant) offset from the first: one register less
+        quad = ["ldrd %[x1l], %[x1h], [%[a0], %[o1]]", "ldrd %[x0l], %[x0h], [%[a0]], #8"]
+    for j in range(n):
+        quad.append("ldrd %[wl], %[wh], [%[b]], #8")
+        quad += [f"smlad %[c{i}_{j}], %[x{i}{h}], %[w{h}], %[c{i}_{j}]" for h in "lh" for i in range(m)]
+    acc = [f"c{i}_{j}" for j in range(n) for i in range(m)]
+    ptrs = (["a0"] if one_pointer else [f"a{i}" for i in range(m)]) + ["b"]
+    outs = [f"[{v}] \"+r\"(r_{v})" for v in acc + ptrs] + [f"[{v}] \"=&r\"(r_{v})" for v in temps]
+    lines = [f"    register int32_t r_{v} __asm__(\"{_WIDE_REGS[v]}\") = {v};" for v in acc]
+    lines += [f"    register const int16_t *r_{v} __asm__(\"{_WIDE_REGS[v]}\") = {v};" for v in ptrs]
+    lines += [f"    register int32_t r_{v} __asm__(\"{_WIDE_REGS[v]}\");" for v in temps]
+    lines += ["    _Pragma(\"GCC unroll 64\")",
+              "    for (int32_t q = K >> 2; q > 0; --q) {",
+              "      __asm__(" + "\n              ".join(f'"{t}\\n\\t"' for t in quad[:-1]) + f'\n              "{quad[-1]}"',
+              "              : " + ", ".join(outs),
+              "              : " + ("[o1] \"i\"(2 * lda) " if one_pointer else "") + ": \"memory\");",
+              "    }"]
+    lines += [f"    {v} = r_{v};" for v in acc] + [f"    b = r_b;"]
+    return lines
+
+
+# Registers of the 3 x 2 "k4w" quads: 6 accumulators, one activation pointer, the weight pointer, the
+# quad's 4 weight words and one activation word (r7 left to the compiler). Wake-word network on
+# mps2-an386 (one run): the gcc loop (two quads per iteration, 10 LDRD + 24 SMLAD + about 12 spill
+# loads and stores) -> these quads: 3x3x256 kernels 394,133 -> 331,560 and 739,947 -> 618,853
+# instructions, all kernels 11,087,082 -> 10,903,360; flash +7,296 B (64 quads unrolled for K = 256).
+_WIDE_REGS_3X2 = {"c0_0": "r0", "c1_0": "r1", "c2_0": "r2", "c0_1": "r3", "c1_1": "r4", "c2_1": "r5",
+                  "a": "r6", "b": "r8", "wl0": "r9", "wh0": "r10", "wl1": "r11", "wh1": "r12", "x": "lr"}
+
+
+def _wide_asm_quads_3x2() -> list[str]:
+    """The K quads of a 3 x 2 "k4w" tile (odd-width rows): per quad both channels' weight pairs by
+    two LDRD, then each pixel's activation words one at a time (LDR at the row's offset from one
+    pointer: the offsets are constants, `lda` known where the kernel is inlined) into 2 SMLAD each:
+    20 instructions per 24 MACs, in 13 registers (holding every pixel's words would take 16). The
+    first pixel's last load advances the pointer. Where lda is not a constant the C loop stays."""
+    r = _WIDE_REGS_3X2
+    acc = [f"c{i}_{j}" for j in range(2) for i in range(3)]
+    temps = ["wl0", "wh0", "wl1", "wh1", "x"]
+    quad = ["ldrd %[wl0], %[wh0], [%[b]], #8", "ldrd %[wl1], %[wh1], [%[b]], #8"]
+    for i, h, at in [(1, "l", "[%[a], %[o1]]"), (1, "h", "[%[a], %[o1h]]"), (2, "l", "[%[a], %[o2]]"),
+                     (2, "h", "[%[a], %[o2h]]"), (0, "h", "[%[a], #4]"), (0, "l", "[%[a]], #8")]:
+        quad += [f"ldr %[x], {at}", f"smlad %[c{i}_0], %[x], %[w{h}0], %[c{i}_0]",
+                 f"smlad %[c{i}_1], %[x], %[w{h}1], %[c{i}_1]"]
+    outs = [f"[{v}] \"+r\"(r_{v})" for v in acc + ["a", "b"]] + [f"[{v}] \"=&r\"(r_{v})" for v in temps]
+    ins = ["[o1] \"i\"(2 * lda)", "[o1h] \"i\"(2 * lda + 4)", "[o2] \"i\"(4 * lda)", "[o2h] \"i\"(4 * lda + 4)"]
+    lines = [f"    register int32_t r_{v} __asm__(\"{r[v]}\") = {v};" for v in acc]
+    lines += [f"    register const int16_t *r_a __asm__(\"{r['a']}\") = A;",
+              f"    register const int16_t *r_b __asm__(\"{r['b']}\") = b;"]
+    lines += [f"    register int32_t r_{v} __asm__(\"{r[v]}\");" for v in temps]
+    lines += ["    _Pragma(\"GCC unroll 64\")",
+              "    for (int32_t q = K >> 2; q > 0; --q) {",
+              "      __asm__(" + "\n              ".join(f'"{t}\\n\\t"' for t in quad[:-1]) + f'\n              "{quad[-1]}"',
+              "              : " + ", ".join(outs),
+              "              : " + ", ".join(ins) + " : \"memory\");",
+              "    }"]
+    lines += [f"    {v} = r_{v};" for v in acc] + ["    b = r_b;"]
+    return lines
+
+
 def _wide_body(m: int, n: int) -> list[str]:
-    """The SMLAD loop of a "k4w" panel: two quads per iteration from word-aligned rows and panels
-    (LDRD with post-increment), one per iteration from any alignment; the K % 4 last rows in plain C."""
+    """The SMLAD loop of a "k4w" panel: from word-aligned rows and panels (LDRD with post-increment),
+    2 x 2 tiles one asm statement per quad (`_wide_asm_quads`), other tiles two quads per iteration;
+    one quad per iteration from any alignment; the K % 4 last rows in plain C."""
     aligned = ["(((uintptr_t)B & 3) == 0)", f"(ldb == {n})", "(((uintptr_t)A & 3) == 0)", "((lda & 1) == 0)"]
     quad = _wide_quad(m, n, True)
+    loop = ["    const int16_t *bend = B + (K / 8) * 8 * ldb;",
+            "    while (b != bend) {", *["  " + ln for ln in quad + quad], "    }",
+            "    if (K & 4) {", *["  " + ln for ln in quad], "    }"]
     return ["  int32_t " + ", ".join(f"c{i}_{j} = C[{i} * ldc + {j}]" for i in range(m) for j in range(n)) + ";",
             "  const int16_t *b = B;", "  int32_t k = 0;",
             f"  if ({' && '.join(aligned)}) {{",
             "    const int16_t " + ", ".join(f"*a{i} = A + {i} * lda" for i in range(m)) + ";",
-            "    const int16_t *bend = B + (K / 8) * 8 * ldb;",
-            "    while (b != bend) {", *["  " + ln for ln in quad + quad], "    }",
-            "    if (K & 4) {", *["  " + ln for ln in quad], "    }",
+            *(["    if (__builtin_constant_p(lda) && lda >= 0 && lda <= 510) {",
+               *["  " + ln for ln in _wide_asm_quads(m, n, True)],
+               "    } else {", *["  " + ln for ln in _wide_asm_quads(m, n)], "    }"] if (m, n) == (2, 2) else
+              ["    if (__builtin_constant_p(lda) && lda >= 0 && lda <= 1022) {", *["  " + ln for ln in _wide_asm_quads_3x2()],
+               "    } else {", *["  " + ln for ln in loop], "    }"] if (m, n) == (3, 2) else loop),
             "    k = K & ~3;",
             "  } else {",
             "    for (; k + 4 <= K; k += 4, b += 4 * ldb) {", *["  " + ln for ln in _wide_quad(m, n, False)], "    }",
