@@ -12,7 +12,8 @@ int16 lanes) and `sadalp` (the 8 lanes added in pairs into the pair's 4 int32 ac
 3 instructions for 16 multiply-accumulates, plus one 16-byte load per pixel and per channel. The
 pair sums are exact in 16 bits because no weight is -128 (|a w + a' w'| <= 2 * 128 * 127 =
 32512). The 4 lanes of each accumulator are added (`addp`, 4 channels at a time) once per tile.
-The A72 has no `sdot`.
+The A72 has no `sdot`. With a packed panel (ldb == N) and K >= ASM_S8_MIN_K the loop is one
+inline-asm block with fixed registers (`_gemm_s8_k16_asm`); gcc's intrinsics otherwise.
 
 `gemm`, int16 x int8 -> int32 (the zero-point-shifted padded rows of KxK convolutions, e.g. the
 first layer), weights row by row: per reduction step 8 weights widened by one `sxtl`, each pixel's
