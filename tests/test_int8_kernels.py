@@ -142,8 +142,9 @@ NEON_CASES = CASES + [
          ("conv_dw",)),
     Case("fc_45_3", (1, 45, 1, 1), "[nn.Flatten(), nn.Linear(45, 3)]", ("fc",)),
     Case("conv3x3_s2_3_16", (1, 3, 11, 10), "[nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU6()]", ("conv",)),
-    # the asm GEMM (K >= 48, packed panels): K = 57 (3 blocks + the 8-step block + 1), 64 (no tail),
-    # 99 (6 blocks + 3 steps), 1, 3 and 17 output channels, input zero points -128 and 127
+    # the asm GEMM (K >= 32, packed panels; also pw_33_17 and fc_45_3 above): K = 57 (3 blocks + the
+    # 8-step block + 1), 64 (no tail), 99 (6 blocks + 3 steps), 1, 3 and 17 output channels, input
+    # zero points -128 and 127
     Case("pw_57_17_zp_min", (1, 57, 5, 3), "[nn.Conv2d(57, 17, 1)]", ("conv_pw",), "positive"),
     Case("pw_64_3_zp_max", (1, 64, 4, 4), "[nn.Conv2d(64, 3, 1)]", ("conv_pw",), "negative"),
     Case("dwpw_64_1", (1, 64, 5, 4), "[nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.ReLU6(), nn.Conv2d(64, 1, 1)]",
@@ -172,7 +173,7 @@ def test_neon_kernel_bytes_equal_the_integer_reference_on_rpi4(tmp_path, monkeyp
     if {"conv_pw", "dwpw", "fc"} & set(case.kinds):
         assert "ec_gemm_s8k16_" in model_c and "vpadalq_s16" in model_c      # the NEON int8 GEMM ran
         assert "vpaddlq_s16" in model_c                 # its accumulators set by the first block's saddlp
-        if "_zp_" in case.name or case.name in ("dwpw_64_1", "fc_99_3"):      # K >= 48: the asm block
+        if "_zp_" in case.name or case.name in ("dwpw_64_1", "fc_99_3", "pw_33_17", "fc_45_3"):   # K >= 32: asm
             assert "sadalp v" in model_c and "saddlp v" in model_c
     if {"conv_dw", "dwpw"} & set(case.kinds) and case.shape[1] % 8 == 0:
         assert "vmlal_high_s16" in model_c                                   # the NEON depthwise ran

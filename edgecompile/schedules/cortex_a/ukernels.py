@@ -223,10 +223,10 @@ def _gemm_s8_k16_neon(m: int, n: int) -> list[str]:
 # counted twice among gcc's 30)
 ASM_S8_MAX_M = 11
 # ... and at least this many reduction steps (K is a constant once the kernel is inlined): with one
-# or two 16-step blocks gcc's straight-line intrinsics win (MobileNet V1 0.25/96 int8, instructions
-# of its dw+pw kernels with the asm at every K: K = 8 404 k -> 460 k, 16 228 k -> 254 k, 32 even,
-# 64 -11%, 128 -10%)
-ASM_S8_MIN_K = 48
+# 16-step block gcc's straight-line intrinsics win. Kernel instructions per inference (int8, rpi4,
+# one session) with the asm from K = 16 / 32 / 48 / 64: MobileNet V1 0.25/96 2.985 / 2.961 / 2.960 /
+# - M, MobileNet V2 0.35/96 - / 4.727 / 4.739 / 4.777 M
+ASM_S8_MIN_K = 32
 
 
 def _gemm_s8_k16_asm(m: int, n: int) -> list[str] | None:
