@@ -41,6 +41,7 @@ class Case:
     shape: tuple[int, int, int, int]      # N, C, H, W
     layers: str                           # a Python expression building the nn.Sequential's layers
     kinds: tuple[str, ...]                # kernel kinds the build must contain (tiled)
+    calibration: str = ""                 # "positive" / "negative": input zero point -128 / 127
 
 
 CASES = [
@@ -91,6 +92,8 @@ def _calibration(tmp_path, case: Case, seed: int) -> str:
     rng = np.random.default_rng(seed)
     scale, offset = rng.uniform(0.3, 4.0), rng.uniform(-1.0, 1.0)
     data = (rng.standard_normal((8, *case.shape[1:])) * scale + offset).astype(np.float32)
+    if case.calibration:         # one-signed data: the input zero point at either end of the range
+        data = np.abs(data) if case.calibration == "positive" else -np.abs(data)
     path = tmp_path / "calibration.npy"
     np.save(path, data)
     return str(path)
@@ -139,7 +142,19 @@ NEON_CASES = CASES + [
          ("conv_dw",)),
     Case("fc_45_3", (1, 45, 1, 1), "[nn.Flatten(), nn.Linear(45, 3)]", ("fc",)),
     Case("conv3x3_s2_3_16", (1, 3, 11, 10), "[nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU6()]", ("conv",)),
+    # the asm GEMM (K >= 32, packed panels; also pw_33_17 and fc_45_3 above): K = 57 (3 blocks + the
+    # 8-step block + 1), 64 (no tail), 99 (6 blocks + 3 steps), 1, 3 and 17 output channels, input
+    # zero points -128 and 127
+    Case("pw_57_17_zp_min", (1, 57, 5, 3), "[nn.Conv2d(57, 17, 1)]", ("conv_pw",), "positive"),
+    Case("pw_64_3_zp_max", (1, 64, 4, 4), "[nn.Conv2d(64, 3, 1)]", ("conv_pw",), "negative"),
+    Case("dwpw_64_1", (1, 64, 5, 4), "[nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.ReLU6(), nn.Conv2d(64, 1, 1)]",
+         ("dwpw",)),
+    Case("fc_99_3", (1, 99, 1, 1), "[nn.Flatten(), nn.Linear(99, 3)]", ("fc",), "positive"),
 ]
+# cases whose input zero point must be at an end of the int8 range, and whose outputs (random int8
+# inputs beyond the calibration's range) must saturate at both ends
+ZERO_POINTS = {"pw_57_17_zp_min": -128, "pw_64_3_zp_max": 127, "fc_99_3": -128}
+SATURATING = ("pw_57_17_zp_min", "pw_64_3_zp_max")
 # NEON rescale kernels each case's build must contain (8 + 4 + a scalar tail, 4 + 1, 4 + 3, 8 + 8...)
 NEON_REQUANT = {"dwpw_s1": ("4x4", "4x8"), "pw_odd_7_5": ("3x5",), "group_convs": ("1x12", "1x16", "1x5"),
                 "fc": ("1x7",), "dwpw_24_40": ("2x24",), "dw_16_s2": ("2x16",)}
@@ -148,10 +163,18 @@ NEON_REQUANT = {"dwpw_s1": ("4x4", "4x8"), "pw_odd_7_5": ("3x5",), "group_convs"
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c in CASES else ()) for c in NEON_CASES],
                          ids=[c.name for c in NEON_CASES])      # the Cortex-M cases again: slow (CI budget)
 def test_neon_kernel_bytes_equal_the_integer_reference_on_rpi4(tmp_path, monkeypatch, case):
-    model_c = _check_kernel_case(tmp_path, monkeypatch, case, NEON_CASES.index(case) + 1, ["rpi4"])["rpi4"]
+    seen: dict = {}
+    model_c = _check_kernel_case(tmp_path, monkeypatch, case, NEON_CASES.index(case) + 1, ["rpi4"], seen)["rpi4"]
+    if case.name in ZERO_POINTS:
+        assert seen["quant"]["input"]["zero_point"] == ZERO_POINTS[case.name], seen["quant"]["input"]
+    if case.name in SATURATING:
+        out = np.concatenate([e.ravel() for e in seen["expected"]])
+        assert out.min() == -128 and out.max() == 127, (out.min(), out.max())
     if {"conv_pw", "dwpw", "fc"} & set(case.kinds):
         assert "ec_gemm_s8k16_" in model_c and "vpadalq_s16" in model_c      # the NEON int8 GEMM ran
         assert "vpaddlq_s16" in model_c                 # its accumulators set by the first block's saddlp
+        if "_zp_" in case.name or case.name in ("dwpw_64_1", "fc_99_3", "pw_33_17", "fc_45_3"):   # K >= 32: asm
+            assert "sadalp v" in model_c and "saddlp v" in model_c
     if {"conv_dw", "dwpw"} & set(case.kinds) and case.shape[1] % 8 == 0:
         assert "vmlal_high_s16" in model_c                                   # the NEON depthwise ran
     if "conv" in case.kinds and "nn.Conv2d(3, 16, 3" in case.layers:
@@ -443,14 +466,18 @@ def test_wide_weight_panels_only_where_the_flash_holds_them(tmp_path, monkeypatc
     assert "ec_gemm_s16k4x_" in model_c and "ec_gemm_s16k4w_" not in model_c
 
 
-def _check_kernel_case(tmp_path, monkeypatch, case: Case, seed: int, boards: list[str]) -> dict[str, str]:
+def _check_kernel_case(tmp_path, monkeypatch, case: Case, seed: int, boards: list[str],
+                       seen: dict | None = None) -> dict[str, str]:
     """Build `case` for each board, run it on the emulated board and the board's model.c on this
-    machine: both must give the VM reference's bytes. Returns each board's model.c."""
+    machine: both must give the VM reference's bytes. Returns each board's model.c; `seen` gets
+    the quantization parameters and the reference outputs."""
     source = _source(case, seed)
     calibration = _calibration(tmp_path, case, seed)
     reference, quant = vm_reference(source, calibration, monkeypatch)
     inputs = _inputs(case, seed)
     expected = [reference(x) for x in inputs]
+    if seen is not None:
+        seen.update(quant=quant, expected=expected)
     output_spread(expected)      # the reference depends on the input, or the comparison proves nothing
     sources = {}
     for board in boards:

@@ -12,7 +12,8 @@ int16 lanes) and `sadalp` (the 8 lanes added in pairs into the pair's 4 int32 ac
 3 instructions for 16 multiply-accumulates, plus one 16-byte load per pixel and per channel. The
 pair sums are exact in 16 bits because no weight is -128 (|a w + a' w'| <= 2 * 128 * 127 =
 32512). The 4 lanes of each accumulator are added (`addp`, 4 channels at a time) once per tile.
-The A72 has no `sdot`.
+The A72 has no `sdot`. With a packed panel (ldb == N) and K >= ASM_S8_MIN_K the loop is one
+inline-asm block with fixed registers (`_gemm_s8_k16_asm`); gcc's intrinsics otherwise.
 
 `gemm`, int16 x int8 -> int32 (the zero-point-shifted padded rows of KxK convolutions, e.g. the
 first layer), weights row by row: per reduction step 8 weights widened by one `sxtl`, each pixel's
@@ -218,6 +219,122 @@ def _gemm_s8_k16_neon(m: int, n: int) -> list[str]:
     return lines
 
 
+# the asm int8 GEMM: at most this many pixels (one general register per A row, each a "+r" operand
+# counted twice among gcc's 30)
+ASM_S8_MAX_M = 11
+# ... and at least this many reduction steps (K is a constant once the kernel is inlined): with one
+# 16-step block gcc's straight-line intrinsics win. Kernel instructions per inference (int8, rpi4,
+# one session) with the asm from K = 16 / 32 / 48 / 64: MobileNet V1 0.25/96 2.985 / 2.961 / 2.960 /
+# - M, MobileNet V2 0.35/96 - / 4.727 / 4.739 / 4.777 M
+ASM_S8_MIN_K = 32
+
+
+def _gemm_s8_k16_asm(m: int, n: int) -> list[str] | None:
+    """The int8 M x N tile over a packed 'k16' panel (ldb == N: the 16-step blocks contiguous, then
+    the last group) as one inline-asm block with its registers fixed: M x N int32x4 accumulators
+    v0.., the M activation vectors, two weight vectors (a pair of channels' 16-byte blocks by one
+    `ldp`) and the rest as product temporaries. Per 16 steps: M `ldr q` (post-indexed rows),
+    ceil(N / 2) weight loads, per pair `smull` + `smlal2` + `sadalp` (the first block `saddlp`, no
+    zeroing), `subs` + `b.ne`: 3 instructions per 16 multiply-accumulates, the exact bound of the
+    pair sums in 16 bits (no weight is -128). Then the last group's first 8 steps when it has 8 (`ldr d`), the
+    4 lanes of each accumulator added (`addp`, 4 channels at a time; 2 and 1 for the rest) into C.
+    gcc, given the same loop in intrinsics, keeps the products in fresh registers and spills
+    accumulators to the stack (66 instructions per 16 steps of the 2 x 8 tile, 56 here); the last
+    group's r % 8 steps stay in C. For K >= ASM_S8_MIN_K (at least one 16-step block). None where the
+    registers or gcc's 30 operands do not suffice."""
+    temps = 32 - m * n - m - 2
+    if m > ASM_S8_MAX_M or temps < 1:
+        return None
+    temps = min(temps, 4)
+    acc = [[i * n + j for j in range(n)] for i in range(m)]
+    av = [m * n + i for i in range(m)]
+    wv = [m * n + m, m * n + m + 1]
+    tv = [m * n + m + 2 + t for t in range(temps)]
+    used = m * n + m + 2 + temps
+
+    def products(wide: bool, first: bool, j: int, w: int, t0: int) -> list[str]:
+        out = []
+        for i in range(m):
+            t = tv[(t0 + i) % temps]
+            if wide:
+                out += [f"smull v{t}.8h, v{av[i]}.8b, v{w}.8b", f"smlal2 v{t}.8h, v{av[i]}.16b, v{w}.16b"]
+            else:
+                out.append(f"smull v{t}.8h, v{av[i]}.8b, v{w}.8b")
+            out.append(f"{'saddlp' if first else 'sadalp'} v{acc[i][j]}.4s, v{t}.8h")
+        return out
+
+    def block16(first: bool) -> list[str]:
+        out = [f"ldr q{av[i]}, [%[a{i}]], #16" for i in range(m)]
+        for j in range(0, n, 2):
+            if j + 1 < n:
+                out.append(f"ldp q{wv[0]}, q{wv[1]}, [%[b]], #32")
+                out += products(True, first, j, wv[0], 0) + products(True, first, j + 1, wv[1], m)
+            else:
+                out.append(f"ldr q{wv[0]}, [%[b]], #16")
+                out += products(True, first, j, wv[0], 0)
+        return out
+
+    def block8() -> list[str]:       # channel j's 8 weights at b + j * r
+        out = [f"ldr d{av[i]}, [%[a{i}]]" for i in range(m)]
+        for j in range(n):
+            out += [f"ldr d{wv[0]}, [%[b]]", "add %[b], %[b], %[r]"] + products(False, False, j, wv[0], j)
+        return out
+
+    # the 4 lanes of each accumulator added, 4 channels per register (2, 3 or 1 for the last
+    # group), left in the group's first accumulator: an output of the asm (an explicit register
+    # variable), added to C in C, so that gcc forwards the caller's zeroed C instead of storing
+    # and reloading it (the asm touches no memory but A and B, which it only reads)
+    reduce, outs = [], []
+    for i in range(m):
+        a = acc[i]
+        for j in range(0, n, 4):
+            g = min(4, n - j)
+            if g == 1:
+                reduce.append(f"addv s{a[j]}, v{a[j]}.4s")
+            elif g == 2:
+                reduce += [f"addp v{a[j]}.4s, v{a[j]}.4s, v{a[j + 1]}.4s", f"addp v{a[j]}.4s, v{a[j]}.4s, v{a[j]}.4s"]
+            else:
+                last = a[j + 3] if g == 4 else a[j + 2]
+                reduce += [f"addp v{a[j]}.4s, v{a[j]}.4s, v{a[j + 1]}.4s",
+                           f"addp v{a[j + 2]}.4s, v{a[j + 2]}.4s, v{last}.4s",
+                           f"addp v{a[j]}.4s, v{a[j]}.4s, v{a[j + 2]}.4s"]
+            outs.append((i, j, g, a[j]))
+    if 2 * m + 4 + len(outs) + 3 > 30:           # gcc's operand limit
+        return None
+    out_regs = {reg for _, _, _, reg in outs}
+
+    body = [*block16(True), "subs %[n16], %[n16], #1", "b.eq 2f",       # K >= ASM_S8_MIN_K: a first block
+            "1:", *block16(False), "subs %[n16], %[n16], #1", "b.ne 1b",
+            "2:", "cmp %[r], #8", "b.lt 4f", *block8(),
+            "4:", *reduce]
+    add_c = []
+    for i, j, g, reg in outs:
+        if g == 4:
+            add_c.append(f"    vst1q_s32(C + {i} * ldc + {j}, vaddq_s32(vld1q_s32(C + {i} * ldc + {j}), o{i}_{j}));")
+        else:
+            add_c.append("    " + " ".join(f"C[{i} * ldc + {j + l}] += vgetq_lane_s32(o{i}_{j}, {l});" for l in range(g)))
+    return [
+        "    const int8_t " + ", ".join(f"*a{i} = A + {i} * lda" for i in range(m)) + ";",
+        "    const int8_t *b = B;",
+        "    int64_t n16 = K >> 4;",
+        "    const int64_t r = K & 15;",
+        *[f'    register int32x4_t o{i}_{j} __asm__("v{reg}");' for i, j, _, reg in outs],
+        "    __asm__ volatile(",
+        *[f'      "{ins}\\n\\t"' for ins in body],
+        "      : [n16] \"+&r\"(n16), [b] \"+&r\"(b), " + ", ".join(f'[a{i}] \"+&r\"(a{i})' for i in range(m))
+        + ", " + ", ".join(f'\"=w\"(o{i}_{j})' for i, j, _, _ in outs),
+        "      : [r] \"r\"(r), \"m\"(*(const int8_t (*)[])A), \"m\"(*(const int8_t (*)[])B)",
+        "      : \"cc\", " + ", ".join(f'\"v{v}\"' for v in range(used) if v not in out_regs) + ");",
+        *add_c,
+        "    const int32_t k = K - (int32_t)r;",
+        "    const int8_t *bt = B + (int64_t)k * ldb;     /* the last group: channel j's r weights at bt + j * r */",
+        f"    for (int32_t t = r >= 8 ? 8 : 0; t < r; ++t) {{",
+        *["      " + " ".join(f"C[{i} * ldc + {j}] += (int32_t)A[{i} * lda + k + t] * bt[{j} * r + t];"
+                             for i in range(m)) for j in range(n)],
+        "    }",
+    ]
+
+
 def _gemm_s8_k16_portable(m: int, n: int) -> list[str]:
     """The same panel order in plain C (this machine, and any core without NEON)."""
     lines = ["  const int8_t *b = B;", "  int32_t k = 0;", "  for (; k + 16 <= K; k += 16, b += 16 * ldb) {"]
@@ -240,7 +357,16 @@ def _gemm_s8_k16(m: int, n: int) -> str:
         f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (int8 x int8 -> int32), B panel in order 'k16' (16-step blocks "
         f"per channel): NEON smull/smlal2 + sadalp, {m * n} int32x4 accumulators; portable C otherwise */",
         gemm_signature(m, n, types), NEON,
-        _gemm_s8_k16_neon(m, n), _gemm_s8_k16_portable(m, n))
+        _gemm_s8_k16_fast(m, n), _gemm_s8_k16_portable(m, n))
+
+
+def _gemm_s8_k16_fast(m: int, n: int) -> list[str]:
+    """The asm block for a packed panel (ldb == N) where the registers allow, the intrinsics
+    otherwise."""
+    asm = _gemm_s8_k16_asm(m, n)
+    if asm is None:
+        return _gemm_s8_k16_neon(m, n)
+    return [f"  if (ldb == {n} && K >= {ASM_S8_MIN_K}) {{", *asm, "    return 0;", "  }", *_gemm_s8_k16_neon(m, n)]
 
 
 def _gemm_s16(m: int, n: int) -> str:
