@@ -363,3 +363,52 @@ def kernel_symbol(info: KernelInfo, out: Tensor, taken: set[str]) -> str:
     else:
         base += f"_{shape}"
     return unique_symbol(base, taken)
+
+
+# TVM's C printer writes Max(a, c) / Min(a, c) as `(a) > (c) ? (a) : (c)` / `(a) < (c) ? (a) : (c)`
+# (a float32 constant c: `6.000000e+00f`)
+_CLAMP_RE = re.compile(r"\) ([<>]) \((-?\d+\.\d+e[+-]\d+f)\) \? \(")
+
+
+def _clamp_fn(op: str, const: str) -> str | None:
+    """`fmaxf` / `fminf` where they give the bits of the ternary for every `a`: aarch64's FMAXNM /
+    FMINNM (IEEE maxNum / minNum) return the number when `a` is a NaN, as the ternary does (its
+    comparison is false: `c`), and order -0 below +0; the ternary keeps `c` when `a` and `c` are
+    zeros of either sign. They differ only for a zero constant: max(+0, c = -0) is -0 by the
+    ternary, +0 by FMAXNM; min(-0, c = +0) is +0 by the ternary, -0 by FMINNM. None for those.
+    (A signalling NaN `a`, which no arithmetic produces, gives a quiet NaN instead of `c`.)"""
+    if op == ">":
+        return None if const.startswith("-") and float(const[:-1]) == 0 else "fmaxf"
+    return None if not const.startswith("-") and float(const[:-1]) == 0 else "fminf"
+
+
+def ieee_clamps(code: str) -> str:
+    """Float32 maxima and minima against a constant (ReLU, ReLU6's clip) as `fmaxf` / `fminf`
+    calls: gcc for aarch64 compiles them to one `fmaxnm` / `fminnm` per vector, the ternary to
+    compares and bit selects (5 instructions per vector for a ReLU6, 2 for a ReLU). Only where the
+    ternary is a whole operand (after `=`, `(` or `,`, before `;`, `)` or `,`) and its two
+    branches repeat the compared expression and constant, i.e. exactly what TVM prints for
+    Max / Min; the result has the same bits (`_clamp_fn`)."""
+    out, pos, i = [], 0, 0
+    while (m := _CLAMP_RE.search(code, i)) is not None:
+        i = m.end()
+        op, const, end = m.group(1), m.group(2), m.start()
+        depth, j = 0, end
+        while j >= pos:                      # the '(' opening the compared expression
+            depth += {")": 1, "(": -1}.get(code[j], 0)
+            if depth == 0:
+                break
+            j -= 1
+        if j < pos:
+            continue
+        a = code[j + 1:end]
+        tail = f"{a}) : ({const})"
+        before = code[:j].rstrip()[-1:]
+        after = code[m.end() + len(tail):].lstrip()[:1]
+        fn = _clamp_fn(op, const)
+        if fn is None or not code.startswith(tail, m.end()) or before not in ("=", "(", ",") \
+                or after not in (";", ")", ","):
+            continue
+        out += [code[pos:j], f"{fn}({a}, {const})"]
+        pos = i = m.end() + len(tail)
+    return "".join(out) + code[pos:]
