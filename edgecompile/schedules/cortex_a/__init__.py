@@ -137,6 +137,14 @@ class CortexARules(TiledRules):
         from ...codegen.lower import ieee_clamps
         return ieee_clamps(code)
 
+    def after_finish(self, func: Any, info: Any) -> Any | None:
+        """Marked for codegen.lower.border_fills: a float padded window (the depthwise rows of a
+        fused dw+pw kernel, a KxK convolution's) is zeroed only where its in-bound copy does not
+        write, not wholly per row tile (MobileNet V2: 2.8 M instructions of `memset`)."""
+        from ...codegen.lower import BORDER_FILL_ATTR
+        out = super().after_finish(func, info)
+        return None if out is None else out.with_attr(BORDER_FILL_ATTR, 1)
+
     # int8 rescale tiles of at least this many channels go to the NEON rescale kernel (a vector of
     # 4 int32 accumulators per step); narrower ones keep the scalar C
     REQUANT_MIN_CHANNELS = 4
