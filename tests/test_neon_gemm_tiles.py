@@ -48,6 +48,10 @@ def test_neon_model_tiles():
     assert choose_tile(111, 64, 4, 20, 8, True, k(3), 3) == (3, 32)
     # calls of at most 8 reduction steps keep to 12 pixels (GemmModel.max_m)
     assert choose_tile(13, 40, 4, 20, 8, True, k(3), 3) == (1, 40)
+    # an epilogue calling exp (SiLU): no 3-vector tiles (gcc's vectorized ec_expf spills its constants)
+    silu = replace(k(112), even_vectors=True)
+    assert choose_tile(14, 672, 4, 20, 8, True, k(112), 112) == (7, 12)
+    assert choose_tile(14, 672, 4, 20, 8, True, silu, 112) == (7, 8)
     # no multiple of 4 divides the channels: the ragged tile, as before
     assert choose_tile(28, 58, 4, 20, 8, True, k(64), 64) == (4, 58)
 

@@ -31,6 +31,10 @@ class NeonGemmModel(GemmModel):
 
     vector_a: bool = True
     k: int | None = None      # reduction steps per call, when known
+    # an epilogue that calls exp (SiLU, sigmoid): no odd vector counts above 1. gcc's vectorized
+    # ec_expf over 3 vectors per tile row reloads its constants (EfficientNet-B0's 14 x 14 x 672
+    # expand conv: 7 x 12 tiles 18.95 M instructions, 7 x 8 17.84 M)
+    even_vectors: bool = False
     C_SHARE = 69 / 79
 
     @staticmethod
@@ -47,6 +51,8 @@ class NeonGemmModel(GemmModel):
 
     def efficiency(self, m: int, n: int, lanes: int) -> float:
         nv = n // lanes
+        if self.even_vectors and nv > 1 and nv % 2:
+            return 0.0
         if lanes == 4 and asm_b_registers(m, nv):
             k = self.k if self.k else 64
             return m * nv * k / self.asm_instructions(m, nv, k)
@@ -87,8 +93,10 @@ class CortexARules(TiledRules):
         types = tiling.operand_types(sch, sch.get_sblock(block_name))
         if types is None or types.c != "float32" or types.b_order:
             return None
-        k = tiling.anchor_extents(sch, block_name)[-1]       # reduction steps per micro-kernel call
-        return replace(NEON_GEMM, vector_a=k >= self.lanes, k=int(k))
+        ext = tiling.anchor_extents(sch, block_name)
+        # reduction steps per micro-kernel call: a KxK convolution's whole kernel row (window_gemm)
+        k = int(ext[-1]) * (int(ext[-2]) if self.window_gemm(types) and len(ext) == 7 else 1)
+        return replace(NEON_GEMM, vector_a=k >= self.lanes, k=k, even_vectors="exp" in sch.mod["main"].script())
 
     def window_gemm(self, types: Any) -> bool:
         """Float KxK convolutions take a whole kernel row per GEMM call (K = KW x input channels,
