@@ -90,8 +90,8 @@ def test_ragged_pixels_match_pytorch_on_emulated_pi(tmp_path):
     spread = output_spread(refs)
     for got, ref in zip(board_outputs("rpi4", out, rep, xs, timeout=60), refs):
         assert_close(got, ref, spread, REL)
-    # NEON_GEMM (cortex_a's tile model) gives the 13-pixel GEMM rows 13 x 4 tiles and the 7-pixel
-    # pointwise rows 7 x 8: only the 37- and 19-pixel GEMM rows are ragged
+    # NEON_GEMM (cortex_a's tile model) ranks the asm loop's tiles by their instructions: the 37-
+    # and 19-pixel GEMM rows (at least) take ragged pixel tiles
     _check_tiles(rep, out, target.family, {37, 19}, set(WIDTHS))
 
 

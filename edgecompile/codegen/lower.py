@@ -177,6 +177,132 @@ def widen_rows(func: Any) -> Any:
     return func.with_body(walk(func.body))
 
 
+BORDER_FILL_ATTR = "ec.border_fill"
+_BINARY = ("Add", "Sub", "Mul", "FloorDiv", "FloorMod", "Min", "Max", "LT", "LE", "GT", "GE", "EQ", "NE", "And", "Or")
+
+
+def _rename(expr: Any, old: Any, new: Any) -> Any | None:
+    """`expr` with the variable `old` replaced by `new`, over the integer arithmetic and comparisons
+    of a padded window's bound check; None for any other node."""
+    from tvm import tirx
+
+    if expr.same_as(old):
+        return new
+    if isinstance(expr, (tirx.IntImm, tirx.Var)):
+        return expr
+    for name in _BINARY:
+        if isinstance(expr, getattr(tirx, name)):
+            a, b = _rename(expr.a, old, new), _rename(expr.b, old, new)
+            return None if a is None or b is None else getattr(tirx, name)(a, b)
+    if isinstance(expr, tirx.Not):
+        a = _rename(expr.a, old, new)
+        return None if a is None else tirx.Not(a)
+    if isinstance(expr, tirx.Cast):
+        a = _rename(expr.value, old, new)
+        return None if a is None else tirx.Cast(str(expr.ty), a)
+    return None
+
+
+def _nest(stmt: Any, depth: int) -> tuple[list[Any], Any] | None:
+    """The `depth` serial loops from 0 directly nested at `stmt` and the statement inside them."""
+    from tvm import tirx
+
+    loops = []
+    for _ in range(depth):
+        if not (isinstance(stmt, tirx.For) and isinstance(stmt.min, tirx.IntImm) and int(stmt.min.value) == 0
+                and isinstance(stmt.extent, tirx.IntImm) and stmt.kind == tirx.ForKind.SERIAL):
+            return None
+        loops.append(stmt)
+        stmt = stmt.body
+    return loops, stmt
+
+
+def _strides(index: Any, loops: list[Any]) -> list[int] | None:
+    """[coefficient of each loop variable..., constant] of an index linear in the loops' variables."""
+    from tvm import sym, tirx
+
+    coeffs = sym.detect_linear_equation(index, [lp.loop_var for lp in loops])
+    if len(coeffs) != len(loops) + 1 or not all(isinstance(c, tirx.IntImm) for c in coeffs):
+        return None
+    return [int(c.value) for c in coeffs]
+
+
+def _border_fill(fill: Any, copy: Any) -> Any | None:
+    """A padded window's zero fill `fill` (rows x columns x channels, every value) that the next
+    statement `copy` overwrites where the window is in bounds (per row: `if in_bounds(row)`, the
+    row's columns c0 .. c0 + W - 1, all channels), rewritten to write only what the copy does not:
+    per row, all its columns where the row is out of bounds, else the columns left and right of
+    the copied ones. None when the two statements are not that pattern."""
+    from tvm import tirx
+
+    f = _nest(fill, 3)
+    if f is None:
+        return None
+    (r, wp, ch), store = f
+    if not (isinstance(store, tirx.BufferStore) and isinstance(store.value, tirx.FloatImm)
+            and float(store.value.value) == 0.0 and str(store.value.ty) == "float32" and len(store.indices) == 1):
+        return None
+    fs = _strides(store.indices[0], [r, wp, ch])
+    if fs is None or fs[2] != 1 or fs[3] != 0 or fs[1] != int(ch.extent) or fs[0] != int(wp.extent) * fs[1]:
+        return None
+    c = _nest(copy, 1)
+    if c is None or int(c[0][0].extent) != int(r.extent):
+        return None
+    row, body = c[0][0], c[1]
+    cond = None
+    if isinstance(body, tirx.IfThenElse):
+        if body.else_case is not None:
+            return None
+        cond, body = _rename(body.condition, row.loop_var, r.loop_var), body.then_case
+        if cond is None:
+            return None
+    inner = _nest(body, 2)
+    if inner is None:
+        return None
+    (col, chan), cstore = inner
+    if not (isinstance(cstore, tirx.BufferStore) and cstore.buffer.same_as(store.buffer) and len(cstore.indices) == 1):
+        return None
+    cs = _strides(cstore.indices[0], [row, col, chan])
+    if cs is None or cs[:3] != fs[:3] or int(chan.extent) != int(ch.extent) or cs[3] % fs[1]:
+        return None
+    c0, w = cs[3] // fs[1], int(col.extent)
+    if c0 < 0 or c0 + w > int(wp.extent):
+        return None
+
+    def columns(first: int, count: int) -> Any:
+        x, k = tirx.Var(wp.loop_var.name, wp.loop_var.ty), tirx.Var(ch.loop_var.name, ch.loop_var.ty)
+        index = r.loop_var * fs[0] + (x + first) * fs[1] + k
+        return tirx.For(x, 0, count, tirx.ForKind.SERIAL,
+                        tirx.For(k, 0, ch.extent, tirx.ForKind.SERIAL, tirx.BufferStore(store.buffer, store.value, [index])))
+
+    sides = [columns(a, n) for a, n in ((0, c0), (c0 + w, int(wp.extent) - c0 - w)) if n > 0]
+    border = (tirx.SeqStmt(sides) if len(sides) > 1 else sides[0]) if sides else tirx.Evaluate(0)
+    per_row = border if cond is None else tirx.IfThenElse(cond, border, columns(0, int(wp.extent)))
+    return tirx.For(r.loop_var, 0, r.extent, tirx.ForKind.SERIAL, per_row)
+
+
+def border_fills(func: Any) -> Any:
+    """In a kernel marked BORDER_FILL_ATTR, every padded window's zero fill followed by its
+    in-bound copy (`_border_fill`) writes only the border: the fill of the whole window (a
+    `memset` per row tile) wrote every value the copy then wrote again."""
+    from tvm import tirx
+
+    if func.attrs is None or BORDER_FILL_ATTR not in func.attrs:
+        return func
+
+    def walk(stmt: Any) -> Any:
+        if isinstance(stmt, tirx.SeqStmt):
+            seq = [walk(s) for s in stmt.seq]
+            for i in range(len(seq) - 1):
+                new = _border_fill(seq[i], seq[i + 1])
+                if new is not None:
+                    seq[i] = new
+            return tirx.SeqStmt(seq)
+        return map_children(stmt, walk)
+
+    return func.with_body(walk(func.body))
+
+
 def _register_pipeline() -> None:
     import tvm
     from tvm import s_tir, tirx
@@ -205,6 +331,10 @@ def _register_pipeline() -> None:
     def widen(mod: Any, _ctx: Any) -> Any:
         return tvm.IRModule({gv: widen_rows(f) for gv, f in mod.functions.items()}, attrs=mod.attrs)
 
+    @tvm.transform.module_pass(opt_level=0, name="ECBorderFills")
+    def borders(mod: Any, _ctx: Any) -> Any:
+        return tvm.IRModule({gv: border_fills(f) for gv, f in mod.functions.items()}, attrs=mod.attrs)
+
     @tvm.transform.module_pass(opt_level=0, name="ECUnpackKernels")
     def unpack(mod: Any, _ctx: Any) -> Any:
         return tvm.IRModule({gv: unpack_kernel(f) for gv, f in mod.functions.items()}, attrs=mod.attrs)
@@ -232,6 +362,7 @@ def _register_pipeline() -> None:
                 tirx.transform.StmtSimplify(),
                 tirx.transform.RemoveNoOp(),
                 s_tir.transform.RewriteUnsafeSelect(),
+                borders,
                 tirx.transform.CommonSubexprElim(),
                 tirx.transform.VerifyMemory(),
                 unpack,
@@ -363,3 +494,52 @@ def kernel_symbol(info: KernelInfo, out: Tensor, taken: set[str]) -> str:
     else:
         base += f"_{shape}"
     return unique_symbol(base, taken)
+
+
+# TVM's C printer writes Max(a, c) / Min(a, c) as `(a) > (c) ? (a) : (c)` / `(a) < (c) ? (a) : (c)`
+# (a float32 constant c: `6.000000e+00f`)
+_CLAMP_RE = re.compile(r"\) ([<>]) \((-?\d+\.\d+e[+-]\d+f)\) \? \(")
+
+
+def _clamp_fn(op: str, const: str) -> str | None:
+    """`fmaxf` / `fminf` where they give the bits of the ternary for every `a`: aarch64's FMAXNM /
+    FMINNM (IEEE maxNum / minNum) return the number when `a` is a NaN, as the ternary does (its
+    comparison is false: `c`), and order -0 below +0; the ternary keeps `c` when `a` and `c` are
+    zeros of either sign. They differ only for a zero constant: max(+0, c = -0) is -0 by the
+    ternary, +0 by FMAXNM; min(-0, c = +0) is +0 by the ternary, -0 by FMINNM. None for those.
+    (A signalling NaN `a`, which no arithmetic produces, gives a quiet NaN instead of `c`.)"""
+    if op == ">":
+        return None if const.startswith("-") and float(const[:-1]) == 0 else "fmaxf"
+    return None if not const.startswith("-") and float(const[:-1]) == 0 else "fminf"
+
+
+def ieee_clamps(code: str) -> str:
+    """Float32 maxima and minima against a constant (ReLU, ReLU6's clip) as `fmaxf` / `fminf`
+    calls: gcc for aarch64 compiles them to one `fmaxnm` / `fminnm` per vector, the ternary to
+    compares and bit selects (5 instructions per vector for a ReLU6, 2 for a ReLU). Only where the
+    ternary is a whole operand (after `=`, `(` or `,`, before `;`, `)` or `,`) and its two
+    branches repeat the compared expression and constant, i.e. exactly what TVM prints for
+    Max / Min; the result has the same bits (`_clamp_fn`)."""
+    out, pos, i = [], 0, 0
+    while (m := _CLAMP_RE.search(code, i)) is not None:
+        i = m.end()
+        op, const, end = m.group(1), m.group(2), m.start()
+        depth, j = 0, end
+        while j >= pos:                      # the '(' opening the compared expression
+            depth += {")": 1, "(": -1}.get(code[j], 0)
+            if depth == 0:
+                break
+            j -= 1
+        if j < pos:
+            continue
+        a = code[j + 1:end]
+        tail = f"{a}) : ({const})"
+        before = code[:j].rstrip()[-1:]
+        after = code[m.end() + len(tail):].lstrip()[:1]
+        fn = _clamp_fn(op, const)
+        if fn is None or not code.startswith(tail, m.end()) or before not in ("=", "(", ",") \
+                or after not in (";", ")", ","):
+            continue
+        out += [code[pos:j], f"{fn}({a}, {const})"]
+        pos = i = m.end() + len(tail)
+    return "".join(out) + code[pos:]

@@ -372,6 +372,11 @@ class TiledRules:
         (ukernels.PANEL_ORDERS; "" row by row)."""
         return ""
 
+    def kernel_c(self, code: str) -> str:
+        """A lowered kernel's C definition as this family compiles it: unchanged by default; a
+        family may rewrite what TVM's C printer writes in a form its compiler handles badly."""
+        return code
+
     def after_finish(self, func: Any, info: Any) -> Any | None:
         """The scheduled function, rewritten where a family needs what no schedule primitive does;
         None: the rewrite does not apply (the kernel is scheduled again with `info.rescale_kernel`

@@ -10,6 +10,7 @@ emits (same lowering, same micro-kernels, same compiler flags)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from ..codegen.lower import KernelSource, lower_kernels
 from ..errors import EdgeCompileError
 from ..ir.program import C_TYPES
 from ..platforms import platform_for
-from ..schedules import emit_ukernels
+from ..schedules import emit_ukernels, family
 from ..targets import Target
 
 SYMBOL = "ec_tuned_kernel"
@@ -105,6 +106,7 @@ def build(func: Any, target: Target, workdir: Path) -> Path:
     """Lower `func` exactly as a build would and compile it into a measuring program."""
     platform = platform_for(target)
     kernel = lower_kernels({SYMBOL: func}, target.tvm)[SYMBOL]
+    kernel = replace(kernel, c_code=family(target.family).RULES.kernel_c(kernel.c_code))
     workdir.mkdir(parents=True, exist_ok=True)
     src = workdir / "harness.c"
     src.write_text(harness_source(func, kernel, target.family, platform.harness_mode_for(target),

@@ -8,31 +8,58 @@ from typing import Any
 from ...ir.operators import Kind
 from .. import tiling
 from ..rules import GemmModel, TiledRules
+from .ukernels import asm_b_registers
 
 
 @dataclass(frozen=True)
 class NeonGemmModel(GemmModel):
     """The float GEMM micro-kernel of `ukernels.gemm` on a core counted in instructions (the
-    emulated A72): per reduction step an M x N tile (nv = N / lanes vectors) issues M x nv `fmla`
-    by element, nv weight-vector loads (pairs of them in one `ldp`), M / lanes activation loads
-    (each pixel's next `lanes` steps in one vector; M per step when a call has fewer than `lanes`
-    steps, `vector_a` False) and about one instruction of loop overhead. `efficiency` is the
-    fraction of those that are `fmla`s; 0 when the tile's accumulators, its M activation vectors
-    and its nv weight vectors (the kernel loads a step's weight vectors together) exceed
-    `registers - reserved`: measured on EfficientNet-B0, 4 x 24 (34 registers) took 56 x 56 x 24
-    from 2.66 M to 3.84 M instructions against 8 x 8 (26), and 7 x 12 (31) 14 x 14 x 672 from
-    22.6 M to 25.8 M against 2 x 32 (26). The most-accumulators rule this replaces took 1 x 72
+    emulated A72). `efficiency` is the fraction of a call's instructions that are `fmla`s.
+
+    Where the tile fits the inline-asm loop (`ukernels.asm_b_registers`: at most ASM_MAX_M pixels,
+    its accumulators, M activation vectors and its weight vectors, or a pair of them reloaded, in
+    32 registers), what that loop issues for `k` reduction steps (`asm_instructions`). Else the C
+    kernel's estimate: per step M x nv `fmla` by element, nv weight-vector loads (pairs in one
+    `ldp`), M / lanes activation loads (M per step when a call has fewer than `lanes` steps,
+    `vector_a` False) and one instruction of loop overhead, times C_SHARE (gcc's loop: 79
+    instructions for the asm's 69 per 4 steps of a 7 x 8 tile), and 0 past `registers - reserved`:
+    measured on EfficientNet-B0 with C kernels, 4 x 24 (34 registers) took 56 x 56 x 24 from 2.66 M
+    to 3.84 M instructions against 8 x 8 (26). The most-accumulators rule this replaces took 1 x 72
     on EfficientNet-B0's 7 x 7 x 1152 expand conv (18 weight-vector loads for 18 fmla per step,
-    37 registers) and 1 x 40 on SqueezeNet's 13 x 13 x 1000 classifier conv."""
+    37 registers) and 1 x 40 on SqueezeNet's 13 x 13 x 1000 classifier conv. Before the asm was
+    ranked by its own costs, the C estimate gave SqueezeNet's 13-pixel rows 13 x 4 C tiles."""
 
     vector_a: bool = True
+    k: int | None = None      # reduction steps per call, when known
+    # an epilogue that calls exp (SiLU, sigmoid): no odd vector counts above 1. gcc's vectorized
+    # ec_expf over 3 vectors per tile row reloads its constants (EfficientNet-B0's 14 x 14 x 672
+    # expand conv: 7 x 12 tiles 18.95 M instructions, 7 x 8 17.84 M)
+    even_vectors: bool = False
+    C_SHARE = 69 / 79
+
+    @staticmethod
+    def asm_instructions(m: int, nv: int, k: int) -> float:
+        """Instructions of one call of the asm M x 4nv tile over `k` steps, with the tile's zeroing
+        before it: per 4 steps M `ldr q`, 4 x ceil(nv/2) weight loads, 4 M nv `fmla`, `subs` +
+        `b.ne`; per remaining step the same for one step; per call the C tile in and out (`ldp` /
+        `stp` pairs and a row step each), the row pointers and counters (about M + 8) and the
+        zeroing (one `stp` per two vectors)."""
+        pairs = -(-nv // 2)
+        q, r = divmod(k, 4)
+        loop = q * (4 * m * nv + m + 4 * pairs + 2) + r * (m * nv + m + pairs + 2)
+        return loop + 2 * m * (pairs + 1) + m + 8 + m * nv / 2
 
     def efficiency(self, m: int, n: int, lanes: int) -> float:
         nv = n // lanes
+        if self.even_vectors and nv > 1 and nv % 2:
+            return 0.0
+        if lanes == 4 and asm_b_registers(m, nv):
+            k = self.k if self.k else 64
+            return m * nv * k / self.asm_instructions(m, nv, k)
         if m * nv + m + nv > self.registers - self.reserved:
             return 0.0
         fmla = m * nv
-        return fmla / (fmla + -(-nv // 2) + (m / lanes if self.vector_a else m) + 1)
+        return self.C_SHARE * fmla / (fmla + -(-nv // 2) + (m / lanes if self.vector_a else m) + 1)
 
 
 # NEON's 32 128-bit registers, 3 left for gcc's temporaries; the other fields of GemmModel are not
@@ -66,8 +93,20 @@ class CortexARules(TiledRules):
         types = tiling.operand_types(sch, sch.get_sblock(block_name))
         if types is None or types.c != "float32" or types.b_order:
             return None
-        k = tiling.anchor_extents(sch, block_name)[-1]       # reduction steps per micro-kernel call
-        return NEON_GEMM if k >= self.lanes else replace(NEON_GEMM, vector_a=False)
+        ext = tiling.anchor_extents(sch, block_name)
+        # reduction steps per micro-kernel call: a KxK convolution's whole kernel row (window_gemm)
+        k = int(ext[-1]) * (int(ext[-2]) if self.window_gemm(types) and len(ext) == 7 else 1)
+        return replace(NEON_GEMM, vector_a=k >= self.lanes, k=k, even_vectors="exp" in sch.mod["main"].script())
+
+    # output rows per tile of a float fused dw+pw kernel (int8: `dwpw_rows`): fewer halo rows copied
+    # into its padded window per output row (MobileNet V2 1.0/224 fp32: 113.07 M -> 112.53 M
+    # instructions with 4 instead of 2)
+    FLOAT_DWPW_ROWS = 4
+
+    def schedule_dwpw(self, sch: Any, info: Any, rows: int | None = None, cfg: dict | None = None) -> bool:
+        if rows is None and not (cfg and "rows" in cfg) and self.ragged_for(sch, info.anchor):
+            rows = self.FLOAT_DWPW_ROWS
+        return super().schedule_dwpw(sch, info, rows, cfg)
 
     def window_gemm(self, types: Any) -> bool:
         """Float KxK convolutions take a whole kernel row per GEMM call (K = KW x input channels,
@@ -107,6 +146,22 @@ class CortexARules(TiledRules):
         if info.kind != Kind.MEAN or info.anchor is None:
             return False
         return tiling.reduce_channels_innermost(sch, info.anchor)
+
+    def kernel_c(self, code: str) -> str:
+        """Float maxima / minima against constants (ReLU, ReLU6) as `fmaxf` / `fminf`, one
+        `fmaxnm` / `fminnm` per vector (codegen.lower.ieee_clamps: the same bits but for
+        signalling NaNs): gcc compiles TVM's ternaries to compares and bit selects, 5 instructions
+        per vector for a ReLU6 clamp. MobileNet V2 1.0/224 fp32: 121.8 M -> 117.4 M instructions."""
+        from ...codegen.lower import ieee_clamps
+        return ieee_clamps(code)
+
+    def after_finish(self, func: Any, info: Any) -> Any | None:
+        """Marked for codegen.lower.border_fills: a float padded window (the depthwise rows of a
+        fused dw+pw kernel, a KxK convolution's) is zeroed only where its in-bound copy does not
+        write, not wholly per row tile (MobileNet V2: 2.8 M instructions of `memset`)."""
+        from ...codegen.lower import BORDER_FILL_ATTR
+        out = super().after_finish(func, info)
+        return None if out is None else out.with_attr(BORDER_FILL_ATTR, 1)
 
     # int8 rescale tiles of at least this many channels go to the NEON rescale kernel (a vector of
     # 4 int32 accumulators per step); narrower ones keep the scalar C

@@ -101,6 +101,17 @@ def gemm(m: int, n: int, lanes: int, types: Types) -> str | None:
 ASM_MAX_M = 11
 
 
+def asm_b_registers(m: int, nv: int) -> int:
+    """The weight-vector registers of the asm M x 4nv tile: all of a step's nv when they fit beside
+    the M nv accumulators and M activation vectors, else two (one `ldp` pair at a time, each pair's
+    M x 2 `fmla` before the next load: the same instructions); 0 when even that does not fit or
+    M > ASM_MAX_M (the C kernel then)."""
+    free = 32 - m * nv - m
+    if m > ASM_MAX_M or free < min(nv, 2):
+        return 0
+    return nv if free >= nv else 2
+
+
 def _gemm_f32_asm(m: int, nv: int) -> list[str] | None:
     """The float M x 4nv tile over a packed weight panel (B rows contiguous, ldb == N) as one
     inline-asm loop with its registers fixed: accumulators v0.., then the M activation vectors,
@@ -111,11 +122,12 @@ def _gemm_f32_asm(m: int, nv: int) -> list[str] | None:
     register of the step counter. gcc, given the same loop in C,
     rotates accumulators through extra `mov`s (8 per 4 steps in the 7 x 8 tile: 79 instructions
     for 56 fmla) and indexes B by a multiple of ldb. None where the registers do not suffice."""
-    if m > ASM_MAX_M or m * nv + m + nv > 32:
+    nb = asm_b_registers(m, nv)
+    if not nb:
         return None
     acc = [[i * nv + j for j in range(nv)] for i in range(m)]
     av = [m * nv + i for i in range(m)]
-    bv = [m * nv + m + j for j in range(nv)]
+    bv = [m * nv + m + j % nb for j in range(nv)]      # vector j of a step in register bv[j]
 
     def paired(regs: list[int], pair: Callable[[int], str], single: Callable[[int], str]) -> list[str]:
         """Vector registers `regs` moved two at a time (`pair(j)`: LDP/STP of regs j, j + 1), the odd
@@ -139,20 +151,26 @@ def _gemm_f32_asm(m: int, nv: int) -> list[str] | None:
                 out.append("add x16, x16, %[ldc]")
         return out
 
-    def load_b() -> list[str]:
-        return paired(bv, lambda j: f"ldp q{bv[j]}, q{bv[j + 1]}, [%[b]], #32", lambda j: f"ldr q{bv[j]}, [%[b]], #16")
+    def step(lane: str) -> list[str]:
+        """One reduction step: its nv weight vectors loaded (paired) and multiplied into the
+        accumulators by the activations' `lane`; all loads first when each vector has its own
+        register, else each pair's `fmla`s right after its load."""
+        loads = paired(list(range(nv)), lambda j: f"ldp q{bv[j]}, q{bv[j + 1]}, [%[b]], #32",
+                       lambda j: f"ldr q{bv[j]}, [%[b]], #16")
+        fmla = [[f"fmla v{acc[i][j]}.4s, v{bv[j]}.4s, v{av[i]}.{lane}" for i in range(m)] for j in range(nv)]
+        if nb == nv:
+            return loads + [f for i in range(m) for f in (fmla[j][i] for j in range(nv))]
+        return [ins for p, load in enumerate(loads) for ins in [load, *fmla[2 * p], *(fmla[2 * p + 1] if 2 * p + 1 < nv else [])]]
 
     body = ["mov x16, %[c]", *row_io("ld"), "cbz %[n4], 2f", "1:"]
     body += [f"ldr q{av[i]}, [%[a{i}]], #16" for i in range(m)]
     for kk in range(4):
-        body += load_b()
-        body += [f"fmla v{acc[i][j]}.4s, v{bv[j]}.4s, v{av[i]}.s[{kk}]" for i in range(m) for j in range(nv)]
+        body += step(f"s[{kk}]")
     body += ["subs %[n4], %[n4], #1", "b.ne 1b", "2:", "cbz %[r], 4f", "3:"]
     body += [f"ldr s{av[i]}, [%[a{i}]], #4" for i in range(m)]
-    body += load_b()
-    body += [f"fmla v{acc[i][j]}.4s, v{bv[j]}.4s, v{av[i]}.s[0]" for i in range(m) for j in range(nv)]
+    body += step("s[0]")
     body += ["subs %[r], %[r], #1", "b.ne 3b", "4:", "mov x16, %[c]", *row_io("st")]
-    used = m * nv + m + nv
+    used = m * nv + m + nb
     return [
         "    const float " + ", ".join(f"*a{i} = A + {i} * lda" for i in range(m)) + ";",
         "    const float *b = B;",
