@@ -683,6 +683,8 @@ def _extend_stages(graph: Any, target: Target, options: BuildOptions, tried: lis
         return
     # by how far its stage reaches into the arena: what later stages leave as it is
     seed = min(seeds, key=lambda p: (max(_segment_tops(p.low)[:-1]), p.dwpw_rows is None, p.floor))
+    seed.note = (f"seed of later stages: its arena peaks after its stage ({_segment_tops(seed.low)[-1]:,} B), "
+                 f"its stage reaches {max(_segment_tops(seed.low)[:-1]):,} B")
     rows = seed.dwpw_rows if seed.dwpw_rows is not None or options.dwpw_rows is not None else PLAN_DWPW_ROWS[0]
     stages: dict[tuple, Any] = {}            # the stage after a chain of stages, per planning run
     plan = seed
@@ -728,8 +730,17 @@ def _extend_stages(graph: Any, target: Target, options: BuildOptions, tried: lis
         if not lowered or (budget is not None and any(_fits(p, budget) for p in lowered)):
             break
         best = min(lowered, key=lambda p: (max(_segment_tops(p.low)[:-1]), p.floor))
+        for p in candidates:
+            if p.low is not None and p is not best:
+                p.note = (f"later stage: its stages reach {max(_segment_tops(p.low)[:-1]):,} B into the arena, "
+                          f"predicted floor {p.floor / plain:.3f}x (the step's best {max(_segment_tops(best.low)[:-1]):,} B, "
+                          f"{best.floor / plain:.3f}x)")
         if not _tail_peaks(best) or _segment_tops(best.low)[-1] >= _segment_tops(plan.low)[-1]:
+            best.note = (f"later stage: its stages reach least far into the arena ({max(_segment_tops(best.low)[:-1]):,} B); "
+                         "not extended: its arena no longer peaks after its last stage, or no less")
             break
+        best.note = (f"later stage: its stages reach least far into the arena ({max(_segment_tops(best.low)[:-1]):,} B) "
+                     f"and its arena peaks after its last stage ({_segment_tops(best.low)[-1]:,} B): extended")
         plan = best
         progress(f"later patch stages after {plan.describe()} (its arena peaks after its last stage)")
 
