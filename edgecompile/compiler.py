@@ -618,6 +618,8 @@ def _twins(plans: list[_Plan], candidates: list[_Plan]) -> list[_Plan]:
 MAX_STAGES = 4
 LATER_ROWS = (1, 2)
 MAX_STAGE_CANDIDATES = 8
+# seeds of later stages: the one-stage plans whose arena after the stage is within this fraction of the least
+SEED_TAIL_SLACK = 0.05
 
 
 def _stage_ranges(low: _Lowered) -> list[tuple[int, int]]:
@@ -666,9 +668,10 @@ def _tail_peaks(plan: _Plan) -> bool:
 def _extend_stages(graph: Any, target: Target, options: BuildOptions, tried: list[_Plan],
                    scan: Callable[..., None], plain: int, per_mac: float, coef: dict[str, float],
                    limit: float | None, budget: int | None, progress: Callable[[str], None]) -> None:
-    """Later patch stages, stage after stage, seeded by where the arena peaks: from the plan tried
-    (`limit`: of predicted floor within it) whose arena peaks after its patch stage and whose stage
-    reaches least far into the arena,
+    """Later patch stages, stage after stage, seeded by where the arena peaks: from a plan tried
+    (`limit`: of predicted floor within it) whose arena peaks after its patch stage, of those with
+    the least arena after the stage (within SEED_TAIL_SLACK) the one whose stage reaches least far
+    into the arena,
     a later stage starts at that stage's output and bands the next resolutions: each cut of the
     rest where the tensor gets smaller than every shallower cut, in bands of LATER_ROWS rows, halo
     rows cached, narrow or recomputed (within `limit` by codegen/cost.extra_estimate), at most
@@ -681,7 +684,11 @@ def _extend_stages(graph: Any, target: Target, options: BuildOptions, tried: lis
              and _tail_peaks(p)]
     if not seeds:
         return
-    # by how far its stage reaches into the arena: what later stages leave as it is
+    # the deepest stages (least arena after them, within SEED_TAIL_SLACK: the same cut with other
+    # halos or bands); of those, the one whose stage reaches least far into the arena, which later
+    # stages leave as it is (a shallow stage reaches less far but leaves more than later stages can band)
+    least_tail = min(_segment_tops(p.low)[-1] for p in seeds)
+    seeds = [p for p in seeds if _segment_tops(p.low)[-1] <= least_tail * (1 + SEED_TAIL_SLACK)]
     seed = min(seeds, key=lambda p: (max(_segment_tops(p.low)[:-1]), p.dwpw_rows is None, p.floor))
     seed.note = (f"seed of later stages: its arena peaks after its stage ({_segment_tops(seed.low)[-1]:,} B), "
                  f"its stage reaches {max(_segment_tops(seed.low)[:-1]):,} B")
