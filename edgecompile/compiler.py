@@ -620,6 +620,8 @@ LATER_ROWS = (1, 2)
 MAX_STAGE_CANDIDATES = 8
 # seeds of later stages: the one-stage plans whose arena after the stage is within this fraction of the least
 SEED_TAIL_SLACK = 0.05
+# plans whose stages reach into the arena within this fraction of the least are judged by their predicted instructions
+STAGE_TOP_SLACK = 0.02
 
 
 def _stage_ranges(low: _Lowered) -> list[tuple[int, int]]:
@@ -665,19 +667,28 @@ def _tail_peaks(plan: _Plan) -> bool:
     return len(tops) > 1 and tops[-1] > max(tops[:-1])
 
 
+def _least_reach(plans: list[_Plan]) -> _Plan:
+    """Of `plans`, those whose patch stages reach least far into the arena (within STAGE_TOP_SLACK:
+    a few hundred bytes are not worth instructions), the one of fewest predicted instructions
+    (its floor; then one-row tiles tried, then the least reach)."""
+    reach = {id(p): max(_segment_tops(p.low)[:-1]) for p in plans}
+    least = min(reach.values())
+    near = [p for p in plans if reach[id(p)] <= least * (1 + STAGE_TOP_SLACK)]
+    return min(near, key=lambda p: (p.floor, p.dwpw_rows is None, reach[id(p)]))
+
+
 def _extend_stages(graph: Any, target: Target, options: BuildOptions, tried: list[_Plan],
                    scan: Callable[..., None], plain: int, per_mac: float, coef: dict[str, float],
                    limit: float | None, budget: int | None, progress: Callable[[str], None]) -> None:
     """Later patch stages, stage after stage, seeded by where the arena peaks: from a plan tried
-    (`limit`: of predicted floor within it) whose arena peaks after its patch stage, of those with
-    the least arena after the stage (within SEED_TAIL_SLACK) the one whose stage reaches least far
-    into the arena,
-    a later stage starts at that stage's output and bands the next resolutions: each cut of the
-    rest where the tensor gets smaller than every shallower cut, in bands of LATER_ROWS rows, halo
-    rows cached, narrow or recomputed (within `limit` by codegen/cost.extra_estimate), at most
-    MAX_STAGE_CANDIDATES lowered per step (fewest rows, then cheapest, first). Of those within
-    `limit`, the one whose stages reach least far into the arena (the part of the plan that later
-    stages cannot change; then the fewest predicted instructions) is extended again while the arena
+    (`limit`: of predicted floor within it) whose arena peaks after its patch stage -- of those with
+    the least arena after the stage (within SEED_TAIL_SLACK), the one whose stage reaches least far
+    into the arena (_least_reach) -- a later stage starts at that stage's output and bands the next
+    resolutions: each cut of the rest where the tensor gets smaller than every shallower cut, in
+    bands of LATER_ROWS rows, halo rows cached, narrow or recomputed (within `limit` by
+    codegen/cost.extra_estimate), at most MAX_STAGE_CANDIDATES lowered per step (fewest rows, then
+    cheapest, first). Of those within `limit`, the one whose stages reach least far into the arena
+    (the part of the plan that later stages cannot change; _least_reach) is extended again while the arena
     still peaks after its last stage and less than before, up to MAX_STAGES stages; with a
     `budget`, a step where a plan fits is the last. Every plan lowered goes into `tried` (scan)."""
     seeds = [p for p in tried if p.patch is not None and p.lean and (limit is None or p.floor <= limit)
@@ -689,7 +700,7 @@ def _extend_stages(graph: Any, target: Target, options: BuildOptions, tried: lis
     # stages leave as it is (a shallow stage reaches less far but leaves more than later stages can band)
     least_tail = min(_segment_tops(p.low)[-1] for p in seeds)
     seeds = [p for p in seeds if _segment_tops(p.low)[-1] <= least_tail * (1 + SEED_TAIL_SLACK)]
-    seed = min(seeds, key=lambda p: (max(_segment_tops(p.low)[:-1]), p.dwpw_rows is None, p.floor))
+    seed = _least_reach(seeds)
     seed.note = (f"seed of later stages: its arena peaks after its stage ({_segment_tops(seed.low)[-1]:,} B), "
                  f"its stage reaches {max(_segment_tops(seed.low)[:-1]):,} B")
     rows = seed.dwpw_rows if seed.dwpw_rows is not None or options.dwpw_rows is not None else PLAN_DWPW_ROWS[0]
@@ -736,7 +747,7 @@ def _extend_stages(graph: Any, target: Target, options: BuildOptions, tried: lis
         lowered = [p for p in candidates if p.low is not None and (limit is None or p.floor <= limit)]
         if not lowered or (budget is not None and any(_fits(p, budget) for p in lowered)):
             break
-        best = min(lowered, key=lambda p: (max(_segment_tops(p.low)[:-1]), p.floor))
+        best = _least_reach(lowered)
         for p in candidates:
             if p.low is not None and p is not best:
                 p.note = (f"later stage: its stages reach {max(_segment_tops(p.low)[:-1]):,} B into the arena, "
