@@ -690,7 +690,8 @@ def _extend_stages(graph: Any, target: Target, options: BuildOptions, tried: lis
     cheapest, first). Of those within `limit`, the one whose stages reach least far into the arena
     (the part of the plan that later stages cannot change; _least_reach) is extended again while the arena
     still peaks after its last stage and less than before, up to MAX_STAGES stages; with a
-    `budget`, a step where a plan fits is the last. Every plan lowered goes into `tried` (scan)."""
+    `budget`, a later stage (which only adds instructions) is tried only on a plan predicted to cost
+    less than the cheapest plan found to fit (floors). Every plan lowered goes into `tried` (scan)."""
     seeds = [p for p in tried if p.patch is not None and p.lean and (limit is None or p.floor <= limit)
              and _tail_peaks(p)]
     if not seeds:
@@ -706,6 +707,11 @@ def _extend_stages(graph: Any, target: Target, options: BuildOptions, tried: lis
     rows = seed.dwpw_rows if seed.dwpw_rows is not None or options.dwpw_rows is not None else PLAN_DWPW_ROWS[0]
     stages: dict[tuple, Any] = {}            # the stage after a chain of stages, per planning run
     plan = seed
+
+    def fitted() -> float:
+        """With a budget: the fewest predicted instructions (floor) of a plan tried that fits it."""
+        return min((p.floor for p in tried if budget is not None and _fits(p, budget)), default=math.inf)
+
     progress(f"later patch stages after {plan.describe()} (its arena peaks after the stage)")
     while 1 + len(plan.later) < MAX_STAGES:
         chain = (plan.patch, *plan.later)
@@ -734,8 +740,8 @@ def _extend_stages(graph: Any, target: Target, options: BuildOptions, tried: lis
                     extra = patches.patch_macs(stage, cut, n, halo) - cut.macs
                     moved = copied.get(halo, 0)
                     cost = plan.cost + cost_model.extra_estimate(coef, per_mac, extra, moved)
-                    if limit is not None and plain + cost > limit:
-                        continue
+                    if plain + cost > min(limit if limit is not None else math.inf, fitted()):
+                        continue         # over the bound, or costs more than a plan that fits already
                     candidates.append(_Plan(plan.patch, True, plan.extra_macs + extra,
                                             max(plan.arena_bound, patches.arena_lower_bound(stage, cut, n, halo)),
                                             bytes_copied=plan.bytes_copied + moved, dwpw_rows=rows, cost=cost,
@@ -745,7 +751,7 @@ def _extend_stages(graph: Any, target: Target, options: BuildOptions, tried: lis
             break
         scan(candidates, len(tried) + len(candidates))
         lowered = [p for p in candidates if p.low is not None and (limit is None or p.floor <= limit)]
-        if not lowered or (budget is not None and any(_fits(p, budget) for p in lowered)):
+        if not lowered:
             break
         best = _least_reach(lowered)
         for p in candidates:
@@ -753,7 +759,8 @@ def _extend_stages(graph: Any, target: Target, options: BuildOptions, tried: lis
                 p.note = (f"later stage: its stages reach {max(_segment_tops(p.low)[:-1]):,} B into the arena, "
                           f"predicted floor {p.floor / plain:.3f}x (the step's best {max(_segment_tops(best.low)[:-1]):,} B, "
                           f"{best.floor / plain:.3f}x)")
-        if not _tail_peaks(best) or _segment_tops(best.low)[-1] >= _segment_tops(plan.low)[-1]:
+        if (not _tail_peaks(best) or _segment_tops(best.low)[-1] >= _segment_tops(plan.low)[-1]
+                or best.floor >= fitted()):       # a later stage only adds instructions
             best.note = (f"later stage: its stages reach least far into the arena ({max(_segment_tops(best.low)[:-1]):,} B); "
                          "not extended: its arena no longer peaks after its last stage, or no less")
             break
