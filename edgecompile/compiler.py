@@ -427,10 +427,13 @@ class _Plan:
     floor: int | None = None          # the same without the lean-window and one-row terms
     note: str | None = None           # why the search chose it or left it out
     trimmed_from: int | None = None   # trimmed (_trim): its peak RAM before
+    later: tuple = ()                 # later patch stages, each from the output of the one before (_extend_stages)
 
     def describe(self) -> str:
         what = (f"patches of {self.patch[0]} layers x {self.patch[1]} rows, halo {_halo(self.patch)}"
                 if self.patch else "no patches")
+        for st in self.later:
+            what += f", then {st[0]} layers x {st[1]} rows, halo {_halo(st)}"
         if self.lean:
             what += ", lean windows" + (f" in {self.lean_kernels} kernels" if self.lean_kernels is not None else "")
         if self.dwpw_rows is not None:
@@ -439,15 +442,17 @@ class _Plan:
         return what
 
     def options(self, options: BuildOptions) -> BuildOptions:
-        # a second stage (explicit only) goes with the explicit first stage it follows
-        return replace(options, patch=self.patch, patch2=options.patch2 if self.patch == options.patch else None,
+        # later stages: the plan's own (the search's), or an explicit one with the explicit first stage it follows
+        later = self.later if self.later else options.patch2 if self.patch == options.patch else None
+        return replace(options, patch=self.patch, patch2=later,
                        lean_windows=self.lean, lean_kernels=None,
                        dwpw_rows=self.dwpw_rows if self.dwpw_rows is not None else options.dwpw_rows,
                        dwpw_rows_kernels=None)
 
     def record(self, plain: int | None = None) -> dict[str, Any]:
         est = self.estimate
-        return {"patch": list(self.patch) if self.patch else None, "lean_windows": self.lean,
+        return {"patch": list(self.patch) if self.patch else None,
+                "later_stages": [[st[0], st[1], _halo(st)] for st in self.later], "lean_windows": self.lean,
                 "lean_kernels": self.lean_kernels if self.lean else 0,
                 "dwpw_rows": self.dwpw_rows, "dwpw_rows_kernels": self.rows_kernels if self.dwpw_rows else 0,
                 "halo": _halo(self.patch) if self.patch else None, "bytes_copied": self.bytes_copied,
@@ -520,6 +525,14 @@ def _plans(graph: Any, coef: dict[str, float], plain: int, plain_macs: int, allo
                     cached_bound = patches.arena_lower_bound(stage, cut, rows, "cached", streamed)
                     if arena_limit is None or cached_bound <= arena_limit:
                         plans.append(_Plan((layers, rows, "cached"), True, kept, cached_bound, bytes_copied=copied))
+                    # narrow halos: where widening 1x1 convolutions' rows would be cached, recompute them
+                    narrow_copied = patches.cached_copies(stage, cut, rows, narrow=True)[1]
+                    if narrow_copied < copied:
+                        narrow_bound = patches.arena_lower_bound(stage, cut, rows, "narrow", streamed)
+                        if arena_limit is None or narrow_bound <= arena_limit:
+                            plans.append(_Plan((layers, rows, "narrow"), True,
+                                               patches.patch_macs(stage, cut, rows, "narrow") - cut.macs,
+                                               narrow_bound, bytes_copied=narrow_copied))
                 for p in plans:
                     p.cost = cost_model.extra_estimate(coef, plain / max(plain_macs, 1), p.extra_macs, p.bytes_copied)
                     if allowance is None or p.cost <= allowance * plain:
@@ -622,6 +635,8 @@ def _plan_memory_run(graph: Any, target: Target, options: BuildOptions,
                       key=lambda p: (_peak(p), p.floor))[:MAX_ROW_TWINS]
         twins = _twins(best, candidates)
         scan(twins, len(tried) + len(twins))
+        _extend_stages(graph, target, options, tried, scan, plain, plain / max(plain_macs, 1), coef, bound, None,
+                       progress)
         fitting = [p for p in tried if _fits(p, budget)]
         if not fitting:
             _refuse(graph, target, tried, budget, coef, plain, plain_macs, streamed)
@@ -641,6 +656,162 @@ def _twins(plans: list[_Plan], candidates: list[_Plan]) -> list[_Plan]:
     """The candidates that are `plans` with other dw+pw row tiles."""
     return [c for p in plans for c in candidates
             if c.dwpw_rows is not None and (c.patch, c.lean, c.extra_macs) == (p.patch, p.lean, p.extra_macs)]
+
+
+# later patch stages: at most this many stages in all, band heights tried, later-stage plans lowered per step
+MAX_STAGES = 4
+LATER_ROWS = (1, 2)
+MAX_STAGE_CANDIDATES = 8
+# seeds of later stages: the one-stage plans whose arena after the stage is within this fraction of the least
+SEED_TAIL_SLACK = 0.05
+# plans whose stages reach into the arena within this fraction of the least are judged by their predicted instructions
+STAGE_TOP_SLACK = 0.02
+
+
+def _stage_ranges(low: _Lowered) -> list[tuple[int, int]]:
+    """[first, end) calls of each patch stage of a lowered plan, in order: a stage ends with the
+    last band's write into its output (the assembled tensor of the stage's output shape that
+    exactly `bands` calls write, the first one written after the stage before)."""
+    prog, chain = low.program, []
+    pp = low.patch_plan.to_json() if low.patch_plan is not None else None
+    while pp:
+        chain.append(pp)
+        pp = pp.get("second_stage")
+    writers: dict[str, list[int]] = {}
+    for i, call in enumerate(prog.calls):
+        for t in call.outputs:
+            writers.setdefault(prog.storage_root(t), []).append(i)
+    wholes = [w for w in dict.fromkeys(prog.storage_root(t) for t in prog.assembled) if w in writers]
+    ranges, start = [], 0
+    for st in chain:
+        ends = [writers[w] for w in wholes if len(writers[w]) == st["bands"] and writers[w][0] >= start
+                and list(prog.tensors[w].shape) == list(st["stage_output_shape"])]
+        if not ends:
+            break
+        end = min(ends, key=lambda w: w[0])[-1] + 1
+        ranges.append((start, end))
+        start = end
+    return ranges
+
+
+def _segment_tops(low: _Lowered) -> list[int]:
+    """How far into the arena the buffers live during each patch stage reach, and (last) during
+    the calls after the last stage: where a plan's arena peaks, stage by stage."""
+    plan, n = low.plan, len(low.program.calls)
+    ranges = _stage_ranges(low)
+    segments = ranges + [(ranges[-1][1] if ranges else 0, n + 1)]
+    segments[0] = (-1, segments[0][1])           # the graph input
+    return [max((plan.offsets[b] + plan.sizes[b] for b, (s, e) in plan.lifetimes.items()
+                 if b in plan.offsets and s < hi and e >= lo), default=0) for lo, hi in segments]
+
+
+def _tail_peaks(plan: _Plan) -> bool:
+    """Whether the plan's arena peaks after its last patch stage (where a later stage can help)."""
+    tops = _segment_tops(plan.low)
+    return len(tops) > 1 and tops[-1] > max(tops[:-1])
+
+
+def _least_reach(plans: list[_Plan]) -> _Plan:
+    """Of `plans`, those whose patch stages reach least far into the arena (within STAGE_TOP_SLACK:
+    a few hundred bytes are not worth instructions), the one of fewest predicted instructions
+    (its floor; then one-row tiles tried, then the least reach)."""
+    reach = {id(p): max(_segment_tops(p.low)[:-1]) for p in plans}
+    least = min(reach.values())
+    near = [p for p in plans if reach[id(p)] <= least * (1 + STAGE_TOP_SLACK)]
+    return min(near, key=lambda p: (p.floor, p.dwpw_rows is None, reach[id(p)]))
+
+
+def _extend_stages(graph: Any, target: Target, options: BuildOptions, tried: list[_Plan],
+                   scan: Callable[..., None], plain: int, per_mac: float, coef: dict[str, float],
+                   limit: float | None, budget: int | None, progress: Callable[[str], None]) -> None:
+    """Later patch stages, stage after stage, seeded by where the arena peaks: from a plan tried
+    (`limit`: of predicted floor within it) whose arena peaks after its patch stage -- of those with
+    the least arena after the stage (within SEED_TAIL_SLACK), the one whose stage reaches least far
+    into the arena (_least_reach) -- a later stage starts at that stage's output and bands the next
+    resolutions: each cut of the rest where the tensor gets smaller than every shallower cut, in
+    bands of LATER_ROWS rows, halo rows cached, narrow or recomputed (within `limit` by
+    codegen/cost.extra_estimate), at most MAX_STAGE_CANDIDATES lowered per step (fewest rows, then
+    cheapest, first). Of those within `limit`, the one whose stages reach least far into the arena
+    (the part of the plan that later stages cannot change; _least_reach) is extended again while the arena
+    still peaks after its last stage and less than before, up to MAX_STAGES stages; with a
+    `budget`, a later stage (which only adds instructions) is tried only on a plan predicted to cost
+    less than the cheapest plan found to fit (floors). Every plan lowered goes into `tried` (scan)."""
+    seeds = [p for p in tried if p.patch is not None and p.lean and (limit is None or p.floor <= limit)
+             and _tail_peaks(p)]
+    if not seeds:
+        return
+    # the deepest stages (least arena after them, within SEED_TAIL_SLACK: the same cut with other
+    # halos or bands); of those, the one whose stage reaches least far into the arena, which later
+    # stages leave as it is (a shallow stage reaches less far but leaves more than later stages can band)
+    least_tail = min(_segment_tops(p.low)[-1] for p in seeds)
+    seeds = [p for p in seeds if _segment_tops(p.low)[-1] <= least_tail * (1 + SEED_TAIL_SLACK)]
+    seed = _least_reach(seeds)
+    seed.note = (f"seed of later stages: its arena peaks after its stage ({_segment_tops(seed.low)[-1]:,} B), "
+                 f"its stage reaches {max(_segment_tops(seed.low)[:-1]):,} B")
+    rows = seed.dwpw_rows if seed.dwpw_rows is not None or options.dwpw_rows is not None else PLAN_DWPW_ROWS[0]
+    stages: dict[tuple, Any] = {}            # the stage after a chain of stages, per planning run
+    plan = seed
+
+    def fitted() -> float:
+        """With a budget: the fewest predicted instructions (floor) of a plan tried that fits it."""
+        return min((p.floor for p in tried if budget is not None and _fits(p, budget)), default=math.inf)
+
+    progress(f"later patch stages after {plan.describe()} (its arena peaks after the stage)")
+    while 1 + len(plan.later) < MAX_STAGES:
+        chain = (plan.patch, *plan.later)
+        if chain not in stages:
+            g, first = patches.patch_graph(graph, plan.patch[0], plan.patch[1], halo=_halo(plan.patch))
+            for st in plan.later:
+                g, first = patches.patch_second(g, first, st[0], st[1], halo=_halo(st))
+            entry = patches.stage_output_var(g)
+            stages[chain] = patches.find_stage(g, after=entry) if entry is not None else None
+        stage = stages[chain]
+        if stage is None:
+            break
+        candidates = []
+        smallest = patches.tensor_bytes(stage.entry)
+        for layers, cut in sorted(patches.best_cuts(stage).items()):
+            if patches.cut_bytes(stage, cut) >= smallest:
+                continue
+            smallest = patches.cut_bytes(stage, cut)
+            for n in LATER_ROWS:
+                if n >= cut.shape[1]:
+                    continue
+                copied = {h: patches.cached_copies(stage, cut, n, h == "narrow")[1] for h in patches.CACHED_MODES}
+                for halo in ("cached", "narrow", "recomputed"):
+                    if halo == "narrow" and copied["narrow"] >= copied["cached"]:
+                        continue             # nothing widening keeps rows: the same as cached
+                    extra = patches.patch_macs(stage, cut, n, halo) - cut.macs
+                    moved = copied.get(halo, 0)
+                    cost = plan.cost + cost_model.extra_estimate(coef, per_mac, extra, moved)
+                    if plain + cost > min(limit if limit is not None else math.inf, fitted()):
+                        continue         # over the bound, or costs more than a plan that fits already
+                    candidates.append(_Plan(plan.patch, True, plan.extra_macs + extra,
+                                            max(plan.arena_bound, patches.arena_lower_bound(stage, cut, n, halo)),
+                                            bytes_copied=plan.bytes_copied + moved, dwpw_rows=rows, cost=cost,
+                                            later=(*plan.later, (layers, n, halo))))
+        candidates = sorted(candidates, key=lambda p: (p.later[-1][1], p.cost))[:MAX_STAGE_CANDIDATES]
+        if not candidates:
+            break
+        scan(candidates, len(tried) + len(candidates))
+        lowered = [p for p in candidates if p.low is not None and (limit is None or p.floor <= limit)]
+        if not lowered:
+            break
+        best = _least_reach(lowered)
+        for p in candidates:
+            if p.low is not None and p is not best:
+                p.note = (f"later stage: its stages reach {max(_segment_tops(p.low)[:-1]):,} B into the arena, "
+                          f"predicted floor {p.floor / plain:.3f}x (the step's best {max(_segment_tops(best.low)[:-1]):,} B, "
+                          f"{best.floor / plain:.3f}x)")
+        if (not _tail_peaks(best) or _segment_tops(best.low)[-1] >= _segment_tops(plan.low)[-1]
+                or best.floor >= fitted()):       # a later stage only adds instructions
+            best.note = (f"later stage: its stages reach least far into the arena ({max(_segment_tops(best.low)[:-1]):,} B); "
+                         "not extended: its arena no longer peaks after its last stage, or no less")
+            break
+        best.note = (f"later stage: its stages reach least far into the arena ({max(_segment_tops(best.low)[:-1]):,} B) "
+                     f"and its arena peaks after its last stage ({_segment_tops(best.low)[-1]:,} B): extended")
+        plan = best
+        progress(f"later patch stages after {plan.describe()} (its arena peaks after its last stage)")
 
 
 def _refuse(graph: Any, target: Target, tried: list[_Plan], budget: int | None, coef: dict[str, float],
@@ -726,6 +897,11 @@ def _search_fit(graph: Any, target: Target, options: BuildOptions, candidates: l
     scan(twins, len(tried) + len(twins))
     slack = int(budget * (1 + TRIM_SLACK)) if budget is not None else None
     trimmable = [p for p in tried if (p.lean or p.dwpw_rows is not None) and _fits(p, slack)]
+    if not any(_fits(p, budget) for p in tried) and not trimmable:
+        # no one-stage plan fits: later patch stages where the arena peaks after the stage
+        _extend_stages(graph, target, options, tried, scan, plain, plain / max(plain_macs, 1), coef, None, budget,
+                       progress)
+        trimmable = [p for p in tried if (p.lean or p.dwpw_rows is not None) and _fits(p, slack)]
     if not any(_fits(p, budget) for p in tried) and not trimmable:
         _refuse(graph, target, tried, budget, coef, plain, plain_macs, streamed)
     order = sorted((p for p in tried if _fits(p, budget) or p in trimmable), key=lambda p: (p.floor, _peak(p)))
@@ -853,11 +1029,11 @@ def _trim(graph: Any, target: Target, options: BuildOptions, plan: _Plan,
 
 
 def _stage_rows_kernels(low: _Lowered) -> set[str]:
-    """The fused dw+pw kernels of the patch stage and the first one after it (none without patches)."""
+    """The fused dw+pw kernels of the patch stages and the first one after them (none without patches)."""
     if low.patch_plan is None:
         return set()
     prog = low.program
-    end = _stage_calls(prog, low.patch_plan.bands)[1]
+    end = max([_stage_calls(prog, low.patch_plan.bands)[1]] + [e for _, e in _stage_ranges(low)])
     dwpw = [i for i, s in enumerate(low.call_symbols) if low.infos[s].kind == Kind.DWPW]
     after = [i for i in dwpw if i >= end][:1]
     return {prog.calls[i].kernel for i in dwpw if i < end} | {prog.calls[i].kernel for i in after}

@@ -190,10 +190,12 @@ def _format_memory_plan(m: dict[str, Any]) -> list[str]:
             lines.append(f"patch stage memory: arena {pp['arena_bytes_before']:,} B plain -> {pp['arena_bytes_after']:,} B"
                          + (f", peak RAM about {pp['peak_ram_estimate_before']:,} -> {pp['peak_ram_estimate_after']:,} B"
                             if pp.get("peak_ram_estimate_before") else ""))
-        s2 = pp.get("second_stage")
-        if s2:
-            lines.append(f"second patch stage: {s2['layers']} more layers in {_tiles_text(s2)} "
+        s2, nth = pp.get("second_stage"), 2
+        while s2:
+            lines.append(f"{'second' if nth == 2 else 'third' if nth == 3 else f'{nth}th'} patch stage: "
+                         f"{s2['layers']} more layers in {_tiles_text(s2)} "
                          f"of {'x'.join(map(str, s2['stage_output_shape'][1:]))}, " + _halo_text(s2))
+            s2, nth = s2.get("second_stage"), nth + 1
         rows = pp.get("input_rows")
         if pp.get("input_streamed") and rows:
             lines.append(f"input streamed: {rows['reads']} reads of input rows (ec_read_input_rows), at most "
@@ -226,8 +228,10 @@ def _format_memory_plan(m: dict[str, Any]) -> list[str]:
                      f"{'pred. instr.':>12}")
         for t in m["tried"]:
             what = f"{t['patch'][0]} layers x {t['patch'][1]} rows" if t["patch"] else "no patches"
-            if t.get("halo") == "cached":
-                what += ", halo cached"
+            if t.get("halo") in ("cached", "narrow"):
+                what += f", halo {t['halo']}"
+            for st in t.get("later_stages") or []:
+                what += f" + {st[0]}:{st[1]}" + (f":{st[2]}" if st[2] != "recomputed" else "")
             if t["lean_windows"]:
                 what += ", lean windows" + (f" in {t['lean_kernels']}" if t.get("lean_kernels") else "")
             if t.get("dwpw_rows"):
