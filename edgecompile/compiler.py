@@ -312,7 +312,7 @@ def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable
                                   {s for s, i in infos.items() if i.streams_rows and i.kind == Kind.DWPW},
                                   {s: LEAN_STACK_LIMIT for k, s in symbol_of.items() if _is_lean(options, k)})
     rules = schedules.family(target.family).RULES
-    kernels = {s: replace(k, c_code=rules.kernel_c(k.c_code)) for s, k in kernels.items()}
+    kernels = {s: replace(k, c_code=lower.family_c(k.c_code, rules)) for s, k in kernels.items()}
     taken = set(kernels)
     same_builtin: dict[tuple, str] = {}       # one C function for the builtin calls of one shape
     for c in prog.calls:

@@ -1,5 +1,5 @@
 """Float maxima and minima against constants (ReLU, ReLU6, Clip) on the emulated Raspberry Pi are
-`fmaxf` / `fminf` calls (schedules/cortex_a `kernel_c`, codegen.lower.ieee_clamps) instead of the
+`fmaxf` / `fminf` calls (schedules/cortex_a `IEEE_CLAMPS`, codegen.lower.ieee_clamps) instead of the
 ternaries TVM's C printer writes: gcc compiles them to one FMAXNM / FMINNM per vector, the
 ternaries to compares and bit selects.
 

@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import EdgeCompileError
 from ..ir.kernel import KernelInfo
 from ..ir.program import DTYPE_BYTES, Tensor
-from ..schedules.tiling import WIDEN_PRAGMA, map_children
+from ..schedules.tiling import BORDER_FILL_ATTR, WIDEN_PRAGMA, map_children
 from .mathlib import LIBM_REPLACEMENTS
 
 # Intermediate buffers below this size stay on the stack (register tiles, small row buffers);
@@ -177,7 +177,6 @@ def widen_rows(func: Any) -> Any:
     return func.with_body(walk(func.body))
 
 
-BORDER_FILL_ATTR = "ec.border_fill"
 _BINARY = ("Add", "Sub", "Mul", "FloorDiv", "FloorMod", "Min", "Max", "LT", "LE", "GT", "GE", "EQ", "NE", "And", "Or")
 
 
@@ -543,3 +542,9 @@ def ieee_clamps(code: str) -> str:
         out += [code[pos:j], f"{fn}({a}, {const})"]
         pos = i = m.end() + len(tail)
     return "".join(out) + code[pos:]
+
+
+def family_c(code: str, rules: Any) -> str:
+    """A lowered kernel's C as the family `rules` compiles it: `ieee_clamps` where the family asks
+    for it (`IEEE_CLAMPS`), unchanged otherwise."""
+    return ieee_clamps(code) if rules.IEEE_CLAMPS else code

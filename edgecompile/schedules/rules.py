@@ -372,10 +372,10 @@ class TiledRules:
         (ukernels.PANEL_ORDERS; "" row by row)."""
         return ""
 
-    def kernel_c(self, code: str) -> str:
-        """A lowered kernel's C definition as this family compiles it: unchanged by default; a
-        family may rewrite what TVM's C printer writes in a form its compiler handles badly."""
-        return code
+    # float maxima / minima against constants written as fmaxf / fminf in the kernels' C
+    # (codegen.lower.family_c): for a compiler that turns TVM's ternaries into compares and bit
+    # selects but the calls into one instruction per vector
+    IEEE_CLAMPS = False
 
     def after_finish(self, func: Any, info: Any) -> Any | None:
         """The scheduled function, rewritten where a family needs what no schedule primitive does;

@@ -364,6 +364,7 @@ def _widen_zero_point(sch: Any, block: Any) -> int | None:
 
 
 WIDEN_PRAGMA = "pragma_ec_widen_s8s16"
+BORDER_FILL_ATTR = "ec.border_fill"     # codegen.lower.border_fills: zero only the window border
 
 
 def mark_widen_rows(sch: Any, pads: list[str]) -> int:

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..codegen.lower import KernelSource, lower_kernels
+from ..codegen.lower import KernelSource, family_c, lower_kernels
 from ..errors import EdgeCompileError
 from ..ir.program import C_TYPES
 from ..platforms import platform_for
@@ -106,7 +106,7 @@ def build(func: Any, target: Target, workdir: Path) -> Path:
     """Lower `func` exactly as a build would and compile it into a measuring program."""
     platform = platform_for(target)
     kernel = lower_kernels({SYMBOL: func}, target.tvm)[SYMBOL]
-    kernel = replace(kernel, c_code=family(target.family).RULES.kernel_c(kernel.c_code))
+    kernel = replace(kernel, c_code=family_c(kernel.c_code, family(target.family).RULES))
     workdir.mkdir(parents=True, exist_ok=True)
     src = workdir / "harness.c"
     src.write_text(harness_source(func, kernel, target.family, platform.harness_mode_for(target),

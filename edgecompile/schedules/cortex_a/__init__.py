@@ -147,21 +147,18 @@ class CortexARules(TiledRules):
             return False
         return tiling.reduce_channels_innermost(sch, info.anchor)
 
-    def kernel_c(self, code: str) -> str:
-        """Float maxima / minima against constants (ReLU, ReLU6) as `fmaxf` / `fminf`, one
-        `fmaxnm` / `fminnm` per vector (codegen.lower.ieee_clamps: the same bits but for
-        signalling NaNs): gcc compiles TVM's ternaries to compares and bit selects, 5 instructions
-        per vector for a ReLU6 clamp. MobileNet V2 1.0/224 fp32: 121.8 M -> 117.4 M instructions."""
-        from ...codegen.lower import ieee_clamps
-        return ieee_clamps(code)
+    # Float maxima / minima against constants (ReLU, ReLU6) as `fmaxf` / `fminf`, one
+    # `fmaxnm` / `fminnm` per vector (codegen.lower.ieee_clamps: the same bits but for
+    # signalling NaNs): gcc compiles TVM's ternaries to compares and bit selects, 5 instructions
+    # per vector for a ReLU6 clamp. MobileNet V2 1.0/224 fp32: 121.8 M -> 117.4 M instructions.
+    IEEE_CLAMPS = True
 
     def after_finish(self, func: Any, info: Any) -> Any | None:
         """Marked for codegen.lower.border_fills: a float padded window (the depthwise rows of a
         fused dw+pw kernel, a KxK convolution's) is zeroed only where its in-bound copy does not
         write, not wholly per row tile (MobileNet V2: 2.8 M instructions of `memset`)."""
-        from ...codegen.lower import BORDER_FILL_ATTR
         out = super().after_finish(func, info)
-        return None if out is None else out.with_attr(BORDER_FILL_ATTR, 1)
+        return None if out is None else out.with_attr(tiling.BORDER_FILL_ATTR, 1)
 
     # int8 rescale tiles of at least this many channels go to the NEON rescale kernel (a vector of
     # 4 int32 accumulators per step); narrower ones keep the scalar C
