@@ -194,6 +194,23 @@ def test_budget_finds_the_plan_min_finds(tmp_path, monkeypatch):
     assert planning["lowerings"] <= 2 * compiler.MAX_PLANS_TRIED, planning["lowerings"]
 
 
+def plain_and_budget_runs(source, target, tmp_path, budget: int, **options) -> dict:
+    """The plain plan and the plan `--ram-budget budget` chooses, built with `options` and each run
+    by `edgecompile test` on the target's emulator (2 samples), passing, with the same int8 bytes as
+    the host build and the kernel graph on TVM's VM: {"plain" | "budget": (report, test result)}."""
+    runs = {}
+    for name, opts in (("plain", dict(patches="off")), ("budget", dict(ram_budget=budget))):
+        out = tmp_path / name
+        rep = write_build(source, target, out, BuildOptions(quant="int8", compare_unfused=False, **options, **opts),
+                          Progress(quiet=True))
+        res = run_test(out, samples=2)
+        assert res["passed"], res["failures"]
+        assert res["host_int8"]["samples_differing"] == 0, res["host_int8"]
+        assert res["kernel_graph"] == {"samples_differing": 0, "max_difference_steps": 0}, res["kernel_graph"]
+        runs[name] = (rep, res)
+    return runs
+
+
 @pytest.mark.slow
 def test_budget_plan_measured_on_the_board_against_the_plain_plan(tmp_path):
     """The plan `--ram-budget 37600` chooses for the wake-word network (whole input in RAM), built
@@ -204,16 +221,7 @@ def test_budget_plan_measured_on_the_board_against_the_plain_plan(tmp_path):
     source = load_model("mobilenet_v1", ModelOptions(**WAKE_WORD))
     target = load_target(BOARD)
     budget = 37_600
-    runs = {}
-    for name, opts in (("plain", dict(patches="off")), ("budget", dict(ram_budget=budget))):
-        out = tmp_path / name
-        rep = write_build(source, target, out, BuildOptions(quant="int8", compare_unfused=False, stream_input=False,
-                                                             **opts), Progress(quiet=True))
-        res = run_test(out, samples=2)
-        assert res["passed"], res["failures"]
-        assert res["host_int8"]["samples_differing"] == 0, res["host_int8"]
-        assert res["kernel_graph"] == {"samples_differing": 0, "max_difference_steps": 0}, res["kernel_graph"]
-        runs[name] = (rep, res)
+    runs = plain_and_budget_runs(source, target, tmp_path, budget, stream_input=False)
     rep, res = runs["budget"]
     peak = rep["ram_bytes"] + res["stack_used_bytes"]
     ratio = res["instructions_per_inference"] / runs["plain"][1]["instructions_per_inference"]

@@ -10,7 +10,7 @@ import pytest
 from edgecompile.compiler import BuildOptions, Progress, compile_model
 from edgecompile.ir.frontend import ModelOptions, load_model
 from edgecompile.targets import load_target
-from helpers import random_input, run_cli
+from helpers import board_outputs, random_input, run_cli
 from test_patches import _assert_int8_depends_on_input, _assert_same_results, _build, _int8_inputs
 
 # family: (model options, window layers at most, rows per band, column tiles). At 36x36 both
@@ -54,22 +54,13 @@ def test_tiled_int8_bytes_on_the_board(tmp_path):
     """Tiled and plain firmware on the emulated Cortex-M7 board (stm32f746g-disco's budget, input
     streamed): the same output bytes; the tiles' kernels of different widths get their own
     weight panels."""
-    from edgecompile.device.protocol import Link
-    from edgecompile.platforms import platform_for
-
     opts, layers, rows, cols = TILES["mobilenet_v1"]
     source = load_model("mobilenet_v1", ModelOptions(**opts))
-    target = load_target("stm32f746g-disco")
     outs = []
     for name, patch in (("tiled", (layers, rows, "recomputed", cols)), ("plain", None)):
         rep = _build(source, tmp_path / name, target="stm32f746g-disco", quant="int8", patch=patch, **CALIBRATION)
         xs = _int8_inputs(rep, source.inputs[0].shape, range(4))
-        with platform_for(target).start_emulator(target, tmp_path / name, rep) as s:
-            port = s.open_port()
-            link = Link(port, timeout=60, alive=s.alive)
-            link.connect()
-            outs.append([link.infer(x, (1, 10), in_dtype="int8", out_dtype="int8").output for x in xs])
-            port.close()
+        outs.append(board_outputs("stm32f746g-disco", tmp_path / name, rep, xs, timeout=60, dtype="int8"))
         if patch:
             assert rep["patch_plan"]["cols"] == cols and rep["patch_plan"]["input_streamed"]
     _assert_int8_depends_on_input(outs[1])

@@ -7,12 +7,10 @@ import numpy as np
 import pytest
 
 from edgecompile.compiler import BuildOptions, Progress, write_build
-from edgecompile.device.protocol import Link
 from edgecompile.ir.frontend import ModelOptions, load_model
-from edgecompile.platforms import platform_for
 from edgecompile.platforms.host import HostModel
 from edgecompile.targets import load_target
-from helpers import assert_close, output_spread, random_input
+from helpers import assert_close, board_outputs, output_spread, random_input
 
 # family: (model options, window layers of the patch stage at most, stage-output rows per band).
 # The stages reach the structures each family has early: MobileNet V2's first residual add,
@@ -89,18 +87,12 @@ def test_patched_int8_bytes_on_a_board(tmp_path):
     """Patched and plain firmware on the emulated Cortex-M7 board (its own budget: the in-place
     transpose, the band views and the overlapping stage output run on the device)."""
     source = load_model("mobilenet_v1", ModelOptions(width_mult=0.25, resolution=64, num_classes=10))
-    target = load_target("stm32f746g-disco")
     outs = []
     for name, patch in (("patched", (5, 2)), ("plain", None)):
         rep = _build(source, tmp_path / name, target="stm32f746g-disco", quant="int8", patch=patch,
                      lean_windows=patch is not None, stream_input=False)   # streamed: test_stream_input.py
         xs = _int8_inputs(rep, source.inputs[0].shape, range(4))
-        with platform_for(target).start_emulator(target, tmp_path / name, rep) as s:
-            port = s.open_port()
-            link = Link(port, timeout=60, alive=s.alive)
-            link.connect()
-            outs.append([link.infer(x, (1, 10), in_dtype="int8", out_dtype="int8").output for x in xs])
-            port.close()
+        outs.append(board_outputs("stm32f746g-disco", tmp_path / name, rep, xs, timeout=60, dtype="int8"))
         if patch:
             assert rep["patch_plan"]["in_place_input"] and rep["arena_bytes"] < rep["largest_live_set_bytes"]
     _assert_int8_depends_on_input(outs[1])

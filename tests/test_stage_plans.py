@@ -11,7 +11,7 @@ holds many rows of the 80x80 and 40x40 tensors in its first band. Two stages bea
 import pytest
 
 from edgecompile import compiler
-from edgecompile.compiler import BuildOptions, Progress, _Plan, write_build
+from edgecompile.compiler import BuildOptions, _Plan
 from edgecompile.ir.frontend import ModelOptions, load_model
 from edgecompile.platforms.cortex_m import CortexM
 from edgecompile.targets import load_target
@@ -91,20 +91,11 @@ def test_budget_plan_with_later_stages_measured_on_the_board(tmp_path):
     beside the plain plan, in this test: measured peak RAM (static RAM of the linked firmware +
     stack used) <= the budget, emulator instructions per inference <= 1.15x the plain plan's, the
     same int8 bytes as the host build and the kernel graph on TVM's VM."""
-    from edgecompile.measure.accuracy import run_test
+    from test_budget import plain_and_budget_runs
 
     source = load_model("mobilenet_v2", ModelOptions(**PROXY))
     target = load_target(BOARD)
-    runs = {}
-    for name, opts in (("plain", dict(patches="off")), ("budget", dict(ram_budget=BUDGET))):
-        out = tmp_path / name
-        rep = write_build(source, target, out, BuildOptions(quant="int8", compare_unfused=False, calibration_samples=20,
-                                                             **opts), Progress(quiet=True))
-        res = run_test(out, samples=2)
-        assert res["passed"], res["failures"]
-        assert res["host_int8"]["samples_differing"] == 0, res["host_int8"]
-        assert res["kernel_graph"] == {"samples_differing": 0, "max_difference_steps": 0}, res["kernel_graph"]
-        runs[name] = (rep, res)
+    runs = plain_and_budget_runs(source, target, tmp_path, BUDGET, calibration_samples=20)
     rep, res = runs["budget"]
     planning = rep["memory_planning"]
     chosen = planning["chosen"]
