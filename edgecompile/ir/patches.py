@@ -140,12 +140,17 @@ class Stage:
 # ----------------------------------------------------------------------------- analysis
 
 
-def _height(var: Any) -> int:
+def _extent(var: Any, axis: int) -> int:
+    """The NHWC extent of `var` (of a tuple's first field) along `axis`."""
     _, relax = _tvm()
     ty = var.ty
     if isinstance(ty, relax.TupleType):
-        return int(ty.fields[0].shape[1])
-    return int(ty.shape[1])
+        ty = ty.fields[0]
+    return int(ty.shape[axis])
+
+
+def _height(var: Any) -> int:
+    return _extent(var, 1)
 
 
 def _ints(e: Any) -> list[int]:
@@ -976,11 +981,7 @@ def _window_cols(node: _Node, o0: int, o1: int) -> tuple[int, int, int, int]:
 
 
 def _width(var: Any) -> int:
-    _, relax = _tvm()
-    ty = var.ty
-    if isinstance(ty, relax.TupleType):
-        return int(ty.fields[0].shape[2])
-    return int(ty.shape[2])
+    return _extent(var, 2)
 
 
 def check_columns(stage: Stage, cut: Cut, cols: int) -> None:
