@@ -311,7 +311,7 @@ def test_widen_row_copy_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, mon
         assert {int(c[-1]) for c in wide} == {-128, 127}, (board, calls)      # both extremes of the zero point
         assert {int(c[1]) for c in calls} == {3, 17}, (board, calls)          # the 3-channel window too
         assert all(int(c[2]) == int(c[3]) == int(c[1]) for c in calls if int(c[1]) == 3), (board, calls)
-        assert "__ssub16(__sxtb16(w), zz)" in model_c, board                  # the DSP row copy
+        assert "__ssub16(__sxtb16(w0), zz)" in model_c, board                 # the DSP row copy
 
 
 # Cortex-M4/M7, a network's first convolution (3 input channels, the whole window per GEMM call): its
@@ -435,6 +435,43 @@ def test_asm_quad_gemm_tiles_bytes_equal_the_integer_reference_on_m4_m7(tmp_path
         if case.name.endswith(("k260", "zp_sat")):      # the 2 x 2 GEMM's output zero point: the next window's
             zps = {int(z) for z in re.findall(r"\bec_widen_s8s16\([^;]*, (-?\d+)\);", model_c)}
             assert (-128 if case.name.endswith("k260") else 127) in zps, (board, zps)
+
+
+# Cortex-M4/M7 fused dw+pw kernels: the depthwise rescale into the int16 rows of the pointwise GEMM is the
+# SMMLA kernel too (`ec_requant_s8_MxN_s16`: its accumulators start at 0, the offset is added there, STRH),
+# and the window's row copy takes 8 values per iteration, then a quad, then the scalar tail. 12 channels
+# (2 x 4 depthwise tiles, and the only SMMLA rescale of its kernel: its 5 output channels take 1-channel
+# tiles; rows of 96 values: 12 x 8), 5 (odd: the generic depthwise; rows of 40 at an odd int16 offset:
+# head, 4 x 8, quad, 3), 20 at stride 2 (2 x 4 tiles), padding;
+# the depthwise outputs' zero points -128 (ReLU) and 127 (clamp to [-6, 0]) and one without activation;
+# the windows' zero points 127 and -128. Beside it a one-channel 3x3 convolution and its pointwise layer.
+DW_RESCALE_CASES = [
+    Case("dwpw_s16_rescale_12_5_20", (1, 12, 7, 8),
+         "[nn.Conv2d(12, 12, 1), nn.Hardtanh(-6.0, 0.0), nn.Conv2d(12, 12, 3, padding=1, groups=12), nn.ReLU(),"
+         " nn.Conv2d(12, 5, 1), nn.ReLU6(), nn.Conv2d(5, 5, 3, padding=1, groups=5), nn.BatchNorm2d(5),"
+         " nn.Conv2d(5, 20, 1), nn.ReLU(), nn.Conv2d(20, 20, 3, stride=2, padding=1, groups=20),"
+         " nn.Hardtanh(-6.0, 0.0), nn.Conv2d(20, 3, 1)]", ("dwpw",)),
+    Case("dwpw_s16_rescale_one_channel", (1, 1, 6, 9),
+         "[nn.Conv2d(1, 1, 3, padding=1, groups=1), nn.ReLU6(), nn.Conv2d(1, 4, 1), nn.ReLU()]", ()),
+]
+
+
+@pytest.mark.parametrize("case", DW_RESCALE_CASES, ids=[c.name for c in DW_RESCALE_CASES])
+def test_depthwise_rescale_into_int16_rows_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+    import re
+
+    sources = _check_kernel_case(tmp_path, monkeypatch, case, 120 + DW_RESCALE_CASES.index(case),
+                                 ["mps2-an386", "stm32f746g-disco"])
+    if case.kinds != ("dwpw",):
+        return
+    for board, model_c in sources.items():
+        assert "ec_requant_s8_2x4_s16(" in model_c, board                 # the 12- and 20-channel depthwise tiles
+        body = model_c[model_c.index("static inline int32_t ec_requant_s8_2x4_s16("):]
+        body = body[:body.index("\n}\n")]
+        assert "smmla %0" in body and "+ off" in body, board
+        zps = {int(z) for z in re.findall(r"\bec_widen_s8s16\([^;]*, (-?\d+)\);", model_c)}
+        assert {-128, 127} <= zps, (board, zps)
+        assert "for (; k >= 8; k -= 8) {" in model_c, board                # the row copy, 8 values per iteration
 
 
 def test_wide_weight_panels_only_where_the_flash_holds_them(tmp_path, monkeypatch):

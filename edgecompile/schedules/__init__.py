@@ -127,7 +127,8 @@ def emit_ukernels(kernel_code: str, family_name: str) -> str:
     dws = sorted({(t, *(int(v) for v in rest)) for t, *rest in ukernels.DW_CALL_RE.findall(kernel_code)}
                  | {(t, q, n, kh, kw, s) for t, m, n, kh, kw, s, p in dw_rows for _, q in ukernels.ragged_pixels(m, p)})
     windows = sorted({(t, *(int(v) for v in rest)) for t, *rest in ukernels.WINDOW_CALL_RE.findall(kernel_code)})
-    requants = sorted({(int(m), int(n)) for m, n in ukernels.REQUANT_CALL_RE.findall(kernel_code)})
+    requants = sorted({(int(m), int(n), False) for m, n in ukernels.REQUANT_CALL_RE.findall(kernel_code)}
+                      | {(int(m), int(n), True) for m, n in ukernels.REQUANT16_CALL_RE.findall(kernel_code)})
     helpers = sorted(set(ukernels.HELPER_CALL_RE.findall(kernel_code)))
     widen = bool(ukernels.WIDEN_CALL_RE.search(kernel_code))
     if not gemms and not dws and not windows and not requants and not helpers and not widen:
@@ -149,9 +150,9 @@ def emit_ukernels(kernel_code: str, family_name: str) -> str:
         types = ukernels.TYPES[t]
         code = getattr(own, "window", lambda *a: None)(m, n, kh, kw, ci, s, lanes, types)
         parts.append(code or ukernels.emit_window_c(m, n, kh, kw, ci, s, lanes, types))
-    for m, n in requants:
-        code = getattr(own, "requant", lambda *a: None)(m, n)
-        parts.append(code or ukernels.emit_requant_c(m, n))
+    for m, n, wide in requants:
+        code = getattr(own, "requant", lambda *a, **k: None)(m, n, **({"wide": True} if wide else {}))
+        parts.append(code or ukernels.emit_requant_c(m, n, wide))
     if widen:
         code = getattr(own, "widen", lambda: None)()
         parts.append(code or ukernels.emit_widen_c())

@@ -407,7 +407,7 @@ def _requant_params(sch: Any, block: Any) -> tuple[int, int, int] | None:
     return found[0][0], found[1][0], found[2][0]
 
 
-def tensorize_requant(sch: Any, min_channels: int = 1, constants: dict | None = None) -> int:
+def tensorize_requant(sch: Any, min_channels: int = 1, constants: dict | None = None, wide: bool = False) -> int:
     """Hand each int8 rescale block of the scheduled kernel (an epilogue computed per M x N tile,
     `requant*`, in the folded form of ir/quantize.py) to the `ec_requant_s8_MxN` micro-kernel: its
     two innermost loops (M pixels x N channels), or its innermost one (one pixel). A block of
@@ -415,7 +415,9 @@ def tensorize_requant(sch: Any, min_channels: int = 1, constants: dict | None = 
     of fewer than `min_channels` channels. Returns how many blocks were tensorized. With
     `constants` (a family whose rescale kernel reads its constants re-encoded at compile time):
     only blocks whose constants are kernel parameters, recorded there as
-    {rnd position: (m0 position, r position)}."""
+    {rnd position: (m0 position, r position)}. `wide` (a family that has `ec_requant_s8_MxN_s16`):
+    also the blocks that store their int8 values as int16 (a fused kernel's depthwise rows,
+    tile_dwpw's wide_rows)."""
     names: list[str] = []
     todo = list(_children(sch))
     while todo:
@@ -429,7 +431,8 @@ def tensorize_requant(sch: Any, min_channels: int = 1, constants: dict | None = 
         block = sch.get_sblock(name)
         loops = sch.get_loops(block)
         b = sch.get(block)
-        if len(b.writes) != 1 or str(b.writes[0].source.ty.dtype) != "int8":
+        out = str(b.writes[0].source.ty.dtype) if len(b.writes) == 1 else ""
+        if out != "int8" and not (wide and out == "int16"):
             continue
         params = _requant_params(sch, block) if constants is not None else None
         if constants is not None and params is None:
@@ -437,7 +440,7 @@ def tensorize_requant(sch: Any, min_channels: int = 1, constants: dict | None = 
         tries = ([(loops[-2], extent(sch, loops[-2]), extent(sch, loops[-1]))] if len(loops) >= 2 else []) \
             + ([(loops[-1], 1, extent(sch, loops[-1]))] if loops else [])
         for loop, m, n in tries:
-            if m * n < 2 or n < min_channels or not _try(sch.tensorize, loop, requant_intrin(m, n)):
+            if m * n < 2 or n < min_channels or not _try(sch.tensorize, loop, requant_intrin(m, n, out == "int16")):
                 continue
             if params is not None and constants is not None:
                 constants[params[1]] = (params[0], params[2])
@@ -800,17 +803,20 @@ def tile_dwpw(sch: Any, info: Any, rows: int, tile: tuple[int, int], dw_tile: tu
     return True
 
 
-def rescale_offsets_into_init(func: Any, call_prefix: str = "ec_requant_s8_") -> Any | None:
+def rescale_offsets_into_init(func: Any, call_prefix: str = "ec_requant_s8_", own_offset: str = "_s16") -> Any | None:
     """Start each int8 rescale tile's accumulators at its channels' offsets: every block that
     initialises to 0 an accumulator buffer read by a tensorized rescale call (`call_prefix`) gets
     `(int32) rnd[c]` instead, rnd the call's constants (re-encoded by the family with the offset in
     the low word, e.g. cortex_m.ukernels.rescale_constants) and c the channel (the buffer's last
-    index, as the rescale reads its constants). The rescale kernel then adds nothing. Returns the
+    index, as the rescale reads its constants). The rescale kernel then adds nothing. Calls whose
+    name ends with `own_offset` add the offsets themselves and keep their init at 0 (a depthwise
+    tile of 8 accumulators: with 4 offsets live from its start it spills registers). Returns the
     rewritten function, or None when some rescale call's buffer has no such init block (the caller
     falls back)."""
     from tvm import s_tir, tirx
 
     calls: dict[Any, Any] = {}          # accumulator buffer -> rnd parameter buffer
+    own: list[str] = []                 # calls that add their offsets themselves
 
     def visit(stmt: Any) -> None:
         if isinstance(stmt, s_tir.SBlockRealize):
@@ -819,7 +825,9 @@ def rescale_offsets_into_init(func: Any, call_prefix: str = "ec_requant_s8_") ->
             call = body.value if isinstance(body, tirx.Evaluate) else None
             name = str(call.args[0].value) if call is not None and len(call.args) and hasattr(call.args[0], "value") \
                 and isinstance(call.args[0].value, str) else ""
-            if name.startswith(call_prefix):
+            if name.startswith(call_prefix) and own_offset and name.endswith(own_offset):
+                own.append(name)
+            elif name.startswith(call_prefix):
                 mbs = {str(mb.buffer.name): mb.source.source for mb in b.match_buffers}
                 if "C" not in mbs or "Ad" not in mbs:
                     raise LookupError
@@ -842,7 +850,7 @@ def rescale_offsets_into_init(func: Any, call_prefix: str = "ec_requant_s8_") ->
     except LookupError:
         return None
     if not calls:
-        return None
+        return func if own else None
     done: set[Any] = set()
 
     def is_init(b: Any) -> bool:

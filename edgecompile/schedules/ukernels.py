@@ -31,6 +31,8 @@ _REGISTERED: set[str] = set()
 GEMM_CALL_RE = re.compile(r"\bec_gemm_([a-z0-9]+)_(\d+)x(\d+)\(")
 DW_CALL_RE = re.compile(r"\bec_dw_(f32|s8|s16)_(\d+)x(\d+)_k(\d+)x(\d+)s(\d+)\(")
 REQUANT_CALL_RE = re.compile(r"\bec_requant_s8_(\d+)x(\d+)\(")
+# the same rescale storing its int8 values widened to int16 (a fused kernel's depthwise rows, wide_rows)
+REQUANT16_CALL_RE = re.compile(r"\bec_requant_s8_(\d+)x(\d+)_s16\(")
 WINDOW_CALL_RE = re.compile(r"\bec_window_(f32|s8|s16)_(\d+)x(\d+)_k(\d+)x(\d+)c(\d+)s(\d+)\(")
 WIDEN_CALL_RE = re.compile(r"\bec_widen_s8s16\(")
 # ragged pixel tiles (rows_gemm_c, rows_dw_c): a row of W pixels in tiles of P, then one of W % P
@@ -396,16 +398,22 @@ def dw_intrin(m: int, n: int, kh: int, kw: int, s: int, types: Types = F32, pixe
     return name
 
 
-def requant_intrin(m: int, n: int) -> str:
+def requant_intrin(m: int, n: int, wide: bool = False) -> str:
     """TensorIntrin for the int8 rescale of an M x N tile of int32 accumulators (M pixels, N
     channels), the folded form of ir/quantize.py's requant_plan as the kernels' TIR writes it:
     out = sat8((int32)((acc * m0[c] + rnd[c]) >> 32) >> r[c]). M = 1: a one-pixel tile (no pixel
-    iterator)."""
-    name = f"ec_requant_s8_{m}x{n}"
+    iterator). `wide`: the int8 values stored as int16 (`ec_requant_s8_MxN_s16`: the depthwise rows
+    of a fused kernel whose pointwise GEMM reads them as int16, tiling.tile_dwpw's wide_rows)."""
+    name = f"ec_requant_s8_{m}x{n}" + ("_s16" if wide else "")
     if name in _REGISTERED:
         return name
     M, N, one, zero = T.int64(m), T.int64(n), T.int64(1), T.int64(0)
     sat = "ec_sat_s8"
+    out = "int16" if wide else "int8"
+
+    def value(c: Any, mu: Any, ad: Any, sh: Any) -> Any:
+        v = T.call_extern("int8", sat, T.Cast("int32", T.Cast("int64", c) * T.Cast("int64", mu) + ad >> T.int64(32)) >> sh)
+        return T.Cast("int16", v) if wide else v
 
     def make(call: bool) -> Any:
         @T.prim_func(s_tir=True)
@@ -414,7 +422,7 @@ def requant_intrin(m: int, n: int) -> str:
             Mu = T.match_buffer(mu, (N,), "int32", offset_factor=1)
             Ad = T.match_buffer(ad, (N,), "int64", offset_factor=1)
             Sh = T.match_buffer(sh, (N,), "int32", offset_factor=1)
-            O = T.match_buffer(o, (M, N), "int8", offset_factor=1, strides=[T.int64(), one])
+            O = T.match_buffer(o, (M, N), out, offset_factor=1, strides=[T.int64(), one])
             with T.sblock("root"):
                 T.reads(C[0:M, 0:N], Mu[0:N], Ad[0:N], Sh[0:N])
                 T.writes(O[0:M, 0:N])
@@ -425,14 +433,12 @@ def requant_intrin(m: int, n: int) -> str:
                     for i, j in T.grid(M, N):
                         with T.sblock("requant"):
                             vi, vj = T.axis.remap("SS", [i, j])
-                            O[vi, vj] = T.call_extern("int8", sat, T.Cast("int32", T.Cast("int64", C[vi, vj])
-                                                      * T.Cast("int64", Mu[vj]) + Ad[vj] >> T.int64(32)) >> Sh[vj])
+                            O[vi, vj] = value(C[vi, vj], Mu[vj], Ad[vj], Sh[vj])
                 else:
                     for j in T.grid(N):
                         with T.sblock("requant"):
                             vj = T.axis.remap("S", [j])
-                            O[zero, vj] = T.call_extern("int8", sat, T.Cast("int32", T.Cast("int64", C[zero, vj])
-                                                        * T.Cast("int64", Mu[vj]) + Ad[vj] >> T.int64(32)) >> Sh[vj])
+                            O[zero, vj] = value(C[zero, vj], Mu[vj], Ad[vj], Sh[vj])
 
         return f
 
@@ -909,26 +915,31 @@ def emit_dw_c(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types
         dw_signature(m, n, kh, kw, s, types) + " {", *dw_body(m, n, kh, kw, s, lanes, types), "  return 0;", "}"])
 
 
-def requant_signature(m: int, n: int) -> str:
-    return (f"static inline int32_t ec_requant_s8_{m}x{n}(int8_t *restrict O, const int32_t *restrict C, "
+def requant_signature(m: int, n: int, wide: bool = False) -> str:
+    """`wide`: `ec_requant_s8_MxN_s16`, the int8 values stored as int16 (requant_intrin)."""
+    suffix, out = ("_s16", "int16_t") if wide else ("", "int8_t")
+    return (f"static inline int32_t ec_requant_s8_{m}x{n}{suffix}({out} *restrict O, const int32_t *restrict C, "
             "const int32_t *restrict m0, const int64_t *restrict rnd, const int32_t *restrict r, int64_t ldo, "
             "int64_t ldc)")
 
 
-def requant_body(m: int, n: int) -> list[str]:
-    """The rescale as the kernels' own C writes it, one value at a time (ir/quantize.py)."""
+def requant_body(m: int, n: int, wide: bool = False) -> list[str]:
+    """The rescale as the kernels' own C writes it, one value at a time (ir/quantize.py); `wide`:
+    stored as int16."""
+    cast = "(int16_t)(int8_t)" if wide else "(int8_t)"
     return [f"  for (int32_t i = 0; i < {m}; ++i) {{",
             f"    for (int32_t j = 0; j < {n}; ++j) {{",
             "      const int32_t x = ((int32_t)((((int64_t)C[i * ldc + j]) * ((int64_t)m0[j]) + rnd[j]) >> (int64_t)32)) "
             ">> r[j];",
-            "      O[i * ldo + j] = (int8_t)(x < -128 ? -128 : x > 127 ? 127 : x);",
+            f"      O[i * ldo + j] = {cast}(x < -128 ? -128 : x > 127 ? 127 : x);",
             "    }", "  }"]
 
 
-def emit_requant_c(m: int, n: int) -> str:
+def emit_requant_c(m: int, n: int, wide: bool = False) -> str:
     return "\n".join([
-        f"/* int8 rescale of C[{m}x{n}] (int32): O = sat8((int32)((C * m0 + rnd) >> 32) >> r), per channel */",
-        requant_signature(m, n) + " {", *requant_body(m, n), "  return 0;", "}"])
+        f"/* int8 rescale of C[{m}x{n}] (int32): O = sat8((int32)((C * m0 + rnd) >> 32) >> r), per channel"
+        + (", stored as int16" if wide else "") + " */",
+        requant_signature(m, n, wide) + " {", *requant_body(m, n, wide), "  return 0;", "}"])
 
 
 WIDEN_SIGNATURE = ("static inline int32_t ec_widen_s8s16(int16_t *restrict O, const int8_t *restrict X, int32_t rows, "

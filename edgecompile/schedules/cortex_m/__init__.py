@@ -91,6 +91,18 @@ class CortexMRules(TiledRules):
         return "k4w" if order == "k4x" else order
 
     WIDEN_MIN_CHANNELS = 3
+    # The depthwise rescale of fused kernels (int8 values stored in the int16 rows of the pointwise GEMM)
+    # by the SMMLA kernel too (`ec_requant_s8_MxN_s16`), its accumulators started at 0 and the offset
+    # added there (tiling.rescale_offsets_into_init's own_offset). Wake-word network on mps2-an386,
+    # emulator instructions per inference (edgecompile report, sum of the kernels, one session): the
+    # generic 64-bit rescale 10,540,105 -> 10,511,279 (about 9.1 -> 8.9 instructions per depthwise
+    # output: its 8 accumulators, 3 constant pointers and the row pointer exceed the registers, so the
+    # constants' pointers are reloaded from the stack). With the offsets in the depthwise init instead
+    # (the same session) 10,487,640 in total, lower, but mixed per kernel: 48x48x16 1,309,200 ->
+    # 1,293,160 while the stride-1 2 x 4 depthwise tiles of 24x24x32_2 and 6x6x128_2 spill (8
+    # accumulators started from 4 live offsets) 1,327,413 -> 1,341,533 and 660,400 -> 663,827 each;
+    # a per-kernel choice between the two is left to do.
+    WIDE_RESCALE = True
 
     def finish(self, sch: Any, info: Any, blocks_before: list[str]) -> None:
         """Padded int16 windows (int8 kernels) of at least WIDEN_MIN_CHANNELS channels split into a
@@ -118,7 +130,7 @@ class CortexMRules(TiledRules):
         tiling.fill_in_memory_order(sch, pads)
         tiling.mark_widen_rows(sch, pads)
         if info.rescale_kernel:
-            tiling.tensorize_requant(sch, 1, info.rescale)
+            tiling.tensorize_requant(sch, 1, info.rescale, wide=self.WIDE_RESCALE)
 
     def after_finish(self, func: Any, info: Any) -> Any | None:
         """With rescale tiles tensorized (info.rescale), their accumulators start at the channels'
