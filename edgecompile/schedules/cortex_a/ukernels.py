@@ -510,3 +510,91 @@ def requant(m: int, n: int) -> str | None:
         f"/* int8 rescale of C[{m}x{n}] (int32): O = sat8((int32)((C * m0 + rnd) >> 32) >> r) per channel; NEON "
         "smull/smull2 + addhn/addhn2 + sshl + sqxtn, 8 or 4 channels per step; portable C otherwise */",
         requant_signature(m, n), NEON, _requant_neon(m, n), requant_body(m, n))
+
+
+# the zero-start float GEMM (`gemm_z`): its accumulators leave the asm as outputs (explicit
+# register variables), one per operand among gcc's 30, beside the 4 inputs (A, lda, B, K)
+ASM_Z_MAX_ACC = 26
+# general registers the zero-start asm takes for its row pointers, weight pointer and counters
+# (caller-saved: x18 is the platform register, x19.. callee-saved)
+_Z_SCRATCH = [f"x{r}" for r in (9, 10, 11, 12, 13, 14, 15, 16, 17, 0, 1, 2, 3, 4, 5, 6, 7, 8)]
+
+
+def _gemm_f32_asm_z(m: int, nv: int) -> list[str] | None:
+    """The float M x 4nv tile over a packed panel that *sets* C (C = A B, `gemm_z`): the loop of
+    `_gemm_f32_asm` without reading C. The first reduction quad starts the accumulators with
+    `fmul` (lane 0) instead of zeroing them (K < 4: `movi`, then the one-step loop); the
+    accumulators leave the asm as register outputs, which the C stores into the tile: gcc then
+    forwards them to the epilogue that reads the tile (no tile zeroing before the call, no load
+    of it in the asm, no store-then-load between the asm and the epilogue). The row pointers and
+    counters live in clobbered scratch registers. None where the registers or gcc's operands do
+    not suffice."""
+    nb = asm_b_registers(m, nv)
+    if not nb or m * nv > ASM_Z_MAX_ACC or m + 3 > len(_Z_SCRATCH):
+        return None
+    acc = [[i * nv + j for j in range(nv)] for i in range(m)]
+    av = [m * nv + i for i in range(m)]
+    bv = [m * nv + m + j % nb for j in range(nv)]
+    rows, xb, n4, rr = _Z_SCRATCH[:m], _Z_SCRATCH[m], _Z_SCRATCH[m + 1], _Z_SCRATCH[m + 2]
+
+    def step(lane: str, op: str) -> list[str]:
+        loads = []
+        j = 0
+        while j < nv:
+            if j + 1 < nv:
+                loads.append((j, f"ldp q{bv[j]}, q{bv[j + 1]}, [{xb}], #32"))
+                j += 2
+            else:
+                loads.append((j, f"ldr q{bv[j]}, [{xb}], #16"))
+                j += 1
+        fmla = [[f"{op} v{acc[i][j]}.4s, v{bv[j]}.4s, v{av[i]}.{lane}" for i in range(m)] for j in range(nv)]
+        if nb == nv:
+            return [ld for _, ld in loads] + [f for i in range(m) for f in (fmla[j][i] for j in range(nv))]
+        out = []
+        for j, ld in loads:
+            out += [ld, *fmla[j], *(fmla[j + 1] if j + 1 < nv else [])]
+        return out
+
+    quad_loads = [f"ldr q{av[i]}, [{rows[i]}], #16" for i in range(m)]
+    body = [f"mov {rows[0]}, %[a]", *[f"add {rows[i]}, {rows[i - 1]}, %[lda]" for i in range(1, m)],
+            f"mov {xb}, %[b]", f"lsr {n4}, %[k], #2", f"and {rr}, %[k], #3",
+            f"cbnz {n4}, 0f", *[f"movi v{v}.16b, #0" for row in acc for v in row], "b 2f",
+            "0:", *quad_loads, *step("s[0]", "fmul"), *step("s[1]", "fmla"), *step("s[2]", "fmla"),
+            *step("s[3]", "fmla"), f"subs {n4}, {n4}, #1", "b.eq 2f",
+            "1:", *quad_loads]
+    for kk in range(4):
+        body += step(f"s[{kk}]", "fmla")
+    body += [f"subs {n4}, {n4}, #1", "b.ne 1b", "2:", f"cbz {rr}, 4f", "3:"]
+    body += [f"ldr s{av[i]}, [{rows[i]}], #4" for i in range(m)]
+    body += step("s[0]", "fmla")
+    body += [f"subs {rr}, {rr}, #1", "b.ne 3b", "4:"]
+    clobbers = [f'"v{v}"' for v in range(m * nv, m * nv + m + nb)] + [f'"{x}"' for x in _Z_SCRATCH[:m + 3]]
+    return [
+        *[f'    register ec_f32v c{i}_{j} __asm__("v{acc[i][j]}");' for i in range(m) for j in range(nv)],
+        "    __asm__ volatile(",
+        *[f'      "{ins}\\n\\t"' for ins in body],
+        "      : " + ", ".join(f'"=w"(c{i}_{j})' for i in range(m) for j in range(nv)),
+        "      : [a] \"r\"(A), [lda] \"r\"(lda * 4), [b] \"r\"(B), [k] \"r\"((int64_t)K)",
+        "      : \"cc\", \"memory\", " + ", ".join(clobbers) + ");",
+        *["    " + " ".join(f"ec_f32v_store(C + {i} * ldc + {4 * j}, c{i}_{j});" for j in range(nv)) for i in range(m)],
+    ]
+
+
+def gemm_z(m: int, n: int, lanes: int, types: Types) -> str | None:
+    """C for `ec_gemm_f32_MxN_z` (C = A B: the tile's zeroing and the += in one; TIR calls it where
+    codegen.lower.zero_start_gemms removed the zeroing before an `ec_gemm_f32_MxN` call): the
+    zero-start asm (`_gemm_f32_asm_z`) on aarch64 with a packed panel, else the tile zeroed and
+    `ec_gemm_f32_MxN` (which `emit_ukernels` emits with it). None for other types (never called)."""
+    if not (types.a == types.b == types.c == "float32"):
+        return None
+    nv = n // 4 if lanes == 4 and n % 4 == 0 else 0
+    asm = _gemm_f32_asm_z(m, nv) if nv else None
+    lines = [f"/* C[{m}x{n}] = A[{m}xK] * B[Kx{n}] (float): on aarch64 with a packed panel (ldb == N) one asm loop "
+             "whose accumulators start by fmul and leave as register outputs; else C zeroed and the += kernel */",
+             f"static inline int32_t ec_gemm_{types.tag}_{m}x{n}_z(float *restrict C, const float *restrict A, "
+             "const float *restrict B, int32_t K, int64_t lda, int64_t ldb, int64_t ldc) {"]
+    if asm:
+        lines += [f"#if {NEON}", f"  if (ldb == {n}) {{", *asm, "    return 0;", "  }", "#endif"]
+    lines += [f"  for (int32_t i = 0; i < {m}; ++i) for (int32_t j = 0; j < {n}; ++j) C[i * ldc + j] = 0.0f;",
+              f"  return ec_gemm_{types.tag}_{m}x{n}(C, A, B, K, lda, ldb, ldc);", "}"]
+    return "\n".join(lines)
