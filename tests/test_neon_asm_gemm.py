@@ -31,7 +31,7 @@ from helpers import assert_close, board_outputs, keep_input_dependence, output_s
 ASM_TILES = [(1, 4), (1, 20), (2, 8), (3, 24), (4, 16), (5, 12), (7, 8), (8, 8), (11, 4), (6, 12),
              (6, 16), (5, 20), (7, 12), (10, 8), (4, 24), (3, 32), (2, 48)]     # weight vectors reloaded in pairs
 C_TILES = [(13, 4), (11, 8)]
-KS = [1, 3, 4, 7, 16, 33, 128]
+KS = [1, 3, 4, 7, 13, 16, 33, 128]
 
 _PRELUDE = r"""
 #include <math.h>

@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import EdgeCompileError
 from ..ir.kernel import KernelInfo
 from ..ir.program import DTYPE_BYTES, Tensor
-from ..schedules.tiling import BORDER_FILL_ATTR, WIDEN_PRAGMA, map_children
+from ..schedules.tiling import BORDER_FILL_ATTR, WIDEN_PRAGMA, ZERO_START_ATTR, map_children
 from .mathlib import LIBM_REPLACEMENTS
 
 # Intermediate buffers below this size stay on the stack (register tiles, small row buffers);
@@ -302,6 +302,98 @@ def border_fills(func: Any) -> Any:
     return func.with_body(walk(func.body))
 
 
+_GEMM_SYMBOL_RE = re.compile(r"ec_gemm_f32_(\d+)x(\d+)(_p\d+)?")
+
+
+def _zero_fill(stmt: Any) -> tuple[Any, int] | None:
+    """(buffer, values) of a loop nest (up to 3 serial loops) that sets values 0 .. n - 1 of a float
+    buffer to 0, each once; None for anything else."""
+    from tvm import tirx
+
+    for depth in (1, 2, 3):
+        nest = _nest(stmt, depth)
+        if nest is None:
+            return None
+        loops, store = nest
+        if isinstance(store, tirx.For):
+            continue
+        if not (isinstance(store, tirx.BufferStore) and isinstance(store.value, tirx.FloatImm)
+                and float(store.value.value) == 0.0 and str(store.value.ty) == "float32" and len(store.indices) == 1):
+            return None
+        strides = _strides(store.indices[0], loops)
+        if strides is None or strides[-1] != 0:
+            return None
+        span = 1
+        for stride, lp in sorted(zip(strides[:-1], loops), key=lambda t: t[0]):
+            if stride != span:
+                return None
+            span *= int(lp.extent)
+        return store.buffer, span
+    return None
+
+
+def _data_of(expr: Any, buf: Any) -> bool:
+    """Whether `expr` is `buf`'s data pointer (TVM 0.27: a `buffer_data` call on the buffer)."""
+    import tvm
+
+    return (isinstance(expr, tvm.ir.Call) and expr.op.name == "tirx.buffer_data" and len(expr.args) == 1
+            and expr.args[0].same_as(buf))
+
+
+def _zero_start_call(fill: Any, call: Any) -> Any | None:
+    """`call` (an `ec_gemm_f32_MxN` or `_pP` micro-kernel call) as the `_z` kernel's call when
+    `fill` zeroes exactly its M x N tile, a contiguous buffer (ldc == N) starting at the tile;
+    None otherwise."""
+    import tvm
+    from tvm import tirx
+
+    zero = _zero_fill(fill)
+    if zero is None or not isinstance(call, tirx.Evaluate) or not isinstance(call.value, tvm.ir.Call):
+        return None
+    op = call.value
+    if op.op.name != "tirx.call_extern" or len(op.args) != 8 or not isinstance(op.args[0], tvm.ir.StringImm):
+        return None
+    m = _GEMM_SYMBOL_RE.fullmatch(op.args[0].value)
+    buf, values = zero
+    if m is None or values != int(m.group(1)) * int(m.group(2)):
+        return None
+    ldc, ptr = op.args[7], op.args[1]
+    if not (isinstance(ldc, tirx.IntImm) and int(ldc.value) == int(m.group(2))):
+        return None
+    # C: tvm_access_ptr(type, data, offset, extent, rw) of the zeroed buffer at offset 0
+    if not (isinstance(ptr, tvm.ir.Call) and ptr.op.name == "tirx.tvm_access_ptr" and _data_of(ptr.args[1], buf)
+            and isinstance(ptr.args[2], tirx.IntImm) and int(ptr.args[2].value) == 0):
+        return None
+    return tirx.Evaluate(tirx.call_extern(str(op.ty), op.args[0].value + "_z", *op.args[1:]))
+
+
+def zero_start_gemms(func: Any) -> Any:
+    """In a kernel marked ZERO_START_ATTR, a float GEMM tile's zeroing followed by its micro-kernel
+    call (C += A B) becomes one call of the family's zero-start kernel (`ec_gemm_f32_MxN_z`,
+    C = A B): the kernel starts its accumulators itself instead of loading the zeros stored
+    just before."""
+    from tvm import tirx
+
+    if func.attrs is None or ZERO_START_ATTR not in func.attrs:
+        return func
+
+    def walk(stmt: Any) -> Any:
+        if isinstance(stmt, tirx.SeqStmt):
+            seq, out, i = [walk(s) for s in stmt.seq], [], 0
+            while i < len(seq):
+                new = _zero_start_call(seq[i], seq[i + 1]) if i + 1 < len(seq) else None
+                if new is not None:
+                    out.append(new)
+                    i += 2
+                else:
+                    out.append(seq[i])
+                    i += 1
+            return out[0] if len(out) == 1 else tirx.SeqStmt(out)
+        return map_children(stmt, walk)
+
+    return func.with_body(walk(func.body))
+
+
 def _register_pipeline() -> None:
     import tvm
     from tvm import s_tir, tirx
@@ -334,6 +426,10 @@ def _register_pipeline() -> None:
     def borders(mod: Any, _ctx: Any) -> Any:
         return tvm.IRModule({gv: border_fills(f) for gv, f in mod.functions.items()}, attrs=mod.attrs)
 
+    @tvm.transform.module_pass(opt_level=0, name="ECZeroStartGemms")
+    def zero_start(mod: Any, _ctx: Any) -> Any:
+        return tvm.IRModule({gv: zero_start_gemms(f) for gv, f in mod.functions.items()}, attrs=mod.attrs)
+
     @tvm.transform.module_pass(opt_level=0, name="ECUnpackKernels")
     def unpack(mod: Any, _ctx: Any) -> Any:
         return tvm.IRModule({gv: unpack_kernel(f) for gv, f in mod.functions.items()}, attrs=mod.attrs)
@@ -362,6 +458,7 @@ def _register_pipeline() -> None:
                 tirx.transform.RemoveNoOp(),
                 s_tir.transform.RewriteUnsafeSelect(),
                 borders,
+                zero_start,
                 tirx.transform.CommonSubexprElim(),
                 tirx.transform.VerifyMemory(),
                 unpack,

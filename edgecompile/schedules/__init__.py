@@ -121,9 +121,14 @@ def emit_ukernels(kernel_code: str, family_name: str) -> str:
     own = family_ukernels(family_name)
     gemm_rows = sorted({(t, int(m), int(n), int(p)) for t, m, n, p in ukernels.GEMM_ROWS_CALL_RE.findall(kernel_code)})
     dw_rows = sorted({(t, *(int(v) for v in rest)) for t, *rest in ukernels.DW_ROWS_CALL_RE.findall(kernel_code)})
+    gemm_rows_z = sorted({(t, int(m), int(n), int(p)) for t, m, n, p in ukernels.GEMM_ROWS_Z_CALL_RE.findall(kernel_code)})
+    # zero-start tiles (C = A B), each with the += kernel its portable form calls
+    gemms_z = sorted({(t, int(m), int(n)) for t, m, n in ukernels.GEMM_Z_CALL_RE.findall(kernel_code)}
+                     | {(t, q, n) for t, m, n, p in gemm_rows_z for _, q in ukernels.ragged_pixels(m, p)})
     # a ragged pixel tile calls the micro-kernels of its full and last tiles
     gemms = sorted({(t, int(m), int(n)) for t, m, n in ukernels.GEMM_CALL_RE.findall(kernel_code)}
-                   | {(t, q, n) for t, m, n, p in gemm_rows for _, q in ukernels.ragged_pixels(m, p)})
+                   | {(t, q, n) for t, m, n, p in gemm_rows for _, q in ukernels.ragged_pixels(m, p)}
+                   | set(gemms_z))
     dws = sorted({(t, *(int(v) for v in rest)) for t, *rest in ukernels.DW_CALL_RE.findall(kernel_code)}
                  | {(t, q, n, kh, kw, s) for t, m, n, kh, kw, s, p in dw_rows for _, q in ukernels.ragged_pixels(m, p)})
     windows = sorted({(t, *(int(v) for v in rest)) for t, *rest in ukernels.WINDOW_CALL_RE.findall(kernel_code)})
@@ -142,6 +147,9 @@ def emit_ukernels(kernel_code: str, family_name: str) -> str:
         model = getattr(rules, "gemm_model", None)
         parts.append(code or ukernels.emit_gemm_c(m, n, lanes, types, rules.conv_acc, mixed=model is not None,
                                                   block_acc=model.accumulators if model is not None else 0))
+    for t, m, n in gemms_z:
+        types = ukernels.TYPES[t]
+        parts.append(getattr(own, "gemm_z", lambda *a: None)(m, n, lanes, types) or ukernels.gemm_z_c(m, n, types))
     for t, m, n, kh, kw, s in dws:
         types = ukernels.TYPES[t]
         code = getattr(own, "dw", lambda *a: None)(m, n, kh, kw, s, lanes, types)
@@ -157,5 +165,6 @@ def emit_ukernels(kernel_code: str, family_name: str) -> str:
         code = getattr(own, "widen", lambda: None)()
         parts.append(code or ukernels.emit_widen_c())
     parts += [ukernels.rows_gemm_c(m, p, n, ukernels.TYPES[t]) for t, m, n, p in gemm_rows]
+    parts += [ukernels.rows_gemm_z_c(m, p, n, ukernels.TYPES[t]) for t, m, n, p in gemm_rows_z]
     parts += [ukernels.rows_dw_c(m, p, n, kh, kw, s, ukernels.TYPES[t]) for t, m, n, kh, kw, s, p in dw_rows]
     return "\n\n".join(parts) + "\n"

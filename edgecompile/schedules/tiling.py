@@ -365,6 +365,9 @@ def _widen_zero_point(sch: Any, block: Any) -> int | None:
 
 WIDEN_PRAGMA = "pragma_ec_widen_s8s16"
 BORDER_FILL_ATTR = "ec.border_fill"     # codegen.lower.border_fills: zero only the window border
+# codegen.lower.zero_start_gemms: a float GEMM tile zeroed right before its micro-kernel call calls the
+# family's `gemm_z` (C = A B) instead
+ZERO_START_ATTR = "ec.zero_start_gemm"
 
 
 def mark_widen_rows(sch: Any, pads: list[str]) -> int:

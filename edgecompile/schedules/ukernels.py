@@ -38,6 +38,9 @@ WIDEN_CALL_RE = re.compile(r"\bec_widen_s8s16\(")
 # ragged pixel tiles (rows_gemm_c, rows_dw_c): a row of W pixels in tiles of P, then one of W % P
 GEMM_ROWS_CALL_RE = re.compile(r"\bec_gemm_([a-z0-9]+)_(\d+)x(\d+)_p(\d+)\(")
 DW_ROWS_CALL_RE = re.compile(r"\bec_dw_(f32|s8|s16)_(\d+)x(\d+)_k(\d+)x(\d+)s(\d+)_p(\d+)\(")
+# zero-start GEMM tiles (C = A B; codegen.lower.zero_start_gemms), plain and ragged pixel tiles
+GEMM_Z_CALL_RE = re.compile(r"\bec_gemm_([a-z0-9]+)_(\d+)x(\d+)_z\(")
+GEMM_ROWS_Z_CALL_RE = re.compile(r"\bec_gemm_([a-z0-9]+)_(\d+)x(\d+)_p(\d+)_z\(")
 
 
 @dataclass(frozen=True)
@@ -1016,6 +1019,31 @@ def rows_gemm_c(m: int, p: int, n: int, types: Types) -> str:
         signature + " {",
         f"  for (int32_t i = 0; i < {q * p}; i += {p}) ec_gemm_{tag}_{p}x{n}(C + i * ldc, A + i * lda, {rest});",
         f"  ec_gemm_{tag}_{r}x{n}(C + {q * p} * ldc, A + {q * p} * lda, {rest});",
+        "  return 0;", "}"])
+
+
+def gemm_z_c(m: int, n: int, types: Types) -> str:
+    """`ec_gemm_<t>_MxN_z` (C = A B) where a family has no kernel of its own: the tile zeroed, then
+    the += kernel."""
+    return "\n".join([
+        f"/* C[{m}x{n}] = A[{m}xK] * B[Kx{n}] ({types.a} x {types.b} -> {types.c}): zeroed, then the += kernel */",
+        gemm_signature(m, n, types).replace(f"ec_gemm_{types.tag}_{m}x{n}(", f"ec_gemm_{types.tag}_{m}x{n}_z(") + " {",
+        f"  for (int32_t i = 0; i < {m}; ++i) for (int32_t j = 0; j < {n}; ++j) C[i * ldc + j] = 0;",
+        f"  return ec_gemm_{types.tag}_{m}x{n}(C, A, B, K, lda, ldb, ldc);", "}"])
+
+
+def rows_gemm_z_c(m: int, p: int, n: int, types: Types) -> str:
+    """`ec_gemm_<t>_MxN_pP_z`: the ragged pixel tile of `rows_gemm_c` that sets C (C = A B), by the
+    zero-start kernels of its tiles."""
+    q, r = divmod(m, p)
+    tag = types.tag
+    signature = gemm_signature(m, n, types).replace(f"ec_gemm_{tag}_{m}x{n}(", f"ec_gemm_{tag}_{m}x{n}_p{p}_z(")
+    return "\n".join([
+        f"/* C[{m}x{n}] = A[{m}xK] * B[Kx{n}] ({types.a} x {types.b} -> {types.c}); ragged pixel tile: "
+        f"{q} x {p} pixels, then {r} */",
+        signature + " {",
+        f"  for (int32_t i = 0; i < {q * p}; i += {p}) ec_gemm_{tag}_{p}x{n}_z(C + i * ldc, A + i * lda, B, K, lda, ldb, ldc);",
+        f"  ec_gemm_{tag}_{r}x{n}_z(C + {q * p} * ldc, A + {q * p} * lda, B, K, lda, ldb, ldc);",
         "  return 0;", "}"])
 
 

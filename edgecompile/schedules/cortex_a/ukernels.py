@@ -2,7 +2,10 @@
 
 `gemm`, float: GEMM tiles of 4-lane vectors run the reduction 4 steps at a time, each A row's 4
 values loaded as one vector and used lane by lane (`fmla` by element) instead of one scalar load
-per step: 7-9% fewer instructions on the A72 than the generic kernel.
+per step: 7-9% fewer instructions on the A72 than the generic kernel. Over a packed panel, one
+inline-asm loop of 8 steps per iteration (each row's 8 values by one `ldp` where the registers
+allow); `gemm_z`, the same loop for a tile it sets (C = A B), its accumulators started by `fmul`
+and handed to the caller's epilogue in registers.
 
 `gemm`, int8 x int8 -> int32 over weight panels in the "k16" order (`ukernels.GROUP_ORDERS`: each
 output channel's weights for 16 consecutive reduction steps in one 16-byte block; the last K % 16
@@ -112,75 +115,130 @@ def asm_b_registers(m: int, nv: int) -> int:
     return nv if free >= nv else 2
 
 
-def _gemm_f32_asm(m: int, nv: int) -> list[str] | None:
-    """The float M x 4nv tile over a packed weight panel (B rows contiguous, ldb == N) as one
-    inline-asm loop with its registers fixed: accumulators v0.., then the M activation vectors,
-    then one reduction step's nv weight vectors. Per 4 reduction steps: M `ldr q` (post-indexed
-    row pointers), nv `ldp`/`ldr q` weight loads per step (post-indexed), 4 M nv `fmla` by element,
-    `subs` + `b.ne`; the last K % 4 steps one at a time (`ldr s`). The in/out operands are
-    early-clobbered ("+&r"): else gcc may give an input of the same value (ldc * 4 == K / 4) the
-    register of the step counter. gcc, given the same loop in C,
-    rotates accumulators through extra `mov`s (8 per 4 steps in the 7 x 8 tile: 79 instructions
-    for 56 fmla) and indexes B by a multiple of ldb. None where the registers do not suffice."""
+def asm_paired_a(m: int, nv: int) -> int:
+    """The weight-vector registers of the asm tile when each activation row's 8 steps are loaded
+    by one `ldp` into two vectors (2M registers): as `asm_b_registers` with 2M activation registers;
+    0 where they do not fit (then one `ldr q` per row and 4 steps)."""
+    free = 32 - m * nv - 2 * m
+    if not asm_b_registers(m, nv) or free < min(nv, 2):
+        return 0
+    return nv if free >= nv else 2
+
+
+def _f32_asm_loop(m: int, nv: int, row: Callable[[int], str], b: str, n8: str, r1: str, k: str,
+                  zero_start: bool) -> list[str] | None:
+    """The reduction of the float M x 4nv asm tile (accumulators v0.. row by row, then the
+    activation vectors, then the weight vectors): 8 steps per loop iteration (each row's 8
+    activations by one `ldp` into two vectors where the registers allow, `asm_paired_a`, else
+    two `ldr q`), then 4 steps if K & 4, then K % 4 single steps (`ldr s`); per step the nv
+    weight vectors by `ldp` pairs (post-indexed) and M nv `fmla` by element. `row(i)`, `b`: the
+    registers of the row pointers and the weight pointer (post-indexed); `n8`, `r1`: scratch
+    registers for the counters; `k`: the register of K. `zero_start`: the first step of the
+    first iteration is `fmul` (no accumulator read; K < 8: `movi` zeroes them first). Labels
+    0-6 are local to the block."""
     nb = asm_b_registers(m, nv)
     if not nb:
         return None
+    pb = asm_paired_a(m, nv)
+    paired = bool(pb)
+    nb = pb or nb
     acc = [[i * nv + j for j in range(nv)] for i in range(m)]
-    av = [m * nv + i for i in range(m)]
-    bv = [m * nv + m + j % nb for j in range(nv)]      # vector j of a step in register bv[j]
+    a0 = [m * nv + i for i in range(m)]
+    a1 = [m * nv + m + i for i in range(m)] if paired else a0
+    base_b = m * nv + (2 * m if paired else m)
+    bv = [base_b + j % nb for j in range(nv)]
 
-    def paired(regs: list[int], pair: Callable[[int], str], single: Callable[[int], str]) -> list[str]:
-        """Vector registers `regs` moved two at a time (`pair(j)`: LDP/STP of regs j, j + 1), the odd
-        last one alone (`single(j)`)."""
-        out, j = [], 0
-        while j < len(regs):
-            if j + 1 < len(regs):
-                out.append(pair(j))
+    def step(av: list[int], lane: str, op: str = "fmla") -> list[str]:
+        loads, j = [], 0
+        while j < nv:
+            if j + 1 < nv:
+                loads.append((j, f"ldp q{bv[j]}, q{bv[j + 1]}, [{b}], #32"))
                 j += 2
             else:
-                out.append(single(j))
+                loads.append((j, f"ldr q{bv[j]}, [{b}], #16"))
                 j += 1
+        fm = [[f"{op} v{acc[i][j]}.4s, v{bv[j]}.4s, v{av[i]}.{lane}" for i in range(m)] for j in range(nv)]
+        if nb == nv:
+            return [ld for _, ld in loads] + [f for i in range(m) for f in (fm[j][i] for j in range(nv))]
+        out = []
+        for j, ld in loads:
+            out += [ld, *fm[j], *(fm[j + 1] if j + 1 < nv else [])]
         return out
+
+    def octet(first: bool) -> list[str]:
+        if paired:
+            out = [f"ldp q{a0[i]}, q{a1[i]}, [{row(i)}], #32" for i in range(m)]
+        else:
+            out = [f"ldr q{a0[i]}, [{row(i)}], #16" for i in range(m)]
+        for kk in range(4):
+            out += step(a0, f"s[{kk}]", "fmul" if first and kk == 0 else "fmla")
+        if not paired:
+            out += [f"ldr q{a1[i]}, [{row(i)}], #16" for i in range(m)]
+        for kk in range(4):
+            out += step(a1, f"s[{kk}]")
+        return out
+
+    quad = [f"ldr q{a0[i]}, [{row(i)}], #16" for i in range(m)]
+    for kk in range(4):
+        quad += step(a0, f"s[{kk}]")
+    body = [f"lsr {n8}, {k}, #3"]
+    if zero_start:
+        body += [f"cbnz {n8}, 0f", *[f"movi v{v}.16b, #0" for r in acc for v in r], "b 5f",
+                 "0:", *octet(True), f"subs {n8}, {n8}, #1", "b.eq 5f"]
+    else:
+        body += [f"cbz {n8}, 5f"]
+    body += ["1:", *octet(False), f"subs {n8}, {n8}, #1", "b.ne 1b",
+             "5:", f"tbz {k}, #2, 2f", *quad,
+             "2:", f"ands {r1}, {k}, #3", "b.eq 4f",
+             "3:", *[f"ldr s{a0[i]}, [{row(i)}], #4" for i in range(m)], *step(a0, "s[0]"),
+             f"subs {r1}, {r1}, #1", "b.ne 3b", "4:"]
+    return body
+
+
+def _f32_asm_vectors(m: int, nv: int) -> int:
+    """How many vector registers the asm tile uses (accumulators, activations, weights)."""
+    pb = asm_paired_a(m, nv)
+    return m * nv + (2 * m + pb if pb else m + asm_b_registers(m, nv))
+
+
+def _gemm_f32_asm(m: int, nv: int) -> list[str] | None:
+    """The float M x 4nv tile over a packed weight panel (B rows contiguous, ldb == N) as one
+    inline-asm block with its registers fixed: the C tile loaded into the accumulators, the
+    reduction of `_f32_asm_loop` (8 steps per iteration, activations by `ldp` where they fit),
+    the tile stored back. The in/out operands are early-clobbered ("+&r"): else gcc may give an
+    input of the same value the register of a pointer. gcc, given the same loop in C, rotates
+    accumulators through extra `mov`s (8 per 4 steps in the 7 x 8 tile: 79 instructions for 56
+    fmla) and indexes B by a multiple of ldb. None where the registers do not suffice."""
+    loop = _f32_asm_loop(m, nv, lambda i: f"%[a{i}]", "%[b]", "x17", "x16", "%[k]", False)
+    if loop is None:
+        return None
+    acc = [[i * nv + j for j in range(nv)] for i in range(m)]
 
     def row_io(op: str) -> list[str]:
         out = []
         for i in range(m):
-            out += paired(acc[i], lambda j: f"{op}p q{acc[i][j]}, q{acc[i][j + 1]}, [x16, #{16 * j}]",
-                          lambda j: f"{op}r q{acc[i][j]}, [x16, #{16 * j}]")
+            j = 0
+            while j < nv:
+                if j + 1 < nv:
+                    out.append(f"{op}p q{acc[i][j]}, q{acc[i][j + 1]}, [x16, #{16 * j}]")
+                    j += 2
+                else:
+                    out.append(f"{op}r q{acc[i][j]}, [x16, #{16 * j}]")
+                    j += 1
             if i + 1 < m:
                 out.append("add x16, x16, %[ldc]")
         return out
 
-    def step(lane: str) -> list[str]:
-        """One reduction step: its nv weight vectors loaded (paired) and multiplied into the
-        accumulators by the activations' `lane`; all loads first when each vector has its own
-        register, else each pair's `fmla`s right after its load."""
-        loads = paired(list(range(nv)), lambda j: f"ldp q{bv[j]}, q{bv[j + 1]}, [%[b]], #32",
-                       lambda j: f"ldr q{bv[j]}, [%[b]], #16")
-        fmla = [[f"fmla v{acc[i][j]}.4s, v{bv[j]}.4s, v{av[i]}.{lane}" for i in range(m)] for j in range(nv)]
-        if nb == nv:
-            return loads + [f for i in range(m) for f in (fmla[j][i] for j in range(nv))]
-        return [ins for p, load in enumerate(loads) for ins in [load, *fmla[2 * p], *(fmla[2 * p + 1] if 2 * p + 1 < nv else [])]]
-
-    body = ["mov x16, %[c]", *row_io("ld"), "cbz %[n4], 2f", "1:"]
-    body += [f"ldr q{av[i]}, [%[a{i}]], #16" for i in range(m)]
-    for kk in range(4):
-        body += step(f"s[{kk}]")
-    body += ["subs %[n4], %[n4], #1", "b.ne 1b", "2:", "cbz %[r], 4f", "3:"]
-    body += [f"ldr s{av[i]}, [%[a{i}]], #4" for i in range(m)]
-    body += step("s[0]")
-    body += ["subs %[r], %[r], #1", "b.ne 3b", "4:", "mov x16, %[c]", *row_io("st")]
-    used = m * nv + m + nb
+    body = ["mov x16, %[c]", *row_io("ld"), *loop, "mov x16, %[c]", *row_io("st")]
     return [
         "    const float " + ", ".join(f"*a{i} = A + {i} * lda" for i in range(m)) + ";",
         "    const float *b = B;",
-        "    int64_t n4 = K >> 2, r = K & 3;",
         "    __asm__ volatile(",
         *[f'      "{ins}\\n\\t"' for ins in body],
-        "      : [n4] \"+&r\"(n4), [r] \"+&r\"(r), [b] \"+&r\"(b), "
-        + ", ".join(f'[a{i}] \"+&r\"(a{i})' for i in range(m)),
-        "      : [c] \"r\"(C), [ldc] \"r\"(ldc * 4)",
-        "      : \"x16\", \"cc\", \"memory\", " + ", ".join(f'\"v{v}\"' for v in range(used)) + ");",
+        "      : [b] \"+&r\"(b), " + ", ".join(f'[a{i}] \"+&r\"(a{i})' for i in range(m)),
+        "      : [c] \"r\"(C), [ldc] \"r\"(ldc * 4), [k] \"r\"((int64_t)K)",
+        "      : \"x16\", \"x17\", \"cc\", \"memory\", "
+        + ", ".join(f'\"v{v}\"' for v in range(_f32_asm_vectors(m, nv))) + ");",
     ]
 
 
@@ -510,3 +568,59 @@ def requant(m: int, n: int) -> str | None:
         f"/* int8 rescale of C[{m}x{n}] (int32): O = sat8((int32)((C * m0 + rnd) >> 32) >> r) per channel; NEON "
         "smull/smull2 + addhn/addhn2 + sshl + sqxtn, 8 or 4 channels per step; portable C otherwise */",
         requant_signature(m, n), NEON, _requant_neon(m, n), requant_body(m, n))
+
+
+# the zero-start float GEMM (`gemm_z`): its accumulators leave the asm as outputs (explicit
+# register variables), one per operand among gcc's 30, beside the 4 inputs (A, lda, B, K)
+ASM_Z_MAX_ACC = 26
+# general registers the zero-start asm takes for its row pointers, weight pointer and counters
+# (caller-saved: x18 is the platform register, x19.. callee-saved)
+_Z_SCRATCH = [f"x{r}" for r in (9, 10, 11, 12, 13, 14, 15, 16, 17, 0, 1, 2, 3, 4, 5, 6, 7, 8)]
+
+
+def _gemm_f32_asm_z(m: int, nv: int) -> list[str] | None:
+    """The float M x 4nv tile over a packed panel that *sets* C (C = A B, `gemm_z`): the loop of
+    `_gemm_f32_asm` without reading C. The first reduction step starts the accumulators with
+    `fmul` instead of zeroing them (K < 8: `movi`); the accumulators leave the asm as register
+    outputs, which the C stores into the tile: gcc then forwards them to the epilogue that reads
+    the tile (no tile zeroing before the call, no load of it in the asm, no store-then-load
+    between the asm and the epilogue). The row pointers and counters live in clobbered scratch
+    registers. None where the registers or gcc's operands do not suffice."""
+    if m * nv > ASM_Z_MAX_ACC or m + 3 > len(_Z_SCRATCH):
+        return None
+    rows, xb, n8, r1 = _Z_SCRATCH[:m], _Z_SCRATCH[m], _Z_SCRATCH[m + 1], _Z_SCRATCH[m + 2]
+    loop = _f32_asm_loop(m, nv, lambda i: rows[i], xb, n8, r1, "%[k]", True)
+    if loop is None:
+        return None
+    body = [f"mov {rows[0]}, %[a]", *[f"add {rows[i]}, {rows[i - 1]}, %[lda]" for i in range(1, m)],
+            f"mov {xb}, %[b]", *loop]
+    clobbers = [f'"v{v}"' for v in range(m * nv, _f32_asm_vectors(m, nv))] + [f'"{x}"' for x in _Z_SCRATCH[:m + 3]]
+    return [
+        *[f'    register ec_f32v c{i}_{j} __asm__("v{i * nv + j}");' for i in range(m) for j in range(nv)],
+        "    __asm__ volatile(",
+        *[f'      "{ins}\\n\\t"' for ins in body],
+        "      : " + ", ".join(f'"=w"(c{i}_{j})' for i in range(m) for j in range(nv)),
+        "      : [a] \"r\"(A), [lda] \"r\"(lda * 4), [b] \"r\"(B), [k] \"r\"((int64_t)K)",
+        "      : \"cc\", \"memory\", " + ", ".join(clobbers) + ");",
+        *["    " + " ".join(f"ec_f32v_store(C + {i} * ldc + {4 * j}, c{i}_{j});" for j in range(nv)) for i in range(m)],
+    ]
+
+
+def gemm_z(m: int, n: int, lanes: int, types: Types) -> str | None:
+    """C for `ec_gemm_f32_MxN_z` (C = A B: the tile's zeroing and the += in one; TIR calls it where
+    codegen.lower.zero_start_gemms removed the zeroing before an `ec_gemm_f32_MxN` call): the
+    zero-start asm (`_gemm_f32_asm_z`) on aarch64 with a packed panel, else the tile zeroed and
+    `ec_gemm_f32_MxN` (which `emit_ukernels` emits with it). None for other types (never called)."""
+    if not (types.a == types.b == types.c == "float32"):
+        return None
+    nv = n // 4 if lanes == 4 and n % 4 == 0 else 0
+    asm = _gemm_f32_asm_z(m, nv) if nv else None
+    lines = [f"/* C[{m}x{n}] = A[{m}xK] * B[Kx{n}] (float): on aarch64 with a packed panel (ldb == N) one asm loop "
+             "whose accumulators start by fmul and leave as register outputs; else C zeroed and the += kernel */",
+             f"static inline int32_t ec_gemm_{types.tag}_{m}x{n}_z(float *restrict C, const float *restrict A, "
+             "const float *restrict B, int32_t K, int64_t lda, int64_t ldb, int64_t ldc) {"]
+    if asm:
+        lines += [f"#if {NEON}", f"  if (ldb == {n}) {{", *asm, "    return 0;", "  }", "#endif"]
+    lines += [f"  for (int32_t i = 0; i < {m}; ++i) for (int32_t j = 0; j < {n}; ++j) C[i * ldc + j] = 0.0f;",
+              f"  return ec_gemm_{types.tag}_{m}x{n}(C, A, B, K, lda, ldb, ldc);", "}"]
+    return "\n".join(lines)
