@@ -8,8 +8,9 @@ stride) and multiplied into every output pixel whose window holds it.
 2. A network of depthwise layers (3x3 and 5x5, strides 1 and 2, padding, maps down to 1x1; fused
    with their pointwise convolution and on their own; channel counts of whole vectors, including
    tiles split into two channel groups, and odd ones that keep the generic ragged kernel) built
-   for rpi4: the float depthwise kernels of whole vectors are the asm ones, and the outputs match
-   PyTorch on the emulated Pi, on outputs that depend on the input."""
+   for rpi4: the float depthwise kernels of whole vectors are the asm ones, of up to 16
+   accumulator vectors, and the outputs match PyTorch on the emulated Pi, on outputs that depend
+   on the input."""
 
 from __future__ import annotations
 
@@ -74,6 +75,9 @@ def test_float_depthwise_asm_matches_pytorch_on_emulated_pi(tmp_path):
     assert asm == whole, (sorted(asm), sorted(whole))
     assert any(body.count("__asm__") > 1 for body in kernels.values())          # a tile in two channel groups
     assert {re.search(r"_k(\d)x\d(s\d)", n).groups() for n in asm} >= {("3", "s1"), ("3", "s2"), ("5", "s1"), ("5", "s2")}
+    # up to CortexARules.FLOAT_DW_ACC = 16 accumulator vectors (8 x 8 on the 13-pixel rows), 12 before
+    acc = {name: int(m) * int(n) // 4 for name in asm for m, n in [re.match(r"ec_dw_f32_(\d+)x(\d+)_", name).groups()]}
+    assert max(acc.values()) == 16 and min(acc.values()) < 16, acc
     kinds = {c["kind"] for c in rep["calls"]}
     assert {"dwpw", "conv_dw"} <= kinds, kinds
     xs = [random_input(SHAPE, s) for s in range(3)]
