@@ -462,6 +462,19 @@ def dw_f32_groups(m: int, nv: int, kw: int, s: int = 1) -> list[int]:
     return [q + 1] * r + [q] * (count - r)
 
 
+def dw_f32_instructions(m: int, nv: int, kh: int, kw: int, s: int) -> int | None:
+    """Instructions of one call of the asm float depthwise M x 4nv tile (_dw_f32_asm): per channel
+    group of g vectors its M accumulator loads and stores, per kernel row KW weight loads, the
+    row's (M - 1) S + KW input pixel loads, M KW g `fmla` and two row steps (not after the last
+    row), and about 4 instructions of pointer set-up; about 6 for the strides. None where the
+    registers do not suffice."""
+    groups = dw_f32_groups(m, nv, kw, s)
+    if not groups:
+        return None
+    npx = (m - 1) * s + kw
+    return 6 + sum(2 * m + kh * (kw + npx + m * kw * g) + 2 * (kh - 1) + 4 for g in groups)
+
+
 def _dw_f32_asm(m: int, nv: int, kh: int, kw: int, s: int) -> list[str] | None:
     """The float depthwise M x 4nv tile, channel group by channel group (dw_f32_groups), as one
     inline-asm block per group with its registers fixed. Per kernel row: the KW taps' weight
