@@ -264,7 +264,8 @@ def test_squeeze_excitation_gates_once_per_channel(tmp_path, monkeypatch):
 
 
 def test_ec_expf_matches_the_c_library(tmp_path):
-    """model.c's own expf: within 3 ulp of exp (double) over the range it does not clamp, and the
+    """model.c's own expf: within 1 ulp of exp (double) over the range it does not clamp (0.83 with
+    the degree-6 fitted polynomial; 2.14 with degree 5, which is why it is not degree 5), and the
     clamped values beyond it."""
     from edgecompile.codegen.mathlib import EC_EXPF_C
     src = tmp_path / "e.c"
@@ -278,6 +279,6 @@ def test_ec_expf_matches_the_c_library(tmp_path):
                    check=True)
     worst, lo, hi, one, _ = subprocess.run([str(tmp_path / "e")], capture_output=True, text=True,
                                            check=True).stdout.split()
-    assert float(worst) <= 3.0, f"{worst} ulp from exp"
+    assert float(worst) <= 1.0, f"{worst} ulp from exp"
     assert float(lo) == pytest.approx(1.2192e-38, rel=1e-3) and float(hi) == pytest.approx(2.2295e38, rel=1e-3)
     assert float(one) == 1.0

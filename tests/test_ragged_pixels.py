@@ -91,8 +91,11 @@ def test_ragged_pixels_match_pytorch_on_emulated_pi(tmp_path):
     for got, ref in zip(board_outputs("rpi4", out, rep, xs, timeout=60), refs):
         assert_close(got, ref, spread, REL)
     # NEON_GEMM (cortex_a's tile model) ranks the asm loop's tiles by their instructions: the 37-
-    # and 19-pixel GEMM rows (at least) take ragged pixel tiles
-    _check_tiles(rep, out, target.family, {37, 19}, set(WIDTHS))
+    # and 19-pixel GEMM rows (at least) take ragged pixel tiles; the float depthwise tiles of up to
+    # 16 accumulators (CortexARules.FLOAT_DW_ACC) take the 7-pixel row whole (7 x 8) instead of
+    # 6 + 1 pixels
+    _check_tiles(rep, out, target.family, {37, 19}, {37, 19, 13})
+    assert re.search(r"\bec_dw_f32_7x8_k3x3s\d\(", (out / "model.c").read_text())
 
 
 def test_ragged_pixel_tile_choice():

@@ -7,8 +7,8 @@ from typing import Any
 
 from ...ir.operators import Kind
 from .. import tiling
-from ..rules import GemmModel, TiledRules
-from .ukernels import asm_b_registers, asm_paired_a
+from ..rules import RAGGED_PIXEL_MARGIN, GemmModel, TiledRules
+from .ukernels import asm_b_registers, asm_paired_a, dw_f32_instructions
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,73 @@ class CortexARules(TiledRules):
     def _s8_gemm(self, types: Any) -> bool:
         return types is not None and (types.a, types.b, types.c) == ("int8", "int8", "int32")
 
+    # float depthwise tiles (the asm of ukernels._dw_f32_asm, channel group by channel group):
+    # up to this many accumulator vectors (dw_acc, 12, for the integer ones). MobileNet V2 1.0/224
+    # fused kernels: 104.64 M instructions with 12 (4 x 12, 2 x 24 tiles), 103.71 M with 16 (4 x 16,
+    # 2 x 32), 104.17 M with 20 (5 x 16, 2 x 36)
+    FLOAT_DW_ACC = 16
+    # instructions per depthwise tile outside its asm call (the loop, the call's pointers), besides
+    # half an instruction per accumulator vector (zeroing the tile's buffer, stp pairs)
+    DW_TILE_OVERHEAD = 8
+
+    def float_dw_tile(self, width: int, channels: int, kernel: tuple[int, int], stride: int) -> tuple[int, int] | None:
+        """The float depthwise tile (M pixels x N channels) whose row costs the fewest instructions
+        by the asm's count (ukernels.dw_f32_instructions, plus DW_TILE_OVERHEAD and the zeroing per
+        tile): M up to 8 (a ragged pixel tile where M does not divide the row: W // M tiles of M
+        and one of W % M, counted RAGGED_PIXEL_MARGIN times: MobileNet V2's 14-pixel rows took
+        4 + 4 + 4 + 2 x 16 over 2 x 32, 0.2 M instructions more), N a multiple of 4 dividing the
+        channels, M x N / 4 <= FLOAT_DW_ACC; ties to more channels, then more pixels. None for channels of no whole vectors (the ragged
+        channel tiles of the generic rule). The accumulator ranking of the generic rule took a
+        one-pixel tile of all 60 channels first on ShuffleNet V1's 28-pixel rows, and then a ragged
+        8 x 4 pixel tile over it (8 + 8 + 8 + 4 pixels, one vector): 404 k instructions per kernel
+        against 284 k for 4 x 12."""
+        if channels % self.lanes:
+            return None
+        kh, kw = kernel
+        best = None
+        for v in range(1, channels // self.lanes + 1):
+            n = v * self.lanes
+            if channels % n:
+                continue
+            for m in range(1, min(width, 8) + 1):
+                if m * v > self.FLOAT_DW_ACC:
+                    break
+                q, r = divmod(width, m)
+                cost = 0.0
+                for pixels, count in ((m, q), (r, 1 if r else 0)):
+                    if count:
+                        one = dw_f32_instructions(pixels, v, kh, kw, stride)
+                        if one is None:
+                            cost = -1.0
+                            break
+                        cost += count * (one + self.DW_TILE_OVERHEAD + pixels * v / 2)
+                if cost < 0:
+                    continue
+                if r:            # a ragged pixel tile: its epilogue runs over the whole row
+                    cost *= RAGGED_PIXEL_MARGIN
+                key = (cost * channels / n, -n, -m)
+                if best is None or key < best[0]:
+                    best = (key, (m, n))
+        return best[1] if best else None
+
+    def _float_dw(self, sch: Any, block_name: str | None) -> bool:
+        types = tiling.operand_types(sch, sch.get_sblock(block_name)) if block_name else None
+        return types is not None and (types.a, types.b, types.c) == ("float32",) * 3
+
+    def schedule_depthwise(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
+        """Float depthwise tiles by `float_dw_tile` (a tuning configuration's tile first)."""
+        ext = tiling.anchor_extents(sch, info.anchor)
+        if not (cfg and "tile" in cfg) and len(ext) == 7 and self._float_dw(sch, info.anchor):
+            tile = self.float_dw_tile(ext[2], ext[3], info.kernel, info.stride[0])
+            if tile is not None:
+                cfg = {**(cfg or {}), "tile": tile}
+        return super().schedule_depthwise(sch, info, cfg)
+
     def accumulators(self, which: str, types: Any) -> int:
         if which in ("conv", "fc") and self._s8_gemm(types):
             return 16
+        if which == "dw" and types is not None and (types.a, types.b, types.c) == ("float32",) * 3:
+            return self.FLOAT_DW_ACC
         return super().accumulators(which, types)
 
     def model_for(self, sch: Any, block_name: str | None) -> GemmModel | None:
@@ -110,6 +174,11 @@ class CortexARules(TiledRules):
     def schedule_dwpw(self, sch: Any, info: Any, rows: int | None = None, cfg: dict | None = None) -> bool:
         if rows is None and not (cfg and "rows" in cfg) and self.ragged_for(sch, info.anchor):
             rows = self.FLOAT_DWPW_ROWS
+        ext = tiling.anchor_extents(sch, info.anchor)
+        if not (cfg and "dw_tile" in cfg) and len(ext) == 7 and self._float_dw(sch, info.dw_anchor):
+            tile = self.float_dw_tile(ext[2], info.dw_channels, info.kernel, info.stride[0])
+            if tile is not None:
+                cfg = {**(cfg or {}), "dw_tile": tile}
         return super().schedule_dwpw(sch, info, rows, cfg)
 
     def window_gemm(self, types: Any) -> bool:
