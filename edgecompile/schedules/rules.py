@@ -73,6 +73,7 @@ def _overlapped(width: int, channels: int, lanes: int, model: "GemmModel", k: in
     overlap's wasted lanes counted), then the fewest blocks (each reads the A tile again), then
     the most accumulators, then the most pixels.
     ShuffleNet V2's 28x28, 58 -> 58 on AVX-512: 7 x (4 x 16 lanes) instead of 4 x (7 x 8 lanes + 2)."""
+    model = model.for_weights(k, channels)
     out = []
     for m in range(1, min(width, max(1, model.accumulators // 2), model.max_m(k)) + 1):
         if width % m:
@@ -94,7 +95,9 @@ class GemmModel:
     `registers` vector registers, of which all but `reserved` (the B vectors and a broadcast) may
     hold accumulators; `fma_per_cycle` vector FMAs and `loads_per_cycle` vector loads or broadcasts
     issued per cycle; `l2_bytes_per_cycle`: the bandwidth at which B (the weight panel, K x N: larger
-    than L1 for every layer that matters) streams in from L2, once per M pixels."""
+    than L1 for every layer that matters) streams in from L2, once per M pixels.
+    `l2_bytes` (0: not modelled): the L2 cache's size; a GEMM whose K x N weights do not fit it
+    streams them from the next level, at `l3_bytes_per_cycle`, once per M pixels (`for_weights`)."""
 
     registers: int
     reserved: int
@@ -106,6 +109,22 @@ class GemmModel:
     blocked: bool = True      # the family's GEMM emitter runs blocked tiles (ukernels.uses_blocked)
     overlap_tail: bool = False   # ragged channels as full vectors, the last overlapping (host/ukernels.py)
     b_in_registers: bool = False  # the B vectors of a step and a broadcast need registers beside the accumulators
+    l2_bytes: int = 0             # the L2 cache's size (0: weights always stream from L2)
+    l3_bytes_per_cycle: int = 0   # the bandwidth of weights that do not fit L2
+
+    def for_weights(self, k: int | None, channels: int) -> "GemmModel":
+        """The model for a GEMM of `k` reduction steps (None: unknown) over `channels` output
+        channels of float weights: this one, or when its K x N weights exceed `l2_bytes`, one whose
+        B streams at `l3_bytes_per_cycle`. Xception/224's 728 -> 728 pointwise convolutions (2.1 MB
+        of weights; L2 512 KB on this AVX2 host) took 2 x 728 tiles that read all of them from L3
+        for every 2 pixels: 7 x 8 tiles over [K][8] panels read them once per 7 pixels (the whole
+        untuned inference 0.68x in thread CPU time, 12 interleaved runs in one process, medians, on
+        a machine loaded by other jobs)."""
+        if not self.l2_bytes or not self.l3_bytes_per_cycle or k is None or k * channels * 4 <= self.l2_bytes:
+            return self
+        from dataclasses import replace
+
+        return replace(self, l2_bytes_per_cycle=self.l3_bytes_per_cycle, l2_bytes=0)
 
     def fits_registers(self, m: int, nv: int) -> bool:
         """Whether an M x nv-vector tile's accumulators, its nv B vectors and one broadcast fit the
@@ -171,6 +190,7 @@ def model_tiles(width: int, channels: int, lanes: int, model: GemmModel, k: int 
     process, alternating builds, median of 300 runs); 1.0/224 keeps its tiles but the first
     convolution's (8x32 for 14x32, same speed)."""
     max_m = model.max_m(k)
+    model = model.for_weights(k, channels)
     w = next((w for w, _ in narrower_widths(lanes) if channels % w == 0), 0)
     if not w:
         return []
@@ -228,6 +248,7 @@ def _ragged_pixel_tiles(width: int, channels: int, lanes: int, acc_budget: int, 
     row by the model's efficiency or by `_intensity`; best first."""
     out = []
     if model is not None:
+        model = model.for_weights(k, channels)
         w = next((w for w, _ in narrower_widths(lanes) if channels % w == 0), 0)
         for n in range(w, channels + 1, w) if w else []:
             vectors = len(mixed_widths(n, lanes))
@@ -279,7 +300,8 @@ def tile_candidates(width: int, channels: int, lanes: int, acc_budget: int, max_
     if not ragged_pixels or lanes <= 1 or width <= 2 or not tiles or (model is None and tiles[0][0] > 1):
         return tiles
     pixels = _ragged_pixel_tiles(width, channels, lanes, acc_budget, max_m, model, k, depthwise)
-    if not pixels or pixels[0][0] <= _divided_score(tiles[0], lanes, model, depthwise) * RAGGED_PIXEL_MARGIN:
+    scored = model.for_weights(k, channels) if model is not None else None
+    if not pixels or pixels[0][0] <= _divided_score(tiles[0], lanes, scored, depthwise) * RAGGED_PIXEL_MARGIN:
         return tiles
     return [t for _, t in pixels] + tiles
 

@@ -18,6 +18,20 @@ from .. import tiling
 from ..rules import GemmModel, TiledRules, _pick, largest_divisor
 
 
+# The L2 size per core the tile ranking assumes (GemmModel.for_weights: weights beyond it stream from
+# L3), per variant rather than read from this machine, so that a variant's generated C does not
+# depend on the machine that builds it: 512 KiB on AVX2 (Zen 2/3, this machine; Intel client cores
+# have 256 KiB to 1.25 MiB), 1 MiB on AVX-512 (Skylake-SP, Zen 4; not measured here: no AVX-512).
+L2_BYTES = {"avx2": 512 << 10, "avx512": 1 << 20}
+# The rate at which weights that do not fit L2 stream from L3, bytes per cycle, as the tile ranking
+# sees it: a quarter of the L2 rate. Not measured as a bandwidth; it ranks the tiles as measured:
+# Xception/224 untuned, thread CPU time, interleaved, medians: its 728-channel pointwise layers in
+# 2 x 728 / 4 x 728 tiles (weights once per 2 or 4 pixels) 1.00, 4 x 728 / 7 x 728 blocked 0.94,
+# 7 x 8 over [K][8] panels 0.71 (forced), 0.68 with this model (which ranks 7 x 8 first for any rate
+# below 14 bytes per cycle); on a machine loaded by other jobs.
+L3_BYTES_PER_CYCLE = 8
+
+
 def _has_avx512() -> bool:
     forced = os.environ.get("EDGECOMPILE_HOST_VECTOR", "")
     if forced:
@@ -113,10 +127,12 @@ if _has_avx512():
     LANES = 16
     RULES = HostRules(lanes=LANES, conv_acc=24, dw_acc=16, fc_acc=8, ragged=True, ragged_pixels=True,
                        gemm_model=GemmModel(registers=32, reserved=4, fma_per_cycle=2, loads_per_cycle=2,
-                                            l2_bytes_per_cycle=32, overlap_tail=True, b_in_registers=True))
+                                            l2_bytes_per_cycle=32, overlap_tail=True, b_in_registers=True,
+                                            l2_bytes=L2_BYTES[VARIANT], l3_bytes_per_cycle=L3_BYTES_PER_CYCLE))
 else:
     VARIANT = "avx2"
     LANES = 8
     RULES = HostRules(lanes=LANES, conv_acc=12, dw_acc=8, fc_acc=4, ragged=True, ragged_pixels=True,
                        gemm_model=GemmModel(registers=16, reserved=4, fma_per_cycle=2, loads_per_cycle=2,
-                                            l2_bytes_per_cycle=32, overlap_tail=True))
+                                            l2_bytes_per_cycle=32, overlap_tail=True,
+                                            l2_bytes=L2_BYTES[VARIANT], l3_bytes_per_cycle=L3_BYTES_PER_CYCLE))
