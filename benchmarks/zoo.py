@@ -30,6 +30,8 @@ from edgecompile.ir.frontend import ModelOptions, load_model  # noqa: E402
 from edgecompile.compiler import BuildOptions, Progress, write_build  # noqa: E402
 from edgecompile.targets import load_target  # noqa: E402
 
+from isolated import ISOLATED, bench_isolated  # noqa: E402  (benchmarks/isolated.py)
+
 MODELS = [
     ("mobilenet_v1", dict(width_mult=0.25, resolution=96), "MobileNet V1 0.25 / 96"),
     ("mobilenet_v1", dict(width_mult=1.0, resolution=224), "MobileNet V1 1.0 / 224"),
@@ -41,9 +43,6 @@ MODELS = [
 ]
 ALL_PEERS = ["onnxruntime", "litert", "executorch", "tvm-vm", "torch", "tflm"]
 SLOW_PEERS = {"tflm": 2e8}     # reference kernels: only for networks under this many MACs
-# peers that crash the process on a network (a segfault cannot be caught in-process)
-BROKEN = {("executorch", "efficientnet_b0"): "ExecuTorch 1.5.1 segfaults (or fails with error 0x10) executing it",
-          ("executorch", "xception"): "ExecuTorch 1.5.1 segfaults executing it (Xception / 224)"}
 
 
 def machine_peak() -> dict[str, float]:
@@ -84,10 +83,17 @@ def run_one(name: str, opts: dict, peers: list[str], runs: int, warmup: int, db:
         if tuning is not None:
             write_build(source, target, Path(tmp) / "untuned", BuildOptions(compare_unfused=False), Progress(quiet=True))
             variants["edgecompile-untuned"] = str(Path(tmp) / "untuned")
-        use = [p for p in peers if report["macs"] < SLOW_PEERS.get(p, float("inf")) and (p, name) not in BROKEN]
-        res = bench(source, str(out), use, runs=runs, warmup=warmup, variants=variants)
+        use = [p for p in peers if report["macs"] < SLOW_PEERS.get(p, float("inf"))]
+        res = bench(source, str(out), [p for p in use if p not in ISOLATED], runs=runs, warmup=warmup,
+                    variants=variants)
+        res.setdefault("failed", {})
+        for p in [p for p in use if p in ISOLATED]:     # in a child process: a segfault costs its cell only
+            child = bench_isolated(name, dict(num_classes=1000, **opts), str(out), p, runs, warmup)
+            res["failed"].update(child["failed"])
+            if p in child["results"]:
+                res["results"][p] = {**child["results"][p],
+                                     "edgecompile_ms_in_child": child["results"]["edgecompile"]["median_ms"]}
     res["tuned_kernels"] = report["tuning"]["kernels_tuned"]
-    res.setdefault("failed", {}).update({p: why for (p, n), why in BROKEN.items() if n == name and p in peers})
     res["macs"], res["arena_bytes"], res["weights_bytes"] = report["macs"], report["arena_bytes"], report["weights_bytes"]
     return res
 
