@@ -21,8 +21,10 @@ from ..rules import GemmModel, TiledRules, _pick, largest_divisor
 # The L2 size per core the tile ranking assumes (GemmModel.for_weights: weights beyond it stream from
 # L3), per variant rather than read from this machine, so that a variant's generated C does not
 # depend on the machine that builds it: 512 KiB on AVX2 (Zen 2/3, this machine; Intel client cores
-# have 256 KiB to 1.25 MiB), 1 MiB on AVX-512 (Skylake-SP, Zen 4; not measured here: no AVX-512).
-L2_BYTES = {"avx2": 512 << 10, "avx512": 1 << 20}
+# have 256 KiB to 1.25 MiB). AVX-512: 0, not modelled: its tiles hold up to 28 pixels already and
+# no AVX-512 machine was at hand to measure a change (with 1 MiB only Xception's 28x28, 728-channel
+# layers would change, 14 x 728 -> 28 x 728).
+L2_BYTES = {"avx2": 512 << 10, "avx512": 0}
 # The rate at which weights that do not fit L2 stream from L3, bytes per cycle, as the tile ranking
 # sees it: a quarter of the L2 rate. Not measured as a bandwidth; it ranks the tiles as measured:
 # Xception/224 untuned, thread CPU time, interleaved, medians: its 728-channel pointwise layers in
