@@ -572,7 +572,7 @@ def _plan_memory_run(graph: Any, target: Target, options: BuildOptions,
     plan tried is refused before its C is compiled, naming the numbers of the smallest plan."""
     if options.patches not in ("off", "auto", "min"):
         raise EdgeCompileError(f"--patches must be off, auto, min or LAYERS:ROWS, got {options.patches!r}")
-    lowerings = _LOWERINGS[0]
+    lowerings, cpu = _LOWERINGS[0], time.process_time()
     first = _Plan(options.patch, options.lean_windows, 0)
     first.low = _lower(graph, target, options, progress)
     first.estimate = _estimate(target, first.low)
@@ -649,6 +649,7 @@ def _plan_memory_run(graph: Any, target: Target, options: BuildOptions,
     return chosen.low, {"mode": options.patches, "ram_budget": budget, "max_instructions": MAX_INSTRUCTIONS,
                         "model_error": target.cost.error,
                         "predicted_plain_instructions": plain, "lowerings": _LOWERINGS[0] - lowerings,
+                        "cpu_seconds": round(time.process_time() - cpu, 1),
                         "chosen": chosen.record(plain), "tried": [p.record(plain) for p in tried]}
 
 
@@ -666,6 +667,8 @@ MAX_STAGE_CANDIDATES = 8
 SEED_TAIL_SLACK = 0.05
 # plans whose stages reach into the arena within this fraction of the least are judged by their predicted instructions
 STAGE_TOP_SLACK = 0.02
+# with a budget: seeds of later stages tried (the cheapest whose stage fits, then the least reach)
+MAX_SEEDS = 2
 
 
 def _stage_ranges(low: _Lowered) -> list[tuple[int, int]]:
@@ -715,48 +718,109 @@ def _least_reach(plans: list[_Plan]) -> _Plan:
     """Of `plans`, those whose patch stages reach least far into the arena (within STAGE_TOP_SLACK:
     a few hundred bytes are not worth instructions), the one of fewest predicted instructions
     (its floor; then one-row tiles tried, then the least reach)."""
-    reach = {id(p): max(_segment_tops(p.low)[:-1]) for p in plans}
+    reach = {id(p): _reach(p) for p in plans}
     least = min(reach.values())
     near = [p for p in plans if reach[id(p)] <= least * (1 + STAGE_TOP_SLACK)]
     return min(near, key=lambda p: (p.floor, p.dwpw_rows is None, reach[id(p)]))
 
 
+def _reach(plan: _Plan) -> int:
+    """How far into the arena the buffers live during the plan's patch stages reach (what later
+    stages cannot change)."""
+    return max(_segment_tops(plan.low)[:-1], default=0)
+
+
+def _beside_arena(plan: _Plan) -> int:
+    """The plan's peak RAM beside its arena: static data and stack."""
+    return _peak(plan) - plan.low.plan.arena_bytes
+
+
+def _reach_fits(plan: _Plan, budget: int) -> bool:
+    """Whether the plan's patch stages, with what lives beside the arena, stay within `budget`:
+    later stages can then bring the rest of it under the budget."""
+    return _reach(plan) + _beside_arena(plan) <= budget
+
+
+def _cheapest_in_reach(plans: list[_Plan], budget: int | None) -> _Plan:
+    """The plan to extend with a later stage. With a budget: of those whose stages fit it
+    (_reach_fits), the one of fewest predicted instructions (its floor: a narrow or recomputed halo
+    that reaches a few kB less costs millions of instructions more; later stages only add
+    to it); when none fits, or without a budget (`min`: the least RAM), the least reach
+    (_least_reach)."""
+    if budget is not None:
+        within = [p for p in plans if _reach_fits(p, budget)]
+        if within:
+            return min(within, key=lambda p: (p.floor, p.dwpw_rows is None, _reach(p)))
+    return _least_reach(plans)
+
+
 def _extend_stages(graph: Any, target: Target, options: BuildOptions, tried: list[_Plan],
                    scan: Callable[..., None], plain: int, per_mac: float, coef: dict[str, float],
-                   limit: float | None, budget: int | None, progress: Callable[[str], None]) -> None:
+                   limit: float | None, budget: int | None, progress: Callable[[str], None],
+                   aim: float | None = None) -> None:
     """Later patch stages, stage after stage, seeded by where the arena peaks: from a plan tried
     (`limit`: of predicted floor within it) whose arena peaks after its patch stage -- of those with
-    the least arena after the stage (within SEED_TAIL_SLACK), the one whose stage reaches least far
-    into the arena (_least_reach) -- a later stage starts at that stage's output and bands the next
-    resolutions: each cut of the rest where the tensor gets smaller than every shallower cut, in
-    bands of LATER_ROWS rows, halo rows cached, narrow or recomputed (within `limit` by
-    codegen/cost.extra_estimate), at most MAX_STAGE_CANDIDATES lowered per step (fewest rows, then
-    cheapest, first). Of those within `limit`, the one whose stages reach least far into the arena
-    (the part of the plan that later stages cannot change; _least_reach) is extended again while the arena
-    still peaks after its last stage and less than before, up to MAX_STAGES stages; with a
-    `budget`, a later stage (which only adds instructions) is tried only on a plan predicted to cost
-    less than the cheapest plan found to fit (floors). Every plan lowered goes into `tried` (scan)."""
-    seeds = [p for p in tried if p.patch is not None and p.lean and (limit is None or p.floor <= limit)
-             and _tail_peaks(p)]
+    the least arena after the stage (within SEED_TAIL_SLACK), the one _cheapest_in_reach picks
+    (`min`: whose stage reaches least far into the arena; a budget: the cheapest whose stage fits
+    it) -- a later stage starts at that stage's output and bands the next resolutions: each cut of
+    the rest where the tensor gets smaller than every shallower cut, in bands of LATER_ROWS rows,
+    halo rows cached, narrow or recomputed (within `limit` by codegen/cost.extra_estimate; with a
+    budget, only stages whose arena lower bound fits it), at most MAX_STAGE_CANDIDATES lowered per
+    step (fewest rows, then cheapest, first). Of those within `limit`, the one _cheapest_in_reach
+    picks is extended again while the arena still peaks after its last stage and less than before,
+    up to MAX_STAGES stages; with a `budget`, a later stage (which only adds instructions) is tried
+    only on a plan predicted to cost less than the cheapest plan found to fit (floors), and not
+    on a step where a plan fits already. With a budget, when no plan found fits within `aim`
+    (predicted instructions), the search starts again from the other seed (the least reach), up
+    to MAX_SEEDS seeds. Every plan lowered goes into `tried` (scan)."""
+    seeds = [p for p in tried if p.patch is not None and p.lean and not p.later
+             and (limit is None or p.floor <= limit) and _tail_peaks(p)]
     if not seeds:
         return
     # the deepest stages (least arena after them, within SEED_TAIL_SLACK: the same cut with other
-    # halos or bands); of those, the one whose stage reaches least far into the arena, which later
-    # stages leave as it is (a shallow stage reaches less far but leaves more than later stages can band)
+    # halos or bands); of those, the one to extend (a shallow stage reaches less far but leaves
+    # more than later stages can band)
     least_tail = min(_segment_tops(p.low)[-1] for p in seeds)
     seeds = [p for p in seeds if _segment_tops(p.low)[-1] <= least_tail * (1 + SEED_TAIL_SLACK)]
-    seed = _least_reach(seeds)
-    seed.note = (f"seed of later stages: its arena peaks after its stage ({_segment_tops(seed.low)[-1]:,} B), "
-                 f"its stage reaches {max(_segment_tops(seed.low)[:-1]):,} B")
-    rows = seed.dwpw_rows if seed.dwpw_rows is not None or options.dwpw_rows is not None else PLAN_DWPW_ROWS[0]
+    cheapest = min(seeds, key=lambda p: p.floor)
+    if (budget is not None and not _reach_fits(cheapest, budget) and cheapest.dwpw_rows is None
+            and options.dwpw_rows is None):
+        # later stages run with one-row dw+pw tiles, which shrink the seed's own stage too: judge
+        # the cheapest seed by its one-row twin (one lowering) before a dearer halo that reaches less
+        twin = next((p for p in tried if (p.patch, p.lean, p.dwpw_rows, p.later)
+                     == (cheapest.patch, True, PLAN_DWPW_ROWS[0], ())), None)
+        if twin is None:
+            twin = _Plan(cheapest.patch, True, cheapest.extra_macs, cheapest.arena_bound,
+                         bytes_copied=cheapest.bytes_copied, dwpw_rows=PLAN_DWPW_ROWS[0], cost=cheapest.cost)
+            scan([twin], len(tried) + 1)
+        if twin.low is not None and _tail_peaks(twin):
+            seeds.append(twin)
+    order = [_cheapest_in_reach(seeds, budget)]
+    if _least_reach(seeds) is not order[0]:
+        order.append(_least_reach(seeds))
     stages: dict[tuple, Any] = {}            # the stage after a chain of stages, per planning run
-    plan = seed
 
     def fitted() -> float:
         """With a budget: the fewest predicted instructions (floor) of a plan tried that fits it."""
         return min((p.floor for p in tried if budget is not None and _fits(p, budget)), default=math.inf)
 
-    progress(f"later patch stages after {plan.describe()} (its arena peaks after the stage)")
+    for seed in order[:MAX_SEEDS if budget is not None else 1]:
+        if budget is not None and fitted() <= (aim if aim is not None else math.inf):
+            break                            # a plan found fits within the aim: no other seed
+        seed.note = (f"seed of later stages: its arena peaks after its stage ({_segment_tops(seed.low)[-1]:,} B), "
+                     f"its stage reaches {_reach(seed):,} B, predicted floor {seed.floor / plain:.3f}x")
+        progress(f"later patch stages after {seed.describe()} (its arena peaks after the stage)")
+        _extend_seed(graph, seed, stages, options, tried, scan, plain, per_mac, coef, limit, budget, fitted,
+                     progress)
+
+
+def _extend_seed(graph: Any, seed: _Plan, stages: dict[tuple, Any], options: BuildOptions, tried: list[_Plan],
+                 scan: Callable[..., None], plain: int, per_mac: float, coef: dict[str, float],
+                 limit: float | None, budget: int | None, fitted: Callable[[], float],
+                 progress: Callable[[str], None]) -> None:
+    """_extend_stages from one seed."""
+    rows = seed.dwpw_rows if seed.dwpw_rows is not None or options.dwpw_rows is not None else PLAN_DWPW_ROWS[0]
+    plan = seed
     while 1 + len(plan.later) < MAX_STAGES:
         chain = (plan.patch, *plan.later)
         if chain not in stages:
@@ -781,35 +845,65 @@ def _extend_stages(graph: Any, target: Target, options: BuildOptions, tried: lis
                 for halo in ("cached", "narrow", "recomputed"):
                     if halo == "narrow" and copied["narrow"] >= copied["cached"]:
                         continue             # nothing widening keeps rows: the same as cached
+                    bound = patches.arena_lower_bound(stage, cut, n, halo)
+                    if budget is not None and bound + _beside_arena(plan) > budget:
+                        continue             # this stage alone cannot fit the budget
                     extra = patches.patch_macs(stage, cut, n, halo) - cut.macs
                     moved = copied.get(halo, 0)
-                    cost = plan.cost + cost_model.extra_estimate(coef, per_mac, extra, moved)
-                    if plain + cost > min(limit if limit is not None else math.inf, fitted()):
+                    added = cost_model.extra_estimate(coef, per_mac, extra, moved)
+                    if plain + plan.cost + added > min(limit if limit is not None else math.inf, fitted()):
                         continue         # over the bound, or costs more than a plan that fits already
-                    candidates.append(_Plan(plan.patch, True, plan.extra_macs + extra,
-                                            max(plan.arena_bound, patches.arena_lower_bound(stage, cut, n, halo)),
-                                            bytes_copied=plan.bytes_copied + moved, dwpw_rows=rows, cost=cost,
-                                            later=(*plan.later, (layers, n, halo))))
-        candidates = sorted(candidates, key=lambda p: (p.later[-1][1], p.cost))[:MAX_STAGE_CANDIDATES]
+                    if budget is not None and plan.floor + added >= fitted():
+                        continue         # the plan's own floor and what the stage adds at least: no cheaper
+                    candidates.append(_Plan(plan.patch, True, plan.extra_macs + extra, max(plan.arena_bound, bound),
+                                            bytes_copied=plan.bytes_copied + moved, dwpw_rows=rows,
+                                            cost=plan.cost + added, later=(*plan.later, (layers, n, halo))))
+        if budget is None:
+            candidates = sorted(candidates, key=lambda p: (p.later[-1][1], p.cost))[:MAX_STAGE_CANDIDATES]
+            scan(candidates, len(tried) + len(candidates))
+        else:
+            # cheapest first, one at a time: the estimate errs low, so a candidate whose floor plus
+            # estimate is no less than the floor of a plan found to fit, or of one this step would
+            # extend (its stages within the budget, its arena peaking after them, lower than
+            # before), cannot be cheaper: not lowered
+            candidates = sorted(candidates, key=lambda p: p.cost)[:MAX_STAGE_CANDIDATES]
+            pick = math.inf
+            for p in candidates:
+                if plan.floor + p.cost - plan.cost >= min(fitted(), pick):
+                    p.note = (f"not lowered: predicted at least {(plan.floor + p.cost - plan.cost) / plain:.3f}x, "
+                              f"no less than a plan that fits or is extended")
+                    continue
+                scan([p], len(tried) + 1)
+                if (p.low is not None and _reach_fits(p, budget) and _tail_peaks(p)
+                        and _segment_tops(p.low)[-1] < _segment_tops(plan.low)[-1]):
+                    pick = min(pick, p.floor)
         if not candidates:
             break
-        scan(candidates, len(tried) + len(candidates))
         lowered = [p for p in candidates if p.low is not None and (limit is None or p.floor <= limit)]
         if not lowered:
             break
-        best = _least_reach(lowered)
+        fit = [p for p in lowered if budget is not None and _fits(p, budget)]
+        # with a budget, of the plans that do not fit, those a later stage can help (the arena
+        # peaking after their stages, lower than before) first
+        rest = [p for p in lowered if p not in fit]
+        helped = [p for p in rest if budget is not None and _tail_peaks(p)
+                  and _segment_tops(p.low)[-1] < _segment_tops(plan.low)[-1]]
+        best = _cheapest_in_reach(helped or rest or lowered, budget)
         for p in candidates:
             if p.low is not None and p is not best:
-                p.note = (f"later stage: its stages reach {max(_segment_tops(p.low)[:-1]):,} B into the arena, "
-                          f"predicted floor {p.floor / plain:.3f}x (the step's best {max(_segment_tops(best.low)[:-1]):,} B, "
+                p.note = (f"later stage: its stages reach {_reach(p):,} B into the arena, "
+                          f"predicted floor {p.floor / plain:.3f}x (the step's best {_reach(best):,} B, "
                           f"{best.floor / plain:.3f}x)")
-        if (not _tail_peaks(best) or _segment_tops(best.low)[-1] >= _segment_tops(plan.low)[-1]
+        if (fit or not _tail_peaks(best) or _segment_tops(best.low)[-1] >= _segment_tops(plan.low)[-1]
                 or best.floor >= fitted()):       # a later stage only adds instructions
-            best.note = (f"later stage: its stages reach least far into the arena ({max(_segment_tops(best.low)[:-1]):,} B); "
-                         "not extended: its arena no longer peaks after its last stage, or no less")
+            best.note = (f"later stage: its stages reach {_reach(best):,} B into the arena, predicted floor "
+                         f"{best.floor / plain:.3f}x; not extended: "
+                         + ("a plan of this step fits the budget" if fit else
+                            "its arena no longer peaks after its last stage, or no less, or it costs more than a plan that fits"))
             break
-        best.note = (f"later stage: its stages reach least far into the arena ({max(_segment_tops(best.low)[:-1]):,} B) "
-                     f"and its arena peaks after its last stage ({_segment_tops(best.low)[-1]:,} B): extended")
+        best.note = (f"later stage: its stages reach {_reach(best):,} B into the arena, predicted floor "
+                     f"{best.floor / plain:.3f}x, and its arena peaks after its last stage "
+                     f"({_segment_tops(best.low)[-1]:,} B): extended")
         plan = best
         progress(f"later patch stages after {plan.describe()} (its arena peaks after its last stage)")
 
@@ -858,10 +952,13 @@ def _search_fit(graph: Any, target: Target, options: BuildOptions, candidates: l
     3. By floor (the least a plan costs once its lean windows and one-row tiles are kept only where
        RAM peaks): each plan that fits, or is within TRIM_SLACK of the budget (trimming can lower
        the peak: lean windows everywhere put small windows in the arena), is trimmed (_trim, a few
-       lowerings, at most MAX_TRIMMED plans) and judged on its trimmed peak and prediction; stop
-       once the next floor is no less than the best prediction found.
+       lowerings, at most MAX_TRIMMED plans) down to the budget (not to its untrimmed peak: RAM
+       under the budget is worth nothing, instructions are) and judged on its trimmed peak and
+       prediction; stop once the next floor is no less than the best prediction found.
     Stages whose bands of fewer rows are over by more than ROWS_SLACK are not lowered with more
-    rows. Every plan tried gets a note saying why it lost or won (report.json `memory_planning.tried`)."""
+    rows; a one-stage plan is not lowered when a cheaper one of the same stage, lowered, shows that
+    the arena after that stage is over the budget (_dominated). When no one-stage plan fits, later
+    stages are searched (_extend_stages) from the cheapest seed whose stage fits the budget. Every plan tried gets a note saying why it lost or won (report.json `memory_planning.tried`)."""
     best_floor = [math.inf]
     done: list[_Plan] = []
 
@@ -872,6 +969,10 @@ def _search_fit(graph: Any, target: Target, options: BuildOptions, candidates: l
         # more rows per band hold more rows at once: over the budget by more than ROWS_SLACK with
         # fewer rows (the same layers and halo), over it with these
         for p in done:
+            if budget is not None and _dominated(plan, p, budget):
+                plan.note = (f"not lowered: {p.describe()} costs no more and reaches within the budget, and "
+                             f"the arena after this stage is over it ({_segment_tops(p.low)[-1]:,} B)")
+                return True
             if (p.patch is not None and plan.patch is not None and p.patch[0] == plan.patch[0]
                     and _halo(p.patch) == _halo(plan.patch) and p.patch[1] < plan.patch[1]
                     and _excess(p, budget) > ROWS_SLACK):
@@ -900,7 +1001,7 @@ def _search_fit(graph: Any, target: Target, options: BuildOptions, candidates: l
     if not any(_fits(p, budget) for p in tried) and not trimmable:
         # no one-stage plan fits: later patch stages where the arena peaks after the stage
         _extend_stages(graph, target, options, tried, scan, plain, plain / max(plain_macs, 1), coef, None, budget,
-                       progress)
+                       progress, aim=MAX_INSTRUCTIONS * plain / (1 + target.cost.error))
         trimmable = [p for p in tried if (p.lean or p.dwpw_rows is not None) and _fits(p, slack)]
     if not any(_fits(p, budget) for p in tried) and not trimmable:
         _refuse(graph, target, tried, budget, coef, plain, plain_macs, streamed)
@@ -915,7 +1016,7 @@ def _search_fit(graph: Any, target: Target, options: BuildOptions, candidates: l
         fits_untrimmed = _fits(plan, budget)
         if (plan.lean or plan.dwpw_rows is not None) and trims < MAX_TRIMMED:
             before = _peak(plan)
-            _trim(graph, target, options, plan, progress, goal=budget if not fits_untrimmed else None)
+            _trim(graph, target, options, plan, progress, goal=budget)
             trims += 1
             plan.trimmed_from = before
         elif not fits_untrimmed:
@@ -955,6 +1056,18 @@ TRIM_SLACK = 0.02
 ROWS_SLACK = 0.10
 
 
+def _dominated(plan: _Plan, other: _Plan, budget: int) -> bool:
+    """Whether a one-stage plan not lowered yet need not be: `other`, lowered, has the same stage
+    (layers) and dw+pw rows, costs no more (estimate), its stage reaches within the budget (a seed
+    of later stages at least as good), and the arena after that stage -- which the halo and the
+    band height do not change -- is over the budget by more than TRIM_SLACK: `plan` cannot fit
+    with one stage either."""
+    return (plan.patch is not None and other.patch is not None and other.low is not None and not other.later
+            and plan.patch[0] == other.patch[0] and plan.dwpw_rows == other.dwpw_rows and plan.lean == other.lean
+            and other.cost <= plan.cost and _reach_fits(other, budget)
+            and _segment_tops(other.low)[-1] + _beside_arena(other) > budget * (1 + TRIM_SLACK))
+
+
 def _excess(plan: _Plan, budget: int | None) -> float:
     """How far over the budget and the target's RAM regions the plan's peak RAM is, as a fraction
     (<= 0: it fits)."""
@@ -977,8 +1090,9 @@ def _trim(graph: Any, target: Target, options: BuildOptions, plan: _Plan,
     give the kernel of the call at the peak (of the arena, or of the stack arrays) one-row tiles if
     it is a fused kernel without them, else lean windows. A few lowerings; when that does not
     converge, the same with one-row tiles everywhere, then the plan as it was. Updates the plan's
-    prediction. `goal`: a peak RAM to reach instead (a plan over a budget that trimming may bring
-    under it)."""
+    prediction. `goal`: a peak RAM to reach instead (--ram-budget: the budget, whether or not the
+    plan fits it untrimmed; the first trial, one-row tiles in the stages' kernels alone and no lean
+    windows, usually does)."""
     full = _peak(plan) if goal is None else goal
     full_stack = max((plan.low.kernels[s].stack_bytes for s in set(plan.low.call_symbols)), default=0)
     starts = [_stage_rows_kernels(plan.low)] if plan.dwpw_rows is not None else [set()]
