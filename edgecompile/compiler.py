@@ -336,6 +336,9 @@ def _lower(graph: Any, target: Target, options: BuildOptions, progress: Callable
     for call, sym in zip(prog.calls, call_symbols):
         if prog.storage_root(call.outputs[0]) in overlapped and infos[sym].streams_rows:
             kernels[sym] = lower.in_place(kernels[sym])
+    for sym in sorted(set(call_symbols)):       # after in_place: it rewrites the declarator it made
+        if infos[sym].schedule.startswith("generic"):
+            kernels[sym] = lower.with_gcc_options(kernels[sym], rules.GENERIC_GCC_OPTIONS)
     return _Lowered(prog, plan, kernels, infos, call_symbols, patch_plan)
 
 

@@ -564,6 +564,16 @@ def in_place(ks: KernelSource) -> KernelSource:
     return dataclasses.replace(ks, c_code=new + ks.c_code[len(old):])
 
 
+def with_gcc_options(ks: KernelSource, options: tuple[str, ...]) -> KernelSource:
+    """The same kernel compiled with gcc `options` (`#pragma GCC optimize`) and the rest of
+    model.c with the command line's: the function between push_options and pop_options."""
+    if not options:
+        return ks
+    pragma = ", ".join(f'"{o}"' for o in options)
+    return dataclasses.replace(ks, c_code=f"#pragma GCC push_options\n#pragma GCC optimize ({pragma})\n"
+                                          f"{ks.c_code}\n#pragma GCC pop_options")
+
+
 def shape_suffix(t: Tensor) -> str:
     """`s8_24x24x16`: a tensor's number format and shape without the batch, for C names."""
     dtype = {"float32": "f32", "int8": "s8", "int32": "s32"}.get(t.dtype, t.dtype)

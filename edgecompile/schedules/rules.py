@@ -398,6 +398,9 @@ class TiledRules:
     # (codegen.lower.family_c): for a compiler that turns TVM's ternaries into compares and bit
     # selects but the calls into one instruction per vector
     IEEE_CLAMPS = False
+    # gcc options for the kernels TVM lowers without a schedule of ours (`generic.*`: concats,
+    # shuffles, pools, elementwise), wrapped around each such function (codegen.lower.with_gcc_options)
+    GENERIC_GCC_OPTIONS: tuple[str, ...] = ()
 
     def after_finish(self, func: Any, info: Any) -> Any | None:
         """The scheduled function, rewritten where a family needs what no schedule primitive does;
