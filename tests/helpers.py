@@ -100,3 +100,18 @@ def board_outputs(board: str, out, rep: dict, inputs, timeout: float = 120, dtyp
             return [link.infer(x, out_shape, in_dtype=dtype, out_dtype=dtype).output for x in inputs]
         finally:
             port.close()
+
+
+def run_c_cases_on_the_pi(tmp_path, target, parts: list[str], cases: list[str]) -> None:
+    """Compile the C definitions `parts` and a main running `cases` (statements that add their
+    wrong results to `bad`) with the Pi target's compiler and flags, run it under `qemu-aarch64 -cpu
+    cortex-a72`: every case must pass."""
+    code = "\n".join([*parts, "int main(void) {", "  int bad = 0;", *cases,
+                      '  printf("bad %d of %d\\n", bad, ' + str(len(cases)) + ");", "  return bad != 0;", "}"])
+    (tmp_path / "t.c").write_text(code)
+    subprocess.run([target.cc, "-static", *target.cflags, str(tmp_path / "t.c"), "-o", str(tmp_path / "t"),
+                    "-lm"], check=True)
+    run = subprocess.run(["qemu-aarch64", "-cpu", "cortex-a72", str(tmp_path / "t")], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"bad 0 of {len(cases)}" in run.stdout

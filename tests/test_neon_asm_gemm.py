@@ -15,7 +15,6 @@ element), used where the weights are a packed panel (ldb == N).
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import pytest
 import torch
@@ -26,7 +25,7 @@ from edgecompile.ir.frontend import ModelOptions, _from_torch
 from edgecompile.schedules.cortex_a.ukernels import gemm
 from edgecompile.schedules.ukernels import F32
 from edgecompile.targets import load_target
-from helpers import assert_close, board_outputs, keep_input_dependence, output_spread, random_input
+from helpers import assert_close, board_outputs, run_c_cases_on_the_pi, keep_input_dependence, output_spread, random_input
 
 ASM_TILES = [(1, 4), (1, 20), (2, 8), (3, 24), (4, 16), (5, 12), (7, 8), (8, 8), (11, 4), (6, 12),
              (6, 16), (5, 20), (7, 12), (10, 8), (4, 24), (3, 32), (2, 48)]     # weight vectors reloaded in pairs
@@ -96,15 +95,7 @@ def test_asm_gemm_tiles_bit_identical_on_emulated_pi(tmp_path):
         cases.append(_case(m, n, 33, n + 1, 40, False))
         if n in (8, 16):                             # ldc * 4 == K / 4: ldc = n, K = 16 n
             cases.append(_case(m, n, 16 * n, n, 16 * n, True, calls=3))
-    code = "\n".join([_PRELUDE, *kernels.values(), "int main(void) {", "  int bad = 0;", *cases,
-                      '  printf("bad %d of %d\\n", bad, ' + str(len(cases)) + ");", "  return bad != 0;", "}"])
-    (tmp_path / "t.c").write_text(code)
-    subprocess.run([target.cc, "-static", *target.cflags, str(tmp_path / "t.c"), "-o", str(tmp_path / "t"),
-                    "-lm"], check=True)
-    run = subprocess.run(["qemu-aarch64", "-cpu", "cortex-a72", str(tmp_path / "t")], capture_output=True,
-                         text=True, timeout=120)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert f"bad 0 of {len(cases)}" in run.stdout
+    run_c_cases_on_the_pi(tmp_path, target, [_PRELUDE, *kernels.values()], cases)
 
 
 SHAPE = (1, 3, 13, 11)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 
 import pytest
 import torch
@@ -29,7 +28,7 @@ from edgecompile.ir.frontend import ModelOptions, _from_torch
 from edgecompile.schedules.cortex_a.ukernels import gemm, gemm_z
 from edgecompile.schedules.ukernels import F32, rows_gemm_z_c
 from edgecompile.targets import load_target
-from helpers import assert_close, board_outputs, keep_input_dependence, output_spread, random_input
+from helpers import assert_close, board_outputs, run_c_cases_on_the_pi, keep_input_dependence, output_spread, random_input
 
 ASM_TILES = [(1, 4), (2, 8), (3, 24), (4, 16), (5, 12), (7, 8), (11, 4), (10, 8), (6, 16), (5, 20), (4, 24),
              (3, 32), (2, 48), (7, 12)]
@@ -102,16 +101,7 @@ def test_zero_start_gemm_tiles_bit_identical_on_emulated_pi(tmp_path):
         cases.append(_case(f"ec_gemm_f32_{m}x{n}_z", m, n, 33, False, False))
     for k in (3, 13):
         cases.append(_case(f"ec_gemm_f32_{ragged[0]}x{ragged[2]}_p{ragged[1]}_z", ragged[0], ragged[2], k, True, True))
-    code = "\n".join([_PRELUDE, *kernels, *zs.values(), rows_gemm_z_c(*ragged, F32), "int main(void) {",
-                      "  int bad = 0;", *cases, '  printf("bad %d of %d\\n", bad, ' + str(len(cases)) + ");",
-                      "  return bad != 0;", "}"])
-    (tmp_path / "t.c").write_text(code)
-    subprocess.run([target.cc, "-static", *target.cflags, str(tmp_path / "t.c"), "-o", str(tmp_path / "t"),
-                    "-lm"], check=True)
-    run = subprocess.run(["qemu-aarch64", "-cpu", "cortex-a72", str(tmp_path / "t")], capture_output=True,
-                         text=True, timeout=120)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert f"bad 0 of {len(cases)}" in run.stdout
+    run_c_cases_on_the_pi(tmp_path, target, [_PRELUDE, *kernels, *zs.values(), rows_gemm_z_c(*ragged, F32)], cases)
 
 
 SHAPE = (1, 3, 15, 13)

@@ -31,6 +31,27 @@ def _lowered(plan, graph, target, options, tried):
     return plan
 
 
+
+def _extend(graph, target, options, tried, plain, budget=None):
+    """compiler._extend_stages over the plans in `tried` as the planner runs it: plans lowered as
+    they are scanned, the instruction bound from the plain plan (the limit, or with a RAM budget
+    the aim). Returns that bound."""
+    macs = sum(plain.low.infos[s].macs for s in plain.low.call_symbols)
+    bound = compiler.MAX_INSTRUCTIONS * plain.predicted / (1 + target.cost.error)
+
+    def scan(plans, limit, skip=lambda p: False):
+        for p in plans:
+            if len(tried) < limit and p.low is None:
+                _lowered(p, graph, target, options, tried)
+
+    args = (graph, target, options, tried, scan, plain.predicted, plain.predicted / macs, target.cost.coefficients())
+    if budget is None:
+        compiler._extend_stages(*args, bound, None, lambda m: None)
+    else:
+        compiler._extend_stages(*args, None, budget, lambda m: None, aim=bound)
+    return bound
+
+
 def test_a_later_stage_is_found_where_the_arena_peaks_after_the_first(monkeypatch):
     """Planning only (no C compiled). From a one-stage plan whose arena peaks after its stage, the
     search adds a later stage at the stage's output: the plan it finds has two stages, peaks lower
@@ -50,17 +71,8 @@ def test_a_later_stage_is_found_where_the_arena_peaks_after_the_first(monkeypatc
     seed = _lowered(_Plan(HAND[0], True, 0, dwpw_rows=1), graph, target, options, tried)
     tops = compiler._segment_tops(seed.low)
     assert len(tops) == 2 and tops[1] > tops[0] and compiler._tail_peaks(seed), tops
-    macs = sum(plain.low.infos[s].macs for s in plain.low.call_symbols)
-    bound = compiler.MAX_INSTRUCTIONS * plain.predicted / (1 + target.cost.error)
     before = compiler._LOWERINGS[0]
-
-    def scan(plans, limit, skip=lambda p: False):
-        for p in plans:
-            if len(tried) < limit and p.low is None:
-                _lowered(p, graph, target, options, tried)
-
-    compiler._extend_stages(graph, target, options, tried, scan, plain.predicted, plain.predicted / macs,
-                            target.cost.coefficients(), bound, None, lambda m: None)
+    bound = _extend(graph, target, options, tried, plain)
     assert compiler._LOWERINGS[0] - before <= 2 * (compiler.MAX_STAGES - 1)      # bounded
     staged = [p for p in tried if p.later]
     assert staged and all(p.patch == HAND[0] for p in staged)
@@ -137,17 +149,8 @@ def test_budget_seeds_later_stages_from_the_cheapest_stage_that_fits(monkeypatch
         assert compiler._reach_fits(seed, BUDGET)
     assert compiler._reach(narrow) < compiler._reach(cached) * (1 - compiler.STAGE_TOP_SLACK)
     assert narrow.floor > cached.floor * 1.03
-    macs = sum(plain.low.infos[s].macs for s in plain.low.call_symbols)
-    bound = compiler.MAX_INSTRUCTIONS * plain.predicted / (1 + target.cost.error)
     before = compiler._LOWERINGS[0]
-
-    def scan(plans, limit, skip=lambda p: False):
-        for p in plans:
-            if len(tried) < limit and p.low is None:
-                _lowered(p, graph, target, options, tried)
-
-    compiler._extend_stages(graph, target, options, tried, scan, plain.predicted, plain.predicted / macs,
-                            target.cost.coefficients(), None, BUDGET, lambda m: None, aim=bound)
+    bound = _extend(graph, target, options, tried, plain, BUDGET)
     staged = [p for p in tried if p.later]
     assert staged and all(p.patch == cached.patch for p in staged), [p.describe() for p in staged]
     assert "seed of later stages" in cached.note and narrow.note is None

@@ -1005,20 +1005,21 @@ def ragged_pixels(m: int, p: int) -> list[tuple[int, int]]:
     return [(i * p, p) for i in range(q)] + ([(q * p, r)] if r else [])
 
 
-def rows_gemm_c(m: int, p: int, n: int, types: Types) -> str:
+def rows_gemm_c(m: int, p: int, n: int, types: Types, zero_start: bool = False) -> str:
     """`ec_gemm_<t>_MxN_pP`, a ragged pixel tile (gemm_intrin's `pixels`): the M pixels of a row
     that P does not divide, as M // P calls of the P x N micro-kernel and one of the (M % P) x N
-    one, each over the whole reduction (C += A B: every pixel is computed once)."""
+    one, each over the whole reduction (C += A B: every pixel is computed once). `zero_start`:
+    `ec_gemm_<t>_MxN_pP_z`, the tile that sets C (C = A B) by the zero-start kernels of its tiles."""
     q, r = divmod(m, p)
-    tag = types.tag
-    rest = "Bw, boff, K, lda, ldb, ldc" if wide_b(types) else "B, K, lda, ldb, ldc"
-    signature = gemm_signature(m, n, types).replace(f"ec_gemm_{tag}_{m}x{n}(", f"ec_gemm_{tag}_{m}x{n}_p{p}(")
+    tag, z = types.tag, "_z" if zero_start else ""
+    rest = "Bw, boff, K, lda, ldb, ldc" if wide_b(types) and not zero_start else "B, K, lda, ldb, ldc"
+    signature = gemm_signature(m, n, types).replace(f"ec_gemm_{tag}_{m}x{n}(", f"ec_gemm_{tag}_{m}x{n}_p{p}{z}(")
     return "\n".join([
-        f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] ({types.a} x {types.b} -> {types.c}); ragged pixel tile: "
-        f"{q} x {p} pixels, then {r} */",
+        f"/* C[{m}x{n}] {'=' if zero_start else '+='} A[{m}xK] * B[Kx{n}] ({types.a} x {types.b} -> {types.c}); "
+        f"ragged pixel tile: {q} x {p} pixels, then {r} */",
         signature + " {",
-        f"  for (int32_t i = 0; i < {q * p}; i += {p}) ec_gemm_{tag}_{p}x{n}(C + i * ldc, A + i * lda, {rest});",
-        f"  ec_gemm_{tag}_{r}x{n}(C + {q * p} * ldc, A + {q * p} * lda, {rest});",
+        f"  for (int32_t i = 0; i < {q * p}; i += {p}) ec_gemm_{tag}_{p}x{n}{z}(C + i * ldc, A + i * lda, {rest});",
+        f"  ec_gemm_{tag}_{r}x{n}{z}(C + {q * p} * ldc, A + {q * p} * lda, {rest});",
         "  return 0;", "}"])
 
 
@@ -1033,18 +1034,8 @@ def gemm_z_c(m: int, n: int, types: Types) -> str:
 
 
 def rows_gemm_z_c(m: int, p: int, n: int, types: Types) -> str:
-    """`ec_gemm_<t>_MxN_pP_z`: the ragged pixel tile of `rows_gemm_c` that sets C (C = A B), by the
-    zero-start kernels of its tiles."""
-    q, r = divmod(m, p)
-    tag = types.tag
-    signature = gemm_signature(m, n, types).replace(f"ec_gemm_{tag}_{m}x{n}(", f"ec_gemm_{tag}_{m}x{n}_p{p}_z(")
-    return "\n".join([
-        f"/* C[{m}x{n}] = A[{m}xK] * B[Kx{n}] ({types.a} x {types.b} -> {types.c}); ragged pixel tile: "
-        f"{q} x {p} pixels, then {r} */",
-        signature + " {",
-        f"  for (int32_t i = 0; i < {q * p}; i += {p}) ec_gemm_{tag}_{p}x{n}_z(C + i * ldc, A + i * lda, B, K, lda, ldb, ldc);",
-        f"  ec_gemm_{tag}_{r}x{n}_z(C + {q * p} * ldc, A + {q * p} * lda, B, K, lda, ldb, ldc);",
-        "  return 0;", "}"])
+    """`ec_gemm_<t>_MxN_pP_z`: the ragged pixel tile of `rows_gemm_c` that sets C (C = A B)."""
+    return rows_gemm_c(m, p, n, types, zero_start=True)
 
 
 def rows_dw_c(m: int, p: int, n: int, kh: int, kw: int, s: int, types: Types) -> str:
