@@ -5,7 +5,7 @@ that needs a different rule for one kind subclasses it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..ir.operators import Kind
@@ -73,7 +73,6 @@ def _overlapped(width: int, channels: int, lanes: int, model: "GemmModel", k: in
     overlap's wasted lanes counted), then the fewest blocks (each reads the A tile again), then
     the most accumulators, then the most pixels.
     ShuffleNet V2's 28x28, 58 -> 58 on AVX-512: 7 x (4 x 16 lanes) instead of 4 x (7 x 8 lanes + 2)."""
-    model = model.for_weights(k, channels)
     out = []
     for m in range(1, min(width, max(1, model.accumulators // 2), model.max_m(k)) + 1):
         if width % m:
@@ -122,8 +121,6 @@ class GemmModel:
         a machine loaded by other jobs)."""
         if not self.l2_bytes or not self.l3_bytes_per_cycle or k is None or k * channels * 4 <= self.l2_bytes:
             return self
-        from dataclasses import replace
-
         return replace(self, l2_bytes_per_cycle=self.l3_bytes_per_cycle, l2_bytes=0)
 
     def fits_registers(self, m: int, nv: int) -> bool:
@@ -248,7 +245,6 @@ def _ragged_pixel_tiles(width: int, channels: int, lanes: int, acc_budget: int, 
     row by the model's efficiency or by `_intensity`; best first."""
     out = []
     if model is not None:
-        model = model.for_weights(k, channels)
         w = next((w for w, _ in narrower_widths(lanes) if channels % w == 0), 0)
         for n in range(w, channels + 1, w) if w else []:
             vectors = len(mixed_widths(n, lanes))
@@ -296,12 +292,12 @@ def tile_candidates(width: int, channels: int, lanes: int, acc_budget: int, max_
     112 to 14) lost to 8 x 4 and 6 x 8 ones and the network took 152.5 M emulated A72
     instructions instead of 145.3 M (144.3 M with this restriction).
     `depthwise`: the tiles of a depthwise window (scored by `_intensity`'s depthwise form)."""
+    model = model.for_weights(k, channels) if model is not None else None    # weights beyond L2: once here
     tiles = _dividing_candidates(width, channels, lanes, acc_budget, max_m, ragged, model, k)
     if not ragged_pixels or lanes <= 1 or width <= 2 or not tiles or (model is None and tiles[0][0] > 1):
         return tiles
     pixels = _ragged_pixel_tiles(width, channels, lanes, acc_budget, max_m, model, k, depthwise)
-    scored = model.for_weights(k, channels) if model is not None else None
-    if not pixels or pixels[0][0] <= _divided_score(tiles[0], lanes, scored, depthwise) * RAGGED_PIXEL_MARGIN:
+    if not pixels or pixels[0][0] <= _divided_score(tiles[0], lanes, model, depthwise) * RAGGED_PIXEL_MARGIN:
         return tiles
     return [t for _, t in pixels] + tiles
 
