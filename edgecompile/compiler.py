@@ -178,12 +178,17 @@ def _schedule_kernels(mod: Any, prog: Program, target: Target,
                 weights.encode_rescale(prog, c.inputs[pos], c.inputs[pos_m0], c.inputs[pos_r], target.family)
         sym = lower.kernel_symbol(info, prog.tensors[calls[0].outputs[0]], taken)
         symbol_of[name], scheduled[sym], infos[sym] = sym, func, info
-    for c in prog.calls:      # a re-encoded rescale weight must be read only by kernels that expect it
+    for c in prog.calls:      # a packed or re-encoded weight must be read only by kernels that expect it
         if c.builtin is not None:
             continue
         enc = infos[symbol_of[c.kernel]].rescale
         for pos, w in enumerate(c.inputs):
-            if w in prog.weights and prog.tensors[w].panel_order and prog.tensors[w].dtype == "int64" \
+            if w in prog.weights and prog.tensors[w].packed is not None \
+                    and pos not in infos[symbol_of[c.kernel]].packed:
+                # (2-D patch tiles: one tile's GEMM reads the weight as it is, e.g. a tile as wide
+                # as its output channels, where another tile's kernel packed it) its own plain copy
+                c.inputs[pos] = _weight_copy(prog, w, unpacked, "plain")
+            elif w in prog.weights and prog.tensors[w].panel_order and prog.tensors[w].dtype == "int64" \
                     and pos not in enc and w in unpacked and not unpacked[w][1].panel_order:
                 # (2-D patch tiles: a tile's kernel without the family's rescale) its own plain copy
                 c.inputs[pos] = _weight_copy(prog, w, unpacked, "plain")

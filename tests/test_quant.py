@@ -231,7 +231,9 @@ def test_wake_word_shaped_model_fits_stm32f746_and_passes(tmp_path):
 
 def test_already_quantized_qdq_onnx_uses_its_scales(tmp_path):
     """A QDQ model from onnxruntime's quantizer: its scales are used as given (no Q/DQ kernels
-    remain), and the int8 C agrees with onnxruntime running the same QDQ model."""
+    remain), and the int8 C agrees with onnxruntime running the same QDQ model as written (its graph
+    optimisations off: see run_onnxruntime; on an AVX2 CPU the fused kernels agreed on 0.525 of the
+    top-1 classes only; the unfused graph gave the same output values on all 40 inputs)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -262,9 +264,11 @@ def test_already_quantized_qdq_onnx_uses_its_scales(tmp_path):
     iq, oq = QParams(**rep["quant"]["input"]), QParams(**rep["quant"]["output"])
     qdq = onnx.load(str(tmp_path / "q.onnx"))
     images = load_dataset("digits", (1, 3, 32, 32), "test", 40).images
-    agree = np.mean([oq.dequantize(model.run(iq.quantize(x[None]))[0]).argmax()
-                     == run_onnxruntime(qdq, {"input": x[None]})[0].argmax() for x in images])
-    assert agree >= 0.95
+    ours = np.stack([oq.dequantize(model.run(iq.quantize(x[None]))[0]) for x in images])
+    theirs = np.stack([run_onnxruntime(qdq, {"input": x[None]}, optimize=False)[0] for x in images])
+    assert np.ptp(theirs, axis=0).max() > 10 * oq.scale           # the outputs depend on the input
+    assert np.mean(ours.argmax(-1) == theirs.argmax(-1)) >= 0.95
+    assert np.abs(ours - theirs).max() <= oq.scale + 1e-6         # within one output step (measured: 0)
 
 
 def test_global_pool_reads_the_int8_activation():

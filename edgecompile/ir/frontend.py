@@ -80,12 +80,18 @@ class ModelSource:
         return run_onnxruntime(self.onnx_model, dict(zip([i.name for i in self.inputs], inputs)))
 
 
-def run_onnxruntime(model: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def run_onnxruntime(model: Any, feeds: dict[str, np.ndarray], optimize: bool = True) -> list[np.ndarray]:
+    """The model on onnxruntime's CPU provider, one thread. optimize=False runs the graph as
+    written: a QDQ model's DequantizeLinear -> float op -> QuantizeLinear, the reference semantics
+    of its scales (optimised, onnxruntime fuses them into QLinearConv & co., whose x86 kernels on a
+    CPU without VNNI add u8 x s8 products in pairs in 16 bits and may saturate)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
 
