@@ -160,6 +160,7 @@ def test_model_that_fits_only_with_patches_passes_on_the_board(tmp_path, monkeyp
                     Progress(quiet=True))
 
 
+@pytest.mark.slow   # 65 s on CI; the budget planner stays tested by test_budget_picks_patches_and_the_board_stays_under_it
 def test_budget_finds_the_plan_min_finds(tmp_path, monkeypatch):
     """Issue 13's aim for the wake-word network, 37,600 B with the whole input in RAM: the budget
     search explores what `min` does (cached and recomputed halos, one-row dw+pw tiles, lean windows

@@ -236,6 +236,7 @@ def test_a_closed_pipe_is_not_a_traceback():
     assert "Traceback" not in err and p.returncode == 141, (p.returncode, err)
 
 
+@pytest.mark.slow   # 140 s on CI (it plans as build does); the planner stays tested by test_budget
 def test_inspect_plans_the_memory_for_a_target():
     """`inspect --target`: the memory planning `build` would do, without compiling C: the chosen
     patch stage and every plan tried with its predicted instructions, the chosen one the least

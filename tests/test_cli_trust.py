@@ -130,7 +130,7 @@ def _broken_target(tmp_path) -> Path:
     return d
 
 
-@pytest.mark.parametrize("quant", ["fp32", "int8"])
+@pytest.mark.parametrize("quant", [pytest.param("fp32", marks=pytest.mark.slow), "int8"])   # fp32: 30 s on CI
 def test_test_fails_a_device_that_ignores_its_input(tmp_path, quant):
     targets = _broken_target(tmp_path)
     out = tmp_path / "b"

@@ -124,6 +124,7 @@ def test_budget_plan_with_later_stages_measured_on_the_board(tmp_path):
     assert ratio <= compiler.MAX_INSTRUCTIONS, (ratio, chosen)
 
 
+@pytest.mark.slow   # 37-177 s; the planner's later stages stay tested by test_a_later_stage_is_found_where_the_arena_peaks_after_the_first
 def test_budget_seeds_later_stages_from_the_cheapest_stage_that_fits(monkeypatch):
     """Planning only (no C compiled), --ram-budget below every one-stage plan of the proxy: of the
     first stages whose arena peaks after them, the seed of later stages is the one of fewest

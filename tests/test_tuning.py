@@ -80,6 +80,7 @@ def test_emu_runner_is_deterministic_and_changes_the_kernel(tmp_path):
     assert result["agreement"] == 1.0 and result["max_abs_error"] <= 1e-4 * result["reference_spread"]
 
 
+@pytest.mark.slow   # 83 s on CI; see test_emu_runner_is_deterministic_and_changes_the_kernel
 def test_emu_runner_for_cortex_m7_int8(tmp_path):
     """Cortex-M7 int8 kernels counted under QEMU's user mode; the tuned firmware stays bit-exact
     on the emulated board."""
@@ -97,6 +98,7 @@ def test_emu_runner_for_cortex_m7_int8(tmp_path):
     assert a["raw_outputs"] == b["raw_outputs"]        # integer kernels: tiling changes no bit
 
 
+@pytest.mark.slow   # 100 s on CI; the emulator runners stay tested by test_emu_runner_is_deterministic_and_changes_the_kernel
 def test_bare_metal_runner_for_cortex_m55_int8(tmp_path):
     """Cortex-M55 kernels (no M-profile CPU in QEMU's user mode) measured bare-metal on the
     emulated mps3-an547 under qemu-system-arm -icount: SysTick counts of each candidate, the same
