@@ -57,6 +57,7 @@ def test_build_then_run(tmp_path):
     assert "output shape [1, 10]" in printed
 
 
+@pytest.mark.slow   # 41 s on CI; test_generated_c holds the C of every family byte for byte to a record
 def test_same_model_same_target_gives_identical_c(tmp_path):
     for d in ("a", "b"):
         run_cli("build", "mobilenet_v2", "--width-mult", "0.35", "--resolution", "64", "--num-classes", "10",

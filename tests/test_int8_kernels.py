@@ -33,6 +33,9 @@ from test_quant import FAMILIES
 from helpers import board_outputs, output_spread
 
 BOARDS = ["mps2-an386", "stm32f746g-disco", "mps3-an547"]
+# The Cortex-M4 and M7 boards run the same kernels (the same model.c, the same asm): the kernel
+# cases run on the M4 board by default and on the M7 too in the slow run (CI time)
+M4_M7 = pytest.mark.parametrize("board", ["mps2-an386", pytest.param("stm32f746g-disco", marks=pytest.mark.slow)])
 
 
 @dataclass(frozen=True)
@@ -119,8 +122,10 @@ def _inputs(case: Case, seed: int, n: int = 4) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_kernel_bytes_equal_the_integer_reference_on_every_core(tmp_path, monkeypatch, case):
-    _check_kernel_case(tmp_path, monkeypatch, case, CASES.index(case) + 1, BOARDS)
+@pytest.mark.parametrize("board", [pytest.param(b, marks=pytest.mark.slow) if b == "stm32f746g-disco" else b
+                                   for b in BOARDS])
+def test_kernel_bytes_equal_the_integer_reference_on_every_core(tmp_path, monkeypatch, case, board):
+    _check_kernel_case(tmp_path, monkeypatch, case, CASES.index(case) + 1, [board])
 
 
 # NEON (rpi4, Cortex-A72) int8 kernels: GEMMs over 16-step weight blocks with the 8-step block and
@@ -203,11 +208,12 @@ WINDOW_CASES = [
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c.name in ("window_4in_s1", "window_17in_1out")
                                                 else ()) for c in WINDOW_CASES],
                          ids=[c.name for c in WINDOW_CASES])      # two of them slow (CI budget)
-def test_kernel_window_gemm_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+@M4_M7
+def test_kernel_window_gemm_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case, board):
     import re
 
     sources = _check_kernel_case(tmp_path, monkeypatch, case, 50 + WINDOW_CASES.index(case),
-                                 ["mps2-an386", "stm32f746g-disco"])
+                                 [board])
     conv = eval(case.layers, NAMES)[0]
     c, (kh, kw), s = conv.in_channels, conv.kernel_size, conv.stride[1]
     padded = conv.padding != (0, 0)
@@ -230,9 +236,10 @@ ODD_ROW_CASES = [
 
 
 @pytest.mark.parametrize("case", ODD_ROW_CASES, ids=[c.name for c in ODD_ROW_CASES])
-def test_odd_row_gemm_tiles_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+@M4_M7
+def test_odd_row_gemm_tiles_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case, board):
     sources = _check_kernel_case(tmp_path, monkeypatch, case, 70 + ODD_ROW_CASES.index(case),
-                                 ["mps2-an386", "stm32f746g-disco"])
+                                 [board])
     tile = "ec_gemm_s16k4w_3x2(" if case.kinds == ("dwpw",) else "ec_gemm_s8k4_1x6("
     assert all(tile in model_c for model_c in sources.values())
 
@@ -250,11 +257,12 @@ QUAD_PAIR_CASES = [
 
 
 @pytest.mark.parametrize("case", QUAD_PAIR_CASES, ids=[c.name for c in QUAD_PAIR_CASES])
-def test_quad_pair_gemm_loop_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+@M4_M7
+def test_quad_pair_gemm_loop_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case, board):
     import re
 
     sources = _check_kernel_case(tmp_path, monkeypatch, case, 80 + QUAD_PAIR_CASES.index(case),
-                                 ["mps2-an386", "stm32f746g-disco"])
+                                 [board])
     k = eval(case.layers, NAMES)[-2 if case.kinds == ("dwpw",) else 0].in_channels
     for board, model_c in sources.items():      # the SMLAD kernel ran with this K
         calls = re.findall(r"ec_gemm_(s8k4|s16k4w)_\d+x\d+\([^;]*\), (\d+), \(int64_t\)", model_c)
@@ -277,9 +285,10 @@ SHORT_K_CASES = [
 
 
 @pytest.mark.parametrize("case", SHORT_K_CASES, ids=[c.name for c in SHORT_K_CASES])
-def test_split_window_and_short_k_tiles_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+@M4_M7
+def test_split_window_and_short_k_tiles_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case, board):
     sources = _check_kernel_case(tmp_path, monkeypatch, case, 95 + SHORT_K_CASES.index(case),
-                                 ["mps2-an386", "stm32f746g-disco"])
+                                 [board])
     for board, model_c in sources.items():
         assert "ec_gemm_s16k4w_2x2(" in model_c and "ec_gemm_s16k4w_2x4(" not in model_c, board
         assert "condval" not in model_c, board          # the window's copy has no per-value condition
@@ -299,11 +308,12 @@ WIDEN_CASES = [
 
 
 @pytest.mark.parametrize("case", WIDEN_CASES, ids=[c.name for c in WIDEN_CASES])
-def test_widen_row_copy_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+@M4_M7
+def test_widen_row_copy_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case, board):
     import re
 
     sources = _check_kernel_case(tmp_path, monkeypatch, case, 98 + WIDEN_CASES.index(case),
-                                 ["mps2-an386", "stm32f746g-disco"])
+                                 [board])
     for board, model_c in sources.items():
         calls = re.findall(r"\bec_widen_s8s16\(\([^;]*, (\d+), (\d+), \(int64_t\)(\d+), \(int64_t\)(\d+), (-?\d+)\);",
                            model_c)
@@ -330,11 +340,12 @@ RGB_WINDOW_CASES = [
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c.name == "rgb_window_s1_zp_max" else ())
                                   for c in RGB_WINDOW_CASES], ids=[c.name for c in RGB_WINDOW_CASES])  # one slow (CI budget)
-def test_rgb_window_rows_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+@M4_M7
+def test_rgb_window_rows_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case, board):
     import re
 
     sources = _check_kernel_case(tmp_path, monkeypatch, case, 105 + RGB_WINDOW_CASES.index(case),
-                                 ["mps2-an386", "stm32f746g-disco"])
+                                 [board])
     zp = -128 if "ReLU()" in case.layers else 127
     for board, model_c in sources.items():
         calls = re.findall(r"\bec_widen_s8s16\(\([^;]*, (\d+), (\d+), \(int64_t\)(\d+), \(int64_t\)(\d+), (-?\d+)\);",
@@ -358,11 +369,12 @@ DW_SHARED_CASES = [
 
 
 @pytest.mark.parametrize("case", DW_SHARED_CASES, ids=[c.name for c in DW_SHARED_CASES])
-def test_dw_shared_column_loads_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+@M4_M7
+def test_dw_shared_column_loads_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case, board):
     import re
 
     sources = _check_kernel_case(tmp_path, monkeypatch, case, 110 + DW_SHARED_CASES.index(case),
-                                 ["mps2-an386", "stm32f746g-disco"])
+                                 [board])
     for board, model_c in sources.items():
         assert "ec_dw_s16_2x4_k3x3s1(" in model_c, board
         assert "xa = ec_ldr32(xr + 3 * ldx_px + 0); xb = ec_ldr32(xr + 3 * ldx_px + 0 + 2);" in model_c, board
@@ -382,9 +394,10 @@ WIDE_CASES = [
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c.name == "dwpw_4_3_s2_wide" else ())
                                   for c in WIDE_CASES], ids=[c.name for c in WIDE_CASES])      # one slow (CI budget)
-def test_wide_weight_panels_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+@M4_M7
+def test_wide_weight_panels_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case, board):
     sources = _check_kernel_case(tmp_path, monkeypatch, case, 90 + WIDE_CASES.index(case),
-                                 ["mps2-an386", "stm32f746g-disco"])
+                                 [board])
     for board, model_c in sources.items():
         assert "ec_gemm_s16k4w_" in model_c and "ec_gemm_s16k4x_" not in model_c, board
 
@@ -418,7 +431,8 @@ ASM_QUAD_K = {"dwpw_asm_quads_k3_k260": ("2x2", {3, 8, 260}), "dwpw_asm_quads_zp
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c.name.endswith(("zp_sat", "3x2")) else ())
                                   for c in ASM_QUAD_CASES], ids=[c.name for c in ASM_QUAD_CASES])
 # two slow (CI budget): the 3 x 2 quads also run in the default test_odd_row_gemm_tiles (K = 16)
-def test_asm_quad_gemm_tiles_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+@M4_M7
+def test_asm_quad_gemm_tiles_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case, board):
     import re
 
     seed = 110 + ASM_QUAD_CASES.index(case)
@@ -426,7 +440,7 @@ def test_asm_quad_gemm_tiles_bytes_equal_the_integer_reference_on_m4_m7(tmp_path
         reference, _ = vm_reference(_source(case, seed), _calibration(tmp_path, case, seed), monkeypatch)
         out = np.concatenate([reference(x).ravel() for x in _inputs(case, seed)])
         assert out.min() == -128 and out.max() == 127
-    sources = _check_kernel_case(tmp_path, monkeypatch, case, seed, ["mps2-an386", "stm32f746g-disco"])
+    sources = _check_kernel_case(tmp_path, monkeypatch, case, seed, [board])
     for board, model_c in sources.items():
         tile, want = ASM_QUAD_K[case.name]
         ks = {int(k) for k in re.findall(rf"ec_gemm_s16k4w_{tile}\([^;]*\), (\d+), \(int64_t\)", model_c)}
@@ -457,11 +471,12 @@ DW_RESCALE_CASES = [
 
 
 @pytest.mark.parametrize("case", DW_RESCALE_CASES, ids=[c.name for c in DW_RESCALE_CASES])
-def test_depthwise_rescale_into_int16_rows_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case):
+@M4_M7
+def test_depthwise_rescale_into_int16_rows_bytes_equal_the_integer_reference_on_m4_m7(tmp_path, monkeypatch, case, board):
     import re
 
     sources = _check_kernel_case(tmp_path, monkeypatch, case, 120 + DW_RESCALE_CASES.index(case),
-                                 ["mps2-an386", "stm32f746g-disco"])
+                                 [board])
     if case.kinds != ("dwpw",):
         return
     for board, model_c in sources.items():

@@ -67,8 +67,9 @@ def _assert_same_results(source, quant: str, plain: dict, build: Path, reference
             assert_close(a.run(x)[0], ref, spread, 1e-5)
 
 
-@pytest.mark.parametrize("quant", ["fp32", "int8"])
-@pytest.mark.parametrize("family", [pytest.param(f, marks=() if f in QUICK else pytest.mark.slow) for f in STAGES])
+@pytest.mark.parametrize("family,quant", [
+    pytest.param(f, q, marks=() if f in QUICK and (f, q) != ("mobilenet_v2", "int8") else pytest.mark.slow)
+    for f in STAGES for q in ("fp32", "int8")])     # MobileNet V2 int8: 54 s on CI, slow
 def test_patched_matches_plain_on_host(tmp_path, family, quant):
     """Lean windows too on MobileNet V1: depthwise windows per channel tile, small buffers in the arena."""
     opts, layers, rows = STAGES[family]

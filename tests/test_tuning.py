@@ -171,6 +171,7 @@ def rpc_tracker():
                 os.killpg(p.pid, signal.SIGKILL)
 
 
+@pytest.mark.slow   # 50 s on CI with its tracker fixture
 def test_rpc_runner_on_loopback(tmp_path, rpc_tracker):
     db = tmp_path / "db"
     summary = _tune(db, "--target", "host", "--runner", rpc_tracker, "--kernel", DWPW, "--trials", "3")
