@@ -54,6 +54,7 @@ def test_weights_over_flash_refused_before_calibration(tmp_path, monkeypatch):
     assert "\n" not in msg and not (tmp_path / "b" / "model.c").exists()
 
 
+@pytest.mark.slow   # 55-70 s on CI (it plans everything); test_plan_off_under_a_budget_is_refused stays
 def test_ram_budget_nothing_fits_refused_before_compiling(tmp_path, monkeypatch):
     """16 KB is below every plan of the wake-word network (the budget search finds plans of about
     20 KB with the input streamed): refused after planning, before the C is compiled, naming the

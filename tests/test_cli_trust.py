@@ -87,7 +87,8 @@ def _processes_using(path) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)],
+                         ids=["SIGINT", "SIGTERM"])   # SIGTERM: slow (CI time)
 def test_interrupting_a_build_ends_the_compiler_and_leaves_no_temporary_files(tmp_path, sig):
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()

@@ -29,8 +29,8 @@ def test_every_required_target_is_listed():
     assert "cortex-m55" in out and "cortex-a72" in out
 
 
-@pytest.mark.parametrize("target", [pytest.param(t, marks=pytest.mark.slow) if t == "nucleo-h743zi" else t
-                                    for t in EMULATED])   # the second Cortex-M7 board: slow (CI time)
+@pytest.mark.parametrize("target", [pytest.param(t, marks=pytest.mark.slow) if t in ("nucleo-h743zi", "stm32f746g-disco") else t
+                                    for t in EMULATED])   # the M7 boards: slow (CI time; the wake-word test runs stm32f746g-disco)
 def test_board_runs_model_over_serial(build_cache, target):
     source, out, report = build_cache("mobilenet_v1", target=target, **FP32)
     # footprints measured from the linked binary

@@ -194,8 +194,8 @@ def host_int8_build(tmp_path_factory):
     return source, HostModel(d / "host")
 
 
-@pytest.mark.parametrize("board", [pytest.param(b, marks=pytest.mark.slow) if b in ("netduinoplus2", "nucleo-h743zi") else b
-                                   for b in BOARDS])   # a second M4 / M7 board: slow (CI time)
+@pytest.mark.parametrize("board", [pytest.param(b, marks=pytest.mark.slow) if b in ("netduinoplus2", "nucleo-h743zi", "stm32f746g-disco") else b
+                                   for b in BOARDS])   # a second M4 board, the M7s: slow (CI time)
 def test_device_int8_is_bit_identical_to_host(tmp_path, host_int8_build, board):
     source, host = host_int8_build
     rep = write_build(source, load_target(board), tmp_path / board, BuildOptions(quant="int8", compare_unfused=False),
