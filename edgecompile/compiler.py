@@ -181,10 +181,10 @@ def _schedule_kernels(mod: Any, prog: Program, target: Target,
     for c in prog.calls:      # a packed or re-encoded weight must be read only by kernels that expect it
         if c.builtin is not None:
             continue
-        enc = infos[symbol_of[c.kernel]].rescale
+        info = infos[symbol_of[c.kernel]]
+        enc = info.rescale
         for pos, w in enumerate(c.inputs):
-            if w in prog.weights and prog.tensors[w].packed is not None \
-                    and pos not in infos[symbol_of[c.kernel]].packed:
+            if w in prog.weights and prog.tensors[w].packed is not None and pos not in info.packed:
                 # (2-D patch tiles: one tile's GEMM reads the weight as it is, e.g. a tile as wide
                 # as its output channels, where another tile's kernel packed it) its own plain copy
                 c.inputs[pos] = _weight_copy(prog, w, unpacked, "plain")
