@@ -12,6 +12,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
+def slow_params(values, slow, key=lambda v: v) -> list:
+    """`values` for pytest.mark.parametrize, those whose key is in `slow` marked slow (a tuple
+    value is one case of several arguments)."""
+    import pytest
+
+    return [pytest.param(*(v if isinstance(v, tuple) else (v,)), marks=pytest.mark.slow) if key(v) in slow else v
+            for v in values]
+
+
 def random_input(shape, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 

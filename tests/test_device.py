@@ -15,7 +15,7 @@ from edgecompile.errors import DeviceError
 from edgecompile.measure.accuracy import run_test
 from edgecompile.device.protocol import INFER, NAK, PING, PONG, Link, encode
 from edgecompile.targets import list_targets, load_target
-from helpers import REPO, random_input, run_cli
+from helpers import REPO, random_input, run_cli, slow_params
 
 EMULATED = ["mps2-an386", "mps3-an547", "netduinoplus2", "stm32f746g-disco", "nucleo-h743zi", "rpi4"]
 SMALL = dict(width_mult=0.25, resolution=32, num_classes=10)
@@ -29,8 +29,7 @@ def test_every_required_target_is_listed():
     assert "cortex-m55" in out and "cortex-a72" in out
 
 
-@pytest.mark.parametrize("target", [pytest.param(t, marks=pytest.mark.slow) if t in ("nucleo-h743zi", "stm32f746g-disco") else t
-                                    for t in EMULATED])   # the M7 boards: slow (CI time; the wake-word test runs stm32f746g-disco)
+@pytest.mark.parametrize("target", slow_params(EMULATED, ("nucleo-h743zi", "stm32f746g-disco")))   # the M7 boards: slow (CI time; the wake-word test runs stm32f746g-disco)
 def test_board_runs_model_over_serial(build_cache, target):
     source, out, report = build_cache("mobilenet_v1", target=target, **FP32)
     # footprints measured from the linked binary

@@ -18,7 +18,7 @@ from edgecompile.ir.program import DTYPE_BYTES, KernelCall, Program, Tensor
 from edgecompile.compiler import BuildOptions, Progress, write_build
 from edgecompile.device.protocol import Link
 from edgecompile.targets import load_target
-from helpers import assert_close, compare_with_reference, output_spread, random_input
+from helpers import assert_close, compare_with_reference, output_spread, random_input, slow_params
 
 FUSED_FAMILIES = [
     ("mobilenet_v1", dict(width_mult=0.25, resolution=64, num_classes=10)),
@@ -32,8 +32,7 @@ def _build(source, out, target="host", **opts):
     return write_build(source, load_target(target), out, BuildOptions(**opts), Progress(quiet=True))
 
 
-@pytest.mark.parametrize("name,opts", [pytest.param(*f, marks=pytest.mark.slow) if f[0] in ("xception", "mobilenet_v2") else f
-                                       for f in FUSED_FAMILIES], ids=[f[0] for f in FUSED_FAMILIES])   # 24 s, 26 s on CI
+@pytest.mark.parametrize("name,opts", slow_params(FUSED_FAMILIES, ("xception", "mobilenet_v2"), key=lambda f: f[0]), ids=[f[0] for f in FUSED_FAMILIES])   # 24 s, 26 s on CI
 def test_fused_matches_unfused_on_host(tmp_path, name, opts):
     source = load_model(name, ModelOptions(**opts))
     fused = _build(source, tmp_path / "fused")

@@ -30,7 +30,7 @@ from edgecompile.platforms.host import HostModel
 from edgecompile.targets import load_target
 from test_group_conv import GROUP_LAYERS, NAMES, SHAPE as GROUP_SHAPE, UNIT_LAYERS
 from test_quant import FAMILIES
-from helpers import board_outputs, output_spread
+from helpers import board_outputs, output_spread, slow_params
 
 BOARDS = ["mps2-an386", "stm32f746g-disco", "mps3-an547"]
 # The Cortex-M4 and M7 boards run the same kernels (the same model.c, the same asm): the kernel
@@ -122,8 +122,7 @@ def _inputs(case: Case, seed: int, n: int = 4) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-@pytest.mark.parametrize("board", [pytest.param(b, marks=pytest.mark.slow) if b == "stm32f746g-disco" else b
-                                   for b in BOARDS])
+@pytest.mark.parametrize("board", slow_params(BOARDS, ("stm32f746g-disco",)))
 def test_kernel_bytes_equal_the_integer_reference_on_every_core(tmp_path, monkeypatch, case, board):
     _check_kernel_case(tmp_path, monkeypatch, case, CASES.index(case) + 1, [board])
 

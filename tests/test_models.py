@@ -7,6 +7,7 @@ from edgecompile.ir.frontend import ModelOptions, load_model
 from edgecompile.measure.inspection import inspect_model
 from edgecompile.models import ModelOptionError, ZOO, build_model
 from edgecompile.models.efficientnet import compound_coefficients
+from helpers import slow_params
 
 # Parameter counts at 1000 classes of the reference implementations (torchvision / Keras Xception).
 REFERENCE_PARAMS = {
@@ -27,8 +28,7 @@ REFERENCE_PARAMS = {
 }
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("efficientnet_b6", "efficientnet_b7") else n
-                                  for n in sorted(REFERENCE_PARAMS)])   # B6/B7: 12-22 s on CI
+@pytest.mark.parametrize("name", slow_params(sorted(REFERENCE_PARAMS), ("efficientnet_b6", "efficientnet_b7")))   # B6/B7: 12-22 s on CI
 def test_parameter_count_matches_reference(name):
     model, _ = build_model(name)
     assert sum(p.numel() for p in model.parameters()) == REFERENCE_PARAMS[name]

@@ -16,7 +16,7 @@ from edgecompile.device.protocol import Link
 from edgecompile.ir.quantize import (QParams, qparams_from_range, requant_params, requant_plan,
                                      requantize_fast_reference, requantize_reference)
 from edgecompile.targets import load_target
-from helpers import output_spread, run_cli
+from helpers import output_spread, run_cli, slow_params
 
 # ----------------------------------------------------------------------------- fixed point
 
@@ -194,8 +194,7 @@ def host_int8_build(tmp_path_factory):
     return source, HostModel(d / "host")
 
 
-@pytest.mark.parametrize("board", [pytest.param(b, marks=pytest.mark.slow) if b in ("netduinoplus2", "nucleo-h743zi", "stm32f746g-disco") else b
-                                   for b in BOARDS])   # a second M4 board, the M7s: slow (CI time)
+@pytest.mark.parametrize("board", slow_params(BOARDS, ("netduinoplus2", "nucleo-h743zi", "stm32f746g-disco")))   # a second M4 board, the M7s: slow (CI time)
 def test_device_int8_is_bit_identical_to_host(tmp_path, host_int8_build, board):
     source, host = host_int8_build
     rep = write_build(source, load_target(board), tmp_path / board, BuildOptions(quant="int8", compare_unfused=False),

@@ -7,15 +7,14 @@ import subprocess
 import numpy as np
 import pytest
 
-from helpers import compare_with_reference
+from helpers import compare_with_reference, slow_params
 from test_build_zoo import FAMILIES, REL
 
 FLAGS = ["-O1", "-g", "-Wall", "-Wextra", "-Werror", "-fsanitize=address,undefined",
          "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
 
 
-@pytest.mark.parametrize("name,opts", [pytest.param(*f, marks=pytest.mark.slow) if f[0] in ("efficientnet_b0", "xception") else f
-                                       for f in FAMILIES], ids=[f[0] for f in FAMILIES])   # 30 s and 22 s on CI
+@pytest.mark.parametrize("name,opts", slow_params(FAMILIES, ("efficientnet_b0", "xception"), key=lambda f: f[0]), ids=[f[0] for f in FAMILIES])   # 30 s and 22 s on CI
 def test_sanitized_build_runs_clean(build_cache, tmp_path, name, opts):
     source, out, _ = build_cache(name, **opts)
     for f in ("model.c", "model.h", "runner.c", "weights.c", "weights.S", "weights.bin"):
