@@ -24,7 +24,7 @@ from edgecompile.compiler import BuildOptions, Progress, write_build
 from edgecompile.ir.frontend import ModelOptions, _from_torch
 from edgecompile.platforms.host import HostModel
 from edgecompile.schedules import host
-from edgecompile.schedules.rules import GemmModel, choose_tile, model_tiles
+from edgecompile.schedules.rules import tile_candidates, GemmModel, choose_tile, model_tiles
 from edgecompile.schedules.ukernels import blocked_chunks, mixed_widths
 from edgecompile.targets import load_target
 from helpers import compare_with_reference, keep_input_dependence
@@ -126,7 +126,8 @@ def test_model_tiles_match_pytorch_on_host(tmp_path):
     code = (out / "model.c").read_text()
     model = host.RULES.gemm_model
     for w, c in [(14, 64), (7, 48), (4, 40), (2, 24)]:
-        m, n = model_tiles(w, c, host.LANES, model)[0]
+        # the rule's first candidate: a ragged pixel tile (its M x N micro-kernel) where it ranks first
+        m, n = tile_candidates(w, c, host.LANES, model.accumulators, 8, True, model, None, True)[0]
         assert f"ec_gemm_f32_{m}x{n}(" in code, (w, c, m, n)
     if host.VARIANT == "avx512":
         assert all(f"ec_gemm_f32_{t}(" in code for t in ("14x32", "7x48", "4x40", "2x24"))

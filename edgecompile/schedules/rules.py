@@ -110,18 +110,30 @@ class GemmModel:
     b_in_registers: bool = False  # the B vectors of a step and a broadcast need registers beside the accumulators
     l2_bytes: int = 0             # the L2 cache's size (0: weights always stream from L2)
     l3_bytes_per_cycle: int = 0   # the bandwidth of weights that do not fit L2
+    # The fewest cycles a reduction step takes however few its FMAs (0: not modelled): the FMA
+    # latency and the loop around it, so that a tile of fewer accumulators than step_cycles x
+    # fma_per_cycle leaves FMA slots empty. Not applied to calls of at most `short_k` steps
+    # (`for_weights`): there the next tile's steps overlap.
+    step_cycles: float = 0
+    b_operands: bool = False      # B vectors that do not fit beside the accumulators: FMA memory operands (b_loads)
+    broadcast_loads: float = 1.0  # load slots a broadcast of A takes (a vector load of B: 1)
+    ragged_min_width: int = 0     # no ragged pixel tiles (_ragged_pixel_tiles) on rows narrower than this
 
     def for_weights(self, k: int | None, channels: int) -> "GemmModel":
         """The model for a GEMM of `k` reduction steps (None: unknown) over `channels` output
-        channels of float weights: this one, or when its K x N weights exceed `l2_bytes`, one whose
-        B streams at `l3_bytes_per_cycle`. Xception/224's 728 -> 728 pointwise convolutions (2.1 MB
+        channels of float weights: this one, without `step_cycles` for a call of at most `short_k`
+        steps, and when its K x N weights exceed `l2_bytes`, one whose B streams at
+        `l3_bytes_per_cycle`. Xception/224's 728 -> 728 pointwise convolutions (2.1 MB
         of weights; L2 512 KB on this AVX2 host) took 2 x 728 tiles that read all of them from L3
         for every 2 pixels: 7 x 8 tiles over [K][8] panels read them once per 7 pixels (the whole
         untuned inference 0.68x in thread CPU time, 12 interleaved runs in one process, medians, on
         a machine loaded by other jobs)."""
-        if not self.l2_bytes or not self.l3_bytes_per_cycle or k is None or k * channels * 4 <= self.l2_bytes:
-            return self
-        return replace(self, l2_bytes_per_cycle=self.l3_bytes_per_cycle, l2_bytes=0)
+        model = self
+        if self.step_cycles and k is not None and k <= self.short_k:
+            model = replace(model, step_cycles=0)
+        if not model.l2_bytes or not model.l3_bytes_per_cycle or k is None or k * channels * 4 <= model.l2_bytes:
+            return model
+        return replace(model, l2_bytes_per_cycle=model.l3_bytes_per_cycle, l2_bytes=0)
 
     def fits_registers(self, m: int, nv: int) -> bool:
         """Whether an M x nv-vector tile's accumulators, its nv B vectors and one broadcast fit the
@@ -129,6 +141,14 @@ class GemmModel:
         registers: EfficientNet-B0's 7 x 64 tiles on AVX-512 (28 accumulators + 4 + 1 > 32) spilled
         accumulators to the stack in every reduction step."""
         return not self.b_in_registers or m * nv + nv + 1 <= self.registers
+
+    def b_loads(self, m: int, nv: int) -> int:
+        """The loads of B per reduction step of an M x nv-vector tile: its nv vectors, or with
+        `b_operands`, when they do not fit the registers beside the M x nv accumulators and a
+        broadcast, one per FMA (gcc reads them as memory operands of the FMAs)."""
+        if self.b_operands and m * nv + nv + 2 > self.registers:
+            return m * nv
+        return nv
 
     def max_m(self, k: int | None) -> int:
         """The most pixels a tile may have when one micro-kernel call runs `k` reduction steps
@@ -153,9 +173,9 @@ class GemmModel:
         nv = len(mixed_widths(n, lanes))
         peak = m * n / lanes / self.fma_per_cycle
         fma = m * nv / self.fma_per_cycle
-        loads = (m + nv) / self.loads_per_cycle
+        loads = (m * self.broadcast_loads + self.b_loads(m, nv)) / self.loads_per_cycle
         l2 = n * 4 / self.l2_bytes_per_cycle
-        return peak / max(fma, loads, l2)
+        return peak / max(fma, loads, l2, self.step_cycles)
 
     def blocked_efficiency(self, m: int, n: int, lanes: int) -> float:
         """`efficiency` of a blocked tile (ukernels.uses_blocked: M pixels x all n channels, run in
@@ -165,8 +185,9 @@ class GemmModel:
         for chunk in blocked_chunks(m, n, lanes, self.accumulators):
             width = sum(w for w, _ in chunk)
             peak += m * width / lanes / self.fma_per_cycle
-            cycles += max(m * len(chunk) / self.fma_per_cycle, (m + len(chunk)) / self.loads_per_cycle,
-                          width * 4 / self.l2_bytes_per_cycle)
+            loads = (m * self.broadcast_loads + self.b_loads(m, len(chunk))) / self.loads_per_cycle
+            cycles += max(m * len(chunk) / self.fma_per_cycle, loads, width * 4 / self.l2_bytes_per_cycle,
+                          self.step_cycles)
         return peak / cycles
 
 
@@ -244,6 +265,8 @@ def _ragged_pixel_tiles(width: int, channels: int, lanes: int, acc_budget: int, 
     dividing the width) x N vector channels (as `model_tiles` or `_ranked` take them), scored per
     row by the model's efficiency or by `_intensity`; best first."""
     out = []
+    if model is not None and width < model.ragged_min_width:
+        return []
     if model is not None:
         w = next((w for w, _ in narrower_widths(lanes) if channels % w == 0), 0)
         for n in range(w, channels + 1, w) if w else []:
@@ -251,7 +274,7 @@ def _ragged_pixel_tiles(width: int, channels: int, lanes: int, acc_budget: int, 
             if channels % n or vectors > model.accumulators:
                 continue
             for m in range(2, min(width - 1, model.accumulators // vectors, model.max_m(k)) + 1):
-                if width % m:
+                if width % m and model.fits_registers(m, vectors):
                     e = _row_score(width, m, lambda x: model.efficiency(x, n, lanes))
                     out.append(((round(e, 6), m * vectors, m), (m, n)))
     else:

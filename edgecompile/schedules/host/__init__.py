@@ -26,12 +26,38 @@ from ..rules import GemmModel, TiledRules, _pick, largest_divisor
 # layers would change, 14 x 728 -> 28 x 728).
 L2_BYTES = {"avx2": 512 << 10, "avx512": 0}
 # The rate at which weights that do not fit L2 stream from L3, bytes per cycle, as the tile ranking
-# sees it: a quarter of the L2 rate. Not measured as a bandwidth; it ranks the tiles as measured:
+# sees it: a quarter of the L2 rate (AVX2 now: AVX2_L3_BYTES_PER_CYCLE, below). Not measured as a bandwidth; it ranks the tiles as measured:
 # Xception/224 untuned, thread CPU time, interleaved, medians: its 728-channel pointwise layers in
 # 2 x 728 / 4 x 728 tiles (weights once per 2 or 4 pixels) 1.00, 4 x 728 / 7 x 728 blocked 0.94,
 # 7 x 8 over [K][8] panels 0.71 (forced), 0.68 with this model (which ranks 7 x 8 first for any rate
 # below 14 bytes per cycle); on a machine loaded by other jobs.
 L3_BYTES_PER_CYCLE = 8
+
+# The AVX2 core as its float GEMM tiles measured (this machine: AMD EPYC Zen 3, gcc 12 -O3; GFLOP/s of
+# one pointwise GEMM in a loop, tiles over rows with a ragged last tile, several runs; peak 99): the
+# tiles of 10 to 12 accumulators in two vectors (5 x 16, 6 x 16) ran 70-93 on every shape tried
+# (rows of 13 to 112 pixels, 64 to 1024 channels); 8-accumulator tiles (4 x 16, 2 x 32, 8 x 8) 45-78,
+# 7 x 8 45-77, tiles of one vector and many pixels (11 x 8, 12 x 8) 50-73, and 4 x 24 / 3 x 32
+# (16 and 17 vector registers with their B vectors and a broadcast) 53-70. The model says so by:
+# - AVX2_STEP_CYCLES: a reduction step takes at least 6 cycles (FMA latency and the loop around it:
+#   12 independent accumulators to keep both FMA pipes busy, GemmModel.step_cycles);
+# - AVX2_BROADCAST_LOADS: a broadcast of A costs 1.5 load slots against a vector load of B's 1;
+# - b_operands: B vectors that do not fit beside the accumulators, a broadcast and one spare
+#   register are read by every FMA (4 x 24, 3 x 32, 2 x 48: M x nv loads a step);
+# - AVX2_L3_BYTES_PER_CYCLE: 16, not 8: MobileNet V1's 14 x 14, 512 -> 512 layers (1 MB of
+#   weights) ran 6 x 16 tiles at 76-86 GFLOP/s against 7 x 8's 52-59 although each 6 pixels read
+#   all the weights; at 8 bytes a cycle the model ranked 7 x 8 level with them;
+# - blocked tiles off: MobileNet V1's 4 x 128 / 4 x 256 blocked tiles (0.98 of the untuned time)
+#   against 6 x 16 ones (0.81);
+# - AVX2_RAGGED_MIN_WIDTH: no ragged pixel tiles on rows narrower than 8 pixels: MobileNet V2's
+#   7 x 7 layers ran 4 x 24 + 3 x 24 and 2 x 40 ragged tiles 6-13% slower than 7 x 8.
+# Whole networks, untuned, thread CPU time, interleaved in one process, 30-40 runs, medians, against
+# the model before (ratio): MobileNet V1 1.0/224 0.84-0.90, Xception 0.93, EfficientNet-B0 0.95,
+# SqueezeNet 1.1 0.96, ShuffleNet V1 0.96, ShuffleNet V2 1.00, MobileNet V2 0.97-1.02.
+AVX2_STEP_CYCLES = 6
+AVX2_BROADCAST_LOADS = 1.5
+AVX2_L3_BYTES_PER_CYCLE = 16
+AVX2_RAGGED_MIN_WIDTH = 8
 
 
 def _has_avx512() -> bool:
@@ -137,4 +163,7 @@ else:
     RULES = HostRules(lanes=LANES, conv_acc=12, dw_acc=8, fc_acc=4, ragged=True, ragged_pixels=True,
                        gemm_model=GemmModel(registers=16, reserved=4, fma_per_cycle=2, loads_per_cycle=2,
                                             l2_bytes_per_cycle=32, overlap_tail=True,
-                                            l2_bytes=L2_BYTES[VARIANT], l3_bytes_per_cycle=L3_BYTES_PER_CYCLE))
+                                            l2_bytes=L2_BYTES[VARIANT], l3_bytes_per_cycle=AVX2_L3_BYTES_PER_CYCLE,
+                                            step_cycles=AVX2_STEP_CYCLES, b_operands=True,
+                                            broadcast_loads=AVX2_BROADCAST_LOADS, blocked=False,
+                                            ragged_min_width=AVX2_RAGGED_MIN_WIDTH))

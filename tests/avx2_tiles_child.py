@@ -1,0 +1,62 @@
+"""Child process of test_host_avx2_tiles: run with EDGECOMPILE_HOST_VECTOR=avx2 (the variant is
+chosen when edgecompile.schedules.host is imported). Builds a small network whose pointwise GEMMs
+cover the AVX2 model's cases, runs the C against PyTorch, prints one JSON line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import keep_input_dependence, output_spread, random_input  # noqa: E402
+
+from edgecompile.compiler import BuildOptions, Progress, write_build  # noqa: E402
+from edgecompile.ir.frontend import ModelOptions, _from_torch  # noqa: E402
+from edgecompile.platforms.host import HostModel  # noqa: E402
+from edgecompile.schedules import host  # noqa: E402
+from edgecompile.schedules.rules import tile_candidates  # noqa: E402
+from edgecompile.targets import load_target  # noqa: E402
+
+SHAPE = (1, 32, 28, 28)
+REL = 1e-4      # |C - PyTorch| <= REL x the spread of PyTorch's outputs (float32 rounding)
+# (row width, output channels, reduction steps) of the network's float GEMMs
+GEMMS = {"28-pixel rows, 32 -> 128": (28, 128, 32), "14-pixel rows, 128 -> 384": (14, 384, 128),
+         "14-pixel rows, 384 -> 128": (14, 128, 384), "7-pixel rows, 128 -> 96": (7, 96, 128)}
+
+
+def main(tmp: str) -> None:
+    torch.manual_seed(27)
+    net = nn.Sequential(
+        nn.Conv2d(32, 128, 1), nn.ReLU(),                                                       # 28x28
+        nn.Conv2d(128, 128, 3, stride=2, padding=1, groups=128), nn.ReLU(), nn.Conv2d(128, 384, 1), nn.ReLU(),  # 14x14
+        nn.Conv2d(384, 128, 1), nn.ReLU(),
+        nn.Conv2d(128, 128, 3, stride=2, padding=1, groups=128), nn.ReLU(), nn.Conv2d(128, 96, 1)).eval()  # 7x7
+    keep_input_dependence(net)
+    source = _from_torch("host_avx2_tiles", net, SHAPE, ModelOptions(input_shape=SHAPE, seed=27))
+    out = Path(tmp) / "b"
+    write_build(source, load_target("host"), out, BuildOptions(compare_unfused=False), Progress(quiet=True))
+    code = (out / "model.c").read_text()
+    model = host.RULES.gemm_model
+    tiles = {}
+    for name, (w, c, k) in GEMMS.items():
+        m, n = tile_candidates(w, c, host.LANES, model.accumulators, 8, True, model, k, True)[0]
+        tiles[f"{name}: {m}x{n}"] = f"ec_gemm_f32_{m}x{n}(" in code
+    tiles["a 6 x 16 tile"] = "ec_gemm_f32_6x16(" in code
+    runner = HostModel(out)
+    xs = [random_input(SHAPE, s) for s in range(3)]
+    refs = [source.reference(x)[0] for x in xs]
+    spread = output_spread(refs)
+    err = max(float(np.abs(np.asarray(runner.run(x)[0], np.float64) - np.asarray(r, np.float64)).max())
+              for x, r in zip(xs, refs))
+    runner.close()
+    print(json.dumps({"variant": host.VARIANT, "tiles": tiles, "max_rel_err": err / spread, "tolerance": REL,
+                      "output_spread": spread}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
