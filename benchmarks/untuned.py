@@ -11,8 +11,9 @@ converter LiteRT needs: export EDGECOMPILE_LITERT_PYTHON=.venv-litert/bin/python
 With --models NAME,...: only those networks are run again; the table keeps the other rows from
 the previous run's JSON (UNTUNED.json), each row saying which run measured it.
 
-For every network: our build without tuning records and each peer, timed one after the other in
-this process on the same input, one thread, median after warm-up (edgecompile.measure.bench).
+For every network: our build without tuning records and each peer, timed in this process on the
+same input, one thread, their calls interleaved (one of each in turn), medians after warm-up
+(edgecompile.measure.bench).
 ExecuTorch runs in a child process per network (benchmarks/isolated.py), timed there beside our
 build's library: it segfaults inside its runtime on some networks, which then costs its cell (the
 table says why), not the run; its ratio is ours / ExecuTorch as the child measured both. The
@@ -142,7 +143,7 @@ def main() -> None:
     shown = [p for p in PEERS if any(p in r.get("peers_ms", {}) for r in rows)] or ["onnxruntime"]
     lines = ["# Untuned host latency against the fastest peer", "",
              f"`benchmarks/untuned.py`, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-             "one thread, median of each in one process run; 1000 classes. The machine is shared (2 cores, "
+             "one thread, median of each in one process run, the runtimes' calls interleaved; 1000 classes. The machine is shared (2 cores, "
              "other jobs running): the medians move between runs, the ratio within a run is the figure. "
              "Build time is wall clock on the same loaded machine. A row's run says when it was measured "
              "(`--models` reruns some rows and keeps the others). GFLOP/s = 2 x MACs / our median, against "

@@ -686,7 +686,8 @@ def _add_run(sub: Any) -> None:
 def _add_bench(sub: Any) -> None:
     s = sub.add_parser("bench", help="latency of the generated C vs peer runtimes (host)",
                        description="Build MODEL for the host, then time it and each peer runtime in this "
-                                   "process on the same input, one thread, median of --runs after --warmup.",
+                                   "process on the same input, one thread: --warmup calls each, then --runs "
+                                   "rounds of one call of each in turn; medians.",
                        epilog=MODEL_HELP, formatter_class=RAW)
     _model_args(s)
     _target_args(s)

@@ -79,6 +79,19 @@ def test_bench_json(tmp_path):
     assert res["results"]["onnxruntime"]["max_abs_diff_vs_edgecompile"] < 1e-4
 
 
+def test_bench_interleaves_the_runtimes():
+    """Every round times one call of each runtime in turn (after each one's warm-up calls), so that
+    a drift of the machine's speed falls on all of them alike; the statistics are each one's own."""
+    from edgecompile.measure.bench import _time_interleaved
+
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b"), "c": lambda: calls.append("c")}
+    res = _time_interleaved(fns, runs=4, warmup=2)
+    assert calls == ["a", "a", "b", "b", "c", "c"] + ["a", "b", "c"] * 4
+    assert set(res) == {"a", "b", "c"} and all(r["runs"] == 4 and r["min_ms"] <= r["median_ms"]
+                                               for r in res.values())
+
+
 def test_list_targets_and_models():
     assert "host" in run_cli("list", "targets", check=True).stdout
     assert "efficientnet_b7" in run_cli("list", "models", check=True).stdout
