@@ -117,6 +117,7 @@ class GemmModel:
     step_cycles: float = 0
     b_operands: bool = False      # B vectors that do not fit beside the accumulators: FMA memory operands (b_loads)
     broadcast_loads: float = 1.0  # load slots a broadcast of A takes (a vector load of B: 1)
+    operand_loads: float = 1.0    # load slots of a B vector read as an FMA's memory operand (b_operands)
     ragged_min_width: int = 0     # no ragged pixel tiles (_ragged_pixel_tiles) on rows narrower than this
 
     def for_weights(self, k: int | None, channels: int) -> "GemmModel":
@@ -142,12 +143,13 @@ class GemmModel:
         accumulators to the stack in every reduction step."""
         return not self.b_in_registers or m * nv + nv + 1 <= self.registers
 
-    def b_loads(self, m: int, nv: int) -> int:
-        """The loads of B per reduction step of an M x nv-vector tile: its nv vectors, or with
-        `b_operands`, when they do not fit the registers beside the M x nv accumulators and a
-        broadcast, one per FMA (gcc reads them as memory operands of the FMAs)."""
+    def b_loads(self, m: int, nv: int) -> float:
+        """The load slots of B per reduction step of an M x nv-vector tile: its nv vectors, or with
+        `b_operands`, when they do not fit the registers beside the M x nv accumulators, a
+        broadcast and one spare, one per FMA (gcc reads them as memory operands of the FMAs), at
+        `operand_loads` each."""
         if self.b_operands and m * nv + nv + 2 > self.registers:
-            return m * nv
+            return m * nv * self.operand_loads
         return nv
 
     def max_m(self, k: int | None) -> int:

@@ -43,7 +43,10 @@ L3_BYTES_PER_CYCLE = 8
 #   12 independent accumulators to keep both FMA pipes busy, GemmModel.step_cycles);
 # - AVX2_BROADCAST_LOADS: a broadcast of A costs 1.5 load slots against a vector load of B's 1;
 # - b_operands: B vectors that do not fit beside the accumulators, a broadcast and one spare
-#   register are read by every FMA (4 x 24, 3 x 32, 2 x 48: M x nv loads a step);
+#   register are read by every FMA (4 x 24, 3 x 32, 2 x 48: M x nv loads a step), at
+#   AVX2_OPERAND_LOADS = 1.25 slots each: 2 x 48 ran 56-74 where 5 x 16 ran 68-88 (13-pixel rows,
+#   192 channels), and SqueezeNet 1.1's 13 x 13 layers ran their 2 x 48 + 1 x 48 rows ~1.2x slower
+#   than 5 x 16 + 3 x 16 (6 x 16 + 1 x 16 now);
 # - AVX2_L3_BYTES_PER_CYCLE: 16, not 8: MobileNet V1's 14 x 14, 512 -> 512 layers (1 MB of
 #   weights) ran 6 x 16 tiles at 76-86 GFLOP/s against 7 x 8's 52-59 although each 6 pixels read
 #   all the weights; at 8 bytes a cycle the model ranked 7 x 8 level with them;
@@ -52,10 +55,11 @@ L3_BYTES_PER_CYCLE = 8
 # - AVX2_RAGGED_MIN_WIDTH: no ragged pixel tiles on rows narrower than 8 pixels: MobileNet V2's
 #   7 x 7 layers ran 4 x 24 + 3 x 24 and 2 x 40 ragged tiles 6-13% slower than 7 x 8.
 # Whole networks, untuned, thread CPU time, interleaved in one process, 30-40 runs, medians, against
-# the model before (ratio): MobileNet V1 1.0/224 0.84-0.90, Xception 0.93, EfficientNet-B0 0.95,
-# SqueezeNet 1.1 0.96, ShuffleNet V1 0.96, ShuffleNet V2 1.00, MobileNet V2 0.97-1.02.
+# the model before (ratio): MobileNet V1 1.0/224 0.84-0.90, Xception 0.93, EfficientNet-B0 0.91,
+# SqueezeNet 1.1 0.93, ShuffleNet V1 0.90, ShuffleNet V2 1.00, MobileNet V2 1.00.
 AVX2_STEP_CYCLES = 6
 AVX2_BROADCAST_LOADS = 1.5
+AVX2_OPERAND_LOADS = 1.25
 AVX2_L3_BYTES_PER_CYCLE = 16
 AVX2_RAGGED_MIN_WIDTH = 8
 
@@ -165,5 +169,6 @@ else:
                                             l2_bytes_per_cycle=32, overlap_tail=True,
                                             l2_bytes=L2_BYTES[VARIANT], l3_bytes_per_cycle=AVX2_L3_BYTES_PER_CYCLE,
                                             step_cycles=AVX2_STEP_CYCLES, b_operands=True,
-                                            broadcast_loads=AVX2_BROADCAST_LOADS, blocked=False,
+                                            broadcast_loads=AVX2_BROADCAST_LOADS,
+                                            operand_loads=AVX2_OPERAND_LOADS, blocked=False,
                                             ragged_min_width=AVX2_RAGGED_MIN_WIDTH))
