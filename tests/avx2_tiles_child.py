@@ -19,7 +19,7 @@ from edgecompile.compiler import BuildOptions, Progress, write_build  # noqa: E4
 from edgecompile.ir.frontend import ModelOptions, _from_torch  # noqa: E402
 from edgecompile.platforms.host import HostModel  # noqa: E402
 from edgecompile.schedules import host  # noqa: E402
-from edgecompile.schedules.rules import tile_candidates  # noqa: E402
+from edgecompile.schedules.rules import choose_tile, tile_candidates  # noqa: E402
 from edgecompile.targets import load_target  # noqa: E402
 
 SHAPE = (1, 32, 28, 28)
@@ -35,7 +35,8 @@ def main(tmp: str) -> None:
         nn.Conv2d(32, 128, 1), nn.ReLU(),                                                       # 28x28
         nn.Conv2d(128, 128, 3, stride=2, padding=1, groups=128), nn.ReLU(), nn.Conv2d(128, 384, 1), nn.ReLU(),  # 14x14
         nn.Conv2d(384, 128, 1), nn.ReLU(),
-        nn.Conv2d(128, 128, 3, stride=2, padding=1, groups=128), nn.ReLU(), nn.Conv2d(128, 96, 1)).eval()  # 7x7
+        nn.Conv2d(128, 128, 3, stride=2, padding=1, groups=128), nn.ReLU(), nn.Conv2d(128, 96, 1), nn.ReLU(),  # 7x7
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(96, 1000)).eval()                     # 1000 classes
     keep_input_dependence(net)
     source = _from_torch("host_avx2_tiles", net, SHAPE, ModelOptions(input_shape=SHAPE, seed=27))
     out = Path(tmp) / "b"
@@ -47,6 +48,8 @@ def main(tmp: str) -> None:
         m, n = tile_candidates(w, c, host.LANES, model.accumulators, 8, True, model, k, True)[0]
         tiles[f"{name}: {m}x{n}"] = f"ec_gemm_f32_{m}x{n}(" in code
     tiles["a 6 x 16 tile"] = "ec_gemm_f32_6x16(" in code
+    m, n = choose_tile(1, 1000, host.LANES, host.RULES.fc_acc, 1, True)
+    tiles[f"classifier 96 -> 1000: {m}x{n}"] = (m, n) == (1, 40) and f"ec_gemm_f32_{m}x{n}(" in code
     runner = HostModel(out)
     xs = [random_input(SHAPE, s) for s in range(3)]
     refs = [source.reference(x)[0] for x in xs]

@@ -2,7 +2,8 @@
 b_operands, operand_loads, ragged_min_width; measured in the comment above AVX2_STEP_CYCLES): tiles of 10 to 12
 accumulators in two vectors (5 x 16, 6 x 16) rank above the 8-accumulator and one-vector tiles
 that ran slower, B vectors that do not fit the registers cost a load per FMA, short calls are not
-latency-bound, and rows under 8 pixels keep dividing tiles. The AVX2 model is built here as the
+latency-bound, rows under 8 pixels keep dividing tiles, and a 1000-class classifier runs 1 x 40
+tiles (5 chains of FMAs, not 1 x 8's one). The AVX2 model is built here as the
 host rules build it, whatever this machine's variant; the build test compiles the AVX2 variant's
 C (EDGECOMPILE_HOST_VECTOR=avx2 in a child process: every x86-64 host CI runs runs AVX2) and
 checks it against PyTorch on outputs that depend on the input."""
