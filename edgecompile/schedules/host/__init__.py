@@ -93,6 +93,13 @@ class HostRules(TiledRules):
         pads = [b for b in blocks_before if "pad" in b.lower() and tiling.block_dtype(sch, b) == "float32"]
         tiling.split_padding(sch, pads)
 
+    def after_finish(self, func: Any, info: Any) -> Any | None:
+        """Marked for codegen.lower.zero_start_gemms: a float GEMM tile zeroed right before its
+        micro-kernel call takes the zero-start kernel (host/ukernels.gemm_z: accumulators started
+        at zero) instead of the zeros stored, then loaded by the kernel."""
+        out = super().after_finish(func, info)
+        return None if out is None else out.with_attr(tiling.ZERO_START_ATTR, 1)
+
     def _row_tile(self, sch: Any, info: Any, cfg: dict | None, acc: str, groups: int = 1) -> tuple[int, int] | None:
         """`TiledRules._row_tile`, except a float depthwise convolution over channels that full
         vectors do not divide (ShuffleNet V1's 60, 120; Xception's 728) takes all its channels per

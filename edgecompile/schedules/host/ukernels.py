@@ -12,7 +12,9 @@ same block of accumulators (`_blocks`)."""
 
 from __future__ import annotations
 
-from ..ukernels import (F32, Types, _C, _Emit, dw_signature, gemm_signature, narrower_widths,
+import re
+
+from ..ukernels import (F32, Types, _C, _Emit, dw_signature, emit_gemm_c, gemm_signature, narrower_widths,
                         overlap_blocks, ragged_width)
 from . import RULES
 
@@ -105,3 +107,33 @@ def dw(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types, acc: 
         lines += ["  {", *_dw_block(e, m, kh, kw, s, offs), "  }"]
     lines += ["  return 0;", "}"]
     return "\n".join(lines)
+
+
+_C_LOAD = re.compile(r"\b(ec_f32[a-z]*)_load\(C \+ [^()]*\)")
+_C_SCALAR_LOAD = re.compile(r"= \*\(C \+ [^()]*\)")
+
+
+def gemm_z(m: int, n: int, lanes: int, types: Types) -> str | None:
+    """C for `ec_gemm_f32_MxN_z` (C = A B; codegen.lower.zero_start_gemms, where a kernel zeroed
+    the tile right before the call): the += kernel this family emits for the tile (`gemm`, or the
+    generic one as schedules.emit_ukernels takes it) with its accumulators started at zero instead
+    of loaded from C, so the tile's zeroing loop and the loads of those zeros go. The same sums in
+    the same order from +0: the same bits. None (the generic zero-then-call form) for a kernel
+    whose reads of C are not all vector loads this rewrites."""
+    if types != F32:
+        return None
+    model = RULES.gemm_model
+    src = gemm(m, n, lanes, types) or emit_gemm_c(m, n, lanes, types, RULES.conv_acc, mixed=model is not None,
+                                                    block_acc=model.accumulators if model is not None else 0)
+    name = f"ec_gemm_{types.tag}_{m}x{n}("
+    if src.count(name) != 1:
+        return None
+    out = _C_LOAD.sub(lambda mt: f"({mt.group(1)}){{0}}", src.replace(name, name[:-1] + "_z("))
+    out = _C_SCALAR_LOAD.sub("= 0.0f", out)
+    body = out[out.index("{", out.index(name[:-1] + "_z(")):]
+    # every use of C left must be a store: `..._store(C + ...)` or `*(C + ...) = ...`
+    uses = len(re.findall(r"\bC\b", body))
+    stores = len(re.findall(r"_store\(C \+ ", body)) + len(re.findall(r"\*\(C \+ [^()]*\) = ", body))
+    if uses != stores:
+        return None
+    return out.replace(f"C[{m}x{n}] += A", f"C[{m}x{n}] = A", 1)
