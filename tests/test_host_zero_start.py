@@ -24,7 +24,7 @@ from edgecompile.ir.frontend import ModelOptions, _from_torch
 from edgecompile.platforms.host import HostModel
 from edgecompile.schedules import host
 from edgecompile.schedules.host import ukernels as host_ukernels
-from edgecompile.schedules.ukernels import F32, emit_gemm_c, emit_prelude
+from edgecompile.schedules.ukernels import F32, emit_prelude, family_gemm_c
 from edgecompile.targets import load_target
 from helpers import compare_with_reference, keep_input_dependence
 
@@ -32,9 +32,7 @@ REL = 1e-4     # |C - PyTorch| <= REL x the spread of PyTorch's outputs (float32
 
 
 def _plus_kernel(m: int, n: int, lanes: int) -> str:
-    model = host.RULES.gemm_model
-    return (host_ukernels.gemm(m, n, lanes, F32)
-            or emit_gemm_c(m, n, lanes, F32, host.RULES.conv_acc, mixed=True, block_acc=model.accumulators))
+    return family_gemm_c(host_ukernels, host.RULES, m, n, lanes, F32)
 
 
 # (M, N, K) at each lane width: two vectors, mixed widths, blocked (more vectors than accumulators),

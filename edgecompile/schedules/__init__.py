@@ -142,11 +142,7 @@ def emit_ukernels(kernel_code: str, family_name: str) -> str:
     parts = ([ukernels.ACLE_INCLUDE] if integer else []) + [ukernels.emit_prelude(lanes)]
     parts += [ukernels.HELPERS[h] for h in helpers]
     for t, m, n in gemms:
-        types = ukernels.TYPES[t]
-        code = getattr(own, "gemm", lambda *a: None)(m, n, lanes, types)
-        model = getattr(rules, "gemm_model", None)
-        parts.append(code or ukernels.emit_gemm_c(m, n, lanes, types, rules.conv_acc, mixed=model is not None,
-                                                  block_acc=model.accumulators if model is not None else 0))
+        parts.append(ukernels.family_gemm_c(own, rules, m, n, lanes, ukernels.TYPES[t]))
     for t, m, n in gemms_z:
         types = ukernels.TYPES[t]
         parts.append(getattr(own, "gemm_z", lambda *a: None)(m, n, lanes, types) or ukernels.gemm_z_c(m, n, types))

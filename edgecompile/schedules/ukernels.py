@@ -1023,6 +1023,16 @@ def rows_gemm_c(m: int, p: int, n: int, types: Types, zero_start: bool = False) 
         "  return 0;", "}"])
 
 
+def family_gemm_c(own: Any, rules: Any, m: int, n: int, lanes: int, types: Types) -> str:
+    """`ec_gemm_<t>_MxN` (C += A B) as a family emits it: its own kernel (`own.gemm`, its
+    `<family>/ukernels.py`) where it has one for the tile, else the generic one, ranked tiles'
+    blocks sized by the family's GEMM model (`rules.gemm_model`) when it has one."""
+    code = getattr(own, "gemm", lambda *a: None)(m, n, lanes, types)
+    model = getattr(rules, "gemm_model", None)
+    return code or emit_gemm_c(m, n, lanes, types, rules.conv_acc, mixed=model is not None,
+                               block_acc=model.accumulators if model is not None else 0)
+
+
 def gemm_z_c(m: int, n: int, types: Types) -> str:
     """`ec_gemm_<t>_MxN_z` (C = A B) where a family has no kernel of its own: the tile zeroed, then
     the += kernel."""

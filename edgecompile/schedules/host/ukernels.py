@@ -13,8 +13,9 @@ same block of accumulators (`_blocks`)."""
 from __future__ import annotations
 
 import re
+import sys
 
-from ..ukernels import (F32, Types, _C, _Emit, dw_signature, emit_gemm_c, gemm_signature, narrower_widths,
+from ..ukernels import (F32, Types, _C, _Emit, dw_signature, family_gemm_c, gemm_signature, narrower_widths,
                         overlap_blocks, ragged_width)
 from . import RULES
 
@@ -115,16 +116,14 @@ _C_SCALAR_LOAD = re.compile(r"= \*\(C \+ [^()]*\)")
 
 def gemm_z(m: int, n: int, lanes: int, types: Types) -> str | None:
     """C for `ec_gemm_f32_MxN_z` (C = A B; codegen.lower.zero_start_gemms, where a kernel zeroed
-    the tile right before the call): the += kernel this family emits for the tile (`gemm`, or the
-    generic one as schedules.emit_ukernels takes it) with its accumulators started at zero instead
+    the tile right before the call): the += kernel this family emits for the tile
+    (ukernels.family_gemm_c: `gemm`, or the generic one) with its accumulators started at zero instead
     of loaded from C, so the tile's zeroing loop and the loads of those zeros go. The same sums in
     the same order from +0: the same bits. None (the generic zero-then-call form) for a kernel
     whose reads of C are not all vector loads this rewrites."""
     if types != F32:
         return None
-    model = RULES.gemm_model
-    src = gemm(m, n, lanes, types) or emit_gemm_c(m, n, lanes, types, RULES.conv_acc, mixed=model is not None,
-                                                    block_acc=model.accumulators if model is not None else 0)
+    src = family_gemm_c(sys.modules[__name__], RULES, m, n, lanes, types)
     name = f"ec_gemm_{types.tag}_{m}x{n}("
     if src.count(name) != 1:
         return None
