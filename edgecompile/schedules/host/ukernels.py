@@ -120,7 +120,7 @@ def gemm_z(m: int, n: int, lanes: int, types: Types) -> str | None:
     (ukernels.family_gemm_c: `gemm`, or the generic one) with its accumulators started at zero instead
     of loaded from C, so the tile's zeroing loop and the loads of those zeros go. The same sums in
     the same order from +0: the same bits. None (the generic zero-then-call form) for a kernel
-    whose reads of C are not all vector loads this rewrites."""
+    that reads C other than by the vector loads and scalar `*(C + ...)` initialisers rewritten here."""
     if types != F32:
         return None
     src = family_gemm_c(sys.modules[__name__], RULES, m, n, lanes, types)
