@@ -18,8 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgecompile.schedules.host import (AVX2_BROADCAST_LOADS, AVX2_L3_BYTES_PER_CYCLE, AVX2_OPERAND_LOADS,
-                                        AVX2_RAGGED_MIN_WIDTH, AVX2_STEP_CYCLES, L2_BYTES)
-from edgecompile.schedules.rules import GemmModel, tile_candidates
+                                        AVX2_RAGGED_MIN_WIDTH, AVX2_STEP_CYCLES, L2_BYTES, L3_BYTES_PER_CYCLE)
+from edgecompile.schedules.rules import GemmModel, model_tiles, tile_candidates
 
 AVX2 = GemmModel(registers=16, reserved=4, fma_per_cycle=2, loads_per_cycle=2, l2_bytes_per_cycle=32,
                  overlap_tail=True, l2_bytes=L2_BYTES["avx2"], l3_bytes_per_cycle=AVX2_L3_BYTES_PER_CYCLE,
@@ -47,6 +47,20 @@ def test_avx2_model_ranks_twelve_accumulators_in_two_vectors_first():
     assert AVX2.efficiency(2, 48, 8) < AVX2.efficiency(5, 16, 8)
     # rows under 8 pixels: no ragged tiles (7 x 8 as before, not 4 x 24 + 3 x 24 or 2 x 40 + 1 x 40)
     assert first(7, 960, 160) == (7, 8) and first(7, 1024, 1024) == (7, 8)
+
+
+def test_channels_only_a_quarter_vector_divides_take_overlapped_full_vectors():
+    """116 channels (29 x 4, ShuffleNet V2 1.0): the best 4-lane tile (7 x 4, one quarter vector,
+    7 accumulators) rates far below full vectors with an overlapping last one (2 x 116: 15 vectors
+    in blocks of 6, 6, 3), which come first; a tile with a full vector (AVX-512's 60 channels as
+    16 + 16 + 16 + 8 + 4) keeps the model's own ranking."""
+    assert model_tiles(14, 116, 8, AVX2, 116)[0] == (7, 4)
+    assert first(14, 116, 116) == (2, 116) and first(28, 116, 116) == (2, 116)
+    assert first(28, 58, 58) == (2, 58)        # no narrower vector divides 58: overlapped as before
+    avx512 = GemmModel(registers=32, reserved=4, fma_per_cycle=2, loads_per_cycle=2, l2_bytes_per_cycle=32,
+                       overlap_tail=True, b_in_registers=True, l2_bytes=L2_BYTES["avx512"],
+                       l3_bytes_per_cycle=L3_BYTES_PER_CYCLE)
+    assert tile_candidates(28, 60, 16, 28, 8, True, avx512, 60, True)[0] == model_tiles(28, 60, 16, avx512, 60)[0]
 
 
 def test_avx2_model_terms():
