@@ -176,22 +176,33 @@ class HostModel:
         shutil.copyfile(lib_path, private)
         self.lib = ctypes.CDLL(str(private))
         self.lib.ec_model_run_multi.restype = ctypes.c_int
+        self.lib.ec_model_run_multi.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         self.inputs = [(tuple(t["shape"]), t["dtype"]) for t in self.report["inputs"]]
         self.outputs = [(tuple(t["shape"]), t["dtype"]) for t in self.report["outputs"]]
+        # what each call needs, worked out once: a call's own cost is the network's on a tiny model
+        # (MobileNet V1 0.25/32 untuned: ~58 us in C, 73 us through this method before)
+        self._in_checks = [(int(np.prod(shape)), np.dtype(dtype), shape) for shape, dtype in self.inputs]
+        self._out_specs = [(shape, np.dtype(dtype)) for shape, dtype in self.outputs]
+        self._in_ptrs = (ctypes.c_void_p * len(self.inputs))()
+        self._out_ptrs = (ctypes.c_void_p * len(self.outputs))()
 
     def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
-        if len(inputs) != len(self.inputs):
+        """The outputs (new arrays) for `inputs`: any array of the input's size, converted to its
+        type and made contiguous where it is not already."""
+        if len(inputs) != len(self._in_checks):
             raise EdgeCompileError(f"model takes {len(self.inputs)} input(s), got {len(inputs)}")
         ins = []
-        for x, (shape, dtype) in zip(inputs, self.inputs):
-            x = np.asarray(x)
-            if x.size != int(np.prod(shape)):
+        for i, (x, (size, dtype, shape)) in enumerate(zip(inputs, self._in_checks)):
+            if not (type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous):
+                x = np.ascontiguousarray(np.asarray(x), dtype=dtype)
+            if x.size != size:
                 raise EdgeCompileError(f"input has shape {x.shape}, the model expects {shape}")
-            ins.append(np.ascontiguousarray(x, dtype=dtype).reshape(shape))
-        outs = [np.zeros(shape, dtype=dtype) for shape, dtype in self.outputs]
-        in_arr = (ctypes.c_void_p * len(ins))(*[a.ctypes.data for a in ins])
-        out_arr = (ctypes.c_void_p * len(outs))(*[a.ctypes.data for a in outs])
-        rc = self.lib.ec_model_run_multi(in_arr, out_arr)
+            ins.append(x)                       # kept alive until the call returns
+            self._in_ptrs[i] = x.ctypes.data
+        outs = [np.empty(shape, dtype=dtype) for shape, dtype in self._out_specs]
+        for i, a in enumerate(outs):
+            self._out_ptrs[i] = a.ctypes.data
+        rc = self.lib.ec_model_run_multi(self._in_ptrs, self._out_ptrs)
         if rc != 0:
             raise EdgeCompileError(f"ec_model_run failed at kernel call {rc}")
         return outs
