@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import keep_input_dependence, output_spread, random_input  # noqa: E402
+from helpers import has_gemm_tile, keep_input_dependence, output_spread, random_input  # noqa: E402
 
 from edgecompile.compiler import BuildOptions, Progress, write_build  # noqa: E402
 from edgecompile.ir.frontend import ModelOptions, _from_torch  # noqa: E402
@@ -47,11 +47,11 @@ def main(tmp: str) -> None:
     tiles = {}
     for name, (w, c, k) in GEMMS.items():
         m, n = tile_candidates(w, c, host.LANES, model.accumulators, 8, True, model, k, True)[0]
-        tiles[f"{name}: {m}x{n}"] = f"ec_gemm_f32_{m}x{n}(" in code
-    tiles["a 6 x 16 tile"] = "ec_gemm_f32_6x16(" in code
-    tiles["116 channels in overlapped full vectors: 2x116"] = "ec_gemm_f32_2x116(" in code
+        tiles[f"{name}: {m}x{n}"] = has_gemm_tile(code, m, n)
+    tiles["a 6 x 16 tile"] = has_gemm_tile(code, 6, 16)
+    tiles["116 channels in overlapped full vectors: 2x116"] = has_gemm_tile(code, 2, 116)
     m, n = choose_tile(1, 1000, host.LANES, host.RULES.fc_acc, 1, True)
-    tiles[f"classifier 96 -> 1000: {m}x{n}"] = (m, n) == (1, 40) and f"ec_gemm_f32_{m}x{n}(" in code
+    tiles[f"classifier 96 -> 1000: {m}x{n}"] = (m, n) == (1, 40) and has_gemm_tile(code, m, n)
     runner = HostModel(out)
     xs = [random_input(SHAPE, s) for s in range(3)]
     refs = [source.reference(x)[0] for x in xs]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,16 @@ def slow_params(values, slow, key=lambda v: v) -> list:
 
     return [pytest.param(*(v if isinstance(v, tuple) else (v,)), marks=pytest.mark.slow) if key(v) in slow else v
             for v in values]
+
+
+def gemm_tile_re(m: int | str, n: int | str) -> str:
+    r"""A float M x N GEMM tile's kernel in model.c, in any of its forms: the += kernel, the
+    zero-start one (`_z`), or with its epilogue (`_z_e<code>`). M or N may be a regex (r"\d+")."""
+    return rf"\bec_gemm_f32_{m}x{n}(?:_z(?:_e[A-Za-z0-9]+)?)?\("
+
+
+def has_gemm_tile(code: str, m: int | str, n: int | str) -> bool:
+    return re.search(gemm_tile_re(m, n), code) is not None
 
 
 def random_input(shape, seed: int = 0) -> np.ndarray:

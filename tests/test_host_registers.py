@@ -66,7 +66,7 @@ def test_register_fitting_tiles_match_pytorch_on_host(tmp_path):
     write_build(source, load_target("host"), out, BuildOptions(compare_unfused=False), Progress(quiet=True))
     code = (out / "model.c").read_text()
     lanes, model = host.LANES, host.RULES.gemm_model
-    tiles = {(int(m), int(n)) for m, n in re.findall(r"ec_gemm_f32_(\d+)x(\d+)\(", code)}
+    tiles = {(int(m), int(n)) for m, n in re.findall(r"ec_gemm_f32_(\d+)x(\d+)(?:_z(?:_e[A-Za-z0-9]+)?)?\(", code)}
     assert tiles
     for m, n in tiles:
         nv = len(mixed_widths(n, lanes))

@@ -29,7 +29,7 @@ from helpers import assert_close, board_outputs, compare_with_reference, keep_in
 SHAPE = (1, 3, 6, 37)
 REL = 1e-4     # |C - PyTorch| <= REL x the spread of PyTorch's outputs (float32 rounding)
 WIDTHS = (37, 19, 13, 7)
-ROWS_CALL = re.compile(r"\bec_(gemm|dw)_f32_(\d+)x(\d+)(?:_k\d+x\d+s\d+)?_p(\d+)(?:_z)?\(")
+ROWS_CALL = re.compile(r"\bec_(gemm|dw)_f32_(\d+)x(\d+)(?:_k\d+x\d+s\d+)?_p(\d+)(?:_z(?:_e[A-Za-z0-9]+)?)?\(")
 
 
 def _source():

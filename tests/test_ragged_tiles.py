@@ -23,12 +23,13 @@ from edgecompile.platforms.host import HostModel
 from edgecompile.schedules.rules import choose_tile, tile_candidates
 from edgecompile.schedules.ukernels import ragged_width
 from edgecompile.targets import load_target
-from helpers import assert_close, board_outputs, compare_with_reference, keep_input_dependence, output_spread, random_input
+from helpers import (assert_close, board_outputs, compare_with_reference, gemm_tile_re, keep_input_dependence,
+                     output_spread, random_input)
 
 SHAPE = (1, 3, 9, 7)
 REL = 1e-4     # |C - PyTorch| <= REL x the spread of PyTorch's outputs (float32 rounding)
 # micro-kernels that must be ragged tiles (N = all the channels of a layer no vector divides)
-RAGGED = [r"ec_gemm_f32_\d+x58\(", r"ec_gemm_f32_\d+x17\(", r"ec_gemm_f32_\d+x10\(", r"ec_dw_f32_\d+x58_k3x3s1\("]
+RAGGED = [gemm_tile_re(r"\d+", 58), gemm_tile_re(r"\d+", 17), gemm_tile_re(r"\d+", 10), r"ec_dw_f32_\d+x58_k3x3s1(?:_z_e[A-Za-z0-9]+)?\("]
 
 
 def _source():

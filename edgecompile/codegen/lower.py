@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import EdgeCompileError
 from ..ir.kernel import KernelInfo
 from ..ir.program import DTYPE_BYTES, Tensor
-from ..schedules.tiling import BORDER_FILL_ATTR, WIDEN_PRAGMA, ZERO_START_ATTR, map_children
+from ..schedules.tiling import BORDER_FILL_ATTR, EPILOGUE_ATTR, WIDEN_PRAGMA, ZERO_START_ATTR, map_children
 from .mathlib import LIBM_REPLACEMENTS
 
 # Intermediate buffers below this size stay on the stack (register tiles, small row buffers);
@@ -394,6 +394,199 @@ def zero_start_gemms(func: Any) -> Any:
     return func.with_body(walk(func.body))
 
 
+_GEMM_Z_SYMBOL_RE = re.compile(r"ec_gemm_f32_(\d+)x(\d+)(_p\d+)?_z")
+
+
+def _linear(index: Any, loops: list[Any]) -> tuple[list[int], Any] | None:
+    """([constant coefficient of each loop variable], the rest: an expression free of them) of an
+    index linear in the loops' variables; None otherwise."""
+    from tvm import sym, tirx
+
+    coeffs = sym.detect_linear_equation(index, [lp.loop_var for lp in loops])
+    if len(coeffs) != len(loops) + 1 or not all(isinstance(c, tirx.IntImm) for c in coeffs[:-1]):
+        return None
+    return [int(c.value) for c in coeffs[:-1]], sym.Analyzer().simplify(coeffs[-1])
+
+
+def _epilogue_tree(value: Any, tile: Any, i: Any, j: Any, n: int, found: list) -> tuple | None:
+    """The epilogue code's tree (schedules/epilogues.py) of a value computed from the tile `tile`
+    (read at i * n + j) and other buffers (at base + j, or base + i * stride + j), recording each
+    other buffer's read in `found` as (buffer, base, stride or 0); None for any other expression."""
+    import tvm
+    from tvm import tirx
+
+    from ..schedules import epilogues
+
+    if str(value.ty) != "float32":
+        return None
+    ops = {tirx.Add: "A", tirx.Max: "X", tirx.Min: "N"}
+    for cls, code in ops.items():
+        if isinstance(value, cls):
+            a = _epilogue_tree(value.a, tile, i, j, n, found)
+            b = _epilogue_tree(value.b, tile, i, j, n, found) if a is not None else None
+            return None if b is None else (code, a, b)
+    if isinstance(value, tirx.FloatImm):
+        return epilogues.constant(float(value.value))
+    if isinstance(value, tvm.ir.expr.TensorLoad) and len(value.indices) == 1:
+        loops = [lp for lp in (i, j) if lp is not None]
+        lin = _linear(value.indices[0], loops)
+        if lin is None:
+            return None
+        coeffs, base = lin
+        ci, cj = (coeffs[0], coeffs[1]) if i is not None else (0, coeffs[0])
+        if value.source.same_as(tile):
+            ok = cj == 1 and (ci == n or i is None) and isinstance(base, tirx.IntImm) and int(base.value) == 0
+            return ("a",) if ok else None
+        if cj != 1:
+            return None
+        for k, (buf, b, stride) in enumerate(found):
+            if buf.same_as(value.source) and stride == ci and tvm.ir.structural_equal(b, base):
+                return ("r" if ci else "b", k)
+        found.append((value.source, base, ci))
+        return ("r" if ci else "b", len(found) - 1)
+    return None
+
+
+def _reads_tile(tree: tuple) -> bool:
+    return tree[0] == "a" or (len(tree) == 3 and (_reads_tile(tree[1]) or _reads_tile(tree[2])))
+
+
+_CHILD_FIELDS = ("seq", "body", "then_case", "else_case", "value", "a", "b", "indices", "args", "condition",
+                 "true_value", "false_value", "min", "extent")
+
+
+def _nodes(node: Any) -> Any:
+    """Every statement and expression under `node` (itself first), over the fields of the TIR
+    nodes a lowered kernel holds."""
+    yield node
+    for field in _CHILD_FIELDS:
+        child = getattr(node, field, None)
+        if child is None or isinstance(child, (str, int, float)):
+            continue
+        if hasattr(child, "__len__") and not hasattr(child, "same_as"):
+            for c in child:
+                yield from _nodes(c)
+        elif hasattr(child, "same_as"):
+            yield from _nodes(child)
+
+
+def _uses_buffer(stmts: list[Any], buf: Any) -> bool:
+    import tvm
+    from tvm import tirx
+
+    for st in stmts:
+        for node in _nodes(st):
+            if isinstance(node, tvm.ir.expr.TensorLoad) and node.source.data.same_as(buf.data):
+                return True
+            if isinstance(node, tirx.BufferStore) and node.buffer.data.same_as(buf.data):
+                return True
+            if isinstance(node, tirx.Var) and node.same_as(buf.data):
+                return True
+    return False
+
+
+_DW_SYMBOL_RE = re.compile(r"ec_dw_f32_(\d+)x(\d+)_k\d+x\d+s\d+(_p\d+)?")
+
+
+def _fused_epilogue_call(call: Any, epi: Any, after: list[Any], fill: Any = None) -> Any | None:
+    """The call of `ec_gemm_f32_MxN[_pP]_z_e<code>` that replaces a zero-start GEMM tile's call
+    `call` (C = A B into a tile buffer, ldc == N) and the epilogue loop nest `epi` after it (M x N,
+    or N for one pixel: out[base + i * ldo + j] = f(tile[i * N + j], ...)), when nothing in
+    `after` (the statements that follow) reads the tile; None otherwise. With `fill`, the zeroing
+    of the tile before `call`, a depthwise window's += call (`ec_dw_f32_MxN_kKHxKWsS[_pP]`) and
+    its epilogue: `ec_dw_f32_MxN_kKHxKWsS[_pP]_z_e<code>`."""
+    import tvm
+    from tvm import tirx
+
+    from ..schedules import epilogues
+
+    if not isinstance(call, tirx.Evaluate) or not isinstance(call.value, tvm.ir.Call):
+        return None
+    op = call.value
+    nargs, pattern = (9, _DW_SYMBOL_RE) if fill is not None else (8, _GEMM_Z_SYMBOL_RE)
+    if op.op.name != "tirx.call_extern" or len(op.args) != nargs or not isinstance(op.args[0], tvm.ir.StringImm):
+        return None
+    sym_m = pattern.fullmatch(op.args[0].value)
+    if sym_m is None:
+        return None
+    m, n = int(sym_m.group(1)), int(sym_m.group(2))
+    ldc, ptr = op.args[nargs - 1], op.args[1]
+    if fill is not None:
+        zero = _zero_fill(fill)
+        if zero is None or zero[1] != m * n or not (isinstance(ptr, tvm.ir.Call) and _data_of(ptr.args[1], zero[0])):
+            return None
+    if not (isinstance(ldc, tirx.IntImm) and int(ldc.value) == n and isinstance(ptr, tvm.ir.Call)
+            and ptr.op.name == "tirx.tvm_access_ptr" and isinstance(ptr.args[2], tirx.IntImm) and int(ptr.args[2].value) == 0):
+        return None
+    nest = _nest(epi, 2) if m > 1 else _nest(epi, 1)
+    if nest is None:
+        return None
+    loops, store = nest
+    i, j = (loops[0], loops[1]) if m > 1 else (None, loops[0])
+    if (i is not None and int(i.extent) != m) or int(j.extent) != n:
+        return None
+    if not isinstance(store, tirx.BufferStore) or len(store.indices) != 1 or str(store.value.ty) != "float32":
+        return None
+    data = ptr.args[1]
+    tile = next((node.source for node in _nodes(store.value)
+                 if isinstance(node, tvm.ir.expr.TensorLoad) and _data_of(data, node.source)), None)
+    if tile is None or store.buffer.data.same_as(tile.data) or _uses_buffer(after, tile):
+        return None
+    found: list = []
+    tree = _epilogue_tree(store.value, tile, i, j, n, found)
+    out = _linear(store.indices[0], [lp for lp in (i, j) if lp is not None])
+    if tree is None or out is None or not _reads_tile(tree):
+        return None
+    coeffs, obase = out
+    if coeffs[-1] != 1 or any(buf.data.same_as(store.buffer.data) and stride == 0 for buf, _, stride in found):
+        return None
+    ldo = coeffs[0] if m > 1 else n
+    code = epilogues.encode(tree)
+    name = f"{op.args[0].value}_z_e{code}" if fill is not None else f"{op.args[0].value}_e{code}"
+
+    def address(buf: Any, base: Any) -> Any:
+        return tirx.address_of(tirx.BufferLoad(buf, [base]))
+    args = [address(store.buffer, obase), *op.args[2:nargs - 1], tirx.IntImm("int64", ldo)]
+    for buf, base, stride in found:
+        args.append(address(buf, base))
+        if stride:
+            args.append(tirx.IntImm("int64", stride))
+    return tirx.Evaluate(tirx.call_extern(str(op.ty), name, *args))
+
+
+def fuse_epilogues(func: Any) -> Any:
+    """In a kernel marked EPILOGUE_ATTR, a zero-start float GEMM tile's call followed by the
+    epilogue loop over its tile becomes one call of the fused kernel (schedules/epilogues.py)
+    that applies the epilogue to its accumulators and stores them in the output; so does a
+    depthwise window's tile, zeroed, summed and then given its epilogue."""
+    from tvm import tirx
+
+    if func.attrs is None or EPILOGUE_ATTR not in func.attrs:
+        return func
+
+    def walk(stmt: Any) -> Any:
+        if isinstance(stmt, tirx.SeqStmt):
+            seq, out, i = [walk(s) for s in stmt.seq], [], 0
+            while i < len(seq):
+                new = _fused_epilogue_call(seq[i], seq[i + 1], seq[i + 2:]) if i + 1 < len(seq) else None
+                if new is None and i + 2 < len(seq):       # a depthwise window: fill, call, epilogue
+                    new = _fused_epilogue_call(seq[i + 1], seq[i + 2], seq[i + 3:], fill=seq[i])
+                    if new is not None:
+                        out.append(new)
+                        i += 3
+                        continue
+                if new is not None:
+                    out.append(new)
+                    i += 2
+                else:
+                    out.append(seq[i])
+                    i += 1
+            return out[0] if len(out) == 1 else tirx.SeqStmt(out)
+        return map_children(stmt, walk)
+
+    return func.with_body(walk(func.body))
+
+
 def _register_pipeline() -> None:
     import tvm
     from tvm import s_tir, tirx
@@ -430,6 +623,10 @@ def _register_pipeline() -> None:
     def zero_start(mod: Any, _ctx: Any) -> Any:
         return tvm.IRModule({gv: zero_start_gemms(f) for gv, f in mod.functions.items()}, attrs=mod.attrs)
 
+    @tvm.transform.module_pass(opt_level=0, name="ECFuseEpilogues")
+    def fuse(mod: Any, _ctx: Any) -> Any:
+        return tvm.IRModule({gv: fuse_epilogues(f) for gv, f in mod.functions.items()}, attrs=mod.attrs)
+
     @tvm.transform.module_pass(opt_level=0, name="ECUnpackKernels")
     def unpack(mod: Any, _ctx: Any) -> Any:
         return tvm.IRModule({gv: unpack_kernel(f) for gv, f in mod.functions.items()}, attrs=mod.attrs)
@@ -459,6 +656,7 @@ def _register_pipeline() -> None:
                 s_tir.transform.RewriteUnsafeSelect(),
                 borders,
                 zero_start,
+                fuse,
                 tirx.transform.CommonSubexprElim(),
                 tirx.transform.VerifyMemory(),
                 unpack,

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..ir.kernel import KernelInfo, analyze
 from ..ir.operators import Kind
-from . import tiling, ukernels
+from . import epilogues, tiling, ukernels
 
 
 def family(name: str) -> ModuleType:
@@ -136,7 +136,19 @@ def emit_ukernels(kernel_code: str, family_name: str) -> str:
                       | {(int(m), int(n), True) for m, n in ukernels.REQUANT16_CALL_RE.findall(kernel_code)})
     helpers = sorted(set(ukernels.HELPER_CALL_RE.findall(kernel_code)))
     widen = bool(ukernels.WIDEN_CALL_RE.search(kernel_code))
-    if not gemms and not dws and not windows and not requants and not helpers and not widen:
+    # GEMM tiles with their epilogue (codegen.lower.fuse_epilogues); portable forms call zero-start tiles
+    fused, fused_z = epilogues.emit(kernel_code, own, lanes, lambda m, n: (
+        getattr(own, "gemm_z", lambda *a: None)(m, n, lanes, ukernels.F32) or ukernels.gemm_z_c(m, n, ukernels.F32)))
+    fused_dw, fused_dw_plus = epilogues.emit_dw(kernel_code, own, lanes, lambda m, n, kh, kw, s: (
+        getattr(own, "dw", lambda *a: None)(m, n, kh, kw, s, lanes, ukernels.F32)
+        or ukernels.emit_dw_c(m, n, kh, kw, s, lanes, ukernels.F32, rules.dw_acc)))
+    fused += fused_dw
+    if fused_z:
+        gemms_z = sorted(set(gemms_z) | {("f32", m, n) for m, n in fused_z})
+        gemms = sorted(set(gemms) | set(gemms_z))
+    if fused_dw_plus:
+        dws = sorted(set(dws) | {("f32", *t) for t in fused_dw_plus})
+    if not gemms and not dws and not windows and not requants and not helpers and not widen and not fused:
         return ""
     integer = helpers or requants or widen or any(t != "f32" for t, *_ in gemms + dws + windows)
     parts = ([ukernels.ACLE_INCLUDE] if integer else []) + [ukernels.emit_prelude(lanes)]
@@ -163,4 +175,5 @@ def emit_ukernels(kernel_code: str, family_name: str) -> str:
     parts += [ukernels.rows_gemm_c(m, p, n, ukernels.TYPES[t]) for t, m, n, p in gemm_rows]
     parts += [ukernels.rows_gemm_z_c(m, p, n, ukernels.TYPES[t]) for t, m, n, p in gemm_rows_z]
     parts += [ukernels.rows_dw_c(m, p, n, kh, kw, s, ukernels.TYPES[t]) for t, m, n, kh, kw, s, p in dw_rows]
+    parts += ([epilogues.helpers_c(lanes)] + fused) if fused else []
     return "\n\n".join(parts) + "\n"

@@ -368,6 +368,9 @@ BORDER_FILL_ATTR = "ec.border_fill"     # codegen.lower.border_fills: zero only 
 # codegen.lower.zero_start_gemms: a float GEMM tile zeroed right before its micro-kernel call calls the
 # family's `gemm_z` (C = A B) instead
 ZERO_START_ATTR = "ec.zero_start_gemm"
+# codegen.lower.fuse_epilogues: a zero-start float GEMM tile and the epilogue loop after it become one
+# call of a kernel that applies the epilogue in registers (schedules/epilogues.py)
+EPILOGUE_ATTR = "ec.fused_epilogue"
 
 
 def mark_widen_rows(sch: Any, pads: list[str]) -> int:
