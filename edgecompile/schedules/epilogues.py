@@ -151,8 +151,10 @@ def signature(m: int, n: int, code: str, rows: int = 0, window: tuple[int, int, 
     c = "float *C" if any(kind == "r" for _, kind in params(tree)) else "float *restrict C"
     tail = (f"_p{rows}" if rows else "") + f"_z_e{code}"
     if window is not None:
+        # neither C nor X `restrict`: a streaming depthwise kernel may write its output over the
+        # input it reads (--no-in-place turns that off); the tile's stores come after all its loads
         kh, kw, s = window
-        return (f"static inline int32_t ec_dw_f32_{m}x{n}_k{kh}x{kw}s{s}{tail}({c}, const float *restrict X, "
+        return (f"static inline int32_t ec_dw_f32_{m}x{n}_k{kh}x{kw}s{s}{tail}(float *C, const float *X, "
                 "const float *restrict W, int64_t ldx_row, int64_t ldx_px, int64_t ldw_row, int64_t ldw_px, "
                 f"int64_t ldc{_extra_params(tree)})")
     return (f"static inline int32_t ec_gemm_f32_{m}x{n}{tail}({c}, const float *restrict A, const float *restrict B, "
