@@ -32,6 +32,13 @@ def has_gemm_tile(code: str, m: int | str, n: int | str) -> bool:
     return re.search(gemm_tile_re(m, n), code) is not None
 
 
+def dwpw_layers(ci: int, co: int, k: int, stride: int) -> list:
+    """A depthwise KxK convolution (same padding), ReLU6 and a pointwise one: a fused dw+pw kernel."""
+    from torch import nn
+
+    return [nn.Conv2d(ci, ci, k, stride=stride, padding=k // 2, groups=ci), nn.ReLU6(), nn.Conv2d(ci, co, 1)]
+
+
 def random_input(shape, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 

@@ -19,24 +19,20 @@ from edgecompile.compiler import BuildOptions, Progress, write_build
 from edgecompile.ir.frontend import ModelOptions, _from_torch
 from edgecompile.platforms.host import HostModel
 from edgecompile.targets import load_target
-from helpers import assert_close, board_outputs, keep_input_dependence, output_spread, random_input
+from helpers import assert_close, board_outputs, dwpw_layers, keep_input_dependence, output_spread, random_input
 
 SHAPE = (1, 3, 13, 11)
 REL = 1e-4
-
-
-def _dwpw(ci: int, co: int, k: int, stride: int) -> list[nn.Module]:
-    return [nn.Conv2d(ci, ci, k, stride=stride, padding=k // 2, groups=ci), nn.ReLU6(), nn.Conv2d(ci, co, 1)]
 
 
 def _source():
     torch.manual_seed(53)
     model = nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),            # 13 x 11 x 16
-        *_dwpw(16, 24, 3, 1), nn.ReLU(),                      # 13 x 11
-        *_dwpw(24, 20, 5, 2), nn.ReLU(),                      # 7 x 6
-        *_dwpw(20, 28, 3, 2),                                 # 4 x 3
-        *_dwpw(28, 12, 5, 1), nn.ReLU(),
+        *dwpw_layers(16, 24, 3, 1), nn.ReLU(),                      # 13 x 11
+        *dwpw_layers(24, 20, 5, 2), nn.ReLU(),                      # 7 x 6
+        *dwpw_layers(20, 28, 3, 2),                                 # 4 x 3
+        *dwpw_layers(28, 12, 5, 1), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 10)).eval()
     keep_input_dependence(model)
     return _from_torch("neon_border_fill", model, SHAPE, ModelOptions(input_shape=SHAPE, seed=53))

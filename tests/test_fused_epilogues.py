@@ -53,10 +53,9 @@ def test_codes_round_trip_and_name_their_function():
             epilogues.parse(bad)
 
 
-def _reference(m: int, n: int, code: str) -> str:
-    """The zero-start kernel into a tile, then the epilogue in plain C (TVM's ternaries)."""
-    tree = epilogues.parse(code)
-
+def _plain_epilogue(code: str, n: int) -> str:
+    """The epilogue of tile value t[i * n + j] in plain C as TVM writes it (decimal constants,
+    ternaries for max and min), written here independently of the kernels' own printer."""
     def leaf(t):
         if t[0] == "a":
             return f"t[i * {n} + j]"
@@ -66,13 +65,32 @@ def _reference(m: int, n: int, code: str) -> str:
 
     def op(o, x, y):
         return {"A": f"({x} + {y})", "X": f"(({x}) > ({y}) ? ({x}) : ({y}))", "N": f"(({x}) < ({y}) ? ({x}) : ({y}))"}[o]
-    expr = epilogues.expression(tree, leaf, op)
+    return epilogues.expression(epilogues.parse(code), leaf, op)
+
+
+def _reference(m: int, n: int, code: str) -> str:
+    """The zero-start kernel into a tile, then the epilogue in plain C (TVM's ternaries)."""
+    expr = _plain_epilogue(code, n)
     return "\n".join([
         epilogues.signature(m, n, code).replace("_z_e" + code + "(", "_ref(") + " {",
         f"  float t[{m * n}];",
         f"  ec_gemm_f32_{m}x{n}_z(t, A, B, K, lda, ldb, {n});",
         f"  for (int32_t i = 0; i < {m}; ++i) for (int32_t j = 0; j < {n}; ++j) C[i * ldc + j] = {expr};",
         "  return 0;", "}"])
+
+
+def _compile_runners(stem, cflags: list[str], lanes: int, parts: list[str], operands: str, kernel: str, code: str,
+                     args: str, runs: bool):
+    """The kernels `parts` and three entry points, run_fused / run_portable / run_ref (C, the two
+    operands, P0, P1), compiled with `cflags` into a library: loaded when `runs`, else None."""
+    src, lib_path = stem.with_suffix(".c"), stem.with_suffix(".so")
+    src.write_text("#include <stdint.h>\n" + emit_prelude(lanes) + "\n" + epilogues.helpers_c(lanes) + "\n"
+                   + "\n".join(parts) + "\n"
+                   + "".join(f"int32_t run_{name}(float *C, {operands}, const float *P0, const float *P1) "
+                             f"{{ return {kernel}{sfx}({args}); }}\n"
+                             for name, sfx in (("fused", f"_z_e{code}"), ("portable", "_portable"), ("ref", "_ref"))))
+    subprocess.run(["gcc", *cflags, "-shared", "-fPIC", "-o", str(lib_path), str(src)], check=True)
+    return ctypes.CDLL(str(lib_path)) if runs else None
 
 
 def _supported(lanes: int) -> bool:
@@ -99,17 +117,11 @@ def test_fused_kernels_equal_the_tile_then_its_epilogue(tmp_path, lanes):
             lda, ldb, ldc, ldp = k + 3, n + 8, n + 5, n + 7   # strides wider than the tile
             params = ", ".join(f"P{i}" + (f", {ldp}" if kind == "r" else "") for i, kind in epilogues.params(epilogues.parse(code)))
             args = f"C, A, B, {k}, {lda}, {ldb}, {ldc}, {params}"
-            src = tmp_path / f"e{lanes}_{m}x{n}_{ci}.c"
-            src.write_text("#include <stdint.h>\n" + emit_prelude(lanes) + "\n" + epilogues.helpers_c(lanes) + "\n"
-                           + plus + "\n" + z + "\n" + fused + "\n" + portable + "\n" + _reference(m, n, code) + "\n"
-                           + "".join(f"int32_t run_{name}(float *C, const float *A, const float *B, const float *P0, "
-                                     f"const float *P1) {{ return ec_gemm_f32_{m}x{n}{sfx}({args}); }}\n"
-                                     for name, sfx in (("fused", f"_z_e{code}"), ("portable", "_portable"), ("ref", "_ref"))))
-            lib_path = tmp_path / f"e{lanes}_{m}x{n}_{ci}.so"
-            subprocess.run(["gcc", *cflags, "-shared", "-fPIC", "-o", str(lib_path), str(src)], check=True)
-            if not runs:
+            lib = _compile_runners(tmp_path / f"e{lanes}_{m}x{n}_{ci}", cflags, lanes,
+                                   [plus, z, fused, portable, _reference(m, n, code)],
+                                   "const float *A, const float *B", f"ec_gemm_f32_{m}x{n}", code, args, runs)
+            if lib is None:
                 continue
-            lib = ctypes.CDLL(str(lib_path))
             rng = np.random.default_rng(m * 1000 + n + lanes + ci)
             a = rng.standard_normal((m, lda)).astype(np.float32)
             b = rng.standard_normal((k, ldb)).astype(np.float32)
@@ -207,36 +219,17 @@ def test_fused_depthwise_kernels_equal_the_window_then_its_epilogue(tmp_path, la
             ldw_px, ldw_row = n + 1, (n + 1) * kw
             params = ", ".join(f"P{i}" + (f", {ldp}" if kind == "r" else "") for i, kind in epilogues.params(epilogues.parse(code)))
             args = f"C, X, W, {ldx_row}, {ldx_px}, {ldw_row}, {ldw_px}, {ldc}, {params}"
-            tree = epilogues.parse(code)
-
-            def leaf(t):
-                if t[0] == "a":
-                    return f"t[i * {n} + j]"
-                if t[0] == "k":
-                    return repr(float(np.frombuffer(bytes.fromhex(t[1])[::-1], np.float32)[0])) + "f"
-                return f"P{t[1]}[j]" if t[0] == "b" else f"P{t[1]}[i * ldp{t[1]} + j]"
-
-            def op(o, x, y):
-                return {"A": f"({x} + {y})", "X": f"(({x}) > ({y}) ? ({x}) : ({y}))",
-                        "N": f"(({x}) < ({y}) ? ({x}) : ({y}))"}[o]
             ref = "\n".join([
                 epilogues.signature(m, n, code, window=(kh, kw, s)).replace(f"_z_e{code}(", "_ref(") + " {",
                 f"  float t[{m * n}] = {{0}};",
                 f"  {name}(t, X, W, ldx_row, ldx_px, ldw_row, ldw_px, {n});",
                 f"  for (int32_t i = 0; i < {m}; ++i) for (int32_t j = 0; j < {n}; ++j) C[i * ldc + j] = "
-                f"{epilogues.expression(tree, leaf, op)};",
+                f"{_plain_epilogue(code, n)};",
                 "  return 0;", "}"])
-            src = tmp_path / f"d{lanes}_{m}x{n}_{ci}.c"
-            src.write_text("#include <stdint.h>\n" + emit_prelude(lanes) + "\n" + epilogues.helpers_c(lanes) + "\n"
-                           + plus + "\n" + fused + "\n" + portable + "\n" + ref + "\n"
-                           + "".join(f"int32_t run_{k}(float *C, const float *X, const float *W, const float *P0, "
-                                     f"const float *P1) {{ return {name}{sfx}({args}); }}\n"
-                                     for k, sfx in (("fused", f"_z_e{code}"), ("portable", "_portable"), ("ref", "_ref"))))
-            lib_path = tmp_path / f"d{lanes}_{m}x{n}_{ci}.so"
-            subprocess.run(["gcc", *cflags, "-shared", "-fPIC", "-o", str(lib_path), str(src)], check=True)
-            if not runs:
+            lib = _compile_runners(tmp_path / f"d{lanes}_{m}x{n}_{ci}", cflags, lanes, [plus, fused, portable, ref],
+                                   "const float *X, const float *W", name, code, args, runs)
+            if lib is None:
                 continue
-            lib = ctypes.CDLL(str(lib_path))
             rng = np.random.default_rng(m * 100 + n + lanes + ci)
             x = rng.standard_normal(ldx_row * kh + ldx_px * 4).astype(np.float32)
             w = rng.standard_normal(ldw_row * kh + ldw_px).astype(np.float32)

@@ -24,7 +24,7 @@ from edgecompile.ir.frontend import ModelOptions, _from_torch
 from edgecompile.schedules.cortex_a import RULES
 from edgecompile.schedules.cortex_a.ukernels import dw_f32_groups, dw_f32_instructions
 from edgecompile.targets import load_target
-from helpers import assert_close, board_outputs, keep_input_dependence, output_spread, random_input
+from helpers import assert_close, board_outputs, dwpw_layers, keep_input_dependence, output_spread, random_input
 
 SHAPE = (1, 3, 15, 13)
 REL = 1e-4
@@ -58,21 +58,17 @@ def test_float_dw_tile_choice():
     assert dw_f32_instructions(4, 3, 3, 3, 1) == 6 + 8 + 3 * (3 + 6 + 36) + 4 + 4
 
 
-def _dwpw(ci: int, co: int, k: int, stride: int) -> list[nn.Module]:
-    return [nn.Conv2d(ci, ci, k, stride=stride, padding=k // 2, groups=ci), nn.ReLU6(), nn.Conv2d(ci, co, 1)]
-
-
 def _source():
     torch.manual_seed(71)
     model = nn.Sequential(
         nn.Conv2d(3, 24, 3, padding=1), nn.ReLU(),                           # 15 x 13 x 24
-        *_dwpw(24, 48, 3, 1), nn.ReLU(),                                     # 15 x 13 x 48
-        *_dwpw(48, 20, 5, 2), nn.ReLU(),                                     # 8 x 7 x 20
+        *dwpw_layers(24, 48, 3, 1), nn.ReLU(),                                     # 15 x 13 x 48
+        *dwpw_layers(48, 20, 5, 2), nn.ReLU(),                                     # 8 x 7 x 20
         nn.Conv2d(20, 20, 5, stride=1, padding=2, groups=20), nn.ReLU(),     # on its own (followed by a depthwise)
         nn.Conv2d(20, 20, 5, stride=2, padding=2, groups=20), nn.ReLU(),     # 4 x 4
-        *_dwpw(20, 36, 3, 2), nn.ReLU(),                                     # 2 x 2 x 36
-        *_dwpw(36, 13, 3, 2),                                                # 1 x 1 x 13
-        *_dwpw(13, 16, 3, 1), nn.ReLU(),                                     # 13 channels: the generic ragged kernel
+        *dwpw_layers(20, 36, 3, 2), nn.ReLU(),                                     # 2 x 2 x 36
+        *dwpw_layers(36, 13, 3, 2),                                                # 1 x 1 x 13
+        *dwpw_layers(13, 16, 3, 1), nn.ReLU(),                                     # 13 channels: the generic ragged kernel
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
     keep_input_dependence(model)
     return _from_torch("neon_dw_asm", model, SHAPE, ModelOptions(input_shape=SHAPE, seed=71))

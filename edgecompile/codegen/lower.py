@@ -372,22 +372,32 @@ def zero_start_gemms(func: Any) -> Any:
     call (C += A B) becomes one call of the family's zero-start kernel (`ec_gemm_f32_MxN_z`,
     C = A B): the kernel starts its accumulators itself instead of loading the zeros stored
     just before."""
-    from tvm import tirx
-
     if func.attrs is None or ZERO_START_ATTR not in func.attrs:
         return func
+
+    def step(seq: list[Any], i: int) -> tuple[Any, int] | None:
+        new = _zero_start_call(seq[i], seq[i + 1]) if i + 1 < len(seq) else None
+        return None if new is None else (new, 2)
+
+    return _rewrite_sequences(func, step)
+
+
+def _rewrite_sequences(func: Any, step: Any) -> Any:
+    """`func` with every statement sequence rewritten by `step(seq, i)`: (the statement that
+    replaces seq[i:i + k], k), or None to keep seq[i]; inner sequences first."""
+    from tvm import tirx
 
     def walk(stmt: Any) -> Any:
         if isinstance(stmt, tirx.SeqStmt):
             seq, out, i = [walk(s) for s in stmt.seq], [], 0
             while i < len(seq):
-                new = _zero_start_call(seq[i], seq[i + 1]) if i + 1 < len(seq) else None
-                if new is not None:
-                    out.append(new)
-                    i += 2
-                else:
+                done = step(seq, i)
+                if done is None:
                     out.append(seq[i])
                     i += 1
+                else:
+                    out.append(done[0])
+                    i += done[1]
             return out[0] if len(out) == 1 else tirx.SeqStmt(out)
         return map_children(stmt, walk)
 
@@ -559,32 +569,18 @@ def fuse_epilogues(func: Any) -> Any:
     epilogue loop over its tile becomes one call of the fused kernel (schedules/epilogues.py)
     that applies the epilogue to its accumulators and stores them in the output; so does a
     depthwise window's tile, zeroed, summed and then given its epilogue."""
-    from tvm import tirx
-
     if func.attrs is None or EPILOGUE_ATTR not in func.attrs:
         return func
 
-    def walk(stmt: Any) -> Any:
-        if isinstance(stmt, tirx.SeqStmt):
-            seq, out, i = [walk(s) for s in stmt.seq], [], 0
-            while i < len(seq):
-                new = _fused_epilogue_call(seq[i], seq[i + 1], seq[i + 2:]) if i + 1 < len(seq) else None
-                if new is None and i + 2 < len(seq):       # a depthwise window: fill, call, epilogue
-                    new = _fused_epilogue_call(seq[i + 1], seq[i + 2], seq[i + 3:], fill=seq[i])
-                    if new is not None:
-                        out.append(new)
-                        i += 3
-                        continue
-                if new is not None:
-                    out.append(new)
-                    i += 2
-                else:
-                    out.append(seq[i])
-                    i += 1
-            return out[0] if len(out) == 1 else tirx.SeqStmt(out)
-        return map_children(stmt, walk)
+    def step(seq: list[Any], i: int) -> tuple[Any, int] | None:
+        new = _fused_epilogue_call(seq[i], seq[i + 1], seq[i + 2:]) if i + 1 < len(seq) else None
+        if new is not None:
+            return new, 2
+        if i + 2 < len(seq):       # a depthwise window: fill, call, epilogue
+            new = _fused_epilogue_call(seq[i + 1], seq[i + 2], seq[i + 3:], fill=seq[i])
+        return None if new is None else (new, 3)
 
-    return func.with_body(walk(func.body))
+    return _rewrite_sequences(func, step)
 
 
 def _register_pipeline() -> None:
