@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -473,7 +474,7 @@ def _nodes(node: Any) -> Any:
         child = getattr(node, field, None)
         if child is None or isinstance(child, (str, int, float)):
             continue
-        if hasattr(child, "__len__") and not hasattr(child, "same_as"):
+        if isinstance(child, (list, tuple, Sequence)):     # lists and TVM arrays (sequences, arguments)
             for c in child:
                 yield from _nodes(c)
         elif hasattr(child, "same_as"):
@@ -498,7 +499,8 @@ def _uses_buffer(stmts: list[Any], buf: Any) -> bool:
 _DW_SYMBOL_RE = re.compile(r"ec_dw_f32_(\d+)x(\d+)_k\d+x\d+s\d+(_p\d+)?")
 
 
-def _fused_epilogue_call(call: Any, epi: Any, after: list[Any], fill: Any = None) -> Any | None:
+def _fused_epilogue_call(call: Any, epi: Any, after: list[Any], fill: Any = None,
+                         tiles: list[Any] | None = None) -> Any | None:
     """The call of `ec_gemm_f32_MxN[_pP]_z_e<code>` that replaces a zero-start GEMM tile's call
     `call` (C = A B into a tile buffer, ldc == N) and the epilogue loop nest `epi` after it (M x N,
     or N for one pixel: out[base + i * ldo + j] = f(tile[i * N + j], ...)), when nothing in
@@ -561,6 +563,8 @@ def _fused_epilogue_call(call: Any, epi: Any, after: list[Any], fill: Any = None
         args.append(address(buf, base))
         if stride:
             args.append(tirx.IntImm("int64", stride))
+    if tiles is not None:
+        tiles.append(tile)         # its allocation goes (`_drop_allocations`)
     return tirx.Evaluate(tirx.call_extern(str(op.ty), name, *args))
 
 
@@ -572,15 +576,48 @@ def fuse_epilogues(func: Any) -> Any:
     if func.attrs is None or EPILOGUE_ATTR not in func.attrs:
         return func
 
+    tiles: list[Any] = []
+
     def step(seq: list[Any], i: int) -> tuple[Any, int] | None:
-        new = _fused_epilogue_call(seq[i], seq[i + 1], seq[i + 2:]) if i + 1 < len(seq) else None
+        new = _fused_epilogue_call(seq[i], seq[i + 1], seq[i + 2:], tiles=tiles) if i + 1 < len(seq) else None
         if new is not None:
             return new, 2
         if i + 2 < len(seq):       # a depthwise window: fill, call, epilogue
-            new = _fused_epilogue_call(seq[i + 1], seq[i + 2], seq[i + 3:], fill=seq[i])
+            new = _fused_epilogue_call(seq[i + 1], seq[i + 2], seq[i + 3:], fill=seq[i], tiles=tiles)
         return None if new is None else (new, 3)
 
-    return _rewrite_sequences(func, step)
+    return _drop_allocations(_rewrite_sequences(func, step), tiles)
+
+
+def _drop_allocations(func: Any, buffers: list[Any]) -> Any:
+    """`func` without the allocations of `buffers` (the tiles of fused epilogues, which nothing
+    reads or writes any more: an unused stack array is a -Wunused-variable, an unused large one
+    arena scratch)."""
+    import tvm
+    from tvm import tirx
+
+    # the flattened tile the loads named is another Buffer of the allocation's name: matched by
+    # name, and only where nothing left reads or writes a buffer of that name
+    names = {b.name for b in buffers}
+    for node in _nodes(func.body):
+        if isinstance(node, tvm.ir.expr.TensorLoad):
+            names.discard(node.source.name)
+        elif isinstance(node, tirx.BufferStore):
+            names.discard(node.buffer.name)
+        elif (isinstance(node, tvm.ir.Call) and getattr(node.op, "name", None) == "tirx.buffer_data"
+              and len(node.args) == 1):
+            names.discard(node.args[0].name)
+
+    def dropped(stmt: Any) -> bool:
+        return isinstance(stmt, tirx.AllocBuffer) and stmt.buffer.name in names
+
+    def walk(stmt: Any) -> Any:
+        if isinstance(stmt, tirx.SeqStmt):
+            kept = [walk(s) for s in stmt.seq if not dropped(s)]
+            return kept[0] if len(kept) == 1 else tirx.SeqStmt(kept) if kept else tirx.Evaluate(0)
+        return map_children(stmt, walk)
+
+    return func.with_body(walk(func.body)) if buffers else func
 
 
 def _register_pipeline() -> None:

@@ -126,7 +126,7 @@ def _vector(tree: Tree, sfx: str, width: int, acc: str, row: str, off: str) -> s
         if t[0] == "r":
             return f"ec_f32{sfx}_load(P{t[1]} + {row} * ldp{t[1]} + {off})"
         lit = _float_literal(t[1])
-        return f"(ec_f32{sfx}){{{', '.join([lit] * width)}}}"
+        return f"((ec_f32{sfx}){{{', '.join([lit] * width)}}})"     # parenthesized: a macro argument
     return expression(tree, leaf, lambda o, x, y: f"({x} + {y})" if o == "A" else f"ec_f32{sfx}_{OPS[o]}({x}, {y})")
 
 
@@ -298,18 +298,19 @@ def helpers_c(lanes: int) -> str:
              "static inline float ec_f32_max(float a, float b) { return a > b ? a : b; }",
              "static inline float ec_f32_min(float a, float b) { return a < b ? a : b; }"]
     x86 = {16: ("__AVX512F__", "__m512", "_mm512"), 8: ("__AVX__", "__m256", "_mm256"), 4: ("__SSE__", "__m128", "_mm")}
+    # macros, not functions: a vector passed or returned by value is an ABI warning (-Wpsabi) where
+    # the translation unit is compiled without the vector extension (the sanitizer build)
     for w, sfx in narrower_widths(lanes) if lanes > 1 else []:
-        t = f"ec_f32{sfx}"
+        t, i = f"ec_f32{sfx}", f"ec_i32{sfx}"
         for name, cmp in (("max", ">"), ("min", "<")):
-            lines.append(f"static inline {t} {t}_{name}({t} a, {t} b) {{")
+            generic = (f"#define {t}_{name}(a, b) ({{ {t} a_ = (a), b_ = (b); {i} m_ = ({i})(a_ {cmp} b_); "
+                       f"({t})((m_ & ({i})a_) | (~m_ & ({i})b_)); }})")
             if w in x86:
                 macro, xt, pre = x86[w]
-                lines += [f"#if defined({macro})", f"  return ({t}){pre}_{name}_ps(({xt})a, ({xt})b);", "#else"]
-            lines += [f"  ec_i32{sfx} m = (ec_i32{sfx})(a {cmp} b);",
-                      f"  return ({t})((m & (ec_i32{sfx})a) | (~m & (ec_i32{sfx})b));"]
-            if w in x86:
-                lines.append("#endif")
-            lines.append("}")
+                lines += [f"#if defined({macro})", f"#define {t}_{name}(a, b) (({t}){pre}_{name}_ps(({xt})(a), ({xt})(b)))",
+                          "#else", generic, "#endif"]
+            else:
+                lines.append(generic)
     return "\n".join(lines)
 
 
