@@ -182,8 +182,7 @@ def _fuse_stores(src: str, name: str, proto: str, m: int, n: int, code: str, lan
     head = src[:max(src.rfind("\n", 0, start), 0)]     # the kernel's own comment (its tile's layout)
     body = src[src.index("{", start):]
     if zero_loads:
-        body = _C_LOAD.sub(lambda mt: f"({mt.group(1)}){{0}}", body)
-        body = _C_SCALAR_LOAD.sub("= 0.0f", body)
+        body = start_at_zero(body)
     widths = {sfx: w for w, sfx in narrower_widths(lanes)}
     stores = 0
 
@@ -211,6 +210,13 @@ def _fuse_stores(src: str, name: str, proto: str, m: int, n: int, code: str, lan
 
 _C_LOAD = re.compile(r"\b(ec_f32[a-z]*)_load\(C \+ [^()]*\)")
 _C_SCALAR_LOAD = re.compile(r"= \*\(C \+ [^()]*\)")
+
+
+def start_at_zero(c_text: str) -> str:
+    """A float kernel's C with its accumulators started at zero instead of loaded from C (vector
+    loads and scalar `*(C + ...)` initialisers): the zero-start GEMM tiles (host/ukernels.gemm_z)
+    and the fused depthwise tiles."""
+    return _C_SCALAR_LOAD.sub("= 0.0f", _C_LOAD.sub(lambda mt: f"({mt.group(1)}){{0}}", c_text))
 
 
 def from_zero_start(z_src: str, m: int, n: int, code: str, lanes: int) -> str | None:

@@ -17,6 +17,7 @@ import sys
 
 from ..ukernels import (F32, Types, _C, _Emit, dw_signature, family_gemm_c, gemm_signature, narrower_widths,
                         overlap_blocks, ragged_width)
+from ..epilogues import start_at_zero
 from . import RULES
 
 
@@ -110,8 +111,6 @@ def dw(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types, acc: 
     return "\n".join(lines)
 
 
-_C_LOAD = re.compile(r"\b(ec_f32[a-z]*)_load\(C \+ [^()]*\)")
-_C_SCALAR_LOAD = re.compile(r"= \*\(C \+ [^()]*\)")
 
 
 def gemm_z(m: int, n: int, lanes: int, types: Types) -> str | None:
@@ -127,8 +126,7 @@ def gemm_z(m: int, n: int, lanes: int, types: Types) -> str | None:
     name = f"ec_gemm_{types.tag}_{m}x{n}("
     if src.count(name) != 1:
         return None
-    out = _C_LOAD.sub(lambda mt: f"({mt.group(1)}){{0}}", src.replace(name, name[:-1] + "_z("))
-    out = _C_SCALAR_LOAD.sub("= 0.0f", out)
+    out = start_at_zero(src.replace(name, name[:-1] + "_z("))
     body = out[out.index("{", out.index(name[:-1] + "_z(")):]
     # every use of C left must be a store: `..._store(C + ...)` or `*(C + ...) = ...`
     uses = len(re.findall(r"\bC\b", body))
