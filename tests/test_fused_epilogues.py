@@ -194,8 +194,8 @@ def test_portable_form_serves_a_zero_start_kernel_it_cannot_rewrite():
     assert epilogues.from_zero_start(gemm_z_c(4, 16, F32), 4, 16, RELU6, 8) is None
     dw_parts, dw_needs = epilogues.emit_dw(f"y = ec_dw_f32_9x8_k3x3s2_p4_z_e{RELU6}(C", None, 8, lambda *t: "")
     assert dw_needs == {(4, 8, 3, 3, 2), (1, 8, 3, 3, 2)} and "X + i * 2 * ldx_px" in dw_parts[-1]
-    parts, needs = epilogues.emit(f"x = ec_gemm_f32_10x16_p4_z_e{RELU6}(C", None, 8, lambda m, n: gemm_z_c(m, n, F32))
-    assert needs == {(4, 16), (2, 16)}
+    parts, needs = epilogues.emit(f"x = ec_gemm_f32_10x16_p4_z_e{RELU6}(C", None, 8, lambda m, n, r: gemm_z_c(m, n, F32))
+    assert needs == {(4, 16, 0), (2, 16, 0)}
     assert any(f"ec_gemm_f32_10x16_p4_z_e{RELU6}(" in p for p in parts)
 
 

@@ -22,7 +22,8 @@ from typing import Any
 from ..errors import EdgeCompileError
 from ..ir.kernel import KernelInfo
 from ..ir.program import DTYPE_BYTES, Tensor
-from ..schedules.tiling import BORDER_FILL_ATTR, EPILOGUE_ATTR, WIDEN_PRAGMA, ZERO_START_ATTR, map_children
+from ..schedules.tiling import (BORDER_FILL_ATTR, EPILOGUE_ATTR, KERNEL_ROWS_ATTR, WIDEN_PRAGMA, ZERO_START_ATTR,
+                                map_children)
 from .mathlib import LIBM_REPLACEMENTS
 
 # Intermediate buffers below this size stay on the stack (register tiles, small row buffers);
@@ -368,16 +369,54 @@ def _zero_start_call(fill: Any, call: Any) -> Any | None:
     return tirx.Evaluate(tirx.call_extern(str(op.ty), op.args[0].value + "_z", *op.args[1:]))
 
 
+def _kernel_rows_call(fill: Any, loop: Any) -> Any | None:
+    """The call of `ec_gemm_f32_MxN[_pP]_rR_z` (C = the sum over R kernel rows of A_r B_r) that
+    replaces the zeroing `fill` of a tile and the loop `loop` of R calls of its += kernel, one per
+    kernel row (a KxK convolution's one-row window tiles), each row's A and B at a constant
+    distance from the previous row's: (C, A_0, B_0, K, lda, ldb, A row stride, B row stride, ldc).
+    None for anything else."""
+    import tvm
+    from tvm import tirx
+
+    if not (isinstance(loop, tirx.For) and isinstance(loop.min, tirx.IntImm) and int(loop.min.value) == 0
+            and isinstance(loop.extent, tirx.IntImm) and int(loop.extent.value) > 1
+            and loop.kind == tirx.ForKind.SERIAL and isinstance(loop.body, tirx.Evaluate)):
+        return None
+    z = _zero_start_call(fill, loop.body)
+    if z is None:
+        return None
+    op, var = loop.body.value, loop.loop_var
+    strides, ptrs = [], []
+    for ptr in op.args[2:4]:                    # A and B: tvm_access_ptr(type, data, offset, extent, rw)
+        if not (isinstance(ptr, tvm.ir.Call) and ptr.op.name == "tirx.tvm_access_ptr"):
+            return None
+        lin = _linear(ptr.args[2], [loop])
+        if lin is None or any(_uses(a, var) for i, a in enumerate(ptr.args) if i != 2):
+            return None
+        strides.append(tirx.IntImm("int64", lin[0][0]))
+        ptrs.append(tirx.call_intrin(ptr.ty, "tirx.tvm_access_ptr", ptr.args[0], ptr.args[1], lin[1], *ptr.args[3:]))
+    if _uses(op.args[1], var) or any(_uses(a, var) for a in op.args[4:]):
+        return None
+    name = f"{op.args[0].value}_r{int(loop.extent.value)}_z"
+    return tirx.Evaluate(tirx.call_extern(str(op.ty), name, op.args[1], *ptrs, *op.args[4:7], *strides, op.args[7]))
+
+
 def zero_start_gemms(func: Any) -> Any:
     """In a kernel marked ZERO_START_ATTR, a float GEMM tile's zeroing followed by its micro-kernel
     call (C += A B) becomes one call of the family's zero-start kernel (`ec_gemm_f32_MxN_z`,
     C = A B): the kernel starts its accumulators itself instead of loading the zeros stored
-    just before."""
+    just before. Marked KERNEL_ROWS_ATTR too, a zeroing followed by a loop of one such call per
+    kernel row becomes one call of `ec_gemm_f32_MxN_rR_z` (`_kernel_rows_call`): the accumulators
+    stay in registers across the rows. Each sum adds the same products in the same order: the
+    same bits."""
     if func.attrs is None or ZERO_START_ATTR not in func.attrs:
         return func
+    rows = KERNEL_ROWS_ATTR in func.attrs
 
     def step(seq: list[Any], i: int) -> tuple[Any, int] | None:
-        new = _zero_start_call(seq[i], seq[i + 1]) if i + 1 < len(seq) else None
+        if i + 1 >= len(seq):
+            return None
+        new = _zero_start_call(seq[i], seq[i + 1]) or (_kernel_rows_call(seq[i], seq[i + 1]) if rows else None)
         return None if new is None else (new, 2)
 
     return _rewrite_sequences(func, step)
@@ -405,7 +444,7 @@ def _rewrite_sequences(func: Any, step: Any) -> Any:
     return func.with_body(walk(func.body))
 
 
-_GEMM_Z_SYMBOL_RE = re.compile(r"ec_gemm_f32_(\d+)x(\d+)(_p\d+)?_z")
+_GEMM_Z_SYMBOL_RE = re.compile(r"ec_gemm_f32_(\d+)x(\d+)(_p\d+)?(_r\d+)?_z")
 
 
 def _linear(index: Any, loops: list[Any]) -> tuple[list[int], Any] | None:
@@ -516,10 +555,14 @@ def _fused_epilogue_call(call: Any, epi: Any, after: list[Any], fill: Any = None
         return None
     op = call.value
     nargs, pattern = (9, _DW_SYMBOL_RE) if fill is not None else (8, _GEMM_Z_SYMBOL_RE)
-    if op.op.name != "tirx.call_extern" or len(op.args) != nargs or not isinstance(op.args[0], tvm.ir.StringImm):
+    if op.op.name != "tirx.call_extern" or not isinstance(op.args[0], tvm.ir.StringImm):
         return None
     sym_m = pattern.fullmatch(op.args[0].value)
     if sym_m is None:
+        return None
+    if fill is None and sym_m.group(4):      # a kernel-rows tile: its two row strides before ldc
+        nargs = 10
+    if len(op.args) != nargs:
         return None
     m, n = int(sym_m.group(1)), int(sym_m.group(2))
     ldc, ptr = op.args[nargs - 1], op.args[1]

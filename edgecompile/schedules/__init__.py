@@ -125,6 +125,11 @@ def emit_ukernels(kernel_code: str, family_name: str) -> str:
     # zero-start tiles (C = A B), each with the += kernel its portable form calls
     gemms_z = sorted({(t, int(m), int(n)) for t, m, n in ukernels.GEMM_Z_CALL_RE.findall(kernel_code)}
                      | {(t, q, n) for t, m, n, p in gemm_rows_z for _, q in ukernels.ragged_pixels(m, p)})
+    # zero-start tiles summed over kernel rows (C = sum_r A_r B_r), plain and ragged pixel tiles
+    gemm_rows_rz = sorted({(t, int(m), int(n), int(p), int(r))
+                           for t, m, n, p, r in ukernels.GEMM_ROWS_RZ_CALL_RE.findall(kernel_code)})
+    gemms_rz = ({(t, int(m), int(n), int(r)) for t, m, n, r in ukernels.GEMM_RZ_CALL_RE.findall(kernel_code)}
+                | {(t, q, n, r) for t, m, n, p, r in gemm_rows_rz for _, q in ukernels.ragged_pixels(m, p)})
     # a ragged pixel tile calls the micro-kernels of its full and last tiles
     gemms = sorted({(t, int(m), int(n)) for t, m, n in ukernels.GEMM_CALL_RE.findall(kernel_code)}
                    | {(t, q, n) for t, m, n, p in gemm_rows for _, q in ukernels.ragged_pixels(m, p)}
@@ -137,18 +142,32 @@ def emit_ukernels(kernel_code: str, family_name: str) -> str:
     helpers = sorted(set(ukernels.HELPER_CALL_RE.findall(kernel_code)))
     widen = bool(ukernels.WIDEN_CALL_RE.search(kernel_code))
     # GEMM tiles with their epilogue (codegen.lower.fuse_epilogues); portable forms call zero-start tiles
-    fused, fused_z = epilogues.emit(kernel_code, own, lanes, lambda m, n: (
-        getattr(own, "gemm_z", lambda *a: None)(m, n, lanes, ukernels.F32) or ukernels.gemm_z_c(m, n, ukernels.F32)))
+    def zero_start_c(m: int, n: int, types: ukernels.Types = ukernels.F32) -> str:
+        return getattr(own, "gemm_z", lambda *a: None)(m, n, lanes, types) or ukernels.gemm_z_c(m, n, types)
+
+    def kernel_rows_c(m: int, n: int, r: int, types: ukernels.Types = ukernels.F32) -> str:
+        return ukernels.kernel_rows_c(zero_start_c(m, n, types), m, n, r, types)
+
+    fused, fused_z = epilogues.emit(kernel_code, own, lanes,
+                                    lambda m, n, r: kernel_rows_c(m, n, r) if r else zero_start_c(m, n))
     fused_dw, fused_dw_plus = epilogues.emit_dw(kernel_code, own, lanes, lambda m, n, kh, kw, s: (
         getattr(own, "dw", lambda *a: None)(m, n, kh, kw, s, lanes, ukernels.F32)
         or ukernels.emit_dw_c(m, n, kh, kw, s, lanes, ukernels.F32, rules.dw_acc)))
     fused += fused_dw
+    gemms_rz |= {("f32", m, n, r) for m, n, r in fused_z if r}
+    rz_parts = []
+    for t, m, n, r in sorted(gemms_rz):
+        code = kernel_rows_c(m, n, r, ukernels.TYPES[t])
+        rz_parts.append(code)
+        if f"ec_gemm_{t}_{m}x{n}_z(C, A, B," in code:      # the portable form: the zero-start and += kernels
+            fused_z = set(fused_z) | {(m, n, 0)}
+            gemms = sorted(set(gemms) | {(t, m, n)})
     if fused_z:
-        gemms_z = sorted(set(gemms_z) | {("f32", m, n) for m, n in fused_z})
+        gemms_z = sorted(set(gemms_z) | {("f32", m, n) for m, n, r in fused_z if not r})
         gemms = sorted(set(gemms) | set(gemms_z))
     if fused_dw_plus:
         dws = sorted(set(dws) | {("f32", *t) for t in fused_dw_plus})
-    if not gemms and not dws and not windows and not requants and not helpers and not widen and not fused:
+    if not gemms and not dws and not windows and not requants and not helpers and not widen and not fused and not rz_parts:
         return ""
     integer = helpers or requants or widen or any(t != "f32" for t, *_ in gemms + dws + windows)
     parts = ([ukernels.ACLE_INCLUDE] if integer else []) + [ukernels.emit_prelude(lanes)]
@@ -174,6 +193,8 @@ def emit_ukernels(kernel_code: str, family_name: str) -> str:
         parts.append(code or ukernels.emit_widen_c())
     parts += [ukernels.rows_gemm_c(m, p, n, ukernels.TYPES[t]) for t, m, n, p in gemm_rows]
     parts += [ukernels.rows_gemm_z_c(m, p, n, ukernels.TYPES[t]) for t, m, n, p in gemm_rows_z]
+    parts += rz_parts
+    parts += [ukernels.rows_kernel_rows_c(m, p, n, r, ukernels.TYPES[t]) for t, m, n, p, r in gemm_rows_rz]
     parts += [ukernels.rows_dw_c(m, p, n, kh, kw, s, ukernels.TYPES[t]) for t, m, n, kh, kw, s, p in dw_rows]
     parts += ([epilogues.helpers_c(lanes)] + fused) if fused else []
     return "\n\n".join(parts) + "\n"

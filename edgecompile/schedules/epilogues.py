@@ -31,8 +31,9 @@ from typing import Any, Callable
 from .ukernels import narrower_widths, ragged_pixels
 
 OPS = {"A": "+", "X": "max", "N": "min"}
-CALL_RE = re.compile(r"\bec_gemm_f32_(\d+)x(\d+)_z_e([A-Za-z0-9]+)\(")
-ROWS_CALL_RE = re.compile(r"\bec_gemm_f32_(\d+)x(\d+)_p(\d+)_z_e([A-Za-z0-9]+)\(")
+# GEMM tiles, plain or summed over R kernel rows (_rR: ukernels.kernel_rows_c), and ragged pixel tiles of them
+CALL_RE = re.compile(r"\bec_gemm_f32_(\d+)x(\d+)(?:_r(\d+))?_z_e([A-Za-z0-9]+)\(")
+ROWS_CALL_RE = re.compile(r"\bec_gemm_f32_(\d+)x(\d+)_p(\d+)(?:_r(\d+))?_z_e([A-Za-z0-9]+)\(")
 DW_CALL_RE = re.compile(r"\bec_dw_f32_(\d+)x(\d+)_k(\d+)x(\d+)s(\d+)_z_e([A-Za-z0-9]+)\(")
 DW_ROWS_CALL_RE = re.compile(r"\bec_dw_f32_(\d+)x(\d+)_k(\d+)x(\d+)s(\d+)_p(\d+)_z_e([A-Za-z0-9]+)\(")
 
@@ -142,14 +143,17 @@ def _extra_args(tree: Tree, row: str) -> str:
     return out
 
 
-def signature(m: int, n: int, code: str, rows: int = 0, window: tuple[int, int, int] | None = None) -> str:
+def signature(m: int, n: int, code: str, rows: int = 0, window: tuple[int, int, int] | None = None,
+              kernel_rows: int = 0) -> str:
     """The fused kernel's prototype: the GEMM's (or with `window` = (KH, KW, S), the depthwise
     window's) arguments (C the output, ldc its row stride), then each parameter's pointer (and row
     stride). C is not `restrict` when a parameter is a tensor (a residual read where the output
-    is written)."""
+    is written). `kernel_rows` R: a tile summed over R kernel rows (ukernels.kernel_rows_c), whose
+    arguments hold the rows' A and B strides before ldc."""
     tree = parse(code)
     c = "float *C" if any(kind == "r" for _, kind in params(tree)) else "float *restrict C"
-    tail = (f"_p{rows}" if rows else "") + f"_z_e{code}"
+    tail = (f"_p{rows}" if rows else "") + (f"_r{kernel_rows}" if kernel_rows else "") + f"_z_e{code}"
+    strides = "int64_t ars, int64_t brs, " if kernel_rows else ""
     if window is not None:
         # neither C nor X `restrict`: a streaming depthwise kernel may write its output over the
         # input it reads (--no-in-place turns that off); the tile's stores come after all its loads
@@ -158,7 +162,7 @@ def signature(m: int, n: int, code: str, rows: int = 0, window: tuple[int, int, 
                 "const float *restrict W, int64_t ldx_row, int64_t ldx_px, int64_t ldw_row, int64_t ldw_px, "
                 f"int64_t ldc{_extra_params(tree)})")
     return (f"static inline int32_t ec_gemm_f32_{m}x{n}{tail}({c}, const float *restrict A, const float *restrict B, "
-            f"int32_t K, int64_t lda, int64_t ldb, int64_t ldc{_extra_params(tree)})")
+            f"int32_t K, int64_t lda, int64_t ldb, {strides}int64_t ldc{_extra_params(tree)})")
 
 
 def describe(code: str) -> str:
@@ -219,10 +223,12 @@ def start_at_zero(c_text: str) -> str:
     return _C_SCALAR_LOAD.sub("= 0.0f", _C_LOAD.sub(lambda mt: f"({mt.group(1)}){{0}}", c_text))
 
 
-def from_zero_start(z_src: str, m: int, n: int, code: str, lanes: int) -> str | None:
-    """The fused GEMM tile written from its zero-start kernel's C (`ec_gemm_f32_MxN_z`); None
-    when that kernel touches C other than by stores of its accumulators."""
-    return _fuse_stores(z_src, f"ec_gemm_f32_{m}x{n}_z(", signature(m, n, code), m, n, code, lanes)
+def from_zero_start(z_src: str, m: int, n: int, code: str, lanes: int, kernel_rows: int = 0) -> str | None:
+    """The fused GEMM tile written from its zero-start kernel's C (`ec_gemm_f32_MxN_z`, or with
+    `kernel_rows` R `ec_gemm_f32_MxN_rR_z`); None when that kernel touches C other than by stores
+    of its accumulators."""
+    name = f"ec_gemm_f32_{m}x{n}" + (f"_r{kernel_rows}" if kernel_rows else "") + "_z("
+    return _fuse_stores(z_src, name, signature(m, n, code, kernel_rows=kernel_rows), m, n, code, lanes)
 
 
 def dw_from_plus(dw_src: str, m: int, n: int, kh: int, kw: int, s: int, code: str, lanes: int) -> str | None:
@@ -233,31 +239,34 @@ def dw_from_plus(dw_src: str, m: int, n: int, kh: int, kw: int, s: int, code: st
                         m, n, code, lanes, zero_loads=True)
 
 
-def generic_c(m: int, n: int, code: str) -> str:
-    """The fused kernel for any family: its zero-start kernel into a tile on the stack, then the
-    epilogue over the tile (the same sums and the same epilogue: the same bits)."""
+def generic_c(m: int, n: int, code: str, kernel_rows: int = 0) -> str:
+    """The fused kernel for any family: its zero-start kernel (`kernel_rows` R: summed over R kernel
+    rows) into a tile on the stack, then the epilogue over the tile (the same sums and the same
+    epilogue: the same bits)."""
     tree = parse(code)
+    z, strides = (f"_r{kernel_rows}_z", "ars, brs, ") if kernel_rows else ("_z", "")
     return "\n".join([
         f"/* C[{m}x{n}] = {describe(code)} with acc = (A[{m}xK] * B[Kx{n}])[i][j] (float32) */",
-        signature(m, n, code) + " {",
+        signature(m, n, code, kernel_rows=kernel_rows) + " {",
         f"  float t[{m * n}];",
-        f"  ec_gemm_f32_{m}x{n}_z(t, A, B, K, lda, ldb, {n});",
+        f"  ec_gemm_f32_{m}x{n}{z}(t, A, B, K, lda, ldb, {strides}{n});",
         f"  for (int32_t i = 0; i < {m}; ++i) for (int32_t j = 0; j < {n}; ++j) "
         f"C[i * ldc + j] = {_scalar(tree, f't[i * {n} + j]', 'i', 'j')};",
         "  return 0;", "}"])
 
 
-def rows_c(m: int, p: int, n: int, code: str) -> str:
+def rows_c(m: int, p: int, n: int, code: str, kernel_rows: int = 0) -> str:
     """A ragged pixel tile (ukernels.rows_gemm_c) whose tiles are fused kernels."""
     tree = parse(code)
     q, r = divmod(m, p)
-    rest = "B, K, lda, ldb, ldc"
+    rest = "B, K, lda, ldb, ars, brs, ldc" if kernel_rows else "B, K, lda, ldb, ldc"
+    kr = f"_r{kernel_rows}" if kernel_rows else ""
     return "\n".join([
         f"/* C[{m}x{n}] = {describe(code)}; ragged pixel tile: {q} x {p} pixels, then {r} */",
-        signature(m, n, code, p) + " {",
-        f"  for (int32_t i = 0; i < {q * p}; i += {p}) ec_gemm_f32_{p}x{n}_z_e{code}(C + i * ldc, A + i * lda, {rest}"
+        signature(m, n, code, p, kernel_rows=kernel_rows) + " {",
+        f"  for (int32_t i = 0; i < {q * p}; i += {p}) ec_gemm_f32_{p}x{n}{kr}_z_e{code}(C + i * ldc, A + i * lda, {rest}"
         f"{_extra_args(tree, 'i')});",
-        f"  ec_gemm_f32_{r}x{n}_z_e{code}(C + {q * p} * ldc, A + {q * p} * lda, {rest}{_extra_args(tree, str(q * p))});",
+        f"  ec_gemm_f32_{r}x{n}{kr}_z_e{code}(C + {q * p} * ldc, A + {q * p} * lda, {rest}{_extra_args(tree, str(q * p))});",
         "  return 0;", "}"])
 
 
@@ -320,24 +329,26 @@ def helpers_c(lanes: int) -> str:
     return "\n".join(lines)
 
 
-def emit(kernel_code: str, own: Any, lanes: int, zero_start_c: Callable[[int, int], str]) -> tuple[list[str], set[tuple[int, int]]]:
-    """The C of every fused GEMM kernel `kernel_code` calls (sorted; `helpers_c` goes before), and the (M, N) of
-    the zero-start kernels the portable forms call. `own.gemm_ze(m, n, lanes, code)`: a family's
-    own fused kernel (None: written from `zero_start_c(m, n)`, the family's zero-start kernel,
-    else the portable form)."""
-    rows = sorted({(int(m), int(n), int(p), c) for m, n, p, c in ROWS_CALL_RE.findall(kernel_code)})
-    tiles = sorted({(int(m), int(n), c) for m, n, c in CALL_RE.findall(kernel_code)}
-                   | {(q, n, c) for m, n, p, c in rows for q in rows_tiles(m, p)})
+def emit(kernel_code: str, own: Any, lanes: int, zero_start_c: Callable[[int, int, int], str]
+         ) -> tuple[list[str], set[tuple[int, int, int]]]:
+    """The C of every fused GEMM kernel `kernel_code` calls (sorted; `helpers_c` goes before), and the
+    (M, N, R) of the zero-start kernels the portable forms call (R: kernel rows, 0 for a plain tile).
+    `own.gemm_ze(m, n, lanes, code)`: a family's own fused kernel of a plain tile (None: written
+    from `zero_start_c(m, n, r)`, the family's zero-start kernel, else the portable form)."""
+    rows = sorted({(int(m), int(n), int(p), int(r or 0), c) for m, n, p, r, c in ROWS_CALL_RE.findall(kernel_code)})
+    tiles = sorted({(int(m), int(n), int(r or 0), c) for m, n, r, c in CALL_RE.findall(kernel_code)}
+                   | {(q, n, r, c) for m, n, p, r, c in rows for q in rows_tiles(m, p)})
     if not tiles:
         return [], set()
     parts, needs = [], set()
-    for m, n, c in tiles:
-        code = getattr(own, "gemm_ze", lambda *a: None)(m, n, lanes, c) or from_zero_start(zero_start_c(m, n), m, n, c, lanes)
+    for m, n, r, c in tiles:
+        code = ((getattr(own, "gemm_ze", lambda *a: None)(m, n, lanes, c) if not r else None)
+                or from_zero_start(zero_start_c(m, n, r), m, n, c, lanes, r))
         if code is None:
-            code = generic_c(m, n, c)
-            needs.add((m, n))
+            code = generic_c(m, n, c, r)
+            needs.add((m, n, r))
         parts.append(code)
-    parts += [rows_c(m, p, n, c) for m, n, p, c in rows]
+    parts += [rows_c(m, p, n, c, r) for m, n, p, r, c in rows]
     return parts, needs
 
 

@@ -371,6 +371,9 @@ ZERO_START_ATTR = "ec.zero_start_gemm"
 # codegen.lower.fuse_epilogues: a zero-start float GEMM tile and the epilogue loop after it become one
 # call of a kernel that applies the epilogue in registers (schedules/epilogues.py)
 EPILOGUE_ATTR = "ec.fused_epilogue"
+# codegen.lower.zero_start_gemms: a zeroed float GEMM tile summed by one call per kernel row (a KxK
+# convolution's one-row window tiles) becomes one call over all the rows (`ec_gemm_f32_MxN_rR_z`)
+KERNEL_ROWS_ATTR = "ec.kernel_rows"
 
 
 def mark_widen_rows(sch: Any, pads: list[str]) -> int:
@@ -572,7 +575,7 @@ def conv_groups(sch: Any, info: Any) -> int:
 
 def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pixels", pack: bool = True,
                    order_for: Any = None, groups: int = 1, window_for: Any = None,
-                   window_order_for: Any = None) -> bool:
+                   window_order_for: Any = None, window_ragged: bool = False) -> bool:
     """Convolution (1x1 or KxK) as GEMM tiles: M output pixels of one row x N output
     channels, the reduction over input channels in the `ec_gemm_<t>_MxN` micro-kernel. A KxK
     convolution's padding is computed per output row (KH padded rows in a small buffer).
@@ -585,7 +588,9 @@ def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pix
     `ukernels.gemm_full_window_intrin`; unpacked weights or a 1xK kernel: one kernel row,
     K = KW x input channels, `ukernels.gemm_window_intrin`) instead of one tap (K = input
     channels): KxK convolutions of few input channels (a network's first, on 3 colour channels).
-    `window_order_for(types)`: the panel order of those whole-window tiles (`order_for` if None)."""
+    `window_order_for(types)`: the panel order of those whole-window tiles (`order_for` if None).
+    `window_ragged`: a ragged pixel tile may take the one-row window kernel too (a family whose
+    kernels then run all the kernel rows in one call: KERNEL_ROWS_ATTR); else it runs one call per tap."""
     found = _anchor_loops(sch, info.anchor, 7)
     if found is None:
         return False
@@ -594,8 +599,9 @@ def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pix
     if k == 1:      # one input channel: no reduction loop is left for a micro-kernel to take
         return False
     tm, px = pixel_tile(extent(sch, w), tile[0])
-    # the window kernels take no ragged pixel tiles: such a tile runs one GEMM call per tap
-    window = window_for is not None and groups == 1 and kw > 1 and not px and window_for(types)
+    # a whole-window kernel takes no ragged pixel tile; the one-row window kernel does where
+    # `window_ragged` (rows_gemm_c runs its tiles over any K)
+    window = window_for is not None and groups == 1 and kw > 1 and (window_ragged or not px) and window_for(types)
     group = None
     if groups > 1:
         cout = extent(sch, co)
@@ -604,7 +610,7 @@ def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pix
         group, co = sch.split(co, [groups, None])
     panel = _gemm_types(types, True, order_for).b_order
     kh = extent(sch, ry)
-    full = window and pack and bool(panel) and kh > 1
+    full = window and pack and bool(panel) and kh > 1 and not px
     if full and window_order_for is not None:
         order_for = window_order_for
         panel = _gemm_types(types, True, order_for).b_order
@@ -619,7 +625,7 @@ def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pix
     if full:
         sch.tensorize(rx, gemm_full_window_intrin(tile[0], tile[1], kh, kw, k, info.stride[1], gemm_types))
     elif window:
-        sch.tensorize(rx, gemm_window_intrin(tile[0], tile[1], kw, k, info.stride[1], gemm_types))
+        sch.tensorize(rx, gemm_window_intrin(tm, tile[1], kw, k, info.stride[1], gemm_types, pixels=px))
     else:
         sch.tensorize(ci, gemm_intrin(tm, tile[1], k, info.stride[1], gemm_types, pixels=px))
     return True

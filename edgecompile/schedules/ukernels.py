@@ -41,6 +41,9 @@ DW_ROWS_CALL_RE = re.compile(r"\bec_dw_(f32|s8|s16)_(\d+)x(\d+)_k(\d+)x(\d+)s(\d
 # zero-start GEMM tiles (C = A B; codegen.lower.zero_start_gemms), plain and ragged pixel tiles
 GEMM_Z_CALL_RE = re.compile(r"\bec_gemm_([a-z0-9]+)_(\d+)x(\d+)_z\(")
 GEMM_ROWS_Z_CALL_RE = re.compile(r"\bec_gemm_([a-z0-9]+)_(\d+)x(\d+)_p(\d+)_z\(")
+# zero-start tiles summed over R kernel rows (codegen.lower._kernel_rows_call), plain and ragged pixel tiles
+GEMM_RZ_CALL_RE = re.compile(r"\bec_gemm_([a-z0-9]+)_(\d+)x(\d+)_r(\d+)_z\(")
+GEMM_ROWS_RZ_CALL_RE = re.compile(r"\bec_gemm_([a-z0-9]+)_(\d+)x(\d+)_p(\d+)_r(\d+)_z\(")
 
 
 @dataclass(frozen=True)
@@ -226,20 +229,22 @@ def gemm_intrin(m: int, n: int, k: int, stride: int = 1, types: Types = F32, a_n
     return name
 
 
-def gemm_window_intrin(m: int, n: int, kw: int, c: int, stride: int = 1, types: Types = F32) -> str:
+def gemm_window_intrin(m: int, n: int, kw: int, c: int, stride: int = 1, types: Types = F32, pixels: int = 0) -> str:
     """Register (once) and return the name of the TensorIntrin for an M x N tile of a KxK
     convolution that reduces over one whole kernel row: the KW taps x C input channels of a
     padded NHWC row are KW * C contiguous values per output pixel (pixel m's at m * stride * C),
     and an HWIO (or packed [..][KW][C][nn]) weight row is KW * C contiguous rows of N. The call
     is the plain GEMM micro-kernel `ec_gemm_<t>_MxN` with K = KW * C: fewer calls, and K quads
     where C alone has none (3 input channels). A's rows must be exactly C values apart (the
-    padded row buffer of the convolution's own input channels: no grouped convolution)."""
-    name = f"ec_gemmw_{types.tag}_{m}x{n}_w{kw}c{c}_s{stride}"
+    padded row buffer of the convolution's own input channels: no grouped convolution).
+    `pixels`: a ragged pixel tile, as `gemm_intrin`'s."""
+    ragged = 0 < pixels < m and m % pixels != 0
+    name = f"ec_gemmw_{types.tag}_{m}x{n}_w{kw}c{c}_s{stride}" + (f"_p{pixels}" if ragged else "")
     if name in _REGISTERED:
         return name
     M, N, KW, CI, S = T.int64(m), T.int64(n), T.int64(kw), T.int64(c), T.int64(stride)
     AM = T.int64((m - 1) * stride + kw)
-    symbol = f"ec_gemm_{types.tag}_{m}x{n}"
+    symbol = f"ec_gemm_{types.tag}_{m}x{n}" + (f"_p{pixels}" if ragged else "")
     ta, tb, tc = types.a, types.b, types.c
     mac = _mac(types)
     zero, one = T.int64(0), T.int64(1)
@@ -1046,6 +1051,83 @@ def gemm_z_c(m: int, n: int, types: Types) -> str:
 def rows_gemm_z_c(m: int, p: int, n: int, types: Types) -> str:
     """`ec_gemm_<t>_MxN_pP_z`: the ragged pixel tile of `rows_gemm_c` that sets C (C = A B)."""
     return rows_gemm_c(m, p, n, types, zero_start=True)
+
+
+def kernel_rows_signature(m: int, n: int, r: int, types: Types, tail: str = "", pixels: int = 0) -> str:
+    """The prototype of `ec_gemm_<t>_MxN[_pP]_rR_z<tail>`: the GEMM's arguments with the distances
+    between two kernel rows' A and B (`ars`, `brs`) before ldc."""
+    p = f"_p{pixels}" if pixels else ""
+    return (f"static inline int32_t ec_gemm_{types.tag}_{m}x{n}{p}_r{r}_z{tail}({_C[types.c]} *restrict C, "
+            f"const {_C[types.a]} *restrict A, const {_C[types.b]} *restrict B, int32_t K, int64_t lda, "
+            "int64_t ldb, int64_t ars, int64_t brs, int64_t ldc")
+
+
+_K_LOOP = "for (int32_t k = 0; k < K; ++k) {"
+
+
+def kernel_rows_c(z_src: str, m: int, n: int, r: int, types: Types) -> str:
+    """`ec_gemm_<t>_MxN_rR_z` (C = the sum over R kernel rows of A_r B_r, row r's A at A + r * ars
+    and B at B + r * brs; codegen.lower._kernel_rows_call) written from the zero-start kernel's C
+    `z_src` (`ec_gemm_<t>_MxN_z`): each reduction loop runs over the rows too, its accumulators in
+    registers throughout, where a call per row loaded and stored them. The same products summed
+    in the same order (row by row, each over K): the same bits. Where that kernel reads A or B
+    other than in its `for k` loops' bodies, the portable form: the zero-start kernel on the first
+    row, then the += kernel on each other."""
+    name = f"ec_gemm_{types.tag}_{m}x{n}_z("
+    proto = kernel_rows_signature(m, n, r, types) + ")"
+    portable = "\n".join([
+        f"/* C[{m}x{n}] = sum over {r} kernel rows of A_r[{m}xK] * B_r[Kx{n}] ({types.a} x {types.b} -> {types.c}): "
+        "the zero-start kernel, then the += kernel per row */",
+        proto + " {",
+        f"  ec_gemm_{types.tag}_{m}x{n}_z(C, A, B, K, lda, ldb, ldc);",
+        f"  for (int32_t r = 1; r < {r}; ++r) ec_gemm_{types.tag}_{m}x{n}(C, A + r * ars, B + r * brs, K, lda, ldb, ldc);",
+        "  return 0;", "}"])
+    if z_src.count(name) != 1 or _K_LOOP not in z_src:
+        return portable
+    start = z_src.index(name)
+    head = z_src[:max(z_src.rfind("\n", 0, start), 0)].strip("\n")
+    lines = z_src[z_src.index("{", start) + 1:].split("\n")
+    out, rewritten, i = [], 0, 0
+    while i < len(lines):
+        line = lines[i]
+        if line.strip() != _K_LOOP:
+            out.append(line)
+            i += 1
+            continue
+        indent = line[:len(line) - len(line.lstrip())]
+        end = next((j for j in range(i + 1, len(lines)) if lines[j] == indent + "}"), None)
+        if end is None:
+            return portable
+        body = "\n".join(lines[i + 1:end])
+        uses = len(re.findall(r"\b[AB]\b", body))
+        body, na = re.subn(r"\bA\[", "Ar[", body)
+        body, nb = re.subn(r"\bB \+ ", "Br + ", body)
+        if na + nb != uses:
+            return portable
+        rewritten += 1
+        out += [f"{indent}for (int32_t r = 0; r < {r}; ++r) {{",
+                f"{indent}  const {_C[types.a]} *restrict Ar = A + r * ars;",
+                f"{indent}  const {_C[types.b]} *restrict Br = B + r * brs;",
+                f"{indent}  {_K_LOOP}", *[f"  {ln}" for ln in body.split("\n")], f"{indent}  }}", f"{indent}}}"]
+        i = end + 1
+    text = "\n".join(out)
+    if not rewritten or re.search(r"\b[AB]\b", re.sub(r"const [a-z0-9_]+ \*restrict [AB]r = [AB] \+ r \* [ab]rs;", "", text)):
+        return portable
+    comment = f"/* ... summed over {r} kernel rows (row r: A + r * ars, B + r * brs), the accumulators in registers */"
+    return "\n".join([ln for ln in (head, comment) if ln] + [proto + " {" + text])
+
+
+def rows_kernel_rows_c(m: int, p: int, n: int, r: int, types: Types) -> str:
+    """`ec_gemm_<t>_MxN_pP_rR_z`: a ragged pixel tile (rows_gemm_c) of kernel-rows tiles."""
+    q, rest = divmod(m, p)
+    args = "B, K, lda, ldb, ars, brs, ldc"
+    return "\n".join([
+        f"/* C[{m}x{n}] = sum over {r} kernel rows of A_r[{m}xK] * B_r[Kx{n}]; ragged pixel tile: {q} x {p} pixels, "
+        f"then {rest} */",
+        kernel_rows_signature(m, n, r, types, pixels=p) + ") {",
+        f"  for (int32_t i = 0; i < {q * p}; i += {p}) ec_gemm_{types.tag}_{p}x{n}_r{r}_z(C + i * ldc, A + i * lda, {args});",
+        f"  ec_gemm_{types.tag}_{rest}x{n}_r{r}_z(C + {q * p} * ldc, A + {q * p} * lda, {args});",
+        "  return 0;", "}"])
 
 
 def rows_dw_c(m: int, p: int, n: int, kh: int, kw: int, s: int, types: Types) -> str:
