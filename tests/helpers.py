@@ -91,6 +91,38 @@ def compare_with_reference(run, reference, shape, rel: float, seeds=range(3)) ->
     return spread
 
 
+def host_builds_with_and_without(tmp_path, monkeypatch, source, rules, attr: str):
+    """(directory, C) of two host builds of `source` (a frontend Source): as the host's `rules` are,
+    then with `rules.<attr>` set False (monkeypatched for the rest of the test)."""
+    from edgecompile.compiler import BuildOptions, Progress, write_build
+    from edgecompile.targets import load_target
+
+    out = []
+    for name, value in (("on", None), ("off", False)):
+        if value is not None:
+            monkeypatch.setattr(rules, attr, value)
+        d = tmp_path / f"{attr}_{name}"
+        write_build(source, load_target("host"), d, BuildOptions(compare_unfused=False), Progress(quiet=True))
+        out.append((d, (d / "model.c").read_text()))
+    return out
+
+
+def assert_same_bits_and_close(a_dir, b_dir, source, shape, rel: float) -> None:
+    """The host builds in `a_dir` and `b_dir` give bit-identical outputs on three random inputs, and
+    the first matches `source`'s PyTorch reference within `rel` x the spread of its outputs."""
+    from edgecompile.platforms.host import HostModel
+
+    a, b = HostModel(a_dir), HostModel(b_dir)
+    try:
+        for s in range(3):
+            x = random_input(shape, s)
+            assert np.array_equal(a.run(x)[0].view(np.uint32), b.run(x)[0].view(np.uint32))
+        compare_with_reference(lambda x: a.run(x)[0], lambda x: source.reference(x)[0], shape, rel)
+    finally:
+        a.close()
+        b.close()
+
+
 def keep_input_dependence(model, layers=None):
     """Scale `model`'s weights He-like (x2.5) and shrink its biases (x0.1), in place, for the
     layers of the given types (default: Conv2d and Linear): a deep random network's output then

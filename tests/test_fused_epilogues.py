@@ -25,14 +25,12 @@ import pytest
 import torch
 from torch import nn
 
-from edgecompile.compiler import BuildOptions, Progress, write_build
 from edgecompile.ir.frontend import ModelOptions, _from_torch
-from edgecompile.platforms.host import HostModel
 from edgecompile.schedules import epilogues, host
 from edgecompile.schedules.host import ukernels as host_ukernels
 from edgecompile.schedules.ukernels import F32, emit_dw_c, emit_prelude, family_gemm_c, gemm_z_c
 from edgecompile.targets import load_target
-from helpers import compare_with_reference, keep_input_dependence
+from helpers import assert_same_bits_and_close, host_builds_with_and_without, keep_input_dependence
 
 REL = 1e-4     # |C - PyTorch| <= REL x the spread of PyTorch's outputs (float32 rounding)
 RELU6 = epilogues.encode(("N", ("X", ("A", ("a",), ("b", 0)), epilogues.constant(0.0)), epilogues.constant(6.0)))
@@ -164,27 +162,16 @@ def test_host_build_fuses_epilogues_bit_identically_and_matches_pytorch(tmp_path
     net = _network()
     keep_input_dependence(net)
     source = _from_torch("fused_epilogues", net, shape, ModelOptions(input_shape=shape, seed=41))
-    fused, plain = tmp_path / "fused", tmp_path / "plain"
-    write_build(source, load_target("host"), fused, BuildOptions(compare_unfused=False), Progress(quiet=True))
-    monkeypatch.setattr(host.RULES, "fuse_epilogues", False)
-    write_build(source, load_target("host"), plain, BuildOptions(compare_unfused=False), Progress(quiet=True))
-    code = (fused / "model.c").read_text()
+    (fused, code), (plain, plain_code) = host_builds_with_and_without(tmp_path, monkeypatch, source, host.RULES,
+                                                                      "fuse_epilogues")
     calls = set(re.findall(r"\b(ec_gemm_f32_\w+_z_e(\w+))\(\(&\(", code))
     codes = {c for _, c in calls}
     assert RELU6 in codes and RESIDUAL in codes and "Aab0" in codes, codes
     assert any("_p" in name for name, _ in calls), calls                # a ragged pixel row
     assert any(name.startswith("ec_gemm_f32_1x") for name, _ in calls), calls   # the classifier
     assert re.search(r"\bec_dw_f32_\w+_z_e" + RELU6 + r"\(\(&\(", code)      # the depthwise windows' ReLU6
-    assert "_z_e" not in (plain / "model.c").read_text()
-    a, b = HostModel(fused), HostModel(plain)
-    try:
-        for s in range(3):
-            x = np.random.default_rng(s).standard_normal(shape).astype(np.float32)
-            assert np.array_equal(a.run(x)[0].view(np.uint32), b.run(x)[0].view(np.uint32))
-        compare_with_reference(lambda x: a.run(x)[0], lambda x: source.reference(x)[0], shape, REL)
-    finally:
-        a.close()
-        b.close()
+    assert "_z_e" not in plain_code
+    assert_same_bits_and_close(fused, plain, source, shape, REL)
 
 
 def test_portable_form_serves_a_zero_start_kernel_it_cannot_rewrite():

@@ -24,14 +24,12 @@ import pytest
 import torch
 from torch import nn
 
-from edgecompile.compiler import BuildOptions, Progress, write_build
 from edgecompile.ir.frontend import ModelOptions, _from_torch
-from edgecompile.platforms.host import HostModel
 from edgecompile.schedules import epilogues, host
 from edgecompile.schedules.host import ukernels as host_ukernels
 from edgecompile.schedules.ukernels import F32, emit_prelude, family_gemm_c, gemm_z_c, kernel_rows_c
 from edgecompile.targets import load_target
-from helpers import compare_with_reference, keep_input_dependence
+from helpers import assert_same_bits_and_close, host_builds_with_and_without, keep_input_dependence
 
 REL = 1e-4     # |C - PyTorch| <= REL x the spread of PyTorch's outputs (float32 rounding)
 RELU6 = epilogues.encode(("N", ("X", ("A", ("a",), ("b", 0)), epilogues.constant(0.0)), epilogues.constant(6.0)))
@@ -138,22 +136,10 @@ def test_host_build_sums_kernel_rows_bit_identically_and_matches_pytorch(tmp_pat
     net = _network()
     keep_input_dependence(net)
     source = _from_torch("kernel_rows", net, shape, ModelOptions(input_shape=shape, seed=43))
-    rows, taps = tmp_path / "rows", tmp_path / "taps"
-    write_build(source, load_target("host"), rows, BuildOptions(compare_unfused=False), Progress(quiet=True))
-    monkeypatch.setattr(host.RULES, "kernel_rows", False)
-    write_build(source, load_target("host"), taps, BuildOptions(compare_unfused=False), Progress(quiet=True))
-    code = (rows / "model.c").read_text()
+    (rows, code), (taps, taps_code) = host_builds_with_and_without(tmp_path, monkeypatch, source, host.RULES, "kernel_rows")
     calls = set(re.findall(r"\b(ec_gemm_f32_\w+?_r(\d+)_z_e\w+)\(\(&\(", code))
     assert {r for _, r in calls} == {"3", "5"}, calls
     assert any("_p" in name for name, _ in calls), calls                   # the ragged pixel row
     assert "_r1_" not in code
-    assert "_r3_z" not in (taps / "model.c").read_text() and "_r5_z" not in (taps / "model.c").read_text()
-    a, b = HostModel(rows), HostModel(taps)
-    try:
-        for s in range(3):
-            x = np.random.default_rng(s).standard_normal(shape).astype(np.float32)
-            assert np.array_equal(a.run(x)[0].view(np.uint32), b.run(x)[0].view(np.uint32))
-        compare_with_reference(lambda x: a.run(x)[0], lambda x: source.reference(x)[0], shape, REL)
-    finally:
-        a.close()
-        b.close()
+    assert "_r3_z" not in taps_code and "_r5_z" not in taps_code
+    assert_same_bits_and_close(rows, taps, source, shape, REL)
