@@ -24,8 +24,9 @@ def slow_params(values, slow, key=lambda v: v) -> list:
 
 def gemm_tile_re(m: int | str, n: int | str) -> str:
     r"""A float M x N GEMM tile's kernel in model.c, in any of its forms: the += kernel, the
-    zero-start one (`_z`), or with its epilogue (`_z_e<code>`). M or N may be a regex (r"\d+")."""
-    return rf"\bec_gemm_f32_{m}x{n}(?:_z(?:_e[A-Za-z0-9]+)?)?\("
+    zero-start one (`_z`), summed over R kernel rows (`_rR_z`), or with its epilogue (`_z_e<code>`,
+    `_rR_z_e<code>`). M or N may be a regex (r"\d+")."""
+    return rf"\bec_gemm_f32_{m}x{n}(?:(?:_r\d+)?_z(?:_e[A-Za-z0-9]+)?)?\("
 
 
 def has_gemm_tile(code: str, m: int | str, n: int | str) -> bool:

@@ -480,16 +480,10 @@ class TiledRules:
 
     # Whether the family's float GEMM kernels sum all of a KxK convolution's kernel rows in one call
     # (`ec_gemm_f32_MxN_rR_z`, tiling.KERNEL_ROWS_ATTR) where its tiles take one kernel row per call
-    # (`window_gemm`): the tile's accumulators stay in registers across the rows.
+    # (`window_gemm`): the tile's accumulators stay in registers across the rows. Tiles are still
+    # ranked by the steps of one tap (`GemmModel.max_m`'s short-K limit: gcc unrolls a short inner
+    # loop whatever the rows around it).
     kernel_rows = False
-
-    def _call_steps(self, sch: Any, info: Any, ext: list[int]) -> int:
-        """The reduction steps of one micro-kernel call of a convolution's GEMM tile (ext: the anchor's
-        7 loop extents N, H, W, C, KH, KW, CI): the input channels, all the taps' with `kernel_rows`."""
-        types = tiling.operand_types(sch, sch.get_sblock(info.anchor))
-        if self.kernel_rows and ext[5] > 1 and self.window_gemm(types):
-            return ext[4] * ext[5] * ext[6]
-        return ext[6]
 
     def rule_for(self, kind: Kind) -> Any:
         """The rule that schedules kernels of `kind` (every kind has one; most decline some shapes)."""
@@ -510,7 +504,7 @@ class TiledRules:
                                                        *self._lanes_budget(sch, info.anchor, acc), 8,
                                                        self.ragged_for(sch, info.anchor),
                                                        self.model_for(sch, info.anchor) if acc == "conv" else None,
-                                                       self._call_steps(sch, info, ext) if acc == "conv" else ext[6],
+                                                       ext[6],
                                                        self.ragged_pixels_for(sch, info.anchor), acc == "dw")
 
     def schedule_conv(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
