@@ -132,6 +132,10 @@ class GemmModel:
     broadcast_loads: float = 1.0  # load slots a broadcast of A takes (a vector load of B: 1)
     operand_loads: float = 1.0    # load slots of a B vector read as an FMA's memory operand (b_operands)
     ragged_min_width: int = 0     # no ragged pixel tiles (_ragged_pixel_tiles) on rows narrower than this
+    # The steps `max_m`'s short-K limit counts instead of the call's (0: the call's): a kernel-rows
+    # call (TiledRules.kernel_rows) runs K steps per kernel row over several rows, and its tiles keep
+    # the pixel limit of one tap's steps, as measured, while the rest of the model counts them all.
+    unrolled_k: int = 0
 
     def for_weights(self, k: int | None, channels: int) -> "GemmModel":
         """The model for a GEMM of `k` reduction steps (None: unknown) over `channels` output
@@ -171,7 +175,9 @@ class GemmModel:
         channels per tap, the pointwise of a fused dw+pw kernel on 8 channels) is a handful of
         FMAs per accumulator between the tile's load and store: gcc unrolls the constant-K loop
         and, past `short_k_max_m` pixels, spills (MobileNet V1 0.25/96, the 48x48x8 first
-        convolution's stack references: 73 at 8x8, 65 at 12x8, 265 at 16x8, 408 at 24x8)."""
+        convolution's stack references: 73 at 8x8, 65 at 12x8, 265 at 16x8, 408 at 24x8).
+        `unrolled_k`, where set, stands for `k` here."""
+        k = self.unrolled_k or k
         if k is not None and k <= self.short_k:
             return min(self.accumulators, self.short_k_max_m)
         return self.accumulators
@@ -480,10 +486,24 @@ class TiledRules:
 
     # Whether the family's float GEMM kernels sum all of a KxK convolution's kernel rows in one call
     # (`ec_gemm_f32_MxN_rR_z`, tiling.KERNEL_ROWS_ATTR) where its tiles take one kernel row per call
-    # (`window_gemm`): the tile's accumulators stay in registers across the rows. Tiles are still
-    # ranked by the steps of one tap (`GemmModel.max_m`'s short-K limit: gcc unrolls a short inner
-    # loop whatever the rows around it).
+    # (`window_gemm`): the tile's accumulators stay in registers across the rows. Its tiles are
+    # ranked by all the taps' steps, their pixels limited by one tap's (`_conv_model`).
     kernel_rows = False
+
+    def _conv_model(self, sch: Any, info: Any, ext: list[int]) -> tuple[GemmModel | None, int]:
+        """(the GEMM model, the reduction steps of one micro-kernel call) that rank a convolution's
+        tiles (ext: the anchor's loop extents N, H, W, C, KH, KW, CI). With `kernel_rows`, a KxK
+        tile's call runs all the KH x KW x CI steps, and the pixel limit of a short reduction
+        (`GemmModel.max_m`) stays that of one tap's CI steps (`GemmModel.unrolled_k`): AVX-512 would
+        otherwise give a first convolution on 3 channels 24 x 8 tiles, past the 12 pixels where gcc
+        spilled the unrolled per-tap loop. SqueezeNet 1.1/224 untuned on the AVX2 host, 60
+        interleaved runs: 0.92x of the build before kernel rows with this ranking, 0.98x with one
+        tap's steps (its first convolution 111 x 16 in 6-pixel tiles instead of 3 x 16)."""
+        model = self.model_for(sch, info.anchor)
+        types = tiling.operand_types(sch, sch.get_sblock(info.anchor))
+        if model is None or not (self.kernel_rows and ext[5] > 1 and self.window_gemm(types)):
+            return model, ext[6]
+        return replace(model, unrolled_k=ext[6]), ext[4] * ext[5] * ext[6]
 
     def rule_for(self, kind: Kind) -> Any:
         """The rule that schedules kernels of `kind` (every kind has one; most decline some shapes)."""
@@ -500,12 +520,11 @@ class TiledRules:
         ext = tiling.anchor_extents(sch, info.anchor)
         if len(ext) != 7 or groups < 1 or ext[3] % groups:
             return None
+        model, k = self._conv_model(sch, info, ext) if acc == "conv" else (None, ext[6])
         return _pick(cfg, "tile", None) or choose_tile(ext[2], ext[3] // groups,
                                                        *self._lanes_budget(sch, info.anchor, acc), 8,
-                                                       self.ragged_for(sch, info.anchor),
-                                                       self.model_for(sch, info.anchor) if acc == "conv" else None,
-                                                       ext[6],
-                                                       self.ragged_pixels_for(sch, info.anchor), acc == "dw")
+                                                       self.ragged_for(sch, info.anchor), model,
+                                                       k, self.ragged_pixels_for(sch, info.anchor), acc == "dw")
 
     def schedule_conv(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
         """Convolutions as GEMM tiles; a grouped one as one GEMM per group (tiling.tile_conv_gemm)."""
