@@ -1053,11 +1053,11 @@ def rows_gemm_z_c(m: int, p: int, n: int, types: Types) -> str:
     return rows_gemm_c(m, p, n, types, zero_start=True)
 
 
-def kernel_rows_signature(m: int, n: int, r: int, types: Types, tail: str = "", pixels: int = 0) -> str:
-    """The prototype of `ec_gemm_<t>_MxN[_pP]_rR_z<tail>`: the GEMM's arguments with the distances
+def kernel_rows_signature(m: int, n: int, r: int, types: Types, pixels: int = 0) -> str:
+    """The prototype of `ec_gemm_<t>_MxN[_pP]_rR_z`: the GEMM's arguments with the distances
     between two kernel rows' A and B (`ars`, `brs`) before ldc."""
     p = f"_p{pixels}" if pixels else ""
-    return (f"static inline int32_t ec_gemm_{types.tag}_{m}x{n}{p}_r{r}_z{tail}({_C[types.c]} *restrict C, "
+    return (f"static inline int32_t ec_gemm_{types.tag}_{m}x{n}{p}_r{r}_z({_C[types.c]} *restrict C, "
             f"const {_C[types.a]} *restrict A, const {_C[types.b]} *restrict B, int32_t K, int64_t lda, "
             "int64_t ldb, int64_t ars, int64_t brs, int64_t ldc")
 
