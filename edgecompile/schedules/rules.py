@@ -572,7 +572,8 @@ class TiledRules:
         order_for = self.dwpw_panel_order if _pick(cfg, "wide_weights", True) else self.panel_order
         return tiling.tile_dwpw(sch, info, r, tile, dw_tile, _pick(cfg, "pack", True), order_for,
                                 self.wide_rows, _pick(cfg, "dw_order", "pixels"),
-                                _pick(cfg, "epilogue", self.dwpw_epilogue_channels(sch, info, tile)))
+                                _pick(cfg, "epilogue", self.dwpw_epilogue_channels(sch, info, tile)),
+                                _pick(cfg, "order", "pixels"))
 
     def dwpw_epilogue_channels(self, sch: Any, info: Any, tile: tuple[int, int]) -> int:
         """How many output channels the pointwise epilogue of a fused dw+pw kernel takes per call

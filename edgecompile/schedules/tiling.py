@@ -723,7 +723,7 @@ def tile_dense(sch: Any, info: Any, nn: int, pack: bool = True, order_for: Any =
 
 def tile_dwpw(sch: Any, info: Any, rows: int, tile: tuple[int, int], dw_tile: tuple[int, int],
               pack: bool = True, order_for: Any = None, wide_rows: bool = False, dw_order: str = "pixels",
-              epilogue_channels: int = 0) -> bool:
+              epilogue_channels: int = 0, order: str = "pixels") -> bool:
     """The fused kernel: for each tile of `rows` output rows, compute the depthwise output for
     those rows (padding window, micro-kernel, bias + activation) into a rows x W x C scratch
     buffer, then the pointwise GEMM tiles over it. The depthwise tensor never exists in full.
@@ -734,7 +734,11 @@ def tile_dwpw(sch: Any, info: Any, rows: int, tile: tuple[int, int], dw_tile: tu
     `epilogue_channels`: the pointwise epilogue runs once per M pixels x this many channels (a
     multiple of the tile's N dividing the output channels) instead of once per tile: the GEMM tiles
     of those channels accumulate into one M x epilogue_channels buffer, which a family's vector
-    rescale then takes whole (tensorize_requant); 0 or N: per tile."""
+    rescale then takes whole (tensorize_requant); 0 or N: per tile.
+    `order` "channels": the pointwise tiles run channel tile by channel tile, each over all the
+    pixels of the `rows` rows (a weight panel read for all of them in turn: weights too large for
+    the cache, host.HostRules.schedule_dwpw), the epilogue still per tile; without
+    `epilogue_channels` only."""
     blocks = _children(sch)
     names = [sch.get(b).name_hint for b in blocks]
     ia, ib = names.index(info.dw_anchor), names.index(info.anchor)
@@ -764,6 +768,9 @@ def tile_dwpw(sch: Any, info: Any, rows: int, tile: tuple[int, int], dw_tile: tu
             and e2 is not None:
         chunk, coo = sch.split(coo, [None, epilogue_channels // nn])
         sch.reorder(n, ho, hi, wo, chunk, coo, ry, rx, ci, *wi, coi)
+    elif order == "channels":
+        sch.reorder(n, ho, coo, hi, wo, ry, rx, ci, *wi, coi)
+        chunk = wo
     else:
         sch.reorder(n, ho, hi, wo, coo, ry, rx, ci, *wi, coi)
     if e2 is not None:
