@@ -1,38 +1,94 @@
 """Fused depthwise+pointwise kernels whose pointwise weights do not fit L2 (host.HostRules.schedule_dwpw):
-on the host such a kernel takes up to 7 output rows per tile and runs its pointwise tiles channel tile
-by channel tile over all of their pixels (tiling.tile_dwpw `order` "channels"), so that each weight
-panel streams in once per tile of rows instead of once per pixel tile.
+on the host such a kernel takes up to 7 output rows per tile and runs its pointwise GEMM over their
+pixels as one run (tiling.tile_dwpw `order` "flat"), channel tile by channel tile: tiles of M pixels
+cross the rows and each weight panel streams in once per run. Where two vectors do not divide the
+channels (Xception's 728), the tile is a blocked one of all of them over weights stored in chunk
+panels of two vectors ("c16" on AVX2: ukernels.chunk_width, host/ukernels.chunked_gemm).
 
-A host build of a network with two such kernels (384 -> 384 and 384 -> 512 channels, 590 KB and
-786 KB of float weights, past the 512 KiB L2 the AVX2 model assumes; the model's L2 is set so on an
-AVX-512 machine too) and a small one (64 -> 64, untouched): the large ones run 7 rows per tile with
-their channel tiles outermost, the small one keeps its rows and order, the same bits as the build
-without the rule, and the outputs match PyTorch on outputs that depend on the input."""
+1. The chunk-panel kernels (6, 4, 2, 7 and 1 pixels x 360, 728 and 1000 channels, AVX2's 8 lanes and
+   12 accumulators) over weights in chunk panels give the same bits as the row-major blocked kernel
+   over the same weights, and C += A B within float rounding.
+2. A host build of a network with large fused kernels on a 14 x 14 map (376 -> 376 channels with a
+   residual add and no depthwise epilogue, 566 KB of weights; 376 -> 512, 770 KB; past the 512 KiB
+   L2 the AVX2 model assumes, set so on an AVX-512 machine too) and a small one (64 -> 64): the
+   large ones tile 98-pixel runs (7 rows), the 376-channel one (on AVX2) in blocked 6 x 376 tiles
+   over chunk panels, the small one is the kernel of the build without the rule; the outputs are
+   the same bits as that build's and match PyTorch on outputs that depend on the input."""
 
 from __future__ import annotations
 
+import ctypes
 import re
+import subprocess
 from dataclasses import replace
 
+import numpy as np
 import torch
 from torch import nn
 
 from edgecompile.ir.frontend import ModelOptions, _from_torch
 from edgecompile.schedules import host
+from edgecompile.schedules.host import ukernels as host_ukernels
+from edgecompile.schedules.ukernels import F32, emit_blocked_gemm_c, emit_prelude, order_panel
 from helpers import assert_same_bits_and_close, host_builds_with_and_without, keep_input_dependence
 
 REL = 1e-4     # |C - PyTorch| <= REL x the spread of PyTorch's outputs (float32 rounding)
+AVX2 = replace(host.RULES.gemm_model, registers=16, reserved=4, chunk_panels=True)    # 12 accumulators
 
 
-def _separable(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in), nn.ReLU(),
-                         nn.Conv2d(c_in, c_out, 1), nn.ReLU())
+def test_chunk_panel_kernels_equal_the_row_major_blocked_kernel(tmp_path):
+    cases = [(6, 728), (4, 728), (2, 728), (7, 360), (1, 1000), (6, 1000)]
+    parts = ["#include <stdint.h>", emit_prelude(8)]
+    for m, n in cases:
+        assert host_ukernels.chunk_panels(n, 8, F32, AVX2) == 16
+        chunked = host_ukernels.chunked_gemm(m, n, 8, F32, AVX2)
+        assert "chunk panels" in chunked
+        parts.append(chunked.replace(f"ec_gemm_f32_{m}x{n}(", f"chunked_{m}x{n}("))
+        parts.append(emit_blocked_gemm_c(m, n, 8, F32, AVX2.accumulators).replace(f"ec_gemm_f32_{m}x{n}(", f"rows_{m}x{n}("))
+        for kind in ("chunked", "rows"):
+            parts.append(f"int32_t run_{kind}_{m}x{n}(float *C, const float *A, const float *B, int32_t K, int64_t lda, "
+                         f"int64_t ldb, int64_t ldc) {{ return {kind}_{m}x{n}(C, A, B, K, lda, ldb, ldc); }}")
+    (tmp_path / "k.c").write_text("\n\n".join(parts))
+    subprocess.run(["gcc", "-O2", "-mavx2", "-mfma", "-shared", "-fPIC", "-o", str(tmp_path / "k.so"),
+                    str(tmp_path / "k.c")], check=True)
+    lib = ctypes.CDLL(str(tmp_path / "k.so"))
+    rng = np.random.default_rng(3)
+    ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)      # noqa: E731
+    for m, n in cases:
+        k = 37
+        a = rng.standard_normal((m, k + 3)).astype(np.float32)       # lda > K
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        c0 = rng.standard_normal((m, n + 5)).astype(np.float32)      # ldc > N: the columns past N untouched
+        chunked, rows = c0.copy(), c0.copy()
+        panels = np.ascontiguousarray(order_panel(b, "c16"))
+        args = (ctypes.c_int32(k), ctypes.c_int64(k + 3), ctypes.c_int64(n), ctypes.c_int64(n + 5))
+        getattr(lib, f"run_chunked_{m}x{n}")(ptr(chunked), ptr(a), ptr(panels), *args)
+        getattr(lib, f"run_rows_{m}x{n}")(ptr(rows), ptr(a), ptr(b), *args)
+        assert np.array_equal(chunked.view(np.uint32), rows.view(np.uint32)), (m, n)
+        expected = c0.astype(np.float64)
+        expected[:, :n] += a[:, :k].astype(np.float64) @ b.astype(np.float64)
+        assert np.allclose(chunked, expected, rtol=1e-5, atol=1e-4), (m, n)
+        assert np.array_equal(chunked[:, n:], c0[:, n:])
+
+
+def _separable(c_in: int, c_out: int, dw_act: bool = True) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in), *([nn.ReLU()] if dw_act else []),
+                         nn.Conv2d(c_in, c_out, 1))
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = _separable(channels, channels, dw_act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.body(x))
 
 
 def _network() -> nn.Module:
     torch.manual_seed(7)
-    return nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), _separable(64, 64),
-                         nn.Conv2d(64, 384, 1), nn.ReLU(), _separable(384, 384), _separable(384, 512)).eval()
+    return nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), _separable(64, 64), nn.ReLU(),
+                         nn.Conv2d(64, 376, 1), nn.ReLU(), _Residual(376), _separable(376, 512), nn.ReLU()).eval()
 
 
 def _kernel(code: str, name: str) -> str:
@@ -40,7 +96,7 @@ def _kernel(code: str, name: str) -> str:
     return code[start:code.index("\n}\n", start)]
 
 
-def test_large_pointwise_weights_stream_once_per_seven_rows(tmp_path, monkeypatch):
+def test_large_pointwise_weights_stream_in_runs_of_seven_rows(tmp_path, monkeypatch):
     shape = (1, 3, 14, 14)
     net = _network()
     keep_input_dependence(net)
@@ -53,15 +109,14 @@ def test_large_pointwise_weights_stream_once_per_seven_rows(tmp_path, monkeypatc
     assert len(names) == 3, names
     for name in names:
         kernel, before = _kernel(code, name), _kernel(off_code, name)
-        large = "x64" not in name
-        # the row tiles: 14 / 7 = 2 with the rule, 14 / 2 = 7 without it
-        loops = re.findall(r"for \(int32_t (\w+) = 0; \1 < (\d+); \+\+\1\)", kernel)
-        assert loops[0][1] == ("2" if large else "7"), (name, loops[:3])
-        assert (kernel == before) != large, name
-        if large:   # the pointwise channel tiles outside the pixel tiles: a GEMM call under the rows loops
-            call = kernel.index("ec_gemm_f32_")
-            outer = [v for v, n in loops if kernel.index(f"{v} < {n}") < call]
-            channel_loop = next(v for v in outer if v.startswith("ff"))
-            rows_loop = next(v for v in outer if v.startswith("yy") and v != loops[0][0])
-            assert kernel.index(f"{channel_loop} < ") < kernel.index(f"{rows_loop} < "), (name, outer)
+        if "x64" in name:
+            assert kernel == before, name
+            continue
+        tiles = set(re.findall(r"\bec_gemm_f32_(\d+)x(\d+)\w*\(", kernel))
+        assert tiles and all(p == "98" for p, _ in tiles), (name, tiles)       # 7 rows x 14 pixels
+        assert not re.search(r"\bec_gemm_f32_(7|14)x", kernel), name
+        if name.endswith("x376") and host.RULES.gemm_model.chunk_panels:
+            assert tiles == {("98", "376")}, tiles
+            assert re.search(r"blocked tile over chunk panels[^\n]*\n(/\*[^\n]*\n)?static inline int32_t "
+                             r"ec_gemm_f32_6x376_z", code)
     assert_same_bits_and_close(on, off, source, shape, REL)

@@ -136,6 +136,9 @@ class GemmModel:
     # call (TiledRules.kernel_rows) runs K steps per kernel row over several rows, and its tiles keep
     # the pixel limit of one tap's steps, as measured, while the rest of the model counts them all.
     unrolled_k: int = 0
+    # Blocked tiles of all a wide layer's channels that two vectors do not divide read their weights
+    # as chunk panels ([K][2 x lanes] panels: ukernels.chunk_width, host/ukernels.chunk_panels)
+    chunk_panels: bool = False
 
     def for_weights(self, k: int | None, channels: int) -> "GemmModel":
         """The model for a GEMM of `k` reduction steps (None: unknown) over `channels` output
@@ -573,7 +576,7 @@ class TiledRules:
         return tiling.tile_dwpw(sch, info, r, tile, dw_tile, _pick(cfg, "pack", True), order_for,
                                 self.wide_rows, _pick(cfg, "dw_order", "pixels"),
                                 _pick(cfg, "epilogue", self.dwpw_epilogue_channels(sch, info, tile)),
-                                _pick(cfg, "order", "pixels"))
+                                _pick(cfg, "order", "pixels"), _pick(cfg, "panels", ""))
 
     def dwpw_epilogue_channels(self, sch: Any, info: Any, tile: tuple[int, int]) -> int:
         """How many output channels the pointwise epilogue of a fused dw+pw kernel takes per call

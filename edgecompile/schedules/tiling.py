@@ -723,7 +723,7 @@ def tile_dense(sch: Any, info: Any, nn: int, pack: bool = True, order_for: Any =
 
 def tile_dwpw(sch: Any, info: Any, rows: int, tile: tuple[int, int], dw_tile: tuple[int, int],
               pack: bool = True, order_for: Any = None, wide_rows: bool = False, dw_order: str = "pixels",
-              epilogue_channels: int = 0, order: str = "pixels") -> bool:
+              epilogue_channels: int = 0, order: str = "pixels", panels: str = "") -> bool:
     """The fused kernel: for each tile of `rows` output rows, compute the depthwise output for
     those rows (padding window, micro-kernel, bias + activation) into a rows x W x C scratch
     buffer, then the pointwise GEMM tiles over it. The depthwise tensor never exists in full.
@@ -735,10 +735,13 @@ def tile_dwpw(sch: Any, info: Any, rows: int, tile: tuple[int, int], dw_tile: tu
     multiple of the tile's N dividing the output channels) instead of once per tile: the GEMM tiles
     of those channels accumulate into one M x epilogue_channels buffer, which a family's vector
     rescale then takes whole (tensorize_requant); 0 or N: per tile.
-    `order` "channels": the pointwise tiles run channel tile by channel tile, each over all the
-    pixels of the `rows` rows (a weight panel read for all of them in turn: weights too large for
-    the cache, host.HostRules.schedule_dwpw), the epilogue still per tile; without
-    `epilogue_channels` only."""
+    `order` "flat": the pointwise GEMM runs over the `rows` rows' pixels as one run of rows x W
+    (_flatten_pixels), channel tile by channel tile, each over all of the run's pixel tiles (a weight
+    panel read for all of them in turn: weights too large for the cache,
+    host.HostRules.schedule_dwpw), the epilogue per tile; its M-pixel tiles (a ragged last one)
+    cross the rows, so a row too short for the widest tiles (7 or 14 pixels) does not limit them.
+    `panels`: the panel order of float pointwise weights where the family's own order is none
+    (ukernels.chunk_width "c<w>": a blocked tile of all the channels reading [K][w] chunk panels)."""
     blocks = _children(sch)
     names = [sch.get(b).name_hint for b in blocks]
     ia, ib = names.index(info.dw_anchor), names.index(info.anchor)
@@ -758,21 +761,30 @@ def tile_dwpw(sch: Any, info: Any, rows: int, tile: tuple[int, int], dw_tile: tu
     m, nn = tile
     k = extent(sch, ci)
     width = extent(sch, w)
-    tm, px = pixel_tile(width, m)
-    ho, hi = sch.split(h, [None, rows])
-    wo, wi = _split_pixels(sch, w, m)
     channels = extent(sch, co)
-    coo, coi = sch.split(co, [None, nn])
-    chunk = coo
-    if epilogue_channels > nn and epilogue_channels % nn == 0 and channels % epilogue_channels == 0 \
-            and e2 is not None:
-        chunk, coo = sch.split(coo, [None, epilogue_channels // nn])
-        sch.reorder(n, ho, hi, wo, chunk, coo, ry, rx, ci, *wi, coi)
-    elif order == "channels":
-        sch.reorder(n, ho, coo, hi, wo, ry, rx, ci, *wi, coi)
+    if order == "flat":
+        if e1 is None:      # the depthwise tiles write rows: a copy stores them as the run the GEMM reads
+            e1 = sch.cache_read(pw, 0, "global")
+        _flatten_pixels(sch, pw, e2, extent(sch, h), width)
+        n, pixels, co, ry, rx, ci = sch.get_loops(pw)
+        tm, px = pixel_tile(rows * width, m)
+        ho, run = sch.split(pixels, [None, rows * width])
+        wo, wi = _split_pixels(sch, run, m)
+        coo, coi = sch.split(co, [None, nn])
+        sch.reorder(n, ho, coo, wo, ry, rx, ci, *wi, coi)
         chunk = wo
     else:
-        sch.reorder(n, ho, hi, wo, coo, ry, rx, ci, *wi, coi)
+        tm, px = pixel_tile(width, m)
+        ho, hi = sch.split(h, [None, rows])
+        wo, wi = _split_pixels(sch, w, m)
+        coo, coi = sch.split(co, [None, nn])
+        chunk = coo
+        if epilogue_channels > nn and epilogue_channels % nn == 0 and channels % epilogue_channels == 0 \
+                and e2 is not None:
+            chunk, coo = sch.split(coo, [None, epilogue_channels // nn])
+            sch.reorder(n, ho, hi, wo, chunk, coo, ry, rx, ci, *wi, coi)
+        else:
+            sch.reorder(n, ho, hi, wo, coo, ry, rx, ci, *wi, coi)
     if e2 is not None:
         sch.reverse_compute_at(e2, chunk)
     if e1 is not None:
@@ -780,7 +792,7 @@ def tile_dwpw(sch: Any, info: Any, rows: int, tile: tuple[int, int], dw_tile: tu
     sch.compute_at(dw, ho)
     for p in dw_pad:
         sch.compute_at(p, ho)
-    packed = pack and pack_weights(sch, pw, nn, info, _gemm_types(pw_types, True, order_for).b_order)
+    packed = pack and pack_weights(sch, pw, nn, info, _gemm_types(pw_types, True, order_for).b_order or panels)
     sch.decompose_reduction(pw, ry)
     sch.tensorize(ci, gemm_intrin(tm, nn, k, 1, _gemm_types(pw_types, packed, order_for), a_narrowed=widened,
                                   pixels=px))
@@ -820,6 +832,31 @@ def tile_dwpw(sch: Any, info: Any, rows: int, tile: tuple[int, int], dw_tile: tu
     sch.tensorize(dry, dw_intrin(dtm, dn, kh, kw, s, dw_types, pixels=dpx))
     info.rows = rows
     return True
+
+
+def _flatten_pixels(sch: Any, pw: Any, epilogue: Any, height: int, width: int) -> None:
+    """Make a fused dw+pw kernel's pointwise GEMM and its epilogue iterate over pixels h x W + w
+    instead of rows and columns: every NHWC buffer they read or write (the depthwise output, the
+    pointwise output, the epilogue's output and residual inputs) stored [N][H x W][C], the same
+    bytes, and the two blocks' iteration domains fused likewise (transform_block_layout), so that
+    a GEMM tile's pixels may span rows (tiling along the fused axis stays affine)."""
+    def flat(a: Any, b: Any, c: Any, d: Any) -> Any:
+        return (a, b * width + c, d)
+
+    def nhwc(buf: Any) -> bool:
+        shape = [int(x) for x in buf.shape]
+        return len(shape) == 4 and shape[1:3] == [height, width]
+
+    weights = sch.get(pw).reads[1].source
+    for block in [pw] + ([epilogue] if epilogue is not None else []):
+        if nhwc(sch.get(block).writes[0].source):
+            sch.transform_layout(block, ("write", 0), flat)
+        for i, r in enumerate(sch.get(block).reads):
+            if nhwc(r.source) and not r.source.same_as(weights):
+                sch.transform_layout(block, ("read", i), flat)
+    sch.transform_block_layout(pw, lambda a, b, c, d, e, f, g: (a, b * width + c, d, e, f, g))
+    if epilogue is not None:
+        sch.transform_block_layout(epilogue, lambda a, b, c, d: (a, b * width + c, d))
 
 
 def rescale_offsets_into_init(func: Any, call_prefix: str = "ec_requant_s8_", own_offset: str = "_s16") -> Any | None:

@@ -130,12 +130,28 @@ def split_order(order: str) -> tuple[str, str]:
     return order, ""
 
 
+# Float panel orders of chunks ("c<w>", e.g. "c16"): a [K][N] panel stored as N / w consecutive
+# [K][w] panels of w channels, then a [K][N % w] one (host/ukernels.chunked_gemm): a blocked tile of
+# all a layer's N channels (N not a multiple of w: Xception's 728) reads each block's weights as one
+# contiguous stream of w floats per reduction step instead of w floats every N.
+CHUNK_ORDER_RE = re.compile(r"c(\d+)$")
+
+
+def chunk_width(order: str) -> int:
+    """The chunk width w of a "c<w>" panel order, else 0."""
+    mt = CHUNK_ORDER_RE.match(order)
+    return int(mt.group(1)) if mt else 0
+
+
 def order_panel(panel: "np.ndarray", order: str) -> "np.ndarray":
-    """A [K][N] weight panel's values in `order` (PANEL_ORDERS), as an array of the same shape: the
-    bytes the kernel reads, in its order."""
+    """A [K][N] weight panel's values in `order` (PANEL_ORDERS, GROUP_ORDERS or a chunk order), as an
+    array of the same shape: the bytes the kernel reads, in its order."""
     import numpy as np
 
     k, n = panel.shape
+    if chunk_width(order):
+        w = chunk_width(order)
+        return np.concatenate([panel[:, j:j + w].reshape(-1) for j in range(0, n, w)]).reshape(k, n)
     if order in GROUP_ORDERS:
         g = GROUP_ORDERS[order]
         return np.concatenate([panel[k0:k0 + g].T.reshape(-1) for k0 in range(0, k, g)]).reshape(k, n)

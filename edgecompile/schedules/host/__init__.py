@@ -15,7 +15,8 @@ from typing import Any
 
 from ...ir.operators import Kind
 from .. import tiling
-from ..rules import GemmModel, TiledRules, _pick, largest_divisor
+from ..rules import GemmModel, TiledRules, _pick, choose_tile, largest_divisor
+from ..ukernels import F32
 
 
 # The L2 size per core the tile ranking assumes (GemmModel.for_weights: weights beyond it stream from
@@ -94,27 +95,43 @@ class HostRules(TiledRules):
         tiling.split_padding(sch, pads)
 
     # A fused dw+pw kernel whose pointwise weights do not fit L2 (GemmModel.l2_bytes: AVX2 only) takes
-    # up to STREAMED_DWPW_ROWS output rows per tile, its pointwise tiles channel tile by channel tile
-    # over all of them (schedule_dwpw); False: as any other fused kernel.
+    # up to STREAMED_DWPW_ROWS output rows per tile, its pointwise GEMM over their pixels as one run,
+    # channel tile by channel tile (schedule_dwpw); False: as any other fused kernel.
     stream_dwpw = True
     STREAMED_DWPW_ROWS = 7
 
     def schedule_dwpw(self, sch: Any, info: Any, rows: int | None = None, cfg: dict | None = None) -> bool:
-        """`TiledRules.schedule_dwpw`, except that, untuned, a fused kernel whose pointwise weights
-        exceed L2 takes up to STREAMED_DWPW_ROWS output rows per tile (the most dividing the map's
-        height) and runs its pointwise tiles channel tile by channel tile over all of their pixels
-        (tiling.tile_dwpw `order` "channels"): each weight panel then streams in from L3 once per
-        tile of rows, where pixel tile by pixel tile all the weights streamed in again for every
-        M pixels. The same sums in the same order: the same bits. Untuned, AVX2 (Zen 3), thread CPU
-        time, interleaved in one process, medians: Xception/224 0.976x (25 runs; its 728 -> 728
-        middle flow, 2.1 MB of weights per layer, and its 7 x 7 exit flow), MobileNet V1 1.0/224
-        0.993x, MobileNet V2 1.0/224 0.994x (40 runs); 14 rows per tile measured as 7
-        (Xception 0.973x)."""
+        """`TiledRules.schedule_dwpw`, except, untuned, for a fused kernel whose pointwise weights
+        exceed L2 (`stream_dwpw`):
+        - it takes up to STREAMED_DWPW_ROWS output rows per tile (the most dividing the map's
+          height), and its pointwise GEMM runs over their pixels as one run (tiling.tile_dwpw
+          `order` "flat"): tiles of M pixels cross the rows, so a 7- or 14-pixel row no longer
+          limits them to 7 x 8 (one vector: more loads than FMAs), and channel tile by channel tile,
+          so each weight panel streams in from L3 once per run, not once per M pixels;
+        - its tile is the model's best for that run (6 x 16 ragged), or, where two vectors do not
+          divide the channels (Xception's 728), a blocked tile of all of them in blocks of 6 x 16
+          over weights stored in 16-channel chunk panels (host/ukernels.chunk_panels).
+        The same sums in the same order: the same bits. Untuned, AVX2 (Zen 3), thread CPU time,
+        interleaved in one process, medians: Xception/224 0.90x (25 runs; 1.18x -> 1.06x
+        onnxruntime), MobileNet V1 1.0/224 0.94x (40 runs; 1.10x -> 1.04x), MobileNet V2 1.00x
+        (80 runs), against the same rows and order per row; channel tile by channel tile alone
+        (7 x 8 tiles, rows apart) was 0.976x, 0.993x and 0.994x."""
         model = self.gemm_model
         if self.stream_dwpw and cfg is None and rows is None and model is not None and model.l2_bytes:
             ext = tiling.anchor_extents(sch, info.anchor)
-            if len(ext) == 7 and ext[3] * ext[6] * 4 > model.l2_bytes:
-                cfg = {"rows": self.STREAMED_DWPW_ROWS, "order": "channels"}
+            if len(ext) == 7 and ext[3] * ext[6] * 4 > model.l2_bytes and ext[1] * ext[2] > 1:
+                from .ukernels import chunk_panels
+
+                r = largest_divisor(ext[1], self.STREAMED_DWPW_ROWS)
+                chunks = chunk_panels(ext[3], self.lanes, F32)
+                if chunks:
+                    tile = (min(r * ext[2], model.accumulators * self.lanes // chunks), ext[3])
+                else:
+                    tile = choose_tile(r * ext[2], ext[3], *self._lanes_budget(sch, info.anchor, "conv"), 8,
+                                       self.ragged_for(sch, info.anchor), model, info.dw_channels,
+                                       self.ragged_pixels_for(sch, info.anchor))
+                if tile is not None:
+                    cfg = {"rows": r, "order": "flat", "tile": list(tile), **({"panels": f"c{chunks}"} if chunks else {})}
         return super().schedule_dwpw(sch, info, rows, cfg)
 
     # zero-start float GEMM tiles and the epilogue after them as one call (codegen.lower.fuse_epilogues)
@@ -236,5 +253,5 @@ else:
                                             l2_bytes=L2_BYTES[VARIANT], l3_bytes_per_cycle=AVX2_L3_BYTES_PER_CYCLE,
                                             step_cycles=AVX2_STEP_CYCLES, b_operands=True,
                                             broadcast_loads=AVX2_BROADCAST_LOADS,
-                                            operand_loads=AVX2_OPERAND_LOADS, blocked=False,
+                                            operand_loads=AVX2_OPERAND_LOADS, blocked=False, chunk_panels=True,
                                             ragged_min_width=AVX2_RAGGED_MIN_WIDTH))

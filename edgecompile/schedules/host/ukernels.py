@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import sys
+from typing import Any
 
 from ..ukernels import (F32, Types, _C, _Emit, dw_signature, family_gemm_c, gemm_signature, narrower_widths,
                         overlap_blocks, ragged_width)
@@ -81,8 +82,85 @@ def _describe(n: int, lanes: int, m: int, blocks: list[list[int]]) -> str:
             f"before it, in blocks of up to {m * max(len(b) for b in blocks)} accumulators")
 
 
+def chunk_panels(n: int, lanes: int, types: Types, model: Any = None) -> int:
+    """The chunk width w of the weight panels (ukernels "c<w>" order: [K][w] panels of w channels,
+    then the rest) that a float GEMM tile of n channels reads on this family, else 0: on AVX2
+    (GemmModel.chunk_panels), a tile of more vectors than accumulators (blocked whatever its pixels:
+    only all the channels of a wide layer, host.HostRules.schedule_dwpw) whose channels two
+    vectors do not divide (Xception's 728). Its blocks of 2 vectors each read one [K][2 x lanes]
+    panel, as a tile over weights packed 16 wide would, where row-major [K][728] weights cost 1.2x
+    (one 728 -> 728 pointwise layer over 98-pixel runs, best of 40). `model`: the family's
+    GemmModel (default: this host's)."""
+    model = model or RULES.gemm_model
+    w = 2 * lanes
+    if (model is None or not model.chunk_panels or types != F32 or lanes < 2 or n % lanes
+            or n // lanes <= model.accumulators or n % w == 0):
+        return 0
+    return w
+
+
+def chunked_gemm(m: int, n: int, lanes: int, types: Types, model: Any = None) -> str:
+    """C for `ec_gemm_f32_MxN` over chunk panels (`chunk_panels`): the n channels in blocks of up to
+    the accumulators' vectors (an even number: whole chunks), each block M x its vectors over the
+    whole reduction, a vector at channel c reading chunk c / w's [K][w] panel (the last chunk
+    narrower). The same products in the same order as the row-major blocked kernel: the same bits."""
+    model = model or RULES.gemm_model
+    w = chunk_panels(n, lanes, types, model)
+    acc = model.accumulators
+    v = max(1, acc // m)
+    if v > 1:
+        v -= v % 2
+    step = v * lanes
+    full = n // w * w
+    e = _Emit(types, lanes, dict(narrower_widths(lanes))[lanes])
+    c = _C["float32"]
+
+    def address(col: int | str, const: bool) -> str:
+        if const and isinstance(col, int) and col >= full:
+            return f"B + {full} * K + k * {n - full} + {col - full}"
+        if isinstance(col, int):
+            return f"B + {col // w * w} * K + k * {w} + {col % w}"
+        return col
+
+    def block(cols: list[str], loads: list[str]) -> list[str]:
+        lines = ["    " + " ".join(f"{e.acc_type()} c{i}_{j} = {e.load_acc(f'C + {i} * ldc + {col}')};"
+                                   for j, col in enumerate(cols)) for i in range(m)]
+        lines.append("    for (int32_t k = 0; k < K; ++k) {")
+        lines.append("      " + " ".join(f"const {e.acc_type()} b{j} = {e.load(ld, 'float32')};" for j, ld in enumerate(loads)))
+        for i in range(m):
+            lines.append(f"      const {c} a{i} = A[{i} * lda + k];")
+            lines.append("      " + " ".join(f"c{i}_{j} += a{i} * b{j};" for j in range(len(cols))))
+        lines.append("    }")
+        lines += ["    " + " ".join(e.store_acc(f"C + {i} * ldc + {col}", f"c{i}_{j}") for j, col in enumerate(cols))
+                  for i in range(m)]
+        return lines
+
+    looped = full // step * step if step % w == 0 or v == 1 else 0
+    lines = [f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (float32); blocked tile over chunk panels: [K][{w}] panels of "
+             f"{w} channels{f', the last [K][{n - full}]' if n > full else ''}, in blocks of up to {m * v} accumulators */",
+             gemm_signature(m, n, types) + " {"]
+    if looped > step:
+        if v == 1:
+            loads = [f"B + (j0 - j0 % {w}) * K + k * {w} + j0 % {w}"]
+        else:
+            loads = [f"B + (j0 + {lanes * j // w * w}) * K + k * {w} + {lanes * j % w}" for j in range(v)]
+        lines += [f"  for (int32_t j0 = 0; j0 < {looped}; j0 += {step}) {{",
+                  *block(["j0" if j == 0 else f"j0 + {lanes * j}" for j in range(v)], loads), "  }"]
+    else:
+        looped = 0
+    cols = list(range(looped, n, lanes))
+    for b0 in range(0, len(cols), v):
+        part = cols[b0:b0 + v]
+        lines += ["  {", *block([str(col) for col in part], [address(col, True) for col in part]), "  }"]
+    lines += ["  return 0;", "}"]
+    return "\n".join(lines)
+
+
 def gemm(m: int, n: int, lanes: int, types: Types, acc: int = 0) -> str | None:
-    """C for `ec_gemm_f32_MxN` of a ragged float tile (`overlapped`), or None (the generic kernel)."""
+    """C for `ec_gemm_f32_MxN` of a ragged float tile (`overlapped`) or of a tile over chunk panels
+    (`chunk_panels`), or None (the generic kernel)."""
+    if chunk_panels(n, lanes, types):
+        return chunked_gemm(m, n, lanes, types)
     if not overlapped(n, lanes, types):
         return None
     e = _Emit(types, lanes, dict(narrower_widths(lanes))[lanes])
