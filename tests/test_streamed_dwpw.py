@@ -13,7 +13,9 @@ panels of two vectors ("c16" on AVX2: ukernels.chunk_width, host/ukernels.chunke
    L2 the AVX2 model assumes, set so on an AVX-512 machine too) and a small one (64 -> 64): the
    large ones tile 98-pixel runs (7 rows), the 376-channel one (on AVX2) in blocked 6 x 376 tiles
    over chunk panels, the small one is the kernel of the build without the rule; the outputs are
-   the same bits as that build's and match PyTorch on outputs that depend on the input."""
+   the same bits as that build's and match PyTorch on outputs that depend on the input. Its 1x1
+   convolutions over 1000 channels (160 -> 1000 over a concat computed in the same kernel, and
+   1000 -> 1000) run over the map's 196 pixels as one run; a small one (64 -> 376) is untouched."""
 
 from __future__ import annotations
 
@@ -85,10 +87,22 @@ class _Residual(nn.Module):
         return torch.relu(x + self.body(x))
 
 
+class _Fire(nn.Module):
+    """SqueezeNet's expand pair: a 1x1 and a 3x3 convolution concatenated (the next kernel's producer)."""
+
+    def __init__(self, c_in: int, each: int) -> None:
+        super().__init__()
+        self.one, self.three = nn.Conv2d(c_in, each, 1), nn.Conv2d(c_in, each, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.relu(self.one(x)), torch.relu(self.three(x))], 1)
+
+
 def _network() -> nn.Module:
     torch.manual_seed(7)
     return nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), _separable(64, 64), nn.ReLU(),
-                         nn.Conv2d(64, 376, 1), nn.ReLU(), _Residual(376), _separable(376, 512), nn.ReLU()).eval()
+                         nn.Conv2d(64, 376, 1), nn.ReLU(), _Residual(376), _separable(376, 512), nn.ReLU(),
+                         _Fire(512, 80), nn.Conv2d(160, 1000, 1), nn.ReLU(), nn.Conv2d(1000, 1000, 1)).eval()
 
 
 def _kernel(code: str, name: str) -> str:
@@ -104,7 +118,7 @@ def test_large_pointwise_weights_stream_in_runs_of_seven_rows(tmp_path, monkeypa
     if not host.RULES.gemm_model.l2_bytes:      # AVX-512: the L2 the AVX2 model assumes
         monkeypatch.setattr(host.RULES, "gemm_model", replace(host.RULES.gemm_model, l2_bytes=512 << 10))
     (on, code), (off, off_code) = host_builds_with_and_without(tmp_path, monkeypatch, source, host.RULES,
-                                                               "stream_dwpw")
+                                                               "stream_weights")
     names = sorted(set(re.findall(r"\b(ec_dwpw_f32_14x14x\d+(?:_\d+)?)\(", code)))
     assert len(names) == 3, names
     for name in names:
@@ -119,4 +133,18 @@ def test_large_pointwise_weights_stream_in_runs_of_seven_rows(tmp_path, monkeypa
             assert tiles == {("98", "376")}, tiles
             assert re.search(r"blocked tile over chunk panels[^\n]*\n(/\*[^\n]*\n)?static inline int32_t "
                              r"ec_gemm_f32_6x376_z", code)
+    # 1x1 convolutions: 64 -> 376 (96 KB of weights) as before; 160 -> 1000 over the concat of
+    # SqueezeNet-like expand convolutions (its producer) and 1000 -> 1000 (640 KB and 4 MB) over the
+    # map's 196 pixels as one run, blocked over chunk panels on AVX2
+    assert _kernel(code, "ec_conv_pw_f32_k1x1s1_14x14x376") == _kernel(off_code, "ec_conv_pw_f32_k1x1s1_14x14x376")
+    large = sorted(set(re.findall(r"\b(ec_conv_pw_f32_k1x1s1_14x14x1000(?:_\d+)?)\(", code)))
+    assert len(large) == 2, large
+    # the first reads both expand outputs: the concat is its producer, computed in the kernel
+    assert re.match(r"int32_t \w+\(float\* restrict \w+, float\* restrict \w+, float\* restrict param_0",
+                    _kernel(code, large[0])), _kernel(code, large[0])[:200]
+    for name in large:
+        tiles = set(re.findall(r"\bec_gemm_f32_(\d+)x(\d+)\w*\(", _kernel(code, name)))
+        assert tiles and all(p == "196" for p, _ in tiles), (name, tiles)
+        if host.RULES.gemm_model.chunk_panels:
+            assert tiles == {("196", "1000")}, (name, tiles)
     assert_same_bits_and_close(on, off, source, shape, REL)

@@ -538,7 +538,8 @@ class TiledRules:
         window_order_for = self.window_panel_order if _pick(cfg, "wide_weights", True) else self.panel_order
         return tile is not None and tiling.tile_conv_gemm(sch, info, tile, _pick(cfg, "order", "pixels"),
                                                           _pick(cfg, "pack", True), self.panel_order, groups,
-                                                          self.window_gemm, window_order_for, self.kernel_rows)
+                                                          self.window_gemm, window_order_for, self.kernel_rows,
+                                                          _pick(cfg, "panels", ""))
 
     def schedule_depthwise(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
         tile = self._row_tile(sch, info, cfg, "dw")

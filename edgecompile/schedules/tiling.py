@@ -575,7 +575,7 @@ def conv_groups(sch: Any, info: Any) -> int:
 
 def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pixels", pack: bool = True,
                    order_for: Any = None, groups: int = 1, window_for: Any = None,
-                   window_order_for: Any = None, window_ragged: bool = False) -> bool:
+                   window_order_for: Any = None, window_ragged: bool = False, panels: str = "") -> bool:
     """Convolution (1x1 or KxK) as GEMM tiles: M output pixels of one row x N output
     channels, the reduction over input channels in the `ec_gemm_<t>_MxN` micro-kernel. A KxK
     convolution's padding is computed per output row (KH padded rows in a small buffer).
@@ -590,7 +590,12 @@ def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pix
     channels): KxK convolutions of few input channels (a network's first, on 3 colour channels).
     `window_order_for(types)`: the panel order of those whole-window tiles (`order_for` if None).
     `window_ragged`: a ragged pixel tile may take the one-row window kernel too (a family whose
-    kernels then run all the kernel rows in one call: KERNEL_ROWS_ATTR); else it runs one call per tap."""
+    kernels then run all the kernel rows in one call: KERNEL_ROWS_ATTR); else it runs one call per tap.
+    `order` "flat" (a 1x1, stride-1 convolution, not grouped): the GEMM runs over the map's pixels as
+    one run of H x W (_flatten_pixels), channel tile by channel tile, so that tiles cross rows and
+    each weight panel is read for all the pixels in turn (weights too large for the cache:
+    host.HostRules.schedule_conv). `panels`: the panel order of float weights where the family's own
+    order is none (ukernels.chunk_width)."""
     found = _anchor_loops(sch, info.anchor, 7)
     if found is None:
         return False
@@ -598,6 +603,24 @@ def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pix
     k, kw = extent(sch, ci), extent(sch, rx)
     if k == 1:      # one input channel: no reduction loop is left for a micro-kernel to take
         return False
+    if order == "flat":
+        if groups != 1 or extent(sch, ry) != 1 or kw != 1 or info.stride[1] != 1:
+            return False
+        for p in sch.get_producers(conv):       # a concat or shuffle before it: computed whole, first
+            split_channel_gathers(sch, p)
+        epi = epilogue_block(sch, info)
+        _flatten_pixels(sch, conv, epi, extent(sch, h), extent(sch, w))
+        n, pixels, co, ry, rx, ci = sch.get_loops(conv)
+        tm, px = pixel_tile(extent(sch, pixels), tile[0])
+        wo, wi = _split_pixels(sch, pixels, tile[0])
+        coo, coi = sch.split(co, [None, tile[1]])
+        sch.reorder(n, coo, wo, ry, rx, ci, *wi, coi)
+        if epi is not None:
+            sch.reverse_compute_at(epi, wo)
+        packed = pack and pack_weights(sch, conv, tile[1], info, _gemm_types(types, True, order_for).b_order or panels)
+        sch.decompose_reduction(conv, ry)
+        sch.tensorize(ci, gemm_intrin(tm, tile[1], k, 1, _gemm_types(types, packed, order_for), pixels=px))
+        return True
     tm, px = pixel_tile(extent(sch, w), tile[0])
     # a whole-window kernel takes no ragged pixel tile; the one-row window kernel does where
     # `window_ragged` (rows_gemm_c runs its tiles over any K)
@@ -835,7 +858,7 @@ def tile_dwpw(sch: Any, info: Any, rows: int, tile: tuple[int, int], dw_tile: tu
 
 
 def _flatten_pixels(sch: Any, pw: Any, epilogue: Any, height: int, width: int) -> None:
-    """Make a fused dw+pw kernel's pointwise GEMM and its epilogue iterate over pixels h x W + w
+    """Make a pointwise GEMM (a fused dw+pw kernel's, or a 1x1 convolution's) and its epilogue iterate over pixels h x W + w
     instead of rows and columns: every NHWC buffer they read or write (the depthwise output, the
     pointwise output, the epilogue's output and residual inputs) stored [N][H x W][C], the same
     bytes, and the two blocks' iteration domains fused likewise (transform_block_layout), so that
