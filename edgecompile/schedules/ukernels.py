@@ -728,23 +728,32 @@ def uses_blocked(m: int, n: int, lanes: int, types: Types, acc: int) -> bool:
     return types.c == "float32" and not types.b_order and acc > 0 and bool(vecs) and m * len(vecs) > acc
 
 
+def gemm_block(ems: list["_Emit"], m: int, cols: list[str], b_ptrs: list[str], b_type: str, a_of: Any) -> list[str]:
+    """One block of a GEMM kernel: M x len(cols) accumulators, accumulator j of each row in `ems[j]`'s
+    width at C column `cols[j]` (C expressions), loaded from C, updated over the whole reduction
+    from B at `b_ptrs[j]` (values of `b_type`) and A at `a_of(i)` for row i, then stored."""
+    c_type = _C[ems[0].t.c]
+    lines = ["    " + " ".join(f"{e.acc_type()} c{i}_{j} = {e.load_acc(f'C + {i} * ldc + {col}')};"
+                               for j, (e, col) in enumerate(zip(ems, cols))) for i in range(m)]
+    lines.append("    for (int32_t k = 0; k < K; ++k) {")
+    lines.append("      " + " ".join(f"const {e.acc_type()} b{j} = {e.load(ptr, b_type)};"
+                                     for j, (e, ptr) in enumerate(zip(ems, b_ptrs))))
+    for i in range(m):
+        lines.append(f"      const {c_type} a{i} = {a_of(i)};")
+        lines.append("      " + " ".join(f"c{i}_{j} += a{i} * b{j};" for j in range(len(ems))))
+    lines.append("    }")
+    lines += ["    " + " ".join(e.store_acc(f"C + {i} * ldc + {col}", f"c{i}_{j}") for j, (e, col) in enumerate(zip(ems, cols)))
+              for i in range(m)]
+    return lines
+
+
 def _chunk_block(types: Types, m: int, chunk: list[tuple[int, str]], off: str) -> list[str]:
     """One block of a blocked GEMM: M x len(chunk) accumulators (the chunk's vector widths) over
     the whole reduction, at channel offset `off` (a C expression followed by " + ", or "")."""
     offs = [sum(w for w, _ in chunk[:j]) for j in range(len(chunk))]
     ems = [_Emit(types, w, sfx) for w, sfx in chunk]
-    lines = ["    " + " ".join(f"{e.acc_type()} c{i}_{j} = {e.load_acc(f'C + {i} * ldc + {off}{offs[j]}')};"
-                               for j, e in enumerate(ems)) for i in range(m)]
-    lines.append("    for (int32_t k = 0; k < K; ++k) {")
-    lines.append("      " + " ".join(f"const {e.acc_type()} b{j} = {e.load(f'B + k * ldb + {off}{offs[j]}', types.b)};"
-                                     for j, e in enumerate(ems)))
-    for i in range(m):
-        lines.append(f"      const {_C[types.c]} a{i} = {ems[0].scalar(f'A[{i} * lda + k]')};")
-        lines.append("      " + " ".join(f"c{i}_{j} += a{i} * b{j};" for j in range(len(ems))))
-    lines.append("    }")
-    lines += ["    " + " ".join(e.store_acc(f"C + {i} * ldc + {off}{offs[j]}", f"c{i}_{j}") for j, e in enumerate(ems))
-              for i in range(m)]
-    return lines
+    return gemm_block(ems, m, [f"{off}{o}" for o in offs], [f"B + k * ldb + {off}{o}" for o in offs], types.b,
+                      lambda i: ems[0].scalar(f"A[{i} * lda + k]"))
 
 
 def emit_blocked_gemm_c(m: int, n: int, lanes: int, types: Types, acc: int) -> str:

@@ -16,8 +16,8 @@ import re
 import sys
 from typing import Any
 
-from ..ukernels import (F32, Types, _C, _Emit, dw_signature, family_gemm_c, gemm_signature, narrower_widths,
-                        overlap_blocks, ragged_width)
+from ..ukernels import (F32, Types, _Emit, dw_signature, family_gemm_c, gemm_block, gemm_signature,
+                        narrower_widths, overlap_blocks, ragged_width)
 from ..epilogues import start_at_zero
 from . import RULES
 
@@ -45,19 +45,8 @@ def _blocks(m: int, n: int, lanes: int, acc: int) -> list[list[int]]:
 
 
 def _gemm_block(e: _Emit, m: int, offs: list[int]) -> list[str]:
-    c = _C["float32"]
-    lines = ["    " + " ".join(f"{e.acc_type()} c{i}_{j} = {e.load_acc(f'C + {i} * ldc + {o}')};"
-                               for j, o in enumerate(offs)) for i in range(m)]
-    lines.append("    for (int32_t k = 0; k < K; ++k) {")
-    lines.append("      " + " ".join(f"const {e.acc_type()} b{j} = {e.load(f'B + k * ldb + {o}', 'float32')};"
-                                     for j, o in enumerate(offs)))
-    for i in range(m):
-        lines.append(f"      const {c} a{i} = A[{i} * lda + k];")
-        lines.append("      " + " ".join(f"c{i}_{j} += a{i} * b{j};" for j in range(len(offs))))
-    lines.append("    }")
-    lines += ["    " + " ".join(e.store_acc(f"C + {i} * ldc + {o}", f"c{i}_{j}") for j, o in enumerate(offs))
-              for i in range(m)]
-    return lines
+    return gemm_block([e] * len(offs), m, [str(o) for o in offs], [f"B + k * ldb + {o}" for o in offs], "float32",
+                      lambda i: f"A[{i} * lda + k]")
 
 
 def _dw_block(e: _Emit, m: int, kh: int, kw: int, s: int, offs: list[int]) -> list[str]:
@@ -113,7 +102,6 @@ def chunked_gemm(m: int, n: int, lanes: int, types: Types, model: Any = None) ->
     step = v * lanes
     full = n // w * w
     e = _Emit(types, lanes, dict(narrower_widths(lanes))[lanes])
-    c = _C["float32"]
 
     def address(col: int | str, const: bool) -> str:
         if const and isinstance(col, int) and col >= full:
@@ -123,17 +111,7 @@ def chunked_gemm(m: int, n: int, lanes: int, types: Types, model: Any = None) ->
         return col
 
     def block(cols: list[str], loads: list[str]) -> list[str]:
-        lines = ["    " + " ".join(f"{e.acc_type()} c{i}_{j} = {e.load_acc(f'C + {i} * ldc + {col}')};"
-                                   for j, col in enumerate(cols)) for i in range(m)]
-        lines.append("    for (int32_t k = 0; k < K; ++k) {")
-        lines.append("      " + " ".join(f"const {e.acc_type()} b{j} = {e.load(ld, 'float32')};" for j, ld in enumerate(loads)))
-        for i in range(m):
-            lines.append(f"      const {c} a{i} = A[{i} * lda + k];")
-            lines.append("      " + " ".join(f"c{i}_{j} += a{i} * b{j};" for j in range(len(cols))))
-        lines.append("    }")
-        lines += ["    " + " ".join(e.store_acc(f"C + {i} * ldc + {col}", f"c{i}_{j}") for j, col in enumerate(cols))
-                  for i in range(m)]
-        return lines
+        return gemm_block([e] * len(cols), m, cols, loads, "float32", lambda i: f"A[{i} * lda + k]")
 
     looped = full // step * step if step % w == 0 or v == 1 else 0
     lines = [f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (float32); blocked tile over chunk panels: [K][{w}] panels of "
