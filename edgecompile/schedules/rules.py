@@ -137,7 +137,7 @@ class GemmModel:
     # the pixel limit of one tap's steps, as measured, while the rest of the model counts them all.
     unrolled_k: int = 0
     # Blocked tiles of all a wide layer's channels that two vectors do not divide read their weights
-    # as chunk panels ([K][2 x lanes] panels: ukernels.chunk_width, host/ukernels.chunk_panels)
+    # as chunk panels ([K][2 x lanes] panels: ukernels.chunk_panel_width, host/ukernels.chunked_gemm)
     chunk_panels: bool = False
 
     def for_weights(self, k: int | None, channels: int) -> "GemmModel":

@@ -137,6 +137,21 @@ def split_order(order: str) -> tuple[str, str]:
 CHUNK_ORDER_RE = re.compile(r"c(\d+)$")
 
 
+def chunk_panel_width(n: int, lanes: int, types: "Types", model: Any) -> int:
+    """The chunk width w of the weight panels a float GEMM tile of n channels reads under a family's
+    GemmModel `model` (the "c<w>" order), else 0: with `model.chunk_panels` (AVX2), a tile of more
+    vectors than accumulators (blocked whatever its pixels: only all the channels of a wide layer,
+    host.HostRules._streamed_tile) whose channels two vectors do not divide (Xception's 728). Its
+    blocks of 2 vectors each read one [K][2 x lanes] panel, as a tile over weights packed 16 wide
+    would, where row-major [K][728] weights cost 1.2x (one 728 -> 728 pointwise layer over 98-pixel
+    runs, best of 40)."""
+    w = 2 * lanes
+    if (model is None or not model.chunk_panels or types != F32 or lanes < 2 or n % lanes
+            or n // lanes <= model.accumulators or n % w == 0):
+        return 0
+    return w
+
+
 def chunk_width(order: str) -> int:
     """The chunk width w of a "c<w>" panel order, else 0."""
     mt = CHUNK_ORDER_RE.match(order)

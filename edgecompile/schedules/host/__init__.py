@@ -16,7 +16,7 @@ from typing import Any
 from ...ir.operators import Kind
 from .. import tiling
 from ..rules import GemmModel, TiledRules, _pick, choose_tile, largest_divisor
-from ..ukernels import F32
+from ..ukernels import F32, chunk_panel_width
 
 
 # The L2 size per core the tile ranking assumes (GemmModel.for_weights: weights beyond it stream from
@@ -111,7 +111,7 @@ class HostRules(TiledRules):
           so each weight panel streams in from L3 once per run, not once per M pixels;
         - its tile is the model's best for that run (6 x 16 ragged), or, where two vectors do not
           divide the channels (Xception's 728), a blocked tile of all of them in blocks of 6 x 16
-          over weights stored in 16-channel chunk panels (host/ukernels.chunk_panels).
+          over weights stored in 16-channel chunk panels (ukernels.chunk_panel_width).
         The same sums in the same order: the same bits. Untuned, AVX2 (Zen 3), thread CPU time,
         interleaved in one process, medians: Xception/224 0.90x (25 runs; 1.18x -> 1.06x
         onnxruntime), MobileNet V1 1.0/224 0.94x (40 runs; 1.10x -> 1.04x), MobileNet V2 1.00x
@@ -130,11 +130,9 @@ class HostRules(TiledRules):
         """The configuration of a pointwise GEMM over a run of `pixels` pixels whose weights stream
         in from L3 (schedule_dwpw, schedule_conv): the model's best tile for the run, or, where two
         vectors do not divide the channels, a blocked tile of all of them over chunk panels
-        (host/ukernels.chunk_panels) of as many pixels as two vectors' accumulators allow."""
-        from .ukernels import chunk_panels
-
+        (ukernels.chunk_panel_width) of as many pixels as two vectors' accumulators allow."""
         model = self.gemm_model
-        chunks = chunk_panels(channels, self.lanes, F32)
+        chunks = chunk_panel_width(channels, self.lanes, F32, model)
         if chunks:
             return {"tile": [min(pixels, model.accumulators * self.lanes // chunks), channels], "panels": f"c{chunks}"}
         tile = choose_tile(pixels, channels, *self._lanes_budget(sch, info.anchor, "conv"), 8,

@@ -16,7 +16,7 @@ import re
 import sys
 from typing import Any
 
-from ..ukernels import (F32, Types, _Emit, dw_signature, family_gemm_c, gemm_block, gemm_signature,
+from ..ukernels import (F32, Types, _Emit, chunk_panel_width, dw_signature, family_gemm_c, gemm_block, gemm_signature,
                         narrower_widths, overlap_blocks, ragged_width)
 from ..epilogues import start_at_zero
 from . import RULES
@@ -72,20 +72,8 @@ def _describe(n: int, lanes: int, m: int, blocks: list[list[int]]) -> str:
 
 
 def chunk_panels(n: int, lanes: int, types: Types, model: Any = None) -> int:
-    """The chunk width w of the weight panels (ukernels "c<w>" order: [K][w] panels of w channels,
-    then the rest) that a float GEMM tile of n channels reads on this family, else 0: on AVX2
-    (GemmModel.chunk_panels), a tile of more vectors than accumulators (blocked whatever its pixels:
-    only all the channels of a wide layer, host.HostRules.schedule_dwpw) whose channels two
-    vectors do not divide (Xception's 728). Its blocks of 2 vectors each read one [K][2 x lanes]
-    panel, as a tile over weights packed 16 wide would, where row-major [K][728] weights cost 1.2x
-    (one 728 -> 728 pointwise layer over 98-pixel runs, best of 40). `model`: the family's
-    GemmModel (default: this host's)."""
-    model = model or RULES.gemm_model
-    w = 2 * lanes
-    if (model is None or not model.chunk_panels or types != F32 or lanes < 2 or n % lanes
-            or n // lanes <= model.accumulators or n % w == 0):
-        return 0
-    return w
+    """`ukernels.chunk_panel_width` under this host's GEMM model (or `model`)."""
+    return chunk_panel_width(n, lanes, types, model or RULES.gemm_model)
 
 
 def chunked_gemm(m: int, n: int, lanes: int, types: Types, model: Any = None) -> str:
