@@ -148,3 +148,38 @@ def test_large_pointwise_weights_stream_in_runs_of_seven_rows(tmp_path, monkeypa
         if host.RULES.gemm_model.chunk_panels:
             assert tiles == {("196", "1000")}, (name, tiles)
     assert_same_bits_and_close(on, off, source, shape, REL)
+
+
+class _GroupUnit(nn.Module):
+    """A ShuffleNet V1 unit's pointwise group convolutions (3 groups) around a depthwise one."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, channels // 4, 1, groups=3)
+        self.dw = nn.Conv2d(channels // 4, channels // 4, 3, padding=1, groups=channels // 4)
+        self.expand = nn.Conv2d(channels // 4, channels, 1, groups=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.expand(self.dw(torch.relu(self.reduce(x)))))
+
+
+def test_group_convolutions_run_over_the_whole_map(tmp_path, monkeypatch):
+    """1x1 group convolutions (host.HostRules.flat_group_convs, set on AVX2; here on any host): each
+    group's GEMM over the 7 x 7 map's 49 pixels as one run instead of row by row; the same bits as
+    the build without it, and PyTorch's outputs."""
+    shape = (1, 3, 7, 7)
+    torch.manual_seed(11)
+    net = nn.Sequential(nn.Conv2d(3, 240, 3, padding=1), nn.ReLU(), _GroupUnit(240), _GroupUnit(240)).eval()
+    keep_input_dependence(net)
+    source = _from_torch("flat_groups", net, shape, ModelOptions(input_shape=shape, seed=6))
+    monkeypatch.setattr(host.RULES, "flat_group_convs", True)
+    (on, code), (off, off_code) = host_builds_with_and_without(tmp_path, monkeypatch, source, host.RULES,
+                                                               "flat_group_convs")
+    names = sorted(set(re.findall(r"\b(ec_conv_group_f32_k1x1s1_7x7x\d+(?:_\d+)?)\(", code)))
+    assert len(names) >= 2, names
+    for name in names:
+        tiles = set(re.findall(r"\bec_gemm_f32_(\d+)x(\d+)\w*\(", _kernel(code, name)))
+        before = set(re.findall(r"\bec_gemm_f32_(\d+)x(\d+)\w*\(", _kernel(off_code, name)))
+        assert tiles and all(p == "49" for p, _ in tiles), (name, tiles)
+        assert not any(p == "49" for p, _ in before), (name, before)
+    assert_same_bits_and_close(on, off, source, shape, REL)

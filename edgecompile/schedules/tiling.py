@@ -604,7 +604,9 @@ def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pix
     if k == 1:      # one input channel: no reduction loop is left for a micro-kernel to take
         return False
     if order == "flat":
-        if groups != 1 or extent(sch, ry) != 1 or kw != 1 or info.stride[1] != 1:
+        cout = extent(sch, co)
+        if (extent(sch, ry) != 1 or kw != 1 or info.stride[1] != 1
+                or (groups > 1 and (cout % groups or (cout // groups) % tile[1]))):
             return False
         for p in sch.get_producers(conv):       # a concat or shuffle before it: computed whole, first
             split_channel_gathers(sch, p)
@@ -613,8 +615,12 @@ def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pix
         n, pixels, co, ry, rx, ci = sch.get_loops(conv)
         tm, px = pixel_tile(extent(sch, pixels), tile[0])
         wo, wi = _split_pixels(sch, pixels, tile[0])
+        channel_loops = []
+        if groups > 1:
+            group, co = sch.split(co, [groups, None])
+            channel_loops.append(group)
         coo, coi = sch.split(co, [None, tile[1]])
-        sch.reorder(n, coo, wo, ry, rx, ci, *wi, coi)
+        sch.reorder(n, *channel_loops, coo, wo, ry, rx, ci, *wi, coi)
         if epi is not None:
             sch.reverse_compute_at(epi, wo)
         packed = pack and pack_weights(sch, conv, tile[1], info, _gemm_types(types, True, order_for).b_order or panels)
