@@ -591,10 +591,10 @@ def tile_conv_gemm(sch: Any, info: Any, tile: tuple[int, int], order: str = "pix
     `window_order_for(types)`: the panel order of those whole-window tiles (`order_for` if None).
     `window_ragged`: a ragged pixel tile may take the one-row window kernel too (a family whose
     kernels then run all the kernel rows in one call: KERNEL_ROWS_ATTR); else it runs one call per tap.
-    `order` "flat" (a 1x1, stride-1 convolution, not grouped): the GEMM runs over the map's pixels as
-    one run of H x W (_flatten_pixels), channel tile by channel tile, so that tiles cross rows and
-    each weight panel is read for all the pixels in turn (weights too large for the cache:
-    host.HostRules.schedule_conv). `panels`: the panel order of float weights where the family's own
+    `order` "flat" (a 1x1, stride-1 convolution; a grouped one group by group): the GEMM runs over
+    the map's pixels as one run of H x W (_flatten_pixels), channel tile by channel tile, so that
+    tiles cross rows and each weight panel is read for all the pixels in turn (weights too large for
+    the cache, short rows: host.HostRules.schedule_conv). `panels`: the panel order of float weights where the family's own
     order is none (ukernels.chunk_width)."""
     found = _anchor_loops(sch, info.anchor, 7)
     if found is None:
@@ -864,11 +864,12 @@ def tile_dwpw(sch: Any, info: Any, rows: int, tile: tuple[int, int], dw_tile: tu
 
 
 def _flatten_pixels(sch: Any, pw: Any, epilogue: Any, height: int, width: int) -> None:
-    """Make a pointwise GEMM (a fused dw+pw kernel's, or a 1x1 convolution's) and its epilogue iterate over pixels h x W + w
-    instead of rows and columns: every NHWC buffer they read or write (the depthwise output, the
-    pointwise output, the epilogue's output and residual inputs) stored [N][H x W][C], the same
-    bytes, and the two blocks' iteration domains fused likewise (transform_block_layout), so that
-    a GEMM tile's pixels may span rows (tiling along the fused axis stays affine)."""
+    """Make a pointwise GEMM (a fused dw+pw kernel's, or a 1x1 convolution's) and its epilogue iterate
+    over pixels h x W + w instead of rows and columns: every NHWC buffer they read or write (the
+    depthwise output, the GEMM's output, the epilogue's output and residual inputs; not the weights)
+    stored [N][H x W][C], the same bytes, and the two blocks' iteration domains fused likewise
+    (transform_block_layout), so that a GEMM tile's pixels may span rows (tiling along the fused axis
+    stays affine)."""
     def flat(a: Any, b: Any, c: Any, d: Any) -> Any:
         return (a, b * width + c, d)
 

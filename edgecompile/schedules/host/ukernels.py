@@ -91,17 +91,15 @@ def chunked_gemm(m: int, n: int, lanes: int, types: Types, model: Any = None) ->
     full = n // w * w
     e = _Emit(types, lanes, dict(narrower_widths(lanes))[lanes])
 
-    def address(col: int | str, const: bool) -> str:
-        if const and isinstance(col, int) and col >= full:
+    def address(col: int) -> str:
+        if col >= full:
             return f"B + {full} * K + k * {n - full} + {col - full}"
-        if isinstance(col, int):
-            return f"B + {col // w * w} * K + k * {w} + {col % w}"
-        return col
+        return f"B + {col // w * w} * K + k * {w} + {col % w}"
 
     def block(cols: list[str], loads: list[str]) -> list[str]:
         return gemm_block([e] * len(cols), m, cols, loads, "float32", lambda i: f"A[{i} * lda + k]")
 
-    looped = full // step * step if step % w == 0 or v == 1 else 0
+    looped = full // step * step      # whole blocks of whole chunks (v is 1 or even)
     lines = [f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (float32); blocked tile over chunk panels: [K][{w}] panels of "
              f"{w} channels{f', the last [K][{n - full}]' if n > full else ''}, in blocks of up to {m * v} accumulators */",
              gemm_signature(m, n, types) + " {"]
@@ -117,7 +115,7 @@ def chunked_gemm(m: int, n: int, lanes: int, types: Types, model: Any = None) ->
     cols = list(range(looped, n, lanes))
     for b0 in range(0, len(cols), v):
         part = cols[b0:b0 + v]
-        lines += ["  {", *block([str(col) for col in part], [address(col, True) for col in part]), "  }"]
+        lines += ["  {", *block([str(col) for col in part], [address(col) for col in part]), "  }"]
     lines += ["  return 0;", "}"]
     return "\n".join(lines)
 
