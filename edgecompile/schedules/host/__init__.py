@@ -135,9 +135,14 @@ class HostRules(TiledRules):
         chunks = chunk_panel_width(channels, self.lanes, F32, model)
         if chunks:
             return {"tile": [min(pixels, model.accumulators * self.lanes // chunks), channels], "panels": f"c{chunks}"}
-        tile = choose_tile(pixels, channels, *self._lanes_budget(sch, info.anchor, "conv"), 8,
-                           self.ragged_for(sch, info.anchor), model, k, self.ragged_pixels_for(sch, info.anchor))
+        tile = self._run_tile(sch, info, pixels, channels, k)
         return {"tile": list(tile)} if tile is not None else None
+
+    def _run_tile(self, sch: Any, info: Any, pixels: int, channels: int, k: int) -> tuple[int, int] | None:
+        """The GEMM model's best tile for a run of `pixels` pixels x `channels` channels over K = `k`."""
+        return choose_tile(pixels, channels, *self._lanes_budget(sch, info.anchor, "conv"), 8,
+                           self.ragged_for(sch, info.anchor), self.gemm_model, k,
+                           self.ragged_pixels_for(sch, info.anchor))
 
     def _streams_weights(self, k: int, channels: int, pixels: int) -> bool:
         """Whether a pointwise GEMM's K x N float weights exceed the modelled L2 (GemmModel.l2_bytes,
@@ -159,8 +164,9 @@ class HostRules(TiledRules):
           rows; the untuned network 0.966x and 0.972x (AVX2, interleaved, 60 runs each, medians;
           1.11x -> 1.07x onnxruntime), the same bits;
         - a 1x1 stride-1 convolution whose weights exceed L2 runs over the whole map's pixels as
-          one run, channel tile by channel tile, tiles as for the fused kernels (`_streamed_tile`). Untuned, AVX2, thread CPU time, interleaved, 40 runs, medians, against
-        the build with only the fused kernels' runs: SqueezeNet 1.1 0.95x (its 13 x 13, 512 -> 1000
+          one run, channel tile by channel tile, tiles as for the fused kernels (`_streamed_tile`).
+        Untuned, AVX2, thread CPU time, interleaved, 40 runs, medians, against the build with only
+        the fused kernels' runs: SqueezeNet 1.1 0.95x (its 13 x 13, 512 -> 1000
         classifier, 2 MB of weights, in 6 x 1000 chunk-panel tiles: 1.07x -> 1.01x onnxruntime),
         EfficientNet-B0 0.95x (1.07x -> 1.02x), MobileNet V2 0.98x, ShuffleNet V2 0.98x; the same
         bits."""
@@ -168,9 +174,7 @@ class HostRules(TiledRules):
             ext = tiling.anchor_extents(sch, info.anchor)
             groups = tiling.conv_groups(sch, info)
             if len(ext) == 7 and ext[4] == ext[5] == 1 and groups > 1 and ext[1] * ext[2] > 1:
-                tile = choose_tile(ext[1] * ext[2], ext[3] // groups, *self._lanes_budget(sch, info.anchor, "conv"), 8,
-                                   self.ragged_for(sch, info.anchor), self.gemm_model, ext[6],
-                                   self.ragged_pixels_for(sch, info.anchor))
+                tile = self._run_tile(sch, info, ext[1] * ext[2], ext[3] // groups, ext[6])
                 if tile is not None:
                     cfg = {"order": "flat", "tile": list(tile)}
         if cfg is None and info.kind == Kind.CONV_PW and tuple(info.stride) == (1, 1):
