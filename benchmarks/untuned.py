@@ -1,8 +1,13 @@
-"""Untuned host latency against the peers, one process run per network (issue 14's first aim:
-untuned <= 1.15x the fastest of onnxruntime, LiteRT-XNNPACK and ExecuTorch).
+"""Untuned (and, with --db, tuned) host latency against the peers, one process run per network
+(issue 14's aims: untuned <= 1.15x and tuned <= 1.0x the fastest of onnxruntime, LiteRT-XNNPACK and
+ExecuTorch).
 
     .venv/bin/python benchmarks/untuned.py [--models all|NAME,...] [--peers onnxruntime,litert,executorch]
-                                           [--runs 50] [--out benchmarks/UNTUNED.md]
+                                           [--runs 50] [--out benchmarks/UNTUNED.md] [--db DIR]
+
+With --db DIR: each network is first tuned into DIR on this machine (`edgecompile tune --resume`:
+only what DIR lacks; the host runner, one thread), then its tuned build is timed in the same
+interleaved loop as the untuned build and the peers.
 
 The peers not installed are skipped (and named in the table): `make test`'s .venv has only
 onnxruntime; benchmarks/run.sh sets up .venv-bench with all of them (and .venv-litert, the
@@ -71,16 +76,33 @@ BEFORE = {
 }
 
 
-def run_one(name: str, opts: dict, runs: int, peers: list[str]) -> dict:
+def run_one(name: str, opts: dict, runs: int, peers: list[str], db: Path | None = None) -> dict:
     source = load_model(name, ModelOptions(num_classes=1000, **opts))
+    target = load_target("host")
+    tuning = None
+    if db is not None:     # tune what the database lacks (edgecompile tune --resume), then build with it
+        from edgecompile.compiler import model_kernels
+        from edgecompile.tune.records import TuningRecords
+        from edgecompile.tune.search import Runner, tune
+
+        t0 = time.monotonic()
+        tune(model_kernels(source, target, progress=Progress(quiet=True)), target, Runner("host"), db, resume=True,
+             log=lambda m: None)
+        print(f"  tuned in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+        tuning = TuningRecords(db, target)
     with tempfile.TemporaryDirectory(prefix="ec-untuned-") as tmp:
         out = Path(tmp) / "build"
         t0 = time.monotonic()
-        report = write_build(source, load_target("host"), out, BuildOptions(compare_unfused=False),
-                             Progress(quiet=True))
+        report = write_build(source, target, out, BuildOptions(compare_unfused=False), Progress(quiet=True))
         build_s = time.monotonic() - t0
+        variants = {}
+        if tuning is not None:
+            tuned = write_build(source, target, Path(tmp) / "tuned", BuildOptions(compare_unfused=False, tuning=tuning),
+                                Progress(quiet=True))
+            variants["edgecompile-tuned"] = str(Path(tmp) / "tuned")
         warmup = max(3, runs // 5)
-        res = bench(source, str(out), [p for p in peers if p not in ISOLATED], runs=runs, warmup=warmup)
+        res = bench(source, str(out), [p for p in peers if p not in ISOLATED], runs=runs, warmup=warmup,
+                    variants=variants)
         isolated = {p: bench_isolated(name, dict(num_classes=1000, **opts), str(out), p, runs, warmup)
                     for p in peers if p in ISOLATED}
     results = res["results"]
@@ -98,7 +120,15 @@ def run_one(name: str, opts: dict, runs: int, peers: list[str]) -> dict:
             ours_in_child[p] = r["results"]["edgecompile"]["median_ms"]
             peer_ratio[p] = ours_in_child[p] / peer_ms[p]
     fastest = max(peer_ratio, key=peer_ratio.get) if peer_ratio else None
-    return {"edgecompile_ms": ours, "peers_ms": peer_ms, "peers_ratio": peer_ratio, "peers_failed": failed,
+    extra = {}
+    if tuning is not None:
+        # tuned / fastest peer = tuned / untuned (this process) x untuned / fastest (its own process)
+        tuned_ms = results["edgecompile-tuned"]["median_ms"]
+        extra = {"tuned_ms": tuned_ms, "tuned_vs_untuned": tuned_ms / ours,
+                 "tuned_ratio_to_fastest": tuned_ms / ours * peer_ratio[fastest] if fastest else None,
+                 "tuned_max_abs_diff": results["edgecompile-tuned"]["max_abs_diff_vs_edgecompile"],
+                 "kernels_tuned": tuned["tuning"]["kernels_tuned"]}
+    return {**extra, "edgecompile_ms": ours, "peers_ms": peer_ms, "peers_ratio": peer_ratio, "peers_failed": failed,
             "edgecompile_ms_in_child": ours_in_child,
             "onnxruntime_ms": peer_ms.get("onnxruntime"),
             "ratio": peer_ratio.get("onnxruntime"),
@@ -115,6 +145,8 @@ def main() -> None:
                     help="peers to time beside ours (default: %(default)s; those not installed are skipped)")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--out", default=str(HERE / "UNTUNED.md"))
+    ap.add_argument("--db", help="a tuning database: also time the build with its records (tuning first what it "
+                                 "lacks, as `edgecompile tune --resume` would) beside the untuned one")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     peers, skipped = available([p for p in args.peers.split(",") if p])
@@ -133,12 +165,13 @@ def main() -> None:
                 rows.append(kept[label])
             continue
         print(f"{label} ...", file=sys.stderr, flush=True)
-        r = run_one(name, opts, args.runs, peers)
+        r = run_one(name, opts, args.runs, peers, Path(args.db) if args.db else None)
         r["label"], r["run"], r["peak_gflops"] = label, run, peak["gflops"]
         rows.append(r)
         print(f"  ours {r['edgecompile_ms']:.3f} ms, "
               + ", ".join(f"{p} {ms:.3f} ms" for p, ms in r["peers_ms"].items())
               + (f", {r['ratio_to_fastest']:.2f}x the fastest ({r['fastest_peer']})" if r["fastest_peer"] else "")
+              + (f", tuned {r['tuned_ms']:.3f} ms ({r['tuned_ratio_to_fastest']:.2f}x)" if "tuned_ms" in r else "")
               + f", build {r['build_s']:.1f} s", file=sys.stderr, flush=True)
     shown = [p for p in PEERS if any(p in r.get("peers_ms", {}) for r in rows)] or ["onnxruntime"]
     lines = ["# Untuned host latency against the fastest peer", "",
@@ -155,10 +188,19 @@ def main() -> None:
                 if any(p in ISOLATED for p in peers) else ""), ""]
     if skipped:
         lines += [f"Peers not installed in this run (skipped): {', '.join(skipped)}.", ""]
+    tuned = any("tuned_ms" in r for r in rows)
+    if tuned:
+        lines += [f"Tuned: the build with the records of a tuning database (`--db`; `edgecompile tune` on this machine, "
+                  "its host runner), timed in the same interleaved loop as the untuned build and the peers; "
+                  "tuned / fastest = tuned / untuned in that loop x untuned / fastest. Issue 14's aim: <= 1.0x. "
+                  "Kernels tuned: the distinct kernels the tuned build took from a record (the best record may be "
+                  "the rule's own choice).", ""]
+    tuned_head = " | edgecompile tuned (ms) | tuned / fastest | tuned / untuned | kernels tuned" if tuned else ""
     lines += ["| network | edgecompile untuned (ms) | " + " | ".join(f"{p} (ms)" for p in shown)
-              + " | fastest peer | ours / fastest | ours / onnxruntime | GFLOP/s (% of peak) | before (issue 14) "
-              "| build (s) | untiled kernels with MACs | run |",
-              "|---|---:|" + "---:|" * len(shown) + "---|---:|---:|---:|---|---:|---|---|"]
+              + " | fastest peer | ours / fastest | ours / onnxruntime" + tuned_head
+              + " | GFLOP/s (% of peak) | before (issue 14) | build (s) | untiled kernels with MACs | run |",
+              "|---|---:|" + "---:|" * len(shown) + "---|---:|---:|" + ("---:|---:|---:|---:|" if tuned else "")
+              + "---:|---|---:|---|---|"]
     for r in rows:
         pm = r.get("peers_ms") or {"onnxruntime": r["onnxruntime_ms"]}
         failed = r.get("peers_failed", {})
@@ -169,6 +211,8 @@ def main() -> None:
         lines.append(f"| {r['label']} | {r['edgecompile_ms']:.3f} | " + " | ".join(cells)
                      + f" | {fastest} | {to_fastest:.2f}x | "
                      + (f"{r['ratio']:.2f}x" if r.get("ratio") else "–")
+                     + ((f" | {r['tuned_ms']:.3f} | {r['tuned_ratio_to_fastest']:.2f}x | {r['tuned_vs_untuned']:.3f}x | "
+                         f"{r['kernels_tuned']}" if "tuned_ms" in r else " | – | – | – | –") if tuned else "")
                      + f" | {flops} | {BEFORE.get(r['label'], '')} | {r['build_s']:.1f} | {len(r['untiled'])} | "
                      f"{r.get('run', 'earlier')} |")
     notes = sorted({f"{p} on {r['label']}: {why}" for r in rows for p, why in r.get("peers_failed", {}).items()})

@@ -183,3 +183,52 @@ def test_group_convolutions_run_over_the_whole_map(tmp_path, monkeypatch):
         assert tiles and all(p == "49" for p, _ in tiles), (name, tiles)
         assert not any(p == "49" for p, _ in before), (name, before)
     assert_same_bits_and_close(on, off, source, shape, REL)
+
+
+def test_tuning_space_starts_with_the_untuned_runs(monkeypatch):
+    """The tuner's space (schedules.space) of a kernel whose GEMM runs over a run of pixels untuned
+    (streamed fused and 1x1 kernels, 1x1 group convolutions: host.HostRules.own_config) starts with
+    that configuration, so tuning never loses the untuned schedule, then tries runs in the model's
+    next tiles; the rule accepts each, and the first schedules the kernel exactly as the untuned build
+    does. Kernels the rule runs row by row get no run."""
+    import tvm_ffi
+    from tvm import s_tir
+
+    from edgecompile import schedules
+    from edgecompile.compiler import BuildOptions, Progress, _graph
+    from edgecompile.ir import passes
+    from edgecompile.ir.kernel import analyze
+    from edgecompile.ir.operators import Kind
+    from edgecompile.ir.program import extract_program
+    from edgecompile.targets import load_target
+
+    shape = (1, 3, 14, 14)
+    torch.manual_seed(11)
+    net = nn.Sequential(_network()[:-1], nn.Conv2d(1000, 240, 1), nn.ReLU(), _GroupUnit(240)).eval()
+    source = _from_torch("tuning_runs", net, shape, ModelOptions(input_shape=shape, seed=5))
+    if not host.RULES.gemm_model.l2_bytes:
+        monkeypatch.setattr(host.RULES, "gemm_model", replace(host.RULES.gemm_model, l2_bytes=512 << 10))
+    monkeypatch.setattr(host.RULES, "flat_group_convs", True)
+    graph, _ = _graph(source, load_target("host"), BuildOptions(), Progress(quiet=True))
+    mod = passes.lower_graph(graph, fuse_dwpw=True)
+    runs = {}
+    for name in dict.fromkeys(c.kernel for c in extract_program(mod).calls if c.builtin is None):
+        func, info = mod[name], analyze(mod[name])
+        configs, _ = schedules.space(func, "host")
+        flat = [c for c in configs if c.get("order") == "flat"]
+        runs[info.kind] = runs.get(info.kind, 0) + bool(flat)
+        if not flat:
+            continue
+        assert configs[0]["order"] == "flat" and len(flat) >= 2, (name, configs)
+        assert len({str(c) for c in configs}) == len(configs), (name, configs)
+        assert all(schedules.apply_config(s_tir.Schedule(func), analyze(func), "host", c) for c in flat), name
+        untuned, _ = schedules.schedule(func, "host", name=name)
+        first, _ = schedules.schedule(func, "host", config=configs[0], name=name)
+        assert tvm_ffi.structural_equal(untuned, first), name
+        second, _ = schedules.schedule(func, "host", config=flat[1], name=name)
+        assert not tvm_ffi.structural_equal(untuned, second), name
+    # the 376 -> 376 and 376 -> 512 fused kernels, the 160 -> 1000 and 1000 -> 240 1x1 ones (640 and
+    # 960 KB of weights), both group convolutions; not the 64 -> 64 fused kernel, the 64 -> 376 1x1 one
+    # (96 KB) or the 3x3 ones
+    assert {k: n for k, n in runs.items() if n} == {Kind.DWPW: 2, Kind.CONV_PW: 2, Kind.CONV_GROUP: 2}, runs
+    assert runs[Kind.CONV] == 0, runs

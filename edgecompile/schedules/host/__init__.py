@@ -15,7 +15,7 @@ from typing import Any
 
 from ...ir.operators import Kind
 from .. import tiling
-from ..rules import GemmModel, TiledRules, _pick, choose_tile, largest_divisor
+from ..rules import GemmModel, TiledRules, _pick, choose_tile, largest_divisor, tile_candidates
 from ..ukernels import F32, chunk_panel_width
 
 
@@ -118,12 +118,7 @@ class HostRules(TiledRules):
         (80 runs), against the same rows and order per row; channel tile by channel tile alone
         (7 x 8 tiles, rows apart) was 0.976x, 0.993x and 0.994x."""
         if cfg is None and rows is None:
-            ext = tiling.anchor_extents(sch, info.anchor)
-            if len(ext) == 7 and self._streams_weights(ext[6], ext[3], ext[1] * ext[2]):
-                r = largest_divisor(ext[1], self.STREAMED_DWPW_ROWS)
-                flat = self._streamed_tile(sch, info, r * ext[2], ext[3], info.dw_channels)
-                if flat is not None:
-                    cfg = {"rows": r, "order": "flat", **flat}
+            cfg = self.own_config(sch, info)
         return super().schedule_dwpw(sch, info, rows, cfg)
 
     def _streamed_tile(self, sch: Any, info: Any, pixels: int, channels: int, k: int) -> dict | None:
@@ -170,20 +165,64 @@ class HostRules(TiledRules):
         classifier, 2 MB of weights, in 6 x 1000 chunk-panel tiles: 1.07x -> 1.01x onnxruntime),
         EfficientNet-B0 0.95x (1.07x -> 1.02x), MobileNet V2 0.98x, ShuffleNet V2 0.98x; the same
         bits."""
-        if cfg is None and info.kind == Kind.CONV_GROUP and self.flat_group_convs and tuple(info.stride) == (1, 1):
-            ext = tiling.anchor_extents(sch, info.anchor)
-            groups = tiling.conv_groups(sch, info)
-            if len(ext) == 7 and ext[4] == ext[5] == 1 and groups > 1 and ext[1] * ext[2] > 1:
-                tile = self._run_tile(sch, info, ext[1] * ext[2], ext[3] // groups, ext[6])
-                if tile is not None:
-                    cfg = {"order": "flat", "tile": list(tile)}
-        if cfg is None and info.kind == Kind.CONV_PW and tuple(info.stride) == (1, 1):
-            ext = tiling.anchor_extents(sch, info.anchor)
-            if len(ext) == 7 and ext[4] == ext[5] == 1 and self._streams_weights(ext[6], ext[3], ext[1] * ext[2]):
-                flat = self._streamed_tile(sch, info, ext[1] * ext[2], ext[3], ext[6])
-                if flat is not None:
-                    cfg = {"order": "flat", **flat}
+        if cfg is None:
+            cfg = self.own_config(sch, info)
         return super().schedule_conv(sch, info, cfg)
+
+    def _flat_run(self, sch: Any, info: Any) -> tuple[int, int, int, int] | None:
+        """(rows, pixels, channels, K) of the run of pixels this family's rule gives the kernel's
+        GEMM untuned (schedule_dwpw, schedule_conv: rows per tile, pixels per run, channels per
+        group, reduction), or None where it runs it row by row as TiledRules does."""
+        ext = tiling.anchor_extents(sch, info.anchor)
+        if len(ext) != 7:
+            return None
+        if info.kind == Kind.DWPW:
+            if self._streams_weights(ext[6], ext[3], ext[1] * ext[2]):
+                r = largest_divisor(ext[1], self.STREAMED_DWPW_ROWS)
+                return r, r * ext[2], ext[3], info.dw_channels
+            return None
+        if tuple(info.stride) != (1, 1) or ext[4] != 1 or ext[5] != 1 or ext[1] * ext[2] <= 1:
+            return None
+        if info.kind == Kind.CONV_GROUP and self.flat_group_convs:
+            groups = tiling.conv_groups(sch, info)
+            if groups > 1 and ext[3] % groups == 0:
+                return ext[1], ext[1] * ext[2], ext[3] // groups, ext[6]
+        if info.kind == Kind.CONV_PW and self._streams_weights(ext[6], ext[3], ext[1] * ext[2]):
+            return ext[1], ext[1] * ext[2], ext[3], ext[6]
+        return None
+
+    def own_config(self, sch: Any, info: Any) -> dict | None:
+        """The configuration schedule_dwpw and schedule_conv pick untuned for a kernel whose GEMM
+        runs over a run of pixels across rows (`_flat_run`): order "flat", the rows of a fused
+        kernel's tile, and the group convolution's tile for the run (`_run_tile`) or the streamed
+        GEMM's (`_streamed_tile`). None for every other kernel (TiledRules' own choices)."""
+        run = self._flat_run(sch, info)
+        if run is None:
+            return None
+        rows, pixels, channels, k = run
+        if info.kind == Kind.CONV_GROUP:
+            tile = self._run_tile(sch, info, pixels, channels, k)
+            flat = {"tile": list(tile)} if tile is not None else None
+        else:
+            flat = self._streamed_tile(sch, info, pixels, channels, k)
+        if flat is None:
+            return None
+        return {**({"rows": rows} if info.kind == Kind.DWPW else {}), "order": "flat", **flat}
+
+    def space(self, sch: Any, info: Any, limit: int = 24) -> list[dict]:
+        """`TiledRules.space`, with, for a kernel whose GEMM runs over a run of pixels untuned
+        (`own_config`), that configuration first and runs in the model's next tiles for the run."""
+        out = super().space(sch, info, limit)
+        own = self.own_config(sch, info)
+        if own is None:
+            return out
+        rows, pixels, channels, k = self._flat_run(sch, info)
+        lanes, acc = self._lanes_budget(sch, info.anchor, "conv")
+        runs = [{**own, "tile": list(t), "panels": ""}
+                for t in tile_candidates(pixels, channels, lanes, acc, 8, self.ragged_for(sch, info.anchor),
+                                         self.gemm_model, k, self.ragged_pixels_for(sch, info.anchor))[:4]]
+        firsts = [own] + [c for c in runs if c["tile"] != own["tile"] or c["panels"] != own.get("panels", "")]
+        return (firsts + [c for c in out if c not in firsts])[:limit]
 
     # zero-start float GEMM tiles and the epilogue after them as one call (codegen.lower.fuse_epilogues)
     fuse_epilogues = True
