@@ -188,3 +188,22 @@ def test_tune_rejects_bad_runner_and_kernel(tmp_path):
     assert proc.returncode != 0 and "this machine" in proc.stderr
     proc = run_cli("tune", *MODEL, "--kernel", "nope", "--db", str(tmp_path))
     assert proc.returncode != 0 and "matches no kernel" in proc.stderr
+
+
+def test_a_database_names_only_intrinsics_it_can_register(tmp_path):
+    """A tuning database shared by several networks replays every stored trace when it opens, so
+    each micro-kernel intrinsic its traces name must be registered first from the name alone
+    (records._register_intrinsics): every form, with ragged pixel tiles (`_p`), narrowed rows (`_a8`)
+    and integer panel orders. A ragged whole-row window tile (`ec_gemmw_..._pP`, SqueezeNet's 3x3
+    convolutions on AVX2) was not: tuning ShuffleNet into the database after SqueezeNet failed."""
+    from tvm.s_tir import TensorIntrin
+
+    from edgecompile.tune.records import _register_intrinsics
+
+    names = ["ec_gemmw_f32_27x16_w3c29_s1_p6", "ec_gemmw_f32_5x8_w3c31_s2", "ec_gemmw_s16k4w_3x4_h3w3c7_s2",
+             "ec_gemm_f32_29x16_k37_s1_p6", "ec_gemm_s8k16_3x5_k41_s1", "ec_gemm_s16_2x8_k43_s2_a8",
+             "ec_dw_f32_27x32_k3x3s1_p4", "ec_dw_s16_3x8_k5x5s2", "ec_window_s16_3x8_k3x3c3s2"]
+    assert all(TensorIntrin.get(n, allow_missing=True) is None for n in names), "registered before: pick new ones"
+    _register_intrinsics(json.dumps({"trace": names}))
+    missing = [n for n in names if TensorIntrin.get(n, allow_missing=True) is None]
+    assert not missing, missing

@@ -57,9 +57,9 @@ def _register_intrinsics(text: str) -> None:
     from ..schedules import ukernels
 
     for name in sorted(set(re.findall(r"ec_(?:gemm|gemmw|dw|window)_[a-z0-9_]+", text))):
-        m = re.fullmatch(r"ec_gemmw_([a-z0-9]+)_(\d+)x(\d+)_w(\d+)c(\d+)_s(\d+)", name)
+        m = re.fullmatch(r"ec_gemmw_([a-z0-9]+)_(\d+)x(\d+)_w(\d+)c(\d+)_s(\d+)(?:_p(\d+))?", name)
         if m and m[1] in ukernels.TYPES:
-            ukernels.gemm_window_intrin(*(int(m[i]) for i in range(2, 7)), ukernels.TYPES[m[1]])
+            ukernels.gemm_window_intrin(*(int(m[i]) for i in range(2, 7)), ukernels.TYPES[m[1]], int(m[7] or 0))
             continue
         m = re.fullmatch(r"ec_gemmw_([a-z0-9]+)_(\d+)x(\d+)_h(\d+)w(\d+)c(\d+)_s(\d+)", name)
         if m and m[1] in ukernels.TYPES:
