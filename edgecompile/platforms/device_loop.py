@@ -73,7 +73,9 @@ def plugin_cache(platform: Platform, target: Target, build: Path, report: dict[s
         raise EdgeCompileError(f"kernel symbols not in {elf.name}: {', '.join(missing[:3])}")
     # micro-kernels the C compiler kept out of line (a clone shared by several kernels): their
     # work belongs to the kernel that called them, index -2 in the plugin's ranges
-    helpers = [syms[n] for n in micro_kernel_names(build / "model.c") if n in syms]
+    # (every clone: gcc may keep several, f.constprop.0 and f.constprop.1, all named f here)
+    micro = set(micro_kernel_names(build / "model.c"))
+    helpers = [s for s in elf_symbols(elf) if s["type"] == "func" and s["name"] in micro]
     plugin = build_plugin("ec_cache")
     with tempfile.TemporaryDirectory() as tmp:
         ranges = Path(tmp) / "ranges.txt"
