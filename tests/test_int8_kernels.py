@@ -15,6 +15,7 @@ skipped with the numbers."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,13 +155,21 @@ NEON_CASES = CASES + [
     Case("dwpw_64_1", (1, 64, 5, 4), "[nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.ReLU6(), nn.Conv2d(64, 1, 1)]",
          ("dwpw",)),
     Case("fc_99_3", (1, 99, 1, 1), "[nn.Flatten(), nn.Linear(99, 3)]", ("fc",), "positive"),
+    # the row-by-row GEMM (K < 16, channels in eights, weights unpacked): K = 8 (one 8-step block),
+    # 12 (a block and a 4-step tail), 5 (the tail only); 24, 16 and 8 output channels; plus dwpw_s1 above
+    Case("pw_8_24_rows", (1, 8, 5, 7), "[nn.Conv2d(8, 24, 1), nn.ReLU()]", ("conv_pw",)),
+    Case("pw_12_16_rows", (1, 12, 6, 5), "[nn.Conv2d(12, 16, 1), nn.ReLU6()]", ("conv_pw",), "negative"),
+    Case("dwpw_5_8_rows", (1, 5, 6, 6),
+         "[nn.Conv2d(5, 5, 3, padding=1, groups=5), nn.ReLU(), nn.Conv2d(5, 8, 1)]", ("dwpw",)),
 ]
+# cases whose pointwise GEMM takes the row-by-row kernel (cortex_a.CortexARules.S8_ROWS_MAX_K)
+ROWS_CASES = ("dwpw_s1", "pw_8_24_rows", "pw_12_16_rows", "dwpw_5_8_rows")
 # cases whose input zero point must be at an end of the int8 range, and whose outputs (random int8
 # inputs beyond the calibration's range) must saturate at both ends
 ZERO_POINTS = {"pw_57_17_zp_min": -128, "pw_64_3_zp_max": 127, "fc_99_3": -128}
 SATURATING = ("pw_57_17_zp_min", "pw_64_3_zp_max")
 # NEON rescale kernels each case's build must contain (8 + 4 + a scalar tail, 4 + 1, 4 + 3, 8 + 8...)
-NEON_REQUANT = {"dwpw_s1": ("4x4", "4x8"), "pw_odd_7_5": ("3x5",), "group_convs": ("1x12", "1x16", "1x5"),
+NEON_REQUANT = {"dwpw_s1": ("2x16", "4x8"), "pw_odd_7_5": ("3x5",), "group_convs": ("1x12", "1x16", "1x5"),
                 "fc": ("1x7",), "dwpw_24_40": ("2x24",), "dw_16_s2": ("2x16",)}
 
 
@@ -174,7 +183,10 @@ def test_neon_kernel_bytes_equal_the_integer_reference_on_rpi4(tmp_path, monkeyp
     if case.name in SATURATING:
         out = np.concatenate([e.ravel() for e in seen["expected"]])
         assert out.min() == -128 and out.max() == 127, (out.min(), out.max())
-    if {"conv_pw", "dwpw", "fc"} & set(case.kinds):
+    if case.name in ROWS_CASES:                                              # the row-by-row NEON GEMM ran
+        assert re.search(r"\bec_gemm_s8_\d+x\d+\(", model_c) and "vmlal_high_laneq_s16" in model_c
+        assert "ec_gemm_s8k16_" not in model_c
+    elif {"conv_pw", "dwpw", "fc"} & set(case.kinds):
         assert "ec_gemm_s8k16_" in model_c and "vpadalq_s16" in model_c      # the NEON int8 GEMM ran
         assert "vpaddlq_s16" in model_c                 # its accumulators set by the first block's saddlp
         if "_zp_" in case.name or case.name in ("dwpw_64_1", "fc_99_3", "pw_33_17", "fc_45_3"):   # K >= 32: asm

@@ -171,7 +171,37 @@ class CortexARules(TiledRules):
     # instructions with 4 instead of 2)
     FLOAT_DWPW_ROWS = 4
 
+    # int8 x int8 pointwise GEMMs over fewer reduction steps than this take the row-by-row kernel
+    # (ukernels._gemm_s8_rows: weights [K][N] unpacked, 8 channels per vector, `smlal` by lane)
+    # instead of the k16 pairs, whose 4 accumulator lanes per (pixel, channel) pair are added once
+    # per tile. Emulator instructions per inference, int8, digits set: MobileNet V1 0.25/96
+    # 2.989 M -> 2.954 M, MobileNet V2 0.35/96 5.883 M -> 5.685 M; below 32 steps instead of 16:
+    # 3.021 M and 5.755 M (the k16 pairs win from 16 steps)
+    S8_ROWS_MAX_K = 16
+    # accumulator vectors of 8 channels (2 registers each): 2 x 16, 4 x 8 tiles; 8 (4 x 16) made gcc
+    # spill the widened weights it hoists out of the pixel loop: 3.010 M on MobileNet V1 0.25/96
+    S8_ROWS_ACC = 4
+
+    def _s8_rows(self, sch: Any, block_name: str | None) -> bool:
+        """Whether the int8 GEMM of block `block_name` (a 1x1 convolution's, not grouped) takes
+        `_gemm_s8_rows`."""
+        block = sch.get_sblock(block_name) if block_name else None
+        types = tiling.operand_types(sch, block) if block is not None else None
+        if not self._s8_gemm(types):
+            return False
+        ext = tiling.anchor_extents(sch, block_name)
+        return (len(ext) == 7 and ext[4] == ext[5] == 1 and ext[6] < self.S8_ROWS_MAX_K and ext[3] % 8 == 0
+                and int(sch.get(block).reads[0].source.shape[-1]) == ext[6])      # not a group's share of the input
+
+    def schedule_conv(self, sch: Any, info: Any, cfg: dict | None = None) -> bool:
+        """int8 1x1 convolutions over few input channels (`_s8_rows`): weights unpacked, for the row-by-row kernel."""
+        if info.kind == Kind.CONV_PW and not (cfg and "pack" in cfg) and self._s8_rows(sch, info.anchor):
+            cfg = {**(cfg or {}), "pack": False}
+        return super().schedule_conv(sch, info, cfg)
+
     def schedule_dwpw(self, sch: Any, info: Any, rows: int | None = None, cfg: dict | None = None) -> bool:
+        if not (cfg and "pack" in cfg) and self._s8_rows(sch, info.anchor):
+            cfg = {**(cfg or {}), "pack": False}
         if rows is None and not (cfg and "rows" in cfg) and self.ragged_for(sch, info.anchor):
             rows = self.FLOAT_DWPW_ROWS
         ext = tiling.anchor_extents(sch, info.anchor)
@@ -196,6 +226,8 @@ class CortexARules(TiledRules):
         types = tiling.operand_types(sch, sch.get_sblock(block_name)) if block_name else None
         if which == "conv" and self._s16_gemm(types):
             return 8, 4
+        if which == "conv" and self._s8_rows(sch, block_name):
+            return 8, self.S8_ROWS_ACC
         return super()._lanes_budget(sch, block_name, which)
 
     def lanes_for(self, types: Any) -> int:

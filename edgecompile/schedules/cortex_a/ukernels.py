@@ -18,6 +18,11 @@ pair sums are exact in 16 bits because no weight is -128 (|a w + a' w'| <= 2 * 1
 The A72 has no `sdot`. With a packed panel (ldb == N) and K >= ASM_S8_MIN_K the loop is one
 inline-asm block with fixed registers (`_gemm_s8_k16_asm`); gcc's intrinsics otherwise.
 
+`gemm`, int8 x int8 -> int32 over unpacked weights [K][N] (pointwise convolutions over fewer than
+CortexARules.S8_ROWS_MAX_K input channels), 8 channels per vector: each pixel's next 8 values
+widened by one `sxtl`, per step the weights widened and multiplied by each value by lane
+(`smlal`/`smlal2` by element): no lanes to add at the end, which the k16 pairs pay per tile.
+
 `gemm`, int16 x int8 -> int32 (the zero-point-shifted padded rows of KxK convolutions, e.g. the
 first layer), weights row by row: per reduction step 8 weights widened by one `sxtl`, each pixel's
 value multiplied into them by `smlal`/`smlal2` by element.
@@ -64,6 +69,8 @@ def gemm(m: int, n: int, lanes: int, types: Types) -> str | None:
         return _gemm_s8_k16(m, n)
     if not types.b_order and types.a == "int16" and types.b == "int8" and types.c == "int32" and n % 8 == 0:
         return _gemm_s16(m, n)
+    if not types.b_order and types.a == "int8" and types.b == "int8" and types.c == "int32" and n % 8 == 0:
+        return _gemm_s8_rows(m, n)
     lanes, _ = vector_width(n, lanes)
     if not (lanes == 4 and types.c == "float32" and types.a == "float32"):
         return None
@@ -478,6 +485,49 @@ def _gemm_s16(m: int, n: int) -> str:
         _INCLUDE,
         f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (int16 x int8 -> int32): NEON smlal/smlal2 by element on 16-bit "
         "lanes, 8 channels per weight vector; portable C otherwise */",
+        gemm_signature(m, n, types), NEON,
+        neon, portable)
+
+
+def _gemm_s8_rows(m: int, n: int) -> str:
+    """int8 activations x int8 weights [K][N] row by row (the short reductions of pointwise
+    convolutions over few channels, CortexARules.S8_ROWS_MAX_K): each pixel's 8 next values
+    widened by one `sxtl`, per reduction step the N weights widened (8 per `sxtl`) and multiplied by
+    each pixel's value by `smlal`/`smlal2` by lane (8 multiply-accumulates in 2 instructions), no
+    reduction of accumulator lanes at the end (the k16 kernel's pairs add 4 lanes per pair)."""
+    types = Types("int8", "int8", "int32")
+    q8 = n // 8
+
+    def step(b: str, lane: Callable[[int], str], kk: int) -> list[str]:
+        out = ["    {", "      const int16x8_t " + ", ".join(f"w{q} = vmovl_s8(vld1_s8({b} + {8 * q}))" for q in range(q8)) + ";"]
+        for i in range(m):
+            out.append("      " + " ".join(
+                f"l{i}_{q} = {lane(i).format(acc=f'l{i}_{q}', w=f'vget_low_s16(w{q})', high='', kk=kk)}; "
+                f"h{i}_{q} = {lane(i).format(acc=f'h{i}_{q}', w=f'w{q}', high='_high', kk=kk)};" for q in range(q8)))
+        return out + ["    }"]
+
+    neon = ["  int32x4_t " + ", ".join(f"l{i}_{q} = vld1q_s32(C + {i} * ldc + {8 * q}), "
+                                       f"h{i}_{q} = vld1q_s32(C + {i} * ldc + {8 * q + 4})"
+                                       for i in range(m) for q in range(q8)) + ";",
+            "  int32_t k = 0;",
+            "  for (; k + 8 <= K; k += 8) {",
+            "    const int16x8_t " + ", ".join(f"a{i} = vmovl_s8(vld1_s8(A + {i} * lda + k))" for i in range(m)) + ";"]
+    for kk in range(8):
+        neon += step(f"B + (k + {kk}) * ldb", lambda i: f"vmlal{{high}}_laneq_s16({{acc}}, {{w}}, a{i}, {{kk}})", kk)
+    neon += ["  }", "  for (; k < K; ++k) {",
+             "    const int16_t " + ", ".join(f"a{i} = A[{i} * lda + k]" for i in range(m)) + ";"]
+    neon += step("B + k * ldb", lambda i: f"vmlal{{high}}_n_s16({{acc}}, {{w}}, a{i})", 0)
+    neon.append("  }")
+    neon += ["  " + " ".join(f"vst1q_s32(C + {i} * ldc + {8 * q}, l{i}_{q}); vst1q_s32(C + {i} * ldc + {8 * q + 4}, h{i}_{q});"
+                             for q in range(q8)) for i in range(m)]
+    portable = ["  for (int32_t k = 0; k < K; ++k) {",
+                f"    for (int32_t i = 0; i < {m}; ++i) {{",
+                f"      for (int32_t j = 0; j < {n}; ++j) C[i * ldc + j] += (int32_t)A[i * lda + k] * B[k * ldb + j];",
+                "    }", "  }"]
+    return guarded_kernel(
+        _INCLUDE,
+        f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (int8 x int8 -> int32), B row by row: NEON smlal/smlal2 by lane "
+        "on 16-bit lanes, 8 channels per weight vector, each pixel's values widened 8 at a time; portable C otherwise */",
         gemm_signature(m, n, types), NEON,
         neon, portable)
 
