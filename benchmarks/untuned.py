@@ -86,8 +86,11 @@ def run_one(name: str, opts: dict, runs: int, peers: list[str], db: Path | None 
         from edgecompile.tune.search import Runner, tune
 
         t0 = time.monotonic()
+        from edgecompile.tune.validate import validate_in_network
+
         tune(model_kernels(source, target, progress=Progress(quiet=True)), target, Runner("host"), db, resume=True,
              log=lambda m: None)
+        validate_in_network(source, target, db, log=lambda m: print("  " + m, file=sys.stderr, flush=True))
         print(f"  tuned in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
         tuning = TuningRecords(db, target)
     with tempfile.TemporaryDirectory(prefix="ec-untuned-") as tmp:

@@ -257,6 +257,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: the records measured so far are in {db}; --resume continues", file=sys.stderr)
         return 130
+    if runner.kind == "host":      # the harness times kernels alone: keep what is faster inside the network
+        from .tune.validate import validate_in_network
+
+        summary["in_network"] = validate_in_network(
+            source, target, db, BuildOptions(quant=args.quant, calibration=args.calibration),
+            log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -265,8 +271,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     for k in summary["kernels"]:
         d, b = k["default_cost"], k["best_cost"]
         gain = f"{d / b:.2f}x" if d and b else "-"
+        verdict = summary.get("in_network", {}).get(k["kernel"])
+        seen = ("" if verdict is None else
+                f"  in network {verdict['tuned_ns'] / max(1, verdict['untuned_ns']):.2f}x: "
+                + ("kept" if verdict["kept"] else "set aside"))
         print(f"  {k['kernel'][:56]:56} {k['configurations']:3} configs  rule {d or 0:>12,.2f}  "
-              f"best {b or 0:>12,.2f}  {gain}  {json.dumps(k['best_config'])}")
+              f"best {b or 0:>12,.2f}  {gain}  {json.dumps(k['best_config'])}{seen}")
     return 0
 
 

@@ -402,6 +402,7 @@ def _call_records(low: _Lowered) -> tuple[list[dict[str, Any]], list[str]]:
         calls.append({
             "index": i,
             "name": sym,
+            "kernel": call.kernel,
             "kind": info.kind,
             "path": info.path,
             "in_place": root in in_place_outputs,
@@ -1218,8 +1219,11 @@ def compile_model(source: ModelSource, target: Target, options: BuildOptions = B
     tuning = None
     if options.tuning is not None:
         hits = dict(options.tuning.hits)
-        tuning = {"db": str(options.tuning.db / db_key(target)), "kernels_tuned": len(hits), "configs": hits}
-        progress(f"tuning records: {len(hits)} of {len(low.infos)} kernels use tuned configurations")
+        aside = dict(options.tuning.set_aside)
+        tuning = {"db": str(options.tuning.db / db_key(target)), "kernels_tuned": len(hits), "configs": hits,
+                  "set_aside": aside}
+        progress(f"tuning records: {len(hits)} of {len(low.infos)} kernels use tuned configurations"
+                 + (f" ({len(aside)} set aside: not faster inside the network)" if aside else ""))
     progress(f"memory plan: arena {plan.arena_bytes} B ({len(plan.in_place)} in-place overlaps; "
              f"largest live set without overlap {plan.peak_live_bytes} B)")
     fusion: dict[str, Any] = {"fused": options.fuse, "arena_bytes": plan.arena_bytes}

@@ -44,9 +44,23 @@ def test_host_tune_records_are_used_by_build(tmp_path):
     k = summary["kernels"][0]
     assert k["configurations"] == 5 and k["best_cost"] > 0 and k["best_config"]    # 4 + untiled
     assert list(db.glob("host*/database_tuning_record.json"))     # host-avx2 / host-avx512
+    # the tuned kernel timed inside the network against the rule's own (tune/validate.py): kept or
+    # set aside, and a build follows that verdict
+    verdict = summary["in_network"][DWPW]
+    assert verdict["untuned_ns"] > 0 and verdict["tuned_ns"] > 0 and verdict["config"] == k["best_config"]
+    saved = json.loads(next(db.glob("host*/in_network.json")).read_text())
+    assert [v["kernel"] for v in saved.values()] == [DWPW] and list(saved.values())[0]["kept"] == verdict["kept"]
     tuned = _build(tmp_path / "tuned", "--db", str(db))
     plain = _build(tmp_path / "plain", "--no-tuning")
-    assert tuned["tuning"]["kernels_tuned"] == 1 and plain["tuning"]["kernels_tuned"] == 0
+    assert plain["tuning"]["kernels_tuned"] == 0
+    if not verdict["kept"]:
+        assert tuned["tuning"]["kernels_tuned"] == 0 and list(tuned["tuning"]["set_aside"]) == [DWPW]
+        assert (tmp_path / "tuned" / "model.c").read_bytes() == (tmp_path / "plain" / "model.c").read_bytes()
+        # the verdict overruled: the record is used
+        path = next(db.glob("host*/in_network.json"))
+        path.write_text(json.dumps({key: {**v, "kept": True} for key, v in saved.items()}))
+        tuned = _build(tmp_path / "tuned", "--db", str(db))
+    assert tuned["tuning"]["kernels_tuned"] == 1 and not tuned["tuning"]["set_aside"]
     call = next(c for c in tuned["calls"] if json.dumps(k["best_config"], sort_keys=True) in c["schedule"])
     assert call["kind"] == "dwpw"
     if k["best_config"] != k["rule_config"]:

@@ -64,27 +64,7 @@ class Host(Platform):
 
     def profile(self, target: Target, build: Path, report: dict[str, Any], runs: int = 50) -> dict[str, Any]:
         """Per-call wall-clock time of a host build (compiled again with -DEC_PROFILE)."""
-        with tempfile.TemporaryDirectory() as tmp:
-            t = Path(tmp)
-            weights = _copy_sources(build, t)
-            (t / "clock.c").write_text(
-                "#define _POSIX_C_SOURCE 199309L\n#include <stdint.h>\n#include <time.h>\n"
-                "uint64_t ec_profile_clock(void) { struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);"
-                " return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec; }\n")
-            proc.run([target.cc, *target.cflags, "-DEC_PROFILE", "-fPIC", "-shared", "-o", "prof.so", "model.c",
-                      weights, "clock.c", *target.ldflags], t, f"{target.cc}: building the profiling library")
-            lib = ctypes.CDLL(str(t / "prof.so"))
-            x = np.zeros(report["inputs"][0]["shape"], dtype=report["inputs"][0]["dtype"])
-            y = np.zeros(report["outputs"][0]["shape"], dtype=report["outputs"][0]["dtype"])
-            for _ in range(5):
-                lib.ec_model_run(x.ctypes.data_as(ctypes.c_void_p), y.ctypes.data_as(ctypes.c_void_p))
-            n = len(report["calls"])
-            ticks = (ctypes.c_uint64 * n).in_dll(lib, "ec_profile_ticks")
-            for i in range(n):
-                ticks[i] = 0
-            for _ in range(runs):
-                lib.ec_model_run(x.ctypes.data_as(ctypes.c_void_p), y.ctypes.data_as(ctypes.c_void_p))
-            per = [ticks[i] / runs for i in range(n)]
+        per = interleaved_profiles(target, [(build, report)], runs)[0]
         return {"unit": "ns (wall clock, this machine)", "unit_key": "ns", "per_call": [int(round(v)) for v in per],
                 "runs": runs}
 
@@ -141,6 +121,40 @@ def _cachegrind_per_kernel(text: str, names: set[str]) -> dict[str, dict[str, in
                      "stores": v.get("Dw", 0), "l1d_misses": v.get("D1mr", 0) + v.get("D1mw", 0),
                      "l2_misses": v.get("DLmr", 0) + v.get("DLmw", 0) + v.get("ILmr", 0)}
     return out
+
+
+def interleaved_profiles(target: Target, builds: list[tuple[Path, dict[str, Any]]], runs: int) -> list[list[float]]:
+    """Mean wall-clock ns per call of each host build [(directory, report)], every build compiled
+    again with -DEC_PROFILE and run in turn (one inference of each, `runs` times, after 5 of each):
+    the builds see the same machine load."""
+    with tempfile.TemporaryDirectory() as tmp:
+        libs = []
+        for i, (build, report) in enumerate(builds):
+            t = Path(tmp) / str(i)
+            t.mkdir()
+            weights = _copy_sources(build, t)
+            (t / "clock.c").write_text(
+                "#define _POSIX_C_SOURCE 199309L\n#include <stdint.h>\n#include <time.h>\n"
+                "uint64_t ec_profile_clock(void) { struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);"
+                " return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec; }\n")
+            proc.run([target.cc, *target.cflags, "-DEC_PROFILE", "-fPIC", "-shared", "-o", "prof.so", "model.c",
+                      weights, "clock.c", *target.ldflags], t, f"{target.cc}: building the profiling library")
+            lib = ctypes.CDLL(str(t / "prof.so"))
+            x = np.zeros(report["inputs"][0]["shape"], dtype=report["inputs"][0]["dtype"])
+            y = np.zeros(report["outputs"][0]["shape"], dtype=report["outputs"][0]["dtype"])
+            n = len(report["calls"])
+            args = (x.ctypes.data_as(ctypes.c_void_p), y.ctypes.data_as(ctypes.c_void_p))
+            libs.append((lib, args, (ctypes.c_uint64 * n).in_dll(lib, "ec_profile_ticks"), n, x, y))
+        for _ in range(5):
+            for lib, args, *_ in libs:
+                lib.ec_model_run(*args)
+        for _, _, ticks, n, *_ in libs:
+            for i in range(n):
+                ticks[i] = 0
+        for _ in range(runs):
+            for lib, args, *_ in libs:
+                lib.ec_model_run(*args)
+        return [[ticks[i] / runs for i in range(n)] for _, _, ticks, n, *_ in libs]
 
 
 PLATFORM = Host()

@@ -21,6 +21,8 @@ from ..errors import EdgeCompileError
 from ..targets import Target
 
 CONFIG_KEY = "ec.config"
+# per target directory: the verdicts of tuned kernels timed inside their network (tune/validate.py)
+IN_NETWORK = "in_network.json"
 
 
 def _ms() -> Any:
@@ -49,6 +51,13 @@ def workload(func: Any) -> Any:
     from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 
     return _normalize_mod(func)
+
+
+def workload_key(func: Any) -> str:
+    """A kernel's key in IN_NETWORK: the structural hash of its workload, as hex."""
+    import tvm_ffi
+
+    return f"{tvm_ffi.structural_hash(workload(func)) & (2**64 - 1):016x}"
 
 
 def _register_intrinsics(text: str) -> None:
@@ -116,18 +125,25 @@ def config_of(trace: Any) -> dict | None:
 
 @dataclass
 class TuningRecords:
-    """What `build` consults: the best measured configuration of each kernel, if any."""
+    """What `build` consults: the best measured configuration of each kernel, if any, unless
+    (`in_network`) the kernel timed inside its network was not faster with it than with the rule's
+    own schedule (IN_NETWORK, written by tune/validate.py): those are in `set_aside`."""
 
     db: Path
     target: Target
+    in_network: bool = True
     hits: dict[str, dict] = field(default_factory=dict)
+    set_aside: dict[str, dict] = field(default_factory=dict)
     _database: Any = None
+    _verdicts: dict | None = None
 
     def config_for(self, func: Any, name: str = "") -> dict | None:
         if self._database is None:
             if not (self.db / db_key(self.target) / "database_tuning_record.json").exists():
                 return None
             self._database = open_database(self.db, self.target)
+            verdicts = self.db / db_key(self.target) / IN_NETWORK
+            self._verdicts = json.loads(verdicts.read_text()) if self.in_network and verdicts.exists() else {}
         mod = workload(func)
         if not self._database.has_workload(mod):
             return None
@@ -135,6 +151,11 @@ class TuningRecords:
         if not top or not top[0].run_secs or float(top[0].run_secs[0]) >= 1e9:
             return None
         cfg = config_of(top[0].trace)
+        verdict = (self._verdicts or {}).get(workload_key(func))
+        if cfg is not None and verdict is not None and not verdict["kept"] and verdict.get("config") == cfg:
+            if name:
+                self.set_aside[name] = cfg
+            return None
         if cfg is not None and name:
             self.hits[name] = cfg
         return cfg
