@@ -177,7 +177,8 @@ def main() -> None:
               + (f", tuned {r['tuned_ms']:.3f} ms ({r['tuned_ratio_to_fastest']:.2f}x)" if "tuned_ms" in r else "")
               + f", build {r['build_s']:.1f} s", file=sys.stderr, flush=True)
     shown = [p for p in PEERS if any(p in r.get("peers_ms", {}) for r in rows)] or ["onnxruntime"]
-    lines = ["# Untuned host latency against the fastest peer", "",
+    lines = [("# Untuned and tuned" if any("tuned_ms" in r for r in rows) else "# Untuned")
+             + " host latency against the fastest peer", "",
              f"`benchmarks/untuned.py`, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
              "one thread, median of each in one process run, the runtimes' calls interleaved; 1000 classes. The machine is shared (2 cores, "
              "other jobs running): the medians move between runs, the ratio within a run is the figure. "
