@@ -457,6 +457,27 @@ def _gemm_s8_k16_fast(m: int, n: int) -> list[str]:
     return [f"  if (ldb == {n} && K >= {ASM_S8_MIN_K}) {{", *asm, "    return 0;", "  }", *_gemm_s8_k16_neon(m, n)]
 
 
+def _rows_load(m: int, q8: int) -> str:
+    """The row-by-row integer GEMMs' accumulators (low and high int32x4 halves of each 8-channel
+    vector of each pixel) loaded from C."""
+    return "  int32x4_t " + ", ".join(f"l{i}_{q} = vld1q_s32(C + {i} * ldc + {8 * q}), "
+                                      f"h{i}_{q} = vld1q_s32(C + {i} * ldc + {8 * q + 4})"
+                                      for i in range(m) for q in range(q8)) + ";"
+
+
+def _rows_gemm(m: int, n: int, types: Types, what: str, neon: list[str]) -> str:
+    """A row-by-row integer GEMM (weights [K][N], 8 channels per vector): `neon`, the body after
+    `_rows_load`, then the accumulators stored; portable C of the same sums under `#else`."""
+    store = ["  " + " ".join(f"vst1q_s32(C + {i} * ldc + {8 * q}, l{i}_{q}); vst1q_s32(C + {i} * ldc + {8 * q + 4}, h{i}_{q});"
+                             for q in range(n // 8)) for i in range(m)]
+    portable = ["  for (int32_t k = 0; k < K; ++k) {",
+                f"    for (int32_t i = 0; i < {m}; ++i) {{",
+                f"      for (int32_t j = 0; j < {n}; ++j) C[i * ldc + j] += (int32_t)A[i * lda + k] * B[k * ldb + j];",
+                "    }", "  }"]
+    return guarded_kernel(_INCLUDE, f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] {what} */", gemm_signature(m, n, types), NEON,
+                          neon + store, portable)
+
+
 def _gemm_s16(m: int, n: int) -> str:
     """int16 activations (the zero-point-shifted padded rows of KxK convolutions) x int8 weights
     [K][N] row by row: per reduction step the N weights widened once (8 per `sxtl`), each pixel's
@@ -464,9 +485,7 @@ def _gemm_s16(m: int, n: int) -> str:
     instructions)."""
     types = Types("int16", "int8", "int32")
     q8 = n // 8
-    neon = ["  int32x4_t " + ", ".join(f"l{i}_{q} = vld1q_s32(C + {i} * ldc + {8 * q}), "
-                                       f"h{i}_{q} = vld1q_s32(C + {i} * ldc + {8 * q + 4})"
-                                       for i in range(m) for q in range(q8)) + ";",
+    neon = [_rows_load(m, q8),
             "  for (int32_t k = 0; k < K; ++k) {",
             "    const int16x8_t " + ", ".join(f"w{q} = vmovl_s8(vld1_s8(B + k * ldb + {8 * q}))" for q in range(q8)) + ";",
             "    const int16x4_t " + ", ".join(f"w{q}l = vget_low_s16(w{q})" for q in range(q8)) + ";"]
@@ -475,18 +494,8 @@ def _gemm_s16(m: int, n: int) -> str:
             f"l{i}_{q} = vmlal_n_s16(l{i}_{q}, w{q}l, a); h{i}_{q} = vmlal_high_n_s16(h{i}_{q}, w{q}, a);"
             for q in range(q8)) + " }")
     neon.append("  }")
-    neon += ["  " + " ".join(f"vst1q_s32(C + {i} * ldc + {8 * q}, l{i}_{q}); vst1q_s32(C + {i} * ldc + {8 * q + 4}, h{i}_{q});"
-                             for q in range(q8)) for i in range(m)]
-    portable = ["  for (int32_t k = 0; k < K; ++k) {",
-                f"    for (int32_t i = 0; i < {m}; ++i) {{",
-                f"      for (int32_t j = 0; j < {n}; ++j) C[i * ldc + j] += (int32_t)A[i * lda + k] * B[k * ldb + j];",
-                "    }", "  }"]
-    return guarded_kernel(
-        _INCLUDE,
-        f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (int16 x int8 -> int32): NEON smlal/smlal2 by element on 16-bit "
-        "lanes, 8 channels per weight vector; portable C otherwise */",
-        gemm_signature(m, n, types), NEON,
-        neon, portable)
+    return _rows_gemm(m, n, types, "(int16 x int8 -> int32): NEON smlal/smlal2 by element on 16-bit lanes, 8 channels "
+                      "per weight vector; portable C otherwise", neon)
 
 
 def _gemm_s8_rows(m: int, n: int) -> str:
@@ -506,9 +515,7 @@ def _gemm_s8_rows(m: int, n: int) -> str:
                 f"h{i}_{q} = {lane(i).format(acc=f'h{i}_{q}', w=f'w{q}', high='_high', kk=kk)};" for q in range(q8)))
         return out + ["    }"]
 
-    neon = ["  int32x4_t " + ", ".join(f"l{i}_{q} = vld1q_s32(C + {i} * ldc + {8 * q}), "
-                                       f"h{i}_{q} = vld1q_s32(C + {i} * ldc + {8 * q + 4})"
-                                       for i in range(m) for q in range(q8)) + ";",
+    neon = [_rows_load(m, q8),
             "  int32_t k = 0;",
             "  for (; k + 8 <= K; k += 8) {",
             "    const int16x8_t " + ", ".join(f"a{i} = vmovl_s8(vld1_s8(A + {i} * lda + k))" for i in range(m)) + ";"]
@@ -518,18 +525,8 @@ def _gemm_s8_rows(m: int, n: int) -> str:
              "    const int16_t " + ", ".join(f"a{i} = A[{i} * lda + k]" for i in range(m)) + ";"]
     neon += step("B + k * ldb", lambda i: f"vmlal{{high}}_n_s16({{acc}}, {{w}}, a{i})", 0)
     neon.append("  }")
-    neon += ["  " + " ".join(f"vst1q_s32(C + {i} * ldc + {8 * q}, l{i}_{q}); vst1q_s32(C + {i} * ldc + {8 * q + 4}, h{i}_{q});"
-                             for q in range(q8)) for i in range(m)]
-    portable = ["  for (int32_t k = 0; k < K; ++k) {",
-                f"    for (int32_t i = 0; i < {m}; ++i) {{",
-                f"      for (int32_t j = 0; j < {n}; ++j) C[i * ldc + j] += (int32_t)A[i * lda + k] * B[k * ldb + j];",
-                "    }", "  }"]
-    return guarded_kernel(
-        _INCLUDE,
-        f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (int8 x int8 -> int32), B row by row: NEON smlal/smlal2 by lane "
-        "on 16-bit lanes, 8 channels per weight vector, each pixel's values widened 8 at a time; portable C otherwise */",
-        gemm_signature(m, n, types), NEON,
-        neon, portable)
+    return _rows_gemm(m, n, types, "(int8 x int8 -> int32), B row by row: NEON smlal/smlal2 by lane on 16-bit lanes, 8 "
+                      "channels per weight vector, each pixel's values widened 8 at a time; portable C otherwise", neon)
 
 
 def _dw_neon(m: int, n: int, kh: int, kw: int, s: int, a: str) -> list[str]:
