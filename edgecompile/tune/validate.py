@@ -33,7 +33,8 @@ RUNS = 40
 def validate_in_network(source: ModelSource, target: Target, db: Path, options: BuildOptions = BuildOptions(),
                         runs: int = RUNS, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Time the network's tuned kernels against the untuned ones inside the network; record which
-    are kept. Returns {kernel: {"untuned_ns", "tuned_ns", "kept"}} for the kernels with a record."""
+    are kept. Returns {kernel: {"untuned_ns", "tuned_ns", "kept", "config"}} for the kernels with a
+    record (the tuned build's `hits`)."""
     from ..platforms.host import interleaved_profiles
 
     funcs = {name: func for name, func, _ in model_kernels(source, target, options, Progress(quiet=True))}
