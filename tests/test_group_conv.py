@@ -90,7 +90,7 @@ class _Order:
     stays the rule's own): the tuner's other loop order, channel tiles outside pixel tiles."""
 
     def __init__(self, order: str) -> None:
-        self.order, self.hits, self.db = order, {}, Path("unused")
+        self.order, self.hits, self.set_aside, self.db = order, {}, {}, Path("unused")
 
     def config_for(self, func, name):
         return {"order": self.order} if analyze(func).kind == Kind.CONV_GROUP else None
