@@ -127,13 +127,15 @@ def config_of(trace: Any) -> dict | None:
 class TuningRecords:
     """What `build` consults: the best measured configuration of each kernel, if any, unless
     (`in_network`) the kernel timed inside its network was not faster with it than with the rule's
-    own schedule (IN_NETWORK, written by tune/validate.py): those are in `set_aside`."""
+    own schedule (IN_NETWORK, written by tune/validate.py): those are in `set_aside`. `keys` holds
+    the workload key of each kernel in `hits` (what tune/validate.py files its verdicts under)."""
 
     db: Path
     target: Target
     in_network: bool = True
     hits: dict[str, dict] = field(default_factory=dict)
     set_aside: dict[str, dict] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)
     _database: Any = None
     _verdicts: dict | None = None
 
@@ -151,11 +153,13 @@ class TuningRecords:
         if not top or not top[0].run_secs or float(top[0].run_secs[0]) >= 1e9:
             return None
         cfg = config_of(top[0].trace)
-        verdict = (self._verdicts or {}).get(workload_key(func))
+        key = workload_key(func)
+        verdict = (self._verdicts or {}).get(key)
         if cfg is not None and verdict is not None and not verdict["kept"] and verdict.get("config") == cfg:
             if name:
                 self.set_aside[name] = cfg
             return None
         if cfg is not None and name:
             self.hits[name] = cfg
+            self.keys[name] = key
         return cfg

@@ -19,10 +19,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from ..compiler import BuildOptions, Progress, model_kernels, write_build
+from ..compiler import BuildOptions, Progress, write_build
 from ..ir.frontend import ModelSource
 from ..targets import Target
-from .records import IN_NETWORK, TuningRecords, db_key, workload_key
+from .records import IN_NETWORK, TuningRecords, db_key
 
 # a tuned kernel is kept when it takes less than (1 - MARGIN) of the untuned kernel's time inside
 # the network
@@ -37,7 +37,6 @@ def validate_in_network(source: ModelSource, target: Target, db: Path, options: 
     record (the tuned build's `hits`)."""
     from ..platforms.host import interleaved_profiles
 
-    funcs = {name: func for name, func, _ in model_kernels(source, target, options, Progress(quiet=True))}
     records = TuningRecords(db, target, in_network=False)
     with tempfile.TemporaryDirectory(prefix="ec-validate-") as tmp:
         plain_dir, tuned_dir = Path(tmp) / "untuned", Path(tmp) / "tuned"
@@ -58,7 +57,7 @@ def validate_in_network(source: ModelSource, target: Target, db: Path, options: 
     path = db / db_key(target) / IN_NETWORK
     saved = json.loads(path.read_text()) if path.exists() else {}
     for name, r in out.items():
-        saved[workload_key(funcs[name])] = {"kernel": name, "network": source.name, **r}
+        saved[records.keys[name]] = {"kernel": name, "network": source.name, **r}
     tmp_path = path.with_suffix(".tmp")
     tmp_path.write_text(json.dumps(saved, indent=1, sort_keys=True) + "\n")
     tmp_path.replace(path)

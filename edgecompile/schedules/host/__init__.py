@@ -196,6 +196,11 @@ class HostRules(TiledRules):
         runs over a run of pixels across rows (`_flat_run`): order "flat", the rows of a fused
         kernel's tile, and the group convolution's tile for the run (`_run_tile`) or the streamed
         GEMM's (`_streamed_tile`). None for every other kernel (TiledRules' own choices)."""
+        own = self._own_run(sch, info)
+        return None if own is None else own[0]
+
+    def _own_run(self, sch: Any, info: Any) -> tuple[dict, tuple[int, int, int, int]] | None:
+        """`own_config` and the `_flat_run` it was made for."""
         run = self._flat_run(sch, info)
         if run is None:
             return None
@@ -207,16 +212,16 @@ class HostRules(TiledRules):
             flat = self._streamed_tile(sch, info, pixels, channels, k)
         if flat is None:
             return None
-        return {**({"rows": rows} if info.kind == Kind.DWPW else {}), "order": "flat", **flat}
+        return {**({"rows": rows} if info.kind == Kind.DWPW else {}), "order": "flat", **flat}, run
 
     def space(self, sch: Any, info: Any, limit: int = 24) -> list[dict]:
         """`TiledRules.space`, with, for a kernel whose GEMM runs over a run of pixels untuned
         (`own_config`), that configuration first and runs in the model's next tiles for the run."""
         out = super().space(sch, info, limit)
-        own = self.own_config(sch, info)
-        if own is None:
+        found = self._own_run(sch, info)
+        if found is None:
             return out
-        rows, pixels, channels, k = self._flat_run(sch, info)
+        own, (_, pixels, channels, k) = found
         lanes, acc = self._lanes_budget(sch, info.anchor, "conv")
         runs = [{**own, "tile": list(t), "panels": ""}
                 for t in tile_candidates(pixels, channels, lanes, acc, 8, self.ragged_for(sch, info.anchor),
