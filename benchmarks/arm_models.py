@@ -36,7 +36,12 @@ ARM_MODELS: list[ArmModel] = [
     ArmModel("xception_299", "xception", "Xception / 299", {"resolution": 299}),
     ArmModel("efficientnet_b0_224", "efficientnet_b0", "EfficientNet-B0 / 224", {"resolution": 224}),
 ]
-BY_KEY = {m.key: m for m in ARM_MODELS}
+# Selectable by key only (not part of "all", so arm_compare.py's default set is unchanged).
+EXTRA_MODELS: list[ArmModel] = [
+    # the second network of benchmarks/NEON_INT8.md (our int8 vs fp32)
+    ArmModel("mobilenet_v2_0.35_96", "mobilenet_v2", "MobileNet V2 0.35 / 96", {"width_mult": 0.35, "resolution": 96}),
+]
+BY_KEY = {m.key: m for m in ARM_MODELS + EXTRA_MODELS}
 
 
 def select(spec: str | None) -> list[ArmModel]:

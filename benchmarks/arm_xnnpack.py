@@ -1,9 +1,9 @@
 """Instructions per inference of TFLite (ai-edge-litert) on a Cortex-A72, without a Pi.
 
-A zoo network is converted to a float32 .tflite with litert-torch on the host, then run by the
-aarch64 build of ai-edge-litert inside an arm64 Debian root under `qemu-aarch64 -cpu cortex-a72`
-(user mode), once with the default XNNPACK delegate and once with the built-in kernels only
-(BUILTIN_WITHOUT_DEFAULT_DELEGATES), both with num_threads=1.
+A zoo network is converted to a float32 (or, with --quant int8, a fully int8) .tflite with
+litert-torch on the host, then run by the aarch64 build of ai-edge-litert inside an arm64 Debian
+root under `qemu-aarch64 -cpu cortex-a72` (user mode), once with the default XNNPACK delegate and
+once with the built-in kernels only (BUILTIN_WITHOUT_DEFAULT_DELEGATES), both with num_threads=1.
 
 Counting: a small TCG plugin (built here with the host's gcc, no QEMU headers needed) counts
 executed guest instructions per thread; the guest script brackets every `invoke()` with a marker
@@ -15,10 +15,30 @@ instructions, see `details.python_call_overhead_note`). These are instruction co
     sudo bash benchmarks/arm64_root.sh      # once (also run automatically if the root is missing)
     .venv-litert/bin/python benchmarks/arm_xnnpack.py                      # every row of arm_models.py
     .venv-litert/bin/python benchmarks/arm_xnnpack.py --models mobilenet_v1_0.25_96 --inferences 5 --repeat 2
+    .venv-litert/bin/python benchmarks/arm_xnnpack.py --models mobilenet_v1_0.25_96,mobilenet_v2_0.35_96 \
+        --quant fp32,int8 --num-classes 10
+
+int8 (--quant int8): static post-training quantization with litert-torch's PT2E quantizer
+(`get_symmetric_quantization_config(is_per_channel=True)`: int8 per-channel symmetric weights, int8
+per-tensor affine activations calibrated with a histogram observer on CALIBRATION_SAMPLES standard
+normal inputs of seed CALIBRATION_SEED; the measured input is a different one, seed 0), exported
+with `torch.export(strict=True)` (a non-strict export records no `source_fn_stack`, and the
+quantizer's add annotator then misses residual adds, leaving float ADDs between DEQUANTIZE and
+QUANTIZE), converted with `QuantConfig(pt2e_quantizer=...)`. The model's input and output are int8:
+the guest quantizes the same float input with the input tensor's scale/zero point and dequantizes
+the output, outside the counted region. The JSON records each op with its input tensor types
+(`ops_typed`; `ops` lists the graph's nodes plus a DELEGATE node when one was applied) and, per
+resolver, `graph_nodes` and `delegated_nodes` (per DELEGATE node, the graph nodes it replaced: those
+reached walking back from its outputs to its inputs; fp32 rows gain only these two fields); int8
+rows carry `quant: "int8"` and the key `<row>_int8`. Accuracy of an int8 model on random weights is
+not a goal here: `max_abs_diff_vs_pt2e` compares with the quantized torch graph the converter was
+given, `max_abs_diff_vs_torch` with the float network.
 
 The networks are the rows of benchmarks/arm_models.py (one per zoo family; benchmarks/arm_compare.py
-builds ours from the same rows). One JSON per network, named by its key; a network litert-torch
-cannot convert gets a JSON with `convert_error` (the exception, verbatim) instead of counts.
+builds ours from the same rows; rows of EXTRA_MODELS are only run when named). One JSON per network
+and --quant, named by its key (`<row>`, `<row>_int8`; `_c<N>` before that when --num-classes is not
+NUM_CLASSES); a network litert-torch cannot convert gets a JSON with `convert_error` (the exception,
+verbatim) instead of counts.
 
 Environment (all optional): EC_ARM64_ROOT (default <repo>/../.cache/arm64-root), EC_QEMU_AARCH64
 (default qemu-aarch64: must be the dynamically linked one, the -static build has no plugin
@@ -43,6 +63,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arm_models import BY_KEY, NUM_CLASSES, SEED, ArmModel, select  # noqa: E402
+
+QUANTS = ("fp32", "int8")
+CALIBRATION_SAMPLES = 8            # --quant int8: standard normal calibration inputs
+CALIBRATION_SEED = 1               # (the measured input is seed 0)
 
 REPO = Path(__file__).resolve().parents[1]
 SETUP_SCRIPT = Path(__file__).resolve().with_name("arm64_root.sh")
@@ -144,7 +168,12 @@ kind = {"xnnpack": tfl.OpResolverType.AUTO, "builtin": tfl.OpResolverType.BUILTI
 it = tfl.Interpreter(model_path=model, num_threads=1, experimental_op_resolver_type=kind)
 it.allocate_tensors()
 src, dst = it.get_input_details()[0], it.get_output_details()[0]
-it.set_tensor(src["index"], np.load(inp_path))
+x = np.load(inp_path)
+if src["dtype"] != np.float32:        # an int8 model takes the float input quantized (not counted)
+    scale, zero = src["quantization"]
+    lim = np.iinfo(src["dtype"])
+    x = np.clip(np.round(x / scale) + zero, lim.min, lim.max).astype(src["dtype"])
+it.set_tensor(src["index"], x)
 gc.collect()
 gc.disable()                        # no collector pass inside a measured region
 mark(3)
@@ -153,12 +182,37 @@ for i in range(k):
     mark(100 + 2 * i)
     it.invoke()
     mark(101 + 2 * i)
-np.save(out_path, it.get_tensor(dst["index"]))
-ops = {}
-for op in it._get_ops_details():
+y = it.get_tensor(dst["index"])
+if dst["dtype"] != np.float32:
+    scale, zero = dst["quantization"]
+    y = (y.astype(np.float32) - zero) * scale
+np.save(out_path, y)
+types = {t["index"]: np.dtype(t["dtype"]).name for t in it.get_tensor_details()}
+details = it._get_ops_details()
+producer = {int(t): op["index"] for op in details if op["op_name"] != "DELEGATE" for t in op["outputs"]}
+nodes = {op["index"]: op for op in details}
+delegated = []                      # per DELEGATE node: the graph nodes between its inputs and outputs
+for op in details:
+    if op["op_name"] == "DELEGATE":
+        stop, seen, todo = {int(t) for t in op["inputs"]}, set(), [int(t) for t in op["outputs"]]
+        while todo:
+            t = todo.pop()
+            if t in stop or t not in producer or producer[t] in seen:
+                continue
+            seen.add(producer[t])
+            todo += [int(u) for u in nodes[producer[t]]["inputs"] if u >= 0]
+        delegated.append(len(seen))
+ops, ops_typed = {}, {}
+for op in details:
     ops[op["op_name"]] = ops.get(op["op_name"], 0) + 1
+    typed = op["op_name"] if op["op_name"] == "DELEGATE" else \
+        op["op_name"] + "(" + ",".join(types.get(int(i), "?") for i in op["inputs"] if i >= 0) + ")"
+    ops_typed[typed] = ops_typed.get(typed, 0) + 1
 import platform
-json.dump({"ops": ops, "python": platform.python_version(), "machine": platform.machine(),
+json.dump({"ops": ops, "ops_typed": ops_typed, "delegated_nodes": delegated,
+           "graph_nodes": sum(1 for op in details if op["op_name"] != "DELEGATE"),
+           "input_dtype": np.dtype(src["dtype"]).name, "output_dtype": np.dtype(dst["dtype"]).name,
+           "python": platform.python_version(), "machine": platform.machine(),
            "ai_edge_litert": metadata.version("ai-edge-litert"), "numpy": np.__version__}, open(info_path, "w"))
 mark(4)
 """.replace("@MARK_NR@", str(AARCH64_GETPID)).replace("@MARK_MAGIC@", hex(MARK_MAGIC))
@@ -233,7 +287,9 @@ class ConvertError(Exception):
     """litert-torch could not convert a network (the message is its exception, verbatim)."""
 
 
-def convert(m: ArmModel, path: Path) -> tuple[tuple[int, ...], "object"]:
+def convert(m: ArmModel, path: Path, quant: str, num_classes: int) -> tuple[tuple[int, ...], "object", "object"]:
+    """Write the .tflite; returns the input shape, the float torch model and (int8) the quantized
+    torch graph that was converted (None for fp32)."""
     import contextlib
     import io
 
@@ -243,13 +299,33 @@ def convert(m: ArmModel, path: Path) -> tuple[tuple[int, ...], "object"]:
     sys.path.insert(0, str(REPO))
     from models import build_model
 
-    model, shape = build_model(m.model, num_classes=NUM_CLASSES, seed=SEED, **m.options)
+    model, shape = build_model(m.model, num_classes=num_classes, seed=SEED, **m.options)
+    args = (torch.zeros(shape),)
+    quantized = None
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            litert_torch.convert(model, (torch.zeros(shape),)).export(str(path))
+            if quant == "fp32":
+                litert_torch.convert(model, args).export(str(path))
+            else:
+                from litert_torch.quantize import pt2e_quantizer, quant_config
+                from torchao.quantization.pt2e import move_exported_model_to_eval
+                from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+                quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+                    pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+                graph = torch.export.export(model, args, strict=True).module()
+                graph = prepare_pt2e(graph, quantizer)
+                gen = torch.Generator().manual_seed(CALIBRATION_SEED)
+                with torch.no_grad():
+                    for _ in range(CALIBRATION_SAMPLES):
+                        graph(torch.randn(shape, generator=gen))
+                quantized = convert_pt2e(graph, fold_quantize=False)
+                move_exported_model_to_eval(quantized)
+                litert_torch.convert(quantized, args,
+                                     quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer)).export(str(path))
     except Exception as err:  # noqa: BLE001 - whatever the converter raises is the result to record
         raise ConvertError(f"{type(err).__name__}: {err}".strip()) from err
-    return shape, model
+    return shape, model, quantized
 
 
 def parse_counts(path: Path) -> tuple[dict[int, tuple[int, int, int]], dict[int, int]]:
@@ -307,14 +383,22 @@ def run_guest(qemu: str, cpu: str, root: Path, python: Path, site: str, plugin: 
     }
 
 
-def measure(m: ArmModel, args: argparse.Namespace, qemu: str, qemu_version: str, root: Path, python: Path,
-            site: str, plugin: Path) -> dict:
-    """One network: convert, run under each resolver, and the result row (or the conversion error)."""
+def result_key(m: ArmModel, quant: str, num_classes: int) -> str:
+    """JSON key and file name: fp32 at NUM_CLASSES keeps the row's key (what arm_compare.py reads)."""
+    return m.key + ("" if num_classes == NUM_CLASSES else f"_c{num_classes}") + ("" if quant == "fp32" else f"_{quant}")
+
+
+def measure(m: ArmModel, quant: str, args: argparse.Namespace, qemu: str, qemu_version: str, root: Path,
+            python: Path, site: str, plugin: Path) -> dict:
+    """One network at one precision: convert, run under each resolver, and the result row (or the
+    conversion error)."""
     import numpy as np
     import torch
 
-    base = {"key": m.key, "model": m.model, "label": m.label, **m.options, "num_classes": NUM_CLASSES,
-            "seed": SEED, "qemu": qemu_version, "cpu": args.cpu}
+    base = {"key": result_key(m, quant, args.num_classes), "model": m.model, "label": m.label, **m.options,
+            "num_classes": args.num_classes, "seed": SEED, "qemu": qemu_version, "cpu": args.cpu}
+    if quant != "fp32":
+        base = {**base, "quant": quant}
     with tempfile.TemporaryDirectory(prefix="ec-arm-") as tmp:
         work = Path(tmp)
         if (root / work.relative_to("/")).exists():
@@ -323,28 +407,29 @@ def measure(m: ArmModel, args: argparse.Namespace, qemu: str, qemu_version: str,
         tfl = work / "model.tflite"
         t0 = time.monotonic()
         try:
-            shape, model = convert(m, tfl)
+            shape, model, quantized = convert(m, tfl, quant, args.num_classes)
         except ConvertError as err:
             msg = str(err)
-            print(f"[arm_xnnpack] {m.label}: litert-torch could not convert it: {msg[:300]}", file=sys.stderr)
+            print(f"[arm_xnnpack] {m.label} {quant}: litert-torch could not convert it: {msg[:300]}", file=sys.stderr)
             return {**base, "tflite_xnnpack_instructions_per_inference": None,
                     "tflite_builtin_instructions_per_inference": None,
                     "convert_error": msg[:4000], "details": {"convert_s": round(time.monotonic() - t0, 1)}}
         convert_s = time.monotonic() - t0
         if args.keep_tflite:
             Path(args.keep_tflite).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(tfl, Path(args.keep_tflite) / f"{m.key}.tflite")
+            shutil.copyfile(tfl, Path(args.keep_tflite) / f"{base['key']}.tflite")
         x = np.random.RandomState(0).standard_normal(shape).astype(np.float32)
         np.save(work / "input.npy", x)
         with torch.no_grad():
             ref = model(torch.from_numpy(x)).numpy()
+            ref_q = quantized(torch.from_numpy(x)).numpy() if quantized is not None else None
 
         runs: dict[str, list[dict]] = {r: [] for r in args.resolvers.split(",")}
         for rep in range(args.repeat):
             for resolver in runs:           # one qemu at a time
                 r = run_guest(qemu, args.cpu, root, python, site, plugin, tfl, work / "input.npy",
                               args.inferences, resolver, work, f"{resolver}{rep}")
-                print(f"[arm_xnnpack] {m.label}: {resolver} run {rep + 1}: {r['steady_median']:,} "
+                print(f"[arm_xnnpack] {m.label} {quant}: {resolver} run {rep + 1}: {r['steady_median']:,} "
                       f"instructions/inference (first {r['first_inference']:,}), {r['wall_s']} s", file=sys.stderr)
                 runs[resolver].append(r)
         tflite_bytes = tfl.stat().st_size
@@ -365,7 +450,11 @@ def measure(m: ArmModel, args: argparse.Namespace, qemu: str, qemu_version: str,
             "wall_s_per_run": [r["wall_s"] for r in rs],
             "max_abs_diff_vs_torch": float(np.abs(rs[0]["output"] - ref).max()),
             "torch_output_max_abs": float(np.abs(ref).max()),
+            **({"max_abs_diff_vs_pt2e": float(np.abs(rs[0]["output"] - ref_q).max())} if ref_q is not None else {}),
+            "graph_nodes": rs[0]["info"]["graph_nodes"],
+            "delegated_nodes": rs[0]["info"]["delegated_nodes"],
             "ops": rs[0]["info"]["ops"],
+            **({"ops_typed": rs[0]["info"]["ops_typed"]} if quant != "fp32" else {}),
         }
 
     first = next(iter(runs.values()))
@@ -377,6 +466,8 @@ def measure(m: ArmModel, args: argparse.Namespace, qemu: str, qemu_version: str,
         "runs": args.repeat,
         "convert_s": round(convert_s, 1),
         "guest": {k: info[k] for k in ("python", "machine", "ai_edge_litert", "numpy")},
+        **({"calibration": f"{CALIBRATION_SAMPLES} standard normal inputs, seed {CALIBRATION_SEED}",
+            "io_dtypes": [info["input_dtype"], info["output_dtype"]]} if quant != "fp32" else {}),
         **{resolver: summary(rs) for resolver, rs in runs.items()},
     }
     if "xnnpack" in runs and "builtin" in runs:
@@ -387,7 +478,7 @@ def measure(m: ArmModel, args: argparse.Namespace, qemu: str, qemu_version: str,
         "tflite_xnnpack_instructions_per_inference": runs["xnnpack"][0]["steady_median"] if "xnnpack" in runs else None,
         "tflite_builtin_instructions_per_inference": runs["builtin"][0]["steady_median"] if "builtin" in runs else None,
         "notes": (
-            f"Guest instruction counts (not cycles), float32, batch 1, num_classes {NUM_CLASSES}, seed "
+            f"Guest instruction counts (not cycles), {PRECISION[quant]}, batch 1, num_classes {args.num_classes}, seed "
             f"{SEED}, NCHW input (litert-torch adds a TRANSPOSE to NHWC). ai-edge-litert "
             f"{info['ai_edge_litert']} (aarch64 wheel) on Python {info['python']} in a Debian arm64 root, "
             f"qemu-aarch64 user mode with -cpu {args.cpu}, num_threads=1. 'xnnpack' = default op resolver "
@@ -400,12 +491,24 @@ def measure(m: ArmModel, args: argparse.Namespace, qemu: str, qemu_version: str,
     }
 
 
+PRECISION = {
+    "fp32": "float32",
+    "int8": ("int8 (litert-torch PT2E static quantization: per-channel symmetric int8 weights, per-tensor "
+             "int8 activations, int8 model input/output quantized/dequantized outside the counted region)"),
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="all",
                     help=f"comma-separated rows of benchmarks/arm_models.py ({', '.join(BY_KEY)}) or zoo names")
     ap.add_argument("--resolvers", default="xnnpack,builtin",
                     help="xnnpack (default op resolver: XNNPACK delegate) and/or builtin (TFLite's own kernels)")
+    ap.add_argument("--quant", default="fp32",
+                    help="fp32 and/or int8 (static PT2E quantization, see this file's docstring); int8 JSONs are <row>_int8")
+    ap.add_argument("--num-classes", type=int, default=NUM_CLASSES,
+                    help=f"classifier width (default {NUM_CLASSES}, what arm_compare.py uses); other values "
+                         "add _c<N> to the JSON key")
     ap.add_argument("--inferences", type=int, default=3, help="invokes per run; the first is reported apart")
     ap.add_argument("--repeat", type=int, default=1, help="runs per configuration (determinism check)")
     ap.add_argument("--cpu", default="cortex-a72")
@@ -414,8 +517,11 @@ def main() -> None:
     args = ap.parse_args()
     models = select(args.models)
     bad = set(args.resolvers.split(",")) - {"xnnpack", "builtin"}
-    if bad or args.inferences < 2 or args.repeat < 1:
-        sys.exit(f"error: --resolvers takes xnnpack,builtin (got {args.resolvers}); --inferences >= 2; --repeat >= 1")
+    quants = [q for q in args.quant.split(",") if q]
+    if bad or args.inferences < 2 or args.repeat < 1 or not quants or set(quants) - set(QUANTS) \
+            or args.num_classes < 1:
+        sys.exit(f"error: --resolvers takes xnnpack,builtin (got {args.resolvers}); --quant takes "
+                 f"{','.join(QUANTS)} (got {args.quant}); --inferences >= 2; --repeat >= 1; --num-classes >= 1")
     ensure_bench_python()
 
     qemu = shutil.which(os.environ.get("EC_QEMU_AARCH64", "qemu-aarch64"))
@@ -428,11 +534,12 @@ def main() -> None:
     out_dir = Path(args.out_dir) if args.out_dir else cache_dir() / "arm_xnnpack"
     out_dir.mkdir(parents=True, exist_ok=True)
     for m in models:
-        result = measure(m, args, qemu, qemu_version, root, python, site, plugin)
-        out = out_dir / f"{m.key}.json"
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps({k: v for k, v in result.items() if k not in ("details", "notes")}))
-        print(f"[arm_xnnpack] wrote {out}", file=sys.stderr)
+        for quant in quants:
+            result = measure(m, quant, args, qemu, qemu_version, root, python, site, plugin)
+            out = out_dir / f"{result['key']}.json"
+            out.write_text(json.dumps(result, indent=2) + "\n")
+            print(json.dumps({k: v for k, v in result.items() if k not in ("details", "notes")}))
+            print(f"[arm_xnnpack] wrote {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
