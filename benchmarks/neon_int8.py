@@ -3,12 +3,19 @@ inference of this tree's rpi4 builds next to a baseline revision's (default: mai
 and where each int8 build spends them by kernel kind (issue 14: NEON int8 kernels).
 
     .venv/bin/python benchmarks/neon_int8.py [--baseline main] [--samples 3] [--out benchmarks/NEON_INT8.md]
+                                             [--tflite-json DIR]
 
 The baseline is the revision's tree (`git archive`) in a temporary directory, imported ahead of this
 tree's package by a child process of this script (same interpreter, same machine, same run).
 Counts: our QEMU plugin's emulator instructions per inference (`edgecompile test` on the digits set;
 the per-kernel split from `edgecompile report`). Emulator instructions, NOT cycles, and nothing about
 the time on a real Pi.
+
+TFLite beside them: benchmarks/arm_xnnpack.py's counts of the same networks (10 classes) in fp32 and
+int8 under the same emulator, read from --tflite-json (its --out-dir; run it first with
+`--models mobilenet_v1_0.25_96,mobilenet_v2_0.35_96 --quant fp32,int8 --num-classes 10`): how many
+instructions XNNPACK's own int8 takes against its fp32 on a core without `sdot`. Rows it has not
+measured are left out of that table.
 """
 
 from __future__ import annotations
@@ -24,6 +31,27 @@ NETWORKS = [
     ("MobileNet V1 0.25 / 96", "mobilenet_v1", dict(width_mult=0.25, resolution=96, num_classes=10)),
     ("MobileNet V2 0.35 / 96", "mobilenet_v2", dict(width_mult=0.35, resolution=96, num_classes=10)),
 ]
+
+
+# benchmarks/arm_xnnpack.py's JSON key of each network (10 classes), without the _int8 suffix
+TFLITE_KEYS = ["mobilenet_v1_0.25_96_c10", "mobilenet_v2_0.35_96_c10"]
+
+
+def tflite_counts(directory: Path) -> list[dict[str, int] | None]:
+    """{"xnnpack fp32": n, "xnnpack int8": n, "builtin fp32": n, "builtin int8": n} per network, or
+    None where arm_xnnpack.py has not measured both precisions."""
+    out: list[dict[str, int] | None] = []
+    for key in TFLITE_KEYS:
+        row: dict[str, int] = {}
+        for quant, suffix in (("fp32", ""), ("int8", "_int8")):
+            path = directory / f"{key}{suffix}.json"
+            data = json.loads(path.read_text()) if path.exists() else {}
+            for resolver in ("xnnpack", "builtin"):
+                n = data.get(f"tflite_{resolver}_instructions_per_inference")
+                if n:
+                    row[f"{resolver} {quant}"] = int(n)
+        out.append(row if len(row) == 4 else None)
+    return out
 
 
 def measure(index: int, samples: int) -> dict[str, Any]:
@@ -75,17 +103,33 @@ def _m(v: int | None) -> str:
     return "-" if v is None else f"{v / 1e6:.2f} M"
 
 
-def table(rows: list[tuple[dict[str, Any], dict[str, Any]]], rev: str) -> list[str]:
+def table(rows: list[tuple[dict[str, Any], dict[str, Any]]], rev: str,
+          tflite: list[dict[str, int] | None] | None = None) -> list[str]:
     lines = ["# int8 vs fp32 on the emulated Raspberry Pi 4 (NEON int8 kernels)", "",
              f"Emulator instructions per inference (QEMU plugin under `qemu-aarch64 -cpu cortex-a72`; NOT cycles), "
              f"median over the digits samples; before = `{rev}`, after = this tree, measured in the same run. "
-             "Aim (issue 14): int8 <= 0.5x fp32.", "",
+             "Aim (issue 14): int8 <= 0.5x fp32 (from XNNPACK's times on a real Pi 4: int8 0.40x fp32).", "",
              "| network | int8 before | int8 after | fp32 before | fp32 after | int8/fp32 before | int8/fp32 after | "
              "int8 after vs before |",
              "|---|---|---|---|---|---|---|---|"]
     for (label, _, _), (b, a) in zip(NETWORKS, rows):
         lines.append(f"| {label} | {_m(b['int8'])} | {_m(a['int8'])} | {_m(b['fp32'])} | {_m(a['fp32'])} | "
                      f"{b['int8'] / b['fp32']:.2f}x | {a['int8'] / a['fp32']:.2f}x | {a['int8'] / b['int8']:.2f}x |")
+    if tflite and any(tflite):
+        lines += ["", "TFLite (ai-edge-litert, benchmarks/arm_xnnpack.py) on the same emulator, same networks and classes, "
+                  "its own PT2E int8 (per-channel weights, per-tensor activations, the whole graph delegated to XNNPACK): "
+                  "int8 against fp32 with XNNPACK and with TFLite's built-in kernels, and our int8 (after) against "
+                  "XNNPACK's int8. Same instruction counting (steady-state inference; TFLite's include a transpose of "
+                  "the NCHW input and some Python call overhead).", "",
+                  "| network | XNNPACK fp32 | XNNPACK int8 | XNNPACK int8/fp32 | built-in int8/fp32 | ours int8/fp32 | "
+                  "ours int8 / XNNPACK int8 | ours fp32 / XNNPACK fp32 |", "|---|---|---|---|---|---|---|---|"]
+        for (label, _, _), (_, a), t in zip(NETWORKS, rows, tflite):
+            if t is None:
+                continue
+            lines.append(f"| {label} | {_m(t['xnnpack fp32'])} | {_m(t['xnnpack int8'])} | "
+                         f"{t['xnnpack int8'] / t['xnnpack fp32']:.2f}x | {t['builtin int8'] / t['builtin fp32']:.2f}x | "
+                         f"{a['int8'] / a['fp32']:.2f}x | {a['int8'] / t['xnnpack int8']:.2f}x | "
+                         f"{a['fp32'] / t['xnnpack fp32']:.2f}x |")
     lines += ["", "int8 instructions by kernel kind (per-kernel counts of `edgecompile report`):", "",
               "| network | kind | before | after | after / before |", "|---|---|---|---|---|"]
     for (label, _, _), (b, a) in zip(NETWORKS, rows):
@@ -105,6 +149,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=3)
     ap.add_argument("--baseline", default="main", help="git revision measured as 'before'")
     ap.add_argument("--out", default="benchmarks/NEON_INT8.md")
+    ap.add_argument("--tflite-json", default=None,
+                    help="benchmarks/arm_xnnpack.py's output directory (default: its default, the cache directory)")
     ap.add_argument("--measure", metavar="INDEX", help=argparse.SUPPRESS)   # one network, JSON on stdout
     args = ap.parse_args()
     if args.measure is not None:
@@ -116,7 +162,10 @@ def main() -> None:
         after = measure(i, args.samples)
         print(f"after: {json.dumps(after)}", flush=True)
         rows.append((before[i], after))
-    Path(args.out).write_text("\n".join(table(rows, args.baseline)) + "\n")
+    from edgecompile.paths import cache_dir
+
+    tflite = tflite_counts(Path(args.tflite_json) if args.tflite_json else cache_dir("arm_xnnpack"))
+    Path(args.out).write_text("\n".join(table(rows, args.baseline, tflite)) + "\n")
 
 
 if __name__ == "__main__":

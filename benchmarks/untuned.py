@@ -140,6 +140,21 @@ def run_one(name: str, opts: dict, runs: int, peers: list[str], db: Path | None 
             "macs": report["macs"], "untiled": [c["name"] for c in report["calls"]
                                                 if c["macs"] and "untiled" in (c.get("schedule") or "")]}
 
+# the team's recorded and published figures (anchors), quoted beside ours: other runs and machines,
+# for scale, not ratios. Recorded: medians of 50 runs on this kind of machine (x86-64, one thread,
+# AVX2), 2026-11; MobileNet V1 0.25 / 96 with 10 classes there.
+RECORDED = {
+    "MobileNet V1 0.25 / 96": "LiteRT-XNNPACK 0.34 ms, onnxruntime 0.38-0.48 ms, ExecuTorch 0.41-0.46 ms (10 classes)",
+    "MobileNet V2 1.0 / 224": "LiteRT-XNNPACK 9.9-13.2 ms, onnxruntime 12.4-13.7 ms, ExecuTorch 11.0-14.6 ms",
+}
+PUBLISHED = [
+    "MACs (papers): MobileNet V1 1.0/224 569 M, 0.25/224 41 M; MobileNet V2 1.0/224 300 M; "
+    "EfficientNet-B0 0.39 B FLOPs; ShuffleNet V2 1.0x 146 M FLOPs.",
+    "Raspberry Pi 4 (Cortex-A72 @1.8 GHz, one thread; ncnn benchmark README): MobileNet V1 124 ms, MobileNet V2 "
+    "93 ms, ShuffleNet V2 42 ms, SqueezeNet 74 ms, EfficientNet-B0 130 ms; XNNPACK README (multi-threaded): "
+    "MobileNet V1 72 ms, V2 41 ms.",
+]
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -202,9 +217,10 @@ def main() -> None:
     tuned_head = " | edgecompile tuned (ms) | tuned / fastest | tuned / untuned | kernels tuned" if tuned else ""
     lines += ["| network | edgecompile untuned (ms) | " + " | ".join(f"{p} (ms)" for p in shown)
               + " | fastest peer | ours / fastest | ours / onnxruntime" + tuned_head
-              + " | GFLOP/s (% of peak) | before (issue 14) | build (s) | untiled kernels with MACs | run |",
+              + " | GFLOP/s (% of peak) | before (issue 14) | build (s) | untiled kernels with MACs | run "
+              "| recorded peers (anchors) |",
               "|---|---:|" + "---:|" * len(shown) + "---|---:|---:|" + ("---:|---:|---:|---:|" if tuned else "")
-              + "---:|---|---:|---|---|"]
+              + "---:|---|---:|---|---|---|"]
     for r in rows:
         pm = r.get("peers_ms") or {"onnxruntime": r["onnxruntime_ms"]}
         failed = r.get("peers_failed", {})
@@ -218,10 +234,12 @@ def main() -> None:
                      + ((f" | {r['tuned_ms']:.3f} | {r['tuned_ratio_to_fastest']:.2f}x | {r['tuned_vs_untuned']:.3f}x | "
                          f"{r['kernels_tuned']}" if "tuned_ms" in r else " | – | – | – | –") if tuned else "")
                      + f" | {flops} | {BEFORE.get(r['label'], '')} | {r['build_s']:.1f} | {len(r['untiled'])} | "
-                     f"{r.get('run', 'earlier')} |")
+                     f"{r.get('run', 'earlier')} | {RECORDED.get(r['label'], '')} |")
     notes = sorted({f"{p} on {r['label']}: {why}" for r in rows for p, why in r.get("peers_failed", {}).items()})
     if notes:
         lines += ["", "Peers that could not run a network:", ""] + [f"- {n}" for n in notes]
+    lines += ["", "Recorded peers (anchors): the same peers timed on this kind of machine in 2026-11, another run: "
+              "for scale only. Published figures, other machines:", ""] + [f"- {t}" for t in PUBLISHED]
     Path(args.out).write_text("\n".join(lines) + "\n")
     Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
