@@ -92,6 +92,19 @@ def compare_with_reference(run, reference, shape, rel: float, seeds=range(3)) ->
     return spread
 
 
+def use_host_variant(monkeypatch, variant: str):
+    """Build host C with the rules of `variant` ("avx2" or "avx512", host.rules_for) for the rest of
+    the test, whatever this machine's variant: a test of a rule measured on one variant checks it
+    on every CI machine. Returns the rules."""
+    from edgecompile.schedules import host
+
+    rules = host.rules_for(variant)
+    monkeypatch.setattr(host, "RULES", rules)
+    monkeypatch.setattr(host, "LANES", rules.lanes)
+    monkeypatch.setattr(host, "VARIANT", variant)
+    return rules
+
+
 def host_builds_with_and_without(tmp_path, monkeypatch, source, rules, attr: str):
     """(directory, C) of two host builds of `source` (a frontend Source): as the host's `rules` are,
     then with `rules.<attr>` set False (monkeypatched for the rest of the test)."""

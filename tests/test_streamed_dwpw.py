@@ -15,7 +15,8 @@ panels of two vectors ("c16" on AVX2: ukernels.chunk_width, host/ukernels.chunke
    over chunk panels, the small one is the kernel of the build without the rule; the outputs are
    the same bits as that build's and match PyTorch on outputs that depend on the input. Its 1x1
    convolutions over 1000 channels (160 -> 1000 over a concat computed in the same kernel, and
-   1000 -> 1000) run over the map's 196 pixels as one run; a small one (64 -> 376) is untouched."""
+   1000 -> 1000) run over the map's 196 pixels as one run; a small one (64 -> 376) is untouched.
+3. Pointwise GEMMs over ragged channels (58, 116) run over runs of pixels the same way."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from edgecompile.ir.frontend import ModelOptions, _from_torch
 from edgecompile.schedules import host
 from edgecompile.schedules.host import ukernels as host_ukernels
 from edgecompile.schedules.ukernels import F32, emit_blocked_gemm_c, emit_prelude, order_panel
-from helpers import assert_same_bits_and_close, host_builds_with_and_without, keep_input_dependence
+from helpers import assert_same_bits_and_close, host_builds_with_and_without, keep_input_dependence, use_host_variant
 
 REL = 1e-4     # |C - PyTorch| <= REL x the spread of PyTorch's outputs (float32 rounding)
 AVX2 = replace(host.RULES.gemm_model, registers=16, reserved=4, chunk_panels=True)    # 12 accumulators
@@ -115,8 +116,7 @@ def test_large_pointwise_weights_stream_in_runs_of_seven_rows(tmp_path, monkeypa
     net = _network()
     keep_input_dependence(net)
     source = _from_torch("streamed_dwpw", net, shape, ModelOptions(input_shape=shape, seed=5))
-    if not host.RULES.gemm_model.l2_bytes:      # AVX-512: the L2 the AVX2 model assumes
-        monkeypatch.setattr(host.RULES, "gemm_model", replace(host.RULES.gemm_model, l2_bytes=512 << 10))
+    use_host_variant(monkeypatch, "avx2")     # the rule's L2 is AVX2's (not modelled on AVX-512)
     (on, code), (off, off_code) = host_builds_with_and_without(tmp_path, monkeypatch, source, host.RULES,
                                                                "stream_weights")
     names = sorted(set(re.findall(r"\b(ec_dwpw_f32_14x14x\d+(?:_\d+)?)\(", code)))
@@ -129,7 +129,7 @@ def test_large_pointwise_weights_stream_in_runs_of_seven_rows(tmp_path, monkeypa
         tiles = set(re.findall(r"\bec_gemm_f32_(\d+)x(\d+)\w*\(", kernel))
         assert tiles and all(p == "98" for p, _ in tiles), (name, tiles)       # 7 rows x 14 pixels
         assert not re.search(r"\bec_gemm_f32_(7|14)x", kernel), name
-        if name.endswith("x376") and host.RULES.gemm_model.chunk_panels:
+        if name.endswith("x376"):
             assert tiles == {("98", "376")}, tiles
             assert re.search(r"blocked tile over chunk panels[^\n]*\n(/\*[^\n]*\n)?static inline int32_t "
                              r"ec_gemm_f32_6x376_z", code)
@@ -144,9 +144,7 @@ def test_large_pointwise_weights_stream_in_runs_of_seven_rows(tmp_path, monkeypa
                     _kernel(code, large[0])), _kernel(code, large[0])[:200]
     for name in large:
         tiles = set(re.findall(r"\bec_gemm_f32_(\d+)x(\d+)\w*\(", _kernel(code, name)))
-        assert tiles and all(p == "196" for p, _ in tiles), (name, tiles)
-        if host.RULES.gemm_model.chunk_panels:
-            assert tiles == {("196", "1000")}, (name, tiles)
+        assert tiles == {("196", "1000")}, (name, tiles)
     assert_same_bits_and_close(on, off, source, shape, REL)
 
 
@@ -172,7 +170,7 @@ def test_group_convolutions_run_over_the_whole_map(tmp_path, monkeypatch):
     net = nn.Sequential(nn.Conv2d(3, 240, 3, padding=1), nn.ReLU(), _GroupUnit(240), _GroupUnit(240)).eval()
     keep_input_dependence(net)
     source = _from_torch("flat_groups", net, shape, ModelOptions(input_shape=shape, seed=6))
-    monkeypatch.setattr(host.RULES, "flat_group_convs", True)
+    use_host_variant(monkeypatch, "avx2")     # as measured (on AVX-512 the model's tiles divide 49: 7 x 80)
     (on, code), (off, off_code) = host_builds_with_and_without(tmp_path, monkeypatch, source, host.RULES,
                                                                "flat_group_convs")
     names = sorted(set(re.findall(r"\b(ec_conv_group_f32_k1x1s1_7x7x\d+(?:_\d+)?)\(", code)))
@@ -182,6 +180,36 @@ def test_group_convolutions_run_over_the_whole_map(tmp_path, monkeypatch):
         before = set(re.findall(r"\bec_gemm_f32_(\d+)x(\d+)\w*\(", _kernel(off_code, name)))
         assert tiles and all(p == "49" for p, _ in tiles), (name, tiles)
         assert not any(p == "49" for p, _ in before), (name, before)
+    assert_same_bits_and_close(on, off, source, shape, REL)
+
+
+def test_ragged_pointwise_channels_run_over_rows(tmp_path, monkeypatch):
+    """Pointwise GEMMs over more than two vectors of channels that whole vectors do not divide
+    (ShuffleNet V2's 58 and 116; host.HostRules.ragged_runs, set on AVX2; here on any host): a 1x1
+    convolution's over the 14 x 14 map's 196 pixels as one run, a fused dw+pw kernel's over 7 rows
+    (98 pixels), in blocked tiles of all the channels, instead of tiles within a row; a 64-channel
+    one is untouched. The same bits as the build without it, and PyTorch's outputs."""
+    shape = (1, 3, 14, 14)
+    torch.manual_seed(13)
+    net = nn.Sequential(nn.Conv2d(3, 58, 3, padding=1), nn.ReLU(), nn.Conv2d(58, 58, 1), nn.ReLU(),
+                        _separable(58, 116), nn.ReLU(), nn.Conv2d(116, 116, 1), nn.ReLU(),
+                        _separable(116, 64), nn.ReLU(), nn.Conv2d(64, 64, 1)).eval()
+    keep_input_dependence(net)
+    source = _from_torch("ragged_runs", net, shape, ModelOptions(input_shape=shape, seed=8))
+    use_host_variant(monkeypatch, "avx2")     # as measured (on AVX-512 far more channel counts are ragged)
+    (on, code), (off, off_code) = host_builds_with_and_without(tmp_path, monkeypatch, source, host.RULES,
+                                                               "ragged_runs")
+    names = sorted(set(re.findall(r"\b(ec_(?:conv_pw|dwpw)_f32_\w*14x14x(?:58|116|64)(?:_\d+)?)\(", code)))
+    assert len(names) == 5, names          # 1x1: 58, 116, 64 outputs; dw+pw: 58 -> 116, 116 -> 64
+    for name in names:
+        tiles = set(re.findall(r"\bec_gemm_f32_(\d+)x(\d+)\w*\(", _kernel(code, name)))
+        if name.endswith("x64"):
+            assert _kernel(code, name) == _kernel(off_code, name), name
+            continue
+        before = set(re.findall(r"\bec_gemm_f32_(\d+)x(\d+)\w*\(", _kernel(off_code, name)))
+        run = "98" if name.startswith("ec_dwpw") else "196"
+        assert tiles and all(p == run for p, _ in tiles), (name, tiles)
+        assert not any(p == run for p, _ in before), (name, before)
     assert_same_bits_and_close(on, off, source, shape, REL)
 
 

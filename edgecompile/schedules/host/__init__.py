@@ -130,8 +130,31 @@ class HostRules(TiledRules):
         chunks = chunk_panel_width(channels, self.lanes, F32, model)
         if chunks:
             return {"tile": [min(pixels, model.accumulators * self.lanes // chunks), channels], "panels": f"c{chunks}"}
+        if self._ragged_run(channels):
+            return {"tile": [min(pixels, model.accumulators // 2), channels]}
         tile = self._run_tile(sch, info, pixels, channels, k)
         return {"tile": list(tile)} if tile is not None else None
+
+    # pointwise GEMMs over ragged channels (`_ragged_run`) in runs of pixels across rows; set for
+    # AVX2 below, where it was measured (on AVX-512 far more channel counts are ragged: 24, 40...)
+    ragged_runs = False
+
+    def _ragged_run(self, channels: int) -> bool:
+        """Whether a float pointwise GEMM over `channels` output channels, more than two vectors
+        that whole vectors do not divide (ShuffleNet V2's 58 and 116), runs over a run of pixels
+        across rows (`_flat_run`) in blocked tiles of all its channels (`_streamed_tile`), as the
+        GEMMs whose weights stream from L3 do. Untuned, its rows' tiles were blocked tiles of 2 or
+        4 pixels (2 x 116: 14.5 vectors in blocks of 2 x 6), each reading all the weights again
+        from L2: ShuffleNet V2's 14 x 14 x 116 1x1 convolutions ran at 41 GFLOP/s, 2x
+        onnxruntime's time. AVX2 (Zen 3), thread CPU time, interleaved, 40 runs, medians, same
+        bits: ShuffleNet V2 1.0x/224 0.78x (1.13x -> 0.89x onnxruntime); with the 116-channel
+        layers only 0.85x."""
+        return self.ragged_runs and self.lanes > 1 and channels % self.lanes != 0 and channels > 2 * self.lanes
+
+    def _runs(self, k: int, channels: int, pixels: int) -> bool:
+        """Whether a pointwise GEMM (K = `k`, `channels` outputs, `pixels` per map) runs over runs
+        of pixels across rows: its weights stream from L3 or its channels are ragged."""
+        return self._streams_weights(k, channels, pixels) or (self._ragged_run(channels) and pixels > 1)
 
     def _run_tile(self, sch: Any, info: Any, pixels: int, channels: int, k: int) -> tuple[int, int] | None:
         """The GEMM model's best tile for a run of `pixels` pixels x `channels` channels over K = `k`."""
@@ -177,7 +200,7 @@ class HostRules(TiledRules):
         if len(ext) != 7:
             return None
         if info.kind == Kind.DWPW:
-            if self._streams_weights(ext[6], ext[3], ext[1] * ext[2]):
+            if self._runs(ext[6], ext[3], ext[1] * ext[2]):
                 r = largest_divisor(ext[1], self.STREAMED_DWPW_ROWS)
                 return r, r * ext[2], ext[3], info.dw_channels
             return None
@@ -187,7 +210,7 @@ class HostRules(TiledRules):
             groups = tiling.conv_groups(sch, info)
             if groups > 1 and ext[3] % groups == 0:
                 return ext[1], ext[1] * ext[2], ext[3] // groups, ext[6]
-        if info.kind == Kind.CONV_PW and self._streams_weights(ext[6], ext[3], ext[1] * ext[2]):
+        if info.kind == Kind.CONV_PW and self._runs(ext[6], ext[3], ext[1] * ext[2]):
             return ext[1], ext[1] * ext[2], ext[3], ext[6]
         return None
 
@@ -332,22 +355,30 @@ class HostRules(TiledRules):
         return True
 
 
-if _has_avx512():
-    VARIANT = "avx512"           # tuning records are kept per variant: their tiles depend on it
-    LANES = 16
-    RULES = HostRules(lanes=LANES, conv_acc=24, dw_acc=16, fc_acc=8, ragged=True, ragged_pixels=True,
-                       gemm_model=GemmModel(registers=32, reserved=4, fma_per_cycle=2, loads_per_cycle=2,
-                                            l2_bytes_per_cycle=32, overlap_tail=True, b_in_registers=True,
-                                            l2_bytes=L2_BYTES[VARIANT], l3_bytes_per_cycle=L3_BYTES_PER_CYCLE))
-else:
-    VARIANT = "avx2"
-    LANES = 8
-    RULES = HostRules(lanes=LANES, conv_acc=12, dw_acc=8, fc_acc=AVX2_FC_ACCUMULATORS, ragged=True, ragged_pixels=True,
-                       gemm_model=GemmModel(registers=16, reserved=4, fma_per_cycle=2, loads_per_cycle=2,
-                                            l2_bytes_per_cycle=32, overlap_tail=True,
-                                            l2_bytes=L2_BYTES[VARIANT], l3_bytes_per_cycle=AVX2_L3_BYTES_PER_CYCLE,
-                                            step_cycles=AVX2_STEP_CYCLES, b_operands=True,
-                                            broadcast_loads=AVX2_BROADCAST_LOADS,
-                                            operand_loads=AVX2_OPERAND_LOADS, blocked=False, chunk_panels=True,
-                                            ragged_min_width=AVX2_RAGGED_MIN_WIDTH))
-    RULES.flat_group_convs = True
+def rules_for(variant: str) -> HostRules:
+    """The host's rules for a vector variant: "avx512" or "avx2" (RULES: this machine's, or
+    EDGECOMPILE_HOST_VECTOR's). Either builds on any x86-64 host that has AVX2: the C is compiled
+    with -march=native, so a test can build with AVX2's rules on an AVX-512 machine."""
+    if variant == "avx512":
+        return HostRules(lanes=16, conv_acc=24, dw_acc=16, fc_acc=8, ragged=True, ragged_pixels=True,
+                         gemm_model=GemmModel(registers=32, reserved=4, fma_per_cycle=2, loads_per_cycle=2,
+                                              l2_bytes_per_cycle=32, overlap_tail=True, b_in_registers=True,
+                                              l2_bytes=L2_BYTES[variant], l3_bytes_per_cycle=L3_BYTES_PER_CYCLE))
+    if variant != "avx2":
+        raise ValueError(f"unknown host vector variant {variant!r} (avx2 or avx512)")
+    rules = HostRules(lanes=8, conv_acc=12, dw_acc=8, fc_acc=AVX2_FC_ACCUMULATORS, ragged=True, ragged_pixels=True,
+                      gemm_model=GemmModel(registers=16, reserved=4, fma_per_cycle=2, loads_per_cycle=2,
+                                           l2_bytes_per_cycle=32, overlap_tail=True,
+                                           l2_bytes=L2_BYTES[variant], l3_bytes_per_cycle=AVX2_L3_BYTES_PER_CYCLE,
+                                           step_cycles=AVX2_STEP_CYCLES, b_operands=True,
+                                           broadcast_loads=AVX2_BROADCAST_LOADS,
+                                           operand_loads=AVX2_OPERAND_LOADS, blocked=False, chunk_panels=True,
+                                           ragged_min_width=AVX2_RAGGED_MIN_WIDTH))
+    rules.flat_group_convs = True
+    rules.ragged_runs = True
+    return rules
+
+
+VARIANT = "avx512" if _has_avx512() else "avx2"     # tuning records are kept per variant: their tiles depend on it
+RULES = rules_for(VARIANT)
+LANES = RULES.lanes

@@ -19,7 +19,11 @@ from typing import Any
 from ..ukernels import (F32, Types, _Emit, chunk_panel_width, dw_signature, family_gemm_c, gemm_block, gemm_signature,
                         narrower_widths, overlap_blocks, ragged_width)
 from ..epilogues import start_at_zero
-from . import RULES
+
+
+def _rules() -> Any:
+    """The host's rules as they are now (host.RULES; a test may build with another variant's)."""
+    return sys.modules[__package__].RULES
 
 
 def overlapped(n: int, lanes: int, types: Types) -> bool:
@@ -73,7 +77,7 @@ def _describe(n: int, lanes: int, m: int, blocks: list[list[int]]) -> str:
 
 def chunk_panels(n: int, lanes: int, types: Types, model: Any = None) -> int:
     """`ukernels.chunk_panel_width` under this host's GEMM model (or `model`)."""
-    return chunk_panel_width(n, lanes, types, model or RULES.gemm_model)
+    return chunk_panel_width(n, lanes, types, model or _rules().gemm_model)
 
 
 def chunked_gemm(m: int, n: int, lanes: int, types: Types, model: Any = None) -> str:
@@ -81,7 +85,7 @@ def chunked_gemm(m: int, n: int, lanes: int, types: Types, model: Any = None) ->
     the accumulators' vectors (an even number: whole chunks), each block M x its vectors over the
     whole reduction, a vector at channel c reading chunk c / w's [K][w] panel (the last chunk
     narrower). The same products in the same order as the row-major blocked kernel: the same bits."""
-    model = model or RULES.gemm_model
+    model = model or _rules().gemm_model
     w = chunk_panels(n, lanes, types, model)
     acc = model.accumulators
     v = max(1, acc // m)
@@ -128,7 +132,7 @@ def gemm(m: int, n: int, lanes: int, types: Types, acc: int = 0) -> str | None:
     if not overlapped(n, lanes, types):
         return None
     e = _Emit(types, lanes, dict(narrower_widths(lanes))[lanes])
-    blocks = _blocks(m, n, lanes, acc or (RULES.gemm_model.accumulators if RULES.gemm_model else RULES.conv_acc))
+    blocks = _blocks(m, n, lanes, acc or (_rules().gemm_model.accumulators if _rules().gemm_model else _rules().conv_acc))
     lines = [f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (float32); {_describe(n, lanes, m, blocks)} */",
              gemm_signature(m, n, types) + " {"]
     for offs in blocks:
@@ -143,7 +147,7 @@ def dw(m: int, n: int, kh: int, kw: int, s: int, lanes: int, types: Types, acc: 
     if not dw_overlapped(n, lanes, types):
         return None
     e = _Emit(types, lanes, dict(narrower_widths(lanes))[lanes])
-    blocks = _blocks(m, n, lanes, acc or RULES.dw_acc)
+    blocks = _blocks(m, n, lanes, acc or _rules().dw_acc)
     lines = [f"/* depthwise {kh}x{kw}/{s} (float32): C[{m}x{n}] += sum X[ry][m*{s}+rx][n] * W[ry][rx][n] over a "
              f"padded window; {_describe(n, lanes, m, blocks)} */",
              dw_signature(m, n, kh, kw, s, types) + " {"]
@@ -164,7 +168,7 @@ def gemm_z(m: int, n: int, lanes: int, types: Types) -> str | None:
     that reads C other than by the vector loads and scalar `*(C + ...)` initialisers rewritten here."""
     if types != F32:
         return None
-    src = family_gemm_c(sys.modules[__name__], RULES, m, n, lanes, types)
+    src = family_gemm_c(sys.modules[__name__], _rules(), m, n, lanes, types)
     name = f"ec_gemm_{types.tag}_{m}x{n}("
     if src.count(name) != 1:
         return None
