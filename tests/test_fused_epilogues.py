@@ -30,7 +30,7 @@ from edgecompile.schedules import epilogues, host
 from edgecompile.schedules.host import ukernels as host_ukernels
 from edgecompile.schedules.ukernels import F32, emit_dw_c, emit_prelude, family_gemm_c, gemm_z_c
 from edgecompile.targets import load_target
-from helpers import assert_same_bits_and_close, host_builds_with_and_without, keep_input_dependence
+from helpers import assert_same_bits_and_close, host_builds_with_and_without, keep_input_dependence, use_host_variant
 
 REL = 1e-4     # |C - PyTorch| <= REL x the spread of PyTorch's outputs (float32 rounding)
 RELU6 = epilogues.encode(("N", ("X", ("A", ("a",), ("b", 0)), epilogues.constant(0.0)), epilogues.constant(6.0)))
@@ -162,6 +162,7 @@ def test_host_build_fuses_epilogues_bit_identically_and_matches_pytorch(tmp_path
     net = _network()
     keep_input_dependence(net)
     source = _from_torch("fused_epilogues", net, shape, ModelOptions(input_shape=shape, seed=41))
+    use_host_variant(monkeypatch, "avx2")     # its tiles (6 x 16 on 14-pixel rows: a ragged last tile)
     (fused, code), (plain, plain_code) = host_builds_with_and_without(tmp_path, monkeypatch, source, host.RULES,
                                                                       "fuse_epilogues")
     calls = set(re.findall(r"\b(ec_gemm_f32_\w+_z_e(\w+))\(\(&\(", code))
