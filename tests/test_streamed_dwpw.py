@@ -213,6 +213,50 @@ def test_ragged_pointwise_channels_run_over_rows(tmp_path, monkeypatch):
     assert_same_bits_and_close(on, off, source, shape, REL)
 
 
+def _gemm_tiles(code: str, pattern: str) -> dict[str, set[tuple[str, str]]]:
+    names = sorted(set(re.findall(r"\b(" + pattern + r")\(", code)))
+    return {n: set(re.findall(r"\bec_gemm_f32_(\d+)x(\d+)\w*\(", _kernel(code, n))) for n in names}
+
+
+def test_avx512_ragged_channels_beyond_l2_run_in_narrow_channel_tiles(tmp_path, monkeypatch):
+    """AVX-512 (host.HostRules.ragged_stream_bytes): a pointwise GEMM over channels that 16 lanes do
+    not divide whose weights exceed 1 MiB (Xception's 728 -> 728, 2.1 MB; SqueezeNet's 512 -> 1000
+    classifier, 2 MB) runs over runs of pixels in tiles of 3.5 or 2.5 vectors (7 x 56 over 7 rows
+    of a fused kernel, 9 x 40 over the whole 14 x 14 map) instead of a blocked tile of all its
+    channels per row; smaller (256 -> 728, 745 KB) or whole-vector (512 -> 512) GEMMs are untouched.
+    The C is checked on any host; the outputs (same bits as without the rule, PyTorch's) where
+    this machine runs AVX-512."""
+    from edgecompile.compiler import BuildOptions, Progress, compile_model
+    from edgecompile.targets import load_target
+
+    shape = (1, 3, 14, 14)
+    torch.manual_seed(17)
+    net = nn.Sequential(nn.Conv2d(3, 256, 3, padding=1), nn.ReLU(), _separable(256, 728), nn.ReLU(),
+                        _separable(728, 728), nn.ReLU(), _separable(728, 512), nn.ReLU(), _separable(512, 512),
+                        nn.ReLU(), nn.Conv2d(512, 1000, 1)).eval()
+    keep_input_dependence(net)
+    source = _from_torch("ragged_streams", net, shape, ModelOptions(input_shape=shape, seed=9))
+    rules = use_host_variant(monkeypatch, "avx512")
+    codes = {}
+    for on in (True, False):
+        monkeypatch.setattr(rules, "ragged_stream_bytes", host.AVX512_L2_BYTES if on else 0)
+        codes[on] = compile_model(source, load_target("host"), BuildOptions(compare_unfused=False),
+                                  Progress(quiet=True)).files["model.c"].decode()
+    on, off = (_gemm_tiles(codes[v], r"ec_(?:dwpw|conv_pw)_f32_\w+") for v in (True, False))
+    assert on.keys() == off.keys()
+    assert on["ec_dwpw_f32_14x14x728_2"] == {("7", "56")}, on          # 728 -> 728: 7 x 56 tiles
+    assert off["ec_dwpw_f32_14x14x728_2"] == {("14", "728")}, off
+    assert on["ec_dwpw_f32_14x14x728"] == off["ec_dwpw_f32_14x14x728"]                # 256 -> 728: 745 KB
+    assert on["ec_dwpw_f32_14x14x512"] == off["ec_dwpw_f32_14x14x512"]                # 728 -> 512, 512 -> 512
+    assert on["ec_conv_pw_f32_k1x1s1_14x14x1000"] == {("196", "40")}, on      # 512 -> 1000: the map, 9 x 40
+    assert off["ec_conv_pw_f32_k1x1s1_14x14x1000"] == {("7", "1000")}, off
+    if " avx512f" not in open("/proc/cpuinfo").read():
+        return
+    monkeypatch.setattr(rules, "ragged_stream_bytes", host.AVX512_L2_BYTES)
+    (a, _), (b, _) = host_builds_with_and_without(tmp_path, monkeypatch, source, rules, "ragged_stream_bytes")
+    assert_same_bits_and_close(a, b, source, shape, REL)
+
+
 def test_tuning_space_starts_with_the_untuned_runs(monkeypatch):
     """The tuner's space (schedules.space) of a kernel whose GEMM runs over a run of pixels untuned
     (streamed fused and 1x1 kernels, 1x1 group convolutions: host.HostRules.own_config) starts with

@@ -22,10 +22,15 @@ from ..ukernels import F32, chunk_panel_width
 # The L2 size per core the tile ranking assumes (GemmModel.for_weights: weights beyond it stream from
 # L3), per variant rather than read from this machine, so that a variant's generated C does not
 # depend on the machine that builds it: 512 KiB on AVX2 (Zen 2/3, this machine; Intel client cores
-# have 256 KiB to 1.25 MiB). AVX-512: 0, not modelled: its tiles hold up to 28 pixels already and
-# no AVX-512 machine was at hand to measure a change (with 1 MiB only Xception's 28x28, 728-channel
-# layers would change, 14 x 728 -> 28 x 728).
+# have 256 KiB to 1.25 MiB). AVX-512: 0, not modelled: measured on an AMD EPYC Zen 4 (1 MiB L2),
+# 1 MiB here (every GEMM whose weights exceed it run over runs of pixels, as on AVX2) made MobileNet
+# V1 1.0/224 1.26x slower, SqueezeNet 1.1 1.03x, Xception 1.04x, EfficientNet-B0 1.01x, MobileNet V2
+# 1.02x (thread CPU time, interleaved, 20-30 runs, medians); only GEMMs over ragged channels gain
+# from runs there (AVX512_L2_BYTES, HostRules._ragged_stream).
 L2_BYTES = {"avx2": 512 << 10, "avx512": 0}
+# AVX-512: the L2 beyond whose size a pointwise GEMM over ragged channels runs over runs of pixels
+# (HostRules.ragged_stream_bytes): Zen 4's 1 MiB (Intel's AVX-512 server cores have 1-2 MiB)
+AVX512_L2_BYTES = 1 << 20
 # The rate at which weights that do not fit L2 stream from L3, bytes per cycle, as the tile ranking
 # sees it: a quarter of the L2 rate (AVX2 now: AVX2_L3_BYTES_PER_CYCLE, below). Not measured as a bandwidth; it ranks the tiles as measured:
 # Xception/224 untuned, thread CPU time, interleaved, medians: its 728-channel pointwise layers in
@@ -132,6 +137,9 @@ class HostRules(TiledRules):
             return {"tile": [min(pixels, model.accumulators * self.lanes // chunks), channels], "panels": f"c{chunks}"}
         if self._ragged_run(channels):
             return {"tile": [min(pixels, model.accumulators // 2), channels]}
+        if self._ragged_stream(k, channels, pixels):
+            width = max(w for w in range(self.lanes // 2, 4 * self.lanes + 1, self.lanes // 2) if channels % w == 0)
+            return {"tile": [min(pixels, model.accumulators // -(-width // self.lanes)), width]}
         tile = self._run_tile(sch, info, pixels, channels, k)
         return {"tile": list(tile)} if tile is not None else None
 
@@ -151,10 +159,30 @@ class HostRules(TiledRules):
         layers only 0.85x."""
         return self.ragged_runs and self.lanes > 1 and channels % self.lanes != 0 and channels > 2 * self.lanes
 
+    # AVX-512 (set below): the L2 beyond which a pointwise GEMM over ragged channels runs over runs
+    # of pixels in narrow channel tiles (`_ragged_stream`); 0: never
+    ragged_stream_bytes = 0
+
+    def _ragged_stream(self, k: int, channels: int, pixels: int) -> bool:
+        """Whether a float pointwise GEMM over `channels` output channels that whole vectors do not
+        divide, with K x N weights beyond `ragged_stream_bytes`, runs over a run of pixels across
+        rows channel tile by channel tile (`_flat_run`), in tiles of the widest whole number of half
+        vectors up to 4 vectors that divides the channels, as tall as the accumulators allow
+        (`_streamed_tile`: 728 channels on AVX-512, 7 x 56). Row by row, its tile was a blocked tile
+        of all the channels (14 x 728), which read all 2.1 MB of weights from L3 again for every 14
+        pixels; here each 56-channel panel (163 KB) is read from L3 once per 7-row run and from L2
+        for its other 13 tiles. AVX-512 (Zen 4, 1 MB L2), thread CPU time, interleaved, 20 runs,
+        medians, same bits: Xception/224 untuned 0.88x (1.17x -> 1.03x onnxruntime). Setting the
+        GemmModel's L2 instead (every GEMM beyond it run over runs) made MobileNet V1 1.0/224 1.26x
+        slower (its 7 x 7 x 1024 layers took 28 x 16 tiles)."""
+        return (bool(self.ragged_stream_bytes) and self.lanes > 1 and channels % self.lanes != 0
+                and channels > 2 * self.lanes and k * channels * 4 > self.ragged_stream_bytes and pixels > 1)
+
     def _runs(self, k: int, channels: int, pixels: int) -> bool:
         """Whether a pointwise GEMM (K = `k`, `channels` outputs, `pixels` per map) runs over runs
         of pixels across rows: its weights stream from L3 or its channels are ragged."""
-        return self._streams_weights(k, channels, pixels) or (self._ragged_run(channels) and pixels > 1)
+        return (self._streams_weights(k, channels, pixels) or (self._ragged_run(channels) and pixels > 1)
+                or self._ragged_stream(k, channels, pixels))
 
     def _run_tile(self, sch: Any, info: Any, pixels: int, channels: int, k: int) -> tuple[int, int] | None:
         """The GEMM model's best tile for a run of `pixels` pixels x `channels` channels over K = `k`."""
@@ -360,10 +388,12 @@ def rules_for(variant: str) -> HostRules:
     EDGECOMPILE_HOST_VECTOR's). Either builds on any x86-64 host that has AVX2: the C is compiled
     with -march=native, so a test can build with AVX2's rules on an AVX-512 machine."""
     if variant == "avx512":
-        return HostRules(lanes=16, conv_acc=24, dw_acc=16, fc_acc=8, ragged=True, ragged_pixels=True,
-                         gemm_model=GemmModel(registers=32, reserved=4, fma_per_cycle=2, loads_per_cycle=2,
-                                              l2_bytes_per_cycle=32, overlap_tail=True, b_in_registers=True,
-                                              l2_bytes=L2_BYTES[variant], l3_bytes_per_cycle=L3_BYTES_PER_CYCLE))
+        rules = HostRules(lanes=16, conv_acc=24, dw_acc=16, fc_acc=8, ragged=True, ragged_pixels=True,
+                          gemm_model=GemmModel(registers=32, reserved=4, fma_per_cycle=2, loads_per_cycle=2,
+                                               l2_bytes_per_cycle=32, overlap_tail=True, b_in_registers=True,
+                                               l2_bytes=L2_BYTES[variant], l3_bytes_per_cycle=L3_BYTES_PER_CYCLE))
+        rules.ragged_stream_bytes = AVX512_L2_BYTES
+        return rules
     if variant != "avx2":
         raise ValueError(f"unknown host vector variant {variant!r} (avx2 or avx512)")
     rules = HostRules(lanes=8, conv_acc=12, dw_acc=8, fc_acc=AVX2_FC_ACCUMULATORS, ragged=True, ragged_pixels=True,
