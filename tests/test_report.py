@@ -166,7 +166,14 @@ def test_weights_in_weights_s_count_as_the_weights_group(tmp_path):
     report = json.loads(proc.stdout)
     assert (out / "weights.S").is_file() and report["weights_bytes"] > 16 << 20
     data = json.loads(run_cli("report", str(out), "--json", "--no-profile", check=True).stdout)
-    assert data["symbol_groups"]["weights"]["bytes"] >= report["weights_bytes"]
+    weights = data["symbol_groups"]["weights"]     # the blob once, not each weight's alias at its size
+    assert report["weights_bytes"] <= weights["bytes"] <= report["weights_bytes"] + 16 * weights["symbols"], weights
+    assert weights["symbols"] == (out / "weights.S").read_text().count(".global ec_w")
+    # each weight's ELF symbol has its own size (nm, size tools), not the blob's
+    from edgecompile.device.elf import elf_symbols
+
+    sizes = [s["size"] for s in elf_symbols(out / "libmodel.so") if s["name"].startswith("ec_w") and s["name"] != "ec_weights_blob"]
+    assert len(sizes) == weights["symbols"] and sum(sizes) == report["weights_bytes"], (len(sizes), sum(sizes))
 
 
 def test_html_timeline_shows_the_patch_stage(tmp_path):

@@ -140,8 +140,9 @@ def emit_weights_asm(prog: Program) -> str:
         '    .incbin "weights.bin"',
         f"    .size ec_weights_blob, {total}",
     ]
-    for name in prog.weights:
-        lines += [f"    .global ec_{name}", f"    .set ec_{name}, ec_weights_blob + {offsets[name]}"]
+    for name in prog.weights:      # each an object of its own size (else it takes the blob's)
+        lines += [f"    .global ec_{name}", f"    .set ec_{name}, ec_weights_blob + {offsets[name]}",
+                  f"    .type ec_{name}, %object", f"    .size ec_{name}, {prog.tensors[name].nbytes}"]
     lines += ["#if defined(__linux__) && defined(__ELF__)",
               '    .section .note.GNU-stack,"",%progbits   /* no executable stack */',
               "#endif"]
