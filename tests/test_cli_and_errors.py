@@ -192,6 +192,14 @@ def test_unknown_target(tmp_path):
                           "unknown target 'pdp11'", "host")
 
 
+def test_unknown_host_vector_variant(tmp_path, monkeypatch):
+    """A misspelt EDGECOMPILE_HOST_VECTOR is refused by name, not silently built as AVX2."""
+    out = tmp_path / "out"
+    monkeypatch.setenv("EDGECOMPILE_HOST_VECTOR", "AVX512")
+    _assert_clean_failure(run_cli("build", "mobilenet_v1", *SMALL, "--out", str(out)), out,
+                          "EDGECOMPILE_HOST_VECTOR='AVX512': expected avx2 or avx512")
+
+
 def test_unknown_model(tmp_path):
     out = tmp_path / "out"
     _assert_clean_failure(run_cli("build", "resnet9000", "--out", str(out)), out, "resnet9000")

@@ -13,6 +13,7 @@ another)."""
 import os
 from typing import Any
 
+from ...errors import TargetError
 from ...ir.operators import Kind
 from .. import tiling
 from ..rules import GemmModel, TiledRules, _pick, choose_tile, largest_divisor, tile_candidates
@@ -79,6 +80,8 @@ AVX2_FC_ACCUMULATORS = 8
 def _has_avx512() -> bool:
     forced = os.environ.get("EDGECOMPILE_HOST_VECTOR", "")
     if forced:
+        if forced not in ("avx2", "avx512"):
+            raise TargetError(f"EDGECOMPILE_HOST_VECTOR={forced!r}: expected avx2 or avx512")
         return forced == "avx512"
     try:
         with open("/proc/cpuinfo") as f:
@@ -395,7 +398,7 @@ def rules_for(variant: str) -> HostRules:
         rules.ragged_stream_bytes = AVX512_L2_BYTES
         return rules
     if variant != "avx2":
-        raise ValueError(f"unknown host vector variant {variant!r} (avx2 or avx512)")
+        raise TargetError(f"unknown host vector variant {variant!r} (avx2 or avx512)")
     rules = HostRules(lanes=8, conv_acc=12, dw_acc=8, fc_acc=AVX2_FC_ACCUMULATORS, ragged=True, ragged_pixels=True,
                       gemm_model=GemmModel(registers=16, reserved=4, fma_per_cycle=2, loads_per_cycle=2,
                                            l2_bytes_per_cycle=32, overlap_tail=True,
