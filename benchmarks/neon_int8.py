@@ -12,8 +12,9 @@ the per-kernel split from `edgecompile report`). Emulator instructions, NOT cycl
 the time on a real Pi.
 
 TFLite beside them: benchmarks/arm_xnnpack.py's counts of the same networks (10 classes) in fp32 and
-int8 under the same emulator, read from --tflite-json (its --out-dir; run it first with
-`--models mobilenet_v1_0.25_96,mobilenet_v2_0.35_96 --quant fp32,int8 --num-classes 10`): how many
+int8 under the same emulator, read from --tflite-json (its --out-dir; default
+benchmarks/arm_xnnpack_c10, made by `--models mobilenet_v1_0.25_96,mobilenet_v2_0.35_96 --quant
+fp32,int8 --num-classes 10 --out-dir benchmarks/arm_xnnpack_c10`): how many
 instructions XNNPACK's own int8 takes against its fp32 on a core without `sdot`. Rows it has not
 measured are left out of that table.
 """
@@ -149,8 +150,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=3)
     ap.add_argument("--baseline", default="main", help="git revision measured as 'before'")
     ap.add_argument("--out", default="benchmarks/NEON_INT8.md")
-    ap.add_argument("--tflite-json", default=None,
-                    help="benchmarks/arm_xnnpack.py's output directory (default: its default, the cache directory)")
+    ap.add_argument("--tflite-json", default=str(Path(__file__).with_name("arm_xnnpack_c10")),
+                    help="benchmarks/arm_xnnpack.py's output directory (default: benchmarks/arm_xnnpack_c10, "
+                         "the committed counts)")
     ap.add_argument("--measure", metavar="INDEX", help=argparse.SUPPRESS)   # one network, JSON on stdout
     args = ap.parse_args()
     if args.measure is not None:
@@ -162,9 +164,7 @@ def main() -> None:
         after = measure(i, args.samples)
         print(f"after: {json.dumps(after)}", flush=True)
         rows.append((before[i], after))
-    from edgecompile.paths import cache_dir
-
-    tflite = tflite_counts(Path(args.tflite_json) if args.tflite_json else cache_dir("arm_xnnpack"))
+    tflite = tflite_counts(Path(args.tflite_json))
     Path(args.out).write_text("\n".join(table(rows, args.baseline, tflite)) + "\n")
 
 
