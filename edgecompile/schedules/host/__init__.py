@@ -160,7 +160,11 @@ class HostRules(TiledRules):
         onnxruntime's time. AVX2 (Zen 3), thread CPU time, interleaved, 40 runs, medians, same
         bits: ShuffleNet V2 1.0x/224 0.78x (1.13x -> 0.89x onnxruntime); with the 116-channel
         layers only 0.85x."""
-        return self.ragged_runs and self.lanes > 1 and channels % self.lanes != 0 and channels > 2 * self.lanes
+        return self.ragged_runs and self._ragged_channels(channels)
+
+    def _ragged_channels(self, channels: int) -> bool:
+        """More than two vectors of channels that whole vectors do not divide."""
+        return self.lanes > 1 and channels % self.lanes != 0 and channels > 2 * self.lanes
 
     # AVX-512 (set below): the L2 beyond which a pointwise GEMM over ragged channels runs over runs
     # of pixels in narrow channel tiles (`_ragged_stream`); 0: never
@@ -178,8 +182,8 @@ class HostRules(TiledRules):
         medians, same bits: Xception/224 untuned 0.88x (1.17x -> 1.03x onnxruntime). Setting the
         GemmModel's L2 instead (every GEMM beyond it run over runs) made MobileNet V1 1.0/224 1.26x
         slower (its 7 x 7 x 1024 layers took 28 x 16 tiles)."""
-        return (bool(self.ragged_stream_bytes) and self.lanes > 1 and channels % self.lanes != 0
-                and channels > 2 * self.lanes and k * channels * 4 > self.ragged_stream_bytes and pixels > 1)
+        return (bool(self.ragged_stream_bytes) and self._ragged_channels(channels)
+                and k * channels * 4 > self.ragged_stream_bytes and pixels > 1)
 
     def _runs(self, k: int, channels: int, pixels: int) -> bool:
         """Whether a pointwise GEMM (K = `k`, `channels` outputs, `pixels` per map) runs over runs

@@ -132,7 +132,8 @@ def gemm(m: int, n: int, lanes: int, types: Types, acc: int = 0) -> str | None:
     if not overlapped(n, lanes, types):
         return None
     e = _Emit(types, lanes, dict(narrower_widths(lanes))[lanes])
-    blocks = _blocks(m, n, lanes, acc or (_rules().gemm_model.accumulators if _rules().gemm_model else _rules().conv_acc))
+    rules = _rules()
+    blocks = _blocks(m, n, lanes, acc or (rules.gemm_model.accumulators if rules.gemm_model else rules.conv_acc))
     lines = [f"/* C[{m}x{n}] += A[{m}xK] * B[Kx{n}] (float32); {_describe(n, lanes, m, blocks)} */",
              gemm_signature(m, n, types) + " {"]
     for offs in blocks:
