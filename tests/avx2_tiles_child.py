@@ -5,6 +5,7 @@ cover the AVX2 model's cases, runs the C against PyTorch, prints one JSON line."
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -46,10 +47,14 @@ def main(tmp: str) -> None:
     model = host.RULES.gemm_model
     tiles = {}
     for name, (w, c, k) in GEMMS.items():
-        m, n = tile_candidates(w, c, host.LANES, model.accumulators, 8, True, model, k, True)[0]
+        if host.RULES._ragged_run(c):       # a run over the map's pixels, blocked tiles of all the channels
+            m, n = model.accumulators // 2, c
+        else:
+            m, n = tile_candidates(w, c, host.LANES, model.accumulators, 8, True, model, k, True)[0]
         tiles[f"{name}: {m}x{n}"] = has_gemm_tile(code, m, n)
     tiles["a 6 x 16 tile"] = has_gemm_tile(code, 6, 16)
-    tiles["116 channels in overlapped full vectors: 2x116"] = has_gemm_tile(code, 2, 116)
+    # ... over the 14 x 14 map's 196 pixels as one run (ragged pixel tiles: 32 x 6 + 4)
+    tiles["116 channels over a run of 196 pixels: 196x116_p6"] = re.search(r"\bec_gemm_f32_196x116_p6_", code) is not None
     m, n = choose_tile(1, 1000, host.LANES, host.RULES.fc_acc, 1, True)
     tiles[f"classifier 96 -> 1000: {m}x{n}"] = (m, n) == (1, 40) and has_gemm_tile(code, m, n)
     runner = HostModel(out)
