@@ -166,8 +166,8 @@ def test_weights_in_weights_s_count_as_the_weights_group(tmp_path):
     report = json.loads(proc.stdout)
     assert (out / "weights.S").is_file() and report["weights_bytes"] > 16 << 20
     data = json.loads(run_cli("report", str(out), "--json", "--no-profile", check=True).stdout)
-    weights = data["symbol_groups"]["weights"]     # the blob once, not each weight's alias at its size
-    assert report["weights_bytes"] <= weights["bytes"] <= report["weights_bytes"] + 16 * weights["symbols"], weights
+    weights = data["symbol_groups"]["weights"]     # each weight once, not each at the whole blob's size
+    assert weights["bytes"] == report["weights_bytes"], weights
     assert weights["symbols"] == (out / "weights.S").read_text().count(".global ec_w")
     # each weight's ELF symbol has its own size (nm, size tools), not the blob's
     from edgecompile.device.elf import elf_symbols

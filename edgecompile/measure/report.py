@@ -39,16 +39,12 @@ def symbol_groups(symbols: list[dict[str, Any]], kernel_names: set[str]) -> dict
         g["bytes"] += sym["size"]
         g["symbols"] += 1
 
-    # weights.S: one blob (its bytes counted once) and every weight an object inside it (counted
-    # as a symbol, not again as bytes)
-    blob = any(s["name"] == "ec_weights_blob" for s in symbols)
     for s in symbols:
         n = s["name"]
-        if n.startswith("ec_weights"):
+        if n == "ec_weights_blob":
+            continue        # weights.S: the weights inside it are objects of their own sizes
+        if n.startswith("ec_w") and s["type"] == "object":
             add("weights", s)
-            groups["weights"]["symbols"] -= 1
-        elif n.startswith("ec_w") and s["type"] == "object":
-            add("weights", {**s, "size": 0} if blob else s)
         elif n == "ec_arena":
             add("arena", s)
         elif n in kernel_names or n.startswith(("ec_gemm_", "ec_dw_", "ec_window_", "ec_requant_")):
