@@ -238,8 +238,8 @@ def main() -> None:
     notes = sorted({f"{p} on {r['label']}: {why}" for r in rows for p, why in r.get("peers_failed", {}).items()})
     if notes:
         lines += ["", "Peers that could not run a network:", ""] + [f"- {n}" for n in notes]
-    lines += ["", "Recorded peers (anchors): the same peers timed on this kind of machine in 2026-11, another run: "
-              "for scale only. Published figures, other machines:", ""] + [f"- {t}" for t in PUBLISHED]
+    lines += ["", "Recorded peers (anchors): the same peers timed on an x86-64 AVX2 machine without VNNI in 2026-11, "
+              "another run: for scale only. Published figures, other machines:", ""] + [f"- {t}" for t in PUBLISHED]
     Path(args.out).write_text("\n".join(lines) + "\n")
     Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
