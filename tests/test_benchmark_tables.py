@@ -1,4 +1,5 @@
-"""benchmarks/zoo.py's tables (RESULTS.md): each ratio from one process, the aims counted."""
+"""The benchmark scripts' own arithmetic: benchmarks/zoo.py's tables (RESULTS.md: each ratio from one
+process, the aims counted) and benchmarks/neon_int8.py's int8 instruction bound."""
 
 import importlib.util
 import sys
@@ -9,16 +10,20 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def zoo():
+def _script(name):
     sys.path.insert(0, str(BENCH))
     try:
-        spec = importlib.util.spec_from_file_location("zoo_under_test", BENCH / "zoo.py")
+        spec = importlib.util.spec_from_file_location(f"{name}_under_test", BENCH / f"{name}.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-        yield mod
+        return mod
     finally:
         sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    return _script("zoo")
 
 
 def _row(label, ours, untuned, peers, child=None):
@@ -54,3 +59,31 @@ def test_results_table_counts_the_aims_per_row(zoo, tmp_path):
     assert "| 1.50x | 1.50x | untuned not met, tuned not met |" in lines["child"]
     assert "untuned <= 1.15x (met by 1 of 3), tuned <= 1.0x (met by 1 of 3)" in text
     assert "Machine: test cpu" in text
+
+
+def test_int8_bound_counts_each_layer_kind_at_its_widest_exact_form(tmp_path):
+    """A 3x3/2 convolution (3 -> 8 channels, 16x16 -> 8x8), a 3x3 depthwise one, a 1x1 (8 -> 16), a
+    global pool and a dense layer (16 -> 10), written as ONNX by hand."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def w(name, *shape):
+        return numpy_helper.from_array(np.zeros(shape, np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "w2"], ["b"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=8),
+             helper.make_node("Conv", ["b", "w3"], ["c"], kernel_shape=[1, 1]),
+             helper.make_node("GlobalAveragePool", ["c"], ["d"]),
+             helper.make_node("Flatten", ["d"], ["e"]),
+             helper.make_node("Gemm", ["e", "w4"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+                              [w("w1", 8, 3, 3, 3), w("w2", 8, 1, 3, 3), w("w3", 16, 8, 1, 1), w("w4", 10, 16)])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    bound = _script("neon_int8").mac_floor(path)
+    assert bound["depthwise_macs"] == 8 * 8 * 8 * 9
+    assert bound["other_macs"] == 8 * 8 * 8 * 27 + 8 * 8 * 16 * 8 + 16 * 10
+    assert bound["outputs"] == 8 * 8 * 8 + 8 * 8 * 8 + 8 * 8 * 16 + 10
+    assert bound["instructions"] == pytest.approx(4608 / 4 + 22176 * 3 / 16 + 2058 / 4)
