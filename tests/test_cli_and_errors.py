@@ -80,15 +80,20 @@ def test_bench_json(tmp_path):
 
 
 def test_bench_interleaves_the_runtimes():
-    """Every round times one call of each runtime in turn (after each one's warm-up calls), so that
-    a drift of the machine's speed falls on all of them alike; the statistics are each one's own."""
+    """Every round times one call of each runtime (after each one's warm-up calls), so that a drift
+    of the machine's speed falls on all of them alike, in an order of its own, so that no runtime
+    always runs right after the same one; the statistics are each one's own."""
     from edgecompile.measure.bench import _time_interleaved
 
     calls = []
     fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b"), "c": lambda: calls.append("c")}
-    res = _time_interleaved(fns, runs=4, warmup=2)
-    assert calls == ["a", "a", "b", "b", "c", "c"] + ["a", "b", "c"] * 4
-    assert set(res) == {"a", "b", "c"} and all(r["runs"] == 4 and r["min_ms"] <= r["median_ms"]
+    res = _time_interleaved(fns, runs=30, warmup=2)
+    assert calls[:6] == ["a", "a", "b", "b", "c", "c"]
+    rounds = [calls[i:i + 3] for i in range(6, len(calls), 3)]
+    assert len(rounds) == 30 and all(sorted(r) == ["a", "b", "c"] for r in rounds)
+    follows = {(x, y) for r in rounds for x, y in zip(r, r[1:])}
+    assert follows == {(x, y) for x in "abc" for y in "abc" if x != y}
+    assert set(res) == {"a", "b", "c"} and all(r["runs"] == 30 and r["min_ms"] <= r["median_ms"]
                                                for r in res.values())
 
 

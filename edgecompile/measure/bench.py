@@ -5,6 +5,7 @@ performance claim lives anywhere else."""
 from __future__ import annotations
 
 import os
+import random
 import statistics
 import time
 from typing import Any, Callable
@@ -31,15 +32,20 @@ def _time_interleaved(fns: dict[str, Callable[[], Any]], runs: int, warmup: int)
     """Each runtime's `warmup` calls, then `runs` rounds of one timed call of every runtime in turn
     (wall clock per call): on a shared machine whose speed drifts over seconds (other VMs' jobs),
     back-to-back blocks per runtime put the drift into the ratio: MobileNet V2 1.0/224 timed so
-    measured ours / LiteRT at 1.64x in one run and 0.93x in the next, a few minutes apart."""
+    measured ours / LiteRT at 1.64x in one run and 0.93x in the next, a few minutes apart.
+    Each round takes the runtimes in an order of its own (seeded shuffle), so that each follows
+    every other about equally often: in a fixed order each always ran right after the same one,
+    whose traces in the caches and branch predictors it paid for."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in fns}
+    order, rng = list(fns), random.Random(0)
     for _ in range(runs):
-        for name, fn in fns.items():
+        rng.shuffle(order)
+        for name in order:
             t0 = time.perf_counter_ns()
-            fn()
+            fns[name]()
             samples[name].append((time.perf_counter_ns() - t0) / 1e6)
     return {name: _stats(s, runs) for name, s in samples.items()}
 
