@@ -131,18 +131,8 @@ def plots(rows: list[dict], peak: dict, out_dir: Path) -> list[str]:
     peers = sorted({p for r in rows for p in r["results"]}, key=lambda p: (p != "edgecompile", p))
     fig, ax = plt.subplots(figsize=(11, 4.8))
     width = 0.8 / len(peers)
-    def ms(r: dict, p: str) -> float:
-        """A peer timed in a child process: its time there x ours here / ours there (the ratio it was
-        measured at, on this process's scale)."""
-        v = r["results"].get(p)
-        if v is None:
-            return np.nan
-        if "edgecompile_ms_in_child" in v:
-            return v["median_ms"] * r["results"]["edgecompile"]["median_ms"] / v["edgecompile_ms_in_child"]
-        return v["median_ms"]
-
     for i, p in enumerate(peers):
-        vals = [ms(r, p) for r in rows]
+        vals = [peer_ms(r["results"], p) if p in r["results"] else np.nan for r in rows]
         isolated = any("edgecompile_ms_in_child" in r["results"].get(p, {}) for r in rows)
         ax.bar(np.arange(len(rows)) + i * width, vals, width,
                label=f"{p} (own process, scaled by ours there)" if isolated else p)
@@ -212,15 +202,20 @@ def arm_section(arm: list[dict]) -> list[str]:
     return lines
 
 
+def peer_ms(res: dict, peer: str) -> float:
+    """`peer`'s median on this process's scale: as timed here, or for a peer timed in a child process
+    (benchmarks/isolated.py) its time there x ours here / ours there, the ratio it was measured at."""
+    v = res[peer]
+    if "edgecompile_ms_in_child" in v:
+        return v["median_ms"] * res["edgecompile"]["median_ms"] / v["edgecompile_ms_in_child"]
+    return v["median_ms"]
+
+
 def to_fastest(res: dict, build: str) -> float:
-    """Our build `build` (a key of `res`) against the fastest peer, each ratio from one process: an
-    in-process peer against this process's median of ours; a peer run in a child process
-    (benchmarks/isolated.py) against the child's own median of our `edgecompile` build, scaled by
-    `build` / `edgecompile` from this process. NaN without peers."""
-    ours, main = res[build]["median_ms"], res["edgecompile"]["median_ms"]
-    ratios = [(ours / main) * v["edgecompile_ms_in_child"] / v["median_ms"] if "edgecompile_ms_in_child" in v
-              else ours / v["median_ms"] for k, v in res.items() if not k.startswith("edgecompile")]
-    return max(ratios) if ratios else float("nan")
+    """Our build `build` (a key of `res`) against the fastest peer, each ratio from one process
+    (`peer_ms`). NaN without peers."""
+    peers = [peer_ms(res, k) for k in res if not k.startswith("edgecompile")]
+    return res[build]["median_ms"] / min(peers) if peers else float("nan")
 
 
 def write_markdown(rows: list[dict], peak: dict, skipped: list[str], pngs: list[str], arm: list[dict],
@@ -330,8 +325,9 @@ def main() -> None:
     arm_json = HERE / "arm_xnnpack.json"
     arm = json.loads(arm_json.read_text()) if arm_json.exists() else []
     pngs = plots(rows, peak, out.parent)
-    write_markdown(rows, peak, skipped, pngs, arm if isinstance(arm, list) else [arm], out, machine_name())
-    (out.with_suffix(".json")).write_text(json.dumps({"machine": machine_name(), "peak": peak, "rows": rows,
+    machine = machine_name()
+    write_markdown(rows, peak, skipped, pngs, arm if isinstance(arm, list) else [arm], out, machine)
+    (out.with_suffix(".json")).write_text(json.dumps({"machine": machine, "peak": peak, "rows": rows,
                                                       "skipped": skipped}, indent=2) + "\n")
     print(f"wrote {out}", file=sys.stderr)
 
